@@ -1,0 +1,71 @@
+"""The ``ptychopinn`` command: one entry point, one module per subcommand.
+
+Each subcommand lives in the package that owns it and exposes two functions::
+
+    def configure(parser: argparse.ArgumentParser) -> None: ...   # add its arguments
+    def run(args: argparse.Namespace) -> int: ...                  # do the work, return an exit code
+
+Subcommand modules keep their module level light (argparse and the standard library only) and
+import heavy dependencies (torch, onnxruntime, uvicorn) inside ``run``, so ``ptychopinn serve``
+never imports torch and ``ptychopinn --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from ptycho_torch.errors import PtychoError
+
+# subcommand name -> (module path, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "simulate": ("ptycho_torch.commands.simulate", "simulate a scan from a synthetic or given object"),
+    "inspect": ("ptycho_torch.commands.inspect", "summarise a scan (NPZ) or a bundle and draw an overview"),
+    "train": ("training.cli", "train PtychoPINN with Lightning and write checkpoints"),
+    "export": ("export.cli", "export a checkpoint to an ONNX/TorchScript bundle"),
+    "serve": ("serving.cli", "serve a bundle over HTTP (Open Inference Protocol + /v1/reconstruct)"),
+    "reconstruct": ("ptycho_torch.commands.reconstruct", "reconstruct a scan in-process or via a server"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the top-level parser with every available subcommand attached."""
+    parser = argparse.ArgumentParser(
+        prog="ptychopinn",
+        description="Train, export and serve PtychoPINN ptychographic reconstruction.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_path, help_text) in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_path)
+        except ModuleNotFoundError as error:
+            if not module_path.startswith(error.name or "\0"):
+                raise
+            continue  # subcommand not built yet
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        module.configure(sub)
+        sub.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run the chosen subcommand; errors become a one-line message and exit 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args._run(args) or 0)
+    except PtychoError as error:
+        print(f"ptychopinn {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

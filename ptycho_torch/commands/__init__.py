@@ -1,0 +1,1 @@
+"""``ptychopinn`` subcommands owned by ``ptycho_torch`` (see :mod:`ptycho_torch.cli`)."""

@@ -1,0 +1,263 @@
+"""Configuration dataclasses and the bridge to the legacy ``params.cfg`` dictionary.
+
+numpy-free and torch-free: importing this module costs nothing. Every dataclass is frozen and
+keyword-only, checks its own fields in ``__post_init__`` and raises :class:`ConfigError` naming the
+field, the value and what is allowed. Build a changed copy with :func:`dataclasses.replace`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal, TypeVar
+
+from ptycho_torch.errors import ConfigError
+
+AMP_ACTIVATIONS: Final = ("sigmoid", "swish", "silu", "softplus", "relu")
+MODEL_TYPES: Final = ("pinn", "supervised")
+LOSS_MODES: Final = ("poisson", "mae")
+SCHEDULERS: Final = ("Default", "Exponential", "ReduceLROnPlateau", "WarmupCosine")
+LOGGERS: Final = ("csv", "tensorboard", "mlflow", "none")
+
+#: dataclass field name -> legacy ``params.cfg`` key (PtychoPINN's KEY_MAPPINGS)
+KEY_MAPPINGS: Final[dict[str, str]] = {
+    "object_big": "object.big",
+    "probe_big": "probe.big",
+    "probe_mask": "probe.mask",
+    "probe_trainable": "probe.trainable",
+    "intensity_scale_trainable": "intensity_scale.trainable",
+    "positions_provided": "positions.provided",
+    "output_dir": "output_prefix",
+    "train_data_file": "train_data_file_path",
+    "test_data_file": "test_data_file_path",
+}
+
+
+def _require(ok: bool, name: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name} must be {expected}, got {value!r}")
+
+
+def _require_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    _require(value in allowed, name, value, f"one of {list(allowed)}")
+
+
+def _is_power_of_two(value: int) -> bool:
+    return isinstance(value, int) and value > 0 and value & (value - 1) == 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Network architecture; fixed when a model is built and recorded in every bundle."""
+
+    N: int = 64
+    """Patch and detector size in pixels; a power of two >= 32."""
+    gridsize: int = 1
+    """Patterns per group along one side; the network sees ``C = gridsize**2`` channels."""
+    n_filters_scale: int = 2
+    """Width multiplier of every convolution."""
+    model_type: Literal["pinn", "supervised"] = "pinn"
+    """``pinn`` (self-supervised through the physics) or ``supervised`` (needs ground truth)."""
+    architecture: Literal["cnn"] = "cnn"
+    """Generator family; only the CNN generator is implemented."""
+    amp_activation: str = "sigmoid"
+    """Amplitude head activation: sigmoid, swish/silu, softplus or relu."""
+    object_big: bool = True
+    """Merge the C patches of a group on one canvas in training (overlap constraint)."""
+    probe_big: bool = True
+    """Let the decoder also predict the border outside the central N/2 window."""
+    probe_mask: bool = False
+    """Multiply the probe by a disk of radius N/4 in the forward model."""
+    pad_object: bool = True
+    """Predict the central N/2 window and zero-pad to N (2x oversampling)."""
+    probe_scale: float = 4.0
+    """Probe normalisation constant (ptychopinn-method.md section 5.1)."""
+
+    def __post_init__(self) -> None:
+        _require(_is_power_of_two(self.N) and self.N >= 32, "N", self.N, "a power of two >= 32")
+        _require(isinstance(self.gridsize, int) and self.gridsize >= 1, "gridsize", self.gridsize, "an integer >= 1")
+        _require(
+            isinstance(self.n_filters_scale, int) and self.n_filters_scale >= 1,
+            "n_filters_scale", self.n_filters_scale, "an integer >= 1",
+        )
+        _require_choice("model_type", self.model_type, MODEL_TYPES)
+        _require_choice("architecture", self.architecture, ("cnn",))
+        _require_choice("amp_activation", self.amp_activation, AMP_ACTIVATIONS)
+        _require(self.probe_scale > 0, "probe_scale", self.probe_scale, "> 0")
+
+    @property
+    def channels(self) -> int:
+        """Patterns per group, ``C = gridsize**2``."""
+        return self.gridsize * self.gridsize
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingConfig:
+    """What to train on and the loss; bridged into ``params.cfg``."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train_data_file: Path | None = None
+    """NPZ scan used for training."""
+    test_data_file: Path | None = None
+    """NPZ scan used for validation and the held-out reconstruction."""
+    batch_size: int = 16
+    """Groups per optimisation step; a power of two."""
+    nepochs: int = 50
+    mae_weight: float = 0.0
+    """Weight of the diffraction-amplitude MAE loss, in [0, 1]."""
+    nll_weight: float = 1.0
+    """Weight of the Poisson negative log-likelihood loss, in [0, 1]."""
+    realspace_mae_weight: float = 0.0
+    realspace_weight: float = 0.0
+    nphotons: float = 1e9
+    """Expected photons per pattern; sets the intensity scale of the Poisson model."""
+    n_groups: int | None = None
+    """Groups sampled for training (None: one per scan position at gridsize 1, else 512)."""
+    n_subsample: int | None = None
+    """Scan positions drawn before grouping (None: all)."""
+    subsample_seed: int | None = None
+    neighbor_count: int = 4
+    """K: nearest neighbours a group's members are drawn from (gridsize > 1)."""
+    positions_provided: bool = True
+    probe_trainable: bool = False
+    intensity_scale_trainable: bool = True
+    output_dir: Path = Path("training_outputs")
+    sequential_sampling: bool = False
+    backend: Literal["pytorch"] = "pytorch"
+    torch_loss_mode: Literal["poisson", "mae"] = "poisson"
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.model, ModelConfig), "model", self.model, "a ModelConfig")
+        _require(_is_power_of_two(self.batch_size), "batch_size", self.batch_size, "a power of two")
+        _require(isinstance(self.nepochs, int) and self.nepochs >= 1, "nepochs", self.nepochs, "an integer >= 1")
+        for name in ("mae_weight", "nll_weight"):
+            value = getattr(self, name)
+            _require(0.0 <= value <= 1.0, name, value, "in [0, 1]")
+        for name in ("realspace_mae_weight", "realspace_weight"):
+            value = getattr(self, name)
+            _require(value >= 0.0, name, value, ">= 0")
+        _require(
+            math.isfinite(self.nphotons) and self.nphotons > 0, "nphotons", self.nphotons, "a positive finite number"
+        )
+        for name in ("n_groups", "n_subsample"):
+            value = getattr(self, name)
+            _require(value is None or (isinstance(value, int) and value >= 1), name, value, "None or an integer >= 1")
+        _require(
+            self.neighbor_count >= self.model.channels,
+            "neighbor_count", self.neighbor_count, f">= gridsize**2 = {self.model.channels}",
+        )
+        _require_choice("backend", self.backend, ("pytorch",))
+        _require_choice("torch_loss_mode", self.torch_loss_mode, LOSS_MODES)
+
+
+@dataclass(frozen=True, kw_only=True)
+class InferenceConfig:
+    """What to reconstruct and with which model; bridged into ``params.cfg``."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    model_path: Path | None = None
+    test_data_file: Path | None = None
+    n_groups: int | None = None
+    n_subsample: int | None = None
+    subsample_seed: int | None = None
+    neighbor_count: int = 4
+    debug: bool = False
+    output_dir: Path = Path("inference_outputs")
+    backend: Literal["pytorch"] = "pytorch"
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.model, ModelConfig), "model", self.model, "a ModelConfig")
+        for name in ("n_groups", "n_subsample"):
+            value = getattr(self, name)
+            _require(value is None or (isinstance(value, int) and value >= 1), name, value, "None or an integer >= 1")
+        _require(
+            self.neighbor_count >= self.model.channels,
+            "neighbor_count", self.neighbor_count, f">= gridsize**2 = {self.model.channels}",
+        )
+        _require_choice("backend", self.backend, ("pytorch",))
+
+
+@dataclass(frozen=True, kw_only=True)
+class PyTorchExecutionConfig:
+    """How to run training (hardware, precision, optimiser, checkpoints); never bridged to params."""
+
+    accelerator: str = "auto"
+    """``auto``, ``cpu``, ``gpu``/``cuda`` or ``mps``."""
+    devices: int | str = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    """Lightning strategy: ``auto``, ``ddp``, ``ddp_spawn``, ``fsdp``..."""
+    precision: str = "32-true"
+    deterministic: bool = True
+    seed: int = 42
+    learning_rate: float = 1e-3
+    scheduler: str = "Default"
+    gradient_clip_val: float | None = None
+    gradient_clip_algorithm: Literal["norm", "value"] = "norm"
+    accumulate_grad_batches: int = 1
+    num_workers: int = 0
+    early_stop_patience: int | None = None
+    """Epochs without validation improvement before stopping (None: never stop early)."""
+    logger_backend: str = "csv"
+    enable_progress_bar: bool = True
+    max_steps: int = -1
+    """Stop after this many optimiser steps (-1: run all epochs)."""
+
+    def __post_init__(self) -> None:
+        _require(self.num_nodes >= 1, "num_nodes", self.num_nodes, ">= 1")
+        _require(self.learning_rate > 0, "learning_rate", self.learning_rate, "> 0")
+        _require_choice("scheduler", self.scheduler, SCHEDULERS)
+        _require_choice("gradient_clip_algorithm", self.gradient_clip_algorithm, ("norm", "value"))
+        _require(self.gradient_clip_val is None or self.gradient_clip_val > 0, "gradient_clip_val",
+                 self.gradient_clip_val, "None or > 0")
+        _require(self.accumulate_grad_batches >= 1, "accumulate_grad_batches", self.accumulate_grad_batches, ">= 1")
+        _require(self.num_workers >= 0, "num_workers", self.num_workers, ">= 0")
+        _require(self.early_stop_patience is None or self.early_stop_patience >= 1, "early_stop_patience",
+                 self.early_stop_patience, "None or >= 1")
+        _require_choice("logger_backend", self.logger_backend, LOGGERS)
+
+
+AnyConfig = TrainingConfig | InferenceConfig | ModelConfig
+
+_C = TypeVar("_C")
+
+
+def config_from_dict(cls: type[_C], values: Mapping[str, Any]) -> _C:
+    """Build ``cls`` from a plain mapping (YAML/JSON); unknown keys fail and list the known ones.
+
+    A nested ``model`` mapping becomes a :class:`ModelConfig`; path fields become :class:`Path`.
+    """
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} keys {unknown}; known keys are {sorted(known)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in values.items():
+        if name == "model" and isinstance(value, Mapping):
+            value = config_from_dict(ModelConfig, value)
+        elif name.endswith(("_file", "_dir", "_path")) and value is not None:
+            value = Path(value)
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as error:  # wrong type reaching a comparison in __post_init__
+        raise ConfigError(f"{cls.__name__}: {error}") from error
+
+
+def dataclass_to_legacy_dict(config: AnyConfig) -> dict[str, Any]:
+    """Flatten ``config`` (its ``model`` into the top level), rename by KEY_MAPPINGS, paths to str."""
+    flat: dict[str, Any] = {}
+    for name, value in dataclasses.asdict(config).items():
+        if name == "model" and isinstance(value, dict):
+            flat.update(value)
+        else:
+            flat[name] = value
+    return {KEY_MAPPINGS.get(k, k): (str(v) if isinstance(v, Path) else v) for k, v in flat.items()}
+
+
+def update_legacy_dict(cfg: dict[str, Any], config: AnyConfig) -> None:
+    """Write every non-None value of ``config`` into the legacy dict ``cfg`` (None never overwrites)."""
+    cfg.update({k: v for k, v in dataclass_to_legacy_dict(config).items() if v is not None})

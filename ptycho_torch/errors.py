@@ -1,0 +1,30 @@
+"""Exceptions shared by every package: one base class, one subclass per boundary.
+
+Messages say what was wrong, show the offending value and say how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class PtychoError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+
+class ConfigError(PtychoError, ValueError):
+    """A configuration value is invalid (raised at construction, before any work starts)."""
+
+
+class DataContractError(PtychoError, ValueError):
+    """A scan file or array violates the NPZ data contract."""
+
+
+class ModelArchiveError(PtychoError, ValueError):
+    """A ``wts.h5.zip`` archive or checkpoint cannot be read."""
+
+
+class ExportError(PtychoError):
+    """Export failed, or the exported graphs disagree with the eager model."""
+
+
+class BundleError(PtychoError, ValueError):
+    """A deployment bundle is missing, tampered with, or from an unsupported version."""

@@ -1,0 +1,1 @@
+"""Workflow entry points mirroring PtychoPINN's TensorFlow ``ptycho.workflows`` functions."""
