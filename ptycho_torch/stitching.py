@@ -1,0 +1,205 @@
+"""Stitch predicted object patches into one complex image (design.md section 2, method section 6.1).
+
+numpy-only. Each patch contributes its central ``M x M`` crop (the well-constrained part of a
+prediction), moved by ``+position`` with bilinear weights, and the canvas is the weighted average::
+
+    canvas = sum_k w_k * shift(crop_k, +x_k) / sum_k w_k * shift(ones, +x_k)
+
+Conventions: ``positions`` are object pixels of each patch's centre pixel ``N // 2``, ``[x, y]`` =
+``[column, row]``, float. A positive ``x`` moves content to a larger column index (the sign of
+PtychoPINN's ``reassemble_position``). The canvas pixel grid is the object pixel grid shifted by an
+*integer* ``origin``: object position ``(x, y)`` lands on canvas ``(col, row) = (x + x0, y + y0)``.
+TensorFlow anchors the canvas on the scan's centre of mass instead, which puts every patch of an
+integer-position scan through a sub-pixel interpolation; an integer anchor stitches such scans
+exactly and changes nothing else (the offsets are still ``position - anchor``).
+
+The accumulation is one scatter-add (``np.add.at``) per batch: every crop is first spread
+separably onto its ``(M+1) x (M+1)`` bilinear footprint, so there is no Python loop over patches.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from ptycho_torch.errors import DataContractError
+
+__all__ = ["DEFAULT_M", "StitchResult", "Stitcher", "stitch_patches"]
+
+DEFAULT_M = 20
+"""Default side of the central crop kept from every patch (PtychoPINN's inference default)."""
+
+
+@dataclass(frozen=True)
+class StitchResult:
+    """A stitched object and where it sits in object coordinates."""
+
+    canvas: npt.NDArray[np.complex64]
+    """Complex object ``(H, W)``; zero where no patch contributed."""
+    coverage: npt.NDArray[np.float64]
+    """Summed bilinear weights ``(H, W)``: how many crops cover each pixel (0 = not covered)."""
+    origin: tuple[float, float]
+    """``(x0, y0)``: the canvas ``(col, row)`` where object position ``(0, 0)`` lands."""
+
+    @property
+    def amplitude(self) -> npt.NDArray[np.float32]:
+        """``|canvas|`` as float32."""
+        return np.abs(self.canvas).astype(np.float32)
+
+    @property
+    def phase(self) -> npt.NDArray[np.float32]:
+        """``angle(canvas)`` in ``[-pi, pi]`` as float32."""
+        return np.angle(self.canvas).astype(np.float32)
+
+
+def _check_M(M: int, N: int | None = None) -> None:
+    if not (isinstance(M, (int, np.integer)) and M >= 1):
+        raise DataContractError(f"`M` must be a positive integer crop size, got {M!r}; the default is {DEFAULT_M}")
+    if N is not None and M > N // 2:
+        raise DataContractError(
+            f"`M` must be at most N/2 = {N // 2} for {N}x{N} patches, got {M}; "
+            f"only the central half of a prediction is well constrained, pass M <= {N // 2}"
+        )
+
+
+def _as_positions(positions: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    pos = np.asarray(positions, dtype=np.float64)
+    if pos.ndim != 2 or pos.shape[1] != 2:
+        raise DataContractError(f"`positions` must have shape (K, 2) as [x, y] pixels, got shape {pos.shape}")
+    if not np.all(np.isfinite(pos)):
+        bad = np.flatnonzero(~np.all(np.isfinite(pos), axis=1))
+        raise DataContractError(f"`positions` must be finite, got NaN/inf at rows {bad[:10].tolist()}")
+    return pos
+
+
+class Stitcher:
+    """Incremental stitcher on a fixed canvas: ``add`` batches as they arrive, ``result`` any time.
+
+    Build it from every position (:meth:`from_positions`) or from their bounding box
+    (:meth:`from_bounds`, for a live scan whose extent is known before the frames are). The running
+    sums are float64, so adding in batches gives exactly the one-shot result.
+    """
+
+    def __init__(self, *, shape: tuple[int, int], origin: tuple[int, int], M: int = DEFAULT_M) -> None:
+        """Canvas of ``shape = (H, W)`` with object ``(0, 0)`` at canvas ``origin = (x0, y0)`` (integers)."""
+        _check_M(M)
+        H, W = (int(s) for s in shape)
+        if H < 1 or W < 1:
+            raise DataContractError(f"`shape` must be two positive sizes (H, W), got {shape!r}")
+        self.M = int(M)
+        self.shape = (H, W)
+        self.origin = (int(origin[0]), int(origin[1]))
+        self._sum = np.zeros(H * W, dtype=np.complex128)
+        self._weight = np.zeros(H * W)
+        self.count = 0
+        """Number of patches added so far."""
+
+    @classmethod
+    def from_bounds(
+        cls, x_range: tuple[float, float], y_range: tuple[float, float], *, M: int = DEFAULT_M
+    ) -> Stitcher:
+        """The smallest canvas that holds any position with ``x`` in ``x_range`` and ``y`` in ``y_range``."""
+        _check_M(M)
+        (x_lo, x_hi), (y_lo, y_hi) = x_range, y_range
+        if not (x_lo <= x_hi and y_lo <= y_hi):
+            raise DataContractError(f"bounds must be (low, high) with low <= high, got x {x_range!r}, y {y_range!r}")
+        half = M // 2
+        # leftmost tap of the leftmost crop: floor(x_lo - half + x0) == 0; rightmost: floor(x_hi - half) + M
+        x0, y0 = half - math.floor(x_lo), half - math.floor(y_lo)
+        W = math.floor(x_hi - half + x0) + M + 1
+        H = math.floor(y_hi - half + y0) + M + 1
+        return cls(shape=(H, W), origin=(x0, y0), M=M)
+
+    @classmethod
+    def from_positions(cls, positions: npt.ArrayLike, *, M: int = DEFAULT_M) -> Stitcher:
+        """The smallest canvas that holds every one of ``positions`` ``(K, 2)`` ``[x, y]``."""
+        pos = _as_positions(positions)
+        if len(pos) == 0:
+            raise DataContractError("`positions` must hold at least one position, got an empty (0, 2) array")
+        return cls.from_bounds((pos[:, 0].min(), pos[:, 0].max()), (pos[:, 1].min(), pos[:, 1].max()), M=M)
+
+    def add(self, patches: npt.ArrayLike, positions: npt.ArrayLike) -> None:
+        """Accumulate complex ``patches`` ``(K, N, N)`` centred at ``positions`` ``(K, 2)`` ``[x, y]``."""
+        patches = np.asarray(patches)
+        pos = _as_positions(positions)
+        if patches.ndim != 3 or patches.shape[1] != patches.shape[2]:
+            raise DataContractError(f"`patches` must have shape (K, N, N), got shape {patches.shape}")
+        if len(patches) != len(pos):
+            raise DataContractError(
+                f"`patches` and `positions` must have the same length, got {len(patches)} patches "
+                f"and {len(pos)} positions"
+            )
+        N, M = patches.shape[1], self.M
+        _check_M(M, N)
+        if len(pos) == 0:
+            return
+        start = N // 2 - M // 2
+        crops = patches[:, start:start + M, start:start + M]
+
+        # canvas coordinate of crop pixel (0, 0): position + origin - M//2; split into integer + fraction
+        corner = pos + (np.asarray(self.origin, dtype=np.float64) - M // 2)
+        base = np.floor(corner)
+        frac = corner - base
+        base = base.astype(np.int64)
+        H, W = self.shape
+        outside = (base[:, 0] < 0) | (base[:, 1] < 0) | (base[:, 0] + M >= W) | (base[:, 1] + M >= H)
+        if outside.any():
+            rows = np.flatnonzero(outside)
+            raise DataContractError(
+                f"`positions` rows {rows[:10].tolist()} (e.g. {pos[rows[0]].tolist()}) fall outside this "
+                f"Stitcher's canvas {self.shape} with origin {self.origin}; build it with "
+                f"Stitcher.from_positions/from_bounds covering every position of the scan"
+            )
+
+        fx = frac[:, 0, None, None]
+        fy = frac[:, 1, None, None]
+        # separable bilinear splat onto the (M+1) x (M+1) footprint: along x, then along y
+        spread_x = np.zeros((len(crops), M, M + 1), dtype=np.complex128)
+        spread_x[:, :, :M] = crops * (1.0 - fx)
+        spread_x[:, :, 1:] += crops * fx
+        footprint = np.zeros((len(crops), M + 1, M + 1), dtype=np.complex128)
+        footprint[:, :M, :] = spread_x * (1.0 - fy)
+        footprint[:, 1:, :] += spread_x * fy
+
+        profile_x = np.ones((len(crops), M + 1))
+        profile_x[:, 0] = 1.0 - frac[:, 0]
+        profile_x[:, M] = frac[:, 0]
+        profile_y = np.ones((len(crops), M + 1))
+        profile_y[:, 0] = 1.0 - frac[:, 1]
+        profile_y[:, M] = frac[:, 1]
+        weight = profile_y[:, :, None] * profile_x[:, None, :]
+
+        offsets = np.arange(M + 1)
+        index = ((base[:, 1, None, None] + offsets[None, :, None]) * W
+                 + base[:, 0, None, None] + offsets[None, None, :]).ravel()
+        # np.add.at accumulates element by element in patch order straight into the running sums,
+        # so any split into batches performs the same float64 additions as one call
+        np.add.at(self._sum, index, footprint.ravel())
+        np.add.at(self._weight, index, weight.ravel())
+        self.count += len(crops)
+
+    def result(self) -> StitchResult:
+        """The weighted average so far (zero where nothing landed) and the coverage map."""
+        covered = self._weight > 0
+        canvas = np.zeros(self._sum.shape, dtype=np.complex128)
+        canvas[covered] = self._sum[covered] / self._weight[covered]
+        return StitchResult(
+            canvas=canvas.astype(np.complex64).reshape(self.shape),
+            coverage=self._weight.reshape(self.shape).copy(),
+            origin=(float(self.origin[0]), float(self.origin[1])),
+        )
+
+
+def stitch_patches(patches: npt.ArrayLike, positions: npt.ArrayLike, M: int = DEFAULT_M) -> StitchResult:
+    """Stitch complex ``patches`` ``(K, N, N)`` at ``positions`` ``(K, 2)`` ``[x, y]`` onto the smallest canvas.
+
+    Each patch's central ``M x M`` crop (``M <= N/2``) is moved by ``+position`` with bilinear
+    weights; overlapping crops are averaged by their summed weights. See the module docstring for
+    the coordinate convention; ``result.origin`` says where object position ``(0, 0)`` lands.
+    """
+    stitcher = Stitcher.from_positions(positions, M=M)
+    stitcher.add(patches, positions)
+    return stitcher.result()
