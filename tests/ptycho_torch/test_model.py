@@ -1,0 +1,130 @@
+"""The generator: TF topology and parameter counts, shapes and value ranges, export-cleanliness."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ptycho_torch.config import ModelConfig
+from ptycho_torch.model import PtychoPINNGenerator, border_mask, combine_complex, decoder_filters, encoder_filters
+
+SWISH_MIN = -0.2785  # min of x * sigmoid(x)
+
+
+def _run(config: ModelConfig, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    model = PtychoPINNGenerator(config).eval()
+    x = torch.rand(batch, config.channels, config.N, config.N) * 3
+    with torch.no_grad():
+        return model(x, torch.full((batch,), 0.7))
+
+
+def test_filter_ladders_follow_the_reference_and_generalise():
+    assert encoder_filters(64) == [32, 64, 128]
+    assert encoder_filters(128) == [16, 32, 64, 128]
+    assert encoder_filters(256) == [8, 16, 32, 64, 128]
+    assert encoder_filters(32) == [64, 128]
+    assert decoder_filters(64) == [64, 32]
+    assert decoder_filters(128) == [128, 64, 32]
+    assert decoder_filters(32) == [32]
+
+
+@pytest.mark.parametrize(("gridsize", "expected"), [(1, 2_331_772), (2, 2_340_208)])
+def test_parameter_count_matches_tensorflow_reference(gridsize, expected):
+    model = PtychoPINNGenerator(ModelConfig(N=64, gridsize=gridsize, n_filters_scale=2))
+    assert sum(p.numel() for p in model.parameters()) == expected
+
+
+@pytest.mark.parametrize("N", [64, 128])
+@pytest.mark.parametrize("gridsize", [1, 2])
+def test_output_shapes_and_ranges(N, gridsize):
+    config = ModelConfig(N=N, gridsize=gridsize, n_filters_scale=1)
+    amplitude, phase = _run(config, batch=2)
+    C = gridsize**2
+    assert amplitude.shape == phase.shape == (2, C, N, N)
+    assert amplitude.dtype == phase.dtype == torch.float32
+    inside = (border_mask(N) == 0).expand_as(amplitude)
+    # central window: sigmoid amplitude in (0, 1); border: swish branch, bounded below by swish's min
+    assert 0 < amplitude[inside].min() and amplitude[inside].max() < 1
+    assert amplitude[~inside].min() >= SWISH_MIN
+    assert phase.abs().max() <= math.pi
+    assert amplitude.std() > 0 and phase.std() > 0
+
+
+def test_without_probe_big_the_border_is_exactly_zero():
+    config = ModelConfig(N=32, n_filters_scale=1, probe_big=False)
+    amplitude, phase = _run(config)
+    outside = border_mask(32).bool().expand_as(amplitude)
+    assert torch.count_nonzero(amplitude[outside]) == 0 and torch.count_nonzero(phase[outside]) == 0
+    assert torch.count_nonzero(amplitude[~outside]) == amplitude[~outside].numel()
+
+
+def test_without_pad_object_the_whole_patch_comes_from_the_head_activation():
+    amplitude, _ = _run(ModelConfig(N=32, n_filters_scale=1, pad_object=False, amp_activation="relu"))
+    assert amplitude.shape == (2, 1, 32, 32)
+    assert amplitude.min() >= 0
+
+
+@pytest.mark.parametrize(("activation", "low"), [("relu", 0.0), ("softplus", 1e-12), ("swish", SWISH_MIN)])
+def test_amplitude_activation_choices(activation, low):
+    amplitude, _ = _run(ModelConfig(N=32, n_filters_scale=1, probe_big=False, amp_activation=activation))
+    centre = amplitude[..., 8:24, 8:24]
+    assert centre.min() >= low
+
+
+def test_scale_input_multiplies_the_diffraction_per_sample():
+    torch.manual_seed(1)
+    model = PtychoPINNGenerator(ModelConfig(N=32, n_filters_scale=1)).eval()
+    x = torch.rand(3, 1, 32, 32)
+    scale = torch.tensor([0.5, 1.0, 2.0])
+    with torch.no_grad():
+        a1, p1 = model(x, scale)
+        a2, p2 = model(x * scale[:, None, None, None], torch.ones(3))
+        a3, _ = model(x[1:2], scale[1:2])  # each sample is independent of the rest of the batch
+    torch.testing.assert_close(a1, a2)
+    torch.testing.assert_close(p1, p2)
+    torch.testing.assert_close(a1[1:2], a3)
+
+
+def test_glorot_uniform_init_and_zero_bias():
+    model = PtychoPINNGenerator(ModelConfig(N=32, n_filters_scale=1))
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs
+    for conv in convs:
+        assert torch.count_nonzero(conv.bias) == 0
+        fan_in = conv.in_channels * 9
+        fan_out = conv.out_channels * 9
+        assert conv.weight.abs().max() <= math.sqrt(6 / (fan_in + fan_out)) + 1e-7
+
+
+def test_border_mask_is_a_buffer_and_no_complex_tensors_anywhere():
+    model = PtychoPINNGenerator(ModelConfig(N=32, n_filters_scale=1))
+    masks = [b for name, b in model.named_buffers(remove_duplicate=False) if name.endswith("border_mask")]
+    assert len(masks) == 2 and all(m.shape == (1, 1, 32, 32) for m in masks)
+    assert int(masks[0].sum()) == 32 * 32 - 16 * 16
+    assert not any(t.is_complex() for t in [*model.parameters(), *model.buffers()])
+
+
+def test_torch_export_with_dynamic_batch_matches_eager():
+    torch.manual_seed(0)
+    model = PtychoPINNGenerator(ModelConfig(N=32, gridsize=2, n_filters_scale=1)).eval()
+    x, scale = torch.rand(2, 4, 32, 32), torch.ones(2)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    exported = torch.export.export(model, (x, scale), dynamic_shapes=({0: batch}, {0: batch}))
+    x5, s5 = torch.rand(5, 4, 32, 32), torch.rand(5) + 0.5
+    with torch.no_grad():
+        expected = model(x5, s5)
+        got = exported.module()(x5, s5)
+    torch.testing.assert_close(got[0], expected[0])
+    torch.testing.assert_close(got[1], expected[1])
+
+
+def test_combine_complex_is_polar_and_keeps_negative_amplitudes():
+    amplitude = torch.tensor([1.0, 0.5, -0.25])
+    phase = torch.tensor([0.0, math.pi / 2, 0.3])
+    z = combine_complex(amplitude, phase)
+    assert z.dtype == torch.complex64
+    torch.testing.assert_close(z[:2], torch.polar(amplitude[:2], phase[:2]))
+    torch.testing.assert_close(z[2], torch.tensor(-0.25 * complex(math.cos(0.3), math.sin(0.3)), dtype=torch.complex64))
