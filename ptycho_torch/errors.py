@@ -28,3 +28,7 @@ class ExportError(PtychoError):
 
 class BundleError(PtychoError, ValueError):
     """A deployment bundle is missing, tampered with, or from an unsupported version."""
+
+
+class UnsupportedAPIError(PtychoError, ImportError):
+    """A module of upstream PtychoPINN's ``ptycho_torch`` that this project deliberately does not provide."""
