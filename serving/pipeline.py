@@ -1,0 +1,221 @@
+"""Reconstruct a whole scan: validate -> amplitudes -> scale -> group -> batched inference -> stitch.
+
+The one function behind ``POST /v1/reconstruct``, ``ptychopinn reconstruct`` and the Ptychodus
+reconstructors. ``runner`` is an :class:`~serving.engine.Engine` (direct) or a
+:class:`~serving.batching.DynamicBatcher` (shares model batches with concurrent callers); both have
+``.bundle`` and ``.infer(diffraction, scale)``. numpy only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from ptycho_torch.grouping import group_indices
+from ptycho_torch.normalization import input_scale
+from ptycho_torch.stitching import Stitcher
+from serving.bundle import Bundle
+from serving.errors import InvalidRequest, InvalidValues
+
+__all__ = ["ReconstructOptions", "Reconstruction", "Runner", "reconstruct"]
+
+
+class Runner(Protocol):
+    """What :func:`reconstruct` needs: the bundle, and batched inference."""
+
+    bundle: Bundle
+
+    def infer(
+        self, diffraction: npt.NDArray[np.float32], scale: npt.NDArray[np.float32]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReconstructOptions:
+    """Per-request choices; :meth:`from_mapping` builds one from JSON (unknown keys refused)."""
+
+    scale_policy: Literal["scan", "bundle"] | None = None
+    """``scan``: normalise by this scan's own patterns; ``bundle``: the training value (streams);
+    None: the bundle's default policy."""
+    units: Literal["amplitude", "counts"] = "amplitude"
+    """What ``patterns`` hold: amplitudes (sqrt of counts, the project convention) or raw counts."""
+    stitch_M: int | None = None
+    """Central crop kept from each patch when stitching; None: the bundle's value."""
+    neighbor_count: int = 4
+    """K nearest neighbours a group's members are drawn from (gridsize > 1 only)."""
+    seed: int = 0
+    """Seed of the neighbour draw (gridsize > 1 only), so a request is reproducible."""
+
+    def __post_init__(self) -> None:
+        if self.scale_policy not in (None, "scan", "bundle"):
+            raise InvalidRequest(f"`scale_policy` must be 'scan' or 'bundle', got {self.scale_policy!r}")
+        if self.units not in ("amplitude", "counts"):
+            raise InvalidRequest(f"`units` must be 'amplitude' or 'counts', got {self.units!r}")
+        for name in ("stitch_M", "neighbor_count", "seed"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise InvalidRequest(f"`{name}` must be a non-negative integer, got {value!r}")
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any]) -> ReconstructOptions:
+        """Options from a JSON object; unknown keys raise :class:`InvalidRequest` listing the known ones."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(mapping) - known)
+        if unknown:
+            raise InvalidRequest(f"unknown options {unknown}; known options are {sorted(known)}")
+        return cls(**mapping)
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """A stitched object and how it was made."""
+
+    amplitude: npt.NDArray[np.float32]
+    """``(H, W)`` object amplitude; 0 where no patch landed (see ``coverage``)."""
+    phase: npt.NDArray[np.float32]
+    """``(H, W)`` object phase in radians, ``[-pi, pi]``."""
+    coverage: npt.NDArray[np.float32]
+    """``(H, W)`` summed stitching weights: how many patch crops cover each pixel."""
+    origin: tuple[float, float]
+    """``(x0, y0)``: canvas ``(col, row)`` where object position ``(0, 0)`` lands."""
+    scale: float
+    """The ``scale`` fed to the network."""
+    scale_policy: str
+    n_patterns: int
+    n_groups: int
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds per stage: validate, scale, group, inference, stitch, total."""
+    probe_difference: float | None = None
+    """``||probe - bundle probe|| / ||bundle probe||`` (first mode) when a probe was given: the
+    network assumes its training probe, so a large value means the result is not trustworthy."""
+
+
+def _check_patterns(patterns: Any, N: int) -> npt.NDArray[np.float32]:
+    array = np.asarray(patterns)
+    if array.dtype.kind not in "fiu":
+        raise InvalidRequest(f"`patterns` must be real numbers (float32 amplitudes), got dtype {array.dtype}")
+    if array.ndim != 3 or array.shape[1:] != (N, N):
+        raise InvalidRequest(
+            f"`patterns` must have shape (S, {N}, {N}) for this model (N={N}), got {list(array.shape)}; "
+            f"crop the central {N}x{N} of each pattern (DC at the centre)"
+        )
+    if len(array) == 0:
+        raise InvalidRequest("`patterns` must hold at least one pattern, got 0")
+    finite = np.isfinite(array).all(axis=(1, 2))
+    if not finite.all():
+        raise InvalidValues(f"`patterns` must be finite, got NaN/inf in patterns {np.flatnonzero(~finite)[:10].tolist()}")
+    if (array < 0).any():
+        rows = np.flatnonzero((array < 0).any(axis=(1, 2)))
+        raise InvalidValues(
+            f"`patterns` must be non-negative (amplitudes or counts), got negative values in patterns "
+            f"{rows[:10].tolist()}; subtract no background below zero"
+        )
+    return array.astype(np.float32, copy=False)
+
+
+def _check_positions(positions: Any, count: int) -> npt.NDArray[np.float64]:
+    array = np.asarray(positions)
+    if array.dtype.kind not in "fiu" or array.shape != (count, 2):
+        raise InvalidRequest(
+            f"`positions` must be real numbers of shape ({count}, 2) as [x, y] object pixels, one row per "
+            f"pattern, got {array.dtype} {list(array.shape)}"
+        )
+    if not np.isfinite(array).all():
+        raise InvalidValues(f"`positions` must be finite, got NaN/inf in rows "
+                            f"{np.flatnonzero(~np.isfinite(array).all(axis=1))[:10].tolist()}")
+    return array.astype(np.float64, copy=False)
+
+
+def _probe_difference(probe: Any, bundle: Bundle) -> float:
+    array = np.asarray(probe)
+    N = bundle.N
+    if array.dtype.kind not in "fc" or array.ndim not in (2, 3) or array.shape[-2:] != (N, N):
+        raise InvalidRequest(f"`probe` must be complex (N, N) or (P, N, N) with N={N}, got {array.dtype} "
+                             f"{list(array.shape)}")
+    if not np.isfinite(array).all():
+        raise InvalidValues("`probe` must be finite, got NaN/inf")
+    given, trained = array.reshape(-1, N, N)[0], bundle.probe[0]
+    return float(np.linalg.norm(given - trained) / np.linalg.norm(trained))
+
+
+def reconstruct(
+    runner: Runner,
+    patterns: npt.ArrayLike,
+    positions: npt.ArrayLike,
+    *,
+    probe: npt.ArrayLike | None = None,
+    options: ReconstructOptions | None = None,
+) -> Reconstruction:
+    """Reconstruct one scan: ``patterns`` ``(S, N, N)`` (fftshifted, DC at the centre) measured at
+    ``positions`` ``(S, 2)`` ``[x, y]`` object pixels (patch centres).
+
+    Raises :class:`~serving.errors.InvalidRequest` (wrong shapes, dtypes, options) or
+    :class:`~serving.errors.InvalidValues` (NaN, inf, negative values) before any inference runs.
+    """
+    options = options or ReconstructOptions()
+    bundle = runner.bundle
+    t0 = time.perf_counter()
+    x = _check_patterns(patterns, bundle.N)
+    pos = _check_positions(positions, len(x))
+    probe_difference = None if probe is None else _probe_difference(probe, bundle)
+    M = bundle.stitch_M if options.stitch_M is None else options.stitch_M
+    if not 1 <= M <= bundle.N // 2:
+        raise InvalidRequest(f"`stitch_M` must be in [1, N/2 = {bundle.N // 2}], got {M}")
+    t1 = time.perf_counter()
+
+    if options.units == "counts":
+        x = np.sqrt(x)
+    policy = options.scale_policy or bundle.manifest.normalization.default_policy
+    if policy == "scan":
+        if not (x > 0).any():
+            raise InvalidValues("`patterns` are all zero: the `scan` scale policy needs some signal; send real "
+                                "patterns or use scale_policy='bundle'")
+        scale = input_scale(x)
+    else:
+        scale = bundle.input_scale
+    t2 = time.perf_counter()
+
+    if bundle.channels == 1:
+        members = np.arange(len(x))[:, None]
+        diffraction = x[:, None]
+    else:
+        members = group_indices(pos[:, 0], pos[:, 1], gridsize=bundle.gridsize,
+                                K=options.neighbor_count, seed=options.seed)
+        diffraction = x[members]
+    t3 = time.perf_counter()
+
+    amplitude, phase = runner.infer(diffraction, np.full(len(diffraction), scale, np.float32))
+    t4 = time.perf_counter()
+
+    patch_positions = pos[members.ravel()]
+    stitcher = Stitcher.from_positions(patch_positions, M=M)
+    stitcher.add(_polar(amplitude, phase).reshape(-1, bundle.N, bundle.N), patch_positions)
+    stitched = stitcher.result()
+    t5 = time.perf_counter()
+    return Reconstruction(
+        amplitude=stitched.amplitude,
+        phase=stitched.phase,
+        coverage=stitched.coverage.astype(np.float32),
+        origin=stitched.origin,
+        scale=float(scale),
+        scale_policy=policy,
+        n_patterns=len(x),
+        n_groups=len(members),
+        timings={"validate": t1 - t0, "scale": t2 - t1, "group": t3 - t2, "inference": t4 - t3,
+                 "stitch": t5 - t4, "total": t5 - t0},
+        probe_difference=probe_difference,
+    )
+
+
+def _polar(amplitude: npt.NDArray[np.float32], phase: npt.NDArray[np.float32]) -> npt.NDArray[np.complex64]:
+    patches = np.empty(amplitude.shape, np.complex64)
+    np.cos(phase, out=patches.real)
+    np.sin(phase, out=patches.imag)
+    patches *= amplitude
+    return patches

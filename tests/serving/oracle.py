@@ -1,0 +1,86 @@
+"""An "oracle" bundle: a tiny hand-built ONNX graph whose outputs are known exactly.
+
+``amplitude = diffraction * scale`` and ``phase = PHASE_FACTOR * diffraction`` (elementwise), so a
+test can compute the expected output of any request with numpy, and any mix-up of items between
+callers, batches or channels shows up as a wrong number. The bundle follows the manifest schema of
+:mod:`serving.bundle` and passes :func:`~serving.bundle.load_bundle`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from serving.bundle import (
+    BATCH_DIM,
+    NORMALIZATION_RULE,
+    Manifest,
+    Normalization,
+    Provenance,
+    TensorSpec,
+    Verification,
+    sha256_file,
+)
+
+PHASE_FACTOR = 0.25
+TRAINING_SCALE = 0.5
+
+
+def oracle_outputs(diffraction: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What the oracle graph returns, computed with numpy."""
+    amplitude = diffraction * scale.reshape(-1, 1, 1, 1)
+    return amplitude.astype(np.float32), (diffraction * np.float32(PHASE_FACTOR)).astype(np.float32)
+
+
+def oracle_model(N: int, channels: int) -> onnx.ModelProto:
+    """The ONNX graph: amplitude = diffraction * scale[:, None, None, None], phase = 0.25 * diffraction."""
+    item = [BATCH_DIM, channels, N, N]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Reshape", ["scale", "shape4"], ["scale4"]),
+            helper.make_node("Mul", ["diffraction", "scale4"], ["amplitude"]),
+            helper.make_node("Mul", ["diffraction", "factor"], ["phase"]),
+        ],
+        "oracle",
+        [helper.make_tensor_value_info("diffraction", TensorProto.FLOAT, item),
+         helper.make_tensor_value_info("scale", TensorProto.FLOAT, [BATCH_DIM])],
+        [helper.make_tensor_value_info("amplitude", TensorProto.FLOAT, item),
+         helper.make_tensor_value_info("phase", TensorProto.FLOAT, item)],
+        initializer=[helper.make_tensor("shape4", TensorProto.INT64, [4], [-1, 1, 1, 1]),
+                     helper.make_tensor("factor", TensorProto.FLOAT, [], [PHASE_FACTOR])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def write_oracle_bundle(root: Path, *, N: int = 32, gridsize: int = 1, name: str = "oracle",
+                        stitch_M: int | None = None) -> Path:
+    """Write a complete, checksummed oracle bundle into ``root`` and return it."""
+    root.mkdir(parents=True, exist_ok=True)
+    channels = gridsize * gridsize
+    onnx.save(oracle_model(N, channels), root / "model.onnx")
+    (root / "params.json").write_text(json.dumps({"N": N, "gridsize": gridsize}))
+    yy, xx = np.mgrid[:N, :N] - N / 2
+    probe = np.exp(-(xx**2 + yy**2) / (N / 4) ** 2).astype(np.complex64)
+    np.save(root / "probe.npy", probe)
+    files = {p.name: sha256_file(p) for p in sorted(root.iterdir()) if p.name != "manifest.json"}
+    item = (BATCH_DIM, channels, N, N)
+    manifest = Manifest(
+        name=name, version=1, N=N, gridsize=gridsize, channels=channels, opset=17,
+        inputs=(TensorSpec("diffraction", item), TensorSpec("scale", (BATCH_DIM,))),
+        outputs=(TensorSpec("amplitude", item), TensorSpec("phase", item)),
+        normalization=Normalization(rule=NORMALIZATION_RULE, training_scale=TRAINING_SCALE),
+        intensity_scale=1.0, stitch_M=stitch_M or N // 4,
+        provenance=Provenance(package_version="test", torch_version="none", onnx_version=onnx.__version__,
+                              created="2024-01-01T00:00:00Z"),
+        verification=Verification(inputs="oracle", n_samples=0, tolerance=0.0, errors={}),
+        files=files,
+    )
+    (root / "manifest.json").write_text(manifest.to_json())
+    return root
