@@ -123,8 +123,11 @@ class Verification:
     """What was run: the training data's own patterns, or the scan file given."""
     n_samples: int
     tolerance: float
+    """Max abs error allowed for the float32 graphs (amplitude and phase)."""
     errors: dict[str, EngineError]
     """engine (``onnxruntime_cpu``, ``torchscript``, ``batch_1_vs_n``...) -> measured errors."""
+    fp16_tolerance: float | None = None
+    """Max abs error allowed for the float16 variant (None: no fp16 variant)."""
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,8 @@ class Manifest:
     verification: Verification
     files: dict[str, str]
     """Bundle-relative POSIX path -> sha256 of every file except the manifest."""
+    variants: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Optional extra ONNX graphs with the same signature: ``fp16``, ``ort_optimized`` -> file."""
     coordinates: str = COORDINATE_CONVENTION
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
@@ -197,7 +202,7 @@ class Manifest:
                                       f"{spec.dtype} {list(spec.shape)}; re-export the bundle")
         if not 1 <= self.stitch_M <= self.N // 2:
             raise BundleError(f"{MANIFEST_FILE}: `stitch_M` must be in [1, N/2 = {self.N // 2}], got {self.stitch_M}")
-        missing = [f for f in REQUIRED_FILES if f not in self.files]
+        missing = [f for f in (*REQUIRED_FILES, *self.variants.values()) if f not in self.files]
         if missing:
             raise BundleError(f"{MANIFEST_FILE}: `files` must list {list(REQUIRED_FILES)}, missing {missing}; "
                               "re-export the bundle")
@@ -236,7 +241,9 @@ def _convert(kind: Any, value: Any, where: str) -> Any:
         if not isinstance(value, int) or isinstance(value, bool):
             raise fail("an integer")
         return value
-    if kind is float:
+    if kind == "float?" and value is None:
+        return None
+    if kind is float or kind == "float?":
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not np.isfinite(value):
             raise fail("a finite number")
         return float(value)
@@ -262,11 +269,13 @@ _FIELD_TYPES: Final[dict[type, dict[str, Any]]] = {
     Provenance: {"package_version": str, "torch_version": str, "onnx_version": str, "created": str,
                  "git_commit": "str?", "train_data_sha256": "str?", "checkpoint": "str?"},
     EngineError: {"amplitude": float, "phase": float},
-    Verification: {"inputs": str, "n_samples": int, "tolerance": float, "errors": ("dict", EngineError)},
+    Verification: {"inputs": str, "n_samples": int, "tolerance": float, "errors": ("dict", EngineError),
+                   "fp16_tolerance": "float?"},
     Manifest: {"name": str, "version": int, "N": int, "gridsize": int, "channels": int, "opset": int,
                "inputs": ("list", TensorSpec), "outputs": ("list", TensorSpec),
                "normalization": Normalization, "intensity_scale": float, "stitch_M": int,
                "provenance": Provenance, "verification": Verification, "files": ("dict", str),
+               "variants": ("dict", str),
                "coordinates": str, "format": str, "format_version": int},
 }
 
@@ -374,7 +383,8 @@ def _load_dir(root: Path, source: Path) -> Bundle:
         raise BundleError(f"{source}: missing file {MANIFEST_FILE}; pass the folder written by `ptychopinn export`")
     manifest = Manifest.from_json(manifest_path.read_text(encoding="utf-8", errors="replace"))
     _check_files(root, manifest)
-    _check_onnx(root / ONNX_FILE, manifest)
+    for rel in (ONNX_FILE, *manifest.variants.values()):
+        _check_onnx(root / rel, manifest)
     probe = _load_probe(root / PROBE_FILE, manifest.N)
     params = _load_params(root / PARAMS_FILE, manifest)
     return Bundle(root=root, manifest=manifest, probe=probe, params=params, source=source)
@@ -391,6 +401,9 @@ def _check_files(root: Path, manifest: Manifest) -> None:
     for rel in sorted(present - set(manifest.files)):
         raise BundleError(f"{rel}: file not listed in {MANIFEST_FILE} (no checksum to verify it); "
                           "remove it or re-export the bundle")
+    triton = triton_model_path(manifest.name, manifest.version)
+    if manifest.files.get(triton, manifest.files[ONNX_FILE]) != manifest.files[ONNX_FILE]:
+        raise BundleError(f"{triton}: must be a copy of {ONNX_FILE} (same sha256 in {MANIFEST_FILE}); re-export")
     for rel, expected in sorted(manifest.files.items()):
         actual = sha256_file(root / rel)
         if actual != expected:
@@ -401,22 +414,23 @@ def _check_files(root: Path, manifest: Manifest) -> None:
 def _check_onnx(path: Path, manifest: Manifest) -> None:
     import onnx  # numpy + onnx only; onnx is a core dependency
 
+    rel = path.name
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as error:  # onnx raises DecodeError and friends
-        raise BundleError(f"{ONNX_FILE}: cannot be parsed as ONNX ({error}); re-export the bundle") from None
+        raise BundleError(f"{rel}: cannot be parsed as ONNX ({error}); re-export the bundle") from None
     if any(onnx.external_data_helper.uses_external_data(t) for t in model.graph.initializer):
-        raise BundleError(f"{ONNX_FILE}: must hold its weights inline, got external data references; "
+        raise BundleError(f"{rel}: must hold its weights inline, got external data references; "
                           "re-export (the exporter writes external_data=False)")
     for group, declared, specs in (("inputs", model.graph.input, manifest.inputs),
                                    ("outputs", model.graph.output, manifest.outputs)):
         graph = [_onnx_spec(v) for v in declared]
         if [g.name for g in graph] != [s.name for s in specs]:
-            raise BundleError(f"{ONNX_FILE}: graph {group} must be {[s.name for s in specs]} as in "
+            raise BundleError(f"{rel}: graph {group} must be {[s.name for s in specs]} as in "
                               f"{MANIFEST_FILE}, got {[g.name for g in graph]}; re-export the bundle")
         for got, spec in zip(graph, specs):
             if got != spec:
-                raise BundleError(f"{ONNX_FILE}: shape mismatch for `{spec.name}`, {MANIFEST_FILE} says "
+                raise BundleError(f"{rel}: shape mismatch for `{spec.name}`, {MANIFEST_FILE} says "
                                   f"{spec.dtype} {list(spec.shape)}, the graph declares {got.dtype} "
                                   f"{list(got.shape)}; re-export the bundle")
 
@@ -478,6 +492,7 @@ def summarize(bundle: Bundle) -> str:
         f"{m.verification.tolerance:g}:",
         *(f"  {engine:<18} max|d amplitude| {e.amplitude:.3g}  max|d phase| {e.phase:.3g}"
           for engine, e in sorted(m.verification.errors.items())),
+        f"variants   {', '.join(f'{k}={v}' for k, v in sorted(m.variants.items())) or 'none'}",
         f"files      {len(m.files)} checksummed: {', '.join(sorted(m.files))}",
     ]
     return "\n".join(lines)

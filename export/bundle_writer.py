@@ -1,0 +1,140 @@
+"""Assemble a bundle directory (and optionally its ``.zip``) from a generator and its training facts."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import subprocess
+import zipfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from export.onnx import DEFAULT_OPSET, convert_fp16, export_onnx
+from export.torchscript import export_torchscript
+from export.triton import write_triton_repository
+from export.verify import FP16_TOLERANCE, FP32_TOLERANCE, verify_exports
+from ptycho_torch import params
+from ptycho_torch.config import ModelConfig, TrainingConfig, config_from_dict, update_legacy_dict
+from ptycho_torch.errors import ExportError
+from serving.bundle import (
+    BATCH_DIM, INPUT_NAMES, MANIFEST_FILE, NORMALIZATION_RULE, ONNX_FILE, OUTPUT_NAMES, PARAMS_FILE, PROBE_FILE,
+    TORCHSCRIPT_FILE, Bundle, Manifest, Normalization, Provenance, TensorSpec, load_bundle, sha256_file,
+)
+
+FP16_FILE = "model.fp16.onnx"
+DEFAULT_STITCH_M = 20
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportOptions:
+    """What ``ptychopinn export`` writes and how strictly it checks it."""
+
+    name: str = "ptychopinn"
+    version: int = 1
+    opset: int = DEFAULT_OPSET
+    fp16: bool = False
+    zip: bool = False
+    max_batch_size: int = 256
+    tolerance: float = FP32_TOLERANCE
+    fp16_tolerance: float = FP16_TOLERANCE
+    stitch_M: int | None = None
+    """Central crop used when stitching (None: min(20, N/2))."""
+
+    def __post_init__(self) -> None:
+        if not self.name or not all(c.isalnum() or c in "-_" for c in self.name):
+            raise ExportError(f"`name` must be letters, digits, '-' or '_' (a Triton model name), got {self.name!r}")
+        if self.version < 1:
+            raise ExportError(f"`version` must be an integer >= 1 (a Triton version folder), got {self.version}")
+
+
+def _tensor_specs(config: ModelConfig) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    patches = (BATCH_DIM, config.channels, config.N, config.N)
+    inputs = (TensorSpec(INPUT_NAMES[0], patches), TensorSpec(INPUT_NAMES[1], (BATCH_DIM,)))
+    return inputs, tuple(TensorSpec(name, patches) for name in OUTPUT_NAMES)
+
+
+def params_snapshot(hparams: dict[str, Any]) -> dict[str, Any]:
+    """The full ``params.cfg`` for the checkpoint's configs, plus the measured scales (JSON-able)."""
+    cfg = dict(params.DEFAULT_CFG)
+    training = dict(hparams.get("training_config") or {})
+    training["model"] = hparams["model_config"]
+    update_legacy_dict(cfg, config_from_dict(TrainingConfig, training))
+    cfg.update(input_scale=hparams["input_scale"], intensity_scale=hparams["intensity_scale"])
+    return cfg
+
+
+def _git_commit() -> str | None:
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                              text=True, timeout=5, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None
+
+
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("ptychopinn-serve")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def export_bundle(generator: torch.nn.Module, out: Path, *, hparams: dict[str, Any], probe: np.ndarray,
+                  diffraction: np.ndarray, inputs_label: str, options: ExportOptions = ExportOptions(),
+                  checkpoint: str | None = None) -> Bundle:
+    """Write the bundle of design.md section 4 to ``out`` (a new or empty directory) and load it back.
+
+    ``hparams`` holds ``model_config``, ``input_scale``, ``intensity_scale`` (and optionally
+    ``training_config``, ``train_data_sha256``) as in the checkpoint; ``diffraction`` ``(B, C, N, N)``
+    are the real patterns the exported graphs are verified on. Returns the validated bundle.
+    """
+    config: ModelConfig = generator.config
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ExportError(f"`--out` must be a new or empty directory, got {out} with content; choose another path")
+    out.mkdir(parents=True, exist_ok=True)
+    inputs, outputs = _tensor_specs(config)
+    onnx_path = export_onnx(generator, out / ONNX_FILE, opset=options.opset)
+    ts_path = export_torchscript(generator, out / TORCHSCRIPT_FILE)
+    fp16_path = convert_fp16(onnx_path, out / FP16_FILE) if options.fp16 else None
+    verification = verify_exports(generator, diffraction, onnx_path=onnx_path, torchscript_path=ts_path,
+                                  fp16_path=fp16_path, inputs_label=inputs_label, tolerance=options.tolerance,
+                                  fp16_tolerance=options.fp16_tolerance)
+    (out / PARAMS_FILE).write_text(json.dumps(params_snapshot(hparams), indent=2, sort_keys=True) + "\n")
+    np.save(out / PROBE_FILE, np.asarray(probe, dtype=np.complex64), allow_pickle=False)
+    write_triton_repository(out, onnx_path, options.name, options.version, inputs, outputs,
+                            max_batch_size=options.max_batch_size)
+    files = {p.relative_to(out).as_posix(): sha256_file(p) for p in sorted(out.rglob("*")) if p.is_file()}
+    manifest = Manifest(
+        name=options.name, version=options.version, N=config.N, gridsize=config.gridsize,
+        channels=config.channels, opset=options.opset, inputs=inputs, outputs=outputs,
+        normalization=Normalization(rule=NORMALIZATION_RULE, training_scale=float(hparams["input_scale"])),
+        intensity_scale=float(hparams["intensity_scale"]),
+        stitch_M=options.stitch_M or min(DEFAULT_STITCH_M, config.N // 2),
+        provenance=Provenance(
+            package_version=_package_version(), torch_version=torch.__version__, onnx_version=onnx.__version__,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"), git_commit=_git_commit(),
+            train_data_sha256=hparams.get("train_data_sha256"), checkpoint=checkpoint,
+        ),
+        verification=verification, files=files, variants={"fp16": FP16_FILE} if fp16_path else {},
+    )
+    (out / MANIFEST_FILE).write_text(manifest.to_json())
+    if options.zip:
+        write_zip(out, out.with_suffix(".zip"))
+    return load_bundle(out)
+
+
+def write_zip(directory: Path, archive: Path) -> Path:
+    """Zip a bundle directory with bundle-relative member names (manifest first)."""
+    members = sorted((p for p in directory.rglob("*") if p.is_file()), key=lambda p: (p.name != MANIFEST_FILE, p))
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for path in members:
+            zf.write(path, path.relative_to(directory).as_posix())
+    return archive
+

@@ -1,0 +1,57 @@
+"""Generator -> ONNX: the dynamo exporter, one file, a dynamic batch axis, named tensors."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import onnx
+import torch
+
+from ptycho_torch.errors import ExportError
+from serving.bundle import INPUT_NAMES, OUTPUT_NAMES
+
+DEFAULT_OPSET = 18
+MIN_OPSET = 17
+MAX_BATCH = 1 << 16
+
+
+def example_inputs(generator: torch.nn.Module, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic ``(diffraction (batch, C, N, N), scale (batch,))`` for tracing/exporting."""
+    config = generator.config
+    shape = (batch, config.channels, config.N, config.N)
+    return torch.linspace(0.0, 2.0, steps=int(torch.Size(shape).numel())).reshape(shape), torch.ones(batch)
+
+
+def export_onnx(generator: torch.nn.Module, path: Path, *, opset: int = DEFAULT_OPSET) -> Path:
+    """Write ``generator`` to ``path`` as a single-file ONNX graph with a dynamic batch axis ``B``.
+
+    Uses ``torch.onnx.export(dynamo=True)`` (torch.export + onnxscript); the example batch is 2
+    because torch.export specialises a size-1 dimension.
+    """
+    if opset < MIN_OPSET:
+        raise ExportError(f"`opset` must be >= {MIN_OPSET} (DFT-free graph, dynamo exporter), got {opset}; "
+                          f"use the default {DEFAULT_OPSET}")
+    batch = torch.export.Dim("B", min=1, max=MAX_BATCH)
+    generator = generator.eval()
+    quiet = io.StringIO()
+    try:
+        with torch.no_grad(), contextlib.redirect_stdout(quiet):
+            torch.onnx.export(
+                generator, example_inputs(generator), str(path), dynamo=True, opset_version=opset,
+                input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
+                dynamic_shapes={"diffraction": {0: batch}, "scale": {0: batch}}, external_data=False,
+            )
+    except Exception as error:  # the exporter raises many private error types
+        raise ExportError(f"torch.onnx.export(dynamo=True, opset={opset}) failed: {error}\n{quiet.getvalue()}") from error
+    onnx.checker.check_model(str(path))
+    return path
+
+
+def convert_fp16(source: Path, target: Path) -> Path:
+    """Write a float16 copy of an ONNX graph that keeps float32 inputs and outputs."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    onnx.save(convert_float_to_float16(onnx.load(str(source)), keep_io_types=True), str(target))
+    return target
