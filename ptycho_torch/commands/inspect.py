@@ -18,7 +18,8 @@ Handler = Callable[[Path, argparse.Namespace], int]
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the inspect arguments."""
-    parser.add_argument("path", help="scan file: contract .npz, or the tike-layout .npz.bz2 real scan")
+    parser.add_argument("path", help="scan file (contract .npz, or the tike-layout .npz.bz2 real scan), "
+                                     "or a bundle folder/.zip written by `ptychopinn export`")
     parser.add_argument("--png", default=None, help="write an overview figure to this PNG path")
     parser.add_argument("--n", type=int, default=None,
                         help="central detector crop for tike-layout scans (default: full detector)")
@@ -34,8 +35,10 @@ def _handler_for(path: Path) -> Handler:
     """The single dispatch point: map a path to the handler for its kind."""
     if path.is_file() and (path.suffix == ".npz" or path.name.endswith(".npz.bz2")):
         return _inspect_scan
+    if (path / "manifest.json").is_file() or (path.is_file() and path.suffix == ".zip"):
+        return _inspect_bundle
     raise DataContractError(
-        f"`path` must be an existing scan file (.npz or .npz.bz2), got {str(path)!r}; "
+        f"`path` must be an existing scan file (.npz or .npz.bz2) or bundle (folder or .zip), got {str(path)!r}; "
         "check the path or simulate one with `ptychopinn simulate --out scan.npz`"
     )
 
@@ -48,6 +51,13 @@ def _inspect_scan(path: Path, args: argparse.Namespace) -> int:
     if args.png:
         write_overview_png(raw, Path(args.png), title=path.name)
         print(f"overview: {args.png}")
+    return 0
+
+
+def _inspect_bundle(path: Path, args: argparse.Namespace) -> int:
+    from serving.bundle import load_bundle, summarize
+
+    print(summarize(load_bundle(path)))
     return 0
 
 
