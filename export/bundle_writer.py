@@ -18,7 +18,7 @@ import torch
 from export.onnx import DEFAULT_OPSET, convert_fp16, export_onnx
 from export.torchscript import export_torchscript
 from export.triton import write_triton_repository
-from export.verify import FP16_TOLERANCE, FP32_TOLERANCE, verify_exports
+from export.verify import FP16_TOLERANCE, FP32_TOLERANCE, verification_inputs, verify_exports
 from ptycho_torch import params
 from ptycho_torch.config import ModelConfig, TrainingConfig, config_from_dict, update_legacy_dict
 from ptycho_torch.errors import ExportError
@@ -138,3 +138,25 @@ def write_zip(directory: Path, archive: Path) -> Path:
             zf.write(path, path.relative_to(directory).as_posix())
     return archive
 
+
+
+def export_checkpoint(checkpoint: Path, out: Path, *, data: Path | None = None,
+                      options: ExportOptions = ExportOptions()) -> Bundle:
+    """Export a Lightning checkpoint: load its generator, verify on ``data`` (default: the training
+    scan recorded in the checkpoint) and write the bundle to ``out``."""
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise ExportError(f"`--checkpoint` must be an existing .ckpt file, got {checkpoint}; "
+                          "point it at RUN/checkpoints/best.ckpt written by `ptychopinn train`")
+    from training.module import PtychoPINNModule  # lightning: only when there is a checkpoint to read
+
+    generator, hparams, probe = PtychoPINNModule.load_generator(checkpoint)
+    scan = data or (hparams.get("training_config") or {}).get("train_data_file")
+    if scan is None or not Path(scan).is_file():
+        raise ExportError(f"verification needs real patterns: the training scan {scan!r} is not available; "
+                          "pass --data SCAN.npz (a scan at the model's N)")
+    config: ModelConfig = generator.config
+    diffraction = verification_inputs(Path(scan), config.N, config.gridsize)
+    label = f"{'the scan' if data else 'the training scan'} {Path(scan).name}"
+    return export_bundle(generator, out, hparams=hparams, probe=probe, diffraction=diffraction,
+                         inputs_label=label, options=options, checkpoint=str(checkpoint))
