@@ -116,6 +116,11 @@ class DynamicBatcher:
         """Blocking :meth:`submit`: ``(amplitude, phase)`` ``(B, C, N, N)``."""
         return self.submit(diffraction, scale).result()
 
+    @property
+    def running(self) -> bool:
+        """True until :meth:`close` (and while the worker thread lives)."""
+        return not self._closed and self._worker.is_alive()
+
     def queue_length(self) -> int:
         """Requests waiting (not yet fully handed to a batch)."""
         with self._cond:

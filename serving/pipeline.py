@@ -92,8 +92,9 @@ class Reconstruction:
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds per stage: validate, scale, group, inference, stitch, total."""
     probe_difference: float | None = None
-    """``||probe - bundle probe|| / ||bundle probe||`` (first mode) when a probe was given: the
-    network assumes its training probe, so a large value means the result is not trustworthy."""
+    """``min_c ||c * probe - bundle probe|| / ||bundle probe||`` (first mode, best complex gain ``c``, so
+    normalisation and global phase do not count) when a probe was given: the network assumes its
+    training probe, so a value near 1 means the result is not trustworthy."""
 
 
 def _check_patterns(patterns: Any, N: int) -> npt.NDArray[np.float32]:
@@ -140,8 +141,10 @@ def _probe_difference(probe: Any, bundle: Bundle) -> float:
                              f"{list(array.shape)}")
     if not np.isfinite(array).all():
         raise InvalidValues("`probe` must be finite, got NaN/inf")
-    given, trained = array.reshape(-1, N, N)[0], bundle.probe[0]
-    return float(np.linalg.norm(given - trained) / np.linalg.norm(trained))
+    given = array.reshape(-1, N, N)[0].astype(np.complex128).ravel()
+    trained = bundle.probe[0].astype(np.complex128).ravel()
+    best = np.vdot(given, trained) / max(np.vdot(given, given).real, np.finfo(float).tiny)  # optimal complex gain
+    return float(np.linalg.norm(best * given - trained) / np.linalg.norm(trained))
 
 
 def reconstruct(

@@ -1,0 +1,283 @@
+"""The FastAPI app: Open Inference Protocol v2 REST, ``/v1/reconstruct`` and ``/metrics``.
+
+Every refusal is a :class:`~serving.errors.ServingError` (or a ``PtychoError`` from the numpy
+science code) turned into ``{"error": message}`` with its status code in one handler; endpoints
+never catch. A bearer token, when set, guards everything except the two health probes. Request
+bodies are read through a size limit. Blocking work (decoding, stitching) runs in the thread pool;
+inference waits on the dynamic batcher without holding a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ptycho_torch import __version__
+from ptycho_torch.errors import DataContractError, PtychoError
+from serving.batching import DynamicBatcher
+from serving.engine import Engine
+from serving.errors import InvalidRequest, ModelNotFound, RequestTooLarge, ServingError, Unauthorized
+from serving.metrics import ServiceMetrics
+from serving.npz_wire import RECONSTRUCT_MEDIA_TYPE, decode_reconstruct_request, encode_reconstruction
+from serving.pipeline import reconstruct
+from serving.protocol_v2 import HEADER_LENGTH, TensorMetadata, check_inputs, decode_request, encode_response
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "ptychopinn-serve"
+EXTENSIONS = ["binary_tensor_data"]
+
+
+class _State:
+    """What the endpoints share: one engine, its batcher, metrics and limits."""
+
+    def __init__(self, engine: Engine, batcher: DynamicBatcher, metrics: ServiceMetrics, token: str | None,
+                 max_request_bytes: int) -> None:
+        self.engine, self.batcher, self.metrics = engine, batcher, metrics
+        self.bundle = engine.bundle
+        self.token = token
+        self.max_request_bytes = max_request_bytes
+        shape = (-1, *engine.input_shape)
+        self.inputs = (TensorMetadata("diffraction", "FP32", shape), TensorMetadata("scale", "FP32", (-1,)))
+        self.outputs = (TensorMetadata("amplitude", "FP32", shape), TensorMetadata("phase", "FP32", shape))
+
+    def check_model(self, name: str, version: str | None = None) -> None:
+        if name != self.bundle.name:
+            raise ModelNotFound(f"model `{name}` is not served here; served models: ['{self.bundle.name}']")
+        if version is not None and version != str(self.bundle.version):
+            raise ModelNotFound(f"model `{name}` has no version `{version}`; served versions: "
+                                f"['{self.bundle.version}']")
+
+    async def read_body(self, request: Request) -> bytes:
+        """The body, or :class:`RequestTooLarge` (after draining what the client sends, so it reads the 413)."""
+        limit = self.max_request_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit + (64 << 20):
+            raise RequestTooLarge(f"request body is {declared} bytes, over the limit of {limit} bytes "
+                                  "(--max-request-mb); send fewer patterns per request")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size <= limit:
+                chunks.append(chunk)
+            elif size > limit + (64 << 20):
+                break
+        if size > limit:
+            raise RequestTooLarge(f"request body is over the limit of {limit} bytes (--max-request-mb); "
+                                  "send fewer patterns per request")
+        return b"".join(chunks)
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "name": self.bundle.name,
+            "versions": [str(self.bundle.version)],
+            "platform": "onnxruntime_onnx",
+            "inputs": [t.to_json() for t in self.inputs],
+            "outputs": [t.to_json() for t in self.outputs],
+            "parameters": {
+                "providers": self.engine.providers,
+                "max_batch_size": self.batcher.max_batch_size,
+                "N": self.bundle.N,
+                "gridsize": self.bundle.gridsize,
+                "stitch_M": self.bundle.stitch_M,
+                "training_scale": self.bundle.input_scale,
+            },
+        }
+
+
+def _error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+async def _serving_error(_: Request, error: Exception) -> Response:
+    assert isinstance(error, ServingError)
+    return _error_response(error.status_code, error.message, error.headers)
+
+
+async def _ptycho_error(_: Request, error: Exception) -> Response:
+    return _error_response(422 if isinstance(error, DataContractError) else 400, str(error))
+
+
+async def _http_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, StarletteHTTPException)
+    message = str(error.detail)
+    if error.status_code in (404, 405):
+        message = (f"{message}: {request.method} {request.url.path}; endpoints are /v2/health/{{live,ready}}, /v2, "
+                   "/v2/models/{name}[/versions/{v}][/ready|/infer], POST /v1/reconstruct, GET /metrics")
+    return _error_response(error.status_code, message, getattr(error, "headers", None))
+
+
+async def _validation_error(_: Request, error: Exception) -> Response:
+    assert isinstance(error, RequestValidationError)
+    problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+    return _error_response(400, f"invalid request: {problems}")
+
+
+async def _internal_error(_: Request, error: Exception) -> Response:
+    log.error("internal error", exc_info=error)
+    return _error_response(500, f"internal server error ({type(error).__name__}); see the server log")
+
+
+class _MetricsMiddleware:
+    """Count every request by route template and status, and time it."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.observe_request(route, status, time.perf_counter() - start)
+
+
+def create_app(
+    engine: Engine,
+    *,
+    max_batch_size: int | None = None,
+    max_queue_delay_us: int = 100,
+    max_queue_size: int = 256,
+    token: str | None = None,
+    max_request_bytes: int = 256 << 20,
+) -> FastAPI:
+    """The service for one engine. Batching knobs as :class:`~serving.batching.DynamicBatcher`;
+    ``token``: require ``Authorization: Bearer <token>`` (None: open); ``max_request_bytes``: 413 above it.
+    The app owns the batcher and closes it at shutdown."""
+    if token is not None and not token.strip():
+        raise InvalidRequest("`token` must be a non-empty string or None; the token file is empty")
+    metrics = ServiceMetrics(engine.bundle.name, max_batch_size or engine.max_batch_size)
+    batcher = DynamicBatcher(engine, max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
+                             max_queue_size=max_queue_size, observer=metrics.observe_batch)
+    state = _State(engine, batcher, metrics, token.strip() if token else None, max_request_bytes)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
+        yield
+        await run_in_threadpool(batcher.close)
+
+    app = FastAPI(title=SERVER_NAME, version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.state.serving = state
+    app.add_middleware(_MetricsMiddleware, metrics=metrics)
+    app.add_exception_handler(ServingError, _serving_error)
+    app.add_exception_handler(PtychoError, _ptycho_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _internal_error)
+    app.include_router(_health_routes(state))
+    app.include_router(_protected_routes(state), dependencies=[Depends(_auth(state))])
+    return app
+
+
+def _auth(state: _State) -> Callable[[Request], Awaitable[None]]:
+    async def check(request: Request) -> None:
+        if state.token is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            raise Unauthorized("a bearer token is required: send the header `Authorization: Bearer <token>`")
+        if not hmac.compare_digest(given.strip().encode(), state.token.encode()):
+            raise Unauthorized("the bearer token is not valid for this server")
+    return check
+
+
+def _health_routes(state: _State) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/v2/health/live")
+    async def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @router.get("/v2/health/ready")
+    async def ready() -> Response:
+        return JSONResponse({"ready": True}) if _is_ready(state) else JSONResponse({"ready": False}, 503)
+
+    return router
+
+
+def _is_ready(state: _State) -> bool:
+    return state.engine.warmup_s is not None and state.batcher.running
+
+
+def _protected_routes(state: _State) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/v2")
+    async def server_metadata() -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
+
+    @router.get("/v2/models/{name}")
+    @router.get("/v2/models/{name}/versions/{version}")
+    async def model_metadata(name: str, version: str | None = None) -> dict[str, Any]:
+        state.check_model(name, version)
+        return state.metadata()
+
+    @router.get("/v2/models/{name}/ready")
+    @router.get("/v2/models/{name}/versions/{version}/ready")
+    async def model_ready(name: str, version: str | None = None) -> Response:
+        state.check_model(name, version)
+        ready = _is_ready(state)
+        return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
+
+    @router.post("/v2/models/{name}/infer")
+    @router.post("/v2/models/{name}/versions/{version}/infer")
+    async def infer(name: str, request: Request, version: str | None = None) -> Response:
+        state.check_model(name, version)
+        body = await state.read_body(request)
+        header_length = request.headers.get(HEADER_LENGTH)
+        decoded = await run_in_threadpool(decode_request, body, header_length)
+        check_inputs(decoded.inputs, state.inputs)
+        amplitude, phase = await asyncio.wrap_future(
+            state.batcher.submit(decoded.inputs["diffraction"], decoded.inputs["scale"]))
+        content, headers = await run_in_threadpool(
+            encode_response, state.bundle.name, str(state.bundle.version), decoded,
+            {"amplitude": amplitude, "phase": phase})
+        return Response(content, headers=headers)
+
+    @router.post("/v1/reconstruct")
+    async def reconstruct_scan(request: Request) -> Response:
+        body = await state.read_body(request)
+        content = await run_in_threadpool(_reconstruct, state, body)
+        return Response(content, media_type=RECONSTRUCT_MEDIA_TYPE)
+
+    @router.get("/metrics")
+    async def metrics() -> Response:
+        state.metrics.queue_length.labels(state.bundle.name).set(state.batcher.queue_length())
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+def _reconstruct(state: _State, body: bytes) -> bytes:
+    patterns, positions, probe, options = decode_reconstruct_request(
+        body, max_uncompressed_bytes=4 * state.max_request_bytes)
+    result = reconstruct(state.batcher, patterns, positions, probe=probe, options=options)
+    return encode_reconstruction(result, {"model_name": state.bundle.name,
+                                          "model_version": state.bundle.version})

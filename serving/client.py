@@ -1,0 +1,115 @@
+"""A small httpx client for a ptychopinn server: ``/v1/reconstruct`` and binary OIP ``infer``.
+
+Errors from the server come back as :class:`~serving.errors.ServingError` subclasses carrying the
+server's message (so ``except InvalidRequest`` works the same in-process and over HTTP).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+
+from serving.errors import (
+    InvalidRequest,
+    InvalidValues,
+    ModelNotFound,
+    Overloaded,
+    RequestTooLarge,
+    ServingError,
+    Unauthorized,
+)
+from serving.npz_wire import RECONSTRUCT_MEDIA_TYPE, decode_reconstruction, encode_reconstruct_request
+from serving.pipeline import ReconstructOptions, Reconstruction
+from serving.protocol_v2 import HEADER_LENGTH
+
+__all__ = ["Client", "reconstruct_file"]
+
+_ERRORS: dict[int, type[ServingError]] = {400: InvalidRequest, 401: Unauthorized, 404: ModelNotFound,
+                                          413: RequestTooLarge, 422: InvalidValues, 503: Overloaded}
+
+
+class Client:
+    """``Client("http://127.0.0.1:8000", token=...)``; a context manager, or call :meth:`close`."""
+
+    def __init__(self, url: str, *, token: str | None = None, timeout_s: float = 300.0) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout_s)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        response = self._http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            try:
+                message = response.json()["error"]
+            except (ValueError, KeyError, TypeError):
+                message = response.text[:500]
+            error = _ERRORS.get(response.status_code, ServingError)
+            if error is Overloaded:
+                raise Overloaded(message, retry_after_s=int(response.headers.get("retry-after", "1")))
+            if error is Unauthorized:
+                raise Unauthorized(message)
+            raise error(f"HTTP {response.status_code} from {response.request.url}: {message}")
+        return response
+
+    def ready(self) -> bool:
+        """True when the server answers ready (``/v2/health/ready``)."""
+        return self._http.get("/v2/health/ready").status_code == 200
+
+    def model_metadata(self, model: str) -> dict[str, Any]:
+        """OIP metadata of ``model`` (``/v2/models/{model}``), including the providers it runs on."""
+        return self._request("GET", f"/v2/models/{model}").json()
+
+    def reconstruct(self, patterns: npt.ArrayLike, positions: npt.ArrayLike, *, probe: npt.ArrayLike | None = None,
+                    options: ReconstructOptions | dict[str, Any] | None = None,
+                    compress: bool = False) -> Reconstruction:
+        """Stitched object for a scan (see :func:`serving.pipeline.reconstruct`), computed by the server."""
+        body = encode_reconstruct_request(patterns, positions, probe=probe, options=options, compress=compress)
+        response = self._request("POST", "/v1/reconstruct", content=body,
+                                 headers={"Content-Type": RECONSTRUCT_MEDIA_TYPE})
+        return decode_reconstruction(response.content)[0]
+
+    def infer(self, model: str, diffraction: npt.NDArray[np.float32], scale: npt.NDArray[np.float32]
+              ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """``amplitude, phase`` for one model batch, over OIP with binary tensors both ways."""
+        tensors = {"diffraction": np.ascontiguousarray(diffraction, "<f4"),
+                   "scale": np.ascontiguousarray(scale, "<f4")}
+        header = json.dumps({
+            "inputs": [{"name": name, "shape": list(a.shape), "datatype": "FP32",
+                        "parameters": {"binary_data_size": a.nbytes}} for name, a in tensors.items()],
+            "outputs": [{"name": name, "parameters": {"binary_data": True}} for name in ("amplitude", "phase")],
+        }).encode()
+        response = self._request(
+            "POST", f"/v2/models/{model}/infer", content=b"".join([header, *(a.tobytes() for a in tensors.values())]),
+            headers={"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(header))})
+        length = int(response.headers[HEADER_LENGTH])
+        outputs, offset = {}, length
+        for tensor in json.loads(response.content[:length])["outputs"]:
+            size = tensor["parameters"]["binary_data_size"]
+            outputs[tensor["name"]] = np.frombuffer(response.content, "<f4", size // 4, offset).reshape(tensor["shape"])
+            offset += size
+        return outputs["amplitude"], outputs["phase"]
+
+
+def reconstruct_file(url: str, npz_path: str | Path, *, token: str | None = None,
+                     options: ReconstructOptions | dict[str, Any] | None = None,
+                     timeout_s: float = 300.0) -> Reconstruction:
+    """Reconstruct the scan in ``npz_path`` (the project's NPZ data contract) on the server at ``url``."""
+    from ptycho_torch.data import RawData  # numpy-only
+
+    scan = RawData.from_file(npz_path)
+    positions = np.column_stack([scan.xcoords, scan.ycoords])
+    with Client(url, token=token, timeout_s=timeout_s) as client:
+        return client.reconstruct(scan.diff3d, positions, probe=scan.probeGuess, options=options)

@@ -1,0 +1,54 @@
+"""Prometheus metrics of one app, in their own registry (Triton's names in spirit, seconds as units).
+
+Average batch size = ``ptychopinn_inference_count_total / ptychopinn_execution_count_total``, as
+Triton's ``nv_inference_count / nv_inference_exec_count``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["ServiceMetrics"]
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class ServiceMetrics:
+    """Counters and histograms for requests, queueing, compute and batches."""
+
+    def __init__(self, model: str, max_batch_size: int) -> None:
+        self.model = model
+        self.registry = CollectorRegistry()
+        self.requests = Counter("ptychopinn_requests", "HTTP requests by route and status code",
+                                ["route", "status"], registry=self.registry)
+        self.latency = Histogram("ptychopinn_request_duration_seconds", "HTTP request latency by route",
+                                 ["route"], buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.queue = Histogram("ptychopinn_queue_duration_seconds",
+                               "time a request waited in the batcher queue before its first batch ran",
+                               ["model"], buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.compute = Histogram("ptychopinn_compute_duration_seconds", "onnxruntime time per executed batch",
+                                 ["model"], buckets=_LATENCY_BUCKETS, registry=self.registry)
+        sizes = sorted({2**k for k in range(max_batch_size.bit_length() + 1) if 2**k <= max_batch_size}
+                       | {max_batch_size})
+        self.batch_size = Histogram("ptychopinn_batch_size", "items per executed batch", ["model"],
+                                    buckets=sizes, registry=self.registry)
+        self.inference_count = Counter("ptychopinn_inference_count", "items (diffraction groups) inferred",
+                                       ["model"], registry=self.registry)
+        self.execution_count = Counter("ptychopinn_execution_count", "model executions (batches) run",
+                                       ["model"], registry=self.registry)
+        self.queue_length = Gauge("ptychopinn_queue_length", "requests waiting in the batcher queue",
+                                  ["model"], registry=self.registry)
+
+    def observe_batch(self, size: int, queue_s: list[float], compute_s: float) -> None:
+        """The batcher's observer: one executed batch."""
+        self.batch_size.labels(self.model).observe(size)
+        self.compute.labels(self.model).observe(compute_s)
+        self.inference_count.labels(self.model).inc(size)
+        self.execution_count.labels(self.model).inc()
+        for seconds in queue_s:
+            self.queue.labels(self.model).observe(seconds)
+
+    def observe_request(self, route: str, status: int, seconds: float) -> None:
+        """One finished HTTP request."""
+        self.requests.labels(route, str(status)).inc()
+        self.latency.labels(route).observe(seconds)

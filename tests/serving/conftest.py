@@ -1,0 +1,75 @@
+"""Fixtures: the oracle bundle and engine, and real uvicorn servers on free 127.0.0.1 ports."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from oracle import write_oracle_bundle  # noqa: E402
+
+from serving.bundle import Bundle, load_bundle  # noqa: E402
+from serving.engine import Engine  # noqa: E402
+
+N = 32
+
+
+class LiveServer:
+    """A uvicorn server for ``app`` in a thread, on a free port it binds itself (no race)."""
+
+    def __init__(self, app: object) -> None:
+        import uvicorn
+
+        self.app = app
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=20)
+
+
+@pytest.fixture(scope="session")
+def oracle_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    return load_bundle(write_oracle_bundle(tmp_path_factory.mktemp("oracle") / "bundle", N=N))
+
+
+@pytest.fixture(scope="session")
+def oracle_bundle_g2(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    return load_bundle(write_oracle_bundle(tmp_path_factory.mktemp("oracle2") / "bundle", N=N, gridsize=2,
+                                           name="oracle2"))
+
+
+@pytest.fixture(scope="session")
+def engine(oracle_bundle: Bundle) -> Engine:
+    return Engine(oracle_bundle, max_batch_size=16, providers=["cpu"], intra_op_threads=1)
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., LiveServer]]:
+    """``serve(app)`` starts a live server; every server started is stopped after the test."""
+    servers: list[LiveServer] = []
+
+    def start(app: object) -> LiveServer:
+        servers.append(LiveServer(app))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
