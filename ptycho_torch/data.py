@@ -63,7 +63,7 @@ def _require_finite_nonnegative(key: str, values: np.ndarray, what: str) -> None
         raise _fail(key, f"non-negative {what}", f"minimum {values.min()}", "store |amplitude| or photon counts")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class RawData:
     """One scan in the contract's layout (see the module docstring); validated on construction."""
 
@@ -126,6 +126,10 @@ class RawData:
 
     def __len__(self) -> int:
         return int(self.diff3d.shape[0])
+
+    def __repr__(self) -> str:
+        obj = None if self.objectGuess is None else self.objectGuess.shape
+        return f"RawData(S={len(self)}, N={self.N}, probe={self.probeGuess.shape}, objectGuess={obj})"
 
     @classmethod
     def from_coords_without_pc(

@@ -1,0 +1,75 @@
+"""The config bridge: KEY_MAPPINGS renames, None never overwrites, validation names the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ptycho_torch import params
+from ptycho_torch.config import (
+    KEY_MAPPINGS,
+    InferenceConfig,
+    ModelConfig,
+    TrainingConfig,
+    config_from_dict,
+    dataclass_to_legacy_dict,
+    update_legacy_dict,
+)
+from ptycho_torch.errors import ConfigError
+
+
+def test_renames_flatten_model_and_stringify_paths():
+    config = TrainingConfig(
+        model=ModelConfig(N=128, gridsize=2, object_big=False, probe_big=False, probe_mask=True),
+        train_data_file=Path("/data/train.npz"), test_data_file=Path("/data/test.npz"),
+        output_dir=Path("runs/a"), probe_trainable=True, intensity_scale_trainable=False, positions_provided=False,
+    )
+    legacy = dataclass_to_legacy_dict(config)
+    expected = {
+        "object.big": False, "probe.big": False, "probe.mask": True, "probe.trainable": True,
+        "intensity_scale.trainable": False, "positions.provided": False, "output_prefix": "runs/a",
+        "train_data_file_path": "/data/train.npz", "test_data_file_path": "/data/test.npz",
+        "N": 128, "gridsize": 2,
+    }
+    assert {key: legacy[key] for key in expected} == expected
+    assert not set(KEY_MAPPINGS) & set(legacy), "old names must not survive the rename"
+    assert "model" not in legacy
+
+
+def test_update_writes_into_cfg_and_none_never_overwrites():
+    params.cfg["test_data_file_path"] = "kept.npz"
+    params.cfg["n_groups"] = 77
+    update_legacy_dict(params.cfg, TrainingConfig(model=ModelConfig(gridsize=2), nphotons=1e6))
+    assert params.cfg["gridsize"] == 2
+    assert params.cfg["nphotons"] == 1e6
+    assert params.cfg["test_data_file_path"] == "kept.npz"  # test_data_file is None
+    assert params.cfg["n_groups"] == 77  # n_groups is None
+    update_legacy_dict(params.cfg, InferenceConfig(model=ModelConfig(N=32), model_path=Path("m.zip")))
+    assert params.cfg["N"] == 32 and params.cfg["model_path"] == "m.zip"
+
+
+@pytest.mark.parametrize(
+    ("build", "field"),
+    [
+        (lambda: ModelConfig(N=48), "N"),
+        (lambda: ModelConfig(N=16), "N"),
+        (lambda: ModelConfig(gridsize=0), "gridsize"),
+        (lambda: ModelConfig(amp_activation="tanh"), "amp_activation"),
+        (lambda: TrainingConfig(nphotons=-1.0), "nphotons"),
+        (lambda: TrainingConfig(mae_weight=-0.1), "mae_weight"),
+        (lambda: TrainingConfig(nll_weight=2.0), "nll_weight"),
+        (lambda: TrainingConfig(batch_size=12), "batch_size"),
+        (lambda: TrainingConfig(model=ModelConfig(gridsize=2), neighbor_count=3), "neighbor_count"),
+    ],
+)
+def test_validation_names_the_field(build, field):
+    with pytest.raises(ValueError, match=rf"^{field} must be"):
+        build()
+
+
+def test_config_from_dict_builds_nested_and_rejects_unknown_keys():
+    config = config_from_dict(TrainingConfig, {"model": {"N": 32, "gridsize": 2}, "train_data_file": "a.npz"})
+    assert config.model.channels == 4 and config.train_data_file == Path("a.npz")
+    with pytest.raises(ConfigError, match="unknown TrainingConfig keys \\['nepoch'\\]"):
+        config_from_dict(TrainingConfig, {"nepoch": 3})
