@@ -1,0 +1,218 @@
+"""The Lightning module: the generator, the probe, and the physics (PINN) or supervised loss.
+
+Checkpoint contract (read by ``export`` and ``workflows``): ``self.generator`` is the
+:class:`~ptycho_torch.model.PtychoPINNGenerator`; the (normalised) probe is the complex64 buffer
+``probe`` ``(P, N, N)``; hyper-parameters are JSON-able primitives only, so
+``torch.load(path, weights_only=True)`` reads a checkpoint:
+
+==================  ========================================================================
+``model_config``    dict of :class:`~ptycho_torch.config.ModelConfig` fields
+``training_config`` dict of :class:`~ptycho_torch.config.TrainingConfig` fields (paths as str,
+                    ``model`` omitted: it is ``model_config``)
+``execution_config`` dict of :class:`~ptycho_torch.config.PyTorchExecutionConfig` fields
+``input_scale``     float, the training scan's input normalisation (design.md section 2)
+``intensity_scale`` float, ``s = sqrt(nphotons) / (N/2)``
+``probe_normaliser`` float, the probe was divided by it (ptychopinn-method.md section 5.1)
+``probe_modes``     int, ``P``
+``train_data_sha256`` str, sha256 of the training data file ('' when built from arrays)
+==================  ========================================================================
+
+:meth:`PtychoPINNModule.load_generator` turns a checkpoint back into ``(generator, hparams, probe)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+
+from ptycho_torch import physics
+from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig, config_from_dict
+from ptycho_torch.errors import ConfigError, ModelArchiveError
+from ptycho_torch.model import PtychoPINNGenerator, combine_complex
+
+#: supervised loss weights on amplitude and phase (PtychoPINN's torch supervised mode)
+SUPERVISED_WEIGHTS = (2.0, 4.0)
+#: ReduceLROnPlateau settings of the TensorFlow reference (ptychopinn-method.md section 5.7)
+PLATEAU = {"factor": 0.5, "patience": 2, "min_lr": 1e-4}
+EXPONENTIAL_GAMMA = 0.95
+WARMUP_FRACTION = 0.05
+
+
+def _primitives(config: Any) -> dict[str, Any]:
+    """A config dataclass as a JSON-able dict (paths as str, the nested model left out)."""
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name != "model"}
+    return {name: str(v) if isinstance(v, Path) else v for name, v in values.items()}
+
+
+class PtychoPINNModule(L.LightningModule):
+    """Train :class:`PtychoPINNGenerator` through the far-field physics or against ground truth.
+
+    Batches are dicts from :mod:`training.datamodule`: ``diffraction (B, C, N, N)`` raw amplitudes,
+    ``scale (B,)`` input normalisation, ``offsets (B, C, 2)`` relative offsets ``[x, y]``, and
+    ``amplitude``/``phase (B, C, N, N)`` ground truth in supervised mode.
+    Build one with :meth:`from_configs`; the constructor takes the saved hyper-parameters.
+    """
+
+    def __init__(
+        self,
+        *,
+        model_config: dict[str, Any],
+        training_config: dict[str, Any],
+        execution_config: dict[str, Any],
+        input_scale: float,
+        intensity_scale: float,
+        probe_normaliser: float,
+        probe_modes: int,
+        train_data_sha256: str = "",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model_config = config_from_dict(ModelConfig, model_config)
+        self.training_config = config_from_dict(TrainingConfig, {**training_config, "model": model_config})
+        self.execution_config = config_from_dict(PyTorchExecutionConfig, execution_config)
+        N = self.model_config.N
+        self.generator = PtychoPINNGenerator(self.model_config)
+        self.register_buffer("probe", torch.zeros(probe_modes, N, N, dtype=torch.complex64))
+        self.register_buffer("probe_mask", physics.disk_mask(N), persistent=False)
+        self.intensity_scale = intensity_scale
+        self.merge = self.model_config.object_big and self.model_config.channels > 1
+        self.supervised = self.model_config.model_type == "supervised"
+
+    @classmethod
+    def from_configs(
+        cls,
+        training: TrainingConfig,
+        execution: PyTorchExecutionConfig,
+        *,
+        probe: np.ndarray,
+        input_scale: float,
+        train_data_sha256: str = "",
+    ) -> PtychoPINNModule:
+        """Build a fresh module: normalise ``probe`` ((N, N) or (P, N, N)) and record the scales."""
+        check_loss_config(training)
+        normalised, normaliser = physics.normalize_probe(torch.as_tensor(probe), training.model.probe_scale)
+        module = cls(
+            model_config=dataclasses.asdict(training.model),
+            training_config=_primitives(training),
+            execution_config=_primitives(execution),
+            input_scale=float(input_scale),
+            intensity_scale=physics.intensity_scale(training.nphotons, training.model.N),
+            probe_normaliser=normaliser,
+            probe_modes=int(normalised.shape[0]),
+            train_data_sha256=train_data_sha256,
+        )
+        module.probe.copy_(normalised)
+        return module
+
+    def forward(self, diffraction: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+        """The generator: ``(amplitude, phase)`` patches ``(B, C, N, N)``."""
+        return self.generator(diffraction, scale)
+
+    def predicted_intensity(self, amplitude: Tensor, phase: Tensor, offsets: Tensor) -> Tensor:
+        """Far-field intensity ``(B, C, N, N)`` of the predicted patches (after the group merge)."""
+        obj = combine_complex(amplitude.float(), phase.float())
+        if self.merge:
+            obj = physics.merge_extract(obj, offsets.float())
+        probe = self.probe * self.probe_mask if self.model_config.probe_mask else self.probe
+        return physics.far_field_intensity(physics.illuminate(obj, probe))
+
+    def _losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        amplitude, phase = self.generator(batch["diffraction"], batch["scale"])
+        if self.supervised:
+            w_amp, w_phase = SUPERVISED_WEIGHTS
+            amp_err = (amplitude.float() - batch["amplitude"]).abs().mean()
+            phase_err = (phase.float() - batch["phase"]).abs().mean()
+            return {"loss": w_amp * amp_err + w_phase * phase_err, "amp_mae": amp_err, "phase_mae": phase_err}
+        with torch.autocast(device_type=self.device.type, enabled=False):  # FFT physics in float32
+            intensity = self.predicted_intensity(amplitude, phase, batch["offsets"])
+            observed = batch["diffraction"].float() * batch["scale"].float().reshape(-1, 1, 1, 1)
+            return physics.diffraction_loss(
+                intensity, observed, self.intensity_scale,
+                nll_weight=self.training_config.nll_weight, mae_weight=self.training_config.mae_weight,
+            )
+
+    def _log_losses(self, stage: str, losses: dict[str, Tensor], batch_size: int) -> None:
+        for name, value in losses.items():
+            key = f"{stage}_{name}"
+            self.log(key, value, prog_bar=name == "loss", batch_size=batch_size,
+                     on_step=stage == "train" and name == "loss", on_epoch=True, sync_dist=stage == "val")
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        losses = self._losses(batch)
+        self._log_losses("train", losses, batch["diffraction"].shape[0])
+        return losses["loss"]
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._log_losses("val", self._losses(batch), batch["diffraction"].shape[0])
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.Adam(self.generator.parameters(), lr=self.execution_config.learning_rate)
+        name = self.execution_config.scheduler
+        if name == "Default":
+            return optimizer
+        if name == "Exponential":
+            scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=EXPONENTIAL_GAMMA)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        if name == "ReduceLROnPlateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", **PLATEAU)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"}}
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = max(int(WARMUP_FRACTION * total), 1)
+
+        def warmup_cosine(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.5 * (1 + math.cos(math.pi * min(step - warmup, total - warmup) / max(total - warmup, 1)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    @staticmethod
+    def load_generator(ckpt_path: str | Path) -> tuple[PtychoPINNGenerator, dict[str, Any], np.ndarray]:
+        """Read a checkpoint safely (``weights_only=True``) and return ``(generator, hparams, probe)``.
+
+        ``generator`` is in eval mode on the CPU; ``hparams`` is the dict of the module docstring;
+        ``probe`` is the normalised probe, complex64 ``(P, N, N)``.
+        """
+        path = Path(ckpt_path)
+        if not path.is_file():
+            raise ModelArchiveError(f"`ckpt_path` must be an existing checkpoint file, got {str(path)!r}")
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            hparams = dict(checkpoint["hyper_parameters"])
+            state = checkpoint["state_dict"]
+            config = config_from_dict(ModelConfig, hparams["model_config"])
+        except Exception as error:  # unreadable file, not a Lightning checkpoint, or foreign hparams
+            raise ModelArchiveError(
+                f"`ckpt_path` must be a PtychoPINN Lightning checkpoint, got {str(path)!r} ({error}); "
+                "pass RUN/checkpoints/best.ckpt or last.ckpt written by `ptychopinn train`"
+            ) from error
+        generator = PtychoPINNGenerator(config)
+        prefix = "generator."
+        generator.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        return generator.eval(), hparams, state["probe"].numpy()
+
+
+def check_loss_config(training: TrainingConfig) -> None:
+    """Reject loss settings that cannot train (before any work starts)."""
+    if training.model.model_type == "supervised":
+        return
+    if training.nll_weight == 0 and training.mae_weight == 0:
+        raise ConfigError("`nll_weight` and `mae_weight` must not both be 0, got 0 and 0; set --nll-weight 1")
+    if training.torch_loss_mode == "mae" and training.mae_weight == 0:
+        raise ConfigError(
+            "`mae_weight` must be > 0 when torch_loss_mode is 'mae', got 0; set mae_weight (e.g. 1) "
+            "or use torch_loss_mode 'poisson'"
+        )
+    if training.torch_loss_mode == "poisson" and training.nll_weight == 0:
+        raise ConfigError(
+            "`nll_weight` must be > 0 when torch_loss_mode is 'poisson', got 0; set nll_weight "
+            "or use torch_loss_mode 'mae'"
+        )
