@@ -1,0 +1,63 @@
+"""Engine: exact outputs for any batch size, fixed warmed-up shapes, explicit providers."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from oracle import oracle_outputs
+
+from ptycho_torch.errors import ConfigError
+from serving.engine import Engine, select_providers
+from serving.errors import InvalidRequest
+
+
+def _batch(rng: np.random.Generator, size: int, channels: int = 1, N: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    return rng.random((size, channels, N, N), np.float32), rng.random(size, np.float32) + 0.5
+
+
+@pytest.mark.parametrize("size", [1, 3, 16, 37])
+def test_run_matches_the_graph_for_any_batch_size(engine: Engine, size: int) -> None:
+    diffraction, scale = _batch(np.random.default_rng(size), size)
+    amplitude, phase = engine.run(diffraction, scale)
+    expected_amplitude, expected_phase = oracle_outputs(diffraction, scale)
+    assert amplitude.shape == phase.shape == (size, 1, 32, 32)
+    np.testing.assert_array_equal(amplitude, expected_amplitude)
+    np.testing.assert_array_equal(phase, expected_phase)
+
+
+def test_batch_shapes_are_powers_of_two_up_to_the_maximum_and_warmed_up(oracle_bundle) -> None:
+    engine = Engine(oracle_bundle, max_batch_size=24, providers=["cpu"])
+    assert engine.batch_sizes == (1, 2, 4, 8, 16, 24)
+    assert engine.warmup_s is not None and engine.warmup_s >= 0
+    seen: list[int] = []
+    run = engine.session.run
+    engine.session = type("Spy", (), {"run": lambda self, names, feeds: seen.append(len(feeds["scale"]))
+                                      or run(names, feeds)})()
+    engine.run(*_batch(np.random.default_rng(0), 24 + 24 + 5))
+    assert seen == [24, 24, 8]  # the tail of 5 is padded to the warmed-up shape 8
+
+
+def test_providers_are_explicit_and_checked() -> None:
+    assert select_providers(["cpu"]) == ["CPUExecutionProvider"]
+    auto = select_providers(None)
+    assert auto[-1] == "CPUExecutionProvider"
+    assert auto[0] in ort.get_available_providers()
+    with pytest.raises(ConfigError, match=r"`providers` must be available in this onnxruntime build, got \['NoSuch"):
+        select_providers(["NoSuchExecutionProvider"])
+
+
+def test_inputs_are_checked_with_a_clear_message(engine: Engine) -> None:
+    rng = np.random.default_rng(1)
+    diffraction, scale = _batch(rng, 2)
+    with pytest.raises(InvalidRequest, match="must be float32"):
+        engine.run(diffraction.astype(np.float64), scale)
+    with pytest.raises(InvalidRequest, match=r"`diffraction` must have shape \(B, 1, 32, 32\) .* got \[2, 1, 16, 16\]"):
+        engine.run(diffraction[..., :16, :16], scale)
+    with pytest.raises(InvalidRequest, match=r"`scale` must have shape \(2,\)"):
+        engine.run(diffraction, scale[:1])
+
+
+def test_bad_options_are_refused(oracle_bundle) -> None:
+    with pytest.raises(ConfigError, match="`max_batch_size` must be a positive integer, got 0"):
+        Engine(oracle_bundle, max_batch_size=0)

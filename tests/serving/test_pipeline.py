@@ -1,0 +1,115 @@
+"""reconstruct(): scale policies, counts, grouping, stitching, validation — checked against the oracle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from oracle import PHASE_FACTOR, TRAINING_SCALE, oracle_outputs
+
+from ptycho_torch.normalization import input_scale
+from ptycho_torch.stitching import stitch_patches
+from serving.batching import DynamicBatcher
+from serving.engine import Engine
+from serving.errors import InvalidRequest, InvalidValues
+from serving.pipeline import ReconstructOptions, reconstruct
+
+N = 32
+
+
+def _raster(side: int, step: float = 3.0) -> np.ndarray:
+    """Positions [x, y] on a raster with a sub-pixel jitter."""
+    grid = np.stack(np.meshgrid(np.arange(side), np.arange(side)), -1).reshape(-1, 2) * step
+    return grid + np.random.default_rng(0).uniform(-0.4, 0.4, grid.shape) + 20.0
+
+
+@pytest.mark.parametrize(("policy", "expected"), [("scan", 0.5), ("bundle", 0.8 * TRAINING_SCALE)])
+def test_constant_patterns_give_the_known_object(engine: Engine, policy: str, expected: float) -> None:
+    positions = _raster(5)
+    patterns = np.full((len(positions), N, N), 0.8, np.float32)
+    result = reconstruct(engine, patterns, positions, options=ReconstructOptions(scale_policy=policy))
+    covered = result.coverage > 0
+    # scan policy: scale = sqrt((N/2)^2 / (N^2 * 0.8^2)) = 1 / (2 * 0.8), so amplitude = 0.8 * scale = 0.5
+    np.testing.assert_allclose(result.amplitude[covered], expected, rtol=1e-5)
+    np.testing.assert_allclose(result.phase[covered], PHASE_FACTOR * 0.8, rtol=1e-5)
+    assert (result.amplitude[~covered] == 0).all()
+    assert result.scale_policy == policy and result.n_patterns == result.n_groups == 25
+    assert set(result.timings) == {"validate", "scale", "group", "inference", "stitch", "total"}
+
+
+def test_counts_are_converted_to_amplitudes(engine: Engine) -> None:
+    positions = _raster(4)
+    amplitudes = np.random.default_rng(1).random((16, N, N), np.float32) + 0.1
+    from_amplitudes = reconstruct(engine, amplitudes, positions)
+    from_counts = reconstruct(engine, amplitudes.astype(np.float64) ** 2, positions,
+                              options=ReconstructOptions(units="counts"))
+    np.testing.assert_allclose(from_counts.amplitude, from_amplitudes.amplitude, rtol=1e-5, atol=1e-6)
+    assert from_counts.scale == pytest.approx(from_amplitudes.scale, rel=1e-6)
+
+
+def test_result_is_the_stitch_of_the_model_outputs_at_the_scan_positions(engine: Engine) -> None:
+    positions = _raster(6)
+    patterns = np.random.default_rng(2).random((36, N, N), np.float32)
+    batcher = DynamicBatcher(engine)
+    try:
+        result = reconstruct(batcher, patterns, positions, options=ReconstructOptions(stitch_M=12))
+    finally:
+        batcher.close()
+    scale = input_scale(patterns)
+    amplitude, phase = oracle_outputs(patterns[:, None], np.full(36, scale, np.float32))
+    expected = stitch_patches((amplitude * np.exp(1j * phase))[:, 0], positions, M=12)
+    assert result.origin == expected.origin
+    assert result.scale == pytest.approx(scale)
+    np.testing.assert_allclose(result.amplitude, expected.amplitude, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(result.phase, expected.phase, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(result.coverage, expected.coverage, rtol=1e-6)
+
+
+def test_gridsize_2_groups_neighbours_and_stitches_every_channel(oracle_bundle_g2) -> None:
+    engine = Engine(oracle_bundle_g2, max_batch_size=8, providers=["cpu"])
+    positions = _raster(5)
+    patterns = np.full((25, N, N), 2.0, np.float32)
+    result = reconstruct(engine, patterns, positions)
+    covered = result.coverage > 0
+    np.testing.assert_allclose(result.amplitude[covered], 0.5, rtol=1e-5)
+    assert result.n_groups == 25
+    # every group contributes C=4 crops of M=8: the total weight is 25 * 4 * 8 * 8
+    assert result.coverage.sum() == pytest.approx(25 * 4 * 8 * 8)
+    again = reconstruct(engine, patterns, positions)
+    np.testing.assert_array_equal(again.coverage, result.coverage)  # seeded grouping: reproducible
+
+
+def test_a_probe_is_compared_with_the_training_probe(engine: Engine) -> None:
+    positions = _raster(3)
+    patterns = np.ones((9, N, N), np.float32)
+    same = reconstruct(engine, patterns, positions, probe=engine.bundle.probe * (2 - 1j))
+    assert same.probe_difference == pytest.approx(0.0, abs=1e-6)  # gain and global phase do not count
+    other = reconstruct(engine, patterns, positions, probe=np.roll(engine.bundle.probe, 8, axis=-1))
+    assert other.probe_difference > 0.5
+
+
+@pytest.mark.parametrize(("patterns", "positions", "options", "error", "message"), [
+    (np.ones((4, 16, 16)), np.zeros((4, 2)), None, InvalidRequest,
+     r"`patterns` must have shape \(S, 32, 32\) .* got \[4, 16, 16\]; crop the central 32x32"),
+    (np.ones((4, N, N), complex), np.zeros((4, 2)), None, InvalidRequest, "`patterns` must be real numbers"),
+    (np.ones((0, N, N)), np.zeros((0, 2)), None, InvalidRequest, "at least one pattern"),
+    (np.ones((4, N, N)), np.zeros((3, 2)), None, InvalidRequest, r"`positions` must be real numbers of shape \(4, 2\)"),
+    (np.where(np.arange(4)[:, None, None] == 2, np.nan, np.ones((4, N, N))), np.zeros((4, 2)), None, InvalidValues,
+     r"`patterns` must be finite, got NaN/inf in patterns \[2\]"),
+    (-np.ones((4, N, N)), np.zeros((4, 2)), None, InvalidValues, "`patterns` must be non-negative"),
+    (np.ones((4, N, N)), np.full((4, 2), np.inf), None, InvalidValues, "`positions` must be finite"),
+    (np.zeros((4, N, N)), np.zeros((4, 2)), None, InvalidValues, "all zero"),
+    (np.ones((4, N, N)), np.zeros((4, 2)), {"stitch_M": 30}, InvalidRequest, r"`stitch_M` must be in \[1, N/2 = 16\]"),
+])
+def test_bad_scans_are_refused_before_inference(engine: Engine, patterns, positions, options, error, message) -> None:
+    with pytest.raises(error, match=message):
+        reconstruct(engine, patterns, positions,
+                    options=ReconstructOptions.from_mapping(options) if options else None)
+
+
+def test_options_are_strict() -> None:
+    with pytest.raises(InvalidRequest, match=r"unknown options \['scale'\]; known options are"):
+        ReconstructOptions.from_mapping({"scale": 1})
+    with pytest.raises(InvalidRequest, match="`scale_policy` must be 'scan' or 'bundle', got 'stream'"):
+        ReconstructOptions.from_mapping({"scale_policy": "stream"})
+    with pytest.raises(InvalidRequest, match="`seed` must be a non-negative integer, got 1.5"):
+        ReconstructOptions.from_mapping({"seed": 1.5})
