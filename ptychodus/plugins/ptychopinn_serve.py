@@ -1,0 +1,24 @@
+"""Ptychodus plugin hook of ptychopinn-serve: adds the ``PtychoPINN-Serve`` reconstructors.
+
+pip installs this file next to Ptychodus' own plugins (``ptychodus.plugins`` is a namespace package).
+``PluginRegistry.load_plugins`` imports it and calls :func:`register_plugins` at the start of every
+``ModelCore``, before the reconstructor libraries are built, so the stock ``ptychodus`` and
+``ptychodus -b`` commands offer ``PtychoPINN-Serve``. Editable installs do not place the file there;
+use the ``ptychopinn-ptychodus`` launcher with those.
+"""
+
+from __future__ import annotations
+
+import logging
+
+logger = logging.getLogger(__name__)
+
+
+def register_plugins(registry: object) -> None:
+    """Install ``PtychoPINN-Serve``; a failure is logged, never allowed to stop Ptychodus starting."""
+    try:
+        from serving.ptychodus import install
+
+        install()
+    except Exception:  # noqa: BLE001 - Ptychodus must start even if our package is broken
+        logger.exception("ptychopinn-serve: could not add the PtychoPINN-Serve reconstructors to Ptychodus")

@@ -1,0 +1,121 @@
+"""``PtychoPINN-Serve`` > ``HTTP``: reconstruct on a remote ``ptychopinn serve`` (e.g. a GPU node).
+
+The scan goes out in chunks of ``ChunkSize`` patterns. Each chunk runs through the same
+:func:`serving.pipeline.reconstruct` as the ONNX reconstructor, with the model batches sent to the
+server's Open Inference Protocol ``infer`` endpoint, so the normalisation is the whole scan's (computed
+once here, sent explicitly with every batch) and not each chunk's. Chunks are merged on the object
+grid by their coverage weights, which for gridsize 1 gives exactly the one-shot result; for
+gridsize > 1 neighbour groups are drawn within a chunk. After every chunk the object so far is
+yielded, so Ptychodus shows progress and can stop between chunks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+from ptychodus.api.reconstruct import Reconstructor, ReconstructInput, ReconstructOutput
+
+from ptycho_torch.errors import ConfigError
+from ptycho_torch.normalization import input_scale
+from serving.client import Client
+from serving.errors import ModelNotFound
+from serving.pipeline import ReconstructOptions, reconstruct
+from serving.ptychodus.adapter import ObjectGrid, check_model_geometry, scan_from_input
+from serving.ptychodus.settings import GROUP, PtychoPINNServeSettings
+
+__all__ = ["HttpReconstructor", "RemoteModel"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RemoteModel:
+    """What the pipeline reads from a bundle, for a model served elsewhere (from its OIP metadata)."""
+
+    name: str
+    N: int
+    gridsize: int
+    stitch_M: int
+    input_scale: float
+    """The scale this run feeds the network (the pipeline's ``bundle`` policy reads it)."""
+
+    @property
+    def channels(self) -> int:
+        return self.gridsize * self.gridsize
+
+
+@dataclass(frozen=True)
+class _RemoteRunner:
+    """A pipeline runner whose inference is the server's ``/v2/models/{name}/infer``."""
+
+    bundle: RemoteModel
+    client: Client
+
+    def infer(self, diffraction: npt.NDArray[np.float32], scale: npt.NDArray[np.float32]
+              ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        return self.client.infer(self.bundle.name, diffraction, scale)
+
+
+class HttpReconstructor(Reconstructor):
+    """Reconstruct on ``[PtychoPINNServe] ServerURL`` (``ServerModel``, ``ApiToken``, ``TimeoutSeconds``)."""
+
+    def __init__(self, settings: PtychoPINNServeSettings) -> None:
+        self._settings = settings
+        self._chunks = 1
+
+    @property
+    def name(self) -> str:
+        return "HTTP"
+
+    def get_progress_goal(self) -> int:
+        return self._chunks
+
+    def _client(self) -> tuple[Client, str]:
+        url = self._settings.server_url.get_value().strip()
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"`[{GROUP}] ServerURL` must be an http(s):// URL, got {url!r}; set it to the address "
+                              "of `ptychopinn serve`, e.g. http://gpu-node:8000")
+        token = self._settings.api_token.get_value().strip() or None
+        return Client(url, token=token, timeout_s=self._settings.timeout_s.get_value()), url
+
+    def _model(self, client: Client, url: str) -> dict:
+        """The served model's OIP metadata; connection problems become one clear :class:`ConfigError`."""
+        name = self._settings.server_model.get_value().strip()
+        try:
+            if not name:
+                raise ConfigError(f"`[{GROUP}] ServerModel` must name the model served at {url}, got nothing; "
+                                  "`ptychopinn serve` logs it at start-up (the bundle's name)")
+            return client.model_metadata(name)
+        except httpx.TransportError as error:
+            raise ConfigError(f"`[{GROUP}] ServerURL` must reach a running `ptychopinn serve`, got {url} which "
+                              f"fails with {type(error).__name__}: {error}; start the server or fix the URL") from None
+        except ModelNotFound as error:
+            raise ConfigError(f"`[{GROUP}] ServerModel` must be a model served at {url}: {error}") from None
+
+    def reconstruct(self, parameters: ReconstructInput) -> Iterator[ReconstructOutput]:
+        scan = scan_from_input(parameters)
+        client, url = self._client()
+        with client:
+            meta = self._model(client, url)["parameters"]
+            name = self._settings.server_model.get_value().strip()
+            check_model_geometry(scan, N=meta["N"], gridsize=meta["gridsize"], model=f"{name} at {url}")
+            policy = self._settings.policy()
+            scale = input_scale(scan.amplitudes) if policy == "scan" else float(meta["training_scale"])
+            runner = _RemoteRunner(RemoteModel(name, meta["N"], meta["gridsize"], meta["stitch_M"], scale), client)
+            options = ReconstructOptions(scale_policy="bundle")  # = `scale`, the same for every chunk
+            size = self._settings.chunk_size.get_value()
+            starts = range(0, len(scan.amplitudes), size)
+            self._chunks = len(starts)
+            grid = ObjectGrid(parameters)
+            for k, start in enumerate(starts, 1):
+                chunk = slice(start, start + size)
+                result = reconstruct(runner, scan.amplitudes[chunk], scan.positions[chunk], options=options)
+                grid.add(result.amplitude, result.phase, result.coverage, result.origin)
+                log.info("chunk %d/%d: %d patterns in %.2f s", k, self._chunks, result.n_patterns,
+                         result.timings["total"])
+                yield ReconstructOutput(grid.product(), progress=k)

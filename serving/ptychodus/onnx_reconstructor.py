@@ -1,0 +1,115 @@
+"""``PtychoPINN-Serve`` > ``ONNX``: run a bundle in-process with onnxruntime (no torch, no server).
+
+Trainable in Ptychodus' sense: the model file is the bundle ``.zip`` (Load/Save Model, and
+``model.zip`` in a ``ptychodus -b`` input directory is loaded automatically), Export Training Data
+writes the project's NPZ contract, and Train runs ``ptychopinn train`` + ``ptychopinn export`` in a
+subprocess (torch stays out of this process) and then loads the new bundle.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from ptychodus.api.reconstruct import ReconstructInput, ReconstructOutput, TrainableReconstructor, TrainOutput
+
+from ptycho_torch.errors import ConfigError
+from serving.bundle import Bundle, load_bundle
+from serving.engine import Engine
+from serving.pipeline import ReconstructOptions, reconstruct
+from serving.ptychodus.adapter import ObjectGrid, check_model_geometry, raw_data_from_input, scan_from_input
+from serving.ptychodus.settings import GROUP, PtychoPINNServeSettings
+from serving.ptychodus.training import train_bundle
+
+__all__ = ["OnnxReconstructor"]
+
+log = logging.getLogger(__name__)
+
+
+class OnnxReconstructor(TrainableReconstructor):
+    """Reconstruct with the bundle named by ``[PtychoPINNServe] BundlePath``."""
+
+    def __init__(self, settings: PtychoPINNServeSettings) -> None:
+        self._settings = settings
+        self._engine: Engine | None = None
+        self._engine_key: tuple[Path, tuple[str, ...] | None] | None = None
+
+    @property
+    def name(self) -> str:
+        return "ONNX"
+
+    def get_progress_goal(self) -> int:
+        return 1
+
+    def _bundle_path(self) -> Path:
+        path = self._settings.bundle()
+        if path is None:
+            raise ConfigError(
+                f"`[{GROUP}] BundlePath` must name a bundle .zip or directory, got nothing; use Load Model "
+                "(or set BundlePath in settings.ini, or put model.zip in the -b input directory)"
+            )
+        return path
+
+    def engine(self) -> Engine:
+        """The onnxruntime engine for the configured bundle (rebuilt when the settings change)."""
+        providers = self._settings.provider_list()
+        key = (self._bundle_path(), None if providers is None else tuple(providers))
+        if self._engine is None or key != self._engine_key:
+            self._engine = Engine(load_bundle(key[0]), providers=providers, warmup=False)
+            self._engine_key = key
+            log.info("loaded bundle %s (N=%d, gridsize=%d)", key[0], self._engine.bundle.N,
+                     self._engine.bundle.gridsize)
+        return self._engine
+
+    def reconstruct(self, parameters: ReconstructInput) -> Iterator[ReconstructOutput]:
+        engine = self.engine()
+        bundle: Bundle = engine.bundle
+        scan = scan_from_input(parameters)
+        check_model_geometry(scan, N=bundle.N, gridsize=bundle.gridsize, model=f"{bundle.name} v{bundle.version}")
+        options = ReconstructOptions(scale_policy=self._settings.policy())  # type: ignore[arg-type]
+        result = reconstruct(engine, scan.amplitudes, scan.positions, probe=scan.probe, options=options)
+        log.info("reconstructed %d patterns in %.2f s (scale %.4g, %s policy, probe differs from the training "
+                 "probe by %.0f%%)", result.n_patterns, result.timings["total"], result.scale, result.scale_policy,
+                 100 * (result.probe_difference or 0.0))
+        grid = ObjectGrid(parameters)
+        grid.add(result.amplitude, result.phase, result.coverage, result.origin)
+        yield ReconstructOutput(grid.product(), progress=1)
+
+    # --- trainable -------------------------------------------------------------------------------
+
+    def is_model_loaded(self) -> bool:
+        return self._settings.bundle() is not None
+
+    def get_model_file_filter(self) -> str:
+        return "PtychoPINN bundle (*.zip)"
+
+    def get_model_file_extension(self) -> str:
+        return ".zip"
+
+    def load_model_from_file(self, file_path: Path) -> None:
+        load_bundle(file_path)  # validate now, so a bad file fails at Load Model, not at Reconstruct
+        self._settings.bundle_path.set_value(Path(file_path))
+
+    def save_model(self, file_path: Path) -> None:
+        source = self._bundle_path()
+        target = Path(file_path).with_suffix(".zip")
+        if source.is_dir():
+            with tempfile.TemporaryDirectory() as tmp:
+                archive = shutil.make_archive(str(Path(tmp) / "bundle"), "zip", root_dir=source)
+                shutil.move(archive, target)
+        else:
+            shutil.copyfile(source, target)
+
+    def get_training_data_file_filter(self) -> str:
+        return "PtychoPINN scan NPZ (*.npz)"
+
+    def export_training_data(self, file_path: Path, parameters: ReconstructInput) -> None:
+        raw_data_from_input(parameters).to_file(file_path)
+
+    def train(self, input_path: Path, output_path: Path) -> Iterator[TrainOutput]:
+        bundle_path, losses = train_bundle(Path(input_path), Path(output_path), self._settings)
+        self.load_model_from_file(bundle_path)
+        yield TrainOutput(training_loss=losses, progress=1)

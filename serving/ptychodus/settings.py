@@ -1,0 +1,61 @@
+"""The ``[PtychoPINNServe]`` settings group: shown in Ptychodus' Settings view, saved in settings.ini."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ptychodus.api.settings import SettingsRegistry
+
+from ptycho_torch.errors import ConfigError
+
+__all__ = ["GROUP", "PtychoPINNServeSettings"]
+
+GROUP = "PtychoPINNServe"
+
+
+class PtychoPINNServeSettings:
+    """Every setting of both reconstructors (values are read when a reconstruction starts)."""
+
+    def __init__(self, registry: SettingsRegistry) -> None:
+        group = registry.create_group(GROUP)
+        # both
+        self.scale_policy = group.create_string_parameter("ScalePolicy", "scan")
+        """Input normalisation: ``scan`` (this scan's own patterns) or ``bundle`` (the training value)."""
+        # ONNX (in-process)
+        self.bundle_path = group.create_path_parameter("BundlePath", Path())
+        """Bundle ``.zip`` (or directory) written by ``ptychopinn export``; also set by Load Model."""
+        self.providers = group.create_string_parameter("Providers", "auto")
+        """onnxruntime providers, comma-separated (``cuda,cpu``), or ``auto`` for the best available."""
+        # HTTP (remote `ptychopinn serve`)
+        self.server_url = group.create_string_parameter("ServerURL", "http://127.0.0.1:8000")
+        self.server_model = group.create_string_parameter("ServerModel", "")
+        """Model name on the server; empty: the server's only model."""
+        self.api_token = group.create_string_parameter("ApiToken", "")
+        """Bearer token, if the server was started with one."""
+        self.timeout_s = group.create_real_parameter("TimeoutSeconds", 60.0, minimum=0.1)
+        self.chunk_size = group.create_integer_parameter("ChunkSize", 256, minimum=1)
+        """Patterns per request; one progress step (and one chance to stop) per chunk."""
+        # training (ONNX reconstructor's Train button / `ptychodus -b train`)
+        self.train_epochs = group.create_integer_parameter("TrainEpochs", 20, minimum=1)
+        self.train_batch_size = group.create_integer_parameter("TrainBatchSize", 16, minimum=1)
+        self.train_gridsize = group.create_integer_parameter("TrainGridSize", 1, minimum=1, maximum=4)
+
+    def bundle(self) -> Path | None:
+        """The configured bundle path, or None when unset."""
+        path = self.bundle_path.get_value()
+        return None if path == Path() else path
+
+    def policy(self) -> str:
+        """``scan`` or ``bundle``; raises :class:`ConfigError` otherwise."""
+        value = self.scale_policy.get_value().strip().casefold()
+        if value not in ("scan", "bundle"):
+            raise ConfigError(f"`[{GROUP}] ScalePolicy` must be scan or bundle, got {value!r}; scan normalises by "
+                              "the scan's own patterns, bundle by the value measured on the training data")
+        return value
+
+    def provider_list(self) -> list[str] | None:
+        """Providers for :class:`serving.engine.Engine` (None: automatic)."""
+        value = self.providers.get_value().strip()
+        if value.casefold() in ("", "auto"):
+            return None
+        return [p.strip() for p in value.split(",") if p.strip()]

@@ -1,0 +1,85 @@
+"""The ONNX and HTTP reconstructors on the oracle scan, through Ptychodus' own API objects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ptychodus.api.reconstruct import prepare_reconstruct_input
+from scans import N, OracleScan
+
+from ptycho_torch.normalization import input_scale
+from serving.ptychodus.http_reconstructor import HttpReconstructor
+from serving.ptychodus.onnx_reconstructor import OnnxReconstructor
+from serving.ptychodus.settings import PtychoPINNServeSettings
+
+PHASE_FACTOR = 0.25
+
+
+def _expected_object(oracle: OracleScan) -> np.ndarray:
+    """Oracle amplitude = diffraction * scale, with the whole scan's `scan`-policy scale."""
+    amplitudes = np.sqrt(oracle.data.get_patterns().astype(np.float64))
+    scale = input_scale(amplitudes)
+    return (oracle.phase / PHASE_FACTOR) * scale * np.exp(1j * oracle.phase)
+
+
+def _check_oracle(obj: np.ndarray, oracle: OracleScan) -> None:
+    rows, cols = oracle.covered
+    expected = _expected_object(oracle)
+    assert obj.shape == oracle.phase.shape
+    covered = np.zeros(obj.shape, bool)
+    covered[rows, cols] = True
+    assert np.count_nonzero(obj[~covered]) == 0, "object outside the covered region must be 0"
+    error = np.abs(obj[covered] - expected[covered]) / np.abs(expected[covered])
+    assert error.max() < 1e-5
+    assert np.abs(np.angle(obj[covered]) - oracle.phase[covered]).max() < 1e-5
+
+
+def test_onnx_reconstructs_the_oracle_object_exactly(oracle: OracleScan, oracle_zip: Path,
+                                                     settings: PtychoPINNServeSettings) -> None:
+    parameters = prepare_reconstruct_input(oracle.data, oracle.product)
+    settings.bundle_path.set_value(oracle_zip)
+    outputs = list(OnnxReconstructor(settings).reconstruct(parameters))
+    assert [o.progress for o in outputs] == [1]
+    product = outputs[0].product
+    _check_oracle(product.object_.get_layer(0), oracle)
+    # geometry, probe, positions and metadata are the input's
+    assert product.object_.get_geometry() == oracle.product.object_.get_geometry()
+    assert product.probes is parameters.product.probes
+    assert product.probe_positions is parameters.product.probe_positions
+    assert product.metadata == oracle.product.metadata
+
+
+def test_http_gives_the_onnx_object_chunk_by_chunk(oracle: OracleScan, oracle_zip: Path, oracle_server,
+                                                   settings: PtychoPINNServeSettings) -> None:
+    parameters = prepare_reconstruct_input(oracle.data, oracle.product)
+    settings.bundle_path.set_value(oracle_zip)
+    onnx_object = next(OnnxReconstructor(settings).reconstruct(parameters)).product.object_.get_layer(0)
+
+    settings.server_url.set_value(oracle_server.url)
+    settings.server_model.set_value("oracle")
+    settings.api_token.set_value("s3cret")
+    settings.chunk_size.set_value(10)  # 36 patterns -> 4 chunks
+    reconstructor = HttpReconstructor(settings)
+    outputs = list(reconstructor.reconstruct(parameters))
+    assert [o.progress for o in outputs] == [1, 2, 3, 4]
+    assert reconstructor.get_progress_goal() == 4
+    covered = [np.count_nonzero(o.product.object_.get_layer(0)) for o in outputs]
+    assert covered == sorted(covered) and covered[0] < covered[-1]  # the object grows chunk by chunk
+    http_object = outputs[-1].product.object_.get_layer(0)
+    np.testing.assert_allclose(http_object, onnx_object, rtol=1e-5, atol=1e-6)
+    _check_oracle(http_object, oracle)
+
+
+def test_http_stops_between_chunks(oracle: OracleScan, oracle_server, settings: PtychoPINNServeSettings) -> None:
+    parameters = prepare_reconstruct_input(oracle.data, oracle.product)
+    settings.server_url.set_value(oracle_server.url)
+    settings.server_model.set_value("oracle")
+    settings.api_token.set_value("s3cret")
+    settings.chunk_size.set_value(10)
+    outputs = HttpReconstructor(settings).reconstruct(parameters)
+    first = next(outputs)
+    outputs.close()  # what Ptychodus does when the user presses Stop
+    assert first.progress == 1
+    assert next(outputs, None) is None
