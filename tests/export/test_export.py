@@ -1,0 +1,200 @@
+"""Export: a real generator -> bundle -> onnxruntime in a torch-free process, TorchScript, Triton.
+
+One bundle per gridsize (module-scoped: the dynamo export costs seconds), verified on real
+patterns (the tike Siemens-star scan, detector cropped to N=32).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from export.bundle_writer import ExportOptions, export_bundle
+from export.verify import FP16_TOLERANCE, FP32_TOLERANCE, verification_inputs, verify_exports
+from ptycho_torch import params
+from ptycho_torch.cli import main as cli_main
+from ptycho_torch.config import ModelConfig
+from ptycho_torch.data import load_siemens_star
+from ptycho_torch.errors import ExportError
+from ptycho_torch.model import PtychoPINNGenerator
+from serving.bundle import Bundle
+
+N = 32
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def scan32(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real Siemens-star scan at N=32, as a contract NPZ."""
+    return load_siemens_star(shared_data / "siemens-star-small.npz.bz2", N).to_file(
+        tmp_path_factory.mktemp("scan") / "siemens32.npz")
+
+
+@dataclasses.dataclass
+class Exported:
+    generator: PtychoPINNGenerator
+    bundle: Bundle
+    diffraction: np.ndarray
+    zip_path: Path
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=["gridsize1", "gridsize2"])
+def exported(request: pytest.FixtureRequest, scan32: Path, tmp_path_factory: pytest.TempPathFactory) -> Exported:
+    gridsize = request.param
+    torch.manual_seed(gridsize)
+    config = ModelConfig(N=N, gridsize=gridsize, n_filters_scale=1)
+    generator = PtychoPINNGenerator(config).eval()
+    diffraction = verification_inputs(scan32, N, gridsize, n_groups=32)
+    hparams = {"model_config": dataclasses.asdict(config), "training_config": {"train_data_file": str(scan32)},
+               "input_scale": 0.02, "intensity_scale": 1234.5, "train_data_sha256": "0" * 64}
+    out = tmp_path_factory.mktemp(f"gs{gridsize}") / "bundle"
+    bundle = export_bundle(generator, out, hparams=hparams, probe=np.ones((N, N), np.complex64),
+                           diffraction=diffraction, inputs_label="siemens32.npz",
+                           options=ExportOptions(zip=True, fp16=gridsize == 2))
+    return Exported(generator, bundle, diffraction, out.with_suffix(".zip"))
+
+
+def _eager(generator: torch.nn.Module, diffraction: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, ...]:
+    with torch.no_grad():
+        return tuple(t.numpy() for t in generator(torch.from_numpy(diffraction), torch.from_numpy(scale)))
+
+
+TORCH_FREE_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+
+    class Block:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("torch", "lightning", "pytorch_lightning"):
+                raise ImportError(f"{name} is blocked in this process")
+    sys.meta_path.insert(0, Block())
+    try:
+        import torch
+        raise SystemExit("torch imported despite the blocker")
+    except ImportError:
+        pass
+
+    import onnxruntime as ort
+    from serving.bundle import load_bundle
+
+    data = np.load(sys.argv[1])
+    result = {}
+    for path in sys.argv[2:]:
+        bundle = load_bundle(path)
+        session = ort.InferenceSession(str(bundle.onnx_path), providers=["CPUExecutionProvider"])
+        amplitude, phase = session.run(None, {"diffraction": data["diffraction"], "scale": data["scale"]})
+        result[path] = [float(np.abs(amplitude - data["amplitude"]).max()),
+                        float(np.abs(phase - data["phase"]).max()), bundle.N, bundle.channels]
+    result["torch_loaded"] = [m for m in sys.modules if m.split(".")[0] == "torch"]
+    print(json.dumps(result))
+""")
+
+
+def test_onnxruntime_without_torch_matches_eager(exported: Exported, tmp_path: Path) -> None:
+    diffraction = exported.diffraction[:19]  # a batch size never seen at export
+    scale = np.full(len(diffraction), 0.37, np.float32)
+    amplitude, phase = _eager(exported.generator, diffraction, scale)
+    np.savez(tmp_path / "io.npz", diffraction=diffraction, scale=scale, amplitude=amplitude, phase=phase)
+    script = tmp_path / "torch_free.py"
+    script.write_text(TORCH_FREE_SCRIPT)
+    bundle_dir, zip_path = str(exported.bundle.root), str(exported.zip_path)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "io.npz"), bundle_dir, zip_path],
+                          capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result.pop("torch_loaded") == []
+    for path in (bundle_dir, zip_path):
+        amplitude_error, phase_error, n, channels = result[path]
+        assert amplitude_error <= FP32_TOLERANCE and phase_error <= FP32_TOLERANCE
+        assert (n, channels) == (N, exported.bundle.gridsize**2)
+
+
+def test_manifest_records_measured_parity(exported: Exported) -> None:
+    manifest = exported.bundle.manifest
+    verification = manifest.verification
+    assert verification.n_samples == len(exported.diffraction) == 32
+    assert verification.tolerance == FP32_TOLERANCE and verification.inputs == "siemens32.npz"
+    engines = {"onnxruntime_cpu", "torchscript", "batch_1_vs_n_eager", "batch_1_vs_n_onnxruntime"}
+    if manifest.gridsize == 2:
+        engines.add("onnxruntime_cpu_fp16")
+        assert manifest.variants == {"fp16": "model.fp16.onnx"} and verification.fp16_tolerance == FP16_TOLERANCE
+        fp16 = verification.errors["onnxruntime_cpu_fp16"]
+        assert 0 < max(fp16.amplitude, fp16.phase) <= FP16_TOLERANCE  # fp16 really is a different graph
+    assert set(verification.errors) == engines
+    for name in engines - {"onnxruntime_cpu_fp16"}:
+        assert max(verification.errors[name].amplitude, verification.errors[name].phase) <= FP32_TOLERANCE
+    assert exported.bundle.input_scale == manifest.normalization.training_scale == 0.02
+    assert exported.bundle.intensity_scale == 1234.5 and exported.bundle.stitch_M == N // 2
+    assert manifest.provenance.train_data_sha256 == "0" * 64 and manifest.provenance.torch_version == torch.__version__
+    assert {"model.onnx", "model.ts", "params.json", "probe.npy", "triton/ptychopinn/config.pbtxt",
+            "triton/ptychopinn/1/model.onnx"} <= set(manifest.files)
+
+
+def test_params_json_is_the_full_params_cfg_snapshot(exported: Exported) -> None:
+    snapshot = exported.bundle.params
+    assert set(params.DEFAULT_CFG) <= set(snapshot)
+    assert (snapshot["N"], snapshot["gridsize"], snapshot["n_filters_scale"]) == (N, exported.bundle.gridsize, 1)
+    assert snapshot["input_scale"] == 0.02 and snapshot["intensity_scale"] == 1234.5
+
+
+def test_triton_config_parses_and_names_the_graph_tensors(exported: Exported) -> None:
+    root = exported.bundle.root
+    config = text_format.Parse((root / "triton/ptychopinn/config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    graph = onnx.load(str(root / "triton/ptychopinn/1/model.onnx")).graph
+    assert (root / "triton/ptychopinn/1/model.onnx").read_bytes() == exported.bundle.onnx_path.read_bytes()
+    assert config.name == "ptychopinn" and config.platform == "onnxruntime_onnx" and config.max_batch_size == 256
+    assert config.HasField("dynamic_batching") and list(config.version_policy.specific.versions) == [1]
+    for declared, onnx_values in ((config.input, graph.input), (config.output, graph.output)):
+        assert [t.name for t in declared] == [v.name for v in onnx_values]
+        for tensor, value in zip(declared, onnx_values):
+            graph_dims = [d.dim_value for d in value.type.tensor_type.shape.dim][1:]  # minus the batch axis
+            assert tensor.data_type == model_config_pb2.TYPE_FP32
+            if graph_dims:
+                assert list(tensor.dims) == graph_dims
+            else:  # (B,) scale: Triton's per-sample scalar idiom
+                assert list(tensor.dims) == [1] and list(tensor.reshape.shape) == []
+
+
+def test_torchscript_loads_and_matches_eager(exported: Exported) -> None:
+    scripted = torch.jit.load(str(exported.bundle.root / "model.ts"))
+    for batch in (1, 7):
+        diffraction = exported.diffraction[:batch]
+        scale = np.full(batch, 0.5, np.float32)
+        with torch.no_grad():
+            got = [t.numpy() for t in scripted(torch.from_numpy(diffraction), torch.from_numpy(scale))]
+        for g, want in zip(got, _eager(exported.generator, diffraction, scale)):
+            assert g.shape == want.shape and np.abs(g - want).max() <= FP32_TOLERANCE
+
+
+def test_verification_fails_with_the_measured_numbers(exported: Exported) -> None:
+    other = PtychoPINNGenerator(exported.generator.config).eval()  # different random weights
+    with pytest.raises(ExportError, match=r"must match torch eager on real.*onnxruntime_cpu: max\|d amplitude\| "
+                                          r"[0-9.e+-]+, max\|d phase\| [0-9.e+-]+ \(tolerance 0.0001\)"):
+        verify_exports(other, exported.diffraction[:8], onnx_path=exported.bundle.onnx_path,
+                       torchscript_path=exported.bundle.root / "model.ts", inputs_label="real patterns")
+
+
+def test_export_refuses_bad_output_dir_and_options(exported: Exported) -> None:
+    with pytest.raises(ExportError, match=r"`--out` must be a new or empty directory"):
+        export_bundle(exported.generator, exported.bundle.root, hparams={}, probe=exported.bundle.probe,
+                      diffraction=exported.diffraction, inputs_label="x")
+    with pytest.raises(ExportError, match=r"`name` must be letters, digits"):
+        ExportOptions(name="a/b")
+
+
+def test_cli_reports_a_missing_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["export", "--checkpoint", str(tmp_path / "none.ckpt"), "--out", str(tmp_path / "b")]) == 2
+    assert "`--checkpoint` must be an existing .ckpt file" in capsys.readouterr().err
