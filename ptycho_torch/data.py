@@ -154,9 +154,7 @@ class RawData:
         ``counts``: True converts the patterns from counts to amplitudes, False never does, None
         (default) converts only integer dtypes. Either conversion is logged.
         """
-        with _open_npz(path) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-        return cls.from_arrays(arrays, counts=counts, source=str(path))
+        return cls.from_arrays(_read_arrays(path), counts=counts, source=str(path))
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, Any], *, counts: bool | None = None, source: str = "arrays") -> RawData:
@@ -231,6 +229,12 @@ class RawData:
         )
 
 
+def _read_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    """Read every array of an ``.npz`` or ``.npz.bz2`` file (no pickles)."""
+    with _open_npz(path) as npz:
+        return {key: npz[key] for key in npz.files}
+
+
 def _open_npz(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
@@ -287,12 +291,15 @@ def load_siemens_star(path: str | Path, n: int | None = None) -> RawData:
     ``n x n``: object pixels become ``128/n`` times larger, so positions scale by ``n/128`` and the
     probe is Fourier-cropped (:func:`fourier_resample_probe`) to stay consistent with the counts.
     """
-    with _open_npz(path) as npz:
-        missing = [key for key in ("data", "probe", "scan") if key not in npz.files]
-        if missing:
-            raise DataContractError(f"`{missing[0]}` is missing from {path}: a tike scan needs data "
-                                    f"(1, S, L, L), probe (..., L, L) and scan (1, S, 2); found {npz.files}")
-        counts, probe, scan = npz["data"], npz["probe"], npz["scan"]
+    return _from_tike(_read_arrays(path), n, str(path))
+
+
+def _from_tike(arrays: dict[str, np.ndarray], n: int | None, source: str) -> RawData:
+    missing = [key for key in ("data", "probe", "scan") if key not in arrays]
+    if missing:
+        raise DataContractError(f"`{missing[0]}` is missing from {source}: a tike scan needs data "
+                                f"(1, S, L, L), probe (..., L, L) and scan (1, S, 2); found {sorted(arrays)}")
+    counts, probe, scan = arrays["data"], arrays["probe"], arrays["scan"]
     counts = counts.reshape(-1, *counts.shape[-2:])
     size = counts.shape[-1]
     n = size if n is None else n
@@ -313,7 +320,7 @@ def load_siemens_star(path: str | Path, n: int | None = None) -> RawData:
         "object_pixel_scale": size / n,
     }
     return RawData.from_coords_without_pc(
-        centre_x, centre_y, counts_to_amplitude(shifted, source=str(path)), probe, metadata=metadata
+        centre_x, centre_y, counts_to_amplitude(shifted, source=source), probe, metadata=metadata
     )
 
 
@@ -322,13 +329,12 @@ def load_scan(path: str | Path, n: int | None = None) -> RawData:
 
     ``n`` (tike layout only) crops the detector; contract files are returned as stored.
     """
-    with _open_npz(path) as npz:
-        keys = set(npz.files)
-    if {"data", "probe", "scan"} <= keys:
-        return load_siemens_star(path, n)
+    arrays = _read_arrays(path)
+    if {"data", "probe", "scan"} <= arrays.keys():
+        return _from_tike(arrays, n, str(path))
     if n is not None:
         raise _fail("n", "None for a contract NPZ (already at its N)", n, "crop when simulating instead")
-    return RawData.from_file(path)
+    return RawData.from_arrays(arrays, source=str(path))
 
 
 def spatial_split(raw: RawData, axis: str = "y", fraction: float = 0.5) -> tuple[RawData, RawData]:
