@@ -1,0 +1,126 @@
+"""The Lightning data module: grouped scans (``RawData.generate_grouped_data``) as batches.
+
+Groups are built once, before training; the arrays are shared with torch without copying
+(``torch.from_numpy``) and each item is a view, so no epoch copies the data set. A batch is a dict:
+
+===============  ================  ==================================================
+``diffraction``  (B, C, N, N) f32  raw amplitudes (the generator applies ``scale``)
+``scale``        (B,) f32          the scan's input normalisation
+``offsets``      (B, C, 2) f32     relative offsets ``[x, y]`` (grouping sign)
+``index``        (B,) i64          group index in its data set
+``amplitude``    (B, C, N, N) f32  ground truth, supervised mode only
+``phase``        (B, C, N, N) f32  ground truth, supervised mode only
+===============  ================  ==================================================
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from ptycho_torch.config import TrainingConfig
+from ptycho_torch.data import RawData
+from ptycho_torch.errors import ConfigError, DataContractError
+
+#: groups sampled at gridsize > 1 when TrainingConfig.n_groups is None
+DEFAULT_GROUPS = 512
+#: fraction of the training groups held out for validation when no test scan is given
+VAL_FRACTION = 0.05
+
+
+class GroupedDataset(Dataset):
+    """Items of one grouped scan; holds channels-last arrays and hands out channels-first views."""
+
+    def __init__(self, grouped: dict[str, Any], *, with_labels: bool) -> None:
+        self.diffraction = torch.from_numpy(grouped["diffraction"])  # (B, N, N, C)
+        self.offsets = torch.from_numpy(grouped["coords_relative"][:, 0].transpose(0, 2, 1).astype(np.float32))
+        self.scale = torch.tensor(grouped["input_scale"], dtype=torch.float32)
+        self.input_scale = float(grouped["input_scale"])
+        self.labels = torch.from_numpy(grouped["Y"]) if with_labels else None
+
+    def __len__(self) -> int:
+        return self.diffraction.shape[0]
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        item = {
+            "diffraction": self.diffraction[index].permute(2, 0, 1),
+            "scale": self.scale,
+            "offsets": self.offsets[index],
+            "index": torch.tensor(index, dtype=torch.int64),
+        }
+        if self.labels is not None:
+            patch = self.labels[index].permute(2, 0, 1)
+            item["amplitude"] = patch.abs()
+            item["phase"] = patch.angle()
+        return item
+
+
+def group_scan(raw: RawData, training: TrainingConfig, *, seed: int) -> dict[str, Any]:
+    """Subsample (``n_subsample``) and group a scan as ``training`` asks; returns the grouped dict."""
+    model = training.model
+    if raw.N != model.N:
+        raise DataContractError(
+            f"`N` of the model must equal the scan's pattern size {raw.N}, got {model.N}; pass --n {raw.N}"
+        )
+    if training.n_subsample is not None and training.n_subsample < len(raw):
+        rng = np.random.default_rng(training.subsample_seed)
+        raw = raw.subset(np.sort(rng.choice(len(raw), training.n_subsample, replace=False)))
+    n_groups = training.n_groups
+    if n_groups is None and model.gridsize > 1:
+        n_groups = DEFAULT_GROUPS
+    return raw.generate_grouped_data(model.N, K=training.neighbor_count, n_groups=n_groups,
+                                     gridsize=model.gridsize, seed=seed)
+
+
+class GroupedDataModule(L.LightningDataModule):
+    """Train and validation loaders over grouped scans.
+
+    ``val`` is the test scan when given; otherwise a seeded :data:`VAL_FRACTION` of the training
+    groups is held out. Under DDP, Lightning's distributed sampler gives each rank its own share.
+    """
+
+    def __init__(
+        self, train: RawData, val: RawData | None, training: TrainingConfig, *, seed: int = 42, num_workers: int = 0
+    ) -> None:
+        super().__init__()
+        supervised = training.model.model_type == "supervised"
+        grouped = group_scan(train, training, seed=seed)
+        if supervised and grouped["Y"] is None:
+            raise ConfigError(
+                "`model_type` 'supervised' needs ground truth, got a training scan without Y or objectGuess; "
+                "use model_type 'pinn' or a file with Y/objectGuess"
+            )
+        self.train_set: Dataset = GroupedDataset(grouped, with_labels=supervised)
+        self.input_scale = self.train_set.input_scale
+        self.probe = train.probeGuess
+        if val is None:
+            order = np.random.default_rng(seed).permutation(len(self.train_set))
+            n_val = max(1, int(round(VAL_FRACTION * len(order))))
+            if n_val >= len(order):
+                raise DataContractError(
+                    f"`train_data` must hold at least 2 groups to hold out validation, got {len(order)}; "
+                    "pass --test-data or use a larger scan"
+                )
+            self.val_set: Dataset = Subset(self.train_set, order[:n_val].tolist())
+            self.train_set = Subset(self.train_set, order[n_val:].tolist())
+        else:
+            val_grouped = group_scan(val, training, seed=seed + 1)
+            if supervised and val_grouped["Y"] is None:
+                raise ConfigError("`model_type` 'supervised' needs ground truth in the test scan too (Y or objectGuess)")
+            self.val_set = GroupedDataset(val_grouped, with_labels=supervised)
+        self.batch_size = training.batch_size
+        self.num_workers = num_workers
+
+    def _loader(self, dataset: Dataset, *, shuffle: bool) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)

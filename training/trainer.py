@@ -1,0 +1,226 @@
+"""Build a Lightning ``Trainer`` from :class:`PyTorchExecutionConfig` and run a training job.
+
+A run directory holds ``checkpoints/best.ckpt`` (lowest ``val_loss``), ``checkpoints/last.ckpt``,
+the logger's files (``logs/`` CSV by default, ``tensorboard/``, ``mlruns/``) and ``summary.json``.
+Every setting is checked when the trainer is built, before data are grouped or a step is taken.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger
+
+from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig
+from ptycho_torch.data import RawData
+from ptycho_torch.errors import ConfigError
+from training.datamodule import GroupedDataModule
+from training.module import PtychoPINNModule, check_loss_config
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+BEST = "best"
+LAST = "last"
+MONITOR = "val_loss"
+
+
+def _make_logger(name: str, output_dir: Path) -> Logger | bool:
+    if name == "none":
+        return False
+    if name == "csv":
+        return CSVLogger(save_dir=output_dir, name="logs")
+    if name == "tensorboard":
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError as error:
+            raise ConfigError(
+                "`logger` 'tensorboard' needs the tensorboard package, which is not installed; "
+                "pip install 'ptychopinn-serve[train]' or use --logger csv"
+            ) from error
+        return TensorBoardLogger(save_dir=output_dir, name="tensorboard")
+    try:
+        import mlflow  # noqa: F401
+    except ImportError as error:
+        raise ConfigError(
+            "`logger` 'mlflow' needs MLflow, which is not installed; pip install 'ptychopinn-serve[mlflow]' "
+            "or use --logger csv"
+        ) from error
+    return MLFlowLogger(experiment_name="ptychopinn", tracking_uri=(output_dir / "mlruns").resolve().as_uri())
+
+
+class RunSummary(L.Callback):
+    """Counts training samples and writes ``summary.json`` (and a log line) at the end of a run."""
+
+    def __init__(self, output_dir: Path) -> None:
+        self.output_dir = output_dir
+        self.summary: dict[str, Any] = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+        self._start_step = trainer.global_step
+        self._samples = 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self._samples += int(batch["diffraction"].shape[0])
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        wall = time.perf_counter() - self._start
+        samples = self._samples * trainer.world_size
+        checkpoint = trainer.checkpoint_callback
+        best_score = getattr(checkpoint, "best_model_score", None)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        self.summary = {
+            "epochs": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "steps_this_run": trainer.global_step - self._start_step,
+            "train_samples": samples,
+            "wall_s": round(wall, 3),
+            "samples_per_s": round(samples / wall, 2) if wall > 0 else None,
+            "world_size": trainer.world_size,
+            "accelerator": type(trainer.accelerator).__name__,
+            "best_val_loss": None if best_score is None else float(best_score),
+            "best_checkpoint": getattr(checkpoint, "best_model_path", "") or None,
+            "last_checkpoint": str(self.output_dir / CHECKPOINT_DIR / f"{LAST}.ckpt"),
+            "final_metrics": metrics,
+        }
+        if trainer.is_global_zero:
+            (self.output_dir / "summary.json").write_text(json.dumps(self.summary, indent=2))
+            logger.info(
+                "training finished: %d epochs, %d steps, %d samples in %.1f s (%.1f samples/s); best %s = %s; "
+                "checkpoints in %s", self.summary["epochs"], self.summary["global_step"], samples, wall,
+                self.summary["samples_per_s"] or 0.0, MONITOR, self.summary["best_val_loss"],
+                self.output_dir / CHECKPOINT_DIR,
+            )
+
+
+def build_trainer(
+    execution: PyTorchExecutionConfig, *, output_dir: str | Path, max_epochs: int, callbacks: list[L.Callback] = ()
+) -> L.Trainer:
+    """A Trainer with best/last checkpoints in ``output_dir/checkpoints``, the chosen logger,
+    optional early stopping, and every hardware/precision/strategy setting of ``execution``.
+
+    Invalid combinations (unknown strategy or precision, a GPU that is not there, ...) raise
+    :class:`ConfigError` here, before any training.
+    """
+    output_dir = Path(output_dir)
+    checkpoint = ModelCheckpoint(
+        dirpath=output_dir / CHECKPOINT_DIR, filename=BEST, monitor=MONITOR, mode="min", save_top_k=1,
+        save_last=True, enable_version_counter=False, auto_insert_metric_name=False,
+    )
+    checkpoint.CHECKPOINT_NAME_LAST = LAST
+    extra: list[L.Callback] = [checkpoint, *callbacks]
+    if execution.early_stop_patience is not None:
+        extra.append(EarlyStopping(monitor=MONITOR, mode="min", patience=execution.early_stop_patience))
+    deterministic: bool | str = execution.deterministic
+    if deterministic and execution.accelerator not in ("cpu",) and torch.cuda.is_available():
+        deterministic = "warn"  # max-pool/upsample backward have no deterministic CUDA kernels
+    try:
+        return L.Trainer(
+            accelerator=execution.accelerator,
+            devices=execution.devices,
+            num_nodes=execution.num_nodes,
+            strategy=execution.strategy,
+            precision=execution.precision,
+            deterministic=deterministic,
+            max_epochs=max_epochs,
+            max_steps=execution.max_steps,
+            gradient_clip_val=execution.gradient_clip_val,
+            gradient_clip_algorithm=execution.gradient_clip_algorithm,
+            accumulate_grad_batches=execution.accumulate_grad_batches,
+            enable_progress_bar=execution.enable_progress_bar,
+            logger=_make_logger(execution.logger_backend, output_dir),
+            callbacks=extra,
+            default_root_dir=output_dir,
+            log_every_n_steps=10,
+            enable_model_summary=False,
+        )
+    except (MisconfigurationException, ValueError, TypeError, RuntimeError) as error:
+        raise ConfigError(
+            f"the execution settings are invalid (accelerator={execution.accelerator!r}, devices="
+            f"{execution.devices!r}, num_nodes={execution.num_nodes}, strategy={execution.strategy!r}, "
+            f"precision={execution.precision!r}): {error}"
+        ) from error
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes (streamed)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_resume(resume: Path, model: ModelConfig) -> None:
+    if not resume.is_file():
+        raise ConfigError(f"`resume` must be an existing checkpoint file, got {str(resume)!r}")
+    _, hparams, _ = PtychoPINNModule.load_generator(resume)
+    saved = ModelConfig(**hparams["model_config"])
+    if saved != model:
+        changed = {f.name: (getattr(saved, f.name), getattr(model, f.name)) for f in dataclasses.fields(model)
+                   if getattr(saved, f.name) != getattr(model, f.name)}
+        raise ConfigError(
+            f"`resume` checkpoint was trained with a different model (checkpoint vs now: {changed}); "
+            "use the same --n/--gridsize/--n-filters-scale or start a new run"
+        )
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run left behind."""
+
+    output_dir: Path
+    best_checkpoint: Path | None
+    last_checkpoint: Path
+    summary: dict[str, Any]
+    module: PtychoPINNModule
+
+
+def train(
+    training: TrainingConfig,
+    execution: PyTorchExecutionConfig,
+    *,
+    train_data: RawData,
+    test_data: RawData | None = None,
+    train_data_sha256: str = "",
+    resume: str | Path | None = None,
+    callbacks: list[L.Callback] = (),
+) -> TrainResult:
+    """Train on ``train_data`` (validating on ``test_data``) into ``training.output_dir``.
+
+    ``resume`` continues a run from a checkpoint (same global step, optimizer and scheduler state,
+    callbacks); ``training.nepochs`` is the total, not the number of further epochs.
+    """
+    output_dir = Path(training.output_dir)
+    check_loss_config(training)
+    if resume is not None:
+        _check_resume(Path(resume), training.model)
+    summary = RunSummary(output_dir)
+    trainer = build_trainer(execution, output_dir=output_dir, max_epochs=training.nepochs,
+                            callbacks=[summary, *callbacks])
+    L.seed_everything(execution.seed, workers=True, verbose=False)
+    data = GroupedDataModule(train_data, test_data, training, seed=execution.seed, num_workers=execution.num_workers)
+    module = PtychoPINNModule.from_configs(training, execution, probe=data.probe, input_scale=data.input_scale,
+                                           train_data_sha256=train_data_sha256)
+    trainer.fit(module, datamodule=data, ckpt_path=None if resume is None else str(resume))
+    best = trainer.checkpoint_callback.best_model_path
+    return TrainResult(
+        output_dir=output_dir,
+        best_checkpoint=Path(best) if best else None,
+        last_checkpoint=output_dir / CHECKPOINT_DIR / f"{LAST}.ckpt",
+        summary=summary.summary,
+        module=module,
+    )
