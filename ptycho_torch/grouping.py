@@ -114,7 +114,8 @@ def extract_patches(obj: np.ndarray, xcoords: ArrayLike, ycoords: ArrayLike, N: 
     top = np.asarray(ycoords, dtype=np.float64) - N / 2
     left = np.asarray(xcoords, dtype=np.float64) - N / 2
     r0, c0 = np.floor(top).astype(np.int64), np.floor(left).astype(np.int64)
-    fy, fx = (top - r0)[:, None, None], (left - c0)[:, None, None]
+    weight = np.finfo(np.result_type(obj.dtype, np.float32)).dtype  # float32 weights keep complex64
+    fy, fx = (top - r0).astype(weight)[:, None, None], (left - c0).astype(weight)[:, None, None]
     pad_r = (max(0, -int(r0.min(initial=0))), max(0, int(r0.max(initial=0)) + N + 1 - obj.shape[0]))
     pad_c = (max(0, -int(c0.min(initial=0))), max(0, int(c0.max(initial=0)) + N + 1 - obj.shape[1]))
     padded = np.pad(obj, (pad_r, pad_c))
