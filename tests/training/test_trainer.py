@@ -1,0 +1,110 @@
+"""The Trainer factory and the `train` command reject bad settings before any training."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from ptycho_torch.cli import main
+from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig
+from ptycho_torch.errors import ConfigError, DataContractError
+from tests.training.conftest import N
+from training import cli as train_cli
+from training.trainer import build_trainer, train
+
+
+def _trainer(tmp_path, **execution):
+    return build_trainer(PyTorchExecutionConfig(**execution), output_dir=tmp_path, max_epochs=2)
+
+
+def test_defaults_give_best_and_last_checkpoints_csv_logs_and_settings(tmp_path):
+    trainer = _trainer(tmp_path, accelerator="cpu", gradient_clip_val=0.5, accumulate_grad_batches=2,
+                       early_stop_patience=3, max_steps=7)
+    checkpoint = trainer.checkpoint_callback
+    assert isinstance(checkpoint, ModelCheckpoint)
+    assert checkpoint.dirpath == str(tmp_path / "checkpoints") and checkpoint.filename == "best"
+    assert checkpoint.monitor == "val_loss" and checkpoint.save_last and checkpoint.CHECKPOINT_NAME_LAST == "last"
+    assert isinstance(trainer.logger, CSVLogger)
+    assert any(isinstance(c, EarlyStopping) and c.patience == 3 for c in trainer.callbacks)
+    assert trainer.gradient_clip_val == 0.5 and trainer.accumulate_grad_batches == 2
+    assert trainer.max_steps == 7 and trainer.max_epochs == 2
+
+
+def test_tensorboard_and_no_logger(tmp_path):
+    assert isinstance(_trainer(tmp_path, accelerator="cpu", logger_backend="tensorboard").logger, TensorBoardLogger)
+    assert _trainer(tmp_path, accelerator="cpu", logger_backend="none").logger is None
+
+
+def test_mlflow_missing_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow -> ImportError
+    with pytest.raises(ConfigError, match=r"ptychopinn-serve\[mlflow\]"):
+        _trainer(tmp_path, accelerator="cpu", logger_backend="mlflow")
+
+
+@pytest.mark.parametrize(
+    ("execution", "match"),
+    [
+        ({"strategy": "warp-drive"}, "strategy='warp-drive'"),
+        ({"precision": "17-mixed"}, "precision='17-mixed'"),
+        ({"accelerator": "gpu"}, "accelerator='gpu'"),
+        ({"accelerator": "cpu", "devices": 0}, "devices=0"),
+    ],
+)
+def test_bad_execution_settings_fail_when_the_trainer_is_built(tmp_path, execution, match):
+    with pytest.raises(ConfigError, match=match):
+        _trainer(tmp_path, **execution)
+
+
+def test_data_that_does_not_match_the_model_fails_before_training(tmp_path, scan_files):
+    from ptycho_torch.data import RawData
+
+    training = TrainingConfig(model=ModelConfig(N=64, n_filters_scale=1), output_dir=tmp_path)
+    with pytest.raises(DataContractError, match="--n 32"):
+        train(training, PyTorchExecutionConfig(accelerator="cpu"), train_data=RawData.from_file(scan_files[0]))
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def _parse(argv):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    train_cli.configure(parser)
+    return parser.parse_args(argv)
+
+
+def test_config_file_is_merged_under_the_flags(tmp_path):
+    config = tmp_path / "cfg.yaml"
+    config.write_text("model: {N: 32, gridsize: 2}\ntraining: {batch_size: 4, nepochs: 3}\nexecution: {learning_rate: 0.01}\n")
+    args = _parse(["--train-data", "a.npz", "--output-dir", str(tmp_path), "--config", str(config),
+                   "--epochs", "5", "--devices", "2", "--strategy", "ddp", "--no-progress-bar"])
+    training, execution, explicit = train_cli.build_configs(args)
+    assert training.model.N == 32 and training.model.gridsize == 2 and training.batch_size == 4
+    assert training.nepochs == 5  # flag wins over the file
+    assert execution.learning_rate == 0.01 and execution.devices == 2 and execution.strategy == "ddp"
+    assert execution.enable_progress_bar is False and explicit == {"nphotons": False}
+
+
+def test_json_config_with_an_unknown_key_lists_the_known_ones(tmp_path):
+    config = tmp_path / "cfg.json"
+    config.write_text('{"training": {"batch": 4}}')
+    args = _parse(["--train-data", "a.npz", "--output-dir", str(tmp_path), "--config", str(config)])
+    with pytest.raises(ConfigError, match=r"unknown TrainingConfig keys \['batch'\].*batch_size"):
+        train_cli.build_configs(args)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--output-dir", "RUN"], "--train-data"),
+        (["--train-data", "a.npz", "--output-dir", "RUN", "--batch-size", "12"], "batch_size must be a power of two"),
+        (["--train-data", "a.npz", "--output-dir", "RUN", "--n", "48"], "N must be a power of two"),
+        (["--train-data", "a.npz", "--output-dir", "RUN", "--gridsize", "2", "--n-groups", "0"], "n_groups"),
+    ],
+)
+def test_train_command_reports_bad_flags_in_one_line(capsys, argv, message):
+    assert main(["train", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ptychopinn train: error:") and message in err
