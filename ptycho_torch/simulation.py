@@ -84,12 +84,15 @@ def load_probe(path: str | Path, N: int) -> np.ndarray:
     pixel size of the file is kept (the gold-balls probe keeps about 93% of its energy at N=64).
     Returns (N, N) for one mode, else (P, N, N), complex64.
     """
-    with np.load(path, allow_pickle=False) as npz:
-        key = "probeGuess" if "probeGuess" in npz.files else "probe"
-        if key not in npz.files:
-            raise DataContractError(f"`probe` is missing from {path}: expected key probeGuess or probe "
-                                    f"(H, W) or (P, H, W) complex; found {npz.files}")
-        probe = np.asarray(npz[key], dtype=np.complex64)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in ("probeGuess", "probe") if key in npz.files}
+    except (OSError, ValueError) as error:
+        raise DataContractError(f"`probe` must be 'default' or a readable NPZ file, got {str(path)!r} ({error})") from error
+    if not arrays:
+        raise DataContractError(f"`probe` is missing from {path}: expected key probeGuess or probe "
+                                "(H, W) or (P, H, W) complex")
+    probe = np.asarray(arrays.get("probeGuess", arrays.get("probe")), dtype=np.complex64)
     if probe.ndim not in (2, 3):
         raise DataContractError(f"`probe` must be (H, W) or (P, H, W) complex, got shape {probe.shape}")
     modes = probe.reshape(-1, *probe.shape[-2:])

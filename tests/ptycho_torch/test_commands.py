@@ -48,8 +48,10 @@ def test_inspect_refuses_what_it_cannot_read(tmp_path, capsys, target):
     assert "inspect: error: `path` must be an existing scan file" in capsys.readouterr().err
 
 
-def test_simulate_reports_bad_probe_file(tmp_path, capsys):
+@pytest.mark.parametrize(("probe", "message"), [("p.npz", "`probe` is missing"), ("none.npz", "readable NPZ file")])
+def test_simulate_reports_bad_probe_file(tmp_path, capsys, probe, message):
     np.savez(tmp_path / "p.npz", other=np.zeros(3))
-    args = ["simulate", "--n", "32", "--positions", "5", "--probe", str(tmp_path / "p.npz"), "--out", str(tmp_path / "x.npz")]
+    args = ["simulate", "--n", "32", "--positions", "5", "--probe", str(tmp_path / probe), "--out", str(tmp_path / "x.npz")]
     assert main(args) == 2
-    assert "`probe` is missing" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.npz").exists()
