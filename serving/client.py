@@ -104,12 +104,16 @@ class Client:
 
 
 def reconstruct_file(url: str, npz_path: str | Path, *, token: str | None = None,
-                     options: ReconstructOptions | dict[str, Any] | None = None,
+                     options: ReconstructOptions | dict[str, Any] | None = None, n: int | None = None,
                      timeout_s: float = 300.0) -> Reconstruction:
-    """Reconstruct the scan in ``npz_path`` (the project's NPZ data contract) on the server at ``url``."""
-    from ptycho_torch.data import RawData  # numpy-only
+    """Reconstruct the scan in ``npz_path`` on the server at ``url``.
 
-    scan = RawData.from_file(npz_path)
+    Any file :func:`ptycho_torch.data.load_scan` reads (the NPZ data contract, or the tike layout
+    cropped to ``n``); its patterns, centre positions and probe are sent as they are.
+    """
+    from ptycho_torch.data import load_scan  # numpy-only
+
+    scan = load_scan(npz_path, n=n)
     positions = np.column_stack([scan.xcoords, scan.ycoords])
     with Client(url, token=token, timeout_s=timeout_s) as client:
         return client.reconstruct(scan.diff3d, positions, probe=scan.probeGuess, options=options)

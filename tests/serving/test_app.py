@@ -225,3 +225,18 @@ def test_the_token_is_enforced_except_on_health_probes(engine: Engine, serve) ->
     with Client(server.url, token="s3cret") as client:
         assert client.reconstruct(*_scan(7, 4)).n_patterns == 4
         assert client.model_metadata("oracle")["name"] == "oracle"
+
+
+def test_reconstruct_file_sends_a_real_scan_and_matches_in_process(engine: Engine, serve, shared_data) -> None:
+    from ptycho_torch.data import load_scan
+    from serving.client import reconstruct_file
+
+    path = shared_data / "siemens-star-small.npz.bz2"
+    server = serve(create_app(engine))
+    remote = reconstruct_file(server.url, path, n=N)
+    scan = load_scan(path, n=N)
+    local = reconstruct(engine, scan.diff3d, np.column_stack([scan.xcoords, scan.ycoords]), probe=scan.probeGuess)
+    assert remote.n_patterns == len(scan) == 516
+    np.testing.assert_array_equal(remote.amplitude, local.amplitude)
+    np.testing.assert_array_equal(remote.phase, local.phase)
+    assert remote.probe_difference == local.probe_difference is not None
