@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ptychodus.api.product import LossValue
 
+from ptycho_torch.data import RawData
 from ptycho_torch.errors import ConfigError, PtychoError
 from serving.ptychodus.settings import PtychoPINNServeSettings
 
@@ -49,16 +50,18 @@ def _training_files(input_path: Path) -> tuple[Path, Path | None]:
 
 def train_bundle(input_path: Path, output_path: Path, settings: PtychoPINNServeSettings
                  ) -> tuple[Path, list[LossValue]]:
-    """Train on the exported scan(s) at ``input_path``; returns ``output_path/bundle.zip`` and the losses."""
+    """Train on the exported scan(s) at ``input_path``; returns ``output_path/bundle.zip`` and the final
+    training loss (Ptychodus plots ``TrainOutput.training_loss``)."""
     missing = [m for m in ("torch", "lightning") if find_spec(m) is None]
     if missing:
         raise ConfigError(f"training needs {missing} (the `train` extra), got an install without them; run "
                           "`pip install torch==2.13.0 'ptychopinn-serve[train]'`, or train on a GPU node with "
                           "`ptychopinn train` and load the exported bundle with Load Model")
     train, test = _training_files(input_path)
+    n = RawData.from_file(train).N
     run = output_path / "run"
-    args = ["train", "--train-data", str(train), "--output-dir", str(run),
-            "--nepochs", str(settings.train_epochs.get_value()),
+    args = ["train", "--train-data", str(train), "--output-dir", str(run), "--n", str(n), "--no-progress-bar",
+            "--epochs", str(settings.train_epochs.get_value()),
             "--batch-size", str(settings.train_batch_size.get_value()),
             "--gridsize", str(settings.train_gridsize.get_value())]
     if test is not None:
@@ -68,5 +71,7 @@ def train_bundle(input_path: Path, output_path: Path, settings: PtychoPINNServeS
     checkpoint = summary.get("best_checkpoint") or summary["last_checkpoint"]
     bundle = output_path / "bundle"
     _ptychopinn("export", "--checkpoint", str(checkpoint), "--out", str(bundle), "--zip")
-    losses = [LossValue(epoch=int(e), value=float(v)) for e, v in enumerate(summary.get("train_loss", []))]
+    epochs = int(summary["epochs"])
+    metrics = summary.get("final_metrics", {})
+    losses = [LossValue(epoch=epochs, value=float(metrics[key])) for key in ("train_loss", "loss") if key in metrics][:1]
     return bundle.with_suffix(".zip"), losses

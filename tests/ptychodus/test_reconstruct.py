@@ -83,3 +83,25 @@ def test_http_stops_between_chunks(oracle: OracleScan, oracle_server, settings: 
     outputs.close()  # what Ptychodus does when the user presses Stop
     assert first.progress == 1
     assert next(outputs, None) is None
+
+
+def test_export_training_data_writes_the_project_contract(oracle: OracleScan, tmp_path: Path,
+                                                          settings: PtychoPINNServeSettings) -> None:
+    from ptycho_torch.data import RawData
+
+    bad = np.zeros((N, N), bool)
+    bad[3, 5] = True
+    data = type(oracle.data)(oracle.data.get_indexes(), oracle.data.get_patterns(),
+                             oracle.data.get_pixel_geometry(), bad)
+    parameters = prepare_reconstruct_input(data, oracle.product)
+    OnnxReconstructor(settings).export_training_data(tmp_path / "train_data.npz", parameters)
+    scan = RawData.from_file(tmp_path / "train_data.npz")
+    assert scan.diff3d.dtype == np.float32 and scan.diff3d.shape == (36, N, N)
+    good = ~bad
+    np.testing.assert_allclose(scan.diff3d[:, good], np.sqrt(parameters.diffraction_patterns[:, good]), rtol=1e-6)
+    assert np.all(np.isfinite(scan.diff3d[:, 3, 5])) and scan.diff3d[:, 3, 5].min() > 0  # inpainted, not zeroed
+    geometry = parameters.product.object_.get_geometry()
+    x_px = geometry.map_probe_positions_to_object_x_px(parameters.product.probe_positions)
+    np.testing.assert_allclose(scan.xcoords, x_px + 0.5)  # patch centre N//2, not (N-1)/2
+    assert scan.probeGuess.shape == (2, N, N)
+    assert scan.metadata["object_pixel_size_m"] == pytest.approx(10e-9)
