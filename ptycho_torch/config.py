@@ -115,7 +115,7 @@ class TrainingConfig:
     nphotons: float = 1e9
     """Expected photons per pattern; sets the intensity scale of the Poisson model."""
     n_groups: int | None = None
-    """Groups sampled for training (None: one per scan position at gridsize 1, else 512)."""
+    """Groups sampled for training (None: one group per scan position, at every gridsize)."""
     n_subsample: int | None = None
     """Scan positions drawn before grouping (None: all)."""
     subsample_seed: int | None = None
