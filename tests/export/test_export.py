@@ -198,3 +198,34 @@ def test_export_refuses_bad_output_dir_and_options(exported: Exported) -> None:
 def test_cli_reports_a_missing_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["export", "--checkpoint", str(tmp_path / "none.ckpt"), "--out", str(tmp_path / "b")]) == 2
     assert "`--checkpoint` must be an existing .ckpt file" in capsys.readouterr().err
+
+
+def test_cli_exports_a_trained_checkpoint(scan32: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ptycho_torch.config import PyTorchExecutionConfig, TrainingConfig
+    from ptycho_torch.data import RawData
+    from serving.bundle import load_bundle
+    from training.module import PtychoPINNModule
+    from training.trainer import file_sha256, train
+
+    config = ModelConfig(N=N, gridsize=1, n_filters_scale=1)
+    training = TrainingConfig(model=config, train_data_file=scan32, batch_size=16, nepochs=1, n_groups=32,
+                              output_dir=tmp_path / "run")
+    execution = PyTorchExecutionConfig(accelerator="cpu", max_steps=2, logger_backend="none",
+                                       enable_progress_bar=False)
+    result = train(training, execution, train_data=RawData.from_file(scan32), train_data_sha256=file_sha256(scan32))
+    out = tmp_path / "bundle"
+    assert cli_main(["export", "--checkpoint", str(result.last_checkpoint), "--out", str(out), "--zip"]) == 0
+    assert "verified   on 64 samples of the training scan siemens32.npz" in capsys.readouterr().out
+    generator, hparams, probe = PtychoPINNModule.load_generator(result.last_checkpoint)
+    bundle = load_bundle(out.with_suffix(".zip"))
+    assert bundle.input_scale == hparams["input_scale"] and bundle.intensity_scale == hparams["intensity_scale"]
+    assert bundle.manifest.provenance.train_data_sha256 == file_sha256(scan32)
+    np.testing.assert_array_equal(bundle.probe, probe)
+    import onnxruntime as ort
+
+    diffraction = verification_inputs(scan32, N, 1, n_groups=8)
+    scale = np.full(8, hparams["input_scale"], np.float32)
+    session = ort.InferenceSession(str(bundle.onnx_path), providers=["CPUExecutionProvider"])
+    for got, want in zip(session.run(None, {"diffraction": diffraction, "scale": scale}),
+                         _eager(generator, diffraction, scale)):
+        assert np.abs(got - want).max() <= FP32_TOLERANCE
