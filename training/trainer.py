@@ -144,7 +144,7 @@ def build_trainer(
             logger=_make_logger(execution.logger_backend, output_dir),
             callbacks=extra,
             default_root_dir=output_dir,
-            log_every_n_steps=10,
+            log_every_n_steps=1,
             enable_model_summary=False,
         )
     except (MisconfigurationException, ValueError, TypeError, RuntimeError) as error:
