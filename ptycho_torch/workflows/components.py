@@ -1,0 +1,343 @@
+"""Workflow entry points with the names and returns of PtychoPINN's TensorFlow ones (method section 7.3).
+
+Scripts, notebooks and Ptychodus-style integrations written against
+``ptycho.workflows.components`` switch to this backend by changing the import:
+
+* :func:`train_cdi_model_torch` -- train with Lightning (``training.trainer.train``), return ``results``;
+* :func:`reassemble_torch` -- predict every patch of a grouped scan and stitch it (numpy stitcher);
+* :func:`run_cdi_example_torch` -- both, save ``wts.h5.zip``, optionally track the run with MLflow;
+* :func:`load_inference_bundle_torch` -- the generator from a checkpoint, a ``wts.h5.zip`` or ``runs:/``;
+* :func:`save_outputs` -- amplitude/phase PNGs and an NPZ.
+
+Every entry point calls ``update_legacy_dict(params.cfg, config)`` first, as PtychoPINN's do.
+Unlike PtychoPINN's torch helper, gridsize > 1 patches are not averaged into one per group: each
+channel's patch is stitched at its own scan position.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+from ptycho_torch import params
+from ptycho_torch.config import (
+    ModelConfig,
+    PyTorchExecutionConfig,
+    TrainingConfig,
+    config_from_dict,
+    dataclass_to_legacy_dict,
+    update_legacy_dict,
+)
+from ptycho_torch.data import RawData
+from ptycho_torch.errors import DataContractError, ModelArchiveError
+from ptycho_torch.model import PtychoPINNGenerator
+from ptycho_torch.model_manager import ARCHIVE_NAME, DEFAULT_MODEL, TorchModelManager
+from ptycho_torch.stitching import DEFAULT_M, StitchResult, stitch_patches
+
+__all__ = [
+    "load_inference_bundle_torch",
+    "predict_patches",
+    "reassemble_torch",
+    "run_cdi_example_torch",
+    "save_outputs",
+    "train_cdi_model_torch",
+]
+
+logger = logging.getLogger(__name__)
+
+MLFLOW_EXPERIMENT = "ptychopinn"
+MLFLOW_ARTIFACT_PATH = "model"
+"""Artifact folder of the archive in an MLflow run: load it back with ``runs:/<run_id>/model``."""
+_ALLOW_FILE_STORE = "MLFLOW_ALLOW_FILE_STORE"
+
+
+class _History(L.Callback):
+    """Per-epoch scalar metrics as a Keras-style ``history`` (dict of lists)."""
+
+    def __init__(self) -> None:
+        self.history: dict[str, list[float]] = {}
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = {k.removesuffix("_epoch"): float(v) for k, v in trainer.callback_metrics.items()
+                 if v.numel() == 1 and not k.endswith("_step")}
+        for name, value in epoch.items():
+            self.history.setdefault(name, []).append(value)
+
+
+def _group_for_inference(data: RawData, model: ModelConfig, *, neighbor_count: int, seed: int) -> dict[str, Any]:
+    """Every position of ``data`` as a group seed (so the whole scan is stitched)."""
+    return data.generate_grouped_data(model.N, K=neighbor_count, n_groups=None, gridsize=model.gridsize, seed=seed)
+
+
+def train_cdi_model_torch(
+    train_data: RawData,
+    test_data: RawData | None,
+    config: TrainingConfig,
+    execution_config: PyTorchExecutionConfig | None = None,
+) -> dict[str, Any]:
+    """Train PtychoPINN on ``train_data`` (validating on ``test_data``) into ``config.output_dir``.
+
+    Returns ``history`` (dict of per-epoch lists; ``loss`` aliases ``train_loss``), ``history_epochs``,
+    ``checkpoint`` (best checkpoint path, else the last), ``last_checkpoint``, ``backend='pytorch'``,
+    ``intensity_scale``, ``input_scale`` (training normalisation), ``models``
+    (``{'diffraction_to_obj': generator}``), ``train_container`` and ``test_container`` (grouped
+    dicts, every position a group seed; ``None`` without test data) and ``summary``.
+    """
+    from training.datamodule import group_scan
+    from training.trainer import train
+
+    update_legacy_dict(params.cfg, config)
+    execution = execution_config or PyTorchExecutionConfig()
+    history = _History()
+    run = train(config, execution, train_data=train_data, test_data=test_data, callbacks=[history])
+    if "train_loss" in history.history:
+        history.history["loss"] = history.history["train_loss"]
+    checkpoint = run.best_checkpoint or run.last_checkpoint
+    generator = run.module.generator.eval()
+    return {
+        "history": history.history,
+        "history_epochs": list(range(1, len(next(iter(history.history.values()), [])) + 1)),
+        "checkpoint": checkpoint,
+        "last_checkpoint": run.last_checkpoint,
+        "backend": "pytorch",
+        "intensity_scale": float(run.module.intensity_scale),
+        "input_scale": float(run.module.hparams["input_scale"]),
+        "models": {DEFAULT_MODEL: generator},
+        "train_container": group_scan(train_data, config, seed=execution.seed),
+        "test_container": None if test_data is None else _group_for_inference(
+            test_data, config.model, neighbor_count=config.neighbor_count, seed=execution.seed),
+        "summary": run.summary,
+    }
+
+
+def predict_patches(
+    model: PtychoPINNGenerator, diffraction: np.ndarray, scale: float, *, batch_size: int = 64
+) -> np.ndarray:
+    """Complex object patches ``(B, C, N, N)`` for raw amplitudes ``diffraction`` ``(B, C, N, N)``."""
+    device = next(model.parameters()).device
+    out = np.empty(diffraction.shape, dtype=np.complex64)
+    with torch.inference_mode():
+        for start in range(0, len(diffraction), batch_size):  # batches, not patterns
+            x = torch.from_numpy(np.ascontiguousarray(diffraction[start:start + batch_size])).to(device)
+            amplitude, phase = model(x, torch.full((len(x),), scale, dtype=torch.float32, device=device))
+            out[start:start + len(x)] = torch.polar(amplitude.float(), phase.float()).cpu().numpy()
+    return out
+
+
+def reassemble_torch(
+    model: PtychoPINNGenerator,
+    test_container: dict[str, Any],
+    *,
+    flip_x: bool = False,
+    flip_y: bool = False,
+    transpose: bool = False,
+    M: int = DEFAULT_M,
+    coord_scale: float = 1.0,
+    scale: float | None = None,
+    batch_size: int = 64,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Predict every patch of a grouped scan and stitch them: ``(recon_amp, recon_phase, results)``.
+
+    ``test_container`` is a grouped dict (``RawData.generate_grouped_data``). ``scale`` is the input
+    normalisation fed to the network (default: the container's own ``input_scale``, i.e. the scan
+    policy). ``flip_x``/``flip_y`` negate x/y positions, ``transpose`` swaps each patch's axes,
+    ``coord_scale`` scales positions. ``results``: ``obj_tensor_full`` (K, N, N) complex patches,
+    ``global_offsets`` (K, 2) ``[x, y]``, ``recon_amp``, ``recon_phase``, ``stitched``
+    (:class:`~ptycho_torch.stitching.StitchResult`).
+    """
+    diffraction = np.moveaxis(test_container["diffraction"], -1, 1)  # (B, N, N, C) -> (B, C, N, N)
+    scale = float(test_container["input_scale"] if scale is None else scale)
+    patches = predict_patches(model, diffraction, scale, batch_size=batch_size)
+    N = patches.shape[-1]
+    patches = patches.reshape(-1, N, N)
+    if transpose:
+        patches = patches.transpose(0, 2, 1)
+    positions = np.moveaxis(test_container["coords_nn"][:, 0], -1, 1).reshape(-1, 2) * coord_scale  # (B*C, 2)
+    positions = positions * np.array([-1.0 if flip_x else 1.0, -1.0 if flip_y else 1.0])
+    stitched: StitchResult = stitch_patches(patches, positions, M=M)
+    amplitude, phase = stitched.amplitude, stitched.phase
+    return amplitude, phase, {
+        "obj_tensor_full": patches,
+        "global_offsets": positions,
+        "recon_amp": amplitude,
+        "recon_phase": phase,
+        "stitched": stitched,
+    }
+
+
+def run_cdi_example_torch(
+    train_data: RawData,
+    test_data: RawData | None,
+    config: TrainingConfig,
+    flip_x: bool = False,
+    flip_y: bool = False,
+    transpose: bool = False,
+    M: int = DEFAULT_M,
+    do_stitching: bool = False,
+    execution_config: PyTorchExecutionConfig | None = None,
+    *,
+    enable_mlflow: bool = False,
+) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, Any]]:
+    """Train, save ``config.output_dir/wts.h5.zip``, and (``do_stitching``) reconstruct ``test_data``.
+
+    Returns ``(amplitude, phase, results)``; amplitude and phase are None unless stitching ran.
+    ``results`` holds everything of :func:`train_cdi_model_torch`, ``archive`` (the saved
+    ``wts.h5.zip``), and after stitching the keys of :func:`reassemble_torch`. With
+    ``enable_mlflow`` the run is tracked in the local file store ``output_dir/mlruns`` (params,
+    per-epoch history, the archive under ``model/``) and ``results['run_id']`` and
+    ``results['model_uri']`` (``runs:/<id>/model``) are set.
+    """
+    update_legacy_dict(params.cfg, config)
+    if do_stitching and test_data is None:
+        raise DataContractError("`test_data` must be given when do_stitching=True, got None; pass a test scan "
+                                "or do_stitching=False")
+    results = train_cdi_model_torch(train_data, test_data, config, execution_config)
+    results["archive"] = TorchModelManager.save(results["checkpoint"], config.output_dir)
+    amplitude = phase = None
+    if do_stitching:
+        amplitude, phase, reassembly = reassemble_torch(
+            results["models"][DEFAULT_MODEL], results["test_container"],
+            flip_x=flip_x, flip_y=flip_y, transpose=transpose, M=M,
+        )
+        results.update(reassembly)
+    if enable_mlflow:
+        results["run_id"] = _track_with_mlflow(config, results)
+        results["model_uri"] = f"runs:/{results['run_id']}/{MLFLOW_ARTIFACT_PATH}"
+    return amplitude, phase, results
+
+
+def mlflow_tracking_uri(output_dir: str | Path) -> str:
+    """The local MLflow file store of a run directory (``output_dir/mlruns``)."""
+    return (Path(output_dir) / "mlruns").resolve().as_uri()
+
+
+@contextmanager
+def _file_store_allowed() -> Iterator[None]:
+    """MLflow >= 3.7 refuses file stores unless ``MLFLOW_ALLOW_FILE_STORE`` is set; set it for this call only."""
+    previous = os.environ.get(_ALLOW_FILE_STORE)
+    os.environ[_ALLOW_FILE_STORE] = "true" if previous is None else previous
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(_ALLOW_FILE_STORE, None)
+
+
+def _track_with_mlflow(config: TrainingConfig, results: dict[str, Any]) -> str:
+    try:
+        from mlflow.entities import Metric, Param
+        from mlflow.tracking import MlflowClient
+    except ImportError as error:
+        raise ModelArchiveError("`enable_mlflow` needs MLflow, which is not installed; "
+                                "pip install 'ptychopinn-serve[mlflow]' or pass enable_mlflow=False") from error
+    with _file_store_allowed():
+        client = MlflowClient(tracking_uri=mlflow_tracking_uri(config.output_dir))
+        experiment = client.get_experiment_by_name(MLFLOW_EXPERIMENT)
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment(MLFLOW_EXPERIMENT)
+        run_id = client.create_run(experiment_id, tags={"backend": "pytorch"}).info.run_id
+        legacy = dataclass_to_legacy_dict(config)
+        client.log_batch(run_id, params=[Param(k, str(v)[:500]) for k, v in sorted(legacy.items())])
+        metrics = [Metric(name, value, 0, step) for name, values in results["history"].items()
+                   for step, value in enumerate(values)]
+        metrics += [Metric(name, float(results[name]), 0, 0) for name in ("intensity_scale", "input_scale")]
+        client.log_batch(run_id, metrics=metrics)
+        client.log_artifact(run_id, str(results["archive"]), artifact_path=MLFLOW_ARTIFACT_PATH)
+        client.set_terminated(run_id)
+    return run_id
+
+
+def load_inference_bundle_torch(
+    model_dir: str | Path,
+    model_name: str = DEFAULT_MODEL,
+    *,
+    tracking_uri: str | None = None,
+) -> tuple[PtychoPINNGenerator, dict[str, Any]]:
+    """The generator (eval mode, CPU) and the ``params.cfg`` snapshot it was trained with.
+
+    ``model_dir``: a run folder holding ``wts.h5.zip`` (or ``checkpoints/best.ckpt``), a
+    ``wts.h5.zip``, a Lightning ``.ckpt``, or an MLflow ``runs:/<run_id>/model`` URI (resolved with
+    ``tracking_uri``, default MLflow's own setting). ``params.cfg`` is updated from the snapshot,
+    as PtychoPINN's loader does.
+    """
+    if str(model_dir).startswith("runs:/"):
+        return _load_from_mlflow(str(model_dir), model_name, tracking_uri)
+    path = Path(model_dir)
+    if path.is_dir():
+        for candidate in (path / ARCHIVE_NAME, path / "checkpoints" / "best.ckpt", path / "checkpoints" / "last.ckpt"):
+            if candidate.is_file():
+                return load_inference_bundle_torch(candidate, model_name)
+        raise ModelArchiveError(
+            f"`model_dir` {str(path)!r} holds neither {ARCHIVE_NAME} nor checkpoints/best.ckpt or last.ckpt; "
+            "pass a run folder written by `ptychopinn train`, a wts.h5.zip or a .ckpt"
+        )
+    if path.suffix == ".ckpt":
+        from training.module import PtychoPINNModule
+
+        generator, hparams, _ = PtychoPINNModule.load_generator(path)
+        snapshot = _params_from_hparams(hparams)
+        params.cfg.update(snapshot)
+        return generator, snapshot
+    loaded = TorchModelManager.load(path, model_name)
+    return loaded.generator, dict(loaded.params)
+
+
+def _params_from_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
+    """The ``params.cfg`` view of a checkpoint's hyper-parameters (what an archive would store)."""
+    training = config_from_dict(TrainingConfig, {**hparams["training_config"], "model": hparams["model_config"]})
+    snapshot = {k: v for k, v in dataclass_to_legacy_dict(training).items() if v is not None}
+    return {**snapshot, "intensity_scale": float(hparams["intensity_scale"]),
+            "input_scale": float(hparams["input_scale"])}
+
+
+def _load_from_mlflow(uri: str, model_name: str, tracking_uri: str | None) -> tuple[PtychoPINNGenerator, dict[str, Any]]:
+    try:
+        import mlflow.artifacts
+    except ImportError as error:
+        raise ModelArchiveError(f"loading {uri!r} needs MLflow, which is not installed; "
+                                "pip install 'ptychopinn-serve[mlflow]' or pass the wts.h5.zip path") from error
+    with tempfile.TemporaryDirectory(prefix="ptychopinn-mlflow-") as tmp:
+        try:
+            with _file_store_allowed():
+                local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp, tracking_uri=tracking_uri)
+        except Exception as error:  # MlflowException and OSError: unknown run, missing artifact, no store
+            raise ModelArchiveError(
+                f"MLflow URI {uri!r} could not be resolved ({error}); check the run id and pass the tracking "
+                "store as tracking_uri (e.g. file:///RUN/mlruns)"
+            ) from error
+        return load_inference_bundle_torch(local, model_name)
+
+
+def save_outputs(
+    amplitude: np.ndarray, phase: np.ndarray, results: dict[str, Any] | None, output_prefix: str | Path
+) -> dict[str, Path]:
+    """Write ``reconstructed_amplitude.png`` (gray), ``reconstructed_phase.png`` (viridis) and
+    ``reconstruction.npz`` (amplitude, phase, and coverage/origin when ``results`` has a stitch)
+    into the folder ``output_prefix``; return the paths by kind."""
+    from matplotlib.image import imsave  # no pyplot: no GUI backend, no global figure state
+
+    out = Path(output_prefix)
+    out.mkdir(parents=True, exist_ok=True)
+    amplitude, phase = np.squeeze(amplitude), np.squeeze(phase)
+    if amplitude.ndim != 2 or phase.shape != amplitude.shape:
+        raise DataContractError(f"`amplitude` and `phase` must be matching 2-D images, got shapes "
+                                f"{amplitude.shape} and {phase.shape}")
+    paths = {"amplitude_png": out / "reconstructed_amplitude.png", "phase_png": out / "reconstructed_phase.png",
+             "npz": out / "reconstruction.npz"}
+    imsave(paths["amplitude_png"], amplitude, cmap="gray")
+    imsave(paths["phase_png"], phase, cmap="viridis", vmin=-np.pi, vmax=np.pi)
+    arrays: dict[str, Any] = {"amplitude": amplitude.astype(np.float32), "phase": phase.astype(np.float32)}
+    stitched = (results or {}).get("stitched")
+    if isinstance(stitched, StitchResult):
+        arrays["coverage"] = stitched.coverage.astype(np.float32)
+        arrays["origin"] = np.asarray(stitched.origin, dtype=np.float64)
+    np.savez(paths["npz"], **arrays)
+    return paths
