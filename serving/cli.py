@@ -17,6 +17,17 @@ DEFAULT_BUNDLE = Path(__file__).resolve().parent / "default_bundle"
 """The model shipped with the package, served when no ``--bundle`` is given."""
 
 
+def read_token_file(path: Path) -> str:
+    """The bearer token stored in ``path`` (surrounding whitespace removed); a clear error otherwise."""
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as error:
+        raise ConfigError(f"`--token-file` must be a readable file, got {path} ({error})") from None
+    if not token:
+        raise ConfigError(f"`--token-file` must hold a token, got an empty file {path}")
+    return token
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``serve`` arguments."""
     parser.add_argument("--bundle", type=Path, default=None,
@@ -55,14 +66,7 @@ def run(args: argparse.Namespace) -> int:
                           "pass the folder written by `ptychopinn export`")
     if args.max_request_mb <= 0:
         raise ConfigError(f"`--max-request-mb` must be positive, got {args.max_request_mb}")
-    token = None
-    if args.token_file is not None:
-        try:
-            token = args.token_file.read_text(encoding="utf-8").strip()
-        except OSError as error:
-            raise ConfigError(f"`--token-file` must be a readable file, got {args.token_file} ({error})") from None
-        if not token:
-            raise ConfigError(f"`--token-file` must hold a token, got an empty file {args.token_file}")
+    token = read_token_file(args.token_file) if args.token_file is not None else None
     providers = [p.strip() for p in args.providers.split(",") if p.strip()] if args.providers else None
     engine = Engine(load_bundle(bundle_path), providers=providers, max_batch_size=args.max_batch_size,
                     intra_op_threads=args.intra_op_threads)

@@ -41,6 +41,7 @@ from ptycho_torch.data import RawData
 from ptycho_torch.errors import DataContractError, ModelArchiveError
 from ptycho_torch.model import PtychoPINNGenerator
 from ptycho_torch.model_manager import ARCHIVE_NAME, DEFAULT_MODEL, TorchModelManager
+from ptycho_torch.outputs import save_outputs
 from ptycho_torch.stitching import DEFAULT_M, StitchResult, stitch_patches
 
 __all__ = [
@@ -314,30 +315,3 @@ def _load_from_mlflow(uri: str, model_name: str, tracking_uri: str | None) -> tu
                 "store as tracking_uri (e.g. file:///RUN/mlruns)"
             ) from error
         return load_inference_bundle_torch(local, model_name)
-
-
-def save_outputs(
-    amplitude: np.ndarray, phase: np.ndarray, results: dict[str, Any] | None, output_prefix: str | Path
-) -> dict[str, Path]:
-    """Write ``reconstructed_amplitude.png`` (gray), ``reconstructed_phase.png`` (viridis) and
-    ``reconstruction.npz`` (amplitude, phase, and coverage/origin when ``results`` has a stitch)
-    into the folder ``output_prefix``; return the paths by kind."""
-    from matplotlib.image import imsave  # no pyplot: no GUI backend, no global figure state
-
-    out = Path(output_prefix)
-    out.mkdir(parents=True, exist_ok=True)
-    amplitude, phase = np.squeeze(amplitude), np.squeeze(phase)
-    if amplitude.ndim != 2 or phase.shape != amplitude.shape:
-        raise DataContractError(f"`amplitude` and `phase` must be matching 2-D images, got shapes "
-                                f"{amplitude.shape} and {phase.shape}")
-    paths = {"amplitude_png": out / "reconstructed_amplitude.png", "phase_png": out / "reconstructed_phase.png",
-             "npz": out / "reconstruction.npz"}
-    imsave(paths["amplitude_png"], amplitude, cmap="gray")
-    imsave(paths["phase_png"], phase, cmap="viridis", vmin=-np.pi, vmax=np.pi)
-    arrays: dict[str, Any] = {"amplitude": amplitude.astype(np.float32), "phase": phase.astype(np.float32)}
-    stitched = (results or {}).get("stitched")
-    if isinstance(stitched, StitchResult):
-        arrays["coverage"] = stitched.coverage.astype(np.float32)
-        arrays["origin"] = np.asarray(stitched.origin, dtype=np.float64)
-    np.savez(paths["npz"], **arrays)
-    return paths

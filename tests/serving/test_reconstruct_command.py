@@ -1,0 +1,57 @@
+"""``ptychopinn reconstruct --server``: the command-line path over HTTP writes what the pipeline computes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from conftest import N
+from ptycho_torch.cli import main as cli_main
+from ptycho_torch.data import load_scan, spatial_split
+from serving.app import create_app
+from serving.engine import Engine
+from serving.pipeline import reconstruct
+
+
+def test_reconstruct_over_http_writes_the_pipelines_object_for_the_held_out_half(
+        engine: Engine, serve, shared_data: Path, tmp_path: Path) -> None:
+    path = shared_data / "siemens-star-small.npz.bz2"
+    server = serve(create_app(engine, token="t0ken"))
+    token_file = tmp_path / "token"
+    token_file.write_text("t0ken\n")
+
+    code = cli_main(["reconstruct", "--server", server.url, "--token-file", str(token_file), "--data", str(path),
+                     "--n", str(N), "--split", "test", "--out", str(tmp_path / "out")])
+
+    assert code == 0
+    written = np.load(tmp_path / "out" / "reconstruction.npz")
+    _, test = spatial_split(load_scan(path, n=N))
+    local = reconstruct(engine, test.diff3d, np.column_stack([test.xcoords, test.ycoords]), probe=test.probeGuess)
+    np.testing.assert_array_equal(written["amplitude"], local.amplitude)
+    np.testing.assert_array_equal(written["phase"], local.phase)
+    np.testing.assert_array_equal(written["coverage"], local.coverage)
+    np.testing.assert_array_equal(written["origin"], np.asarray(local.origin))
+    assert (tmp_path / "out" / "reconstructed_amplitude.png").stat().st_size > 0
+
+
+def test_reconstruct_needs_exactly_one_of_model_and_server(capsys) -> None:
+    for argv in (["reconstruct", "--data", "x.npz", "--out", "o"],
+                 ["reconstruct", "--model", "m", "--server", "http://127.0.0.1:1", "--data", "x.npz", "--out", "o"]):
+        try:
+            cli_main(argv)
+        except SystemExit as exit_:
+            assert exit_.code == 2
+        else:
+            raise AssertionError(f"{argv} was accepted")
+    assert "--model" in capsys.readouterr().err
+
+
+def test_reconstruct_with_an_empty_token_file_is_a_one_line_error(shared_data: Path, tmp_path: Path, capsys) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("  \n")
+    code = cli_main(["reconstruct", "--server", "http://127.0.0.1:1", "--token-file", str(token_file),
+                     "--data", str(shared_data / "siemens-star-small.npz.bz2"),
+                     "--n", str(N), "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "`--token-file` must hold a token" in capsys.readouterr().err
