@@ -75,7 +75,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     loss.add_argument("--epochs", type=int, help="total epochs (default 50)")
     loss.add_argument("--batch-size", type=int, help="groups per step, a power of two (default 16)")
     loss.add_argument("--nphotons", type=float, help="photons per pattern (default: the file's metadata, else 1e9)")
-    loss.add_argument("--n-groups", type=int, help="groups to sample (default: all positions at gridsize 1)")
+    loss.add_argument("--n-groups", type=int, help="groups to sample (default: one per scan position)")
     loss.add_argument("--nll-weight", type=float, help="Poisson NLL weight (default 1)")
     loss.add_argument("--mae-weight", type=float, help="amplitude MAE weight (default 0)")
     loss.add_argument("--loss", choices=["poisson", "mae"], help="main loss (default poisson)")

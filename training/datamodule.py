@@ -26,8 +26,6 @@ from ptycho_torch.config import TrainingConfig
 from ptycho_torch.data import RawData
 from ptycho_torch.errors import ConfigError, DataContractError
 
-#: groups sampled at gridsize > 1 when TrainingConfig.n_groups is None
-DEFAULT_GROUPS = 512
 #: fraction of the training groups held out for validation when no test scan is given
 VAL_FRACTION = 0.05
 
@@ -69,10 +67,7 @@ def group_scan(raw: RawData, training: TrainingConfig, *, seed: int) -> dict[str
     if training.n_subsample is not None and training.n_subsample < len(raw):
         rng = np.random.default_rng(training.subsample_seed)
         raw = raw.subset(np.sort(rng.choice(len(raw), training.n_subsample, replace=False)))
-    n_groups = training.n_groups
-    if n_groups is None and model.gridsize > 1:
-        n_groups = DEFAULT_GROUPS
-    return raw.generate_grouped_data(model.N, K=training.neighbor_count, n_groups=n_groups,
+    return raw.generate_grouped_data(model.N, K=training.neighbor_count, n_groups=training.n_groups,
                                      gridsize=model.gridsize, seed=seed)
 
 
