@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 from pathlib import Path
 
 import onnx
@@ -37,7 +38,10 @@ def export_onnx(generator: torch.nn.Module, path: Path, *, opset: int = DEFAULT_
     generator = generator.eval()
     quiet = io.StringIO()
     try:
-        with torch.no_grad(), contextlib.redirect_stdout(quiet):
+        with torch.no_grad(), contextlib.redirect_stdout(quiet), warnings.catch_warnings():
+            # known, harmless exporter chatter in torch 2.13 (one shared Dim named for two inputs)
+            warnings.filterwarnings("ignore", message=".*The axis name: B will not be used")
+            warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)", category=FutureWarning)
             torch.onnx.export(
                 generator, example_inputs(generator), str(path), dynamo=True, opset_version=opset,
                 input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
