@@ -314,6 +314,7 @@ def _from_tike(arrays: dict[str, np.ndarray], n: int | None, source: str) -> Raw
     factor = n / size
     centre_y, centre_x = corners[:, 0] * factor + n / 2, corners[:, 1] * factor + n / 2
     metadata = {
+        "nphotons": float(shifted.sum(axis=(-2, -1)).mean()),  # measured dose: mean counts per cropped pattern
         "source": "AdvancedPhotonSource/tike tests/data/siemens-star-small.npz.bz2 (APS Velociprobe)",
         "licence": "UChicago Argonne BSD-3-style (tike)",
         "detector_crop": n,
