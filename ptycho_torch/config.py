@@ -45,6 +45,19 @@ def _require_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     _require(value in allowed, name, value, f"one of {list(allowed)}")
 
 
+def _check_sampling(config: TrainingConfig | InferenceConfig) -> None:
+    """Checks shared by training and inference: group sampling, neighbours, backend."""
+    _require(isinstance(config.model, ModelConfig), "model", config.model, "a ModelConfig")
+    for name in ("n_groups", "n_subsample"):
+        value = getattr(config, name)
+        _require(value is None or (isinstance(value, int) and value >= 1), name, value, "None or an integer >= 1")
+    _require(
+        config.neighbor_count >= config.model.channels,
+        "neighbor_count", config.neighbor_count, f">= gridsize**2 = {config.model.channels}",
+    )
+    _require_choice("backend", config.backend, ("pytorch",))
+
+
 def _is_power_of_two(value: int) -> bool:
     return isinstance(value, int) and value > 0 and value & (value - 1) == 0
 
@@ -130,7 +143,7 @@ class TrainingConfig:
     torch_loss_mode: Literal["poisson", "mae"] = "poisson"
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.model, ModelConfig), "model", self.model, "a ModelConfig")
+        _check_sampling(self)
         _require(_is_power_of_two(self.batch_size), "batch_size", self.batch_size, "a power of two")
         _require(isinstance(self.nepochs, int) and self.nepochs >= 1, "nepochs", self.nepochs, "an integer >= 1")
         for name in ("mae_weight", "nll_weight"):
@@ -142,14 +155,6 @@ class TrainingConfig:
         _require(
             math.isfinite(self.nphotons) and self.nphotons > 0, "nphotons", self.nphotons, "a positive finite number"
         )
-        for name in ("n_groups", "n_subsample"):
-            value = getattr(self, name)
-            _require(value is None or (isinstance(value, int) and value >= 1), name, value, "None or an integer >= 1")
-        _require(
-            self.neighbor_count >= self.model.channels,
-            "neighbor_count", self.neighbor_count, f">= gridsize**2 = {self.model.channels}",
-        )
-        _require_choice("backend", self.backend, ("pytorch",))
         _require_choice("torch_loss_mode", self.torch_loss_mode, LOSS_MODES)
 
 
@@ -169,15 +174,7 @@ class InferenceConfig:
     backend: Literal["pytorch"] = "pytorch"
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.model, ModelConfig), "model", self.model, "a ModelConfig")
-        for name in ("n_groups", "n_subsample"):
-            value = getattr(self, name)
-            _require(value is None or (isinstance(value, int) and value >= 1), name, value, "None or an integer >= 1")
-        _require(
-            self.neighbor_count >= self.model.channels,
-            "neighbor_count", self.neighbor_count, f">= gridsize**2 = {self.model.channels}",
-        )
-        _require_choice("backend", self.backend, ("pytorch",))
+        _check_sampling(self)
 
 
 @dataclass(frozen=True, kw_only=True)
