@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 EXTRAS ?= train,test,ptychodus,mlflow
 DEMO_DIR ?= out/demo
 
-.PHONY: setup demo test clean
+.PHONY: setup demo default-bundle test clean
 
 setup: $(VENV)/.installed
 
@@ -19,10 +19,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $@
 
+# The main job: serve the shipped default model and reconstruct the real scan's held-out half over HTTP.
 demo: setup
-	$(VENV)/bin/ptychopinn simulate --object lines --n 64 --positions 500 --nphotons 1e6 --out $(DEMO_DIR)/simulated.npz
-	$(VENV)/bin/ptychopinn inspect $(DEMO_DIR)/simulated.npz --png $(DEMO_DIR)/simulated.png
-	$(VENV)/bin/ptychopinn inspect ../shared/data/siemens-star-small.npz.bz2 --png $(DEMO_DIR)/siemens-star.png
+	VENV=$(VENV) scripts/demo.sh $(DEMO_DIR)
+
+# Rebuild serving/default_bundle from the shipped real scan (about 10 minutes on 2 CPU cores).
+default-bundle: setup
+	$(PY) -m export.default_bundle
 
 test: setup
 	$(PY) -m pytest

@@ -7,6 +7,7 @@ server's message (so ``except InvalidRequest`` works the same in-process and ove
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,20 @@ class Client:
     def ready(self) -> bool:
         """True when the server answers ready (``/v2/health/ready``)."""
         return self._http.get("/v2/health/ready").status_code == 200
+
+    def wait_ready(self, timeout_s: float = 60.0, *, poll_s: float = 0.25) -> None:
+        """Block until the server answers ready; :class:`TimeoutError` after ``timeout_s`` seconds
+        (a server that is still starting, or not listening yet, is polled again)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if self.ready():
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self._http.base_url} was not ready within {timeout_s} s")
+            time.sleep(poll_s)
 
     def model_metadata(self, model: str) -> dict[str, Any]:
         """OIP metadata of ``model`` (``/v2/models/{model}``), including the providers it runs on."""

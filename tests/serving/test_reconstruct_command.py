@@ -55,3 +55,23 @@ def test_reconstruct_with_an_empty_token_file_is_a_one_line_error(shared_data: P
                      "--n", str(N), "--out", str(tmp_path / "o")])
     assert code == 2
     assert "`--token-file` must hold a token" in capsys.readouterr().err
+
+
+def test_wait_ready_returns_once_the_server_is_up_and_times_out_when_nothing_listens(engine: Engine, serve) -> None:
+    import socket
+
+    from serving.client import Client
+
+    server = serve(create_app(engine))
+    with Client(server.url) as client:
+        client.wait_ready(10)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        free_port = sock.getsockname()[1]
+    with Client(f"http://127.0.0.1:{free_port}") as client:
+        try:
+            client.wait_ready(0.5, poll_s=0.1)
+        except TimeoutError as error:
+            assert "not ready within 0.5 s" in str(error)
+        else:
+            raise AssertionError("wait_ready returned with no server listening")
