@@ -1,1 +1,1 @@
-"""Benchmarks (run as modules: ``python -m bench.<name>``); never part of the test suite."""
+"""The benchmark suite: ``python -m bench all [--quick]`` (see bench/__main__.py); never part of the tests' timing."""

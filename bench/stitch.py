@@ -1,24 +1,24 @@
 """Stitching throughput: ptycho_torch.stitching vs ptychodus' BarycentricArrayStitcher, same inputs.
 
 Both stitchers get the same complex patches and positions and produce the same weighted average
-(the script checks that they agree), so the ratio compares only the accumulation strategy:
-one vectorised scatter-add per batch here, one Python call per patch in ptychodus.
-
-    .venv/bin/python -m bench.stitch            # 1,000 and 10,000 patches, best of 3
-    .venv/bin/python -m bench.stitch --quick    # 200 and 1,000 patches, one repeat
+(the part checks that they agree), so the ratio compares only the accumulation strategy: one
+vectorised scatter-add per batch here, one Python call per patch in ptychodus.
+Run with ``python -m bench stitch [--quick]``.
 """
 
 from __future__ import annotations
 
-import argparse
-import platform
-import time
-from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from ptychodus.api.interpolate import BarycentricArrayStitcher
 
+from bench.timing import median_seconds
 from ptycho_torch.stitching import DEFAULT_M, Stitcher, stitch_patches
+
+SIZES = {"smoke": ((200,), 1), "quick": ((200, 1000), 3), "full": ((1000, 10000), 5)}
+"""Per mode: patch counts, timed repeats (after one warm-up call)."""
+N = 64
 
 
 def make_scan(count: int, N: int, *, step_px: float = 6.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -48,37 +48,25 @@ def stitch_ptychodus(patches: np.ndarray, positions: np.ndarray, M: int) -> np.n
     return stitcher.stitch()
 
 
-def best_time(function: Callable[[], object], repeat: int) -> tuple[float, object]:
-    """Fastest wall time of ``repeat`` calls, and the last result."""
-    best, result = float("inf"), None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = function()
-        best = min(best, time.perf_counter() - start)
-    return best, result
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, one repeat (CI smoke run)")
-    parser.add_argument("--N", type=int, default=64, help="patch size in pixels")
-    parser.add_argument("--M", type=int, default=DEFAULT_M, help="central crop kept from each patch")
-    args = parser.parse_args(argv)
-    counts, repeat = ((200, 1000), 1) if args.quick else ((1000, 10000), 3)
-
-    print(f"# stitch N={args.N} M={args.M}, python {platform.python_version()}, numpy {np.__version__}, "
-          f"{platform.processor() or platform.machine()}")
-    print("| patches | canvas | ptycho_torch (patches/s) | ptychodus (patches/s) | ratio | max abs diff |")
-    print("|---:|---|---:|---:|---:|---:|")
+def run(mode: str) -> dict[str, Any]:
+    """Patches/s of both stitchers (median of repeats after a warm-up) at each size of ``mode``."""
+    counts, repeat = SIZES[mode]
+    rows = []
     for count in counts:
-        patches, positions = make_scan(count, args.N)
-        ours_s, ours = best_time(lambda: stitch_patches(patches, positions, M=args.M), repeat)
-        theirs_s, theirs = best_time(lambda: stitch_ptychodus(patches, positions, args.M), repeat)
-        difference = float(np.max(np.abs(ours.canvas - theirs)))
-        print(f"| {count:,} | {ours.canvas.shape[0]}x{ours.canvas.shape[1]} | {count / ours_s:,.0f} | "
-              f"{count / theirs_s:,.0f} | {theirs_s / ours_s:.1f}x | {difference:.1e} |")
-    return 0
+        patches, positions = make_scan(count, N)
+        ours_s, ours = median_seconds(lambda: stitch_patches(patches, positions, M=DEFAULT_M), repeat=repeat)
+        theirs_s, theirs = median_seconds(lambda: stitch_ptychodus(patches, positions, DEFAULT_M), repeat=repeat)
+        rows.append({"patches": count, "canvas": list(ours.canvas.shape), "ours_patches_per_s": count / ours_s,
+                     "ptychodus_patches_per_s": count / theirs_s, "ratio": theirs_s / ours_s,
+                     "max_abs_diff": float(np.max(np.abs(ours.canvas - theirs)))})
+    return {"setup": {"N": N, "M": DEFAULT_M, "repeats": repeat, "warmup": 1}, "rows": rows}
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def table(result: dict[str, Any]) -> str:
+    """Markdown table of :func:`run`'s result."""
+    lines = ["| patches | canvas | ptycho_torch (patches/s) | ptychodus (patches/s) | ratio | max abs diff |",
+             "|---:|---|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['patches']:,} | {r['canvas'][0]}x{r['canvas'][1]} | {r['ours_patches_per_s']:,.0f} | "
+                     f"{r['ptychodus_patches_per_s']:,.0f} | {r['ratio']:.1f}x | {r['max_abs_diff']:.1e} |")
+    return "\n".join(lines)

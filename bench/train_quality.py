@@ -6,15 +6,12 @@ reconstructs the held-out patterns, ``ptycho_torch.stitching`` stitches them, an
 ``ptycho_torch.metrics.evaluate_reconstruction`` scores amplitude and phase (SSIM, PSNR, FRC50)
 against the ground-truth object over the covered region, next to a constant-object baseline
 (amplitude 1, phase 0: what a model that learned nothing would give after normalisation).
-
-    .venv/bin/python -m bench.train_quality --quick           # CPU smoke run (N=32, minutes)
-    .venv/bin/python -m bench.train_quality --accelerator gpu  # N=64, 2000 positions, 30 epochs
+Run with ``python -m bench train [--quick]`` (the accelerator is chosen automatically: a GPU when
+there is one).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import tempfile
 import time
@@ -34,8 +31,13 @@ from ptycho_torch.stitching import DEFAULT_M, stitch_patches
 from training.module import PtychoPINNModule
 from training.trainer import train
 
-QUICK = {"n": 32, "positions": 256, "epochs": 8, "batch_size": 16, "n_filters_scale": 1}
-FULL = {"n": 64, "positions": 2000, "epochs": 30, "batch_size": 16, "n_filters_scale": 2}
+SIZES = {
+    "smoke": {"n": 32, "positions": 64, "epochs": 1, "batch_size": 16, "n_filters_scale": 1},
+    "quick": {"n": 32, "positions": 256, "epochs": 4, "batch_size": 16, "n_filters_scale": 1},
+    "full": {"n": 64, "positions": 1024, "epochs": 6, "batch_size": 16, "n_filters_scale": 1},
+}
+NPHOTONS = 1e6
+SEED = 0
 
 
 def reconstruct(ckpt: Path, scan: RawData, batch: int = 64) -> np.ndarray:
@@ -66,76 +68,49 @@ def score(patches: np.ndarray, scan: RawData, truth: np.ndarray, M: int) -> dict
     return scores
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    scan = simulate(object_kind=args.object, N=args.n, n_positions=args.positions, nphotons=args.nphotons,
-                    scan=args.scan, seed=args.seed)
+def run(mode: str) -> dict[str, Any]:
+    """Train on the top 75% of a simulated raster scan and score the held-out 25% (sizes of ``mode``)."""
+    size = SIZES[mode]
+    scan = simulate(object_kind="lines", N=size["n"], n_positions=size["positions"], nphotons=NPHOTONS,
+                    scan="raster", seed=SEED)
     train_scan, held_out = spatial_split(scan, axis="y", fraction=0.75)
-    training = TrainingConfig(
-        model=ModelConfig(N=args.n, n_filters_scale=args.n_filters_scale), batch_size=args.batch_size,
-        nepochs=args.epochs, nphotons=args.nphotons, output_dir=args.output_dir,
-    )
-    execution = PyTorchExecutionConfig(accelerator=args.accelerator, devices=args.devices,
-                                       precision=args.precision, enable_progress_bar=False, seed=args.seed)
-    start = time.perf_counter()
-    result = train(training, execution, train_data=train_scan)
-    wall = time.perf_counter() - start
-    patches = reconstruct(result.best_checkpoint, held_out)
+    with tempfile.TemporaryDirectory() as tmp:
+        training = TrainingConfig(
+            model=ModelConfig(N=size["n"], n_filters_scale=size["n_filters_scale"]), batch_size=size["batch_size"],
+            nepochs=size["epochs"], nphotons=NPHOTONS, output_dir=tmp,
+        )
+        execution = PyTorchExecutionConfig(accelerator="auto", enable_progress_bar=False, seed=SEED)
+        start = time.perf_counter()
+        result = train(training, execution, train_data=train_scan)
+        wall = time.perf_counter() - start
+        patches = reconstruct(result.best_checkpoint or result.last_checkpoint, held_out)
     return {
-        "setup": {"object": args.object, "scan": args.scan, "N": args.n, "nphotons": args.nphotons, "positions": args.positions,
-                  "train_positions": len(train_scan), "held_out_positions": len(held_out), "epochs": args.epochs,
-                  "batch_size": args.batch_size, "n_filters_scale": args.n_filters_scale,
-                  "accelerator": result.summary["accelerator"], "torch": torch.__version__,
+        "setup": {"object": "lines", "scan": "raster", "N": size["n"], "nphotons": NPHOTONS,
+                  "positions": size["positions"], "train_positions": len(train_scan),
+                  "held_out_positions": len(held_out), "epochs": size["epochs"], "batch_size": size["batch_size"],
+                  "n_filters_scale": size["n_filters_scale"], "accelerator": result.summary["accelerator"],
                   "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine()},
         "training": {"wall_s_total": round(wall, 1), "wall_s_fit": result.summary["wall_s"],
                      "samples_per_s": result.summary["samples_per_s"], "steps": result.summary["global_step"],
                      "best_val_loss": result.summary["best_val_loss"]},
-        "quality": score(patches, held_out, scan.objectGuess, min(DEFAULT_M, args.n // 2)),
+        "quality": score(patches, held_out, scan.objectGuess, min(DEFAULT_M, size["n"] // 2)),
     }
 
 
-def _table(report: dict[str, Any]) -> str:
+def table(report: dict[str, Any]) -> str:
+    """Markdown table of :func:`run`'s result: model vs constant object, and the training speed."""
     quality = report["quality"]
     lines = ["| reconstruction | SSIM amp | SSIM phase | PSNR amp (dB) | PSNR phase (dB) | FRC50 amp | FRC50 phase |",
-             "|---|---|---|---|---|---|---|"]
-    for name in ("model", "constant"):
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    steps = report["training"]["steps"]
+    for name, label in (("model", f"model ({steps} steps)"), ("constant", "constant object")):
         q = quality[name]
-        lines.append(f"| {name} | {q['ssim_amplitude']:.3f} | {q['ssim_phase']:.3f} | {q['psnr_amplitude']:.2f} | "
+        lines.append(f"| {label} | {q['ssim_amplitude']:.3f} | {q['ssim_phase']:.3f} | {q['psnr_amplitude']:.2f} | "
                      f"{q['psnr_phase']:.2f} | {q['frc50_amplitude']:.1f} | {q['frc50_phase']:.1f} |")
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help=f"small CPU run: {QUICK}")
-    parser.add_argument("--object", choices=["lines", "grf"], default="lines")
-    parser.add_argument("--n", type=int)
-    parser.add_argument("--positions", type=int, help="scan positions (75%% train, 25%% held out)")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--n-filters-scale", type=int)
-    parser.add_argument("--nphotons", type=float, default=1e6)
-    parser.add_argument("--scan", choices=["raster", "random"], default="raster",
-                        help="raster (default) covers the held-out region without holes")
-    parser.add_argument("--accelerator", default="auto")
-    parser.add_argument("--devices", default=1, type=lambda v: int(v) if v.isdigit() else v)
-    parser.add_argument("--precision", default="32-true")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output-dir", type=Path, help="run directory (default: a temporary one)")
-    parser.add_argument("--json", type=Path, help="also write the report here")
-    args = parser.parse_args(argv)
-    for key, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    with tempfile.TemporaryDirectory() as tmp:
-        args.output_dir = args.output_dir or Path(tmp)
-        report = run(args)
-    print(json.dumps(report["setup"]))
-    print(json.dumps(report["training"]))
-    print(_table(report))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    setup, training = report["setup"], report["training"]
+    return "\n".join(lines) + (
+        f"\n\nN={setup['N']}, n_filters_scale={setup['n_filters_scale']}, {setup['positions']} positions "
+        f"({setup['train_positions']} train, {setup['held_out_positions']} held out), {setup['epochs']} epochs of "
+        f"batch {setup['batch_size']} on {setup['accelerator']} ({setup['threads']} threads): fit "
+        f"{training['wall_s_fit']:.0f} s, **{training['samples_per_s']:.1f} samples/s**."
+    )

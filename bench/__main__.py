@@ -1,0 +1,61 @@
+"""``python -m bench all|stitch|engines|serve|train|quality [--quick|--smoke]``.
+
+Each run merges its parts into ``bench/results/<date>.json`` (``<date>-quick.json`` /
+``<date>-smoke.json`` for the smaller modes), with the machine it ran on, and regenerates the
+tables of ``docs/benchmarks.md`` from that file. Figures go to ``docs/figures/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from bench import report
+from bench.machine import machine_info
+
+PARTS = ("stitch", "engines", "serve", "train", "quality")
+MODULES = {"stitch": "bench.stitch", "engines": "bench.engines", "serve": "bench.serve",
+           "train": "bench.train_quality", "quality": "bench.quality"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("parts", nargs="+", choices=("all", *PARTS), help="what to run ('all': every part)")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="CI-sized run (< 10 min on 2 cores)")
+    size.add_argument("--smoke", action="store_true", help="the smallest case of each part (tests)")
+    parser.add_argument("--results-dir", type=Path, default=report.RESULTS_DIR)
+    parser.add_argument("--docs", type=Path, default=report.DOCS, help="markdown file whose tables to regenerate")
+    parser.add_argument("--figures-dir", type=Path, default=report.DOCS.parent / "figures")
+    args = parser.parse_args(argv)
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    names = PARTS if "all" in args.parts else tuple(dict.fromkeys(args.parts))
+    started = datetime.now().astimezone()
+    path = report.results_path(args.results_dir, started.strftime("%Y-%m-%d"), mode)
+    modules = {name: importlib.import_module(MODULES[name]) for name in names}
+    results = {}
+    for name, module in modules.items():
+        machine = machine_info()
+        stamp = datetime.now().astimezone().isoformat(timespec="seconds")
+        print(f"[bench] {name} ({mode}) ...", flush=True)
+        start = time.perf_counter()
+        part = (module.run(mode, figures_dir=args.figures_dir, stamp=stamp) if name == "quality"
+                else module.run(mode))
+        part.update(started=stamp, wall_s=round(time.perf_counter() - start, 1),
+                    results_file=path.relative_to(report.ROOT).as_posix() if path.is_relative_to(report.ROOT)
+                    else str(path))
+        results = report.save(path, machine, mode, {name: part})
+        print(module.table(part), flush=True)
+        print(f"[bench] {name} took {part['wall_s']:.0f} s", flush=True)
+    tables = {name: importlib.import_module(module).table for name, module in MODULES.items()}
+    report.update_docs(args.docs, report.render(results, tables))
+    print(f"[bench] wrote {path} and regenerated {args.docs}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Figures for docs/benchmarks.md (matplotlib, Agg backend): images side by side and FRC curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ptycho_torch.metrics import align_phase, normalize_amplitude  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _display_path(path: Path) -> str:
+    path = path.resolve()
+    return path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
+
+
+def quality_figure(path: Path, label: str, stamp: str, reference_name: str, reference: np.ndarray,
+                   images: dict[str, np.ndarray], scores: dict[str, dict[str, Any]]) -> str:
+    """Amplitude (row 1) and phase (row 2) of the reference and each reconstruction, as scored (amplitude
+    scaled to the reference mean, phase offset and ramp removed), plus their FRC curves against the
+    reference; returns the written path (repository-relative when inside it)."""
+    panels = {reference_name: reference, **images}
+    ref_amp = np.abs(reference)
+    fig, axes = plt.subplots(2, len(panels) + 1, figsize=(3.2 * (len(panels) + 1), 6.4), squeeze=False)
+    amp_range = np.percentile(ref_amp, [1, 99])
+    phase_range = np.percentile(align_phase(np.angle(reference)), [1, 99])
+    for column, (name, image) in enumerate(panels.items()):
+        amplitude = normalize_amplitude(np.abs(image), ref_amp)
+        axes[0, column].imshow(amplitude, cmap="gray", vmin=amp_range[0], vmax=amp_range[1])
+        axes[1, column].imshow(align_phase(np.angle(image)), cmap="gray", vmin=phase_range[0],
+                                vmax=phase_range[1])
+        axes[0, column].set_title(name, fontsize=9)
+        for row in range(2):
+            axes[row, column].set_xticks([])
+            axes[row, column].set_yticks([])
+    axes[0, 0].set_ylabel("amplitude")
+    axes[1, 0].set_ylabel("phase (rad)")
+    for row, part in enumerate(("amplitude", "phase")):
+        ax = axes[row, -1]
+        for name, score in scores.items():
+            curve = np.asarray(score["frc_curves"][part])
+            ax.plot(np.arange(len(curve)) / (2 * len(curve)), curve, label=f"{name} (FRC50 {score[f'frc50_{part}']:.1f})")
+        ax.axhline(0.5, color="gray", lw=0.8, ls="--")
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("spatial frequency (cycles/pixel)")
+        ax.set_title(f"FRC vs {reference_name}, {part}", fontsize=9)
+        ax.legend(fontsize=7, loc="lower left")
+    fig.suptitle(f"{label} — held-out region {reference.shape[0]}x{reference.shape[1]} px — run {stamp}", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return _display_path(path)

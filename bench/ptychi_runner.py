@@ -1,0 +1,99 @@
+"""Run a pty-chi LSQML reconstruction on CPU; executed by bench/.ptychi-venv's python, not the project's.
+
+    bench/.ptychi-venv/bin/python bench/ptychi_runner.py IN.npz OUT.npz
+
+IN.npz (written by :mod:`bench.ptychi`): ``counts`` (S, N, N) float32 photon counts with the DC at
+the centre (fftshifted, the project's layout), ``x``/``y`` (S,) float64 patch centres in object
+pixels (the project's convention: patch pixel (r, c) sees object row y - N/2 + r), ``probe``
+(P, N, N) complex64 such that ``|fft2(probe * patch, norm='ortho')|**2`` are expected counts,
+``object_shape`` (2,) and ``settings`` (a JSON string, see :func:`main`).
+OUT.npz: ``object`` (H, W) complex64 on the same object grid, ``probe`` (P, N, N) complex64 (same
+ortho convention), ``loss`` (epochs,) float64 (pty-chi's displayed loss per epoch), ``epochs``,
+``build_s`` and ``run_s`` (wall seconds of task construction and of the epochs), ``versions`` (JSON).
+This file imports only numpy, torch and ptychi: it never imports the project.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import numpy as np
+import torch
+
+import ptychi
+import ptychi.api as api
+from ptychi.api.task import PtychographyTask
+
+
+def reconstruct(counts: np.ndarray, x: np.ndarray, y: np.ndarray, probe: np.ndarray,
+                object_shape: tuple[int, int], settings: dict) -> dict:
+    """LSQML (pty-chi's own test settings: SGD, step size 1, Gaussian noise model) until the displayed
+    loss improves by less than ``settings['tolerance']`` (relative) over ``settings['chunk']``
+    epochs, or ``settings['max_epochs']``."""
+    torch.set_num_threads(int(settings["threads"]))
+    N = counts.shape[-1]
+    pad = N  # object buffer margin so every probe window lies inside it
+    height, width = object_shape
+    options = api.LSQMLOptions()
+    options.data_options.fft_shift = True  # our patterns have the DC at the centre
+    options.object_options.optimizable = True
+    options.object_options.optimizer = api.Optimizers.SGD
+    options.object_options.step_size = 1
+    options.object_options.determine_position_origin_coords_by = api.ObjectPosOriginCoordsMethods.SPECIFIED
+    options.object_options.position_origin_coords = np.array([0.0, 0.0])
+    options.probe_options.optimizable = bool(settings["optimize_probe"])
+    options.probe_options.optimizer = api.Optimizers.SGD
+    options.probe_options.step_size = 1
+    options.probe_position_options.optimizable = False
+    options.reconstructor_options.batch_size = int(settings["batch_size"])
+    options.reconstructor_options.noise_model = api.NoiseModels.GAUSSIAN
+    options.reconstructor_options.num_epochs = int(settings["max_epochs"])
+    options.reconstructor_options.default_device = api.Devices.CPU
+    options.reconstructor_options.random_seed = int(settings["seed"])
+    options.reconstructor_options.rescale_probe_intensity_in_first_epoch = bool(settings["optimize_probe"])
+
+    start = time.perf_counter()
+    task = PtychographyTask(
+        options,
+        diffraction_data=counts,
+        object_data=torch.ones((1, height + 2 * pad, width + 2 * pad), dtype=torch.complex64),
+        # pty-chi's far field is the unnormalised FFT: probe / N gives the same counts as our ortho FFT
+        probe_data=torch.from_numpy(probe[None] / N),
+        # pty-chi indexes a window by its geometric centre: pixel index y - 1/2 for our centre convention
+        probe_position_y_px=y - 0.5 + pad,
+        probe_position_x_px=x - 0.5 + pad,
+    )
+    build_s = time.perf_counter() - start
+    chunk, tolerance, max_epochs = int(settings["chunk"]), float(settings["tolerance"]), int(settings["max_epochs"])
+    start, previous, epochs, converged = time.perf_counter(), None, 0, False
+    while epochs < max_epochs and not converged:
+        task.run(n_epochs=min(chunk, max_epochs - epochs))
+        epochs = len(task.reconstructor.loss_tracker.table)
+        current = float(task.reconstructor.loss_tracker.table["loss"].iloc[-1])
+        converged = previous is not None and previous - current < tolerance * previous
+        previous = current
+    run_s = time.perf_counter() - start
+    obj = task.get_data_to_cpu("object", as_numpy=True)[0, pad:pad + height, pad:pad + width]
+    probe_out = task.get_data_to_cpu("probe", as_numpy=True)[0] * N
+    return {"object": obj.astype(np.complex64), "probe": probe_out.astype(np.complex64),
+            "loss": task.reconstructor.loss_tracker.table["loss"].to_numpy(dtype=np.float64),
+            "epochs": epochs, "converged": converged, "build_s": build_s, "run_s": run_s,
+            "versions": json.dumps({"ptychi": getattr(ptychi, "__version__", "unknown"), "torch": torch.__version__})}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    with np.load(argv[0]) as npz:
+        inputs = {key: npz[key] for key in npz.files}
+    result = reconstruct(inputs["counts"], inputs["x"], inputs["y"], inputs["probe"],
+                         tuple(int(v) for v in inputs["object_shape"]), json.loads(str(inputs["settings"])))
+    np.savez(argv[1], **result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
