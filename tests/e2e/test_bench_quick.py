@@ -1,0 +1,87 @@
+"""The benchmark suite's smallest case runs end to end, so `python -m bench all --quick` cannot rot."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow
+
+PROSE = "Hand-written prose that the generator must keep."
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, Path]:
+    """``python -m bench stitch quality --smoke`` into temporary results/docs/figures (~30 s)."""
+    tmp = tmp_path_factory.mktemp("bench")
+    doc = tmp / "benchmarks.md"
+    doc.write_text(f"# Benchmarks\n\n{PROSE}\n\n<!-- bench:stitch:begin -->\nstale table\n<!-- bench:stitch:end -->\n\n"
+                   "Prose after the block.\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "stitch", "quality", "--smoke", "--results-dir", str(tmp / "results"),
+         "--docs", str(doc), "--figures-dir", str(tmp / "figures")],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    files = list((tmp / "results").glob("*-smoke.json"))
+    assert len(files) == 1, files
+    return json.loads(files[0].read_text()), doc, tmp / "figures"
+
+
+def test_results_carry_machine_and_medians(smoke_run: tuple[dict, Path, Path]) -> None:
+    results, _, _ = smoke_run
+    assert results["mode"] == "smoke"
+    assert set(results["parts"]) == {"stitch", "quality"}
+    machine = results["parts"]["stitch"]["machine"]
+    assert machine["logical_cores"] >= 1 and machine["cpu_model"]
+    assert "numpy" in machine["versions"] and "onnxruntime" in machine["versions"]
+    row = results["parts"]["stitch"]["rows"][0]
+    assert row["patches"] == 200
+    assert row["max_abs_diff"] < 1e-5  # ours and ptychodus' stitcher agree
+    assert row["ours_patches_per_s"] > 0 and row["ratio"] > 0
+
+
+def test_quality_case_trains_serves_and_scores(smoke_run: tuple[dict, Path, Path]) -> None:
+    results, _, figures = smoke_run
+    case = results["parts"]["quality"]["cases"]["gold_1e6"]
+    assert case["test_positions"] == case["positions"] - case["train_positions"] > 0
+    assert case["training"]["steps"] >= 1
+    assert case["wall_s"]["this project (HTTP, end to end)"] > 0
+    assert case["ptychi"] == "skipped in smoke mode"
+    scores = case["scores"]["this project"]
+    assert -1 <= scores["ssim_amplitude"] <= 1 and -1 <= scores["ssim_phase"] <= 1
+    assert np.isfinite(scores["psnr_amplitude"]) and scores["frc50_amplitude"] >= 0
+    # the ground-truth object explains its own Poisson data better than a one-epoch model
+    assert case["nll"]["ground truth"] < case["nll"]["this project"]
+    png = figures / "quality_gold_1e6.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_docs_tables_regenerated_prose_kept(smoke_run: tuple[dict, Path, Path]) -> None:
+    results, doc, _ = smoke_run
+    text = doc.read_text()
+    assert PROSE in text and "Prose after the block." in text
+    assert "stale table" not in text
+    stitch_rows = results["parts"]["stitch"]["rows"]
+    assert f"| 200 | {stitch_rows[0]['canvas'][0]}x{stitch_rows[0]['canvas'][1]} |" in text
+    for name in ("quality", "gpu"):
+        assert f"<!-- bench:{name}:begin -->" in text and f"<!-- bench:{name}:end -->" in text
+
+
+def test_missing_ptychi_venv_is_reported_not_fatal(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from bench import ptychi
+
+    monkeypatch.setattr(ptychi, "VENV_PYTHON", tmp_path / "absent" / "python")
+    assert not ptychi.available()
+    with pytest.raises(RuntimeError, match="run bench/ptychi_env.sh"):
+        ptychi.reconstruct(np.ones((1, 4, 4)), np.zeros(1), np.zeros(1), np.ones((4, 4), np.complex64), (8, 8),
+                           {"max_epochs": 1})
