@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import PROJECT_ROOT
-
 pytestmark = pytest.mark.slow
 
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PROSE = "Hand-written prose that the generator must keep."
 
 
