@@ -58,11 +58,13 @@ def reconstruct(counts: np.ndarray, x: np.ndarray, y: np.ndarray, probe: np.ndar
                  y=np.asarray(y, np.float64), probe=probe, object_shape=np.asarray(object_shape),
                  settings=json.dumps(settings))
         start = time.perf_counter()
-        done = subprocess.run([str(VENV_PYTHON), str(RUNNER), str(inputs), str(outputs)], capture_output=True,
+        # -I: isolated, so bench/ (which holds this module, also named ptychi) is not on the runner's path
+        done = subprocess.run([str(VENV_PYTHON), "-I", str(RUNNER), str(inputs), str(outputs)], capture_output=True,
                               text=True, timeout=timeout_s)
         process_s = time.perf_counter() - start
         if done.returncode != 0:
-            raise RuntimeError(f"pty-chi runner failed (exit {done.returncode}): {done.stderr[-1500:]}")
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"pty-chi runner failed (exit {done.returncode}): {last}")
         with np.load(outputs) as npz:
             out = {key: npz[key] for key in npz.files}
     epochs = int(out["epochs"])

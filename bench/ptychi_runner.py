@@ -1,6 +1,6 @@
 """Run a pty-chi LSQML reconstruction on CPU; executed by bench/.ptychi-venv's python, not the project's.
 
-    bench/.ptychi-venv/bin/python bench/ptychi_runner.py IN.npz OUT.npz
+    bench/.ptychi-venv/bin/python -I bench/ptychi_runner.py IN.npz OUT.npz
 
 IN.npz (written by :mod:`bench.ptychi`): ``counts`` (S, N, N) float32 photon counts with the DC at
 the centre (fftshifted, the project's layout), ``x``/``y`` (S,) float64 patch centres in object

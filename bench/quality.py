@@ -16,6 +16,7 @@ predict for the held-out patterns. Run with ``python -m bench quality [--quick]`
 
 from __future__ import annotations
 
+import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,7 @@ SIZES: dict[str, dict[str, Any]] = {
               "doses": (1e6,), "siemens": False, "ptychi": None, "repeats": 1},
     "quick": {"N": 32, "n_filters_scale": 1, "epochs": 6, "batch_size": 16, "crop": 112, "step": 4,
               "doses": (1e4, 1e6), "siemens": True, "repeats": 3,
-              "ptychi": {"max_epochs": 20, "chunk": 5, "tolerance": 0.01, "batch_size": 96}},
+              "ptychi": {"max_epochs": 15, "chunk": 5, "tolerance": 0.01, "batch_size": 96}},
     "full": {"N": 64, "n_filters_scale": 1, "epochs": 12, "batch_size": 16, "crop": 176, "step": 4,
              "doses": (1e4, 1e6), "siemens": True, "repeats": 5,
              "ptychi": {"max_epochs": 100, "chunk": 10, "tolerance": 0.01, "batch_size": 96}},
@@ -183,7 +184,7 @@ def run_case(case: Case, size: dict[str, Any], figures_dir: Path | None, stamp: 
         try:
             held_out = run_ptychi(test, case.object_shape, size, optimize_probe)
             full = run_ptychi(case.scan, case.object_shape, size, optimize_probe) if case.truth is None else None
-        except (RuntimeError, OSError) as error:
+        except (RuntimeError, OSError, subprocess.SubprocessError) as error:
             result["ptychi"] = f"failed: {error}"
         else:
             images["pty-chi (held-out part)"] = held_out.object[object_box]
