@@ -7,6 +7,7 @@ outside them is hand-written and left alone. A block whose markers are missing i
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -19,6 +20,22 @@ RESULTS_DIR = ROOT / "bench" / "results"
 DOCS = ROOT / "docs" / "benchmarks.md"
 
 
+def cell(value: float | None, spec: str) -> str:
+    """``value`` formatted with ``spec`` for a table; "n/a" for a missing or non-finite number."""
+    return "n/a" if value is None or not math.isfinite(value) else format(value, spec)
+
+
+def finite_or_none(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (strict JSON has no inf/NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(item) for item in value]
+    return value
+
+
 def results_path(results_dir: Path, date: str, mode: str) -> Path:
     """``<date>.json`` for full runs, ``<date>-<mode>.json`` otherwise."""
     return results_dir / (f"{date}.json" if mode == "full" else f"{date}-{mode}.json")
@@ -29,10 +46,10 @@ def save(path: Path, machine: dict[str, Any], mode: str, parts: dict[str, Any]) 
     path.parent.mkdir(parents=True, exist_ok=True)
     results = json.loads(path.read_text()) if path.is_file() else {"mode": mode, "parts": {}}
     for name, part in parts.items():
-        results["parts"][name] = {**part, "machine": machine}
+        results["parts"][name] = finite_or_none({**part, "machine": machine})
     results["machine"] = machine
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=1, default=_jsonable) + "\n")
+    tmp.write_text(json.dumps(results, indent=1, default=_jsonable, allow_nan=False) + "\n")
     tmp.replace(path)
     return results
 
@@ -48,7 +65,7 @@ def machine_line(machine: dict[str, Any], started: str, wall_s: float | None) ->
     versions = machine["versions"]
     libs = ", ".join(f"{k} {versions[k]}" for k in ("numpy", "torch", "onnxruntime") if k in versions)
     gpus = ", ".join(g["name"] for g in machine["gpus"]) or "no GPU"
-    took = f", took {wall_s:.0f} s" if wall_s is not None else ""
+    took = f", took {wall_s:.1f} s" if wall_s is not None else ""
     return (f"_Run {started}{took} on {machine['cpu_model']} ({machine['logical_cores']} logical cores, "
             f"{machine['memory_gib']} GiB, load {machine['load_average_1m']} at start), {gpus}; Python "
             f"{machine['python']}, {libs}._")

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.report import cell
 from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig
 from ptycho_torch.data import RawData, spatial_split
 from ptycho_torch.metrics import evaluate_reconstruction
@@ -105,8 +106,9 @@ def table(report: dict[str, Any]) -> str:
     steps = report["training"]["steps"]
     for name, label in (("model", f"model ({steps} steps)"), ("constant", "constant object")):
         q = quality[name]
-        lines.append(f"| {label} | {q['ssim_amplitude']:.3f} | {q['ssim_phase']:.3f} | {q['psnr_amplitude']:.2f} | "
-                     f"{q['psnr_phase']:.2f} | {q['frc50_amplitude']:.1f} | {q['frc50_phase']:.1f} |")
+        lines.append(f"| {label} | " + " | ".join(cell(q[f"{key}_{part}"], spec) for key, spec in
+                                                  (("ssim", ".3f"), ("psnr", ".2f"), ("frc50", ".1f"))
+                                                  for part in ("amplitude", "phase")) + " |")
     setup, training = report["setup"], report["training"]
     return "\n".join(lines) + (
         f"\n\nN={setup['N']}, n_filters_scale={setup['n_filters_scale']}, {setup['positions']} positions "
