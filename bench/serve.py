@@ -30,7 +30,7 @@ from serving.engine import Engine
 SIZES = {
     "smoke": {"concurrency": (1,), "requests": 4, "items": 8, "scan": 16, "n_filters_scale": 1},
     "quick": {"concurrency": (1, 4), "requests": 12, "items": 16, "scan": 32, "n_filters_scale": 1},
-    "full": {"concurrency": (1, 4, 16), "requests": 64, "items": 16, "scan": 64, "n_filters_scale": 2},
+    "full": {"concurrency": (1, 4, 16), "requests": 24, "items": 16, "scan": 64, "n_filters_scale": 2},
 }
 N = 64
 MAX_BATCH_SIZE = 64
