@@ -46,8 +46,9 @@ def save(path: Path, machine: dict[str, Any], mode: str, parts: dict[str, Any]) 
     path.parent.mkdir(parents=True, exist_ok=True)
     results = json.loads(path.read_text()) if path.is_file() else {"mode": mode, "parts": {}}
     for name, part in parts.items():
-        results["parts"][name] = finite_or_none({**part, "machine": machine})
+        results["parts"][name] = {**part, "machine": machine}
     results["machine"] = machine
+    results = finite_or_none(results)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(results, indent=1, default=_jsonable, allow_nan=False) + "\n")
     tmp.replace(path)
