@@ -51,7 +51,7 @@ SIZES: dict[str, dict[str, Any]] = {
     "quick": {"N": 32, "n_filters_scale": 1, "epochs": 4, "batch_size": 16, "crop": 112, "step": 4,
               "doses": (1e4, 1e6), "siemens": True, "repeats": 3,
               "ptychi": {"max_epochs": 30, "chunk": 5, "tolerance": 0.01, "batch_size": 96}},
-    "full": {"N": 32, "n_filters_scale": 1, "epochs": 15, "batch_size": 16, "crop": 144, "step": 4,
+    "full": {"N": 32, "n_filters_scale": 1, "epochs": 60, "batch_size": 16, "crop": 144, "step": 4,
              "doses": (1e4, 1e6), "siemens": True, "repeats": 5,
              "ptychi": {"max_epochs": 200, "chunk": 10, "tolerance": 0.01, "batch_size": 96}},
 }

@@ -35,7 +35,7 @@ from training.trainer import train
 SIZES = {
     "smoke": {"n": 32, "positions": 64, "epochs": 1, "batch_size": 16, "n_filters_scale": 1},
     "quick": {"n": 32, "positions": 256, "epochs": 4, "batch_size": 16, "n_filters_scale": 1},
-    "full": {"n": 32, "positions": 512, "epochs": 8, "batch_size": 16, "n_filters_scale": 1},
+    "full": {"n": 32, "positions": 512, "epochs": 30, "batch_size": 16, "n_filters_scale": 1},
 }
 NPHOTONS = 1e6
 SEED = 0
