@@ -36,7 +36,8 @@ def build_default_bundle(out: Path = DEFAULT_OUT, *, run_dir: Path, scan: Path =
                          epochs: int = EPOCHS) -> Path:
     """Split the real scan, train, export into ``out`` (replacing it); return ``out``."""
     from export.bundle_writer import ExportOptions, export_checkpoint
-    from training.trainer import file_sha256, train
+    from ptycho_torch.checksums import sha256_file
+    from training.trainer import train
 
     run_dir.mkdir(parents=True, exist_ok=True)
     train_raw, test_raw = spatial_split(load_siemens_star(scan, MODEL.N), axis="y", fraction=0.5)
@@ -44,7 +45,7 @@ def build_default_bundle(out: Path = DEFAULT_OUT, *, run_dir: Path, scan: Path =
     training = TrainingConfig(model=MODEL, train_data_file=train_file, test_data_file=test_file, nepochs=epochs,
                               nphotons=float(train_raw.metadata["nphotons"]), output_dir=run_dir)
     result = train(training, EXECUTION, train_data=train_raw, test_data=test_raw,
-                   train_data_sha256=file_sha256(train_file))
+                   train_data_sha256=sha256_file(train_file))
     logger.info("trained: %s", result.summary)
     if out.exists():
         shutil.rmtree(out)

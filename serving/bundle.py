@@ -19,7 +19,6 @@ checking every member name) into a temporary directory that lives as long as the
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import shutil
 import tempfile
@@ -31,6 +30,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from ptycho_torch.checksums import sha256_file
 from ptycho_torch.errors import BundleError
 
 FORMAT: Final = "ptychopinn-bundle"
@@ -60,15 +60,6 @@ def triton_config_path(name: str) -> str:
 def triton_model_path(name: str, version: int) -> str:
     """Bundle-relative path of the Triton copy of ``model.onnx``."""
     return f"triton/{name}/{version}/model.onnx"
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------- schema

@@ -157,7 +157,8 @@ def load_training_scan(path: Path, N: int) -> Any:
 def run(args: argparse.Namespace) -> int:
     """Train; print where the checkpoints are and the run summary."""
     training, execution, explicit = build_configs(args)
-    from training.trainer import file_sha256, train
+    from ptycho_torch.checksums import sha256_file
+    from training.trainer import train
 
     train_raw = load_training_scan(training.train_data_file, training.model.N)
     test_raw = None if training.test_data_file is None else load_training_scan(training.test_data_file, training.model.N)
@@ -165,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         training = dataclasses.replace(training, nphotons=float(train_raw.metadata["nphotons"]))
         logger.info("nphotons = %g from %s metadata", training.nphotons, training.train_data_file)
     result = train(training, execution, train_data=train_raw, test_data=test_raw,
-                   train_data_sha256=file_sha256(training.train_data_file), resume=args.resume)
+                   train_data_sha256=sha256_file(training.train_data_file), resume=args.resume)
     if result.module.global_rank == 0:
         print(json.dumps(result.summary, indent=2))
     return 0

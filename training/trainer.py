@@ -8,7 +8,6 @@ Every setting is checked when the trainer is built, before data are grouped or a
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import time
@@ -153,15 +152,6 @@ def build_trainer(
             f"{execution.devices!r}, num_nodes={execution.num_nodes}, strategy={execution.strategy!r}, "
             f"precision={execution.precision!r}): {error}"
         ) from error
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes (streamed)."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _check_resume(resume: Path, model: ModelConfig) -> None:

@@ -205,21 +205,22 @@ def test_cli_exports_a_trained_checkpoint(scan32: Path, tmp_path: Path, capsys: 
     from ptycho_torch.data import RawData
     from serving.bundle import load_bundle
     from training.module import PtychoPINNModule
-    from training.trainer import file_sha256, train
+    from ptycho_torch.checksums import sha256_file
+    from training.trainer import train
 
     config = ModelConfig(N=N, gridsize=1, n_filters_scale=1)
     training = TrainingConfig(model=config, train_data_file=scan32, batch_size=16, nepochs=1, n_groups=32,
                               output_dir=tmp_path / "run")
     execution = PyTorchExecutionConfig(accelerator="cpu", max_steps=2, logger_backend="none",
                                        enable_progress_bar=False)
-    result = train(training, execution, train_data=RawData.from_file(scan32), train_data_sha256=file_sha256(scan32))
+    result = train(training, execution, train_data=RawData.from_file(scan32), train_data_sha256=sha256_file(scan32))
     out = tmp_path / "bundle"
     assert cli_main(["export", "--checkpoint", str(result.last_checkpoint), "--out", str(out), "--zip"]) == 0
     assert "verified   on 64 samples of the training scan siemens32.npz" in capsys.readouterr().out
     generator, hparams, probe = PtychoPINNModule.load_generator(result.last_checkpoint)
     bundle = load_bundle(out.with_suffix(".zip"))
     assert bundle.input_scale == hparams["input_scale"] and bundle.intensity_scale == hparams["intensity_scale"]
-    assert bundle.manifest.provenance.train_data_sha256 == file_sha256(scan32)
+    assert bundle.manifest.provenance.train_data_sha256 == sha256_file(scan32)
     np.testing.assert_array_equal(bundle.probe, probe)
     import onnxruntime as ort
 

@@ -15,7 +15,7 @@ from ptycho_torch.errors import ModelArchiveError
 from tests.training.conftest import N
 from training.datamodule import GroupedDataset, group_scan
 from training.module import PtychoPINNModule
-from training.trainer import file_sha256
+from ptycho_torch.checksums import sha256_file
 
 pytestmark = pytest.mark.slow
 EPOCHS = 3
@@ -77,7 +77,7 @@ def test_checkpoint_contract(trained_run, scan_files):
     hparams = checkpoint["hyper_parameters"]
     json.dumps(hparams)
     assert set(hparams) >= {"model_config", "training_config", "input_scale", "intensity_scale", "train_data_sha256"}
-    assert hparams["train_data_sha256"] == file_sha256(scan_files[0])
+    assert hparams["train_data_sha256"] == sha256_file(scan_files[0])
     assert hparams["input_scale"] == pytest.approx(RawData.from_file(scan_files[0]).diff3d.shape[-1] / 2 / np.sqrt(
         (RawData.from_file(scan_files[0]).diff3d.astype(np.float64) ** 2).sum(axis=(1, 2)).mean()), rel=1e-5)
     assert hparams["training_config"]["train_data_file"] == str(scan_files[0])
