@@ -20,7 +20,7 @@ import numpy as np
 import scipy.fft
 from scipy.ndimage import gaussian_filter
 
-from ptycho_torch.data import RawData
+from ptycho_torch.data import RawData, counts_to_amplitude
 from ptycho_torch.errors import DataContractError
 from ptycho_torch.grouping import extract_patches
 
@@ -149,7 +149,7 @@ def simulate_scan(
     counts = np.random.default_rng(seed).poisson(intensity * scale**2)
     info = {"nphotons": float(nphotons), "intensity_scale": scale, "diffraction": "sqrt(counts)", "noise_seed": seed}
     return RawData.from_coords_without_pc(
-        x, y, np.sqrt(counts).astype(np.float32), (probe * scale).astype(np.complex64), objectGuess=obj,
+        x, y, counts_to_amplitude(counts, source="simulate"), (probe * scale).astype(np.complex64), objectGuess=obj,
         metadata={**(metadata or {}), **info},
     )
 
