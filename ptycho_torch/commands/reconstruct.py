@@ -91,12 +91,11 @@ def _reconstruct_remote(args: argparse.Namespace, scan: RawData):
 def _reconstruct_in_process(args: argparse.Namespace, scan: RawData):
     from ptycho_torch.config import ModelConfig
     from ptycho_torch.stitching import DEFAULT_M
-    from ptycho_torch.workflows.components import load_inference_bundle_torch, reassemble_torch
+    from ptycho_torch.workflows.components import group_for_inference, load_inference_bundle_torch, reassemble_torch
 
     generator, snapshot = load_inference_bundle_torch(args.model)
     model = ModelConfig(N=int(snapshot["N"]), gridsize=int(snapshot["gridsize"]))
-    grouped = scan.generate_grouped_data(model.N, K=int(snapshot.get("neighbor_count", 4)), n_groups=None,
-                                         gridsize=model.gridsize, seed=args.seed)
+    grouped = group_for_inference(scan, model, neighbor_count=int(snapshot.get("neighbor_count", 4)), seed=args.seed)
     scale = None if args.scale_policy == "scan" else float(snapshot["input_scale"])
     M = args.stitch_m if args.stitch_m is not None else min(DEFAULT_M, model.N // 2)
     return reassemble_torch(generator, grouped, M=M, scale=scale, batch_size=args.batch_size)

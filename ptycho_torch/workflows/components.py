@@ -45,6 +45,7 @@ from ptycho_torch.outputs import save_outputs
 from ptycho_torch.stitching import DEFAULT_M, StitchResult, stitch_patches
 
 __all__ = [
+    "group_for_inference",
     "load_inference_bundle_torch",
     "predict_patches",
     "reassemble_torch",
@@ -74,8 +75,8 @@ class _History(L.Callback):
             self.history.setdefault(name, []).append(value)
 
 
-def _group_for_inference(data: RawData, model: ModelConfig, *, neighbor_count: int, seed: int) -> dict[str, Any]:
-    """Every position of ``data`` as a group seed (so the whole scan is stitched)."""
+def group_for_inference(data: RawData, model: ModelConfig, *, neighbor_count: int, seed: int) -> dict[str, Any]:
+    """Group ``data`` with every position as a group seed (so the whole scan is stitched)."""
     return data.generate_grouped_data(model.N, K=neighbor_count, n_groups=None, gridsize=model.gridsize, seed=seed)
 
 
@@ -114,7 +115,7 @@ def train_cdi_model_torch(
         "input_scale": float(run.module.hparams["input_scale"]),
         "models": {DEFAULT_MODEL: generator},
         "train_container": group_scan(train_data, config, seed=execution.seed),
-        "test_container": None if test_data is None else _group_for_inference(
+        "test_container": None if test_data is None else group_for_inference(
             test_data, config.model, neighbor_count=config.neighbor_count, seed=execution.seed),
         "summary": run.summary,
     }
