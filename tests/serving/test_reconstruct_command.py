@@ -6,12 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import N
 from ptycho_torch.cli import main as cli_main
 from ptycho_torch.data import load_scan, spatial_split
 from serving.app import create_app
 from serving.engine import Engine
 from serving.pipeline import reconstruct
+
+N = 32  # the oracle bundle's (tests/serving/conftest.py); `conftest` is ambiguous with tests/ptychodus collected too
 
 
 def test_reconstruct_over_http_writes_the_pipelines_object_for_the_held_out_half(
