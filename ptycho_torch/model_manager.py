@@ -139,13 +139,6 @@ class TorchModelManager:
         return path
 
     @staticmethod
-    def read_manifest(archive: str | Path) -> dict[str, Any]:
-        """The archive's manifest, after checking it is a readable PyTorch archive of this format."""
-        path = _archive_path(archive)
-        with _open(path) as zf:
-            return _manifest(zf, path)
-
-    @staticmethod
     def load(
         archive: str | Path, model_name: str = DEFAULT_MODEL, *, restore_params: bool = True
     ) -> LoadedModel:
