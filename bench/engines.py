@@ -26,7 +26,7 @@ import torch
 from bench.machine import NO_GPU
 from bench.timing import median_seconds
 from export.bundle_writer import ExportOptions, export_bundle
-from export.verify import verification_inputs
+from export.verify import Run, ort_runner, torch_runner, verification_inputs
 from ptycho_torch.config import ModelConfig
 from ptycho_torch.model import PtychoPINNGenerator
 
@@ -37,7 +37,6 @@ MODEL = {"N": 64, "gridsize": 1, "n_filters_scale": 2}
 THREADS = 2
 WARMUP = 2  # TorchScript's profiling executor optimises a graph on its second call at a shape
 CUDA_ROW = "onnxruntime CUDA"
-Run = Callable[[np.ndarray, np.ndarray], object]
 
 
 def ort_session(path: Path, level: ort.GraphOptimizationLevel, *, provider: str = "CPUExecutionProvider",
@@ -64,17 +63,6 @@ def patterns_per_second(run: Run, diffraction: np.ndarray, scale: np.ndarray, ba
         run(x, s)
         times.append(time.perf_counter() - start)
     return batch * x.shape[1] / statistics.median(times)
-
-
-def torch_runner(module: torch.nn.Module) -> Run:
-    def run(x: np.ndarray, s: np.ndarray) -> object:
-        with torch.inference_mode():
-            return module(torch.from_numpy(x), torch.from_numpy(s))
-    return run
-
-
-def ort_runner(session: ort.InferenceSession) -> Run:
-    return lambda x, s: session.run(None, {"diffraction": x, "scale": s})
 
 
 def _has_cuda() -> bool:

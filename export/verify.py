@@ -8,7 +8,9 @@ inside a large batch, in torch eager and in onnxruntime.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +25,8 @@ FP16_TOLERANCE = 1e-2
 BATCH_1_SAMPLES = 4
 
 Outputs = tuple[np.ndarray, np.ndarray]
+Run = Callable[[np.ndarray, np.ndarray], Sequence[Any]]
+"""One engine call: ``(diffraction, scale)`` -> ``(amplitude, phase)`` (tensors or arrays)."""
 
 
 def verification_inputs(scan: Path, N: int, gridsize: int, n_groups: int = 64, seed: int = 0) -> np.ndarray:  # noqa: N803
@@ -42,17 +46,22 @@ def verification_inputs(scan: Path, N: int, gridsize: int, n_groups: int = 64, s
     return np.ascontiguousarray(np.moveaxis(grouped["diffraction"], -1, 1), dtype=np.float32)
 
 
-def _run_torch(module: torch.nn.Module, diffraction: np.ndarray, scale: np.ndarray, batch: int) -> Outputs:
-    with torch.no_grad():
-        parts = [module(torch.from_numpy(diffraction[i:i + batch]), torch.from_numpy(scale[i:i + batch]))
-                 for i in range(0, len(diffraction), batch)]
-    return (torch.cat([p[0] for p in parts]).numpy(), torch.cat([p[1] for p in parts]).numpy())
+def torch_runner(module: torch.nn.Module) -> Run:
+    """A :data:`Run` calling a torch module (eager or TorchScript) without autograd."""
+    def run(x: np.ndarray, s: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode():
+            return module(torch.from_numpy(x), torch.from_numpy(s))
+    return run
 
 
-def _run_onnx(session, diffraction: np.ndarray, scale: np.ndarray, batch: int) -> Outputs:  # noqa: ANN001
-    parts = [session.run(None, {"diffraction": diffraction[i:i + batch], "scale": scale[i:i + batch]})
-             for i in range(0, len(diffraction), batch)]
-    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+def ort_runner(session) -> Run:  # noqa: ANN001
+    """A :data:`Run` calling an onnxruntime session."""
+    return lambda x, s: session.run(None, {"diffraction": x, "scale": s})
+
+
+def _run_batched(run: Run, diffraction: np.ndarray, scale: np.ndarray, batch: int) -> Outputs:
+    parts = [run(diffraction[i:i + batch], scale[i:i + batch]) for i in range(0, len(diffraction), batch)]
+    return (np.concatenate([np.asarray(p[0]) for p in parts]), np.concatenate([np.asarray(p[1]) for p in parts]))
 
 
 def _error(got: Outputs, want: Outputs) -> EngineError:
@@ -72,25 +81,27 @@ def verify_exports(generator: torch.nn.Module, diffraction: np.ndarray, *, onnx_
     diffraction = np.ascontiguousarray(diffraction, dtype=np.float32)
     scale = np.full(len(diffraction), input_scale(diffraction), dtype=np.float32)
     generator = generator.eval()
-    eager = _run_torch(generator, diffraction, scale, batch)
 
     def session(path: Path):  # noqa: ANN202
         return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
-    onnx_session = session(onnx_path)
-    onnx_out = _run_onnx(onnx_session, diffraction, scale, batch)
+    eager_run, onnx_run = torch_runner(generator), ort_runner(session(onnx_path))
+    eager = _run_batched(eager_run, diffraction, scale, batch)
+    onnx_out = _run_batched(onnx_run, diffraction, scale, batch)
     one = slice(0, BATCH_1_SAMPLES)
     errors = {
         "onnxruntime_cpu": _error(onnx_out, eager),
-        "torchscript": _error(_run_torch(torch.jit.load(str(torchscript_path)), diffraction, scale, batch), eager),
-        "batch_1_vs_n_eager": _error(_run_torch(generator, diffraction[one], scale[one], 1),
+        "torchscript": _error(_run_batched(torch_runner(torch.jit.load(str(torchscript_path))), diffraction, scale,
+                                           batch), eager),
+        "batch_1_vs_n_eager": _error(_run_batched(eager_run, diffraction[one], scale[one], 1),
                                      (eager[0][one], eager[1][one])),
-        "batch_1_vs_n_onnxruntime": _error(_run_onnx(onnx_session, diffraction[one], scale[one], 1),
+        "batch_1_vs_n_onnxruntime": _error(_run_batched(onnx_run, diffraction[one], scale[one], 1),
                                            (onnx_out[0][one], onnx_out[1][one])),
     }
     limits = dict.fromkeys(errors, tolerance)
     if fp16_path is not None:
-        errors["onnxruntime_cpu_fp16"] = _error(_run_onnx(session(fp16_path), diffraction, scale, batch), eager)
+        fp16_out = _run_batched(ort_runner(session(fp16_path)), diffraction, scale, batch)
+        errors["onnxruntime_cpu_fp16"] = _error(fp16_out, eager)
         limits["onnxruntime_cpu_fp16"] = fp16_tolerance
     failed = {k: e for k, e in errors.items() if max(e.amplitude, e.phase) > limits[k]}
     if failed:
