@@ -134,8 +134,7 @@ def merge_patches(patches: Tensor, offsets: Tensor, pad: int) -> Tensor:
     exist and borders fill in elsewhere. One canvas per group, whatever the batch size.
     """
     N = patches.shape[-1]
-    padded = F.pad(torch.view_as_real(patches).permute(0, 1, 4, 2, 3), (pad,) * 4)
-    padded = torch.view_as_complex(padded.permute(0, 1, 3, 4, 2).contiguous())
+    padded = F.pad(patches, (pad,) * 4)
     weights = _merge_weights(N, pad, padded.real.dtype, padded.device).expand(padded.shape)
     moved = translate(padded * weights, -offsets)
     moved_weights = translate(weights, -offsets)
