@@ -23,7 +23,7 @@ from ptycho_torch.stitching import Stitcher
 from serving.bundle import Bundle
 from serving.errors import InvalidRequest, InvalidValues
 
-__all__ = ["ReconstructOptions", "Reconstruction", "Runner", "reconstruct"]
+__all__ = ["ReconstructOptions", "Reconstruction", "Runner", "network_scale", "reconstruct"]
 
 
 class Runner(Protocol):
@@ -147,6 +147,17 @@ def _probe_difference(probe: Any, bundle: Bundle) -> float:
     return float(np.linalg.norm(best * given - trained) / np.linalg.norm(trained))
 
 
+def network_scale(amplitudes: npt.NDArray[np.float32], policy: str, training_scale: float) -> float:
+    """The network's ``scale`` input: ``input_scale(amplitudes)`` for the ``scan`` policy (raises
+    :class:`~serving.errors.InvalidValues` when they are all zero), else ``training_scale``."""
+    if policy != "scan":
+        return training_scale
+    if not (amplitudes > 0).any():
+        raise InvalidValues("`patterns` are all zero: the `scan` scale policy needs some signal; send real "
+                            "patterns or use scale_policy='bundle'")
+    return input_scale(amplitudes)
+
+
 def reconstruct(
     runner: Runner,
     patterns: npt.ArrayLike,
@@ -175,13 +186,7 @@ def reconstruct(
     if options.units == "counts":
         x = np.sqrt(x)
     policy = options.scale_policy or bundle.manifest.normalization.default_policy
-    if policy == "scan":
-        if not (x > 0).any():
-            raise InvalidValues("`patterns` are all zero: the `scan` scale policy needs some signal; send real "
-                                "patterns or use scale_policy='bundle'")
-        scale = input_scale(x)
-    else:
-        scale = bundle.input_scale
+    scale = network_scale(x, policy, bundle.input_scale)
     t2 = time.perf_counter()
 
     if bundle.channels == 1:

@@ -21,10 +21,9 @@ import numpy.typing as npt
 from ptychodus.api.reconstruct import Reconstructor, ReconstructInput, ReconstructOutput
 
 from ptycho_torch.errors import ConfigError
-from ptycho_torch.normalization import input_scale
 from serving.client import Client
 from serving.errors import ModelNotFound
-from serving.pipeline import ReconstructOptions, reconstruct
+from serving.pipeline import ReconstructOptions, network_scale, reconstruct
 from serving.ptychodus.adapter import ObjectGrid, check_model_geometry, scan_from_input
 from serving.ptychodus.settings import GROUP, PtychoPINNServeSettings
 
@@ -105,7 +104,7 @@ class HttpReconstructor(Reconstructor):
             name = self._settings.server_model.get_value().strip()
             check_model_geometry(scan, N=meta["N"], gridsize=meta["gridsize"], model=f"{name} at {url}")
             policy = self._settings.policy()
-            scale = input_scale(scan.amplitudes) if policy == "scan" else float(meta["training_scale"])
+            scale = network_scale(scan.amplitudes, policy, float(meta["training_scale"]))
             runner = _RemoteRunner(RemoteModel(name, meta["N"], meta["gridsize"], meta["stitch_M"], scale), client)
             options = ReconstructOptions(scale_policy="bundle")  # = `scale`, the same for every chunk
             size = self._settings.chunk_size.get_value()
