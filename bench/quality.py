@@ -137,11 +137,12 @@ def run_ptychi(scan: RawData, object_shape: tuple[int, int], size: dict[str, Any
                               object_shape, settings)
 
 
-def covered_box(ours: dict[str, Any], object_shape: tuple[int, int]) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
-    """(canvas window, object window) of the bounding box of pixels the stitched result fully covers."""
-    rows, cols = np.nonzero(ours["coverage"] >= 1.0)
+def covered_box(coverage: np.ndarray, origin: tuple[float, float], object_shape: tuple[int, int]
+                ) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+    """(canvas window, object window) of the bounding box of pixels a stitched result fully covers."""
+    rows, cols = np.nonzero(coverage >= 1.0)
     r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-    x0, y0 = (int(round(v)) for v in ours["origin"])
+    x0, y0 = (int(round(v)) for v in origin)
     top, left = max(r0 - y0, 0), max(c0 - x0, 0)
     bottom, right = min(r1 - y0, object_shape[0]), min(c1 - x0, object_shape[1])
     return ((slice(top + y0, bottom + y0), slice(left + x0, right + x0)),
@@ -173,7 +174,7 @@ def run_case(case: Case, size: dict[str, Any], figures_dir: Path | None, stamp: 
     counts = test.diff3d.astype(np.float64) ** 2
     with tempfile.TemporaryDirectory() as tmp:
         ours = train_export_serve(case, size, Path(tmp))
-    canvas_box, object_box = covered_box(ours, case.object_shape)
+    canvas_box, object_box = covered_box(ours["coverage"], ours["origin"], case.object_shape)
     images = {"this project": ours["canvas"][canvas_box]}
     nll = {"this project": poisson_nll(ours["patches"], ours["probe"], counts)}
     result: dict[str, Any] = {

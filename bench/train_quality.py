@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.quality import covered_box
 from bench.report import cell
 from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig
 from ptycho_torch.data import RawData, spatial_split
@@ -54,18 +55,17 @@ def reconstruct(ckpt: Path, scan: RawData, batch: int = 64) -> np.ndarray:
 def score(patches: np.ndarray, scan: RawData, truth: np.ndarray, M: int) -> dict[str, dict[str, float]]:
     """Stitch ``patches`` and score model and constant baseline on the fully covered bounding box."""
     result = stitch_patches(patches, np.column_stack([scan.xcoords, scan.ycoords]), M=M)
-    rows, cols = np.nonzero(result.coverage >= 1.0)
-    r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-    x0, y0 = (int(round(v)) for v in result.origin)
-    reference = truth[r0 - y0:r1 - y0, c0 - x0:c1 - x0]
-    candidates = {"model": result.canvas[r0:r1, c0:c1], "constant": np.ones_like(reference)}
+    canvas_box, object_box = covered_box(result.coverage, result.origin, truth.shape)
+    reference = truth[object_box]
+    candidates = {"model": result.canvas[canvas_box], "constant": np.ones_like(reference)}
     scores = {}
     for name, image in candidates.items():
         metrics = evaluate_reconstruction(image, reference, register_first=False)
         scores[name] = {f"{key}_{part}": float(metrics[key][i]) for key in ("ssim", "psnr", "frc50")
                         for i, part in enumerate(("amplitude", "phase"))}
-    scores["region_px"] = {"height": int(r1 - r0), "width": int(c1 - c0),
-                           "uncovered_fraction": float(np.mean(result.coverage[r0:r1, c0:c1] < 1.0))}
+    height, width = reference.shape
+    scores["region_px"] = {"height": height, "width": width,
+                           "uncovered_fraction": float(np.mean(result.coverage[canvas_box] < 1.0))}
     return scores
 
 
