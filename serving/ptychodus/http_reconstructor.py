@@ -82,13 +82,12 @@ class HttpReconstructor(Reconstructor):
         token = self._settings.api_token.get_value().strip() or None
         return Client(url, token=token, timeout_s=self._settings.timeout_s.get_value()), url
 
-    def _model(self, client: Client, url: str) -> dict:
+    def _model(self, client: Client, url: str, name: str) -> dict:
         """The served model's OIP metadata; connection problems become one clear :class:`ConfigError`."""
-        name = self._settings.server_model.get_value().strip()
+        if not name:
+            raise ConfigError(f"`[{GROUP}] ServerModel` must name the model served at {url}, got nothing; "
+                              "`ptychopinn serve` logs it at start-up (the bundle's name)")
         try:
-            if not name:
-                raise ConfigError(f"`[{GROUP}] ServerModel` must name the model served at {url}, got nothing; "
-                                  "`ptychopinn serve` logs it at start-up (the bundle's name)")
             return client.model_metadata(name)
         except httpx.TransportError as error:
             raise ConfigError(f"`[{GROUP}] ServerURL` must reach a running `ptychopinn serve`, got {url} which "
@@ -100,8 +99,8 @@ class HttpReconstructor(Reconstructor):
         scan = scan_from_input(parameters)
         client, url = self._client()
         with client:
-            meta = self._model(client, url)["parameters"]
             name = self._settings.server_model.get_value().strip()
+            meta = self._model(client, url, name)["parameters"]
             check_model_geometry(scan, N=meta["N"], gridsize=meta["gridsize"], model=f"{name} at {url}")
             policy = self._settings.policy()
             scale = network_scale(scan.amplitudes, policy, float(meta["training_scale"]))
