@@ -36,11 +36,9 @@ def verification_inputs(scan: Path, N: int, gridsize: int, n_groups: int = 64, s
     """
     try:
         raw = load_scan(scan, n=N)  # tike layout: crop the detector to the model's N
-    except DataContractError:
-        raw = load_scan(scan)  # contract NPZ: stored at its own N
-    if raw.N != N:
-        raise ExportError(f"verification scan {scan} must have N={N} like the model, got N={raw.N}; "
-                          "pass --data with a scan at the model's N")
+    except DataContractError as error:
+        raise ExportError(f"verification scan {scan} must have N={N} like the model ({error}); "
+                          "pass --data with a scan at the model's N") from error
     grouped = raw.generate_grouped_data(N, K=max(4, gridsize**2), n_groups=min(n_groups, len(raw)),
                                         gridsize=gridsize, seed=seed)
     return np.ascontiguousarray(np.moveaxis(grouped["diffraction"], -1, 1), dtype=np.float32)

@@ -326,16 +326,20 @@ def _from_tike(arrays: dict[str, np.ndarray], n: int | None, source: str) -> Raw
 
 
 def load_scan(path: str | Path, n: int | None = None) -> RawData:
-    """Load any supported scan file: a contract NPZ, or the tike layout (``data``/``probe``/``scan``).
+    """Load any supported scan file (read once): a contract NPZ, or the tike layout
+    (``data``/``probe``/``scan``).
 
-    ``n`` (tike layout only) crops the detector; contract files are returned as stored.
+    ``n`` is the patch size the caller needs: a tike scan's detector is cropped to it; a contract
+    file is returned as stored and must already be at ``n`` (None: any N).
     """
     arrays = _read_arrays(path)
     if {"data", "probe", "scan"} <= arrays.keys():
         return _from_tike(arrays, n, str(path))
-    if n is not None:
-        raise _fail("n", "None for a contract NPZ (already at its N)", n, "crop when simulating instead")
-    return RawData.from_arrays(arrays, source=str(path))
+    raw = RawData.from_arrays(arrays, source=str(path))
+    if n is not None and raw.N != n:
+        raise _fail("n", f"the stored pattern size {raw.N} for the contract NPZ {path}", n,
+                    "use a model with that N, or simulate/crop the scan at the model's N")
+    return raw
 
 
 def spatial_split(raw: RawData, axis: str = "y", fraction: float = 0.5) -> tuple[RawData, RawData]:

@@ -144,24 +144,17 @@ def build_configs(args: argparse.Namespace) -> tuple[TrainingConfig, PyTorchExec
     return training, execution, {"nphotons": "nphotons" in sections["training"]}
 
 
-def load_training_scan(path: Path, N: int) -> Any:
-    """Load a contract NPZ, or the tike Siemens-star file cropped to the model's ``N``."""
-    from ptycho_torch.data import load_scan, load_siemens_star
-
-    raw = load_scan(path)
-    if "detector_crop" in raw.metadata and raw.N != N:
-        raw = load_siemens_star(path, N)
-    return raw
-
-
 def run(args: argparse.Namespace) -> int:
     """Train; print where the checkpoints are and the run summary."""
     training, execution, explicit = build_configs(args)
     from ptycho_torch.checksums import sha256_file
     from training.trainer import train
 
-    train_raw = load_training_scan(training.train_data_file, training.model.N)
-    test_raw = None if training.test_data_file is None else load_training_scan(training.test_data_file, training.model.N)
+    from ptycho_torch.data import load_scan  # contract NPZ at N, or the tike Siemens-star file cropped to N
+
+    N = training.model.N
+    train_raw = load_scan(training.train_data_file, n=N)
+    test_raw = None if training.test_data_file is None else load_scan(training.test_data_file, n=N)
     if not explicit["nphotons"] and "nphotons" in train_raw.metadata:
         training = dataclasses.replace(training, nphotons=float(train_raw.metadata["nphotons"]))
         logger.info("nphotons = %g from %s metadata", training.nphotons, training.train_data_file)

@@ -30,7 +30,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="scan file: a contract NPZ, or the tike layout (e.g. siemens-star-small.npz.bz2)")
     parser.add_argument("--out", required=True, help="output folder for the PNGs and reconstruction.npz")
     parser.add_argument("--n", type=int, default=None,
-                        help="detector crop for tike-layout scans (e.g. 64); contract NPZs are used as stored")
+                        help="patch size N: tike-layout scans are cropped to it (e.g. 64); a contract NPZ must already be at N")
     parser.add_argument("--split", choices=("all", "train", "test"), default="all",
                         help="reconstruct the whole scan or one half of the spatial split along y "
                              "(train = top half, test = bottom half; default all)")

@@ -177,3 +177,10 @@ def test_spatial_split_top_half_trains(star):
     assert len(left) == 129 and left.xcoords.max() <= right.xcoords.min()
     with pytest.raises(DataContractError, match="`axis` must be 'x' or 'y'"):
         spatial_split(star, axis="z")
+
+
+def test_load_scan_returns_a_contract_npz_at_the_asked_n_and_refuses_another(tmp_path):
+    path = save(tmp_path, contract_arrays())
+    np.testing.assert_array_equal(load_scan(path, n=N).diff3d, load_scan(path).diff3d)
+    with pytest.raises(DataContractError, match=rf"`n` must be the stored pattern size {N} for the contract NPZ"):
+        load_scan(path, n=2 * N)
