@@ -55,6 +55,22 @@ class _State:
         shape = (-1, *engine.input_shape)
         self.inputs = (TensorMetadata("diffraction", "FP32", shape), TensorMetadata("scale", "FP32", (-1,)))
         self.outputs = (TensorMetadata("amplitude", "FP32", shape), TensorMetadata("phase", "FP32", shape))
+        self.metadata: dict[str, Any] = {
+            "name": self.bundle.name,
+            "versions": [str(self.bundle.version)],
+            "platform": "onnxruntime_onnx",
+            "inputs": [t.to_json() for t in self.inputs],
+            "outputs": [t.to_json() for t in self.outputs],
+            "parameters": {
+                "providers": engine.providers,
+                "max_batch_size": batcher.max_batch_size,
+                "N": self.bundle.N,
+                "gridsize": self.bundle.gridsize,
+                "stitch_M": self.bundle.stitch_M,
+                "training_scale": self.bundle.input_scale,
+            },
+        }
+        """The OIP model metadata: fixed for the app's lifetime, so built once."""
 
     def check_model(self, name: str, version: str | None = None) -> None:
         if name != self.bundle.name:
@@ -81,23 +97,6 @@ class _State:
             raise RequestTooLarge(f"request body is over the limit of {limit} bytes (--max-request-mb); "
                                   "send fewer patterns per request")
         return b"".join(chunks)
-
-    def metadata(self) -> dict[str, Any]:
-        return {
-            "name": self.bundle.name,
-            "versions": [str(self.bundle.version)],
-            "platform": "onnxruntime_onnx",
-            "inputs": [t.to_json() for t in self.inputs],
-            "outputs": [t.to_json() for t in self.outputs],
-            "parameters": {
-                "providers": self.engine.providers,
-                "max_batch_size": self.batcher.max_batch_size,
-                "N": self.bundle.N,
-                "gridsize": self.bundle.gridsize,
-                "stitch_M": self.bundle.stitch_M,
-                "training_scale": self.bundle.input_scale,
-            },
-        }
 
 
 def _error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -237,7 +236,7 @@ def _protected_routes(state: _State) -> APIRouter:
     @router.get("/v2/models/{name}/versions/{version}")
     async def model_metadata(name: str, version: str | None = None) -> dict[str, Any]:
         state.check_model(name, version)
-        return state.metadata()
+        return state.metadata
 
     @router.get("/v2/models/{name}/ready")
     @router.get("/v2/models/{name}/versions/{version}/ready")
