@@ -30,7 +30,7 @@ from export.verify import Run, ort_runner, torch_runner, verification_inputs
 from ptycho_torch.config import ModelConfig
 from ptycho_torch.model import PtychoPINNGenerator
 
-SCAN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "siemens-star-small.npz.bz2"
+SCAN = Path(__file__).resolve().parents[1] / "data" / "siemens-star-small.npz.bz2"
 SIZES = {"smoke": ((1, 16), 1, 0.0), "quick": ((1, 16, 64), 3, 0.0), "full": ((1, 16, 64, 128), 5, 1.0)}
 """Per mode: batch sizes, minimum timed calls per cell, minimum timed seconds per cell."""
 MODEL = {"N": 64, "gridsize": 1, "n_filters_scale": 2}

@@ -1,7 +1,7 @@
 """Reconstruction quality and speed: this project (trained, exported, served over HTTP) vs pty-chi.
 
 Cases: (a) a scan simulated from the shipped real probe and object (cdtools' gold-ball
-reconstruction; ``../shared/data/gold_balls_from_pickle.npz``) at two doses, scored against the
+reconstruction; ``data/gold_balls_from_pickle.npz``) at two doses, scored against the
 ground-truth object; (b) the shipped real scan (tike's Siemens star), scored against pty-chi's
 reconstruction of the full scan. Every case is split spatially (top half trains, bottom half is
 held out). This project trains on the top half, exports a bundle, serves it with a real uvicorn
@@ -39,7 +39,7 @@ from ptycho_torch.simulation import far_field_intensity, load_probe, simulate_sc
 from serving.client import Client
 from training.trainer import train
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 GOLD = DATA / "gold_balls_from_pickle.npz"
 SIEMENS = DATA / "siemens-star-small.npz.bz2"
 GOLD_CENTRE = (155, 160)

@@ -4,7 +4,7 @@
 
 PtychoPINN is self-supervised, so the default model is trained on the measured data alone: the
 top half (spatial split along y) of the APS Velociprobe Siemens-star scan
-(``../shared/data/siemens-star-small.npz.bz2``, tike's BSD-3-style licence), the central 64x64
+(``data/siemens-star-small.npz.bz2``, tike's BSD-3-style licence), the central 64x64
 detector crop, validated on the bottom half. The bottom half is never trained on, so
 reconstructing it (``make demo``) shows the model on unseen sample regions. Training is seeded and
 deterministic; on 2 quiet CPU cores it takes about 10 minutes (80 epochs at ~40 samples/s).
@@ -21,7 +21,7 @@ from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingCon
 from ptycho_torch.data import load_siemens_star, spatial_split
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-REAL_SCAN = PROJECT_ROOT.parent / "shared" / "data" / "siemens-star-small.npz.bz2"
+REAL_SCAN = PROJECT_ROOT / "data" / "siemens-star-small.npz.bz2"
 DEFAULT_OUT = PROJECT_ROOT / "serving" / "default_bundle"
 
 MODEL = ModelConfig(N=64, gridsize=1, n_filters_scale=1)

@@ -286,7 +286,7 @@ def load_siemens_star(path: str | Path, n: int | None = None) -> RawData:
 
     The file holds unshifted photon counts ``data`` (1, S, 128, 128), a probe (..., 128, 128) and
     ``scan`` (1, S, 2) = [row, column] of each probe window's top-left corner (see
-    ../shared/data/README.md). Returned: fftshifted amplitudes, positions shifted so the smallest
+    data/README.md). Returned: fftshifted amplitudes, positions shifted so the smallest
     corner is at 0 and converted to window centres (+N/2). ``n`` crops the detector centrally to
     ``n x n``: object pixels become ``128/n`` times larger, so positions scale by ``n/128`` and the
     probe is Fourier-cropped (:func:`fourier_resample_probe`) to stay consistent with the counts.

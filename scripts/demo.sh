@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 out=${1:-out/demo}
 port=${PORT:-8765}
 bin=${VENV:-.venv}/bin
-scan=../shared/data/siemens-star-small.npz.bz2
+scan=data/siemens-star-small.npz.bz2
 
 "$bin/ptychopinn" serve --port "$port" &
 server=$!

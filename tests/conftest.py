@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+DATA_DIR = PROJECT_ROOT / "data"
 
 
 @pytest.fixture(autouse=True)
@@ -20,8 +20,8 @@ def _fresh_legacy_params():
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """The read-only ``../shared/data`` folder (real scan, real probe/object)."""
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"shared data folder not found at {SHARED_DATA}; tests expect ../shared/data beside the project")
-    return SHARED_DATA
+def data_dir() -> Path:
+    """The repository's ``data/`` folder (real scan, real probe/object; origin and licence in its README)."""
+    if not DATA_DIR.is_dir():
+        pytest.fail(f"data folder not found at {DATA_DIR}; it ships with the repository")
+    return DATA_DIR

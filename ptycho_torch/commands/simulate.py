@@ -16,7 +16,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nphotons", type=float, default=1e6, help="mean photons per pattern (default 1e6)")
     parser.add_argument("--probe", default="default",
                         help="'default' (disk-like probe) or an NPZ with probeGuess/probe, e.g. "
-                             "../shared/data/gold_balls_from_pickle.npz")
+                             "data/gold_balls_from_pickle.npz")
     parser.add_argument("--scan", choices=("random", "raster"), default="random", help="scan path (default random)")
     parser.add_argument("--object-size", type=int, default=None, help="object side in pixels (default 4*N)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

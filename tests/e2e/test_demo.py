@@ -22,14 +22,14 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_demo_serves_the_default_bundle_and_reconstructs_the_held_out_half(shared_data: Path, tmp_path: Path) -> None:
+def test_demo_serves_the_default_bundle_and_reconstructs_the_held_out_half(data_dir: Path, tmp_path: Path) -> None:
     env = {**os.environ, "VENV": str(Path(sys.executable).parent.parent), "PORT": str(_free_port())}
     done = subprocess.run(["bash", "scripts/demo.sh", str(tmp_path)], cwd=PROJECT_ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
     result = np.load(tmp_path / "reconstruction.npz")
-    _, test = spatial_split(load_siemens_star(shared_data / "siemens-star-small.npz.bz2", 64))
+    _, test = spatial_split(load_siemens_star(data_dir / "siemens-star-small.npz.bz2", 64))
     # the canvas spans the held-out positions plus the stitched M=20 crops
     span_x = test.xcoords.max() - test.xcoords.min()
     span_y = test.ycoords.max() - test.ycoords.min()

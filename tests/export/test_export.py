@@ -36,9 +36,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def scan32(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def scan32(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real Siemens-star scan at N=32, as a contract NPZ."""
-    return load_siemens_star(shared_data / "siemens-star-small.npz.bz2", N).to_file(
+    return load_siemens_star(data_dir / "siemens-star-small.npz.bz2", N).to_file(
         tmp_path_factory.mktemp("scan") / "siemens32.npz")
 
 

@@ -30,9 +30,9 @@ def test_simulate_then_inspect(tmp_path, capsys):
     assert is_png(tmp_path / "png" / "sim.png")
 
 
-def test_inspect_real_scan_with_detector_crop(tmp_path, capsys, shared_data):
+def test_inspect_real_scan_with_detector_crop(tmp_path, capsys, data_dir):
     png = tmp_path / "star.png"
-    assert main(["inspect", str(shared_data / "siemens-star-small.npz.bz2"), "--n", "64", "--png", str(png)]) == 0
+    assert main(["inspect", str(data_dir / "siemens-star-small.npz.bz2"), "--n", "64", "--png", str(png)]) == 0
     text = capsys.readouterr().out
     assert "516 x 64 x 64 float32 amplitudes" in text
     assert "x (column) range       : 32.00 .. 196.45 px" in text  # (corner - min) * 64/128 + 32

@@ -121,11 +121,11 @@ def test_input_scale_gives_mean_energy_quarter_n_squared():
 
 
 @pytest.fixture(scope="module")
-def star(shared_data):
-    return load_siemens_star(shared_data / "siemens-star-small.npz.bz2")
+def star(data_dir):
+    return load_siemens_star(data_dir / "siemens-star-small.npz.bz2")
 
 
-def test_real_scan_conventions(star, shared_data):
+def test_real_scan_conventions(star, data_dir):
     assert star.diff3d.shape == (516, 128, 128) and star.probeGuess.shape == (128, 128)
     # corners shifted to start at 0, then +N/2 to the centre; extent from the README (~-164..168)
     assert star.xcoords.min() == pytest.approx(64.0) and star.ycoords.min() == pytest.approx(64.0)
@@ -138,11 +138,11 @@ def test_real_scan_conventions(star, shared_data):
     assert np.hypot(*(peak - 64)) < 128 / 4
     assert mean[32:96, 32:96].sum() > 0.9 * mean.sum()
     assert mean.sum() == pytest.approx(4.61e5, rel=0.01)  # counts per frame, README
-    assert load_scan(shared_data / "siemens-star-small.npz.bz2", n=64).N == 64
+    assert load_scan(data_dir / "siemens-star-small.npz.bz2", n=64).N == 64
 
 
-def test_detector_crop_rescales_positions_and_fourier_crops_probe(star, shared_data):
-    cropped = load_siemens_star(shared_data / "siemens-star-small.npz.bz2", n=64)
+def test_detector_crop_rescales_positions_and_fourier_crops_probe(star, data_dir):
+    cropped = load_siemens_star(data_dir / "siemens-star-small.npz.bz2", n=64)
     np.testing.assert_allclose(cropped.xcoords - 32, (star.xcoords - 64) / 2)
     np.testing.assert_allclose(cropped.diff3d, star.diff3d[:, 32:96, 32:96])
     np.testing.assert_allclose(cropped.probeGuess, fourier_resample_probe(star.probeGuess, 64), atol=1e-6)

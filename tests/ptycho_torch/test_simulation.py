@@ -30,8 +30,8 @@ def test_mean_photon_count_matches_request(kind, nphotons):
     assert raw.metadata["nphotons"] == nphotons and raw.metadata["diffraction"] == "sqrt(counts)"
 
 
-def test_written_probe_and_object_predict_the_counts(tmp_path, shared_data):
-    raw = simulate(N=N, n_positions=50, nphotons=1e9, probe=shared_data / "gold_balls_from_pickle.npz", seed=2)
+def test_written_probe_and_object_predict_the_counts(tmp_path, data_dir):
+    raw = simulate(N=N, n_positions=50, nphotons=1e9, probe=data_dir / "gold_balls_from_pickle.npz", seed=2)
     raw = RawData.from_file(raw.to_file(tmp_path / "sim.npz"))
     expected = far_field_intensity(extract_patches(raw.objectGuess, raw.xcoords, raw.ycoords, N), raw.probeGuess)
     measured = raw.diff3d.astype(np.float64) ** 2
@@ -50,8 +50,8 @@ def test_simulation_is_seeded():
     assert not np.array_equal(first.xcoords, other.xcoords)
 
 
-def test_file_probe_keeps_modes_and_centre(shared_data):
-    path = shared_data / "gold_balls_from_pickle.npz"
+def test_file_probe_keeps_modes_and_centre(data_dir):
+    path = data_dir / "gold_balls_from_pickle.npz"
     with np.load(path) as npz:
         original = npz["probe"]
     cropped, padded = load_probe(path, 64), load_probe(path, 128)

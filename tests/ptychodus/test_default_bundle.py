@@ -30,8 +30,8 @@ from serving.ptychodus.settings import PtychoPINNServeSettings
 N = 64
 
 
-def _real_scan_product(shared_data: Path):
-    _, test = spatial_split(load_siemens_star(shared_data / "siemens-star-small.npz.bz2", N))
+def _real_scan_product(data_dir: Path):
+    _, test = spatial_split(load_siemens_star(data_dir / "siemens-star-small.npz.bz2", N))
     # an object grid just large enough for the held-out half (its positions start at y ~ 100)
     xs = test.xcoords - np.floor(test.xcoords.min()) + N // 2
     ys = test.ycoords - np.floor(test.ycoords.min()) + N // 2
@@ -51,9 +51,9 @@ def _real_scan_product(shared_data: Path):
     return test.diff3d, np.column_stack([xs, ys]), prepare_reconstruct_input(data, product)
 
 
-def test_the_default_bundle_reconstructs_the_real_scan_in_ptychodus(shared_data: Path,
+def test_the_default_bundle_reconstructs_the_real_scan_in_ptychodus(data_dir: Path,
                                                                     settings: PtychoPINNServeSettings) -> None:
-    patterns, positions, parameters = _real_scan_product(shared_data)
+    patterns, positions, parameters = _real_scan_product(data_dir)
     settings.bundle_path.set_value(DEFAULT_BUNDLE)
 
     obj = next(OnnxReconstructor(settings).reconstruct(parameters)).product.object_.get_layer(0)

@@ -227,11 +227,11 @@ def test_the_token_is_enforced_except_on_health_probes(engine: Engine, serve) ->
         assert client.model_metadata("oracle")["name"] == "oracle"
 
 
-def test_reconstruct_file_sends_a_real_scan_and_matches_in_process(engine: Engine, serve, shared_data) -> None:
+def test_reconstruct_file_sends_a_real_scan_and_matches_in_process(engine: Engine, serve, data_dir) -> None:
     from ptycho_torch.data import load_scan
     from serving.client import reconstruct_file
 
-    path = shared_data / "siemens-star-small.npz.bz2"
+    path = data_dir / "siemens-star-small.npz.bz2"
     server = serve(create_app(engine))
     remote = reconstruct_file(server.url, path, n=N)
     scan = load_scan(path, n=N)

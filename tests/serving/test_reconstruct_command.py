@@ -16,8 +16,8 @@ N = 32  # the oracle bundle's (tests/serving/conftest.py); `conftest` is ambiguo
 
 
 def test_reconstruct_over_http_writes_the_pipelines_object_for_the_held_out_half(
-        engine: Engine, serve, shared_data: Path, tmp_path: Path) -> None:
-    path = shared_data / "siemens-star-small.npz.bz2"
+        engine: Engine, serve, data_dir: Path, tmp_path: Path) -> None:
+    path = data_dir / "siemens-star-small.npz.bz2"
     server = serve(create_app(engine, token="t0ken"))
     token_file = tmp_path / "token"
     token_file.write_text("t0ken\n")
@@ -48,11 +48,11 @@ def test_reconstruct_needs_exactly_one_of_model_and_server(capsys) -> None:
     assert "--model" in capsys.readouterr().err
 
 
-def test_reconstruct_with_an_empty_token_file_is_a_one_line_error(shared_data: Path, tmp_path: Path, capsys) -> None:
+def test_reconstruct_with_an_empty_token_file_is_a_one_line_error(data_dir: Path, tmp_path: Path, capsys) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("  \n")
     code = cli_main(["reconstruct", "--server", "http://127.0.0.1:1", "--token-file", str(token_file),
-                     "--data", str(shared_data / "siemens-star-small.npz.bz2"),
+                     "--data", str(data_dir / "siemens-star-small.npz.bz2"),
                      "--n", str(N), "--out", str(tmp_path / "o")])
     assert code == 2
     assert "`--token-file` must hold a token" in capsys.readouterr().err
