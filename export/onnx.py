@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
@@ -16,6 +18,9 @@ from serving.bundle import INPUT_NAMES, OUTPUT_NAMES
 DEFAULT_OPSET = 18
 MIN_OPSET = 17
 MAX_BATCH = 1 << 16
+#: Loggers of the exporter's passes: about 45 INFO/WARNING lines per export (unused-node removal,
+#: constant folding, "torchvision is not installed"), none of which needs the user's attention.
+EXPORTER_LOGGERS = ("torch.onnx", "onnxscript", "onnx_ir")
 
 
 def example_inputs(generator: torch.nn.Module, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,7 +43,8 @@ def export_onnx(generator: torch.nn.Module, path: Path, *, opset: int = DEFAULT_
     generator = generator.eval()
     quiet = io.StringIO()
     try:
-        with torch.no_grad(), contextlib.redirect_stdout(quiet), warnings.catch_warnings():
+        with torch.no_grad(), contextlib.redirect_stdout(quiet), _quiet_loggers(EXPORTER_LOGGERS), \
+                warnings.catch_warnings():
             # known, harmless exporter chatter in torch 2.13 (one shared Dim named for two inputs)
             warnings.filterwarnings("ignore", message=".*The axis name: B will not be used")
             warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)", category=FutureWarning)
@@ -51,6 +57,20 @@ def export_onnx(generator: torch.nn.Module, path: Path, *, opset: int = DEFAULT_
         raise ExportError(f"torch.onnx.export(dynamo=True, opset={opset}) failed: {error}\n{quiet.getvalue()}") from error
     onnx.checker.check_model(str(path))
     return path
+
+
+@contextlib.contextmanager
+def _quiet_loggers(names: tuple[str, ...], level: int = logging.ERROR) -> Iterator[None]:
+    """Raise the threshold of the ``names`` loggers to ``level`` for the block, then restore it."""
+    loggers = [logging.getLogger(name) for name in names]
+    previous = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(level)
+    try:
+        yield
+    finally:
+        for logger, old in zip(loggers, previous):
+            logger.setLevel(old)
 
 
 def convert_fp16(source: Path, target: Path) -> Path:

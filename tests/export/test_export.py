@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from export.bundle_writer import ExportOptions, export_bundle
+from export.onnx import EXPORTER_LOGGERS
 from export.verify import FP16_TOLERANCE, FP32_TOLERANCE, verification_inputs, verify_exports
 from ptycho_torch import params
 from ptycho_torch.cli import main as cli_main
@@ -200,7 +202,8 @@ def test_cli_reports_a_missing_checkpoint(tmp_path: Path, capsys: pytest.Capture
     assert "`--checkpoint` must be an existing .ckpt file" in capsys.readouterr().err
 
 
-def test_cli_exports_a_trained_checkpoint(scan32: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_exports_a_trained_checkpoint(scan32: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                         caplog: pytest.LogCaptureFixture) -> None:
     from ptycho_torch.config import PyTorchExecutionConfig, TrainingConfig
     from ptycho_torch.data import RawData
     from serving.bundle import load_bundle
@@ -215,8 +218,12 @@ def test_cli_exports_a_trained_checkpoint(scan32: Path, tmp_path: Path, capsys: 
                                        enable_progress_bar=False)
     result = train(training, execution, train_data=RawData.from_file(scan32), train_data_sha256=sha256_file(scan32))
     out = tmp_path / "bundle"
+    caplog.clear()
+    caplog.set_level(logging.INFO)  # what the command's own logging shows
     assert cli_main(["export", "--checkpoint", str(result.last_checkpoint), "--out", str(out), "--zip"]) == 0
     assert "verified   on 64 samples of the training scan siemens32.npz" in capsys.readouterr().out
+    chatter = [r.getMessage() for r in caplog.records if r.name.startswith(EXPORTER_LOGGERS)]
+    assert chatter == []  # the exporter's ~45 pass-by-pass INFO/WARNING lines stay out of the user's log
     generator, hparams, probe = PtychoPINNModule.load_generator(result.last_checkpoint)
     bundle = load_bundle(out.with_suffix(".zip"))
     assert bundle.input_scale == hparams["input_scale"] and bundle.intensity_scale == hparams["intensity_scale"]
