@@ -13,6 +13,7 @@ __all__ = [
     "InvalidRequest",
     "InvalidValues",
     "ModelNotFound",
+    "SessionNotFound",
     "Unauthorized",
     "RequestTooLarge",
     "Overloaded",
@@ -47,6 +48,12 @@ class InvalidValues(ServingError, ValueError):
 
 class ModelNotFound(ServingError, LookupError):
     """No model with that name or version is served here (404)."""
+
+    status_code = 404
+
+
+class SessionNotFound(ServingError, LookupError):
+    """No open live session has that id (never created, deleted, or expired) (404)."""
 
     status_code = 404
 

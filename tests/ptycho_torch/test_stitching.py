@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ptycho_torch.errors import DataContractError
-from ptycho_torch.stitching import Stitcher, stitch_patches
+from ptycho_torch.stitching import Stitcher, TiledStitcher, stitch_patches
 
 N = 32
 M = 16
@@ -148,3 +148,45 @@ def test_mismatched_lengths_and_bad_shapes_are_refused():
         stitch_patches(np.zeros((1, N, N), np.complex64), [0.0, 0.0], M=M)
     with pytest.raises(DataContractError, match=r"must be finite, got NaN/inf at rows \[0\]"):
         stitch_patches(np.zeros((1, N, N), np.complex64), [[np.nan, 0.0]], M=M)
+
+
+def test_tiled_stitcher_equals_the_whole_scan_stitcher_in_any_order() -> None:
+    rng = np.random.default_rng(1)
+    patches = (rng.random((200, 32, 32)) + 1j * rng.random((200, 32, 32))).astype(np.complex64)
+    positions = rng.uniform(-150, 200, (200, 2))
+    whole = Stitcher.from_positions(positions, M=12)
+    whole.add(patches, positions)
+    tiled = TiledStitcher(M=12, tile=64)
+    chunks = np.array_split(rng.permutation(200), 7)
+    rects = [tiled.add(patches[chunk], positions[chunk]) for chunk in chunks]
+    expected, got = whole.result(), tiled.result()
+    assert got.origin == expected.origin and got.canvas.shape == expected.canvas.shape
+    np.testing.assert_allclose(got.canvas, expected.canvas, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got.coverage, expected.coverage, rtol=0, atol=1e-12)
+    # each returned rectangle is the bounding box of its patches' (M+1) x (M+1) footprints
+    for rect, chunk in zip(rects, chunks, strict=True):
+        base = np.floor(positions[chunk] - 6).astype(int)
+        low, high = base.min(axis=0), base.max(axis=0) + 13
+        assert rect == (low[0], low[1], high[0] - low[0], high[1] - low[1])
+
+
+def test_tiled_stitcher_allocates_tiles_only_where_patches_land() -> None:
+    tiled = TiledStitcher(M=12, tile=64)
+    patches = np.ones((2, 32, 32), np.complex64)
+    rect = tiled.add(patches, [[10.0, 10.0], [5000.5, 3000.0]])
+    assert tiled.n_tiles == 2 and tiled.nbytes == 2 * 64 * 64 * 24
+    assert rect == (4, 4, 5000 - 6 + 13 - 4, 3000 - 6 + 13 - 4)
+    result = tiled.result()
+    reference = Stitcher.from_positions([[10.0, 10.0], [5000.5, 3000.0]], M=12)
+    assert result.canvas.shape == reference.shape and result.origin == reference.origin
+    assert result.coverage.sum() == pytest.approx(2 * 12 * 12)
+
+
+def test_tiled_stitcher_refuses_growth_past_its_tile_limit_and_changes_nothing() -> None:
+    tiled = TiledStitcher(M=8, tile=32, max_tiles=1)
+    patch = np.ones((1, 16, 16), np.complex64)
+    tiled.add(patch, [[5.0, 5.0]])
+    before = tiled.result()
+    with pytest.raises(DataContractError, match="over the limit of 1"):
+        tiled.add(np.ones((2, 16, 16), np.complex64), [[5.0, 5.0], [500.0, 500.0]])
+    assert tiled.count == 1 and np.array_equal(tiled.result().canvas, before.canvas)

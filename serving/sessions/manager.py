@@ -1,0 +1,205 @@
+"""The live sessions of one server: limits, model pinning, the inference pump and idle expiry.
+
+Memory stays bounded: at most ``max_sessions`` sessions, at most ``max_pending_frames`` frames held
+and not yet stitched over all of them (a message that would go past it is refused whole with 503 +
+Retry-After, so a detector can resend it), and at most ``max_canvas_tiles`` canvas tiles per session.
+Each session's paired frames are pumped through its pinned runner (the server's dynamic batcher, so
+batches merge across sessions and ``/v1/reconstruct`` requests) with up to two batches in flight,
+and stitched in the thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy.typing as npt
+from starlette.concurrency import run_in_threadpool
+
+from serving.errors import Overloaded, SessionNotFound
+from serving.pipeline import ReconstructOptions, Reconstruction
+from serving.sessions.session import Receipt, Session, SessionRunner, Work
+
+__all__ = ["SessionLimits", "SessionManager"]
+
+log = logging.getLogger(__name__)
+
+_IN_FLIGHT_BATCHES = 2
+"""Batches of one session in inference at once: the next is queued while the last is stitched."""
+_CLOSED_KEPT = 1000
+"""Recently closed session ids remembered, so a late client hears why its session is gone."""
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    """Bounds on what live sessions may hold (the server refuses more with 503, before memory runs out)."""
+
+    max_sessions: int = 16
+    """Sessions open at once."""
+    max_pending_frames: int = 16384
+    """Frames received and not yet on a canvas, over all sessions (64x64 float32: 16 KiB each)."""
+    max_canvas_tiles: int = 256
+    """Canvas tiles per session (128 x 128 pixels, 24 bytes each: 384 KiB per tile)."""
+    idle_timeout_s: float = 900.0
+    """A session with no request and no inference for this long is closed."""
+
+
+class SessionManager:
+    """Create, find, feed and close sessions. ``resolve(model, version)`` returns the runner a new
+    session pins (it raises :class:`~serving.errors.ModelNotFound` for an unknown model)."""
+
+    def __init__(self, resolve: Callable[[str | None, str | None], SessionRunner],
+                 limits: SessionLimits | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.resolve = resolve
+        self.limits = limits or SessionLimits()
+        self._clock = clock
+        self._sessions: dict[str, Session] = {}
+        self._closed: OrderedDict[str, str] = OrderedDict()
+        self._pumps: dict[str, asyncio.Task[None]] = {}
+        self._lock = threading.Lock()
+        self._reaper: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ registry
+
+    def create(self, model: str | None = None, version: str | None = None, *,
+               options: ReconstructOptions | None = None, expected_frames: int | None = None,
+               bounds: Any = None) -> Session:
+        """A new open session on ``model`` (None: the served default); :class:`Overloaded` when full."""
+        runner = self.resolve(model, version)
+        with self._lock:
+            if len(self._sessions) >= self.limits.max_sessions:
+                raise Overloaded(f"{len(self._sessions)} sessions are open, the limit is {self.limits.max_sessions}; "
+                                 "close finished sessions (DELETE /v1/sessions/{id}) or retry later",
+                                 retry_after_s=5)
+            session = Session(secrets.token_hex(8), runner, options=options, expected_frames=expected_frames,
+                              bounds=bounds, max_tiles=self.limits.max_canvas_tiles, clock=self._clock)
+            self._sessions[session.id] = session
+        log.info("session %s opened on %s v%s", session.id, session.bundle.name, session.bundle.version)
+        self._start_reaper()
+        return session
+
+    def get(self, session_id: str) -> Session:
+        """The open session ``session_id``, or :class:`SessionNotFound` saying why it is gone."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            why = self._closed.get(session_id)
+            detail = f"it was {why}" if why else "no session has that id"
+            raise SessionNotFound(f"session `{session_id}` is not open ({detail}); create one with POST /v1/sessions")
+        return session
+
+    def sessions(self) -> list[Session]:
+        return list(self._sessions.values())
+
+    # ------------------------------------------------------------------ data in
+
+    def add_frames(self, session: Session, indices: npt.ArrayLike, patterns: npt.ArrayLike,
+                   positions: npt.ArrayLike | None = None) -> Receipt:
+        """:meth:`Session.add_frames` under the pending-frames limit (:class:`Overloaded`, nothing kept)."""
+        count = len(patterns)  # type: ignore[arg-type]
+        with self._lock:
+            pending = sum(s.pending for s in self._sessions.values())
+            if pending + count > self.limits.max_pending_frames:
+                raise Overloaded(f"{pending} frames are waiting for inference or positions and these {count} would "
+                                 f"pass the limit of {self.limits.max_pending_frames}; resend this message shortly "
+                                 "(and send the positions of frames already sent)")
+            return session.add_frames(indices, patterns, positions)
+
+    def schedule(self, session: Session) -> None:
+        """Make sure a pump runs for ``session`` (call on the event loop after adding data)."""
+        task = self._pumps.get(session.id)
+        if task is None or task.done():
+            self._pumps[session.id] = asyncio.create_task(self._pump(session), name=f"session-{session.id}")
+
+    async def _pump(self, session: Session) -> None:
+        """Infer and stitch ``session``'s paired frames until none are left (or it closes)."""
+        runner, size = session.runner, _batch_items(session.runner)
+        in_flight: list[tuple[Work, asyncio.Future[Any]]] = []
+        while True:
+            while len(in_flight) < _IN_FLIGHT_BATCHES and (work := session.take_work(size)) is not None:
+                try:
+                    future = asyncio.wrap_future(runner.submit(work.diffraction, work.scale))
+                except Overloaded:
+                    session.requeue(work)
+                    if not in_flight:
+                        await asyncio.sleep(0.02)
+                    break
+                except Exception as error:  # noqa: BLE001 - recorded as the frames' rejection reason
+                    await run_in_threadpool(session.finish_work, work, error)
+                    continue
+                in_flight.append((work, future))
+            if not in_flight:
+                if not session.has_ready:
+                    return
+                continue  # the inference queue was full: try again
+            work, future = in_flight.pop(0)
+            try:
+                outputs: Any = await future
+            except Exception as error:  # noqa: BLE001
+                outputs = error
+            await run_in_threadpool(session.finish_work, work, outputs)
+
+    # ------------------------------------------------------------------ closing
+
+    async def close(self, session: Session, *, cancel: bool = False) -> Reconstruction:
+        """Close ``session`` and return its final object. Without ``cancel`` the frames already paired
+        are inferred and stitched first; with it, queued work is dropped at once."""
+        if not cancel:
+            task = self._pumps.get(session.id)
+            while task is not None and not task.done():
+                await asyncio.shield(task)
+                task = self._pumps.get(session.id)
+        self._forget(session, "cancelled" if cancel else "deleted")
+        return await run_in_threadpool(session.reconstruction)
+
+    def _forget(self, session: Session, reason: str) -> None:
+        session.close(reason)
+        with self._lock:
+            self._sessions.pop(session.id, None)
+            self._closed[session.id] = reason
+            while len(self._closed) > _CLOSED_KEPT:
+                self._closed.popitem(last=False)
+        task = self._pumps.pop(session.id, None)
+        if task is not None and not task.done():
+            task.cancel()
+        log.info("session %s closed (%s)", session.id, reason)
+
+    def expire_idle(self) -> list[str]:
+        """Close sessions idle for longer than ``idle_timeout_s``; returns their ids."""
+        now = self._clock()
+        idle = [s for s in self.sessions() if now - s.last_activity > self.limits.idle_timeout_s
+                and (self._pumps.get(s.id) is None or self._pumps[s.id].done())]
+        for session in idle:
+            self._forget(session, "expired")
+        return [s.id for s in idle]
+
+    def _start_reaper(self) -> None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # called outside the event loop (a test): expiry is then the caller's job
+            return
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.create_task(self._reap(), name="session-reaper")
+
+    async def _reap(self) -> None:
+        period = min(max(self.limits.idle_timeout_s / 4, 0.05), 10.0)
+        while self._sessions:
+            await asyncio.sleep(period)
+            self.expire_idle()
+
+    async def shutdown(self) -> None:
+        """Cancel every session (server shutdown)."""
+        for session in self.sessions():
+            self._forget(session, "cancelled at server shutdown")
+        if self._reaper is not None:
+            self._reaper.cancel()
+
+
+def _batch_items(runner: SessionRunner) -> int:
+    return int(getattr(runner, "max_batch_size", 64))

@@ -1,0 +1,504 @@
+"""One live scan session: frames and positions paired by index, inferred in batches, stitched as they come.
+
+A detector sends frames ``(index, pattern)`` and a motion system sends positions ``(index, [x, y])``,
+in any order, in chunks, possibly twice. A frame joins the work queue only once its position is
+known (pairing is by index, never by arrival order, so a late position never shears the mosaic).
+Paired frames are inferred in batches by the runner the session was created with (the model is
+pinned: a later model swap on the server does not reach it) and stitched into a
+:class:`~ptycho_torch.stitching.TiledStitcher`, whose result on the positions seen equals the
+whole-scan stitcher's. numpy only; thread-safe (one lock per session).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from ptycho_torch.stitching import Rect, TiledStitcher
+from serving.bundle import Bundle
+from serving.errors import InvalidRequest
+from serving.pipeline import ReconstructOptions, Reconstruction, network_scale
+
+__all__ = ["Receipt", "Session", "SessionRunner", "Work"]
+
+Outputs = tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]
+
+_MAX_REJECTIONS_KEPT = 100
+"""Rejections listed one by one in :meth:`Session.status` (all are counted)."""
+_LATENCIES_KEPT = 100_000
+"""Frame-to-canvas latencies kept for the percentiles (the most recent)."""
+_RATE_WINDOW_S = 5.0
+"""Window of the recent frame rates in :meth:`Session.status`."""
+
+
+class SessionRunner(Protocol):
+    """What a session needs from a model: its bundle, and batched inference that returns a future
+    (:class:`~serving.batching.DynamicBatcher` is one)."""
+
+    bundle: Bundle
+
+    def submit(self, diffraction: npt.NDArray[np.float32], scale: npt.NDArray[np.float32]) -> Future[Outputs]: ...
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What one ``frames`` or ``positions`` message did."""
+
+    accepted: int
+    """New frames (or positions) kept."""
+    duplicates: int
+    """Resent items identical to ones already held: ignored."""
+    rejected: list[dict[str, Any]]
+    """``{"index", "reason"}`` of every item refused."""
+    paired: int
+    """Frames this message made ready for inference (their frame and position are both known)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"accepted": self.accepted, "duplicates": self.duplicates, "rejected": self.rejected,
+                "paired": self.paired}
+
+
+@dataclass(eq=False)
+class Work:
+    """A batch of paired frames handed to inference: ``diffraction (K, 1, N, N)``, ``positions (K, 2)``."""
+
+    indices: npt.NDArray[np.int64]
+    diffraction: npt.NDArray[np.float32]
+    scale: npt.NDArray[np.float32]
+    positions: npt.NDArray[np.float64]
+
+
+@dataclass
+class _Counts:
+    frames: int = 0
+    frame_duplicates: int = 0
+    positions: int = 0
+    position_duplicates: int = 0
+    rejected: int = 0
+    paired: int = 0
+    reconstructed: int = 0
+    in_flight: int = 0
+    failed: int = 0
+
+
+@dataclass
+class _Watch:
+    """A subscriber's changed region since its last look (grid rectangle, or None)."""
+
+    dirty: Rect | None = None
+    event: threading.Event = field(default_factory=threading.Event)
+
+
+def _union(a: Rect | None, b: Rect) -> Rect:
+    if a is None:
+        return b
+    x, y = min(a[0], b[0]), min(a[1], b[1])
+    return x, y, max(a[0] + a[2], b[0] + b[2]) - x, max(a[1] + a[3], b[1] + b[3]) - y
+
+
+class Session:
+    """A live scan reconstructed while it is measured.
+
+    ``runner``: the pinned model (kept for the session's life). ``options``: as for
+    ``/v1/reconstruct``; the scale policy must be ``bundle`` (a stream cannot know the whole scan's
+    normalisation in advance). ``expected_frames``: indices must lie in ``[0, expected_frames)``
+    when given. ``bounds``: ``((x_lo, x_hi), (y_lo, y_hi))`` object pixels that every position must
+    lie in, when given. ``max_tiles``: canvas memory limit (tiles of ``tile**2`` pixels, 24 bytes each).
+    """
+
+    def __init__(
+        self,
+        session_id: str,
+        runner: SessionRunner,
+        *,
+        options: ReconstructOptions | None = None,
+        expected_frames: int | None = None,
+        bounds: tuple[tuple[float, float], tuple[float, float]] | None = None,
+        max_tiles: int = 1024,
+        tile: int = 128,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        options = options or ReconstructOptions(scale_policy="bundle")
+        bundle = runner.bundle
+        if options.scale_policy != "bundle":
+            raise InvalidRequest(
+                f"`scale_policy` must be 'bundle' for a session, got {options.scale_policy!r}: a stream cannot "
+                "normalise by the whole scan before it has been measured; send options {\"scale_policy\": \"bundle\"}")
+        if bundle.channels != 1:
+            raise InvalidRequest(
+                f"sessions stream single-pattern models (gridsize 1); model {bundle.name!r} has gridsize "
+                f"{bundle.gridsize}, whose neighbour groups need the whole scan: use POST /v1/reconstruct")
+        M = bundle.stitch_M if options.stitch_M is None else options.stitch_M
+        if not 1 <= M <= bundle.N // 2:
+            raise InvalidRequest(f"`stitch_M` must be in [1, N/2 = {bundle.N // 2}], got {M}")
+        if expected_frames is not None and not (isinstance(expected_frames, int) and expected_frames >= 1):
+            raise InvalidRequest(f"`expected_frames` must be a positive integer, got {expected_frames!r}")
+        if bounds is not None:
+            bounds = _check_bounds(bounds)
+        self.id = session_id
+        self.runner = runner
+        self.bundle = bundle
+        self.options = options
+        self.expected_frames = expected_frames
+        self.bounds = bounds
+        self.scale = network_scale(np.ones(1, np.float32), "bundle", bundle.input_scale)
+        self.stitcher = TiledStitcher(M=M, tile=tile, max_tiles=max_tiles)
+        self.closed: str | None = None
+        """Why the session was closed (``deleted``, ``cancelled``, ``expired``), or None while open."""
+        self._clock = clock
+        self.created = clock()
+        self.last_activity = self.created
+        self._lock = threading.Lock()
+        self._counts = _Counts()
+        self._rejections: list[dict[str, Any]] = []
+        self._waiting: dict[int, npt.NDArray[np.float32]] = {}  # frames whose position is not known yet
+        self._frame_digest: dict[int, bytes] = {}
+        self._positions: dict[int, tuple[float, float]] = {}
+        self._tiles: set[tuple[int, int]] = set()  # canvas tiles the accepted positions will need
+        self._ready: deque[tuple[int, npt.NDArray[np.float32]]] = deque()
+        self._arrived: dict[int, float] = {}  # frame index -> arrival time, until it is on the canvas
+        self._latencies: deque[float] = deque(maxlen=_LATENCIES_KEPT)
+        self._received_times: deque[tuple[float, int]] = deque()
+        self._stitched_times: deque[tuple[float, int]] = deque()
+        self._watches: list[_Watch] = []
+        self.version = 0
+        """Incremented by every stitched batch."""
+
+    # ------------------------------------------------------------------ frames and positions in
+
+    @property
+    def pending(self) -> int:
+        """Frames held and not yet on the canvas (waiting for a position, queued, or in inference)."""
+        return len(self._waiting) + len(self._ready) + self._counts.in_flight
+
+    @property
+    def has_ready(self) -> bool:
+        """Paired frames are waiting for inference (and the session is open)."""
+        return self.closed is None and bool(self._ready)
+
+    def add_frames(self, indices: npt.ArrayLike, patterns: npt.ArrayLike,
+                   positions: npt.ArrayLike | None = None) -> Receipt:
+        """Take frames ``patterns (K, N, N)`` with their scan ``indices (K,)`` (and, optionally, their
+        ``positions (K, 2)``). Raises :class:`InvalidRequest` for a malformed message (nothing kept);
+        frames with bad values are rejected one by one with a reason in the receipt."""
+        index = _check_indices(indices, "frames")
+        N = self.bundle.N
+        array = np.asarray(patterns)
+        if array.dtype.kind not in "fiu" or array.shape != (len(index), N, N):
+            raise InvalidRequest(f"`patterns` must be real numbers of shape ({len(index)}, {N}, {N}) (one "
+                                 f"fftshifted pattern per index, N={N} for this model), got {array.dtype} "
+                                 f"{list(array.shape)}")
+        if positions is not None:
+            _check_position_array(positions, len(index))
+        now = self._clock()
+        finite = np.isfinite(array).all(axis=(1, 2))
+        negative = (array < 0).any(axis=(1, 2)) & finite
+        amplitudes = array.astype(np.float32, copy=False)
+        if self.options.units == "counts":
+            amplitudes = np.sqrt(np.maximum(amplitudes, 0))
+        with self._lock:
+            self._check_open()
+            self.last_activity = now
+            rejected: list[dict[str, Any]] = []
+            accepted = duplicates = 0
+            for row, i in enumerate(index.tolist()):
+                reason = self._index_problem(i)
+                if reason is None and not finite[row]:
+                    reason = "pattern holds NaN/inf"
+                elif reason is None and negative[row]:
+                    reason = "pattern holds negative values (amplitudes or counts must be >= 0)"
+                if reason is None:
+                    digest = hashlib.blake2b(amplitudes[row].tobytes(), digest_size=16).digest()
+                    known = self._frame_digest.get(i)
+                    if known == digest:
+                        duplicates += 1
+                        continue
+                    if known is not None:
+                        reason = "frame index sent before with different data; the first frame is kept"
+                if reason is not None:
+                    rejected.append(self._reject("frame", i, reason))
+                    continue
+                self._frame_digest[i] = digest
+                self._arrived[i] = now
+                self._waiting[i] = amplitudes[row]
+                accepted += 1
+            self._counts.frames += accepted
+            self._counts.frame_duplicates += duplicates
+            self._received_times.append((now, accepted))
+            position_receipt = self._add_positions(index, positions) if positions is not None else None
+            paired = self._pair()
+        if position_receipt is not None:
+            rejected += position_receipt.rejected
+        return Receipt(accepted, duplicates, rejected, paired)
+
+    def add_positions(self, indices: npt.ArrayLike, positions: npt.ArrayLike) -> Receipt:
+        """Take scan ``positions (K, 2)`` ``[x, y]`` object pixels (patch centres) for ``indices (K,)``."""
+        index = _check_indices(indices, "positions")
+        _check_position_array(positions, len(index))
+        with self._lock:
+            self._check_open()
+            self.last_activity = self._clock()
+            receipt = self._add_positions(index, positions)
+            return Receipt(receipt.accepted, receipt.duplicates, receipt.rejected, self._pair())
+
+    def _add_positions(self, index: npt.NDArray[np.int64], positions: npt.ArrayLike) -> Receipt:
+        pos = np.asarray(positions, dtype=np.float64)
+        rejected: list[dict[str, Any]] = []
+        accepted = duplicates = 0
+        keys = self.stitcher.tile_keys(np.nan_to_num(pos, posinf=0.0, neginf=0.0))
+        for row, (i, (x, y)) in enumerate(zip(index.tolist(), pos.tolist(), strict=True)):
+            reason = self._index_problem(i)
+            if reason is None and not (np.isfinite(x) and np.isfinite(y)):
+                reason = "position holds NaN/inf"
+            elif reason is None and self.bounds is not None and not _inside(self.bounds, x, y):
+                reason = f"position {[x, y]} is outside the canvas bounds {self.bounds} given at creation"
+            if reason is None:
+                known = self._positions.get(i)
+                if known == (x, y):
+                    duplicates += 1
+                    continue
+                if known is not None:
+                    reason = f"position index sent before as {list(known)}, now {[x, y]}; the first is kept"
+            if reason is None:
+                tiles = set(map(tuple, keys[row].tolist()))
+                if len(self._tiles | tiles) > self.stitcher.max_tiles:
+                    reason = (f"position {[x, y]} would grow the canvas past its limit of {self.stitcher.max_tiles} "
+                              f"tiles of {self.stitcher.tile}x{self.stitcher.tile} pixels; check the position "
+                              f"units (object pixels)")
+            if reason is not None:
+                rejected.append(self._reject("position", i, reason))
+                continue
+            self._tiles |= tiles
+            self._positions[i] = (x, y)
+            accepted += 1
+        self._counts.positions += accepted
+        self._counts.position_duplicates += duplicates
+        return Receipt(accepted, duplicates, rejected, 0)
+
+    def _index_problem(self, i: int) -> str | None:
+        if i < 0:
+            return "index must be >= 0"
+        if self.expected_frames is not None and i >= self.expected_frames:
+            return f"index must be < expected_frames = {self.expected_frames}"
+        return None
+
+    def _reject(self, what: str, index: int, reason: str) -> dict[str, Any]:
+        item = {"what": what, "index": index, "reason": reason}
+        self._counts.rejected += 1
+        if len(self._rejections) < _MAX_REJECTIONS_KEPT:
+            self._rejections.append(item)
+        return item
+
+    def _pair(self) -> int:
+        paired = [i for i in self._waiting if i in self._positions]
+        for i in paired:
+            self._ready.append((i, self._waiting.pop(i)))
+        self._counts.paired += len(paired)
+        return len(paired)
+
+    def _check_open(self) -> None:
+        if self.closed is not None:
+            raise InvalidRequest(f"session {self.id} is closed ({self.closed}); create a new one")
+
+    # ------------------------------------------------------------------ inference and stitching
+
+    def take_work(self, max_items: int) -> Work | None:
+        """Up to ``max_items`` paired frames for inference (None when none are ready or the session is closed)."""
+        with self._lock:
+            if self.closed is not None or not self._ready:
+                return None
+            items = [self._ready.popleft() for _ in range(min(max_items, len(self._ready)))]
+            self._counts.in_flight += len(items)
+            positions = np.array([self._positions[i] for i, _ in items], np.float64)
+        indices = np.fromiter((i for i, _ in items), np.int64, len(items))
+        diffraction = np.stack([pattern for _, pattern in items])[:, None]
+        return Work(indices, diffraction, np.full(len(items), self.scale, np.float32), positions)
+
+    def finish_work(self, work: Work, outputs: Outputs | BaseException) -> None:
+        """Stitch ``outputs`` ``(amplitude, phase)`` of ``work`` onto the canvas, or record why inference failed."""
+        with self._lock:
+            self._counts.in_flight -= len(work.indices)
+            if self.closed is not None:
+                return
+            if isinstance(outputs, BaseException):
+                for i in work.indices.tolist():
+                    self._reject("frame", i, f"inference failed: {outputs}")
+                    self._arrived.pop(i, None)
+                self._counts.failed += len(work.indices)
+                return
+            amplitude, phase = outputs
+            patches = amplitude[:, 0] * np.exp(1j * phase[:, 0]).astype(np.complex64)
+            rect = self.stitcher.add(patches, work.positions)
+            now = self._clock()
+            self._latencies.extend(now - self._arrived.pop(i) for i in work.indices.tolist())
+            self._counts.reconstructed += len(work.indices)
+            self._stitched_times.append((now, len(work.indices)))
+            self.version += 1
+            self.last_activity = now
+            assert rect is not None
+            for watch in self._watches:
+                watch.dirty = _union(watch.dirty, rect)
+                watch.event.set()
+
+    def requeue(self, work: Work) -> None:
+        """Put ``work`` back at the head of the queue (the inference queue was full)."""
+        with self._lock:
+            self._counts.in_flight -= len(work.indices)
+            for i, pattern in zip(work.indices.tolist()[::-1], work.diffraction[::-1, 0], strict=True):
+                self._ready.appendleft((i, pattern))
+
+    # ------------------------------------------------------------------ results out
+
+    def watch(self) -> _Watch:
+        """Register a subscriber of changed regions; its first region is the whole canvas so far."""
+        with self._lock:
+            watch = _Watch()
+            geometry = self.stitcher.geometry
+            if geometry is not None:
+                (x0, y0), (H, W) = geometry
+                watch.dirty = (-x0, -y0, W, H)
+                watch.event.set()
+            self._watches.append(watch)
+            return watch
+
+    def unwatch(self, watch: _Watch) -> None:
+        with self._lock:
+            if watch in self._watches:
+                self._watches.remove(watch)
+
+    def take_update(self, watch: _Watch) -> tuple[Rect, npt.NDArray[np.complex64], dict[str, Any]] | None:
+        """The region changed since ``watch``'s last update: grid rectangle, complex object on it, and
+        the header fields (canvas geometry, the rectangle's offset in it, counts); None if nothing changed."""
+        with self._lock:
+            rect, watch.dirty = watch.dirty, None
+            watch.event.clear()
+            if rect is None:
+                return None
+            canvas, _ = self.stitcher.region(rect)
+            (x0, y0), (H, W) = self.stitcher.geometry  # type: ignore[misc]
+            header = {"x": rect[0], "y": rect[1], "offset": [rect[0] + x0, rect[1] + y0],
+                      "origin": [float(x0), float(y0)], "canvas_shape": [H, W], "version": self.version,
+                      "counts": self._count_fields()}
+        return rect, canvas, header
+
+    def wake_watchers(self) -> None:
+        """Wake every subscriber (the session closed)."""
+        with self._lock:
+            for watch in self._watches:
+                watch.event.set()
+
+    def reconstruction(self) -> Reconstruction:
+        """The object so far, in ``/v1/reconstruct``'s form (0 x 0 arrays before the first frame lands)."""
+        with self._lock:
+            if self.stitcher.count == 0:
+                empty = np.zeros((0, 0), np.float32)
+                stitched = None
+            else:
+                stitched = self.stitcher.result()
+            elapsed = self._clock() - self.created
+            count = self._counts.reconstructed
+        if stitched is None:
+            return Reconstruction(amplitude=empty, phase=empty.copy(), coverage=empty.copy(), origin=(0.0, 0.0),
+                                  scale=self.scale, scale_policy="bundle", n_patterns=0, n_groups=0,
+                                  timings={"total": elapsed})
+        return Reconstruction(amplitude=stitched.amplitude, phase=stitched.phase,
+                              coverage=stitched.coverage.astype(np.float32), origin=stitched.origin,
+                              scale=self.scale, scale_policy="bundle", n_patterns=count, n_groups=count,
+                              timings={"total": elapsed})
+
+    def _count_fields(self) -> dict[str, int]:
+        c = self._counts
+        return {"received": c.frames, "paired": c.paired, "reconstructed": c.reconstructed,
+                "pending": self.pending, "rejected": c.rejected}
+
+    def status(self) -> dict[str, Any]:
+        """JSON status: counts, pending work, rejections with reasons, rates, latency, model, canvas."""
+        with self._lock:
+            now = self._clock()
+            c = self._counts
+            latencies = np.asarray(self._latencies)
+            geometry = self.stitcher.geometry
+            return {
+                "session_id": self.id,
+                "state": "open" if self.closed is None else self.closed,
+                "model": {"name": self.bundle.name, "version": str(self.bundle.version)},
+                "expected_frames": self.expected_frames,
+                "frames": {
+                    "received": c.frames, "duplicates": c.frame_duplicates, "paired": c.paired,
+                    "reconstructed": c.reconstructed, "rejected": c.rejected, "failed": c.failed,
+                    "pending": {"waiting_for_position": len(self._waiting), "queued": len(self._ready),
+                                "in_flight": c.in_flight},
+                },
+                "positions": {"received": c.positions, "duplicates": c.position_duplicates,
+                              "without_frame": sum(1 for i in self._positions if i not in self._frame_digest)},
+                "rejections": list(self._rejections),
+                "rates_per_s": {"received": _rate(self._received_times, now),
+                                "reconstructed": _rate(self._stitched_times, now)},
+                "latency_s": {"count": len(latencies),
+                              "p50": float(np.percentile(latencies, 50)) if len(latencies) else None,
+                              "p99": float(np.percentile(latencies, 99)) if len(latencies) else None},
+                "canvas": {"origin": None if geometry is None else list(geometry[0]),
+                           "shape": None if geometry is None else list(geometry[1]),
+                           "tiles": self.stitcher.n_tiles, "bytes": self.stitcher.nbytes},
+                "options": {"scale_policy": "bundle", "units": self.options.units, "stitch_M": self.stitcher.M},
+                "scale": self.scale,
+                "age_s": now - self.created,
+                "idle_s": now - self.last_activity,
+            }
+
+    def close(self, reason: str) -> None:
+        """Close: drop queued and waiting frames (in-flight results are discarded), wake subscribers."""
+        with self._lock:
+            if self.closed is None:
+                self.closed = reason
+            self._waiting.clear()
+            self._ready.clear()
+            for watch in self._watches:
+                watch.event.set()
+
+
+def _rate(times: deque[tuple[float, int]], now: float) -> float:
+    while times and times[0][0] < now - _RATE_WINDOW_S:
+        times.popleft()
+    return sum(count for _, count in times) / _RATE_WINDOW_S
+
+
+def _check_indices(indices: npt.ArrayLike, what: str) -> npt.NDArray[np.int64]:
+    array = np.asarray(indices)
+    if array.dtype.kind not in "iu" or array.ndim != 1:
+        raise InvalidRequest(f"`indices` of a {what} message must be a 1-D integer array (K,), one scan index "
+                             f"per item, got {array.dtype} {list(array.shape)}")
+    if len(array) == 0:
+        raise InvalidRequest(f"a {what} message must hold at least one index, got 0")
+    return array.astype(np.int64, copy=False)
+
+
+def _check_position_array(positions: npt.ArrayLike, count: int) -> None:
+    array = np.asarray(positions)
+    if array.dtype.kind not in "fiu" or array.shape != (count, 2):
+        raise InvalidRequest(f"`positions` must be real numbers of shape ({count}, 2) as [x, y] object pixels, "
+                             f"one row per index, got {array.dtype} {list(array.shape)}")
+
+
+def _check_bounds(bounds: Any) -> tuple[tuple[float, float], tuple[float, float]]:
+    try:
+        (x_lo, x_hi), (y_lo, y_hi) = ((float(a), float(b)) for a, b in bounds)
+    except (TypeError, ValueError):
+        raise InvalidRequest(f"`bounds` must be [[x_lo, x_hi], [y_lo, y_hi]] object pixels, got {bounds!r}") from None
+    if not (np.isfinite([x_lo, x_hi, y_lo, y_hi]).all() and x_lo <= x_hi and y_lo <= y_hi):
+        raise InvalidRequest(f"`bounds` must be finite with low <= high, got {bounds!r}")
+    return (x_lo, x_hi), (y_lo, y_hi)
+
+
+def _inside(bounds: tuple[tuple[float, float], tuple[float, float]], x: float, y: float) -> bool:
+    (x_lo, x_hi), (y_lo, y_hi) = bounds
+    return x_lo <= x <= x_hi and y_lo <= y <= y_hi

@@ -1,0 +1,188 @@
+"""Live sessions in-process: pairing by index, duplicates, limits, expiry, and the whole-scan equality."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from serving.batching import DynamicBatcher
+from serving.engine import Engine
+from serving.errors import InvalidRequest, Overloaded, SessionNotFound
+from serving.pipeline import ReconstructOptions, reconstruct
+from serving.sessions import Session, SessionLimits, SessionManager
+
+N = 32
+BUNDLE = ReconstructOptions(scale_policy="bundle")
+TOLERANCE = 1e-6
+"""Session object vs /v1/reconstruct: max |difference| of the complex objects relative to max |object|.
+The float64 running sums are added in arrival order instead of scan order (~1e-15), and the session
+builds the complex patch with exp(1j * phase) instead of cos/sin; float32 output rounding is ~6e-8."""
+
+
+def _scan(seed: int = 0, count: int = 60) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.random((count, N, N), np.float32) + 0.1, rng.uniform(-30, 40, (count, 2))
+
+
+@pytest.fixture
+def batcher(engine: Engine):
+    batcher = DynamicBatcher(engine, max_queue_delay_us=0)
+    yield batcher
+    batcher.close()
+
+
+def _drain(session: Session) -> None:
+    """Infer and stitch every paired frame synchronously (what the manager's pump does on the loop)."""
+    while (work := session.take_work(16)) is not None:
+        session.finish_work(work, session.runner.submit(work.diffraction, work.scale).result())
+
+
+def _assert_same_object(session_result, whole) -> None:
+    assert session_result.origin == whole.origin
+    assert session_result.amplitude.shape == whole.amplitude.shape
+    ours = session_result.amplitude * np.exp(1j * session_result.phase)
+    theirs = whole.amplitude * np.exp(1j * whole.phase)
+    assert np.abs(ours - theirs).max() <= TOLERANCE * np.abs(theirs).max()
+    np.testing.assert_allclose(session_result.coverage, whole.coverage, rtol=1e-6, atol=1e-9)
+
+
+def test_shuffled_chunks_with_late_positions_equal_reconstruct_on_the_whole_scan(batcher) -> None:
+    patterns, positions = _scan()
+    whole = reconstruct(batcher, patterns, positions, options=BUNDLE)
+    rng = np.random.default_rng(2)
+    session = Session("s", batcher)
+    order = rng.permutation(len(patterns))
+    frame_chunks = np.array_split(order, 6)
+    position_chunks = np.array_split(rng.permutation(len(patterns)), 4)
+    # frames first (nothing can be inferred), then positions late and in another order, one resend
+    for chunk in frame_chunks:
+        receipt = session.add_frames(chunk, patterns[chunk])
+        assert receipt.accepted == len(chunk) and receipt.paired == 0
+    assert session.take_work(16) is None and session.status()["frames"]["pending"]["waiting_for_position"] == 60
+    for chunk in position_chunks[:2]:
+        receipt = session.add_positions(chunk, positions[chunk])
+        assert receipt.paired == len(chunk)
+        _drain(session)
+    partial = session.reconstruction()
+    assert 0 < partial.n_patterns < 60
+    resend = session.add_frames(frame_chunks[0], patterns[frame_chunks[0]])
+    assert resend.accepted == 0 and resend.duplicates == len(frame_chunks[0])
+    for chunk in position_chunks[2:]:
+        session.add_positions(chunk, positions[chunk])
+    _drain(session)
+    status = session.status()
+    assert status["frames"]["reconstructed"] == 60 and status["frames"]["duplicates"] == len(frame_chunks[0])
+    assert status["latency_s"]["count"] == 60 and status["latency_s"]["p99"] >= status["latency_s"]["p50"] > 0
+    _assert_same_object(session.reconstruction(), whole)
+
+
+def test_frames_carrying_their_positions_equal_reconstruct(batcher) -> None:
+    patterns, positions = _scan(3, 40)
+    whole = reconstruct(batcher, patterns, positions, options=BUNDLE)
+    session = Session("s", batcher)
+    for chunk in np.array_split(np.arange(40)[::-1], 5):
+        assert session.add_frames(chunk, patterns[chunk], positions[chunk]).paired == len(chunk)
+        _drain(session)
+    _assert_same_object(session.reconstruction(), whole)
+
+
+def test_bad_items_are_rejected_one_by_one_with_reasons(batcher) -> None:
+    patterns, positions = _scan(4, 6)
+    patterns[1, 0, 0] = np.nan
+    patterns[2, 3, 3] = -1
+    session = Session("s", batcher, expected_frames=5)
+    receipt = session.add_frames(np.arange(6), patterns)
+    assert receipt.accepted == 3
+    reasons = {r["index"]: r["reason"] for r in receipt.rejected}
+    assert "NaN" in reasons[1] and "negative" in reasons[2] and "expected_frames = 5" in reasons[5]
+    changed = patterns[0] + 1
+    assert "different data" in session.add_frames([0], changed[None]).rejected[0]["reason"]
+    receipt = session.add_positions([0, 3, 4, 4], [[1.0, 2.0], [np.inf, 0], [3, 4], [5, 6]])
+    assert receipt.accepted == 2 and receipt.paired == 2
+    reasons = [r["reason"] for r in receipt.rejected]
+    assert "NaN/inf" in reasons[0] and "sent before as [3.0, 4.0]" in reasons[1]
+    status = session.status()
+    assert status["frames"]["rejected"] == 6 and len(status["rejections"]) == 6
+    with pytest.raises(InvalidRequest, match=r"shape \(2, 32, 32\)"):
+        session.add_frames([7, 8], np.ones((2, 16, 16), np.float32))
+    with pytest.raises(InvalidRequest, match="1-D integer"):
+        session.add_positions([0.5], [[1.0, 2.0]])
+
+
+def test_sessions_refuse_the_scan_scale_policy_and_grouped_models(batcher, oracle_bundle_g2) -> None:
+    with pytest.raises(InvalidRequest, match="scale_policy.*'bundle'"):
+        Session("s", batcher, options=ReconstructOptions(scale_policy="scan"))
+    engine = Engine(oracle_bundle_g2, max_batch_size=4, providers=["cpu"], intra_op_threads=1)
+    grouped = DynamicBatcher(engine)
+    try:
+        with pytest.raises(InvalidRequest, match="gridsize 1"):
+            Session("s", grouped)
+    finally:
+        grouped.close()
+
+
+def test_positions_outside_the_bounds_or_the_canvas_limit_are_rejected(batcher) -> None:
+    session = Session("s", batcher, bounds=[[0, 100], [0, 100]], max_tiles=4, tile=64)
+    receipt = session.add_positions([0, 1, 2], [[50, 50], [150, 50], [60, 60]])
+    assert receipt.accepted == 2 and "outside the canvas bounds" in receipt.rejected[0]["reason"]
+    wide = Session("w", batcher, max_tiles=1, tile=64)
+    receipt = wide.add_positions([0, 1, 2], [[10, 10], [20, 20], [1000, 1000]])
+    assert receipt.accepted == 2 and "limit of 1 tiles" in receipt.rejected[0]["reason"]
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_manager_limits_sessions_and_pending_frames_and_expires_idle_ones(batcher) -> None:
+    clock = _Clock()
+    limits = SessionLimits(max_sessions=2, max_pending_frames=10, idle_timeout_s=60)
+    manager = SessionManager(lambda model, version: batcher, limits, clock=clock)
+    first = manager.create()
+    manager.create()
+    with pytest.raises(Overloaded, match="limit is 2"):
+        manager.create()
+    patterns, _ = _scan(5, 12)
+    manager.add_frames(first, np.arange(8), patterns[:8])
+    with pytest.raises(Overloaded, match="limit of 10"):
+        manager.add_frames(first, np.arange(8, 12), patterns[8:])
+    assert first.status()["frames"]["received"] == 8  # the refused message left nothing behind
+    clock.now = 30
+    first.add_positions([0], [[0.0, 0.0]])
+    clock.now = 61
+    assert len(manager.expire_idle()) == 1  # the other one, idle since 0
+    clock.now = 200
+    assert manager.expire_idle() == [first.id]
+    with pytest.raises(SessionNotFound, match="expired"):
+        manager.get(first.id)
+    with pytest.raises(InvalidRequest, match="closed"):
+        first.add_positions([1], [[0.0, 0.0]])
+
+
+def test_manager_pumps_paired_frames_and_close_drains_or_cancels(batcher) -> None:
+    patterns, positions = _scan(6, 50)
+    whole = reconstruct(batcher, patterns, positions, options=BUNDLE)
+
+    async def scenario() -> None:
+        manager = SessionManager(lambda model, version: batcher)
+        session = manager.create()
+        for chunk in np.array_split(np.arange(50), 5):
+            manager.add_frames(session, chunk, patterns[chunk], positions[chunk])
+            manager.schedule(session)
+        final = await manager.close(session)
+        _assert_same_object(final, whole)
+        assert session.closed == "deleted"
+
+        cancelled = manager.create()
+        manager.add_frames(cancelled, np.arange(50), patterns)
+        result = await manager.close(cancelled, cancel=True)
+        assert result.n_patterns == 0 and cancelled.status()["frames"]["pending"]["waiting_for_position"] == 0
+        await manager.shutdown()
+
+    asyncio.run(scenario())
