@@ -34,6 +34,8 @@ from serving.metrics import ServiceMetrics
 from serving.npz_wire import RECONSTRUCT_MEDIA_TYPE, decode_reconstruct_request, encode_reconstruction
 from serving.pipeline import reconstruct
 from serving.protocol_v2 import HEADER_LENGTH, TensorMetadata, check_inputs, decode_request, encode_response
+from serving.sessions import SessionLimits, SessionManager
+from serving.sessions.routes import session_routes, viewer_routes
 
 __all__ = ["create_app"]
 
@@ -48,10 +50,13 @@ class _State:
 
     def __init__(self, engine: Engine, batcher: DynamicBatcher, metrics: ServiceMetrics, token: str | None,
                  max_request_bytes: int) -> None:
-        self.engine, self.batcher, self.metrics = engine, batcher, metrics
-        self.bundle = engine.bundle
+        self.metrics = metrics
         self.token = token
         self.max_request_bytes = max_request_bytes
+        self._serve(engine, batcher)
+
+    def _serve(self, engine: Engine, batcher: DynamicBatcher) -> None:
+        self.engine, self.batcher, self.bundle = engine, batcher, engine.bundle
         shape = (-1, *engine.input_shape)
         self.inputs = (TensorMetadata("diffraction", "FP32", shape), TensorMetadata("scale", "FP32", (-1,)))
         self.outputs = (TensorMetadata("amplitude", "FP32", shape), TensorMetadata("phase", "FP32", shape))
@@ -70,7 +75,18 @@ class _State:
                 "training_scale": self.bundle.input_scale,
             },
         }
-        """The OIP model metadata: fixed for the app's lifetime, so built once."""
+        """The OIP model metadata: fixed while one engine is served, so built once."""
+
+    def swap_engine(self, engine: Engine) -> DynamicBatcher:
+        """Serve ``engine`` from now on (same batching knobs) and return the previous batcher, still
+        running: live sessions pinned to it keep using it; close it once they are done."""
+        old = self.batcher
+        batcher = DynamicBatcher(engine, max_batch_size=min(old.max_batch_size, engine.max_batch_size),
+                                 max_queue_delay_us=round(old.max_queue_delay_s * 1e6),
+                                 max_queue_size=old.max_queue_size, observer=old.observer)
+        self._serve(engine, batcher)
+        log.info("now serving %s v%s", engine.bundle.name, engine.bundle.version)
+        return old
 
     def check_model(self, name: str, version: str | None = None) -> None:
         if name != self.bundle.name:
@@ -78,6 +94,11 @@ class _State:
         if version is not None and version != str(self.bundle.version):
             raise ModelNotFound(f"model `{name}` has no version `{version}`; served versions: "
                                 f"['{self.bundle.version}']")
+
+    def session_runner(self, name: str | None, version: str | None) -> DynamicBatcher:
+        """The runner a new live session pins: the model served now (a later swap does not reach it)."""
+        self.check_model(self.bundle.name if name is None else name, version)
+        return self.batcher
 
     async def read_body(self, request: Request) -> bytes:
         """The body, or :class:`RequestTooLarge` (after draining what the client sends, so it reads the 413)."""
@@ -117,7 +138,8 @@ async def _http_error(request: Request, error: Exception) -> Response:
     message = str(error.detail)
     if error.status_code in (404, 405):
         message = (f"{message}: {request.method} {request.url.path}; endpoints are /v2/health/{{live,ready}}, /v2, "
-                   "/v2/models/{name}[/versions/{v}][/ready|/infer], POST /v1/reconstruct, GET /metrics")
+                   "/v2/models/{name}[/versions/{v}][/ready|/infer], POST /v1/reconstruct, /v1/sessions[/{id}[/frames|"
+                   "/positions|/object|/updates]], GET /ui, GET /metrics")
     return _error_response(error.status_code, message, getattr(error, "headers", None))
 
 
@@ -165,21 +187,24 @@ def create_app(
     max_queue_size: int = 256,
     token: str | None = None,
     max_request_bytes: int = 256 << 20,
+    session_limits: SessionLimits | None = None,
 ) -> FastAPI:
     """The service for one engine. Batching knobs as :class:`~serving.batching.DynamicBatcher`;
-    ``token``: require ``Authorization: Bearer <token>`` (None: open); ``max_request_bytes``: 413 above it.
-    The app owns the batcher and closes it at shutdown."""
+    ``token``: require ``Authorization: Bearer <token>`` (None: open); ``max_request_bytes``: 413 above it;
+    ``session_limits``: bounds on live sessions. The app owns the batcher and closes it at shutdown."""
     if token is not None and not token.strip():
         raise InvalidRequest("`token` must be a non-empty string or None; the token file is empty")
     metrics = ServiceMetrics(engine.bundle.name, max_batch_size or engine.max_batch_size)
     batcher = DynamicBatcher(engine, max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
                              max_queue_size=max_queue_size, observer=metrics.observe_batch)
     state = _State(engine, batcher, metrics, token.strip() if token else None, max_request_bytes)
+    sessions = SessionManager(state.session_runner, session_limits)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
         yield
-        await run_in_threadpool(batcher.close)
+        await sessions.shutdown()
+        await run_in_threadpool(state.batcher.close)
 
     app = FastAPI(title=SERVER_NAME, version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
@@ -192,6 +217,9 @@ def create_app(
     app.add_exception_handler(Exception, _internal_error)
     app.include_router(_health_routes(state))
     app.include_router(_protected_routes(state), dependencies=[Depends(_auth(state))])
+    app.include_router(session_routes(sessions, state.read_body, 4 * max_request_bytes),
+                       dependencies=[Depends(_auth(state))])
+    app.include_router(viewer_routes(sessions, state.token))
     return app
 
 

@@ -1,4 +1,4 @@
-"""A small httpx client for a ptychopinn server: ``/v1/reconstruct`` and binary OIP ``infer``.
+"""A small httpx client for a ptychopinn server: ``/v1/reconstruct``, binary OIP ``infer`` and live sessions.
 
 Errors from the server come back as :class:`~serving.errors.ServingError` subclasses carrying the
 server's message (so ``except InvalidRequest`` works the same in-process and over HTTP).
@@ -6,8 +6,11 @@ server's message (so ``except InvalidRequest`` works the same in-process and ove
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +25,14 @@ from serving.errors import (
     Overloaded,
     RequestTooLarge,
     ServingError,
+    SessionNotFound,
     Unauthorized,
 )
-from serving.npz_wire import RECONSTRUCT_MEDIA_TYPE, decode_reconstruction, encode_reconstruct_request
+from serving.npz_wire import RECONSTRUCT_MEDIA_TYPE, decode_reconstruction, encode_arrays, encode_reconstruct_request
 from serving.pipeline import ReconstructOptions, Reconstruction
 from serving.protocol_v2 import HEADER_LENGTH
 
-__all__ = ["Client", "reconstruct_file"]
+__all__ = ["Client", "LiveSession", "reconstruct_file"]
 
 _ERRORS: dict[int, type[ServingError]] = {400: InvalidRequest, 401: Unauthorized, 404: ModelNotFound,
                                           413: RequestTooLarge, 422: InvalidValues, 503: Overloaded}
@@ -39,7 +43,8 @@ class Client:
 
     def __init__(self, url: str, *, token: str | None = None, timeout_s: float = 300.0) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout_s)
+        self.url, self.token = url.rstrip("/"), token
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
 
     def __enter__(self) -> Client:
         return self
@@ -58,6 +63,8 @@ class Client:
             except (ValueError, KeyError, TypeError):
                 message = response.text[:500]
             error = _ERRORS.get(response.status_code, ServingError)
+            if response.status_code == 404 and path.startswith("/v1/sessions/"):
+                error = SessionNotFound
             if error is Overloaded:
                 raise Overloaded(message, retry_after_s=int(response.headers.get("retry-after", "1")))
             if error is Unauthorized:
@@ -116,6 +123,80 @@ class Client:
             outputs[tensor["name"]] = np.frombuffer(response.content, "<f4", size // 4, offset).reshape(tensor["shape"])
             offset += size
         return outputs["amplitude"], outputs["phase"]
+
+    def open_session(self, model: str | None = None, *, options: ReconstructOptions | dict[str, Any] | None = None,
+                     expected_frames: int | None = None,
+                     bounds: tuple[tuple[float, float], tuple[float, float]] | None = None) -> LiveSession:
+        """A new live session (``POST /v1/sessions``) on ``model`` (None: the server's), pinned to its
+        current version. ``options`` as for :meth:`reconstruct` (``scale_policy`` must be ``bundle``)."""
+        if isinstance(options, ReconstructOptions):
+            options = {k: v for k, v in dataclasses.asdict(options).items() if v is not None}
+        body: dict[str, Any] = {"model": model, "options": options or {}, "expected_frames": expected_frames,
+                                "bounds": None if bounds is None else [list(b) for b in bounds]}
+        reply = self._request("POST", "/v1/sessions", json=body).json()
+        return LiveSession(self, reply["session_id"], reply["model"])
+
+
+@dataclass(frozen=True)
+class LiveSession:
+    """A live session on the server (see :mod:`serving.sessions`); from :meth:`Client.open_session`."""
+
+    client: Client
+    id: str
+    model: dict[str, str]
+    """``{"name", "version"}`` pinned at creation."""
+
+    @property
+    def path(self) -> str:
+        return f"/v1/sessions/{self.id}"
+
+    def _post_npz(self, what: str, arrays: dict[str, Any]) -> dict[str, Any]:
+        return self.client._request("POST", f"{self.path}/{what}", content=encode_arrays(arrays),
+                                    headers={"Content-Type": RECONSTRUCT_MEDIA_TYPE}).json()
+
+    def send_frames(self, indices: npt.ArrayLike, patterns: npt.ArrayLike,
+                    positions: npt.ArrayLike | None = None) -> dict[str, Any]:
+        """Send frames ``patterns (K, N, N)`` with scan ``indices (K,)`` (and their ``positions (K, 2)``
+        when known); returns the receipt (accepted, duplicates, rejected with reasons, paired, counts)."""
+        arrays = {"indices": np.asarray(indices, np.int64), "patterns": np.asarray(patterns)}
+        if positions is not None:
+            arrays["positions"] = np.asarray(positions, np.float64)
+        return self._post_npz("frames", arrays)
+
+    def send_positions(self, indices: npt.ArrayLike, positions: npt.ArrayLike) -> dict[str, Any]:
+        """Send scan ``positions (K, 2)`` ``[x, y]`` object pixels for ``indices (K,)``; returns the receipt."""
+        return self._post_npz("positions", {"indices": np.asarray(indices, np.int64),
+                                            "positions": np.asarray(positions, np.float64)})
+
+    def status(self) -> dict[str, Any]:
+        """Counts, pending work, rejections, rates, latency, pinned model, canvas."""
+        return self.client._request("GET", self.path).json()
+
+    def object(self) -> Reconstruction:
+        """The object so far, as :meth:`Client.reconstruct` returns one."""
+        return decode_reconstruction(self.client._request("GET", f"{self.path}/object").content)[0]
+
+    def close(self, *, cancel: bool = False) -> Reconstruction:
+        """Close the session and return its final object (``cancel``: drop frames not yet inferred)."""
+        response = self.client._request("DELETE", self.path, params={"cancel": str(cancel).lower()})
+        return decode_reconstruction(response.content)[0]
+
+    def updates(self, *, max_hz: float = 5.0, timeout_s: float = 60.0
+                ) -> Iterator[tuple[dict[str, Any], npt.NDArray[np.float32], npt.NDArray[np.float32]]]:
+        """``(header, amplitude, phase)`` of each changed region pushed over the WebSocket, until the
+        session closes (the generator then returns); :class:`TimeoutError` after ``timeout_s`` of silence."""
+        from websockets.sync.client import connect
+
+        from serving.sessions.wire import decode_update
+
+        url = "ws" + self.client.url[len("http"):] + f"{self.path}/updates?max_hz={max_hz}"
+        headers = {"Authorization": f"Bearer {self.client.token}"} if self.client.token else None
+        with connect(url, additional_headers=headers, open_timeout=timeout_s) as socket:
+            while True:
+                message = socket.recv(timeout=timeout_s)
+                if isinstance(message, str):
+                    return
+                yield decode_update(message)
 
 
 def reconstruct_file(url: str, npz_path: str | Path, *, token: str | None = None,

@@ -21,14 +21,14 @@ import numpy as np
 from serving.errors import InvalidRequest, RequestTooLarge
 from serving.pipeline import ReconstructOptions, Reconstruction
 
-__all__ = ["RECONSTRUCT_MEDIA_TYPE", "decode_reconstruct_request", "decode_reconstruction",
-           "encode_reconstruct_request", "encode_reconstruction"]
+__all__ = ["RECONSTRUCT_MEDIA_TYPE", "decode_arrays", "decode_reconstruct_request", "decode_reconstruction",
+           "encode_arrays", "encode_reconstruct_request", "encode_reconstruction"]
 
 RECONSTRUCT_MEDIA_TYPE = "application/x-npz"
-_REQUEST_KEYS = {"patterns", "positions", "probe", "options"}
 
 
-def _to_bytes(arrays: dict[str, Any], compress: bool) -> bytes:
+def encode_arrays(arrays: dict[str, Any], compress: bool = False) -> bytes:
+    """An NPZ body of plain ``arrays`` (``compress``: deflate them)."""
     buffer = io.BytesIO()
     (np.savez_compressed if compress else np.savez)(buffer, **arrays)
     return buffer.getvalue()
@@ -45,7 +45,7 @@ def encode_reconstruct_request(patterns: Any, positions: Any, *, probe: Any = No
         if isinstance(options, ReconstructOptions):
             options = {k: v for k, v in dataclasses.asdict(options).items() if v is not None}
         arrays["options"] = np.array(json.dumps(options))
-    return _to_bytes(arrays, compress)
+    return encode_arrays(arrays, compress)
 
 
 def _open_npz(body: bytes, max_uncompressed_bytes: int, what: str) -> dict[str, np.ndarray]:
@@ -62,15 +62,24 @@ def _open_npz(body: bytes, max_uncompressed_bytes: int, what: str) -> dict[str, 
                              f"pickled objects), got one that does not read: {error}") from None
 
 
+def decode_arrays(body: bytes, *, required: set[str], optional: set[str] = frozenset(), what: str,
+                  max_uncompressed_bytes: int) -> dict[str, np.ndarray]:
+    """The arrays of an NPZ body that must hold ``required`` and may hold ``optional`` (others refused)."""
+    arrays = _open_npz(body, max_uncompressed_bytes, what)
+    unknown = sorted(set(arrays) - required - optional)
+    missing = sorted(required - set(arrays))
+    if unknown or missing:
+        optional_text = f" (optional {sorted(optional)})" if optional else ""
+        raise InvalidRequest(f"the {what} NPZ must hold {sorted(required)}{optional_text}; missing {missing}, "
+                             f"unknown {unknown}")
+    return arrays
+
+
 def decode_reconstruct_request(body: bytes, *, max_uncompressed_bytes: int
                                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, ReconstructOptions]:
     """``(patterns, positions, probe or None, options)`` from an NPZ request body."""
-    arrays = _open_npz(body, max_uncompressed_bytes, "request")
-    unknown = sorted(set(arrays) - _REQUEST_KEYS)
-    missing = sorted({"patterns", "positions"} - set(arrays))
-    if unknown or missing:
-        raise InvalidRequest(f"the request NPZ must hold `patterns` and `positions` (optional `probe`, "
-                             f"`options`); missing {missing}, unknown {unknown}")
+    arrays = decode_arrays(body, required={"patterns", "positions"}, optional={"probe", "options"},
+                           what="request", max_uncompressed_bytes=max_uncompressed_bytes)
     options = ReconstructOptions()
     if "options" in arrays:
         raw = arrays["options"]
@@ -92,7 +101,7 @@ def encode_reconstruction(result: Reconstruction, extra: dict[str, Any] | None =
     metadata = {"scale": result.scale, "scale_policy": result.scale_policy, "n_patterns": result.n_patterns,
                 "n_groups": result.n_groups, "timings": result.timings,
                 "probe_difference": result.probe_difference, **(extra or {})}
-    return _to_bytes({"amplitude": result.amplitude, "phase": result.phase, "coverage": result.coverage,
+    return encode_arrays({"amplitude": result.amplitude, "phase": result.phase, "coverage": result.coverage,
                       "origin": np.asarray(result.origin, np.float64), "metadata": np.array(json.dumps(metadata))},
                      compress=False)
 

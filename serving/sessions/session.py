@@ -415,6 +415,11 @@ class Session:
                               scale=self.scale, scale_policy="bundle", n_patterns=count, n_groups=count,
                               timings={"total": elapsed})
 
+    def counts(self) -> dict[str, int]:
+        """Frames received, paired, reconstructed, pending and rejected so far."""
+        with self._lock:
+            return self._count_fields()
+
     def _count_fields(self) -> dict[str, int]:
         c = self._counts
         return {"received": c.frames, "paired": c.paired, "reconstructed": c.reconstructed,

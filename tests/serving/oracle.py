@@ -60,7 +60,7 @@ def oracle_model(N: int, channels: int) -> onnx.ModelProto:
 
 
 def write_oracle_bundle(root: Path, *, N: int = 32, gridsize: int = 1, name: str = "oracle",
-                        stitch_M: int | None = None) -> Path:
+                        stitch_M: int | None = None, version: int = 1, training_scale: float = TRAINING_SCALE) -> Path:
     """Write a complete, checksummed oracle bundle into ``root`` and return it."""
     root.mkdir(parents=True, exist_ok=True)
     channels = gridsize * gridsize
@@ -72,10 +72,10 @@ def write_oracle_bundle(root: Path, *, N: int = 32, gridsize: int = 1, name: str
     files = {p.name: sha256_file(p) for p in sorted(root.iterdir()) if p.name != "manifest.json"}
     item = (BATCH_DIM, channels, N, N)
     manifest = Manifest(
-        name=name, version=1, N=N, gridsize=gridsize, channels=channels, opset=17,
+        name=name, version=version, N=N, gridsize=gridsize, channels=channels, opset=17,
         inputs=(TensorSpec("diffraction", item), TensorSpec("scale", (BATCH_DIM,))),
         outputs=(TensorSpec("amplitude", item), TensorSpec("phase", item)),
-        normalization=Normalization(rule=NORMALIZATION_RULE, training_scale=TRAINING_SCALE),
+        normalization=Normalization(rule=NORMALIZATION_RULE, training_scale=training_scale),
         intensity_scale=1.0, stitch_M=stitch_M or N // 4,
         provenance=Provenance(package_version="test", torch_version="none", onnx_version=onnx.__version__,
                               created="2024-01-01T00:00:00Z"),
