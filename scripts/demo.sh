@@ -16,4 +16,4 @@ trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null || true' EXIT
 "$bin/python" -c "from serving.client import Client; Client('http://127.0.0.1:$port').wait_ready(120)"
 
 "$bin/ptychopinn" reconstruct --server "http://127.0.0.1:$port" --data "$scan" --n 64 --split test --out "$out"
-echo "wrote $out/reconstructed_amplitude.png, $out/reconstructed_phase.png and $out/reconstruction.npz"
+echo "wrote $out/: reconstructed_{amplitude,phase}.{png,tif}, reconstruction.npz and reconstruction.cxi"

@@ -117,6 +117,8 @@ def test_make_demo_runs_from_the_clone_without_torch_or_ptychodus(clone: Path, t
     assert np.std(result["phase"][covered]) > 0.1  # the star's spokes, not a flat object
     for name in ("reconstructed_amplitude.png", "reconstructed_phase.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("reconstructed_amplitude.tif", "reconstructed_phase.tif", "reconstruction.cxi"):
+        assert (out / name).stat().st_size > 0, name
 
 
 def test_a_test_subset_passes_in_the_clone(clone: Path) -> None:
