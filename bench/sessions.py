@@ -1,0 +1,79 @@
+"""Live sessions: ``ptychopinn replay`` of the shipped real scan against ``ptychopinn serve`` (default model).
+
+First the engine's own rate is measured in this process (batches of 64 on the same bundle, the
+server idle), then the scan is replayed below that rate (positions with the frames, and on a
+separate stream 0.5 s late) and above it (to show the session rate is bounded by inference, not by
+the session machinery). Figures: sustained frames/s onto the canvas, the server's frame-to-canvas
+latency p50/p99, frames lost. Run with ``python -m bench.sessions [--repeat R]``; it prints a
+markdown table and writes ``out/bench-sessions.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.server import ROOT, running_server
+from ptycho_torch.data import load_scan
+from serving.bundle import load_bundle
+from serving.cli import DEFAULT_BUNDLE
+from serving.client import Client
+from serving.engine import Engine
+from serving.replay import replay
+
+SCAN = ROOT / "data" / "siemens-star-small.npz.bz2"
+CHUNK = 16
+
+
+def engine_rate(seconds: float = 5.0) -> float:
+    """Frames/s of the default bundle's onnxruntime engine alone, batches of 64 real patterns."""
+    engine = Engine(load_bundle(DEFAULT_BUNDLE), max_batch_size=64)
+    scan = load_scan(SCAN, n=engine.bundle.N)
+    diffraction = scan.diff3d[:64, None]
+    scale = np.full(64, engine.bundle.input_scale, np.float32)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        engine.run(diffraction, scale)
+        count += 64
+    return count / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m bench.sessions", description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=1, help="replay the 516-frame scan this many times")
+    args = parser.parse_args(argv)
+    rate = engine_rate()
+    scan = load_scan(SCAN, n=64)
+    patterns = np.tile(scan.diff3d, (args.repeat, 1, 1))
+    positions = np.tile(np.column_stack([scan.xcoords, scan.ycoords]), (args.repeat, 1))
+    cases = [("0.5 x engine, positions with frames", 0.5 * rate, None),
+             ("0.5 x engine, positions 0.5 s late", 0.5 * rate, 0.5),
+             ("2 x engine, positions with frames", 2.0 * rate, None)]
+    rows = []
+    with running_server(DEFAULT_BUNDLE, max_batch_size=64, max_queue_delay_us=2000) as url, Client(url) as client:
+        for name, requested, delay in cases:
+            live = client.open_session()
+            figures = replay(client, live, patterns, positions, rate=requested, chunk=CHUNK, positions_delay=delay,
+                             timeout_s=300)
+            rows.append({"case": name, **figures})
+    result = {"engine_fps": rate, "frames": len(patterns), "chunk": CHUNK, "rows": rows}
+    out = ROOT / "out" / "bench-sessions.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"engine alone: {rate:.1f} frames/s (batches of 64); {len(patterns)} frames, chunks of {CHUNK}\n")
+    print("| case | requested fps | sustained fps | latency p50 ms | latency p99 ms | 503 retries | frames lost |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        print(f"| {row['case']} | {row['requested_rate_fps']:.1f} | {row['sustained_fps']:.1f} | "
+              f"{1e3 * row['latency_p50_s']:.0f} | {1e3 * row['latency_p99_s']:.0f} | {row['retries_503']} | "
+              f"{row['frames_lost']} |")
+    return result
+
+
+if __name__ == "__main__":
+    main()
