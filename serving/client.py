@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
+from ptycho_torch.errors import ConfigError, PtychoError
 from serving.errors import (
     InvalidRequest,
     InvalidValues,
@@ -38,10 +39,21 @@ _ERRORS: dict[int, type[ServingError]] = {400: InvalidRequest, 401: Unauthorized
                                           413: RequestTooLarge, 422: InvalidValues, 503: Overloaded}
 
 
+class ServerUnreachable(PtychoError, ConnectionError):
+    """No answer from the server: refused, unresolvable, timed out, or the connection dropped."""
+
+
 class Client:
-    """``Client("http://127.0.0.1:8000", token=...)``; a context manager, or call :meth:`close`."""
+    """``Client("http://127.0.0.1:8000", token=...)``; a context manager, or call :meth:`close`.
+
+    Raises :class:`~ptycho_torch.errors.ConfigError` for a URL that is not http(s)://, and
+    :class:`ServerUnreachable` (one line: the URL, what failed, what to check) for network failures.
+    """
 
     def __init__(self, url: str, *, token: str | None = None, timeout_s: float = 300.0) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"server URL must start with http:// or https://, got {url!r}; "
+                              "e.g. http://127.0.0.1:8000 (the address `ptychopinn serve` logs)")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.url, self.token = url.rstrip("/"), token
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
@@ -56,7 +68,12 @@ class Client:
         self._http.close()
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        response = self._http.request(method, path, **kwargs)
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as error:
+            raise ServerUnreachable(
+                f"no answer from {self._http.base_url}{path} ({type(error).__name__}: {error}); is `ptychopinn "
+                "serve` running there? Check the URL and port, or raise --timeout for a slow server") from None
         if response.status_code >= 400:
             try:
                 message = response.json()["error"]

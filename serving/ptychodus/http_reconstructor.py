@@ -15,13 +15,12 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import httpx
 import numpy as np
 import numpy.typing as npt
 from ptychodus.api.reconstruct import Reconstructor, ReconstructInput, ReconstructOutput
 
 from ptycho_torch.errors import ConfigError
-from serving.client import Client
+from serving.client import Client, ServerUnreachable
 from serving.errors import ModelNotFound
 from serving.pipeline import ReconstructOptions, network_scale, reconstruct
 from serving.ptychodus.adapter import ObjectGrid, check_model_geometry, scan_from_input
@@ -89,9 +88,9 @@ class HttpReconstructor(Reconstructor):
                               "`ptychopinn serve` logs it at start-up (the bundle's name)")
         try:
             return client.model_metadata(name)
-        except httpx.TransportError as error:
-            raise ConfigError(f"`[{GROUP}] ServerURL` must reach a running `ptychopinn serve`, got {url} which "
-                              f"fails with {type(error).__name__}: {error}; start the server or fix the URL") from None
+        except ServerUnreachable as error:
+            raise ConfigError(f"`[{GROUP}] ServerURL` must reach a running `ptychopinn serve`, got {url}: "
+                              f"{error}") from None
         except ModelNotFound as error:
             raise ConfigError(f"`[{GROUP}] ServerModel` must be a model served at {url}: {error}") from None
 

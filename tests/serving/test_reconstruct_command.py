@@ -76,3 +76,28 @@ def test_wait_ready_returns_once_the_server_is_up_and_times_out_when_nothing_lis
             assert "not ready within 0.5 s" in str(error)
         else:
             raise AssertionError("wait_ready returned with no server listening")
+
+def test_a_server_that_is_down_is_a_one_line_error(data_dir: Path, tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:  # a port nobody listens on once the socket is closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    done = subprocess.run([sys.executable, "-m", "ptycho_torch.cli", "reconstruct", "--server", f"http://127.0.0.1:{port}",
+                           "--data", str(data_dir / "siemens-star-small.npz.bz2"), "--n", str(N),
+                           "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("ptychopinn reconstruct: error:")]
+    assert errors == [done.stderr.splitlines()[-1]]
+    assert f"no answer from http://127.0.0.1:{port}/v1/reconstruct (ConnectError" in errors[0]
+    assert "is `ptychopinn serve` running there?" in errors[0]
+
+
+def test_a_server_url_without_http_is_a_one_line_error(data_dir: Path, tmp_path: Path, capsys) -> None:
+    code = cli_main(["reconstruct", "--server", "127.0.0.1:8000", "--data", str(data_dir / "siemens-star-small.npz.bz2"),
+                     "--n", str(N), "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "server URL must start with http:// or https://, got '127.0.0.1:8000'" in capsys.readouterr().err
