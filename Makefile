@@ -29,6 +29,7 @@ $(VENV)/.installed-demo: pyproject.toml | $(PY)
 $(VENV)/.installed: pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	$(PY) -m serving.ptychodus.hook install   # editable installs cannot place Ptychodus' plugin hook
 	touch $@ $(VENV)/.installed-demo
 
 # The main job: serve the shipped default model and reconstruct the real scan's held-out half over HTTP.

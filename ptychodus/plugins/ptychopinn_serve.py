@@ -1,10 +1,10 @@
 """Ptychodus plugin hook of ptychopinn-serve: adds the ``PtychoPINN-Serve`` reconstructors.
 
-pip installs this file next to Ptychodus' own plugins (``ptychodus.plugins`` is a namespace package).
-``PluginRegistry.load_plugins`` imports it and calls :func:`register_plugins` at the start of every
-``ModelCore``, before the reconstructor libraries are built, so the stock ``ptychodus`` and
-``ptychodus -b`` commands offer ``PtychoPINN-Serve``. Editable installs do not place the file there;
-use the ``ptychopinn-ptychodus`` launcher with those.
+A wheel install places this file next to Ptychodus' own plugins (``ptychodus.plugins`` is a namespace
+package); for an editable install ``python -m serving.ptychodus.hook install`` copies it there (``make``
+does). ``PluginRegistry.load_plugins`` imports it and calls :func:`register_plugins` at the start of
+every ``ModelCore``, before the reconstructor libraries are built, so the stock ``ptychodus`` and
+``ptychodus -b`` commands offer ``PtychoPINN-Serve``.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from serving.bundle import Bundle, load_bundle
 from serving.engine import Engine
 from serving.pipeline import ReconstructOptions, reconstruct
 from serving.ptychodus.adapter import ObjectGrid, check_model_geometry, raw_data_from_input, scan_from_input
-from serving.ptychodus.settings import GROUP, PtychoPINNServeSettings
+from serving.ptychodus.settings import BUNDLE_FILE_FILTER, GROUP, PtychoPINNServeSettings, bundle_location
 from serving.ptychodus.training import train_bundle
 
 __all__ = ["OnnxReconstructor"]
@@ -48,7 +48,7 @@ class OnnxReconstructor(TrainableReconstructor):
         path = self._settings.bundle()
         if path is None:
             raise ConfigError(
-                f"`[{GROUP}] BundlePath` must name a bundle .zip or directory, got nothing; use Load Model "
+                f"`[{GROUP}] BundlePath` must name a bundle .zip or folder, got nothing; use Load Model "
                 "(or set BundlePath in settings.ini, or put model.zip in the -b input directory)"
             )
         return path
@@ -84,14 +84,18 @@ class OnnxReconstructor(TrainableReconstructor):
         return self._settings.bundle() is not None
 
     def get_model_file_filter(self) -> str:
-        return "PtychoPINN bundle (*.zip)"
+        return BUNDLE_FILE_FILTER
 
     def get_model_file_extension(self) -> str:
         return ".zip"
 
     def load_model_from_file(self, file_path: Path) -> None:
-        load_bundle(file_path)  # validate now, so a bad file fails at Load Model, not at Reconstruct
-        self._settings.bundle_path.set_value(Path(file_path))
+        """Use the bundle at ``file_path``: a ``.zip``, a bundle folder, or a folder's ``manifest.json``."""
+        path = bundle_location(Path(file_path))
+        bundle = load_bundle(path)  # validate now, so a bad file fails at Load Model, not at Reconstruct
+        self._settings.bundle_path.set_value(path)
+        log.info("model %s v%s (N=%d, gridsize=%d) from %s", bundle.name, bundle.version, bundle.N, bundle.gridsize,
+                 path)
 
     def save_model(self, file_path: Path) -> None:
         source = self._bundle_path()

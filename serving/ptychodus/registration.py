@@ -2,20 +2,59 @@
 
 ``ModelCore.__init__`` hard-codes its reconstructor libraries and hands them to
 ``ptychodus.model.core.ProcessingCore``, a name it looks up when it runs. :func:`install` swaps that
-name for a subclass that appends our library, so every ``ModelCore`` built afterwards offers it.
+name for a subclass that
+
+- appends our library,
+- drops Ptychodus' built-in ``PtychoPINN-Torch`` when the ``ptycho_torch`` it would run is this
+  project's (same module name as upstream PtychoPINN's, different API: it could only fail), and
+- selects ``PtychoPINN-Serve`` > ``ONNX`` when the configured default (``pty-chi_LSQML``) is not
+  installed, so the GUI opens on a reconstructor that works and never on the built-in one.
+
+For the GUI it also arranges (:mod:`serving.ptychodus.gui`, imported only once Ptychodus imports its
+Qt controllers) that the library gets its own editable parameter panel.
+
 Three ways call :func:`install`: directly (scripts, tests), the ``ptychopinn-ptychodus`` launcher
-(:func:`main`), and the plugin module ``ptychodus/plugins/ptychopinn_serve.py``, which Ptychodus'
-``PluginRegistry.load_plugins`` imports at the start of every ``ModelCore.__init__``.
+(:func:`main`), and the plugin module ``ptychodus/plugins/ptychopinn_serve.py`` (:mod:`.hook`), which
+Ptychodus' ``PluginRegistry.load_plugins`` imports at the start of every ``ModelCore.__init__``.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
+import weakref
 from collections.abc import Sequence
+from importlib.util import find_spec
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["install", "main"]
+if TYPE_CHECKING:
+    from serving.ptychodus.library import PtychoPINNServeLibrary
+
+__all__ = ["install", "library_for", "main"]
+
+log = logging.getLogger(__name__)
 
 _MARK = "_ptychopinn_serve_installed"
+BUILTIN_TORCH_LIBRARY = "PtychoPINN-Torch"
+DEFAULT_ALGORITHM = "ptychopinn-serve_onnx"
+
+_LIBRARIES: weakref.WeakKeyDictionary[object, PtychoPINNServeLibrary] = weakref.WeakKeyDictionary()
+"""Our library per Ptychodus ``ProcessingAPI``, for the GUI panel (which only sees that API)."""
+
+
+def library_for(processing_api: object) -> PtychoPINNServeLibrary | None:
+    """The ``PtychoPINN-Serve`` library of the ``ModelCore`` that owns ``processing_api``, if installed."""
+    return _LIBRARIES.get(processing_api)
+
+
+def upstream_ptycho_torch() -> bool:
+    """True if the importable ``ptycho_torch`` is upstream PtychoPINN's (it has ``api/base_api.py``),
+    the one Ptychodus' built-in ``PtychoPINN-Torch`` library drives; found without importing it."""
+    spec = find_spec("ptycho_torch")
+    if spec is None or spec.origin is None:
+        return False
+    return (Path(spec.origin).parent / "api" / "base_api.py").is_file()
 
 
 def install() -> bool:
@@ -32,11 +71,19 @@ def install() -> bool:
         __doc__ = base.__doc__
 
         def __init__(self, task_manager, settings_registry, product_api, algorithm_libraries):  # type: ignore[no-untyped-def]
-            libraries = [*algorithm_libraries, PtychoPINNServeLibrary(settings_registry)]
-            super().__init__(task_manager, settings_registry, product_api, libraries)
+            ours = PtychoPINNServeLibrary(settings_registry)
+            keep_builtin = upstream_ptycho_torch()
+            libraries = [lib for lib in algorithm_libraries if keep_builtin or lib.name != BUILTIN_TORCH_LIBRARY]
+            super().__init__(task_manager, settings_registry, product_api, [*libraries, ours])
+            _LIBRARIES[self.processing_api] = ours
+            if self.algorithm_parameter.get_value() == "none_none":  # the configured default is not installed
+                self.algorithm_parameter.set_value(DEFAULT_ALGORITHM)
 
     setattr(ProcessingCore, _MARK, True)
     core.ProcessingCore = ProcessingCore
+    from serving.ptychodus.gui import install_panel
+
+    install_panel()
     return True
 
 

@@ -7,10 +7,22 @@ from pathlib import Path
 from ptychodus.api.settings import SettingsRegistry
 
 from ptycho_torch.errors import ConfigError
+from serving.cli import DEFAULT_BUNDLE
 
-__all__ = ["GROUP", "PtychoPINNServeSettings"]
+__all__ = ["BUNDLE_FILE_FILTER", "GROUP", "SCALE_POLICIES", "PtychoPINNServeSettings", "bundle_location"]
 
 GROUP = "PtychoPINNServe"
+SCALE_POLICIES = ("scan", "bundle")
+MANIFEST = "manifest.json"
+BUNDLE_FILE_FILTER = f"PtychoPINN bundle: a .zip, or a bundle folder's {MANIFEST} (*.zip {MANIFEST})"
+"""File-dialog filter for Load Model and the bundle chooser: a file dialog cannot pick a folder, so a
+folder bundle is chosen by its manifest."""
+
+
+def bundle_location(path: Path) -> Path:
+    """The bundle a chosen path names: a folder bundle's ``manifest.json`` stands for its folder."""
+    path = Path(path)
+    return path.parent if path.name == MANIFEST else path
 
 
 class PtychoPINNServeSettings:
@@ -22,8 +34,9 @@ class PtychoPINNServeSettings:
         self.scale_policy = group.create_string_parameter("ScalePolicy", "scan")
         """Input normalisation: ``scan`` (this scan's own patterns) or ``bundle`` (the training value)."""
         # ONNX (in-process)
-        self.bundle_path = group.create_path_parameter("BundlePath", Path())
-        """Bundle ``.zip`` (or directory) written by ``ptychopinn export``; also set by Load Model."""
+        self.bundle_path = group.create_path_parameter("BundlePath", DEFAULT_BUNDLE)
+        """Bundle ``.zip`` or folder (or its ``manifest.json``) written by ``ptychopinn export``; set by
+        Load Model. Default: the model shipped with the package (a folder)."""
         self.providers = group.create_string_parameter("Providers", "auto")
         """onnxruntime providers, comma-separated (``cuda,cpu``), or ``auto`` for the best available."""
         # HTTP (remote `ptychopinn serve`)
@@ -41,14 +54,14 @@ class PtychoPINNServeSettings:
         self.train_gridsize = group.create_integer_parameter("TrainGridSize", 1, minimum=1, maximum=4)
 
     def bundle(self) -> Path | None:
-        """The configured bundle path, or None when unset."""
+        """The configured bundle (``.zip`` or folder), or None when set to nothing."""
         path = self.bundle_path.get_value()
-        return None if path == Path() else path
+        return None if path == Path() else bundle_location(path)
 
     def policy(self) -> str:
         """``scan`` or ``bundle``; raises :class:`ConfigError` otherwise."""
         value = self.scale_policy.get_value().strip().casefold()
-        if value not in ("scan", "bundle"):
+        if value not in SCALE_POLICIES:
             raise ConfigError(f"`[{GROUP}] ScalePolicy` must be scan or bundle, got {value!r}; scan normalises by "
                               "the scan's own patterns, bundle by the value measured on the training data")
         return value

@@ -25,6 +25,9 @@ from ptychodus.api.probe_positions import ProbePosition, ProbePositionSequence
 from ptychodus.api.product import Product, ProductMetadata
 from ptychodus.api.propagate import compute_far_field_pixel_geometry
 from ptychodus.api.geometry import ImageExtent
+from ptychodus.api.reconstruct import ReconstructInput, prepare_reconstruct_input
+
+from ptycho_torch.data import load_siemens_star, spatial_split
 
 from oracle import PHASE_FACTOR, write_oracle_bundle  # tests/serving, put on sys.path by conftest
 
@@ -127,3 +130,42 @@ def oracle_bundle_zip(directory: Path, *, n: int = N) -> Path:
     """The serving oracle bundle (``stitch_M = N // 4``) as ``model.zip`` in ``directory``."""
     root = write_oracle_bundle(directory / f"oracle-{n}", N=n)
     return zip_dir(root, directory / f"oracle-{n}.zip")
+
+
+@dataclass(frozen=True)
+class RealScan:
+    """The held-out half of the shipped real Siemens-star scan, in the project's and in Ptychodus' terms."""
+
+    patterns: np.ndarray
+    """(S, N, N) amplitudes, as ``serving.pipeline.reconstruct`` takes them."""
+    positions: np.ndarray
+    """(S, 2) ``[x, y]`` patch centres in object pixels."""
+    data: AssembledDiffractionData
+    product: Product
+
+    @property
+    def reconstruct_input(self) -> ReconstructInput:
+        return prepare_reconstruct_input(self.data, self.product)
+
+
+def real_scan(data_dir: Path, n: int = 64) -> RealScan:
+    """The bottom half of ``siemens-star-small`` (the half the default model never saw) as a Ptychodus
+    product on an object grid just large enough for it. The real scan has no physical units, so the
+    object pixel is ``PIXEL_M`` and the detector pitch follows from it (:func:`detector_pixel`)."""
+    _, test = spatial_split(load_siemens_star(data_dir / "siemens-star-small.npz.bz2", n))
+    xs = test.xcoords - np.floor(test.xcoords.min()) + n // 2  # its positions start at y ~ 100
+    ys = test.ycoords - np.floor(test.ycoords.min()) + n // 2
+    W, H = int(np.ceil(xs.max())) + n // 2 + 1, int(np.ceil(ys.max())) + n // 2 + 1
+    pixel = PixelGeometry(PIXEL_M, PIXEL_M)
+    obj = Object(np.ones((H, W), np.complex64), pixel, ObjectCenter(0.0, 0.0))
+    geometry = obj.get_geometry()
+    # project centres are N//2, Ptychodus' are (N-1)/2: half a pixel apart for even N
+    x_m = geometry.center_x_m + (xs - 0.5 - (W - 1) / 2) * PIXEL_M
+    y_m = geometry.center_y_m + (ys - 0.5 - (H - 1) / 2) * PIXEL_M
+    indexes = np.arange(len(test))
+    positions = ProbePositionSequence([ProbePosition(int(i), float(x), float(y)) for i, x, y in zip(indexes, x_m, y_m)])
+    product = Product(metadata=metadata("siemens-star"), probe_positions=positions,
+                      probes=ProbeSequence(test.probeGuess[None], None, pixel), object_=obj, losses=[])
+    counts = (test.diff3d.astype(np.float64) ** 2).astype(np.float32)
+    data = AssembledDiffractionData(indexes, counts, detector_pixel(n), np.zeros((n, n), dtype=bool))
+    return RealScan(test.diff3d, np.column_stack([xs, ys]), data, product)

@@ -10,16 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from ptychodus.api.assemble import AssembledDiffractionData
-from ptychodus.api.geometry import PixelGeometry
-from ptychodus.api.object import Object, ObjectCenter
-from ptychodus.api.probe import ProbeSequence
-from ptychodus.api.probe_positions import ProbePosition, ProbePositionSequence
-from ptychodus.api.product import Product
-from ptychodus.api.reconstruct import prepare_reconstruct_input
-from scans import PIXEL_M, detector_pixel, metadata
+from scans import real_scan
 
-from ptycho_torch.data import load_siemens_star, spatial_split
 from serving.bundle import load_bundle
 from serving.cli import DEFAULT_BUNDLE
 from serving.engine import Engine
@@ -27,42 +19,20 @@ from serving.pipeline import reconstruct
 from serving.ptychodus.onnx_reconstructor import OnnxReconstructor
 from serving.ptychodus.settings import PtychoPINNServeSettings
 
-N = 64
-
-
-def _real_scan_product(data_dir: Path):
-    _, test = spatial_split(load_siemens_star(data_dir / "siemens-star-small.npz.bz2", N))
-    # an object grid just large enough for the held-out half (its positions start at y ~ 100)
-    xs = test.xcoords - np.floor(test.xcoords.min()) + N // 2
-    ys = test.ycoords - np.floor(test.ycoords.min()) + N // 2
-    W, H = int(np.ceil(xs.max())) + N // 2 + 1, int(np.ceil(ys.max())) + N // 2 + 1
-    pixel = PixelGeometry(PIXEL_M, PIXEL_M)
-    obj = Object(np.ones((H, W), np.complex64), pixel, ObjectCenter(0.0, 0.0))
-    geometry = obj.get_geometry()
-    # project centres are N//2, Ptychodus' are (N-1)/2: half a pixel apart for even N
-    x_m = geometry.center_x_m + (xs - 0.5 - (W - 1) / 2) * PIXEL_M
-    y_m = geometry.center_y_m + (ys - 0.5 - (H - 1) / 2) * PIXEL_M
-    indexes = np.arange(len(test))
-    positions = ProbePositionSequence([ProbePosition(int(i), float(x), float(y)) for i, x, y in zip(indexes, x_m, y_m)])
-    product = Product(metadata=metadata("siemens-star"), probe_positions=positions,
-                      probes=ProbeSequence(test.probeGuess[None], None, pixel), object_=obj, losses=[])
-    counts = (test.diff3d.astype(np.float64) ** 2).astype(np.float32)
-    data = AssembledDiffractionData(indexes, counts, detector_pixel(N), np.zeros((N, N), dtype=bool))
-    return test.diff3d, np.column_stack([xs, ys]), prepare_reconstruct_input(data, product)
-
 
 def test_the_default_bundle_reconstructs_the_real_scan_in_ptychodus(data_dir: Path,
                                                                     settings: PtychoPINNServeSettings) -> None:
-    patterns, positions, parameters = _real_scan_product(data_dir)
-    settings.bundle_path.set_value(DEFAULT_BUNDLE)
+    scan = real_scan(data_dir)
+    assert settings.bundle() == DEFAULT_BUNDLE  # the shipped model is the default
 
-    obj = next(OnnxReconstructor(settings).reconstruct(parameters)).product.object_.get_layer(0)
+    obj = next(OnnxReconstructor(settings).reconstruct(scan.reconstruct_input)).product.object_.get_layer(0)
 
     covered = obj != 0
     assert covered.mean() > 0.5  # central M=20 crops of a 64-px window on a grid with N/2 margins
     assert np.isfinite(obj).all()
     # the same object the shared pipeline stitches, pasted at its origin on Ptychodus' grid
-    local = reconstruct(Engine(load_bundle(DEFAULT_BUNDLE), providers=["cpu"], warmup=False), patterns, positions)
+    local = reconstruct(Engine(load_bundle(DEFAULT_BUNDLE), providers=["cpu"], warmup=False), scan.patterns,
+                        scan.positions)
     x0, y0 = (int(v) for v in local.origin)
     rows, cols = np.nonzero(covered)
     expected = local.amplitude[rows + y0, cols + x0] * np.exp(1j * local.phase[rows + y0, cols + x0])
