@@ -34,7 +34,7 @@ class PtychoPINNServeViewControllerFactory(ReconstructorViewControllerFactory):
     def create_view_controller(self, reconstructor_name: str) -> QWidget:
         settings = self._settings
         builder = ParameterViewBuilder(self._file_dialog_factory)
-        if reconstructor_name == "HTTP":
+        if reconstructor_name.casefold() == "http":  # Ptychodus passes the casefolded name
             group = "Server"
             builder.add_line_edit(settings.server_url, "Server URL:", tool_tip="address of `ptychopinn serve`",
                                   group=group)
