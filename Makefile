@@ -7,7 +7,7 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 RUNTIME ?= cpu
-EXTRAS ?= $(RUNTIME),train,test,ptychodus,mlflow
+EXTRAS ?= $(RUNTIME),train,test,ptychodus,mlflow,pva
 DEMO_EXTRAS ?= $(RUNTIME)
 DEMO_DIR ?= out/demo
 

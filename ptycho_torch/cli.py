@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("serving.cli", "serve a bundle over HTTP (Open Inference Protocol + /v1/reconstruct)"),
     "reconstruct": ("ptycho_torch.commands.reconstruct", "reconstruct a scan in-process or via a server"),
     "replay": ("serving.replay", "stream a recorded scan into a live session as a detector would, and measure it"),
+    "pva-source": ("serving.pva_command", "feed a live session from EPICS PV Access detector and position channels"),
 }
 
 
