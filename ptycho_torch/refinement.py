@@ -37,7 +37,8 @@ import scipy.fft
 from ptycho_torch.data_fit import DataFit, MeasuredCounts
 from ptycho_torch.errors import DataContractError
 
-__all__ = ["ALGORITHMS", "RefineSettings", "Refinement", "ScanModel", "refine"]
+__all__ = ["ALGORITHMS", "RefineSettings", "Refinement", "ScanModel", "StitchedRefinement", "refine",
+           "refine_stitched"]
 
 Algorithm = Literal["er", "rpie"]
 ALGORITHMS: tuple[str, ...] = ("er", "rpie")
@@ -309,3 +310,37 @@ def refine(model: ScanModel, start: npt.NDArray[np.complex64], settings: RefineS
                    f"iterations") if iteration < settings.iterations else None
         yield Refinement(obj, iteration, fit, history, seconds, stopped)
         return
+
+
+@dataclass(frozen=True)
+class StitchedRefinement:
+    """A refinement state on a stitched result's canvas (what :func:`refine_stitched` yields)."""
+
+    canvas: npt.NDArray[np.complex64]
+    """``(H, W)`` object on the stitched canvas (same shape and origin as the one given)."""
+    state: Refinement
+    peak_bytes: int
+    """Estimated working memory of the refinement (:attr:`ScanModel.peak_bytes`)."""
+
+
+def refine_stitched(amplitudes: npt.ArrayLike, positions: npt.ArrayLike, probe: npt.ArrayLike,
+                    canvas: npt.NDArray[np.complexfloating], coverage: npt.NDArray[np.floating],
+                    origin: tuple[float, float], settings: RefineSettings, *, start: Literal["network", "flat"]
+                    ) -> Iterator[StitchedRefinement]:
+    """:func:`refine` a stitched result in place on its canvas (``(H, W)``, ``origin`` as the stitcher's).
+
+    ``start="network"`` starts from ``canvas``; pixels no patch covered (``coverage == 0``) and the
+    margin the probe windows need around the canvas start at the covered pixels' mean amplitude, phase
+    0. ``start="flat"`` starts from amplitude 1, phase 0 (``canvas`` only gives the grid). Every state
+    is cut back to the canvas; the refinement itself runs on the grown grid (see :class:`ScanModel`).
+    """
+    model = ScanModel(amplitudes, positions, probe, shape=canvas.shape, origin=origin, max_bytes=settings.max_bytes,
+                      workers=settings.workers)
+    if start == "flat":
+        initial = np.ones(model.shape, np.complex64)
+    else:
+        covered = coverage > 0
+        fill = complex(np.abs(canvas[covered]).mean()) if covered.any() else 1.0
+        initial = model.grow(np.where(covered, canvas, fill), fill)
+    for state in refine(model, initial, settings):
+        yield StitchedRefinement(model.crop(state.object).copy(), state, model.peak_bytes)
