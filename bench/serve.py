@@ -23,7 +23,7 @@ import numpy as np
 
 from bench.server import running_server
 from serving.batching import DynamicBatcher
-from serving.bundle import Bundle
+from ptycho_torch.bundle import Bundle
 from serving.client import Client
 from serving.engine import Engine
 

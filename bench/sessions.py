@@ -20,7 +20,7 @@ import numpy as np
 
 from bench.server import ROOT, running_server
 from ptycho_torch.data import load_scan
-from serving.bundle import load_bundle
+from ptycho_torch.bundle import load_bundle
 from serving.cli import DEFAULT_BUNDLE
 from serving.client import Client
 from serving.engine import Engine
@@ -35,7 +35,7 @@ def engine_rate(seconds: float = 5.0) -> float:
     engine = Engine(load_bundle(DEFAULT_BUNDLE), max_batch_size=64)
     scan = load_scan(SCAN, n=engine.bundle.N)
     diffraction = scan.diff3d[:64, None]
-    scale = np.full(64, engine.bundle.input_scale, np.float32)
+    scale = np.full(64, engine.bundle.training_scale, np.float32)
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         engine.run(diffraction, scale)

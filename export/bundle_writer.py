@@ -22,10 +22,11 @@ from export.verify import FP16_TOLERANCE, FP32_TOLERANCE, verification_inputs, v
 from ptycho_torch import params
 from ptycho_torch.config import ModelConfig, TrainingConfig, config_from_dict, update_legacy_dict
 from ptycho_torch.errors import ExportError
-from serving.bundle import (
+from ptycho_torch.bundle import (
     BATCH_DIM, INPUT_NAMES, MANIFEST_FILE, NORMALIZATION_RULE, ONNX_FILE, OUTPUT_NAMES, PARAMS_FILE, PROBE_FILE,
-    TORCHSCRIPT_FILE, Bundle, Manifest, Normalization, Provenance, TensorSpec, load_bundle, sha256_file,
+    TORCHSCRIPT_FILE, Bundle, Manifest, Normalization, Provenance, TensorSpec, load_bundle,
 )
+from ptycho_torch.checksums import sha256_file
 
 FP16_FILE = "model.fp16.onnx"
 DEFAULT_STITCH_M = 20
@@ -55,8 +56,8 @@ class ExportOptions:
 
 def _tensor_specs(config: ModelConfig) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
     patches = (BATCH_DIM, config.channels, config.N, config.N)
-    inputs = (TensorSpec(INPUT_NAMES[0], patches), TensorSpec(INPUT_NAMES[1], (BATCH_DIM,)))
-    return inputs, tuple(TensorSpec(name, patches) for name in OUTPUT_NAMES)
+    inputs = (TensorSpec(name=INPUT_NAMES[0], shape=patches), TensorSpec(name=INPUT_NAMES[1], shape=(BATCH_DIM,)))
+    return inputs, tuple(TensorSpec(name=name, shape=patches) for name in OUTPUT_NAMES)
 
 
 def params_snapshot(hparams: dict[str, Any]) -> dict[str, Any]:

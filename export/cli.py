@@ -24,7 +24,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Export, verify and print the bundle summary; returns 0."""
     from export.bundle_writer import ExportOptions, export_checkpoint
-    from serving.bundle import summarize
+    from ptycho_torch.bundle import summarize
 
     options = ExportOptions(name=args.name, version=args.version, opset=args.opset, fp16=args.fp16, zip=args.zip,
                             max_batch_size=args.max_batch_size)

@@ -13,7 +13,7 @@ import onnx
 import torch
 
 from ptycho_torch.errors import ExportError
-from serving.bundle import INPUT_NAMES, OUTPUT_NAMES
+from ptycho_torch.bundle import INPUT_NAMES, OUTPUT_NAMES
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 17

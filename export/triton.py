@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from ptycho_torch.errors import ExportError
-from serving.bundle import BATCH_DIM, TensorSpec, triton_config_path, triton_model_path
+from ptycho_torch.bundle import BATCH_DIM, TensorSpec, triton_config_path, triton_model_path
 
 _TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
 

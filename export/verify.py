@@ -18,7 +18,7 @@ import torch
 from ptycho_torch.data import load_scan
 from ptycho_torch.errors import DataContractError, ExportError
 from ptycho_torch.normalization import input_scale
-from serving.bundle import EngineError, Verification
+from ptycho_torch.bundle import EngineDeviation, Verification
 
 FP32_TOLERANCE = 1e-4
 FP16_TOLERANCE = 1e-2
@@ -39,7 +39,7 @@ def verification_inputs(scan: Path, N: int, gridsize: int, n_groups: int = 64, s
     except DataContractError as error:
         raise ExportError(f"verification scan {scan} must have N={N} like the model ({error}); "
                           "pass --data with a scan at the model's N") from error
-    grouped = raw.generate_grouped_data(N, K=max(4, gridsize**2), n_groups=min(n_groups, len(raw)),
+    grouped = raw.generate_grouped_data(N, n_groups=min(n_groups, len(raw)),
                                         gridsize=gridsize, seed=seed)
     return np.ascontiguousarray(np.moveaxis(grouped["diffraction"], -1, 1), dtype=np.float32)
 
@@ -62,8 +62,8 @@ def _run_batched(run: Run, diffraction: np.ndarray, scale: np.ndarray, batch: in
     return (np.concatenate([np.asarray(p[0]) for p in parts]), np.concatenate([np.asarray(p[1]) for p in parts]))
 
 
-def _error(got: Outputs, want: Outputs) -> EngineError:
-    return EngineError(amplitude=float(np.abs(got[0] - want[0]).max()), phase=float(np.abs(got[1] - want[1]).max()))
+def _deviation(got: Outputs, want: Outputs) -> EngineDeviation:
+    return EngineDeviation(amplitude=float(np.abs(got[0] - want[0]).max()), phase=float(np.abs(got[1] - want[1]).max()))
 
 
 def verify_exports(generator: torch.nn.Module, diffraction: np.ndarray, *, onnx_path: Path, torchscript_path: Path,
@@ -88,18 +88,18 @@ def verify_exports(generator: torch.nn.Module, diffraction: np.ndarray, *, onnx_
     onnx_out = _run_batched(onnx_run, diffraction, scale, batch)
     one = slice(0, BATCH_1_SAMPLES)
     errors = {
-        "onnxruntime_cpu": _error(onnx_out, eager),
-        "torchscript": _error(_run_batched(torch_runner(torch.jit.load(str(torchscript_path))), diffraction, scale,
+        "onnxruntime_cpu": _deviation(onnx_out, eager),
+        "torchscript": _deviation(_run_batched(torch_runner(torch.jit.load(str(torchscript_path))), diffraction, scale,
                                            batch), eager),
-        "batch_1_vs_n_eager": _error(_run_batched(eager_run, diffraction[one], scale[one], 1),
+        "batch_1_vs_n_eager": _deviation(_run_batched(eager_run, diffraction[one], scale[one], 1),
                                      (eager[0][one], eager[1][one])),
-        "batch_1_vs_n_onnxruntime": _error(_run_batched(onnx_run, diffraction[one], scale[one], 1),
+        "batch_1_vs_n_onnxruntime": _deviation(_run_batched(onnx_run, diffraction[one], scale[one], 1),
                                            (onnx_out[0][one], onnx_out[1][one])),
     }
     limits = dict.fromkeys(errors, tolerance)
     if fp16_path is not None:
         fp16_out = _run_batched(ort_runner(session(fp16_path)), diffraction, scale, batch)
-        errors["onnxruntime_cpu_fp16"] = _error(fp16_out, eager)
+        errors["onnxruntime_cpu_fp16"] = _deviation(fp16_out, eager)
         limits["onnxruntime_cpu_fp16"] = fp16_tolerance
     failed = {k: e for k, e in errors.items() if max(e.amplitude, e.phase) > limits[k]}
     if failed:

@@ -217,7 +217,7 @@ class RawData:
         )
 
     def generate_grouped_data(
-        self, N: int, K: int = 4, n_groups: int | None = None, gridsize: int = 1, seed: int | None = None
+        self, N: int, K: int | None = None, n_groups: int | None = None, gridsize: int = 1, seed: int | None = None
     ) -> dict[str, Any]:
         """Group the scan (see :mod:`ptycho_torch.grouping` for the returned dictionary)."""
         if N != self.N:

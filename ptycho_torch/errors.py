@@ -26,6 +26,14 @@ class ExportError(PtychoError):
     """Export failed, or the exported graphs disagree with the eager model."""
 
 
+class InvalidInput(PtychoError, ValueError):
+    """Inputs to reconstruct have the wrong names, dtypes or shapes, or an option is invalid."""
+
+
+class InvalidValues(PtychoError, ValueError):
+    """Inputs are well formed but cannot be reconstructed: NaN, inf, negative values, no signal."""
+
+
 class BundleError(PtychoError, ValueError):
     """A deployment bundle is missing, tampered with, or from an unsupported version."""
 

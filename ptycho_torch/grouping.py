@@ -37,13 +37,22 @@ from ptycho_torch.normalization import input_scale
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_NEIGHBOR_COUNT = 4
+"""K for gridsize 1 and 2; larger groups need at least ``C`` neighbours (see :func:`default_neighbor_count`)."""
+
+
+def default_neighbor_count(channels: int) -> int:
+    """K, the nearest neighbours a group's ``channels`` members are drawn from when none is given:
+    ``max(4, C)``, so gridsize 1 and 2 keep PtychoPINN's K=4 and gridsize 3 (C=9) or 4 (C=16) work."""
+    return max(DEFAULT_NEIGHBOR_COUNT, channels)
+
 
 def group_indices(
     xcoords: ArrayLike,
     ycoords: ArrayLike,
     *,
     gridsize: int = 1,
-    K: int = 4,
+    K: int | None = None,
     n_groups: int | None = None,
     seed: int | None = None,
 ) -> np.ndarray:
@@ -51,12 +60,14 @@ def group_indices(
 
     Seeds are all positions in scan order when ``n_groups`` is None or >= S, else ``n_groups``
     distinct positions drawn at random. For ``gridsize > 1`` each group holds ``C`` distinct
-    members drawn from the ``K`` nearest neighbours of its seed (needs ``K >= C``).
+    members drawn from the ``K`` nearest neighbours of its seed (needs ``K >= C``; None:
+    :func:`default_neighbor_count`).
     """
     x = np.asarray(xcoords, dtype=np.float64)
     y = np.asarray(ycoords, dtype=np.float64)
     n_pos = x.shape[0]
     channels = gridsize * gridsize
+    K = default_neighbor_count(channels) if K is None else K
     if gridsize < 1:
         raise DataContractError(f"`gridsize` must be an integer >= 1, got {gridsize!r}")
     if channels > 1 and K < channels:

@@ -26,13 +26,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ptycho_torch import __version__
-from ptycho_torch.errors import DataContractError, PtychoError
+from ptycho_torch.errors import DataContractError, InvalidValues, PtychoError
 from serving.batching import DynamicBatcher
 from serving.engine import Engine
 from serving.errors import InvalidRequest, ModelNotFound, RequestTooLarge, ServingError, Unauthorized
 from serving.metrics import ServiceMetrics
 from serving.npz_wire import RECONSTRUCT_MEDIA_TYPE, decode_reconstruct_request, encode_reconstruction
-from serving.pipeline import reconstruct
+from ptycho_torch.pipeline import reconstruct
 from serving.protocol_v2 import HEADER_LENGTH, TensorMetadata, check_inputs, decode_request, encode_response
 from serving.sessions import SessionLimits, SessionManager
 from serving.sessions.routes import session_routes, viewer_routes
@@ -72,7 +72,7 @@ class _State:
                 "N": self.bundle.N,
                 "gridsize": self.bundle.gridsize,
                 "stitch_M": self.bundle.stitch_M,
-                "training_scale": self.bundle.input_scale,
+                "training_scale": self.bundle.training_scale,
             },
         }
         """The OIP model metadata: fixed while one engine is served, so built once."""
@@ -130,7 +130,7 @@ async def _serving_error(_: Request, error: Exception) -> Response:
 
 
 async def _ptycho_error(_: Request, error: Exception) -> Response:
-    return _error_response(422 if isinstance(error, DataContractError) else 400, str(error))
+    return _error_response(422 if isinstance(error, (DataContractError, InvalidValues)) else 400, str(error))
 
 
 async def _http_error(request: Request, error: Exception) -> Response:

@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +27,9 @@ import numpy.typing as npt
 from ptycho_torch.errors import ConfigError
 from serving.engine import Engine
 from serving.errors import Overloaded
+
+if TYPE_CHECKING:
+    from ptycho_torch.bundle import Bundle
 
 __all__ = ["BatchObserver", "DynamicBatcher"]
 
@@ -115,6 +119,11 @@ class DynamicBatcher:
     def infer(self, diffraction: npt.NDArray[np.float32], scale: npt.NDArray[np.float32]) -> Outputs:
         """Blocking :meth:`submit`: ``(amplitude, phase)`` ``(B, C, N, N)``."""
         return self.submit(diffraction, scale).result()
+
+    @property
+    def model(self) -> Bundle:
+        """The engine's bundle (the pipeline's :class:`~ptycho_torch.pipeline.ModelInfo`)."""
+        return self.bundle
 
     @property
     def running(self) -> bool:

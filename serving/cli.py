@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from serving.app import create_app
-    from serving.bundle import load_bundle
+    from ptycho_torch.bundle import load_bundle
     from serving.engine import Engine
 
     bundle_path = args.bundle or DEFAULT_BUNDLE

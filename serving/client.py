@@ -18,10 +18,9 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
-from ptycho_torch.errors import ConfigError, PtychoError
+from ptycho_torch.errors import ConfigError, InvalidValues, PtychoError
 from serving.errors import (
     InvalidRequest,
-    InvalidValues,
     ModelNotFound,
     Overloaded,
     RequestTooLarge,
@@ -30,12 +29,12 @@ from serving.errors import (
     Unauthorized,
 )
 from serving.npz_wire import RECONSTRUCT_MEDIA_TYPE, decode_reconstruction, encode_arrays, encode_reconstruct_request
-from serving.pipeline import ReconstructOptions, Reconstruction
+from ptycho_torch.pipeline import ReconstructOptions, Reconstruction
 from serving.protocol_v2 import HEADER_LENGTH
 
-__all__ = ["Client", "LiveSession", "reconstruct_file"]
+__all__ = ["Client", "LiveSession", "RemoteRunner", "ServedModel", "reconstruct_file"]
 
-_ERRORS: dict[int, type[ServingError]] = {400: InvalidRequest, 401: Unauthorized, 404: ModelNotFound,
+_ERRORS: dict[int, type[PtychoError]] = {400: InvalidRequest, 401: Unauthorized, 404: ModelNotFound,
                                           413: RequestTooLarge, 422: InvalidValues, 503: Overloaded}
 
 
@@ -114,7 +113,7 @@ class Client:
     def reconstruct(self, patterns: npt.ArrayLike, positions: npt.ArrayLike, *, probe: npt.ArrayLike | None = None,
                     options: ReconstructOptions | dict[str, Any] | None = None,
                     compress: bool = False) -> Reconstruction:
-        """Stitched object for a scan (see :func:`serving.pipeline.reconstruct`), computed by the server."""
+        """Stitched object for a scan (see :func:`ptycho_torch.pipeline.reconstruct`), computed by the server."""
         body = encode_reconstruct_request(patterns, positions, probe=probe, options=options, compress=compress)
         response = self._request("POST", "/v1/reconstruct", content=body,
                                  headers={"Content-Type": RECONSTRUCT_MEDIA_TYPE})
@@ -214,6 +213,45 @@ class LiveSession:
                 if isinstance(message, str):
                     return
                 yield decode_update(message)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A model served elsewhere, as the pipeline sees it (:class:`~ptycho_torch.pipeline.ModelInfo`),
+    read from the server's OIP model metadata."""
+
+    name: str
+    N: int  # noqa: N815 - the project-wide name of the patch size
+    gridsize: int
+    stitch_M: int  # noqa: N815
+    training_scale: float
+    default_scale_policy: str = "scan"
+    probe: None = None
+    """The server does not publish its training probe, so no probe check is made."""
+
+    @property
+    def channels(self) -> int:
+        return self.gridsize * self.gridsize
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, Any]) -> ServedModel:
+        """From ``GET /v2/models/{name}`` (see :meth:`Client.model_metadata`)."""
+        p = metadata["parameters"]
+        return cls(name=metadata["name"], N=int(p["N"]), gridsize=int(p["gridsize"]), stitch_M=int(p["stitch_M"]),
+                   training_scale=float(p["training_scale"]))
+
+
+@dataclass(frozen=True)
+class RemoteRunner:
+    """A :class:`~ptycho_torch.pipeline.Runner` whose inference is the server's OIP ``infer``: the
+    pipeline (validation, scale, grouping, stitching) runs here, the network on the server."""
+
+    model: ServedModel
+    client: Client
+
+    def infer(self, diffraction: npt.NDArray[np.float32], scale: npt.NDArray[np.float32]
+              ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        return self.client.infer(self.model.name, diffraction, scale)
 
 
 def reconstruct_file(url: str, npz_path: str | Path, *, token: str | None = None,

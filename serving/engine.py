@@ -24,7 +24,7 @@ from ptycho_torch.errors import ConfigError
 from serving.errors import InvalidRequest
 
 if TYPE_CHECKING:
-    from serving.bundle import Bundle
+    from ptycho_torch.bundle import Bundle
 
 __all__ = ["AUTO_PROVIDERS", "Engine", "select_providers"]
 
@@ -208,6 +208,11 @@ class Engine:
 
     infer = run
     """Same as :meth:`run`; the name the pipeline calls on an engine or a batcher."""
+
+    @property
+    def model(self) -> Bundle:
+        """The bundle served (the pipeline's :class:`~ptycho_torch.pipeline.ModelInfo`)."""
+        return self.bundle
 
     def _run_padded(
         self, diffraction: npt.NDArray[np.float32], scale: npt.NDArray[np.float32]

@@ -6,12 +6,11 @@ class; the FastAPI app maps them to ``{"error": message}`` with ``status_code`` 
 
 from __future__ import annotations
 
-from ptycho_torch.errors import PtychoError
+from ptycho_torch.errors import InvalidInput, PtychoError
 
 __all__ = [
     "ServingError",
     "InvalidRequest",
-    "InvalidValues",
     "ModelNotFound",
     "SessionNotFound",
     "Unauthorized",
@@ -34,16 +33,10 @@ class ServingError(PtychoError):
         return f"{type(self).__name__}(status_code={self.status_code}, message={self.message!r})"
 
 
-class InvalidRequest(ServingError, ValueError):
+class InvalidRequest(ServingError, InvalidInput):
     """The request cannot be decoded, or its tensors have the wrong names, dtypes or shapes (400)."""
 
     status_code = 400
-
-
-class InvalidValues(ServingError, ValueError):
-    """The request is well formed but its values cannot be reconstructed: NaN, inf, negative (422)."""
-
-    status_code = 422
 
 
 class ModelNotFound(ServingError, LookupError):

@@ -2,7 +2,7 @@
 
 Request arrays: ``patterns`` (S, N, N) real, ``positions`` (S, 2) ``[x, y]`` object pixels, optional
 ``probe`` (N, N) or (P, N, N) complex, optional ``options`` (a 0-d string array holding a JSON
-object, see :class:`~serving.pipeline.ReconstructOptions`). Response arrays: ``amplitude``,
+object, see :class:`~ptycho_torch.pipeline.ReconstructOptions`). Response arrays: ``amplitude``,
 ``phase``, ``coverage`` (H, W) float32, ``origin`` (2,) float64 ``[x0, y0]``, and ``metadata`` (a
 0-d JSON string: scale, policy, counts, timings, probe difference). Nothing is ever unpickled, and
 the uncompressed size is checked before any array is read.
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from serving.errors import InvalidRequest, RequestTooLarge
-from serving.pipeline import ReconstructOptions, Reconstruction
+from ptycho_torch.pipeline import ReconstructOptions, Reconstruction
 
 __all__ = ["RECONSTRUCT_MEDIA_TYPE", "decode_arrays", "decode_reconstruct_request", "decode_reconstruction",
            "encode_arrays", "encode_reconstruct_request", "encode_reconstruction"]

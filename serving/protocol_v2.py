@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from serving.errors import InvalidRequest, InvalidValues
+from ptycho_torch.errors import InvalidValues
+from serving.errors import InvalidRequest
 
 __all__ = [
     "HEADER_LENGTH",

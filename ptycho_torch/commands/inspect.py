@@ -55,7 +55,7 @@ def _inspect_scan(path: Path, args: argparse.Namespace) -> int:
 
 
 def _inspect_bundle(path: Path, args: argparse.Namespace) -> int:
-    from serving.bundle import load_bundle, summarize
+    from ptycho_torch.bundle import load_bundle, summarize
 
     print(summarize(load_bundle(path)))
     return 0

@@ -1,7 +1,7 @@
 """``PtychoPINN-Serve`` > ``HTTP``: reconstruct on a remote ``ptychopinn serve`` (e.g. a GPU node).
 
 The scan goes out in chunks of ``ChunkSize`` patterns. Each chunk runs through the same
-:func:`serving.pipeline.reconstruct` as the ONNX reconstructor, with the model batches sent to the
+:func:`ptycho_torch.pipeline.reconstruct` as the ONNX reconstructor, with the model batches sent to the
 server's Open Inference Protocol ``infer`` endpoint, so the normalisation is the whole scan's (computed
 once here, sent explicitly with every batch) and not each chunk's. Chunks are merged on the object
 grid by their coverage weights, which for gridsize 1 gives exactly the one-shot result; for
@@ -13,50 +13,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 
-import numpy as np
-import numpy.typing as npt
 from ptychodus.api.reconstruct import Reconstructor, ReconstructInput, ReconstructOutput
 
 from ptycho_torch.errors import ConfigError
-from serving.client import Client, ServerUnreachable
+from serving.client import Client, RemoteRunner, ServedModel, ServerUnreachable
 from serving.errors import ModelNotFound
-from serving.pipeline import ReconstructOptions, network_scale, reconstruct
+from ptycho_torch.pipeline import ReconstructOptions, network_scale, reconstruct
 from serving.ptychodus.adapter import ObjectGrid, check_model_geometry, scan_from_input
 from serving.ptychodus.settings import GROUP, PtychoPINNServeSettings
 
-__all__ = ["HttpReconstructor", "RemoteModel"]
+__all__ = ["HttpReconstructor"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RemoteModel:
-    """What the pipeline reads from a bundle, for a model served elsewhere (from its OIP metadata)."""
-
-    name: str
-    N: int
-    gridsize: int
-    stitch_M: int
-    input_scale: float
-    """The scale this run feeds the network (the pipeline's ``bundle`` policy reads it)."""
-
-    @property
-    def channels(self) -> int:
-        return self.gridsize * self.gridsize
-
-
-@dataclass(frozen=True)
-class _RemoteRunner:
-    """A pipeline runner whose inference is the server's ``/v2/models/{name}/infer``."""
-
-    bundle: RemoteModel
-    client: Client
-
-    def infer(self, diffraction: npt.NDArray[np.float32], scale: npt.NDArray[np.float32]
-              ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-        return self.client.infer(self.bundle.name, diffraction, scale)
 
 
 class HttpReconstructor(Reconstructor):
@@ -81,13 +50,13 @@ class HttpReconstructor(Reconstructor):
         token = self._settings.api_token.get_value().strip() or None
         return Client(url, token=token, timeout_s=self._settings.timeout_s.get_value()), url
 
-    def _model(self, client: Client, url: str, name: str) -> dict:
-        """The served model's OIP metadata; connection problems become one clear :class:`ConfigError`."""
+    def _model(self, client: Client, url: str, name: str) -> ServedModel:
+        """The served model; connection problems become one clear :class:`ConfigError`."""
         if not name:
             raise ConfigError(f"`[{GROUP}] ServerModel` must name the model served at {url}, got nothing; "
                               "`ptychopinn serve` logs it at start-up (the bundle's name)")
         try:
-            return client.model_metadata(name)
+            return ServedModel.from_metadata(client.model_metadata(name))
         except ServerUnreachable as error:
             raise ConfigError(f"`[{GROUP}] ServerURL` must reach a running `ptychopinn serve`, got {url}: "
                               f"{error}") from None
@@ -99,12 +68,11 @@ class HttpReconstructor(Reconstructor):
         client, url = self._client()
         with client:
             name = self._settings.server_model.get_value().strip()
-            meta = self._model(client, url, name)["parameters"]
-            check_model_geometry(scan, N=meta["N"], gridsize=meta["gridsize"], model=f"{name} at {url}")
-            policy = self._settings.policy()
-            scale = network_scale(scan.amplitudes, policy, float(meta["training_scale"]))
-            runner = _RemoteRunner(RemoteModel(name, meta["N"], meta["gridsize"], meta["stitch_M"], scale), client)
-            options = ReconstructOptions(scale_policy="bundle")  # = `scale`, the same for every chunk
+            model = self._model(client, url, name)
+            check_model_geometry(scan, N=model.N, gridsize=model.gridsize, model=f"{name} at {url}")
+            scale = network_scale(scan.amplitudes, self._settings.policy(), model.training_scale)
+            runner = RemoteRunner(model, client)
+            options = ReconstructOptions(scale=scale)  # the whole scan's, the same for every chunk
             size = self._settings.chunk_size.get_value()
             starts = range(0, len(scan.amplitudes), size)
             self._chunks = len(starts)

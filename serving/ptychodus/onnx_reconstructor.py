@@ -17,9 +17,9 @@ from pathlib import Path
 from ptychodus.api.reconstruct import ReconstructInput, ReconstructOutput, TrainableReconstructor, TrainOutput
 
 from ptycho_torch.errors import ConfigError
-from serving.bundle import Bundle, load_bundle
+from ptycho_torch.bundle import Bundle, load_bundle
 from serving.engine import Engine
-from serving.pipeline import ReconstructOptions, reconstruct
+from ptycho_torch.pipeline import ReconstructOptions, reconstruct
 from serving.ptychodus.adapter import ObjectGrid, check_model_geometry, raw_data_from_input, scan_from_input
 from serving.ptychodus.settings import BUNDLE_FILE_FILTER, GROUP, PtychoPINNServeSettings, bundle_location
 from serving.ptychodus.training import train_bundle

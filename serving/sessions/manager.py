@@ -24,7 +24,7 @@ import numpy.typing as npt
 from starlette.concurrency import run_in_threadpool
 
 from serving.errors import Overloaded, SessionNotFound
-from serving.pipeline import ReconstructOptions, Reconstruction
+from ptycho_torch.pipeline import ReconstructOptions, Reconstruction
 from serving.sessions.session import Receipt, Session, SessionRunner, Work
 
 __all__ = ["SessionLimits", "SessionManager"]

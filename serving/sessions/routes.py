@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from serving.errors import SessionNotFound
 from serving.npz_wire import RECONSTRUCT_MEDIA_TYPE, decode_arrays, encode_reconstruction
-from serving.pipeline import ReconstructOptions, Reconstruction
+from ptycho_torch.pipeline import ReconstructOptions, Reconstruction
 from serving.sessions.manager import SessionManager
 from serving.sessions.session import Session
 from serving.sessions.wire import encode_update

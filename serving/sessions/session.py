@@ -24,9 +24,9 @@ import numpy as np
 import numpy.typing as npt
 
 from ptycho_torch.stitching import Rect, TiledStitcher
-from serving.bundle import Bundle
+from ptycho_torch.bundle import Bundle
 from serving.errors import InvalidRequest
-from serving.pipeline import ReconstructOptions, Reconstruction, network_scale
+from ptycho_torch.pipeline import ReconstructOptions, Reconstruction, network_scale
 
 __all__ = ["Receipt", "Session", "SessionRunner", "Work"]
 
@@ -150,7 +150,7 @@ class Session:
         self.options = options
         self.expected_frames = expected_frames
         self.bounds = bounds
-        self.scale = network_scale(np.ones(1, np.float32), "bundle", bundle.input_scale)
+        self.scale = network_scale(np.ones(1, np.float32), "bundle", bundle.training_scale)
         self.stitcher = TiledStitcher(M=M, tile=tile, max_tiles=max_tiles)
         self.closed: str | None = None
         """Why the session was closed (``deleted``, ``cancelled``, ``expired``), or None while open."""

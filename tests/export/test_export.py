@@ -31,7 +31,7 @@ from ptycho_torch.config import ModelConfig
 from ptycho_torch.data import load_siemens_star
 from ptycho_torch.errors import ExportError
 from ptycho_torch.model import PtychoPINNGenerator
-from serving.bundle import Bundle
+from ptycho_torch.bundle import Bundle
 
 N = 32
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -89,7 +89,7 @@ TORCH_FREE_SCRIPT = textwrap.dedent("""
         pass
 
     import onnxruntime as ort
-    from serving.bundle import load_bundle
+    from ptycho_torch.bundle import load_bundle
 
     data = np.load(sys.argv[1])
     result = {}
@@ -138,7 +138,7 @@ def test_manifest_records_measured_parity(exported: Exported) -> None:
     assert set(verification.errors) == engines
     for name in engines - {"onnxruntime_cpu_fp16"}:
         assert max(verification.errors[name].amplitude, verification.errors[name].phase) <= FP32_TOLERANCE
-    assert exported.bundle.input_scale == manifest.normalization.training_scale == 0.02
+    assert exported.bundle.training_scale == manifest.normalization.training_scale == 0.02
     assert exported.bundle.intensity_scale == 1234.5 and exported.bundle.stitch_M == N // 2
     assert manifest.provenance.train_data_sha256 == "0" * 64 and manifest.provenance.torch_version == torch.__version__
     assert {"model.onnx", "model.ts", "params.json", "probe.npy", "triton/ptychopinn/config.pbtxt",
@@ -206,7 +206,7 @@ def test_cli_exports_a_trained_checkpoint(scan32: Path, tmp_path: Path, capsys: 
                                          caplog: pytest.LogCaptureFixture) -> None:
     from ptycho_torch.config import PyTorchExecutionConfig, TrainingConfig
     from ptycho_torch.data import RawData
-    from serving.bundle import load_bundle
+    from ptycho_torch.bundle import load_bundle
     from training.module import PtychoPINNModule
     from ptycho_torch.checksums import sha256_file
     from training.trainer import train
@@ -226,7 +226,7 @@ def test_cli_exports_a_trained_checkpoint(scan32: Path, tmp_path: Path, capsys: 
     assert chatter == []  # the exporter's ~45 pass-by-pass INFO/WARNING lines stay out of the user's log
     generator, hparams, probe = PtychoPINNModule.load_generator(result.last_checkpoint)
     bundle = load_bundle(out.with_suffix(".zip"))
-    assert bundle.input_scale == hparams["input_scale"] and bundle.intensity_scale == hparams["intensity_scale"]
+    assert bundle.training_scale == hparams["input_scale"] and bundle.intensity_scale == hparams["intensity_scale"]
     assert bundle.manifest.provenance.train_data_sha256 == sha256_file(scan32)
     np.testing.assert_array_equal(bundle.probe, probe)
     import onnxruntime as ort

@@ -59,7 +59,7 @@ def settings() -> PtychoPINNServeSettings:
 def oracle_server(oracle_zip: Path) -> Iterator[LiveServer]:
     """``ptychopinn serve`` of the oracle bundle on a free 127.0.0.1 port (real uvicorn)."""
     from serving.app import create_app
-    from serving.bundle import load_bundle
+    from ptycho_torch.bundle import load_bundle
     from serving.engine import Engine
 
     engine = Engine(load_bundle(oracle_zip), providers=["cpu"], max_batch_size=8, intra_op_threads=1)

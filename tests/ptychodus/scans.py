@@ -137,7 +137,7 @@ class RealScan:
     """The held-out half of the shipped real Siemens-star scan, in the project's and in Ptychodus' terms."""
 
     patterns: np.ndarray
-    """(S, N, N) amplitudes, as ``serving.pipeline.reconstruct`` takes them."""
+    """(S, N, N) amplitudes, as ``ptycho_torch.pipeline.reconstruct`` takes them."""
     positions: np.ndarray
     """(S, 2) ``[x, y]`` patch centres in object pixels."""
     data: AssembledDiffractionData

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 from scans import real_scan
 
-from serving.bundle import load_bundle
+from ptycho_torch.bundle import load_bundle
 from serving.cli import DEFAULT_BUNDLE
 from serving.engine import Engine
-from serving.pipeline import reconstruct
+from ptycho_torch.pipeline import reconstruct
 from serving.ptychodus.onnx_reconstructor import OnnxReconstructor
 from serving.ptychodus.settings import PtychoPINNServeSettings
 

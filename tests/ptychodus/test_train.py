@@ -10,7 +10,8 @@ import numpy as np
 from ptychodus.api.reconstruct import prepare_reconstruct_input
 from scans import N, OracleScan
 
-from serving.bundle import load_bundle, sha256_file
+from ptycho_torch.bundle import load_bundle
+from ptycho_torch.checksums import sha256_file
 from serving.ptychodus.onnx_reconstructor import OnnxReconstructor
 from serving.ptychodus.settings import PtychoPINNServeSettings
 from serving.ptychodus.training import TRAIN_FILE

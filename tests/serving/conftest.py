@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from oracle import write_oracle_bundle  # noqa: E402
 
-from serving.bundle import Bundle, load_bundle  # noqa: E402
+from ptycho_torch.bundle import Bundle, load_bundle  # noqa: E402
 from serving.engine import Engine  # noqa: E402
 
 N = 32

@@ -3,7 +3,7 @@
 ``amplitude = diffraction * scale`` and ``phase = PHASE_FACTOR * diffraction`` (elementwise), so a
 test can compute the expected output of any request with numpy, and any mix-up of items between
 callers, batches or channels shows up as a wrong number. The bundle follows the manifest schema of
-:mod:`serving.bundle` and passes :func:`~serving.bundle.load_bundle`.
+:mod:`ptycho_torch.bundle` and passes :func:`~ptycho_torch.bundle.load_bundle`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from serving.bundle import (
+from ptycho_torch.bundle import (
     BATCH_DIM,
     NORMALIZATION_RULE,
     Manifest,
@@ -23,8 +23,8 @@ from serving.bundle import (
     Provenance,
     TensorSpec,
     Verification,
-    sha256_file,
 )
+from ptycho_torch.checksums import sha256_file
 
 PHASE_FACTOR = 0.25
 TRAINING_SCALE = 0.5
@@ -73,8 +73,8 @@ def write_oracle_bundle(root: Path, *, N: int = 32, gridsize: int = 1, name: str
     item = (BATCH_DIM, channels, N, N)
     manifest = Manifest(
         name=name, version=version, N=N, gridsize=gridsize, channels=channels, opset=17,
-        inputs=(TensorSpec("diffraction", item), TensorSpec("scale", (BATCH_DIM,))),
-        outputs=(TensorSpec("amplitude", item), TensorSpec("phase", item)),
+        inputs=(TensorSpec(name="diffraction", shape=item), TensorSpec(name="scale", shape=(BATCH_DIM,))),
+        outputs=(TensorSpec(name="amplitude", shape=item), TensorSpec(name="phase", shape=item)),
         normalization=Normalization(rule=NORMALIZATION_RULE, training_scale=training_scale),
         intensity_scale=1.0, stitch_M=stitch_M or N // 4,
         provenance=Provenance(package_version="test", torch_version="none", onnx_version=onnx.__version__,

@@ -16,9 +16,10 @@ import pytest
 from serving.app import create_app
 from serving.client import Client
 from serving.engine import Engine
-from serving.errors import InvalidRequest, InvalidValues, Overloaded, RequestTooLarge, Unauthorized
+from ptycho_torch.errors import InvalidValues
+from serving.errors import InvalidRequest, Overloaded, RequestTooLarge, Unauthorized
 from serving.npz_wire import encode_reconstruct_request
-from serving.pipeline import ReconstructOptions, reconstruct
+from ptycho_torch.pipeline import ReconstructOptions, reconstruct
 from serving.protocol_v2 import HEADER_LENGTH
 
 N = 32

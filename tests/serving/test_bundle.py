@@ -1,9 +1,8 @@
-"""serving.bundle: the manifest schema round-trips, and every kind of broken bundle is refused
+"""ptycho_torch.bundle: the manifest schema round-trips, and every kind of broken bundle is refused
 with a message naming the file and the reason. Uses the torch-free oracle bundle (a real ONNX graph)."""
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import json
 import zipfile
@@ -13,7 +12,8 @@ import numpy as np
 import pytest
 
 from ptycho_torch.errors import BundleError
-from serving.bundle import FORMAT_VERSION, Manifest, TensorSpec, load_bundle, sha256_file, summarize
+from ptycho_torch.bundle import FORMAT_VERSION, Manifest, TensorSpec, load_bundle, summarize
+from ptycho_torch.checksums import sha256_file
 
 from oracle import TRAINING_SCALE, write_oracle_bundle
 
@@ -32,7 +32,7 @@ def _rehash(root: Path, manifest: Manifest | None = None) -> None:
     manifest = manifest or _manifest(root)
     files = {p.relative_to(root).as_posix(): sha256_file(p) for p in root.rglob("*")
              if p.is_file() and p.name != "manifest.json"}
-    (root / "manifest.json").write_text(dataclasses.replace(manifest, files=files).to_json())
+    (root / "manifest.json").write_text(manifest.model_copy(update={"files": files}).to_json())
 
 
 def _zip(root: Path, archive: Path, members: dict[str, Path] | None = None) -> Path:
@@ -45,11 +45,11 @@ def _zip(root: Path, archive: Path, members: dict[str, Path] | None = None) -> P
 def test_valid_bundle_loads_with_typed_fields(bundle_dir: Path) -> None:
     bundle = load_bundle(bundle_dir)
     assert (bundle.name, bundle.version, bundle.N, bundle.gridsize, bundle.channels) == ("oracle", 1, 32, 2, 4)
-    assert bundle.input_scale == TRAINING_SCALE and bundle.stitch_M == 8 and bundle.intensity_scale == 1.0
+    assert bundle.training_scale == TRAINING_SCALE and bundle.stitch_M == 8 and bundle.intensity_scale == 1.0
     assert bundle.onnx_path == bundle_dir / "model.onnx" and bundle.root == bundle_dir
     assert bundle.probe.shape == (1, 32, 32) and bundle.probe.dtype == np.complex64
     assert bundle.params == {"N": 32, "gridsize": 2}
-    assert bundle.manifest.inputs[0] == TensorSpec("diffraction", ("B", 4, 32, 32))
+    assert bundle.manifest.inputs[0] == TensorSpec(name="diffraction", shape=("B", 4, 32, 32))
     text = summarize(bundle)
     assert "oracle v1" in text and "N=32 gridsize=2 C=4 stitch_M=8" in text and "diffraction float32" in text
 
@@ -104,9 +104,9 @@ def test_unknown_format_version_is_refused(bundle_dir: Path) -> None:
 def test_manifest_shapes_that_disagree_with_the_graph_are_refused(bundle_dir: Path) -> None:
     manifest = _manifest(bundle_dir)
     item = ("B", 4, 64, 64)
-    _rehash(bundle_dir, dataclasses.replace(
-        manifest, N=64, inputs=(TensorSpec("diffraction", item), TensorSpec("scale", ("B",))),
-        outputs=(TensorSpec("amplitude", item), TensorSpec("phase", item))))
+    _rehash(bundle_dir, manifest.model_copy(update={
+        "N": 64, "inputs": (TensorSpec(name="diffraction", shape=item), TensorSpec(name="scale", shape=("B",))),
+        "outputs": (TensorSpec(name="amplitude", shape=item), TensorSpec(name="phase", shape=item))}))
     (bundle_dir / "params.json").write_text("{}")
     _rehash(bundle_dir)
     with pytest.raises(BundleError, match=r"model\.onnx: shape mismatch for `diffraction`, manifest\.json says "
@@ -116,7 +116,7 @@ def test_manifest_shapes_that_disagree_with_the_graph_are_refused(bundle_dir: Pa
 
 def test_inconsistent_manifest_and_probe_shapes_are_refused(bundle_dir: Path) -> None:
     manifest = _manifest(bundle_dir)
-    _rehash(bundle_dir, dataclasses.replace(manifest, gridsize=1))
+    _rehash(bundle_dir, manifest.model_copy(update={"gridsize": 1}))
     with pytest.raises(BundleError, match=r"`channels` must be gridsize\*\*2 = 1, got 4"):
         load_bundle(bundle_dir)
     _rehash(bundle_dir, manifest)
@@ -156,7 +156,7 @@ def test_schema_is_strict(bundle_dir: Path) -> None:
         Manifest.from_json(json.dumps(data))
     del data["surprise"]
     data["intensity_scale"] = "big"
-    with pytest.raises(BundleError, match=r"`manifest.json.intensity_scale` must be a finite number, got 'big'"):
+    with pytest.raises(BundleError, match=r"`manifest.json.intensity_scale` should be a valid number, got 'big'"):
         Manifest.from_json(json.dumps(data))
     data["intensity_scale"] = 1.0
     del data["N"]
@@ -169,3 +169,27 @@ def test_zip_members_outside_the_bundle_are_refused(bundle_dir: Path, tmp_path: 
     with pytest.raises(BundleError, match=r"member `\.\./escape\.txt` must be a relative path inside the bundle"):
         load_bundle(_zip(bundle_dir, tmp_path / "slip.zip", members))
     assert not (tmp_path / "escape.txt").exists()
+
+
+def test_symbolic_links_are_refused(bundle_dir: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "secret.txt"
+    outside.write_text("not part of the bundle")
+    (bundle_dir / "notes.txt").symlink_to(outside)
+    with pytest.raises(BundleError, match=r"notes\.txt: symbolic links are never followed in a bundle"):
+        load_bundle(bundle_dir)
+
+
+def test_schema_errors_name_the_nested_field(bundle_dir: Path) -> None:
+    data = json.loads((bundle_dir / "manifest.json").read_text())
+    data["inputs"][0]["shape"][2] = 0
+    with pytest.raises(BundleError, match=r"`manifest\.json\.inputs\[0\]\.shape\[2\]` should be greater than 0, got 0"):
+        Manifest.from_json(json.dumps(data))
+    data["inputs"][0]["shape"][2] = 32
+    data["normalization"]["default_policy"] = "guess"
+    with pytest.raises(BundleError, match=r"`manifest\.json\.normalization\.default_policy` should be 'scan' or "
+                                          r"'bundle', got 'guess'"):
+        Manifest.from_json(json.dumps(data))
+    data["normalization"]["default_policy"] = "scan"
+    data["N"] = True
+    with pytest.raises(BundleError, match=r"`manifest\.json\.N` should be a valid integer, got True"):
+        Manifest.from_json(json.dumps(data))

@@ -10,8 +10,8 @@ from ptycho_torch.normalization import input_scale
 from ptycho_torch.stitching import stitch_patches
 from serving.batching import DynamicBatcher
 from serving.engine import Engine
-from serving.errors import InvalidRequest, InvalidValues
-from serving.pipeline import ReconstructOptions, reconstruct
+from ptycho_torch.errors import InvalidInput, InvalidValues
+from ptycho_torch.pipeline import ReconstructOptions, reconstruct
 
 N = 32
 
@@ -33,6 +33,14 @@ def test_constant_patterns_give_the_known_object(engine: Engine, policy: str, ex
     np.testing.assert_allclose(result.phase[covered], PHASE_FACTOR * 0.8, rtol=1e-5)
     assert (result.amplitude[~covered] == 0).all()
     assert result.scale_policy == policy and result.n_patterns == result.n_groups == 25
+
+
+def test_an_explicit_scale_is_fed_to_the_network_unchanged(engine: Engine) -> None:
+    positions = _raster(5)
+    patterns = np.full((len(positions), N, N), 0.8, np.float32)
+    result = reconstruct(engine, patterns, positions, options=ReconstructOptions(scale=0.3, scale_policy="scan"))
+    np.testing.assert_allclose(result.amplitude[result.coverage > 0], 0.8 * 0.3, rtol=1e-5)
+    assert (result.scale, result.scale_policy) == (pytest.approx(0.3), "explicit")
     assert set(result.timings) == {"validate", "scale", "group", "inference", "stitch", "total"}
 
 
@@ -88,17 +96,17 @@ def test_a_probe_is_compared_with_the_training_probe(engine: Engine) -> None:
 
 
 @pytest.mark.parametrize(("patterns", "positions", "options", "error", "message"), [
-    (np.ones((4, 16, 16)), np.zeros((4, 2)), None, InvalidRequest,
+    (np.ones((4, 16, 16)), np.zeros((4, 2)), None, InvalidInput,
      r"`patterns` must have shape \(S, 32, 32\) .* got \[4, 16, 16\]; crop the central 32x32"),
-    (np.ones((4, N, N), complex), np.zeros((4, 2)), None, InvalidRequest, "`patterns` must be real numbers"),
-    (np.ones((0, N, N)), np.zeros((0, 2)), None, InvalidRequest, "at least one pattern"),
-    (np.ones((4, N, N)), np.zeros((3, 2)), None, InvalidRequest, r"`positions` must be real numbers of shape \(4, 2\)"),
+    (np.ones((4, N, N), complex), np.zeros((4, 2)), None, InvalidInput, "`patterns` must be real numbers"),
+    (np.ones((0, N, N)), np.zeros((0, 2)), None, InvalidInput, "at least one pattern"),
+    (np.ones((4, N, N)), np.zeros((3, 2)), None, InvalidInput, r"`positions` must be real numbers of shape \(4, 2\)"),
     (np.where(np.arange(4)[:, None, None] == 2, np.nan, np.ones((4, N, N))), np.zeros((4, 2)), None, InvalidValues,
      r"`patterns` must be finite, got NaN/inf in patterns \[2\]"),
     (-np.ones((4, N, N)), np.zeros((4, 2)), None, InvalidValues, "`patterns` must be non-negative"),
     (np.ones((4, N, N)), np.full((4, 2), np.inf), None, InvalidValues, "`positions` must be finite"),
     (np.zeros((4, N, N)), np.zeros((4, 2)), None, InvalidValues, "all zero"),
-    (np.ones((4, N, N)), np.zeros((4, 2)), {"stitch_M": 30}, InvalidRequest, r"`stitch_M` must be in \[1, N/2 = 16\]"),
+    (np.ones((4, N, N)), np.zeros((4, 2)), {"stitch_M": 30}, InvalidInput, r"`stitch_M` must be in \[1, N/2 = 16\]"),
 ])
 def test_bad_scans_are_refused_before_inference(engine: Engine, patterns, positions, options, error, message) -> None:
     with pytest.raises(error, match=message):
@@ -107,9 +115,11 @@ def test_bad_scans_are_refused_before_inference(engine: Engine, patterns, positi
 
 
 def test_options_are_strict() -> None:
-    with pytest.raises(InvalidRequest, match=r"unknown options \['scale'\]; known options are"):
-        ReconstructOptions.from_mapping({"scale": 1})
-    with pytest.raises(InvalidRequest, match="`scale_policy` must be 'scan' or 'bundle', got 'stream'"):
+    with pytest.raises(InvalidInput, match=r"unknown options \['scales'\]; known options are"):
+        ReconstructOptions.from_mapping({"scales": 1})
+    with pytest.raises(InvalidInput, match=r"`scale` must be a positive finite number, got nan"):
+        ReconstructOptions.from_mapping({"scale": float("nan")})
+    with pytest.raises(InvalidInput, match="`scale_policy` must be 'scan' or 'bundle', got 'stream'"):
         ReconstructOptions.from_mapping({"scale_policy": "stream"})
-    with pytest.raises(InvalidRequest, match="`seed` must be a non-negative integer, got 1.5"):
+    with pytest.raises(InvalidInput, match="`seed` must be a non-negative integer, got 1.5"):
         ReconstructOptions.from_mapping({"seed": 1.5})

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from serving.errors import InvalidRequest, InvalidValues
+from ptycho_torch.errors import InvalidValues
+from serving.errors import InvalidRequest
 from serving.protocol_v2 import HEADER_LENGTH, TensorMetadata, check_inputs, decode_request, encode_response
 
 EXPECTED = (TensorMetadata("diffraction", "FP32", (-1, 1, 2, 2)), TensorMetadata("scale", "FP32", (-1,)))

@@ -12,7 +12,7 @@ import pytest
 from serving.app import create_app
 from serving.client import Client
 from serving.engine import Engine
-from serving.pipeline import ReconstructOptions
+from ptycho_torch.pipeline import ReconstructOptions
 
 pva = pytest.importorskip("pvaccess", reason="the optional `pva` extra (pvapy) is not installed")
 

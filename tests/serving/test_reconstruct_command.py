@@ -10,7 +10,7 @@ from ptycho_torch.cli import main as cli_main
 from ptycho_torch.data import load_scan, spatial_split
 from serving.app import create_app
 from serving.engine import Engine
-from serving.pipeline import reconstruct
+from ptycho_torch.pipeline import reconstruct
 
 N = 32  # the oracle bundle's (tests/serving/conftest.py); `conftest` is ambiguous with tests/ptychodus collected too
 

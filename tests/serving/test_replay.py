@@ -12,7 +12,7 @@ from ptycho_torch.data import load_scan
 from serving.app import create_app
 from serving.client import Client
 from serving.engine import Engine
-from serving.pipeline import ReconstructOptions
+from ptycho_torch.pipeline import ReconstructOptions
 
 SCAN = Path(__file__).resolve().parents[2] / "data" / "siemens-star-small.npz.bz2"
 

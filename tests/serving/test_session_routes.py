@@ -11,12 +11,12 @@ import pytest
 from oracle import write_oracle_bundle
 
 from serving.app import create_app
-from serving.bundle import load_bundle
+from ptycho_torch.bundle import load_bundle
 from serving.client import Client
 from serving.engine import Engine
 from serving.errors import InvalidRequest, Overloaded, SessionNotFound, Unauthorized
 from serving.npz_wire import encode_arrays
-from serving.pipeline import ReconstructOptions
+from ptycho_torch.pipeline import ReconstructOptions
 from serving.sessions import SessionLimits
 
 N = 32

@@ -10,7 +10,7 @@ import pytest
 from serving.batching import DynamicBatcher
 from serving.engine import Engine
 from serving.errors import InvalidRequest, Overloaded, SessionNotFound
-from serving.pipeline import ReconstructOptions, reconstruct
+from ptycho_torch.pipeline import ReconstructOptions, reconstruct
 from serving.sessions import Session, SessionLimits, SessionManager
 
 N = 32

@@ -1,9 +1,10 @@
 """Reconstruct a whole scan: validate -> amplitudes -> scale -> group -> batched inference -> stitch.
 
-The one function behind ``POST /v1/reconstruct``, ``ptychopinn reconstruct`` and the Ptychodus
-reconstructors. ``runner`` is an :class:`~serving.engine.Engine` (direct) or a
-:class:`~serving.batching.DynamicBatcher` (shares model batches with concurrent callers); both have
-``.bundle`` and ``.infer(diffraction, scale)``. numpy only.
+The one reconstruct implementation, behind ``POST /v1/reconstruct``, ``ptychopinn reconstruct`` and
+the Ptychodus reconstructors. It is model-agnostic: a :class:`Runner` brings the model's facts
+(:class:`ModelInfo`, which a :class:`~ptycho_torch.bundle.Bundle` satisfies) and batched inference
+``infer(diffraction, scale)``. Runners live at the edges: the onnxruntime engine and dynamic batcher
+in ``serving``, the remote runner in ``serving.client``. numpy only.
 """
 
 from __future__ import annotations
@@ -17,19 +18,49 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from ptycho_torch.errors import InvalidInput, InvalidValues
 from ptycho_torch.grouping import group_indices
 from ptycho_torch.normalization import input_scale
 from ptycho_torch.stitching import Stitcher
-from serving.bundle import Bundle
-from serving.errors import InvalidRequest, InvalidValues
 
-__all__ = ["ReconstructOptions", "Reconstruction", "Runner", "network_scale", "reconstruct"]
+__all__ = ["ModelInfo", "ReconstructOptions", "Reconstruction", "Runner", "network_scale", "reconstruct"]
+
+
+class ModelInfo(Protocol):
+    """The facts about a model that reconstructing with it needs (a bundle, a served model, a checkpoint)."""
+
+    @property
+    def N(self) -> int: ...  # noqa: N802 - the project-wide name of the patch size
+
+    @property
+    def gridsize(self) -> int: ...
+
+    @property
+    def channels(self) -> int: ...
+
+    @property
+    def stitch_M(self) -> int: ...  # noqa: N802
+
+    @property
+    def training_scale(self) -> float:
+        """The normalisation scalar measured on the training data (the ``bundle`` scale policy)."""
+        ...
+
+    @property
+    def default_scale_policy(self) -> str: ...
+
+    @property
+    def probe(self) -> npt.NDArray[np.complex64] | None:
+        """The training probe ``(P, N, N)``, or None when unknown (then no probe check is made)."""
+        ...
 
 
 class Runner(Protocol):
-    """What :func:`reconstruct` needs: the bundle, and batched inference."""
+    """What :func:`reconstruct` needs: the model's facts, and batched inference
+    ``(B, C, N, N)`` float32 amplitudes and ``(B,)`` float32 scales -> amplitude, phase ``(B, C, N, N)``."""
 
-    bundle: Bundle
+    @property
+    def model(self) -> ModelInfo: ...
 
     def infer(
         self, diffraction: npt.NDArray[np.float32], scale: npt.NDArray[np.float32]
@@ -47,28 +78,35 @@ class ReconstructOptions:
     """What ``patterns`` hold: amplitudes (sqrt of counts, the project convention) or raw counts."""
     stitch_M: int | None = None
     """Central crop kept from each patch when stitching; None: the bundle's value."""
-    neighbor_count: int = 4
-    """K nearest neighbours a group's members are drawn from (gridsize > 1 only)."""
+    scale: float | None = None
+    """The network's ``scale`` input, given explicitly (e.g. one value for every chunk of a scan);
+    None: computed by ``scale_policy``."""
+    neighbor_count: int | None = None
+    """K nearest neighbours a group's members are drawn from (gridsize > 1 only); None:
+    :func:`~ptycho_torch.grouping.default_neighbor_count` of the model's C."""
     seed: int = 0
     """Seed of the neighbour draw (gridsize > 1 only), so a request is reproducible."""
 
     def __post_init__(self) -> None:
         if self.scale_policy not in (None, "scan", "bundle"):
-            raise InvalidRequest(f"`scale_policy` must be 'scan' or 'bundle', got {self.scale_policy!r}")
+            raise InvalidInput(f"`scale_policy` must be 'scan' or 'bundle', got {self.scale_policy!r}")
         if self.units not in ("amplitude", "counts"):
-            raise InvalidRequest(f"`units` must be 'amplitude' or 'counts', got {self.units!r}")
+            raise InvalidInput(f"`units` must be 'amplitude' or 'counts', got {self.units!r}")
         for name in ("stitch_M", "neighbor_count", "seed"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-                raise InvalidRequest(f"`{name}` must be a non-negative integer, got {value!r}")
+                raise InvalidInput(f"`{name}` must be a non-negative integer, got {value!r}")
+        if self.scale is not None and (isinstance(self.scale, bool) or not isinstance(self.scale, (int, float))
+                                       or not np.isfinite(self.scale) or self.scale <= 0):
+            raise InvalidInput(f"`scale` must be a positive finite number, got {self.scale!r}")
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any]) -> ReconstructOptions:
-        """Options from a JSON object; unknown keys raise :class:`InvalidRequest` listing the known ones."""
+        """Options from a JSON object; unknown keys raise :class:`InvalidInput` listing the known ones."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(mapping) - known)
         if unknown:
-            raise InvalidRequest(f"unknown options {unknown}; known options are {sorted(known)}")
+            raise InvalidInput(f"unknown options {unknown}; known options are {sorted(known)}")
         return cls(**mapping)
 
 
@@ -100,14 +138,14 @@ class Reconstruction:
 def _check_patterns(patterns: Any, N: int) -> npt.NDArray[np.float32]:
     array = np.asarray(patterns)
     if array.dtype.kind not in "fiu":
-        raise InvalidRequest(f"`patterns` must be real numbers (float32 amplitudes), got dtype {array.dtype}")
+        raise InvalidInput(f"`patterns` must be real numbers (float32 amplitudes), got dtype {array.dtype}")
     if array.ndim != 3 or array.shape[1:] != (N, N):
-        raise InvalidRequest(
+        raise InvalidInput(
             f"`patterns` must have shape (S, {N}, {N}) for this model (N={N}), got {list(array.shape)}; "
             f"crop the central {N}x{N} of each pattern (DC at the centre)"
         )
     if len(array) == 0:
-        raise InvalidRequest("`patterns` must hold at least one pattern, got 0")
+        raise InvalidInput("`patterns` must hold at least one pattern, got 0")
     finite = np.isfinite(array).all(axis=(1, 2))
     if not finite.all():
         raise InvalidValues(f"`patterns` must be finite, got NaN/inf in patterns {np.flatnonzero(~finite)[:10].tolist()}")
@@ -123,7 +161,7 @@ def _check_patterns(patterns: Any, N: int) -> npt.NDArray[np.float32]:
 def _check_positions(positions: Any, count: int) -> npt.NDArray[np.float64]:
     array = np.asarray(positions)
     if array.dtype.kind not in "fiu" or array.shape != (count, 2):
-        raise InvalidRequest(
+        raise InvalidInput(
             f"`positions` must be real numbers of shape ({count}, 2) as [x, y] object pixels, one row per "
             f"pattern, got {array.dtype} {list(array.shape)}"
         )
@@ -133,23 +171,25 @@ def _check_positions(positions: Any, count: int) -> npt.NDArray[np.float64]:
     return array.astype(np.float64, copy=False)
 
 
-def _probe_difference(probe: Any, bundle: Bundle) -> float:
+def _probe_difference(probe: Any, model: ModelInfo) -> float | None:
     array = np.asarray(probe)
-    N = bundle.N
+    N = model.N
     if array.dtype.kind not in "fc" or array.ndim not in (2, 3) or array.shape[-2:] != (N, N):
-        raise InvalidRequest(f"`probe` must be complex (N, N) or (P, N, N) with N={N}, got {array.dtype} "
+        raise InvalidInput(f"`probe` must be complex (N, N) or (P, N, N) with N={N}, got {array.dtype} "
                              f"{list(array.shape)}")
     if not np.isfinite(array).all():
         raise InvalidValues("`probe` must be finite, got NaN/inf")
+    if model.probe is None:
+        return None
     given = array.reshape(-1, N, N)[0].astype(np.complex128).ravel()
-    trained = bundle.probe[0].astype(np.complex128).ravel()
+    trained = model.probe[0].astype(np.complex128).ravel()
     best = np.vdot(given, trained) / max(np.vdot(given, given).real, np.finfo(float).tiny)  # optimal complex gain
     return float(np.linalg.norm(best * given - trained) / np.linalg.norm(trained))
 
 
 def network_scale(amplitudes: npt.NDArray[np.float32], policy: str, training_scale: float) -> float:
     """The network's ``scale`` input: ``input_scale(amplitudes)`` for the ``scan`` policy (raises
-    :class:`~serving.errors.InvalidValues` when they are all zero), else ``training_scale``."""
+    :class:`~ptycho_torch.errors.InvalidValues` when they are all zero), else ``training_scale``."""
     if policy != "scan":
         return training_scale
     if not (amplitudes > 0).any():
@@ -169,31 +209,34 @@ def reconstruct(
     """Reconstruct one scan: ``patterns`` ``(S, N, N)`` (fftshifted, DC at the centre) measured at
     ``positions`` ``(S, 2)`` ``[x, y]`` object pixels (patch centres).
 
-    Raises :class:`~serving.errors.InvalidRequest` (wrong shapes, dtypes, options) or
-    :class:`~serving.errors.InvalidValues` (NaN, inf, negative values) before any inference runs.
+    Raises :class:`~ptycho_torch.errors.InvalidInput` (wrong shapes, dtypes, options) or
+    :class:`~ptycho_torch.errors.InvalidValues` (NaN, inf, negative values) before any inference runs.
     """
     options = options or ReconstructOptions()
-    bundle = runner.bundle
+    model = runner.model
     t0 = time.perf_counter()
-    x = _check_patterns(patterns, bundle.N)
+    x = _check_patterns(patterns, model.N)
     pos = _check_positions(positions, len(x))
-    probe_difference = None if probe is None else _probe_difference(probe, bundle)
-    M = bundle.stitch_M if options.stitch_M is None else options.stitch_M
-    if not 1 <= M <= bundle.N // 2:
-        raise InvalidRequest(f"`stitch_M` must be in [1, N/2 = {bundle.N // 2}], got {M}")
+    probe_difference = None if probe is None else _probe_difference(probe, model)
+    M = model.stitch_M if options.stitch_M is None else options.stitch_M
+    if not 1 <= M <= model.N // 2:
+        raise InvalidInput(f"`stitch_M` must be in [1, N/2 = {model.N // 2}], got {M}")
     t1 = time.perf_counter()
 
     if options.units == "counts":
         x = np.sqrt(x)
-    policy = options.scale_policy or bundle.manifest.normalization.default_policy
-    scale = network_scale(x, policy, bundle.input_scale)
+    if options.scale is not None:
+        policy, scale = "explicit", float(options.scale)
+    else:
+        policy = options.scale_policy or model.default_scale_policy
+        scale = network_scale(x, policy, model.training_scale)
     t2 = time.perf_counter()
 
-    if bundle.channels == 1:
+    if model.channels == 1:
         members = np.arange(len(x))[:, None]
         diffraction = x[:, None]
     else:
-        members = group_indices(pos[:, 0], pos[:, 1], gridsize=bundle.gridsize,
+        members = group_indices(pos[:, 0], pos[:, 1], gridsize=model.gridsize,
                                 K=options.neighbor_count, seed=options.seed)
         diffraction = x[members]
     t3 = time.perf_counter()
@@ -203,7 +246,7 @@ def reconstruct(
 
     patch_positions = pos[members.ravel()]
     stitcher = Stitcher.from_positions(patch_positions, M=M)
-    stitcher.add(_polar(amplitude, phase).reshape(-1, bundle.N, bundle.N), patch_positions)
+    stitcher.add(_polar(amplitude, phase).reshape(-1, model.N, model.N), patch_positions)
     stitched = stitcher.result()
     t5 = time.perf_counter()
     return Reconstruction(

@@ -1,0 +1,30 @@
+"""The deployment bundle: its manifest schema (:mod:`.schema`) and its reader (:mod:`.reader`).
+
+A bundle is a directory, or the same content as one ``.zip``::
+
+    manifest.json                       the schema, with the sha256 of every other file
+    model.onnx                          diffraction (B,C,N,N), scale (B,) -> amplitude, phase (B,C,N,N)
+    model.ts                            TorchScript (never opened by the reader: it needs no torch)
+    params.json                         the params.cfg snapshot
+    probe.npy                           the training probe, complex64, (N,N) or (P,N,N)
+    triton/<name>/config.pbtxt          a ready Triton model repository
+    triton/<name>/<version>/model.onnx
+
+``export`` writes bundles with these models and ``serving``/Ptychodus read them with
+:func:`load_bundle`, so writer and readers share one schema. numpy, pydantic and onnx only.
+"""
+
+from ptycho_torch.bundle.reader import MAX_ZIP_BYTES, PICKLE_SUFFIXES, Bundle, load_bundle, summarize
+from ptycho_torch.bundle.schema import (
+    BATCH_DIM, COORDINATE_CONVENTION, FORMAT, FORMAT_VERSION, INPUT_NAMES, MANIFEST_FILE, NORMALIZATION_RULE,
+    ONNX_FILE, OUTPUT_NAMES, PARAMS_FILE, PROBE_FILE, REQUIRED_FILES, TORCHSCRIPT_FILE, EngineDeviation, Manifest,
+    Normalization, Provenance, TensorSpec, Verification, triton_config_path, triton_model_path,
+)
+
+__all__ = [
+    "BATCH_DIM", "COORDINATE_CONVENTION", "FORMAT", "FORMAT_VERSION", "INPUT_NAMES", "MANIFEST_FILE",
+    "MAX_ZIP_BYTES", "NORMALIZATION_RULE", "ONNX_FILE", "OUTPUT_NAMES", "PARAMS_FILE", "PICKLE_SUFFIXES",
+    "PROBE_FILE", "REQUIRED_FILES", "TORCHSCRIPT_FILE", "Bundle", "EngineDeviation", "Manifest", "Normalization",
+    "Provenance", "TensorSpec", "Verification", "load_bundle", "summarize", "triton_config_path",
+    "triton_model_path",
+]

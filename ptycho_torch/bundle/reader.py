@@ -1,0 +1,265 @@
+"""The bundle reader: validate a bundle directory or ``.zip`` and hold its parts.
+
+Reading uses numpy and onnx only. Nothing is ever unpickled: ``.npy`` files load with
+``allow_pickle=False`` and files with pickle suffixes are refused; symbolic links are refused (a
+bundle is plain files). A ``.zip`` is extracted (after checking every member name and the total
+size) into a temporary directory that lives as long as the :class:`Bundle`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import weakref
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Final
+
+import numpy as np
+
+from ptycho_torch.bundle.schema import (
+    BATCH_DIM, MANIFEST_FILE, ONNX_FILE, PARAMS_FILE, PROBE_FILE, Manifest, TensorSpec, triton_model_path,
+)
+from ptycho_torch.checksums import sha256_file
+from ptycho_torch.errors import BundleError
+
+PICKLE_SUFFIXES: Final = (".pkl", ".pickle", ".pt", ".pth", ".dill", ".joblib", ".ckpt")
+MAX_ZIP_BYTES: Final = 4 << 30
+
+_ONNX_DTYPES: Final = {1: "float32", 10: "float16", 11: "float64"}
+
+
+@dataclass(frozen=True, eq=False)
+class Bundle:
+    """A validated bundle on disk (for a ``.zip``: its extracted copy, deleted when this object is)."""
+
+    root: Path
+    manifest: Manifest
+    probe: np.ndarray
+    """complex64, (P, N, N)."""
+    params: dict[str, Any]
+    source: Path
+    """The directory or ``.zip`` the bundle was loaded from."""
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
+
+    @property
+    def N(self) -> int:  # noqa: N802 - the project-wide name of the patch size
+        return self.manifest.N
+
+    @property
+    def gridsize(self) -> int:
+        return self.manifest.gridsize
+
+    @property
+    def channels(self) -> int:
+        return self.manifest.channels
+
+    @property
+    def training_scale(self) -> float:
+        """The normalisation scalar measured on the training data (the ``bundle`` policy)."""
+        return self.manifest.normalization.training_scale
+
+    @property
+    def default_scale_policy(self) -> str:
+        return self.manifest.normalization.default_policy
+
+    @property
+    def intensity_scale(self) -> float:
+        return self.manifest.intensity_scale
+
+    @property
+    def stitch_M(self) -> int:  # noqa: N802
+        return self.manifest.stitch_M
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.root / ONNX_FILE
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Read and validate a bundle directory or ``.zip``; raise :class:`BundleError` on any problem.
+
+    Checks, in order: the manifest's schema and format version; that no file needs unpickling; that
+    every listed file exists with its recorded sha256 and no unlisted file is present; the ONNX
+    graph's inputs/outputs against the manifest; the probe's dtype and shape; the params snapshot.
+    """
+    source = Path(path)
+    if source.is_dir():
+        return _load_dir(source, source)
+    if source.is_file() and source.suffix == ".zip":
+        tmp = Path(tempfile.mkdtemp(prefix="ptychopinn-bundle-"))
+        try:
+            _extract_zip(source, tmp)
+            bundle = _load_dir(tmp, source)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        weakref.finalize(bundle, shutil.rmtree, tmp, True)
+        return bundle
+    if source.exists():
+        raise BundleError(f"bundle `{source}` must be a directory or a .zip file; pass the folder written by "
+                          "`ptychopinn export` or its --zip archive")
+    raise BundleError(f"bundle `{source}` does not exist; check the path")
+
+
+def _extract_zip(archive: Path, target: Path) -> None:
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            members = zf.infolist()
+            total = sum(m.file_size for m in members)
+            if total > MAX_ZIP_BYTES:
+                raise BundleError(f"{archive.name}: uncompressed size must be <= {MAX_ZIP_BYTES} bytes, got {total}")
+            for member in members:
+                name = PurePosixPath(member.filename)
+                if name.is_absolute() or ".." in name.parts or "\\" in member.filename:
+                    raise BundleError(f"{archive.name}: member `{member.filename}` must be a relative path inside "
+                                      "the bundle; the archive is not a ptychopinn bundle")
+            zf.extractall(target)
+    except (zipfile.BadZipFile, EOFError, OSError) as error:
+        raise BundleError(f"{archive.name} is not a readable zip ({error}); the file is truncated or damaged, "
+                          "copy it again or re-export with --zip") from None
+
+
+def _load_dir(root: Path, source: Path) -> Bundle:
+    present = _present_files(root)
+    manifest_path = root / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise BundleError(f"{source}: missing file {MANIFEST_FILE}; pass the folder written by `ptychopinn export`")
+    manifest = Manifest.from_json(manifest_path.read_text(encoding="utf-8", errors="replace"))
+    _check_files(root, manifest, present)
+    for rel in (ONNX_FILE, *manifest.variants.values()):
+        _check_onnx(root / rel, manifest)
+    probe = _load_probe(root / PROBE_FILE, manifest.N)
+    params = _load_params(root / PARAMS_FILE, manifest)
+    return Bundle(root=root, manifest=manifest, probe=probe, params=params, source=source)
+
+
+def _present_files(root: Path) -> set[str]:
+    """Bundle-relative paths of every file under ``root``; a symbolic link anywhere is refused."""
+    present = set()
+    for folder, dirs, files in os.walk(root):
+        for name in (*dirs, *files):
+            path = Path(folder, name)
+            if path.is_symlink():
+                raise BundleError(f"{path.relative_to(root).as_posix()}: symbolic links are never followed in a "
+                                  "bundle; copy the bundle with real files (cp -rL) or re-export it")
+        present.update(Path(folder, name).relative_to(root).as_posix() for name in files)
+    return present - {MANIFEST_FILE}
+
+
+def _check_files(root: Path, manifest: Manifest, present: set[str]) -> None:
+    for rel in sorted(present | set(manifest.files)):
+        if rel.lower().endswith(PICKLE_SUFFIXES):
+            raise BundleError(f"{rel}: pickle files are never loaded from a bundle (suffix "
+                              f"{PurePosixPath(rel).suffix}); remove it and re-export")
+    for rel in sorted(set(manifest.files) - present):
+        raise BundleError(f"{rel}: missing file listed in {MANIFEST_FILE}; copy the whole bundle again")
+    for rel in sorted(present - set(manifest.files)):
+        raise BundleError(f"{rel}: file not listed in {MANIFEST_FILE} (no checksum to verify it); "
+                          "remove it or re-export the bundle")
+    triton = triton_model_path(manifest.name, manifest.version)
+    if manifest.files.get(triton, manifest.files[ONNX_FILE]) != manifest.files[ONNX_FILE]:
+        raise BundleError(f"{triton}: must be a copy of {ONNX_FILE} (same sha256 in {MANIFEST_FILE}); re-export")
+    for rel, expected in sorted(manifest.files.items()):
+        actual = sha256_file(root / rel)
+        if actual != expected:
+            raise BundleError(f"{rel}: checksum mismatch, sha256 must be {expected}, got {actual}; the file "
+                              "was changed or truncated, copy the bundle again or re-export it")
+
+
+def _check_onnx(path: Path, manifest: Manifest) -> None:
+    import onnx  # numpy + onnx only; onnx is a core dependency
+
+    rel = path.name
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # onnx raises DecodeError and friends
+        raise BundleError(f"{rel}: cannot be parsed as ONNX ({error}); re-export the bundle") from None
+    if any(onnx.external_data_helper.uses_external_data(t) for t in model.graph.initializer):
+        raise BundleError(f"{rel}: must hold its weights inline, got external data references; "
+                          "re-export (the exporter writes external_data=False)")
+    for group, declared, specs in (("inputs", model.graph.input, manifest.inputs),
+                                   ("outputs", model.graph.output, manifest.outputs)):
+        graph = [_onnx_spec(v) for v in declared]
+        if [g.name for g in graph] != [s.name for s in specs]:
+            raise BundleError(f"{rel}: graph {group} must be {[s.name for s in specs]} as in "
+                              f"{MANIFEST_FILE}, got {[g.name for g in graph]}; re-export the bundle")
+        for got, spec in zip(graph, specs):
+            if got != spec:
+                raise BundleError(f"{rel}: shape mismatch for `{spec.name}`, {MANIFEST_FILE} says "
+                                  f"{spec.dtype} {list(spec.shape)}, the graph declares {got.dtype} "
+                                  f"{list(got.shape)}; re-export the bundle")
+
+
+def _onnx_spec(value: Any) -> TensorSpec:
+    tensor = value.type.tensor_type
+    dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else BATCH_DIM
+                 for d in tensor.shape.dim)
+    return TensorSpec(name=value.name, shape=dims, dtype=_ONNX_DTYPES.get(tensor.elem_type, str(tensor.elem_type)))
+
+
+def _load_probe(path: Path, N: int) -> np.ndarray:  # noqa: N803
+    try:
+        probe = np.load(path, allow_pickle=False)
+    except ValueError as error:
+        raise BundleError(f"{PROBE_FILE}: must be a plain complex64 array, got one that needs pickle to load "
+                          f"({error}); re-export the bundle") from None
+    except OSError as error:
+        raise BundleError(f"{PROBE_FILE}: cannot be read as .npy ({error}); re-export the bundle") from None
+    if probe.dtype != np.complex64 or probe.ndim not in (2, 3) or probe.shape[-2:] != (N, N):
+        raise BundleError(f"{PROBE_FILE}: shape mismatch, must be complex64 (N,N) or (P,N,N) with N={N}, got "
+                          f"{probe.dtype} {probe.shape}; re-export the bundle")
+    return probe.reshape((-1, N, N))
+
+
+def _load_params(path: Path, manifest: Manifest) -> dict[str, Any]:
+    try:
+        params = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise BundleError(f"{PARAMS_FILE}: is not valid JSON ({error}); re-export the bundle") from None
+    if not isinstance(params, dict):
+        raise BundleError(f"{PARAMS_FILE}: must hold a JSON object, got {type(params).__name__}")
+    for key in ("N", "gridsize"):
+        if key in params and params[key] != getattr(manifest, key):
+            raise BundleError(f"{PARAMS_FILE}: `{key}` must equal the manifest's {getattr(manifest, key)}, got "
+                              f"{params[key]!r}; re-export the bundle")
+    return params
+
+
+def summarize(bundle: Bundle) -> str:
+    """Human-readable multi-line summary (``ptychopinn inspect BUNDLE``)."""
+    m = bundle.manifest
+    p = m.provenance
+    lines = [
+        f"bundle     {bundle.source}",
+        f"model      {m.name} v{m.version} (format {m.format} v{m.format_version}, ONNX opset {m.opset})",
+        f"geometry   N={m.N} gridsize={m.gridsize} C={m.channels} stitch_M={m.stitch_M}",
+        *(f"input      {s.name} {s.dtype} {list(s.shape)}" for s in m.inputs),
+        *(f"output     {s.name} {s.dtype} {list(s.shape)}" for s in m.outputs),
+        f"scale      {m.normalization.rule}; training value {m.normalization.training_scale:.6g}, "
+        f"default policy {m.normalization.default_policy}",
+        f"intensity  {m.intensity_scale:.6g}",
+        f"probe      {bundle.probe.shape[0]} mode(s), {bundle.probe.shape[1]}x{bundle.probe.shape[2]} complex64",
+        f"coords     {m.coordinates}",
+        f"made       {p.created} by ptychopinn-serve {p.package_version} (torch {p.torch_version}, onnx "
+        f"{p.onnx_version}, commit {p.git_commit or 'unknown'})",
+        f"trained on sha256 {p.train_data_sha256 or 'unknown'}",
+        f"verified   on {m.verification.n_samples} samples of {m.verification.inputs}, tolerance "
+        f"{m.verification.tolerance:g}:",
+        *(f"  {engine:<18} max|d amplitude| {e.amplitude:.3g}  max|d phase| {e.phase:.3g}"
+          for engine, e in sorted(m.verification.errors.items())),
+        f"variants   {', '.join(f'{k}={v}' for k, v in sorted(m.variants.items())) or 'none'}",
+        f"files      {len(m.files)} checksummed: {', '.join(sorted(m.files))}",
+    ]
+    return "\n".join(lines)
+

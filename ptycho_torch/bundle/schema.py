@@ -1,0 +1,202 @@
+"""The bundle's manifest schema: the only definition of ``manifest.json``, shared by the exporter
+(writer) and every reader (the onnxruntime engine, Ptychodus, ``ptychopinn inspect``).
+
+Strict pydantic models: unknown keys, missing keys, wrong JSON types (``"1"`` for 1, ``true`` for 1)
+and non-finite numbers are refused; :meth:`Manifest.from_json` turns the first problem into a
+:class:`~ptycho_torch.errors.BundleError` naming the field and the value.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Final, Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
+from ptycho_torch.errors import BundleError
+
+FORMAT: Final = "ptychopinn-bundle"
+FORMAT_VERSION: Final = 1
+MANIFEST_FILE: Final = "manifest.json"
+ONNX_FILE: Final = "model.onnx"
+TORCHSCRIPT_FILE: Final = "model.ts"
+PARAMS_FILE: Final = "params.json"
+PROBE_FILE: Final = "probe.npy"
+REQUIRED_FILES: Final = (ONNX_FILE, PARAMS_FILE, PROBE_FILE)
+INPUT_NAMES: Final = ("diffraction", "scale")
+OUTPUT_NAMES: Final = ("amplitude", "phase")
+BATCH_DIM: Final = "B"
+NORMALIZATION_RULE: Final = "x_norm = x * sqrt((N/2)^2 / mean_over_scan sum_hw x^2)"
+COORDINATE_CONVENTION: Final = "object pixels, patch centre, x = column, y = row, float"
+
+
+def triton_config_path(name: str) -> str:
+    """Bundle-relative path of the Triton ``config.pbtxt`` for model ``name``."""
+    return f"triton/{name}/config.pbtxt"
+
+
+def triton_model_path(name: str, version: int) -> str:
+    """Bundle-relative path of the Triton copy of ``model.onnx``."""
+    return f"triton/{name}/{version}/model.onnx"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+Dim = Annotated[int, Field(gt=0)] | Literal["B"]
+"""One axis of a tensor: a positive size, or ``"B"`` for the dynamic batch axis."""
+
+
+class TensorSpec(_Strict):
+    """One graph input or output; ``shape`` uses ``"B"`` for the dynamic batch axis."""
+
+    name: str
+    shape: tuple[Dim, ...]
+    dtype: str = "float32"
+
+
+class Normalization(_Strict):
+    """How the host computes the ``scale`` input, and the value measured on the training data."""
+
+    rule: str
+    training_scale: float
+    default_policy: Literal["scan", "bundle"] = "scan"
+    """``scan``: computed from the request's own patterns; ``bundle``: ``training_scale``."""
+
+
+class Provenance(_Strict):
+    """Where the bundle came from."""
+
+    package_version: str
+    torch_version: str
+    onnx_version: str
+    created: str
+    """ISO-8601 UTC creation time."""
+    git_commit: str | None = None
+    train_data_sha256: str | None = None
+    checkpoint: str | None = None
+
+
+class EngineDeviation(_Strict):
+    """Measured max absolute difference of one engine's outputs from torch eager (not an exception)."""
+
+    amplitude: float
+    phase: float
+
+
+class Verification(_Strict):
+    """Parity measured at export time on real inputs (see ``export.verify``)."""
+
+    inputs: str
+    """What was run: the training data's own patterns, or the scan file given."""
+    n_samples: int
+    tolerance: float
+    """Max abs error allowed for the float32 graphs (amplitude and phase)."""
+    errors: dict[str, EngineDeviation]
+    """engine (``onnxruntime_cpu``, ``torchscript``, ``batch_1_vs_n``...) -> measured deviation."""
+    fp16_tolerance: float | None = None
+    """Max abs error allowed for the float16 variant (None: no fp16 variant)."""
+
+
+class Manifest(_Strict):
+    """Everything a host needs to run the bundle; serialised as ``manifest.json``."""
+
+    name: str
+    version: int
+    N: int
+    gridsize: int
+    channels: int
+    opset: int
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    normalization: Normalization
+    intensity_scale: float
+    stitch_M: int
+    provenance: Provenance
+    verification: Verification
+    files: dict[str, str]
+    """Bundle-relative POSIX path -> sha256 of every file except the manifest."""
+    variants: dict[str, str] = Field(default_factory=dict)
+    """Optional extra ONNX graphs with the same signature: ``fp16``, ``ort_optimized`` -> file."""
+    coordinates: str = COORDINATE_CONVENTION
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        """The manifest as indented, key-sorted JSON."""
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        """Parse and validate ``manifest.json`` text; raises :class:`BundleError` naming the field."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise BundleError(f"{MANIFEST_FILE} is not valid JSON ({error}); the file is truncated or "
+                              "damaged, re-export the bundle") from None
+        if not isinstance(data, dict):
+            raise BundleError(f"{MANIFEST_FILE} must hold a JSON object, got {type(data).__name__}")
+        if data.get("format") != FORMAT:
+            raise BundleError(f"{MANIFEST_FILE}: `format` must be {FORMAT!r}, got {data.get('format')!r}; "
+                              "this is not a ptychopinn bundle")
+        if data.get("format_version") != FORMAT_VERSION:
+            raise BundleError(f"{MANIFEST_FILE}: `format_version` must be {FORMAT_VERSION}, got "
+                              f"{data.get('format_version')!r}; re-export the bundle with this version of "
+                              "ptychopinn-serve or install the version that wrote it")
+        try:
+            manifest = cls.model_validate_json(text)
+        except pydantic.ValidationError as error:
+            raise BundleError(_describe(error)) from None
+        manifest._check_consistent()
+        return manifest
+
+    def _check_consistent(self) -> None:
+        expected = {
+            "diffraction": (BATCH_DIM, self.channels, self.N, self.N),
+            "scale": (BATCH_DIM,),
+            "amplitude": (BATCH_DIM, self.channels, self.N, self.N),
+            "phase": (BATCH_DIM, self.channels, self.N, self.N),
+        }
+        if self.channels != self.gridsize**2:
+            raise BundleError(f"{MANIFEST_FILE}: `channels` must be gridsize**2 = {self.gridsize**2}, got "
+                              f"{self.channels}; the manifest was edited by hand, re-export the bundle")
+        for group, names in (("inputs", INPUT_NAMES), ("outputs", OUTPUT_NAMES)):
+            specs = getattr(self, group)
+            if tuple(s.name for s in specs) != names:
+                raise BundleError(f"{MANIFEST_FILE}: `{group}` must be named {list(names)}, got "
+                                  f"{[s.name for s in specs]}; re-export the bundle")
+            for spec in specs:
+                if spec.shape != expected[spec.name] or spec.dtype != "float32":
+                    raise BundleError(f"{MANIFEST_FILE}: `{group}.{spec.name}` must be float32 "
+                                      f"{list(expected[spec.name])} for N={self.N}, C={self.channels}, got "
+                                      f"{spec.dtype} {list(spec.shape)}; re-export the bundle")
+        if not 1 <= self.stitch_M <= self.N // 2:
+            raise BundleError(f"{MANIFEST_FILE}: `stitch_M` must be in [1, N/2 = {self.N // 2}], got {self.stitch_M}")
+        missing = [f for f in (*REQUIRED_FILES, *self.variants.values()) if f not in self.files]
+        if missing:
+            raise BundleError(f"{MANIFEST_FILE}: `files` must list {list(REQUIRED_FILES)}, missing {missing}; "
+                              "re-export the bundle")
+
+
+def _describe(error: pydantic.ValidationError) -> str:
+    """One line for the first schema violation: where, what was expected, what was found."""
+    problems = error.errors(include_url=False)
+    first = problems[0]
+    parent = _where(first["loc"][:-1])
+    same = [p for p in problems if p["type"] == first["type"] and _where(p["loc"][:-1]) == parent]
+    keys = sorted(str(p["loc"][-1]) for p in same)
+    if first["type"] == "extra_forbidden":
+        return f"{MANIFEST_FILE}: unknown keys {keys} in `{parent}`; remove them or re-export the bundle"
+    if first["type"] == "missing":
+        return f"{MANIFEST_FILE}: `{parent}` is missing keys {keys}; re-export the bundle"
+    message = first["msg"][0].lower() + first["msg"][1:]
+    return (f"{MANIFEST_FILE}: `{_where(first['loc'])}` {message.removeprefix('input ')}, got "
+            f"{first['input']!r}; re-export the bundle")
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    """``manifest.json.inputs[0].shape[2]`` from a pydantic location (union member tags dropped)."""
+    return MANIFEST_FILE + "".join(f"[{part}]" if isinstance(part, int) else f".{part}"
+                                   for part in loc if isinstance(part, int) or part.isidentifier())
