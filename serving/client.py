@@ -144,7 +144,8 @@ class Client:
                      expected_frames: int | None = None,
                      bounds: tuple[tuple[float, float], tuple[float, float]] | None = None) -> LiveSession:
         """A new live session (``POST /v1/sessions``) on ``model`` (None: the server's), pinned to its
-        current version. ``options`` as for :meth:`reconstruct` (``scale_policy`` must be ``bundle``)."""
+        current version. ``options`` as for :meth:`reconstruct` (``scale_policy`` must be ``bundle``, unless
+        the option ``scale`` is given: e.g. ``input_scale`` of a whole scan the caller holds)."""
         if isinstance(options, ReconstructOptions):
             options = {k: v for k, v in dataclasses.asdict(options).items() if v is not None}
         body: dict[str, Any] = {"model": model, "options": options or {}, "expected_frames": expected_frames,

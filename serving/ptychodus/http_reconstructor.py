@@ -1,26 +1,33 @@
 """``PtychoPINN-Serve`` > ``HTTP``: reconstruct on a remote ``ptychopinn serve`` (e.g. a GPU node).
 
-The scan goes out in chunks of ``ChunkSize`` patterns. Each chunk runs through the same
-:func:`ptycho_torch.pipeline.reconstruct` as the ONNX reconstructor, with the model batches sent to the
-server's Open Inference Protocol ``infer`` endpoint, so the normalisation is the whole scan's (computed
-once here, sent explicitly with every batch) and not each chunk's. Chunks are merged on the object
-grid by their coverage weights, which for gridsize 1 gives exactly the one-shot result; for
-gridsize > 1 neighbour groups are drawn within a chunk. After every chunk the object so far is
-yielded, so Ptychodus shows progress and can stop between chunks.
+The scan goes out in chunks of ``ChunkSize`` patterns. For single-pattern models (gridsize 1) the
+chunks stream into a live session (:mod:`serving.sessions`) on the server, which infers and stitches
+them as they arrive; after each chunk the object so far comes back and is yielded with the progress,
+so Ptychodus shows the object growing, and Stop closes the session at once. The normalisation is the
+whole scan's (computed here, where the whole scan is, and given to the session explicitly).
+
+For gridsize > 1 (neighbour groups need the whole scan, which a session does not have) each chunk
+runs through the same :func:`ptycho_torch.pipeline.reconstruct` as the ONNX reconstructor, with the
+model batches sent to the server's Open Inference Protocol ``infer`` endpoint and the same explicit
+scale; chunks are merged on the object grid by their coverage weights and neighbour groups are drawn
+within a chunk. After every chunk the object so far is yielded, so Ptychodus can stop between chunks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from collections.abc import Iterator
 
+import numpy as np
 from ptychodus.api.reconstruct import Reconstructor, ReconstructInput, ReconstructOutput
 
 from ptycho_torch.errors import ConfigError
-from serving.client import Client, RemoteRunner, ServedModel, ServerUnreachable
-from serving.errors import ModelNotFound
 from ptycho_torch.pipeline import ReconstructOptions, network_scale, reconstruct
-from serving.ptychodus.adapter import ObjectGrid, check_model_geometry, scan_from_input
+from serving.client import Client, LiveSession, RemoteRunner, ServedModel, ServerUnreachable
+from serving.errors import ModelNotFound, ServingError
+from serving.ptychodus.adapter import ObjectGrid, Scan, check_model_geometry, scan_from_input
 from serving.ptychodus.settings import GROUP, PtychoPINNServeSettings
 
 __all__ = ["HttpReconstructor"]
@@ -71,6 +78,9 @@ class HttpReconstructor(Reconstructor):
             model = self._model(client, url, name)
             check_model_geometry(scan, N=model.N, gridsize=model.gridsize, model=f"{name} at {url}")
             scale = network_scale(scan.amplitudes, self._settings.policy(), model.training_scale)
+            if model.gridsize == 1:
+                yield from self._stream(client, name, scan, scale, parameters)
+                return
             runner = RemoteRunner(model, client)
             options = ReconstructOptions(scale=scale)  # the whole scan's, the same for every chunk
             size = self._settings.chunk_size.get_value()
@@ -84,3 +94,42 @@ class HttpReconstructor(Reconstructor):
                 log.info("chunk %d/%d: %d patterns in %.2f s", k, self._chunks, result.n_patterns,
                          result.timings["total"])
                 yield ReconstructOutput(grid.product(), progress=k)
+
+    def _stream(self, client: Client, name: str, scan: Scan, scale: float,
+                parameters: ReconstructInput) -> Iterator[ReconstructOutput]:
+        """Send the scan chunk by chunk into a live session; yield the object after each chunk."""
+        S = len(scan.amplitudes)
+        size = self._settings.chunk_size.get_value()
+        starts = range(0, S, size)
+        self._chunks = len(starts)
+        live = client.open_session(name, options={"scale": scale}, expected_frames=S)
+        finished = False
+        try:
+            for k, start in enumerate(starts, 1):
+                index = np.arange(start, min(start + size, S))
+                receipt = live.send_frames(index, scan.amplitudes[index], scan.positions[index])
+                for rejection in receipt["rejected"]:
+                    log.warning("frame %d refused by the server: %s", rejection["index"], rejection["reason"])
+                self._wait_on_canvas(live, index[-1] + 1)
+                result = live.object()
+                grid = ObjectGrid(parameters)
+                grid.add(result.amplitude, result.phase, result.coverage, result.origin)
+                log.info("chunk %d/%d: %d of %d patterns on the canvas of session %s", k, self._chunks,
+                         result.n_patterns, S, live.id)
+                yield ReconstructOutput(grid.product(), progress=k)
+            live.close()
+            finished = True
+        finally:
+            if not finished:  # Stop (the generator was closed) or an error: drop the server's work now
+                with contextlib.suppress(ServingError, ServerUnreachable):
+                    live.close(cancel=True)
+
+    def _wait_on_canvas(self, live: LiveSession, count: int) -> None:
+        """Until ``count`` frames are stitched (or refused); :class:`TimeoutError` after ``TimeoutSeconds``."""
+        timeout_s = self._settings.timeout_s.get_value()
+        deadline = time.monotonic() + timeout_s
+        while (frames := live.status()["frames"])["reconstructed"] + frames["rejected"] < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"session {live.id} stitched {frames['reconstructed']} of {count} frames in "
+                                   f"{timeout_s} s (`[{GROUP}] TimeoutSeconds`); the server is overloaded or stuck")
+            time.sleep(0.02)

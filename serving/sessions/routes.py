@@ -40,7 +40,7 @@ class CreateSession(BaseModel):
     version: str | None = None
     """Model version (None: the current one); the session keeps it for its whole life."""
     options: dict[str, Any] = Field(default_factory=dict)
-    """As for /v1/reconstruct; ``scale_policy`` defaults to (and must be) ``bundle``."""
+    """As for /v1/reconstruct; ``scale_policy`` defaults to (and must be) ``bundle`` unless ``scale`` is given."""
     expected_frames: int | None = None
     bounds: list[list[float]] | None = None
     """``[[x_lo, x_hi], [y_lo, y_hi]]`` object pixels every position lies in."""

@@ -26,7 +26,7 @@ import numpy.typing as npt
 from ptycho_torch.stitching import Rect, TiledStitcher
 from ptycho_torch.bundle import Bundle
 from serving.errors import InvalidRequest
-from ptycho_torch.pipeline import ReconstructOptions, Reconstruction, network_scale
+from ptycho_torch.pipeline import ReconstructOptions, Reconstruction
 
 __all__ = ["Receipt", "Session", "SessionRunner", "Work"]
 
@@ -110,7 +110,8 @@ class Session:
 
     ``runner``: the pinned model (kept for the session's life). ``options``: as for
     ``/v1/reconstruct``; the scale policy must be ``bundle`` (a stream cannot know the whole scan's
-    normalisation in advance). ``expected_frames``: indices must lie in ``[0, expected_frames)``
+    normalisation in advance) unless the option ``scale``, the network's scale input, is given (by a
+    client that holds the whole scan, for instance). ``expected_frames``: indices must lie in ``[0, expected_frames)``
     when given. ``bounds``: ``((x_lo, x_hi), (y_lo, y_hi))`` object pixels that every position must
     lie in, when given. ``max_tiles``: canvas memory limit (tiles of ``tile**2`` pixels, 24 bytes each).
     """
@@ -129,10 +130,11 @@ class Session:
     ) -> None:
         options = options or ReconstructOptions(scale_policy="bundle")
         bundle = runner.bundle
-        if options.scale_policy != "bundle":
+        if options.scale is None and options.scale_policy != "bundle":
             raise InvalidRequest(
                 f"`scale_policy` must be 'bundle' for a session, got {options.scale_policy!r}: a stream cannot "
-                "normalise by the whole scan before it has been measured; send options {\"scale_policy\": \"bundle\"}")
+                "normalise by the whole scan before it has been measured; send options {\"scale_policy\": \"bundle\"}, "
+                "or the scale itself when the client knows it (option `scale`)")
         if bundle.channels != 1:
             raise InvalidRequest(
                 f"sessions stream single-pattern models (gridsize 1); model {bundle.name!r} has gridsize "
@@ -150,7 +152,9 @@ class Session:
         self.options = options
         self.expected_frames = expected_frames
         self.bounds = bounds
-        self.scale = network_scale(np.ones(1, np.float32), "bundle", bundle.training_scale)
+        explicit = options.scale is not None
+        self.scale = float(options.scale if explicit else bundle.training_scale)  # `bundle` policy: training value
+        self.scale_policy = "explicit" if explicit else "bundle"
         self.stitcher = TiledStitcher(M=M, tile=tile, max_tiles=max_tiles)
         self.closed: str | None = None
         """Why the session was closed (``deleted``, ``cancelled``, ``expired``), or None while open."""
@@ -408,11 +412,11 @@ class Session:
             count = self._counts.reconstructed
         if stitched is None:
             return Reconstruction(amplitude=empty, phase=empty.copy(), coverage=empty.copy(), origin=(0.0, 0.0),
-                                  scale=self.scale, scale_policy="bundle", n_patterns=0, n_groups=0,
+                                  scale=self.scale, scale_policy=self.scale_policy, n_patterns=0, n_groups=0,
                                   timings={"total": elapsed})
         return Reconstruction(amplitude=stitched.amplitude, phase=stitched.phase,
                               coverage=stitched.coverage.astype(np.float32), origin=stitched.origin,
-                              scale=self.scale, scale_policy="bundle", n_patterns=count, n_groups=count,
+                              scale=self.scale, scale_policy=self.scale_policy, n_patterns=count, n_groups=count,
                               timings={"total": elapsed})
 
     def counts(self) -> dict[str, int]:
@@ -454,7 +458,7 @@ class Session:
                 "canvas": {"origin": None if geometry is None else list(geometry[0]),
                            "shape": None if geometry is None else list(geometry[1]),
                            "tiles": self.stitcher.n_tiles, "bytes": self.stitcher.nbytes},
-                "options": {"scale_policy": "bundle", "units": self.options.units, "stitch_M": self.stitcher.M},
+                "options": {"scale_policy": self.scale_policy, "units": self.options.units, "stitch_M": self.stitcher.M},
                 "scale": self.scale,
                 "age_s": now - self.created,
                 "idle_s": now - self.last_activity,

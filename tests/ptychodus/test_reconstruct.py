@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from ptychodus.api.reconstruct import prepare_reconstruct_input
@@ -70,6 +71,11 @@ def test_http_gives_the_onnx_object_chunk_by_chunk(oracle: OracleScan, oracle_zi
     http_object = outputs[-1].product.object_.get_layer(0)
     np.testing.assert_allclose(http_object, onnx_object, rtol=1e-5, atol=1e-6)
     _check_oracle(http_object, oracle)
+    assert _sessions(oracle_server) == []  # streamed through a live session, closed at the end
+
+
+def _sessions(server) -> list[dict]:
+    return httpx.get(f"{server.url}/v1/sessions", headers={"Authorization": "Bearer s3cret"}).json()["sessions"]
 
 
 def test_http_stops_between_chunks(oracle: OracleScan, oracle_server, settings: PtychoPINNServeSettings) -> None:
@@ -80,9 +86,15 @@ def test_http_stops_between_chunks(oracle: OracleScan, oracle_server, settings: 
     settings.chunk_size.set_value(10)
     outputs = HttpReconstructor(settings).reconstruct(parameters)
     first = next(outputs)
+    [session] = _sessions(oracle_server)  # the scan streams through a live session on the server
+    assert session["counts"]["reconstructed"] == 10
     outputs.close()  # what Ptychodus does when the user presses Stop
     assert first.progress == 1
     assert next(outputs, None) is None
+    assert _sessions(oracle_server) == []  # Stop closed the session
+    status = httpx.get(f"{oracle_server.url}/v1/sessions/{session['session_id']}",
+                       headers={"Authorization": "Bearer s3cret"})
+    assert status.status_code == 404 and "cancelled" in status.json()["error"]
 
 
 def test_export_training_data_writes_the_project_contract(oracle: OracleScan, tmp_path: Path,
