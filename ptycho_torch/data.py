@@ -37,6 +37,7 @@ from numpy.typing import ArrayLike
 
 from ptycho_torch.errors import DataContractError
 from ptycho_torch.grouping import build_grouped_data, group_indices
+from ptycho_torch.scan_checks import prepare_scan, to_amplitudes
 
 logger = logging.getLogger(__name__)
 
@@ -172,10 +173,12 @@ class RawData:
         y = np.asarray(arrays["ycoords"], dtype=np.float64).reshape(-1)
         key = "diffraction" if "diffraction" in arrays else "diff3d"
         patterns = _canonical_layout(np.asarray(arrays[key]), x.shape[0], key, source)
-        if counts or (counts is None and patterns.dtype.kind in "iu"):
-            patterns = counts_to_amplitude(patterns, source=source)
-        elif patterns.dtype.kind not in "fiu":
+        if patterns.dtype.kind not in "fiu":
             raise _fail(key, "(S, N, N) float32 amplitudes", f"dtype {patterns.dtype}", "store real amplitudes")
+        _require_finite_nonnegative(key, patterns, "amplitudes or counts")
+        patterns, units = to_amplitudes(patterns, None if counts is None else "counts" if counts else "amplitude")
+        if units == "counts":
+            logger.info("%s: converting counts (intensity) to amplitudes sqrt(counts)", source)
         metadata = arrays.get("_metadata")
         return cls(
             x, y,
@@ -331,14 +334,23 @@ def load_scan(path: str | Path, n: int | None = None) -> RawData:
 
     ``n`` is the patch size the caller needs: a tike scan's detector is cropped to it; a contract
     file is returned as stored and must already be at ``n`` (None: any N).
+
+    Every scan passes :func:`~ptycho_torch.scan_checks.prepare_scan` (the checks of every entry
+    point): an optional ``badPixelMask`` (N, N) bool key and detected bad pixels are inpainted, and
+    the report (with its warnings) is stored in ``metadata["scan_report"]``.
     """
     arrays = _read_arrays(path)
     if {"data", "probe", "scan"} <= arrays.keys():
-        return _from_tike(arrays, n, str(path))
-    raw = RawData.from_arrays(arrays, source=str(path))
-    if n is not None and raw.N != n:
-        raise _fail("n", f"the stored pattern size {raw.N} for the contract NPZ {path}", n,
-                    "use a model with that N, or simulate/crop the scan at the model's N")
+        raw = _from_tike(arrays, n, str(path))
+    else:
+        raw = RawData.from_arrays(arrays, source=str(path))
+        if n is not None and raw.N != n:
+            raise _fail("n", f"the stored pattern size {raw.N} for the contract NPZ {path}", n,
+                        "use a model with that N, or simulate/crop the scan at the model's N")
+    scan = prepare_scan(raw.diff3d, np.column_stack([raw.xcoords, raw.ycoords]), units="amplitude",
+                        mask=arrays.get("badPixelMask"))
+    raw.diff3d = scan.amplitudes
+    raw.metadata["scan_report"] = scan.report.to_json()
     return raw
 
 

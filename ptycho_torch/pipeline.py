@@ -21,9 +21,11 @@ import numpy.typing as npt
 from ptycho_torch.errors import InvalidInput, InvalidValues
 from ptycho_torch.grouping import group_indices
 from ptycho_torch.normalization import input_scale
+from ptycho_torch.scan_checks import check_network_input, prepare_scan
 from ptycho_torch.stitching import Stitcher
 
-__all__ = ["ModelInfo", "ReconstructOptions", "Reconstruction", "Runner", "network_scale", "reconstruct"]
+__all__ = ["ModelInfo", "ReconstructOptions", "Reconstruction", "Runner", "network_scale", "reconstruct",
+           "require_finite_outputs"]
 
 
 class ModelInfo(Protocol):
@@ -74,8 +76,9 @@ class ReconstructOptions:
     scale_policy: Literal["scan", "bundle"] | None = None
     """``scan``: normalise by this scan's own patterns; ``bundle``: the training value (streams);
     None: the bundle's default policy."""
-    units: Literal["amplitude", "counts"] = "amplitude"
-    """What ``patterns`` hold: amplitudes (sqrt of counts, the project convention) or raw counts."""
+    units: Literal["amplitude", "counts"] | None = None
+    """What ``patterns`` hold: amplitudes (sqrt of counts, the project convention) or raw counts;
+    None: integer dtypes are counts, floats amplitudes (the rule of every entry point)."""
     stitch_M: int | None = None
     """Central crop kept from each patch when stitching; None: the bundle's value."""
     scale: float | None = None
@@ -90,8 +93,8 @@ class ReconstructOptions:
     def __post_init__(self) -> None:
         if self.scale_policy not in (None, "scan", "bundle"):
             raise InvalidInput(f"`scale_policy` must be 'scan' or 'bundle', got {self.scale_policy!r}")
-        if self.units not in ("amplitude", "counts"):
-            raise InvalidInput(f"`units` must be 'amplitude' or 'counts', got {self.units!r}")
+        if self.units not in (None, "amplitude", "counts"):
+            raise InvalidInput(f"`units` must be 'amplitude' or 'counts' (or absent), got {self.units!r}")
         for name in ("stitch_M", "neighbor_count", "seed"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
@@ -133,6 +136,9 @@ class Reconstruction:
     """``min_c ||c * probe - bundle probe|| / ||bundle probe||`` (first mode, best complex gain ``c``, so
     normalisation and global phase do not count) when a probe was given: the network assumes its
     training probe, so a value near 1 means the result is not trustworthy."""
+    scan_report: dict[str, Any] = field(default_factory=dict)
+    """The plausibility report (:class:`~ptycho_torch.scan_checks.ScanReport`): masked pixels, energy
+    layout, position span, and ``warnings`` about what is probably wrong."""
 
 
 def _check_patterns(patterns: Any, N: int) -> npt.NDArray[np.float32]:
@@ -155,7 +161,7 @@ def _check_patterns(patterns: Any, N: int) -> npt.NDArray[np.float32]:
             f"`patterns` must be non-negative (amplitudes or counts), got negative values in patterns "
             f"{rows[:10].tolist()}; subtract no background below zero"
         )
-    return array.astype(np.float32, copy=False)
+    return array
 
 
 def _check_positions(positions: Any, count: int) -> npt.NDArray[np.float64]:
@@ -205,12 +211,15 @@ def reconstruct(
     *,
     probe: npt.ArrayLike | None = None,
     options: ReconstructOptions | None = None,
+    mask: npt.ArrayLike | None = None,
 ) -> Reconstruction:
     """Reconstruct one scan: ``patterns`` ``(S, N, N)`` (fftshifted, DC at the centre) measured at
-    ``positions`` ``(S, 2)`` ``[x, y]`` object pixels (patch centres).
+    ``positions`` ``(S, 2)`` ``[x, y]`` object pixels (patch centres); ``mask`` ``(N, N)`` bool marks
+    bad detector pixels (inpainted, see :func:`~ptycho_torch.scan_checks.prepare_scan`).
 
-    Raises :class:`~ptycho_torch.errors.InvalidInput` (wrong shapes, dtypes, options) or
-    :class:`~ptycho_torch.errors.InvalidValues` (NaN, inf, negative values) before any inference runs.
+    Raises :class:`~ptycho_torch.errors.InvalidInput` (wrong shapes, dtypes, options),
+    :class:`~ptycho_torch.errors.InvalidValues` (NaN, inf, negative values) or
+    :class:`~ptycho_torch.scan_checks.ImplausibleScan` before any inference runs.
     """
     options = options or ReconstructOptions()
     model = runner.model
@@ -223,13 +232,14 @@ def reconstruct(
         raise InvalidInput(f"`stitch_M` must be in [1, N/2 = {model.N // 2}], got {M}")
     t1 = time.perf_counter()
 
-    if options.units == "counts":
-        x = np.sqrt(x)
+    scan = prepare_scan(x, pos, units=options.units, mask=mask)
+    x = scan.amplitudes
     if options.scale is not None:
         policy, scale = "explicit", float(options.scale)
     else:
         policy = options.scale_policy or model.default_scale_policy
-        scale = network_scale(x, policy, model.training_scale)
+        scale = network_scale(x[scan.scale_frames], policy, model.training_scale)
+    check_network_input(scale, float(x.max()))
     t2 = time.perf_counter()
 
     if model.channels == 1:
@@ -242,6 +252,7 @@ def reconstruct(
     t3 = time.perf_counter()
 
     amplitude, phase = runner.infer(diffraction, np.full(len(diffraction), scale, np.float32))
+    require_finite_outputs(amplitude, phase)
     t4 = time.perf_counter()
 
     patch_positions = pos[members.ravel()]
@@ -261,7 +272,18 @@ def reconstruct(
         timings={"validate": t1 - t0, "scale": t2 - t1, "group": t3 - t2, "inference": t4 - t3,
                  "stitch": t5 - t4, "total": t5 - t0},
         probe_difference=probe_difference,
+        scan_report=scan.report.to_json(),
     )
+
+
+def require_finite_outputs(amplitude: npt.NDArray[np.float32], phase: npt.NDArray[np.float32]) -> None:
+    """Raise :class:`~serving.errors.InvalidValues` if the model returned NaN or inf: never in a result."""
+    bad = ~(np.isfinite(amplitude).all(axis=tuple(range(1, amplitude.ndim)))
+            & np.isfinite(phase).all(axis=tuple(range(1, phase.ndim))))
+    if bad.any():
+        raise InvalidValues(f"the model returned NaN/inf for items {np.flatnonzero(bad)[:10].tolist()}: their "
+                            "input (patterns x scale) is outside what the network handles; check the units "
+                            "and the scale")
 
 
 def _polar(amplitude: npt.NDArray[np.float32], phase: npt.NDArray[np.float32]) -> npt.NDArray[np.complex64]:

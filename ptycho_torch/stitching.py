@@ -28,7 +28,7 @@ import numpy.typing as npt
 
 from ptycho_torch.errors import DataContractError
 
-__all__ = ["DEFAULT_M", "Rect", "StitchResult", "Stitcher", "TiledStitcher", "stitch_patches"]
+__all__ = ["DEFAULT_M", "Rect", "StitchResult", "Stitcher", "TiledStitcher", "canvas_geometry", "stitch_patches"]
 
 DEFAULT_M = 20
 """Default side of the central crop kept from every patch (PtychoPINN's inference default)."""
@@ -120,10 +120,11 @@ def _crops(patches: npt.ArrayLike, pos: npt.NDArray[np.float64], M: int) -> np.n
     return patches[:, start:start + M, start:start + M]
 
 
-def _geometry(
+def canvas_geometry(
     x_range: tuple[float, float], y_range: tuple[float, float], M: int
 ) -> tuple[tuple[int, int], tuple[int, int]]:
-    """``(origin (x0, y0), shape (H, W))`` of the smallest canvas holding positions in the two ranges."""
+    """``(origin (x0, y0), shape (H, W))`` of the smallest canvas holding positions in the two ranges;
+    computed, not allocated, so callers can bound it first."""
     _check_M(M)
     (x_lo, x_hi), (y_lo, y_hi) = x_range, y_range
     if not (x_lo <= x_hi and y_lo <= y_hi):
@@ -163,7 +164,7 @@ class Stitcher:
         cls, x_range: tuple[float, float], y_range: tuple[float, float], *, M: int = DEFAULT_M
     ) -> Stitcher:
         """The smallest canvas that holds any position with ``x`` in ``x_range`` and ``y`` in ``y_range``."""
-        origin, shape = _geometry(x_range, y_range, M)
+        origin, shape = canvas_geometry(x_range, y_range, M)
         return cls(shape=shape, origin=origin, M=M)
 
     @classmethod
@@ -336,7 +337,7 @@ class TiledStitcher:
         positions added so far; None before the first patch."""
         if self.count == 0:
             return None
-        return _geometry((self._low[0], self._high[0]), (self._low[1], self._high[1]), self.M)
+        return canvas_geometry((self._low[0], self._high[0]), (self._low[1], self._high[1]), self.M)
 
     def region(self, rect: Rect) -> tuple[npt.NDArray[np.complex64], npt.NDArray[np.float64]]:
         """The weighted average (complex64, 0 where nothing landed) and coverage on grid ``rect``."""

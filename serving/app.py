@@ -2,9 +2,13 @@
 
 Every refusal is a :class:`~serving.errors.ServingError` (or a ``PtychoError`` from the numpy
 science code) turned into ``{"error": message}`` with its status code in one handler; endpoints
-never catch. A bearer token, when set, guards everything except the two health probes. Request
-bodies are read through a size limit. Blocking work (decoding, stitching) runs in the thread pool;
-inference waits on the dynamic batcher without holding a thread.
+never catch. A bearer token, when set, guards everything except the two health probes and the docs;
+without one only loopback clients are served (:mod:`serving.guards`). Work routes admit a bounded
+number of requests before reading a body; bodies are read within :mod:`serving.limits` (size,
+``Content-Encoding``, timeouts, memory budget). Blocking work (decoding, stitching) runs in the
+thread pool; inference waits on the dynamic batcher without holding a thread; a client that hangs up
+has its work cancelled. The OpenAPI schema and offline ``/docs``, ``/redoc`` come from
+:mod:`serving.openapi`.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -23,16 +27,22 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ptycho_torch import __version__
 from ptycho_torch.errors import DataContractError, InvalidValues, PtychoError
+from ptycho_torch.pipeline import reconstruct, require_finite_outputs
+from ptycho_torch.scan_checks import check_network_input
+from serving import openapi
 from serving.batching import DynamicBatcher
 from serving.engine import Engine
-from serving.errors import InvalidRequest, ModelNotFound, RequestTooLarge, ServingError, Unauthorized
+from serving.errors import ClientGone, InvalidRequest, ModelNotFound, ServingError, Unauthorized
+from serving.guards import LOOPBACK_HOSTS, AccessGuard, Admission, CancellableRunner, cancel_on_disconnect
+from serving.limits import Limits, check_reconstruct_budget, read_body
 from serving.metrics import ServiceMetrics
 from serving.npz_wire import RECONSTRUCT_MEDIA_TYPE, decode_reconstruct_request, encode_reconstruction
-from ptycho_torch.pipeline import reconstruct
 from serving.protocol_v2 import HEADER_LENGTH, TensorMetadata, check_inputs, decode_request, encode_response
 from serving.sessions import SessionLimits, SessionManager
 from serving.sessions.routes import session_routes, viewer_routes
@@ -49,10 +59,13 @@ class _State:
     """What the endpoints share: one engine, its batcher, metrics and limits."""
 
     def __init__(self, engine: Engine, batcher: DynamicBatcher, metrics: ServiceMetrics, token: str | None,
-                 max_request_bytes: int) -> None:
+                 limits: Limits, max_concurrent_reconstructs: int) -> None:
         self.metrics = metrics
         self.token = token
-        self.max_request_bytes = max_request_bytes
+        self.limits = limits
+        self.infer_admission = Admission("infer", batcher.max_queue_size, "--max-queue-size")
+        self.reconstruct_admission = Admission("reconstruct", max_concurrent_reconstructs,
+                                               "--max-concurrent-reconstructs")
         self._serve(engine, batcher)
 
     def _serve(self, engine: Engine, batcher: DynamicBatcher) -> None:
@@ -101,32 +114,23 @@ class _State:
         return self.batcher
 
     async def read_body(self, request: Request) -> bytes:
-        """The body, or :class:`RequestTooLarge` (after draining what the client sends, so it reads the 413)."""
-        limit = self.max_request_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit + (64 << 20):
-            raise RequestTooLarge(f"request body is {declared} bytes, over the limit of {limit} bytes "
-                                  "(--max-request-mb); send fewer patterns per request")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size <= limit:
-                chunks.append(chunk)
-            elif size > limit + (64 << 20):
-                break
-        if size > limit:
-            raise RequestTooLarge(f"request body is over the limit of {limit} bytes (--max-request-mb); "
-                                  "send fewer patterns per request")
-        return b"".join(chunks)
+        """The body within this server's limits (see :func:`serving.limits.read_body`)."""
+        return await read_body(request, self.limits)
 
 
 def _error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-async def _serving_error(_: Request, error: Exception) -> Response:
+async def _serving_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, ServingError)
+    if isinstance(error, ClientGone):
+        log.info("%s %s: %s", request.method, request.url.path, error.message)
     return _error_response(error.status_code, error.message, error.headers)
+
+
+async def _client_disconnect(request: Request, _: Exception) -> Response:
+    return await _serving_error(request, ClientGone("the client closed the connection while sending the body"))
 
 
 async def _ptycho_error(_: Request, error: Exception) -> Response:
@@ -186,19 +190,34 @@ def create_app(
     max_queue_delay_us: int = 100,
     max_queue_size: int = 256,
     token: str | None = None,
-    max_request_bytes: int = 256 << 20,
+    max_request_bytes: int | None = None,
+    limits: Limits | None = None,
+    max_concurrent_reconstructs: int = 4,
+    allow_remote: bool = False,
+    allowed_hosts: Sequence[str] | None = None,
+    cors_origins: Sequence[str] = (),
     session_limits: SessionLimits | None = None,
 ) -> FastAPI:
-    """The service for one engine. Batching knobs as :class:`~serving.batching.DynamicBatcher`;
-    ``token``: require ``Authorization: Bearer <token>`` (None: open); ``max_request_bytes``: 413 above it;
+    """The service for one engine. Batching knobs as :class:`~serving.batching.DynamicBatcher`
+    (``max_queue_size`` also bounds infer requests in progress, checked before a body is read);
+    ``token``: require ``Authorization: Bearer <token>`` (None: open, loopback clients only unless
+    ``allow_remote``); ``limits``: per-request size, memory and time limits (``max_request_bytes``
+    overrides its body limit); ``max_concurrent_reconstructs``: ``/v1/reconstruct`` requests in
+    progress before 503; ``allowed_hosts``: ``Host`` names accepted (default: the loopback names
+    without a token, any with one); ``cors_origins``: browser origins allowed (default none: CORS off);
     ``session_limits``: bounds on live sessions. The app owns the batcher and closes it at shutdown."""
     if token is not None and not token.strip():
         raise InvalidRequest("`token` must be a non-empty string or None; the token file is empty")
+    limits = limits or Limits()
+    if max_request_bytes is not None:
+        limits = Limits(**{**limits.__dict__, "max_body_bytes": max_request_bytes})
     metrics = ServiceMetrics(engine.bundle.name, max_batch_size or engine.max_batch_size)
     batcher = DynamicBatcher(engine, max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
                              max_queue_size=max_queue_size, observer=metrics.observe_batch)
-    state = _State(engine, batcher, metrics, token.strip() if token else None, max_request_bytes)
+    state = _State(engine, batcher, metrics, token.strip() if token else None, limits, max_concurrent_reconstructs)
     sessions = SessionManager(state.session_runner, session_limits)
+    if allowed_hosts is None and state.token is None:
+        allowed_hosts = LOOPBACK_HOSTS
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
@@ -207,19 +226,26 @@ def create_app(
         await run_in_threadpool(state.batcher.close)
 
     app = FastAPI(title=SERVER_NAME, version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+                  description=openapi.DESCRIPTION)
     app.state.serving = state
+    if cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["*"])
+    app.add_middleware(AccessGuard, allow_remote=allow_remote or state.token is not None,
+                       allowed_hosts=allowed_hosts)
     app.add_middleware(_MetricsMiddleware, metrics=metrics)
     app.add_exception_handler(ServingError, _serving_error)
+    app.add_exception_handler(ClientDisconnect, _client_disconnect)
     app.add_exception_handler(PtychoError, _ptycho_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _internal_error)
     app.include_router(_health_routes(state))
     app.include_router(_protected_routes(state), dependencies=[Depends(_auth(state))])
-    app.include_router(session_routes(sessions, state.read_body, 4 * max_request_bytes),
+    app.include_router(session_routes(sessions, state.read_body, limits.max_request_memory_bytes),
                        dependencies=[Depends(_auth(state))])
     app.include_router(viewer_routes(sessions, state.token))
+    openapi.install(app)
     return app
 
 
@@ -238,11 +264,11 @@ def _auth(state: _State) -> Callable[[Request], Awaitable[None]]:
 def _health_routes(state: _State) -> APIRouter:
     router = APIRouter()
 
-    @router.get("/v2/health/live")
+    @router.get("/v2/health/live", response_model=openapi.Live)
     async def live() -> dict[str, bool]:
         return {"live": True}
 
-    @router.get("/v2/health/ready")
+    @router.get("/v2/health/ready", responses=openapi.READY_RESPONSES)
     async def ready() -> Response:
         return JSONResponse({"ready": True}) if _is_ready(state) else JSONResponse({"ready": False}, 503)
 
@@ -256,45 +282,54 @@ def _is_ready(state: _State) -> bool:
 def _protected_routes(state: _State) -> APIRouter:
     router = APIRouter()
 
-    @router.get("/v2")
+    @router.get("/v2", response_model=openapi.ServerMetadata, responses=openapi.ERRORS)
     async def server_metadata() -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
 
-    @router.get("/v2/models/{name}")
-    @router.get("/v2/models/{name}/versions/{version}")
+    @router.get("/v2/models/{name}", response_model=openapi.ModelMetadata, responses=openapi.ERRORS)
+    @router.get("/v2/models/{name}/versions/{version}", response_model=openapi.ModelMetadata,
+                responses=openapi.ERRORS)
     async def model_metadata(name: str, version: str | None = None) -> dict[str, Any]:
         state.check_model(name, version)
         return state.metadata
 
-    @router.get("/v2/models/{name}/ready")
-    @router.get("/v2/models/{name}/versions/{version}/ready")
+    @router.get("/v2/models/{name}/ready", responses={**openapi.MODEL_READY_RESPONSES, **openapi.ERRORS})
+    @router.get("/v2/models/{name}/versions/{version}/ready",
+                responses={**openapi.MODEL_READY_RESPONSES, **openapi.ERRORS})
     async def model_ready(name: str, version: str | None = None) -> Response:
         state.check_model(name, version)
         ready = _is_ready(state)
         return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
 
-    @router.post("/v2/models/{name}/infer")
-    @router.post("/v2/models/{name}/versions/{version}/infer")
+    @router.post("/v2/models/{name}/infer", **openapi.INFER_ROUTE)
+    @router.post("/v2/models/{name}/versions/{version}/infer", **openapi.INFER_ROUTE)
     async def infer(name: str, request: Request, version: str | None = None) -> Response:
         state.check_model(name, version)
-        body = await state.read_body(request)
-        header_length = request.headers.get(HEADER_LENGTH)
-        decoded = await run_in_threadpool(decode_request, body, header_length)
-        check_inputs(decoded.inputs, state.inputs)
-        amplitude, phase = await asyncio.wrap_future(
-            state.batcher.submit(decoded.inputs["diffraction"], decoded.inputs["scale"]))
-        content, headers = await run_in_threadpool(
-            encode_response, state.bundle.name, str(state.bundle.version), decoded,
-            {"amplitude": amplitude, "phase": phase})
+        with state.infer_admission.slot():
+            body = await read_body(request, state.limits)
+            decoded = await run_in_threadpool(decode_request, body, request.headers.get(HEADER_LENGTH),
+                                              max_json_bytes=state.limits.max_json_bytes)
+            check_inputs(decoded.inputs, state.inputs)
+            diffraction, scale = decoded.inputs["diffraction"], decoded.inputs["scale"]
+            check_network_input(scale, float(diffraction.max()) if diffraction.size else 0.0)
+            amplitude, phase = await cancel_on_disconnect(
+                request, asyncio.wrap_future(state.batcher.submit(diffraction, scale)))
+            require_finite_outputs(amplitude, phase)
+            content, headers = await run_in_threadpool(
+                encode_response, state.bundle.name, str(state.bundle.version), decoded,
+                {"amplitude": amplitude, "phase": phase})
         return Response(content, headers=headers)
 
-    @router.post("/v1/reconstruct")
+    @router.post("/v1/reconstruct", **openapi.RECONSTRUCT_ROUTE)
     async def reconstruct_scan(request: Request) -> Response:
-        body = await state.read_body(request)
-        content = await run_in_threadpool(_reconstruct, state, body)
+        with state.reconstruct_admission.slot():
+            body = await read_body(request, state.limits)
+            runner = CancellableRunner(state.batcher)
+            content = await cancel_on_disconnect(request, run_in_threadpool(_reconstruct, state, runner, body),
+                                                 runner.cancel)
         return Response(content, media_type=RECONSTRUCT_MEDIA_TYPE)
 
-    @router.get("/metrics")
+    @router.get("/metrics", **openapi.METRICS_ROUTE)
     async def metrics() -> Response:
         state.metrics.queue_length.labels(state.bundle.name).set(state.batcher.queue_length())
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -302,9 +337,13 @@ def _protected_routes(state: _State) -> APIRouter:
     return router
 
 
-def _reconstruct(state: _State, body: bytes) -> bytes:
-    patterns, positions, probe, options = decode_reconstruct_request(
-        body, max_uncompressed_bytes=4 * state.max_request_bytes)
-    result = reconstruct(state.batcher, patterns, positions, probe=probe, options=options)
+def _reconstruct(state: _State, runner: CancellableRunner, body: bytes) -> bytes:
+    limits = state.limits
+    request = decode_reconstruct_request(body, max_uncompressed_bytes=limits.max_request_memory_bytes)
+    decoded = sum(a.nbytes for a in (request.patterns, request.positions, request.probe, request.mask) if a is not None)
+    check_reconstruct_budget(request.patterns, request.positions, N=state.bundle.N, channels=state.bundle.channels,
+                             decoded_bytes=decoded, limits=limits)
+    result = reconstruct(runner, request.patterns, request.positions, probe=request.probe,
+                         options=request.options, mask=request.mask)
     return encode_reconstruction(result, {"model_name": state.bundle.name,
                                           "model_version": state.bundle.version})

@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -53,6 +53,17 @@ class _Request:
     @property
     def size(self) -> int:
         return len(self.scale)
+
+
+def _deliver(future: Future[Outputs], *, result: Outputs | None = None, error: BaseException | None = None) -> None:
+    """Complete ``future`` unless its caller cancelled it meanwhile (then the answer has nobody to go to)."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+    except InvalidStateError:
+        pass
 
 
 class DynamicBatcher:
@@ -149,6 +160,9 @@ class DynamicBatcher:
                 if self._closed:
                     return None
                 self._cond.wait()
+            self._drop_cancelled()
+            if not self._queue:
+                return []
             deadline = self._queue[0].enqueued + self.max_queue_delay_s
             while not self._closed:
                 waiting = sum(r.size - r.taken for r in self._queue)
@@ -156,6 +170,7 @@ class DynamicBatcher:
                 if waiting >= self.max_batch_size or remaining <= 0:
                     break
                 self._cond.wait(remaining)
+            self._drop_cancelled()
             slices, room = [], self.max_batch_size
             while self._queue and room:
                 request = self._queue[0]
@@ -167,9 +182,15 @@ class DynamicBatcher:
                     self._queue.popleft()
             return slices
 
+    def _drop_cancelled(self) -> None:
+        """Forget requests whose caller cancelled them (a client that hung up): no compute for them."""
+        if any(r.future.cancelled() for r in self._queue):
+            self._queue = deque(r for r in self._queue if not r.future.cancelled())
+
     def _loop(self) -> None:
         while (slices := self._collect()) is not None:
-            self._run_batch(slices)
+            if slices:
+                self._run_batch(slices)
 
     def _run_batch(self, slices: list[tuple[_Request, int, int]]) -> None:
         started = time.perf_counter()
@@ -185,8 +206,7 @@ class DynamicBatcher:
         except Exception as error:  # noqa: BLE001 - delivered to every waiting caller
             log.exception("batch of %d items failed", len(scale))
             for request, _, _ in slices:
-                if not request.future.done():
-                    request.future.set_exception(error)
+                _deliver(request.future, error=error)
             return
         compute_s = time.perf_counter() - started
         offset = 0
@@ -206,7 +226,7 @@ class DynamicBatcher:
             offset += stop - start
             request.done += stop - start
             if request.done == request.size:
-                request.future.set_result(request.outputs)
+                _deliver(request.future, result=request.outputs)
         if self.observer is not None:
             try:
                 self.observer(len(scale), queue_s, compute_s)

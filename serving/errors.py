@@ -16,6 +16,10 @@ __all__ = [
     "Unauthorized",
     "RequestTooLarge",
     "Overloaded",
+    "Forbidden",
+    "RequestTimeout",
+    "UnsupportedEncoding",
+    "ClientGone",
 ]
 
 
@@ -74,3 +78,28 @@ class Overloaded(ServingError):
     def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
         super().__init__(message, headers={"Retry-After": str(retry_after_s)})
         self.retry_after_s = retry_after_s
+
+
+class Forbidden(ServingError):
+    """The client may not use this server: a remote address without a token, or a foreign Host header (403)."""
+
+    status_code = 403
+
+
+class RequestTimeout(ServingError):
+    """The request body did not arrive within the read timeouts (408)."""
+
+    status_code = 408
+
+
+class UnsupportedEncoding(ServingError):
+    """The body's ``Content-Encoding`` is not one the server decodes (415)."""
+
+    status_code = 415
+
+
+class ClientGone(ServingError):
+    """The client closed the connection before the answer was ready; its work is cancelled (499, nginx's
+    "client closed request": logged and counted, never sent)."""
+
+    status_code = 499

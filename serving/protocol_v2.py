@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from ptycho_torch.errors import InvalidValues
-from serving.errors import InvalidRequest
+from serving.errors import InvalidRequest, RequestTooLarge
+from serving.limits import loads_json
 
 __all__ = [
     "HEADER_LENGTH",
@@ -133,14 +134,17 @@ def _decode_input(index: int, spec: Any, binary: memoryview, offset: int) -> tup
     return name, array.reshape(shape), offset
 
 
-def decode_request(body: bytes, header_length: str | None = None) -> InferRequest:
-    """Decode an infer request body (JSON, or JSON header + binary tensors)."""
+def decode_request(body: bytes, header_length: str | None = None, *, max_json_bytes: int | None = None
+                   ) -> InferRequest:
+    """Decode an infer request body (JSON, or JSON header + binary tensors); a JSON part longer than
+    ``max_json_bytes`` is refused (413) before it is parsed: its Python objects would cost ~32x."""
     header, binary = _split_body(body, header_length)
-    try:
-        request = json.loads(header)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        hint = f"; binary bodies need the `{HEADER_LENGTH}` header" if header_length is None else ""
-        raise _fail(f"the JSON header does not parse ({error}){hint}") from None
+    if max_json_bytes is not None and len(header) > max_json_bytes:
+        raise RequestTooLarge(f"the JSON part of the request is {len(header)} bytes, over the limit of "
+                              f"{max_json_bytes} (the memory budget / 32: JSON numbers cost ~32 bytes each in "
+                              "memory); send the tensors as binary data (parameters.binary_data_size)")
+    hint = f"; binary bodies need the `{HEADER_LENGTH}` header" if header_length is None else ""
+    request = loads_json(header, "invalid inference request: the JSON header", hint)
     if not isinstance(request, dict):
         raise _fail(f"the body must be a JSON object, got {type(request).__name__}")
     request_id = request.get("id")
