@@ -241,8 +241,8 @@ def prepare_scan(patterns: npt.NDArray[Any], positions: npt.NDArray[np.float64],
         report.warn("`patterns` are float but hold only whole numbers: if they are photon counts, send "
                     "units='counts' (or an integer dtype), otherwise they are taken as amplitudes")
     _check_positions(positions, N, report)
-    sample = amplitudes[np.linspace(0, S - 1, min(S, MAX_DETECTION_FRAMES)).astype(np.intp)]
-    _check_layout(sample, report)
+    frames = np.linspace(0, S - 1, min(S, MAX_DETECTION_FRAMES)).astype(np.intp)
+    sample = amplitudes[frames]
 
     bad = np.zeros((N, N), bool) if mask is None else bad_pixel_mask(mask, N)
     if sentinels is not None:
@@ -262,6 +262,7 @@ def prepare_scan(patterns: npt.NDArray[Any], positions: npt.NDArray[np.float64],
         if amplitudes is patterns or not amplitudes.flags.writeable:
             amplitudes = amplitudes.copy()
         inpaint(amplitudes, bad if sentinels is None else bad | sentinels)
+    _check_layout(amplitudes[frames], report)
 
     energy = np.einsum("shw,shw->s", amplitudes, amplitudes, dtype=np.float64)
     typical = np.median(energy)
@@ -287,8 +288,9 @@ def check_network_input(scale: npt.ArrayLike, peak: float, *, field: str = "scal
                                 "input is patterns * scale with scale = sqrt((N/2)^2 / mean pattern energy)")
     low, high = SCALE_RANGE
     if values.min() < low or values.max() > high:
+        got = f"{float(values.min()):.3g}" + ("" if values.min() == values.max() else f"..{float(values.max()):.3g}")
         raise DataContractError(
-            f"`{field}` must be in [{low:g}, {high:g}], got {float(values.min()):.3g}..{float(values.max()):.3g}: "
+            f"`{field}` must be in [{low:g}, {high:g}], got {got}: "
             f"the patterns' largest value is {peak:.3g}; send amplitudes in photon units (sqrt of counts), "
             "not values near the float32 limits")
     top = float(values.max()) * float(peak)

@@ -49,7 +49,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token-file", type=Path, default=None,
                         help="file holding a bearer token that clients must send (default: no token)")
     parser.add_argument("--max-request-mb", type=float, default=256.0,
-                        help="largest request body in MiB; larger ones get 413 (default 256)")
+                        help="largest request body in MiB, after Content-Encoding decoding; larger ones get 413 "
+                             "(default 256)")
+    parser.add_argument("--max-request-memory-mb", type=float, default=2048.0,
+                        help="working memory one request may need (decoded arrays, canvas, JSON objects), MiB; "
+                             "larger ones get 413 naming the field and sizes (default 2048)")
+    parser.add_argument("--max-concurrent-reconstructs", type=int, default=4,
+                        help="/v1/reconstruct requests in progress before 503; peak memory is about this "
+                             "times --max-request-memory-mb (default 4)")
+    parser.add_argument("--body-timeout-s", type=float, default=300.0,
+                        help="longest time to receive a request body (408 after it; each piece may take a "
+                             "tenth of it, at most 30 s) (default 300)")
+    parser.add_argument("--allow-remote", action="store_true",
+                        help="serve clients on other machines without a token (default: without --token-file "
+                             "only loopback clients are answered)")
+    parser.add_argument("--allowed-hosts", default=None,
+                        help="comma-separated Host header names accepted, '*' for any (default: the loopback "
+                             "names without a token, any with one)")
+    parser.add_argument("--cors-origins", default="",
+                        help="comma-separated browser origins allowed to call the API (default none: CORS off)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,21 +77,36 @@ def run(args: argparse.Namespace) -> int:
     from serving.app import create_app
     from ptycho_torch.bundle import load_bundle
     from serving.engine import Engine
+    from serving.limits import Limits
 
     bundle_path = args.bundle or DEFAULT_BUNDLE
     if args.bundle is None and not (DEFAULT_BUNDLE / "manifest.json").is_file():
         raise ConfigError(f"`--bundle` must be given: no default model is shipped at {DEFAULT_BUNDLE}; "
                           "pass the folder written by `ptychopinn export`")
-    if args.max_request_mb <= 0:
-        raise ConfigError(f"`--max-request-mb` must be positive, got {args.max_request_mb}")
+    for flag in ("max_request_mb", "max_request_memory_mb", "body_timeout_s", "max_concurrent_reconstructs"):
+        if getattr(args, flag) <= 0:
+            raise ConfigError(f"`--{flag.replace('_', '-')}` must be positive, got {getattr(args, flag)}")
     token = read_token_file(args.token_file) if args.token_file is not None else None
     providers = [p.strip() for p in args.providers.split(",") if p.strip()] if args.providers else None
     engine = Engine(load_bundle(bundle_path), providers=providers, max_batch_size=args.max_batch_size,
                     intra_op_threads=args.intra_op_threads)
+    limits = Limits(max_body_bytes=int(args.max_request_mb * (1 << 20)),
+                    max_request_memory_bytes=int(args.max_request_memory_mb * (1 << 20)),
+                    body_timeout_s=args.body_timeout_s, body_idle_timeout_s=min(30.0, args.body_timeout_s / 10))
     app = create_app(engine, max_queue_delay_us=args.max_queue_delay_us, max_queue_size=args.max_queue_size,
-                     token=token, max_request_bytes=int(args.max_request_mb * (1 << 20)))
+                     token=token, limits=limits, max_concurrent_reconstructs=args.max_concurrent_reconstructs,
+                     allow_remote=args.allow_remote, allowed_hosts=_names(args.allowed_hosts),
+                     cors_origins=_names(args.cors_origins) or ())
+    if token is None and not args.allow_remote and args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("binding %s without --token-file: only clients on this machine are answered (403 for the "
+                    "others); add --token-file, or --allow-remote on a trusted network", args.host)
     log.info("serving %s v%s on http://%s:%d (providers %s, warm-up %.2f s, token %s)", engine.bundle.name,
              engine.bundle.version, args.host, args.port, engine.providers, engine.warmup_s,
              "required" if token else "off")
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)
     return 0
+
+
+def _names(text: str | None) -> list[str] | None:
+    """A comma-separated option as a list (None when not given)."""
+    return None if text is None else [part.strip() for part in text.split(",") if part.strip()]

@@ -111,10 +111,12 @@ class Client:
         return self._request("GET", f"/v2/models/{model}").json()
 
     def reconstruct(self, patterns: npt.ArrayLike, positions: npt.ArrayLike, *, probe: npt.ArrayLike | None = None,
-                    options: ReconstructOptions | dict[str, Any] | None = None,
+                    options: ReconstructOptions | dict[str, Any] | None = None, mask: npt.ArrayLike | None = None,
                     compress: bool = False) -> Reconstruction:
-        """Stitched object for a scan (see :func:`ptycho_torch.pipeline.reconstruct`), computed by the server."""
-        body = encode_reconstruct_request(patterns, positions, probe=probe, options=options, compress=compress)
+        """Stitched object for a scan (see :func:`ptycho_torch.pipeline.reconstruct`), computed by the server;
+        ``mask`` ``(N, N)`` bool marks bad detector pixels."""
+        body = encode_reconstruct_request(patterns, positions, probe=probe, options=options, mask=mask,
+                                          compress=compress)
         response = self._request("POST", "/v1/reconstruct", content=body,
                                  headers={"Content-Type": RECONSTRUCT_MEDIA_TYPE})
         return decode_reconstruction(response.content)[0]

@@ -63,11 +63,17 @@ class Limits:
         return self.max_request_memory_bytes // JSON_EXPANSION
 
 
-def _mib(nbytes: float) -> str:
-    return f"{nbytes / MiB:,.1f} MiB"
+def _count(n: int) -> str:
+    """``12,345`` or, for numbers past a trillion (positions of 1e300 make such canvases), ``~1e300``."""
+    digits = len(str(abs(int(n))))
+    return f"{int(n):,}" if digits <= 12 else f"~1e{digits - 1}"
 
 
-def check_budget(field: str, what: str, nbytes: float, limits: Limits, fix: str) -> None:
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / MiB:,.1f} MiB" if nbytes < 1 << 60 else f"{_count(nbytes // MiB)} MiB"
+
+
+def check_budget(field: str, what: str, nbytes: int, limits: Limits, fix: str) -> None:
     """Raise :class:`RequestTooLarge` (413) when ``nbytes`` is over the per-request memory budget."""
     limit = limits.max_request_memory_bytes
     if nbytes > limit:
@@ -95,8 +101,8 @@ def check_reconstruct_budget(patterns: np.ndarray, positions: np.ndarray, *, N: 
     n_inputs = len(patterns) * channels if np.ndim(patterns) == 3 else 0
     canvas = H * W * CANVAS_BYTES_PER_PIXEL
     need = decoded_bytes + reconstruct_bytes(n_inputs, N, (H, W))
-    if canvas >= need / 2:
-        check_budget("positions", f"a stitched canvas of {H:,} x {W:,} px (the positions span "
+    if 2 * canvas >= need:
+        check_budget("positions", f"a stitched canvas of {_count(H)} x {_count(W)} px (the positions span "
                      f"{hi[0] - lo[0]:.4g} x {hi[1] - lo[1]:.4g} px) with the scan's arrays", need, limits,
                      "check that the positions are object pixels of this scan, or reconstruct it in regions")
     check_budget("patterns", f"reconstructing {len(pos)} patterns of {N} x {N} (decoded arrays, network inputs "
