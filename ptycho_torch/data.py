@@ -49,7 +49,7 @@ def counts_to_amplitude(counts: ArrayLike, *, source: str = "patterns") -> np.nd
     counts = np.asarray(counts)
     logger.info("%s: converting %s counts (intensity) to amplitudes sqrt(counts)", source, counts.dtype)
     _require_finite_nonnegative("diffraction", counts, "counts")
-    return np.sqrt(counts, dtype=np.float64).astype(np.float32)
+    return to_amplitudes(counts, "counts")[0]
 
 
 def _fail(key: str, expected: str, got: Any, fix: str) -> DataContractError:
@@ -175,10 +175,8 @@ class RawData:
         patterns = _canonical_layout(np.asarray(arrays[key]), x.shape[0], key, source)
         if patterns.dtype.kind not in "fiu":
             raise _fail(key, "(S, N, N) float32 amplitudes", f"dtype {patterns.dtype}", "store real amplitudes")
-        _require_finite_nonnegative(key, patterns, "amplitudes or counts")
-        patterns, units = to_amplitudes(patterns, None if counts is None else "counts" if counts else "amplitude")
-        if units == "counts":
-            logger.info("%s: converting counts (intensity) to amplitudes sqrt(counts)", source)
+        if counts or (counts is None and patterns.dtype.kind in "iu"):
+            patterns = counts_to_amplitude(patterns, source=source)
         metadata = arrays.get("_metadata")
         return cls(
             x, y,
