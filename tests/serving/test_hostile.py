@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 from oracle import write_oracle_bundle
 
+from ptycho_torch.bundle import load_bundle
+from ptycho_torch.pipeline import reconstruct
 from serving.app import create_app
-from serving.bundle import load_bundle
 from serving.client import Client
 from serving.engine import Engine
 from serving.limits import Limits
 from serving.npz_wire import decode_reconstruction, encode_reconstruct_request
-from serving.pipeline import reconstruct
 
 CASES = Path(__file__).resolve().parents[1] / "data" / "cases"
 N = 32
