@@ -29,7 +29,7 @@ def running_server(bundle: Path, *, max_batch_size: int = 64, max_queue_delay_us
                    providers: str | None = None, ready_timeout_s: float = 120.0) -> Iterator[str]:
     """Start ``ptychopinn serve --bundle BUNDLE`` on a free port; yield its URL once ready; stop it."""
     port = free_port()
-    command = [sys.executable, "-m", "ptycho_torch.cli", "serve", "--bundle", str(bundle), "--port", str(port),
+    command = [sys.executable, "-m", "ptychopinn", "serve", "--bundle", str(bundle), "--port", str(port),
                "--max-batch-size", str(max_batch_size), "--max-queue-delay-us", str(max_queue_delay_us)]
     if providers:
         command += ["--providers", providers]

@@ -29,7 +29,7 @@ TEST_FILE = "test_data.npz"
 
 
 def _ptychopinn(*args: str) -> None:
-    command = [sys.executable, "-m", "ptycho_torch.cli", *args]
+    command = [sys.executable, "-m", "ptychopinn", *args]
     log.info("running %s", " ".join(command))
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:

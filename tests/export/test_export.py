@@ -26,7 +26,7 @@ from export.bundle_writer import ExportOptions, export_bundle
 from export.onnx import EXPORTER_LOGGERS
 from export.verify import FP16_TOLERANCE, FP32_TOLERANCE, verification_inputs, verify_exports
 from ptycho_torch import params
-from ptycho_torch.cli import main as cli_main
+from ptychopinn.cli import main as cli_main
 from ptycho_torch.config import ModelConfig
 from ptycho_torch.data import load_siemens_star
 from ptycho_torch.errors import ExportError

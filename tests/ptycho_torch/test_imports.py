@@ -9,7 +9,7 @@ NUMPY_ONLY = [
     "ptycho_torch.config", "ptycho_torch.params", "ptycho_torch.data", "ptycho_torch.grouping",
     "ptycho_torch.normalization", "ptycho_torch.simulation", "ptycho_torch.checksums", "ptycho_torch.bundle",
     "ptycho_torch.pipeline", "ptycho_torch.stitching",
-    "ptycho_torch.commands.simulate", "ptycho_torch.commands.inspect", "ptycho_torch.data_fit",
+    "ptychopinn.commands.simulate", "ptychopinn.commands.inspect", "ptycho_torch.data_fit",
     "ptycho_torch.refinement",
 ]
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ptycho_torch import params
-from ptycho_torch.cli import main as cli_main
+from ptychopinn.cli import main as cli_main
 from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig
 from ptycho_torch.data import RawData
 from ptycho_torch.errors import DataContractError, ModelArchiveError

@@ -53,7 +53,7 @@ def test_ptychopinn_serve_runs_a_server_with_a_token(oracle_bundle: Bundle, tmp_
         port = sock.getsockname()[1]
     token_file = tmp_path / "token"
     token_file.write_text("t0ken\n")
-    command = [sys.executable, "-c", BLOCK_TORCH + "from ptycho_torch.cli import main; sys.exit(main())",
+    command = [sys.executable, "-c", BLOCK_TORCH + "from ptychopinn.cli import main; sys.exit(main())",
                "serve", "--bundle", str(oracle_bundle.source), "--port", str(port), "--max-batch-size", "8",
                "--token-file", str(token_file), "--providers", "cpu", "--max-request-mb", "1"]
     process = subprocess.Popen(command, env=_env(), cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
@@ -83,7 +83,7 @@ def test_ptychopinn_serve_runs_a_server_with_a_token(oracle_bundle: Bundle, tmp_
 
 
 def test_serve_refuses_bad_arguments_with_one_line() -> None:
-    result = subprocess.run([sys.executable, "-m", "ptycho_torch.cli", "serve", "--bundle", "/no/such/bundle"],
+    result = subprocess.run([sys.executable, "-m", "ptychopinn", "serve", "--bundle", "/no/such/bundle"],
                             capture_output=True, text=True, env=_env(), cwd=PROJECT_ROOT, timeout=120)
     assert result.returncode == 2
     assert "ptychopinn serve: error: bundle `/no/such/bundle` does not exist" in result.stderr
@@ -91,6 +91,6 @@ def test_serve_refuses_bad_arguments_with_one_line() -> None:
 
 @pytest.mark.parametrize("flag", ["--max-request-mb=0"])
 def test_serve_checks_limits(oracle_bundle: Bundle, flag: str) -> None:
-    result = subprocess.run([sys.executable, "-m", "ptycho_torch.cli", "serve", "--bundle", str(oracle_bundle.source),
+    result = subprocess.run([sys.executable, "-m", "ptychopinn", "serve", "--bundle", str(oracle_bundle.source),
                              flag], capture_output=True, text=True, env=_env(), cwd=PROJECT_ROOT, timeout=120)
     assert result.returncode == 2 and "`--max-request-mb` must be positive, got 0.0" in result.stderr

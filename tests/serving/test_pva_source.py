@@ -100,7 +100,7 @@ def test_ptychopinn_pva_source_runs_a_session_until_the_expected_frames(engine: 
     import json
     import threading
 
-    from ptycho_torch.cli import main
+    from ptychopinn.cli import main
     from serving.pva_source import positions_structure
 
     server = serve(create_app(engine))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ptycho_torch.cli import main as cli_main
+from ptychopinn.cli import main as cli_main
 from ptycho_torch.data import load_scan, spatial_split
 from serving.app import create_app
 from serving.engine import Engine
@@ -85,7 +85,7 @@ def test_a_server_that_is_down_is_a_one_line_error(data_dir: Path, tmp_path: Pat
     with socket.socket() as sock:  # a port nobody listens on once the socket is closed
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    done = subprocess.run([sys.executable, "-m", "ptycho_torch.cli", "reconstruct", "--server", f"http://127.0.0.1:{port}",
+    done = subprocess.run([sys.executable, "-m", "ptychopinn", "reconstruct", "--server", f"http://127.0.0.1:{port}",
                            "--data", str(data_dir / "siemens-star-small.npz.bz2"), "--n", str(N),
                            "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2

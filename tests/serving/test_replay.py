@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ptycho_torch.cli import main
+from ptychopinn.cli import main
 from ptycho_torch.data import load_scan
 from serving.app import create_app
 from serving.client import Client

@@ -8,7 +8,7 @@ import pytest
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from ptycho_torch.cli import main
+from ptychopinn.cli import main
 from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig
 from ptycho_torch.errors import ConfigError, DataContractError
 from tests.training.conftest import N

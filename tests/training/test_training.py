@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ptycho_torch.cli import main
+from ptychopinn.cli import main
 from ptycho_torch.data import RawData
 from ptycho_torch.errors import ModelArchiveError
 from tests.training.conftest import N

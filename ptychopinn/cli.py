@@ -1,6 +1,8 @@
 """The ``ptychopinn`` command: one entry point, one module per subcommand.
 
-Each subcommand lives in the package that owns it and exposes two functions::
+The dispatcher sits at the top of the layering (it may import every package). Each subcommand
+lives in the package that owns it (``training.cli``, ``export.cli``, ``serving.cli``; the ones that
+span packages in :mod:`ptychopinn.commands`) and exposes two functions::
 
     def configure(parser: argparse.ArgumentParser) -> None: ...   # add its arguments
     def run(args: argparse.Namespace) -> int: ...                  # do the work, return an exit code
@@ -22,12 +24,12 @@ from ptycho_torch.errors import PtychoError
 
 # subcommand name -> (module path, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "simulate": ("ptycho_torch.commands.simulate", "simulate a scan from a synthetic or given object"),
-    "inspect": ("ptycho_torch.commands.inspect", "summarise a scan (NPZ) or a bundle and draw an overview"),
+    "simulate": ("ptychopinn.commands.simulate", "simulate a scan from a synthetic or given object"),
+    "inspect": ("ptychopinn.commands.inspect", "summarise a scan (NPZ) or a bundle and draw an overview"),
     "train": ("training.cli", "train PtychoPINN with Lightning and write checkpoints"),
     "export": ("export.cli", "export a checkpoint to an ONNX/TorchScript bundle"),
     "serve": ("serving.cli", "serve a bundle over HTTP (Open Inference Protocol + /v1/reconstruct)"),
-    "reconstruct": ("ptycho_torch.commands.reconstruct", "reconstruct a scan in-process or via a server"),
+    "reconstruct": ("ptychopinn.commands.reconstruct", "reconstruct a scan in-process or via a server"),
     "replay": ("serving.replay", "stream a recorded scan into a live session as a detector would, and measure it"),
     "pva-source": ("serving.pva_command", "feed a live session from EPICS PV Access detector and position channels"),
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ptycho_torch.cli import main
+from ptychopinn.cli import main
 from ptycho_torch.data import RawData
 
 

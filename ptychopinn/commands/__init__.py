@@ -1,0 +1,1 @@
+"""``ptychopinn`` subcommands that span packages: ``simulate``, ``inspect``, ``reconstruct`` (see :mod:`ptychopinn.cli`)."""
