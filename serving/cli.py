@@ -68,6 +68,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "names without a token, any with one)")
     parser.add_argument("--cors-origins", default="",
                         help="comma-separated browser origins allowed to call the API (default none: CORS off)")
+    parser.add_argument("--max-sessions", type=int, default=16,
+                        help="live scan sessions open at once; more get 503 (default 16)")
+    parser.add_argument("--max-pending-frames", type=int, default=16384,
+                        help="frames held by live sessions and not yet stitched, all sessions together; a message "
+                             "that would pass it gets 503 + Retry-After (default 16384)")
+    parser.add_argument("--session-idle-s", type=float, default=900.0,
+                        help="close a live session after this many seconds without requests (default 900)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from ptycho_torch.bundle import load_bundle
     from serving.engine import Engine
     from serving.limits import Limits
+    from serving.sessions import SessionLimits
 
     bundle_path = args.bundle or DEFAULT_BUNDLE
     if args.bundle is None and not (DEFAULT_BUNDLE / "manifest.json").is_file():
@@ -96,7 +104,10 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(engine, max_queue_delay_us=args.max_queue_delay_us, max_queue_size=args.max_queue_size,
                      token=token, limits=limits, max_concurrent_reconstructs=args.max_concurrent_reconstructs,
                      allow_remote=args.allow_remote, allowed_hosts=_names(args.allowed_hosts),
-                     cors_origins=_names(args.cors_origins) or ())
+                     cors_origins=_names(args.cors_origins) or (),
+                     session_limits=SessionLimits(max_sessions=args.max_sessions,
+                                                  max_pending_frames=args.max_pending_frames,
+                                                  idle_timeout_s=args.session_idle_s))
     if token is None and not args.allow_remote and args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding %s without --token-file: only clients on this machine are answered (403 for the "
                     "others); add --token-file, or --allow-remote on a trusted network", args.host)

@@ -21,7 +21,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", required=True, help="NTNDArray channel of the detector (uniqueId = scan index)")
     parser.add_argument("--positions", required=True,
                         help="positions channel: a structure of arrays index (long), x, y (double, object pixels)")
-    parser.add_argument("--expected-frames", type=int, default=None, help="stop once this many frames are on the canvas")
+    parser.add_argument("--expected-frames", type=int, default=None,
+                        help="stop once this many frames are on the canvas")
     parser.add_argument("--units", choices=("amplitude", "counts"), default="counts",
                         help="what the detector publishes (default counts: the server takes the square root)")
     parser.add_argument("--chunk", type=int, default=16, help="frames per message to the server (default 16)")

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the replay arguments."""
-    parser.add_argument("scan", type=Path, help="scan file: a contract NPZ or the tike layout (cropped to the model's N)")
+    parser.add_argument("scan", type=Path,
+                        help="scan file: a contract NPZ or the tike layout (cropped to the model's N)")
     parser.add_argument("--server", required=True, help="URL of a `ptychopinn serve` instance")
     parser.add_argument("--rate", type=float, required=True, help="detector frame rate to replay at, frames/s")
     parser.add_argument("--chunk", type=int, default=16, help="frames per message (default 16)")

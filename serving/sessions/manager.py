@@ -23,6 +23,7 @@ from typing import Any
 import numpy.typing as npt
 from starlette.concurrency import run_in_threadpool
 
+from ptycho_torch.errors import ConfigError
 from serving.errors import Overloaded, SessionNotFound
 from ptycho_torch.pipeline import ReconstructOptions, Reconstruction
 from serving.sessions.session import Receipt, Session, SessionRunner, Work
@@ -49,6 +50,17 @@ class SessionLimits:
     """Canvas tiles per session (128 x 128 pixels, 24 bytes each: 384 KiB per tile)."""
     idle_timeout_s: float = 900.0
     """A session with no request and no inference for this long is closed."""
+    max_scan_frames: int = 1_000_000
+    """Largest scan index + 1 a session takes when it was not told ``expected_frames`` (bounds the
+    per-index bookkeeping: about 200 bytes per frame)."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_sessions", "max_pending_frames", "max_canvas_tiles", "max_scan_frames"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 1):
+                raise ConfigError(f"`{name}` must be a positive integer, got {value!r}")
+        if not self.idle_timeout_s > 0:
+            raise ConfigError(f"`idle_timeout_s` must be positive seconds, got {self.idle_timeout_s!r}")
 
 
 class SessionManager:
@@ -79,7 +91,8 @@ class SessionManager:
                                  "close finished sessions (DELETE /v1/sessions/{id}) or retry later",
                                  retry_after_s=5)
             session = Session(secrets.token_hex(8), runner, options=options, expected_frames=expected_frames,
-                              bounds=bounds, max_tiles=self.limits.max_canvas_tiles, clock=self._clock)
+                              bounds=bounds, max_tiles=self.limits.max_canvas_tiles,
+                              max_frames=self.limits.max_scan_frames, clock=self._clock)
             self._sessions[session.id] = session
         log.info("session %s opened on %s v%s", session.id, session.bundle.name, session.bundle.version)
         self._start_reaper()

@@ -114,6 +114,7 @@ class Session:
     client that holds the whole scan, for instance). ``expected_frames``: indices must lie in ``[0, expected_frames)``
     when given. ``bounds``: ``((x_lo, x_hi), (y_lo, y_hi))`` object pixels that every position must
     lie in, when given. ``max_tiles``: canvas memory limit (tiles of ``tile**2`` pixels, 24 bytes each).
+    ``max_frames``: the index bound when ``expected_frames`` is not given.
     """
 
     def __init__(
@@ -126,6 +127,7 @@ class Session:
         bounds: tuple[tuple[float, float], tuple[float, float]] | None = None,
         max_tiles: int = 1024,
         tile: int = 128,
+        max_frames: int = 1_000_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         options = options or ReconstructOptions(scale_policy="bundle")
@@ -142,8 +144,9 @@ class Session:
         M = bundle.stitch_M if options.stitch_M is None else options.stitch_M
         if not 1 <= M <= bundle.N // 2:
             raise InvalidRequest(f"`stitch_M` must be in [1, N/2 = {bundle.N // 2}], got {M}")
-        if expected_frames is not None and not (isinstance(expected_frames, int) and expected_frames >= 1):
-            raise InvalidRequest(f"`expected_frames` must be a positive integer, got {expected_frames!r}")
+        if expected_frames is not None and not (isinstance(expected_frames, int)
+                                                and 1 <= expected_frames <= max_frames):
+            raise InvalidRequest(f"`expected_frames` must be an integer in [1, {max_frames}], got {expected_frames!r}")
         if bounds is not None:
             bounds = _check_bounds(bounds)
         self.id = session_id
@@ -151,6 +154,7 @@ class Session:
         self.bundle = bundle
         self.options = options
         self.expected_frames = expected_frames
+        self._index_limit = expected_frames or max_frames
         self.bounds = bounds
         explicit = options.scale is not None
         self.scale = float(options.scale if explicit else bundle.training_scale)  # `bundle` policy: training value
@@ -291,8 +295,10 @@ class Session:
     def _index_problem(self, i: int) -> str | None:
         if i < 0:
             return "index must be >= 0"
-        if self.expected_frames is not None and i >= self.expected_frames:
-            return f"index must be < expected_frames = {self.expected_frames}"
+        if i >= self._index_limit:
+            if self.expected_frames is not None:
+                return f"index must be < expected_frames = {self.expected_frames}"
+            return f"index must be < {self._index_limit}, this server's largest scan (give expected_frames)"
         return None
 
     def _reject(self, what: str, index: int, reason: str) -> dict[str, Any]:
@@ -458,7 +464,8 @@ class Session:
                 "canvas": {"origin": None if geometry is None else list(geometry[0]),
                            "shape": None if geometry is None else list(geometry[1]),
                            "tiles": self.stitcher.n_tiles, "bytes": self.stitcher.nbytes},
-                "options": {"scale_policy": self.scale_policy, "units": self.options.units, "stitch_M": self.stitcher.M},
+                "options": {"scale_policy": self.scale_policy, "units": self.options.units,
+                            "stitch_M": self.stitcher.M},
                 "scale": self.scale,
                 "age_s": now - self.created,
                 "idle_s": now - self.last_activity,

@@ -186,3 +186,21 @@ def test_manager_pumps_paired_frames_and_close_drains_or_cancels(batcher) -> Non
         await manager.shutdown()
 
     asyncio.run(scenario())
+
+
+def test_without_expected_frames_indices_are_bounded_by_the_server_limit(batcher) -> None:
+    patterns, _ = _scan(7, 2)
+    session = Session("s", batcher, max_frames=100)
+    receipt = session.add_frames([99, 100], patterns)
+    assert receipt.accepted == 1 and "largest scan" in receipt.rejected[0]["reason"]
+    with pytest.raises(InvalidRequest, match=r"\[1, 100\]"):
+        Session("t", batcher, expected_frames=101, max_frames=100)
+
+
+def test_session_limits_are_checked() -> None:
+    from ptycho_torch.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="max_sessions"):
+        SessionLimits(max_sessions=0)
+    with pytest.raises(ConfigError, match="idle_timeout_s"):
+        SessionLimits(idle_timeout_s=0)

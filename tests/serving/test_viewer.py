@@ -18,7 +18,10 @@ N = 32
 PIXELS = """(() => {{
   const c = document.getElementById('{id}'), d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
   let lit = 0, sum = 0;
-  for (let i = 0; i < d.length; i += 4) {{ if (d[i] + d[i + 1] + d[i + 2] > 0) lit++; sum += d[i] * 3 + d[i + 1] * 5 + d[i + 2] * 7; }}
+  for (let i = 0; i < d.length; i += 4) {{
+    if (d[i] + d[i + 1] + d[i + 2] > 0) lit++;
+    sum += d[i] * 3 + d[i + 1] * 5 + d[i + 2] * 7;
+  }}
   return {{width: c.width, height: c.height, lit, sum}};
 }})()"""
 
