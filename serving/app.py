@@ -45,6 +45,7 @@ from serving.metrics import ServiceMetrics
 from serving.npz_wire import RECONSTRUCT_MEDIA_TYPE, decode_reconstruct_request, encode_reconstruction
 from serving.protocol_v2 import HEADER_LENGTH, TensorMetadata, check_inputs, decode_request, encode_response
 from serving.sessions import SessionLimits, SessionManager
+from serving.sessions.metrics import SessionCollector
 from serving.sessions.routes import session_routes, viewer_routes
 
 __all__ = ["create_app"]
@@ -216,6 +217,7 @@ def create_app(
                              max_queue_size=max_queue_size, observer=metrics.observe_batch)
     state = _State(engine, batcher, metrics, token.strip() if token else None, limits, max_concurrent_reconstructs)
     sessions = SessionManager(state.session_runner, session_limits)
+    metrics.registry.register(SessionCollector(sessions))
     if allowed_hosts is None and state.token is None:
         allowed_hosts = LOOPBACK_HOSTS
 

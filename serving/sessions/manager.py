@@ -77,6 +77,7 @@ class SessionManager:
         self._pumps: dict[str, asyncio.Task[None]] = {}
         self._lock = threading.Lock()
         self._reaper: asyncio.Task[None] | None = None
+        self._closed_totals = {"received": 0, "reconstructed": 0, "rejected": 0}
 
     # ------------------------------------------------------------------ registry
 
@@ -109,6 +110,17 @@ class SessionManager:
 
     def sessions(self) -> list[Session]:
         return list(self._sessions.values())
+
+    def totals(self) -> dict[str, int]:
+        """Frames received, reconstructed and rejected by every session since the manager started."""
+        with self._lock:
+            totals = dict(self._closed_totals)
+            sessions = list(self._sessions.values())
+        for session in sessions:
+            counts = session.counts()
+            for key in totals:
+                totals[key] += counts[key]
+        return totals
 
     # ------------------------------------------------------------------ data in
 
@@ -173,8 +185,11 @@ class SessionManager:
 
     def _forget(self, session: Session, reason: str) -> None:
         session.close(reason)
+        counts = session.counts()
         with self._lock:
-            self._sessions.pop(session.id, None)
+            if self._sessions.pop(session.id, None) is not None:
+                for key in self._closed_totals:
+                    self._closed_totals[key] += counts[key]
             self._closed[session.id] = reason
             while len(self._closed) > _CLOSED_KEPT:
                 self._closed.popitem(last=False)

@@ -176,3 +176,32 @@ def test_sessions_and_their_websocket_need_the_token(engine: Engine, serve) -> N
         with connect(url + "?token=s3cret", open_timeout=10) as socket:
             assert isinstance(socket.recv(timeout=10), bytes)
         live.close()
+
+
+def _metric(text: str, name: str) -> float:
+    import re
+
+    return sum(float(v) for v in re.findall(rf"^{re.escape(name)} (\S+)$", text, re.M))
+
+
+def test_idle_sessions_expire_on_a_running_server_and_metrics_count_frames(engine: Engine, serve) -> None:
+    server = serve(create_app(engine, session_limits=SessionLimits(idle_timeout_s=1.5)))
+    patterns, positions = _scan(7, 8)
+    with Client(server.url) as client:
+        live = client.open_session()
+        live.send_frames(np.arange(8), patterns, positions)
+        live.send_frames([8], patterns[:1])  # no position will come: it stays pending
+        deadline = time.monotonic() + 20
+        while live.status()["frames"]["reconstructed"] < 8:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        text = httpx.get(f"{server.url}/metrics").text
+        assert _metric(text, "ptychopinn_sessions_open") == 1
+        assert _metric(text, "ptychopinn_session_pending_frames") == 1
+        assert _metric(text, 'ptychopinn_session_frames_total{outcome="reconstructed"}') == 8
+        time.sleep(3.0)  # idle past the timeout: the reaper closes it
+        with pytest.raises(SessionNotFound, match="expired"):
+            live.status()
+        text = httpx.get(f"{server.url}/metrics").text
+        assert _metric(text, "ptychopinn_sessions_open") == 0
+        assert _metric(text, 'ptychopinn_session_frames_total{outcome="received"}') == 9
