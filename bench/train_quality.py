@@ -42,9 +42,8 @@ NPHOTONS = 1e6
 SEED = 0
 
 
-def reconstruct(ckpt: Path, scan: RawData, batch: int = 64) -> np.ndarray:
-    """Complex patches ``(S, N, N)`` of ``scan`` from a checkpoint (the scan's own input scale)."""
-    generator, _, _ = PtychoPINNModule.load_generator(ckpt)
+def predict_patches(generator: torch.nn.Module, scan: RawData, batch: int = 64) -> np.ndarray:
+    """Complex patches ``(S, N, N)`` of ``scan`` from ``generator`` (the scan's own input scale)."""
     x = torch.from_numpy(scan.diff3d)[:, None]
     scale = torch.full((x.shape[0],), input_scale(scan.diff3d), dtype=torch.float32)
     with torch.no_grad():
@@ -52,20 +51,31 @@ def reconstruct(ckpt: Path, scan: RawData, batch: int = 64) -> np.ndarray:
     return torch.cat(parts)[:, 0].numpy()
 
 
-def score(patches: np.ndarray, scan: RawData, truth: np.ndarray, M: int) -> dict[str, dict[str, float]]:
-    """Stitch ``patches`` and score model and constant baseline on the fully covered bounding box."""
+def reconstruct(ckpt: Path, scan: RawData, batch: int = 64) -> np.ndarray:
+    """Complex patches ``(S, N, N)`` of ``scan`` from a checkpoint (the scan's own input scale)."""
+    generator, _, _ = PtychoPINNModule.load_generator(ckpt)
+    return predict_patches(generator, scan, batch)
+
+
+def stitched_region(patches: np.ndarray, scan: RawData, truth: np.ndarray, M: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stitch ``patches``; return (image, reference, coverage) on the fully covered bounding box."""
     result = stitch_patches(patches, np.column_stack([scan.xcoords, scan.ycoords]), M=M)
     canvas_box, object_box = covered_box(result.coverage, result.origin, truth.shape)
-    reference = truth[object_box]
-    candidates = {"model": result.canvas[canvas_box], "constant": np.ones_like(reference)}
+    return result.canvas[canvas_box], truth[object_box], result.coverage[canvas_box]
+
+
+def score(patches: np.ndarray, scan: RawData, truth: np.ndarray, M: int) -> dict[str, dict[str, float]]:
+    """Stitch ``patches`` and score model and constant baseline on the fully covered bounding box."""
+    image, reference, coverage = stitched_region(patches, scan, truth, M)
+    candidates = {"model": image, "constant": np.ones_like(reference)}
     scores = {}
-    for name, image in candidates.items():
-        metrics = evaluate_reconstruction(image, reference, register_first=False)
+    for name, candidate in candidates.items():
+        metrics = evaluate_reconstruction(candidate, reference, register_first=False)
         scores[name] = {f"{key}_{part}": float(metrics[key][i]) for key in ("ssim", "psnr", "frc50")
                         for i, part in enumerate(("amplitude", "phase"))}
     height, width = reference.shape
-    scores["region_px"] = {"height": height, "width": width,
-                           "uncovered_fraction": float(np.mean(result.coverage[canvas_box] < 1.0))}
+    scores["region_px"] = {"height": height, "width": width, "uncovered_fraction": float(np.mean(coverage < 1.0))}
     return scores
 
 

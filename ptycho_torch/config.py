@@ -17,6 +17,7 @@ from typing import Any, Final, Literal, TypeVar
 from ptycho_torch.errors import ConfigError
 
 AMP_ACTIVATIONS: Final = ("sigmoid", "swish", "silu", "softplus", "relu")
+GENERATORS: Final = ("tf", "full")
 MODEL_TYPES: Final = ("pinn", "supervised")
 LOSS_MODES: Final = ("poisson", "mae")
 SCHEDULERS: Final = ("Default", "Exponential", "ReduceLROnPlateau", "WarmupCosine")
@@ -76,6 +77,11 @@ class ModelConfig:
     """``pinn`` (self-supervised through the physics) or ``supervised`` (needs ground truth)."""
     architecture: Literal["cnn"] = "cnn"
     """Generator family; only the CNN generator is implemented."""
+    generator: Literal["tf", "full"] = "tf"
+    """Last decoder stage. ``tf``: TensorFlow parity (the central N/2 window from a sigmoid head,
+    zero-padded, plus a separate border branch when ``probe_big``; nearest upsampling); its hard
+    window edge prints a square frame into every patch. ``full``: one head for the whole N x N
+    window with bilinear upsampling (no frame; ``pad_object``/``probe_big`` do not apply)."""
     amp_activation: str = "sigmoid"
     """Amplitude head activation: sigmoid, swish/silu, softplus or relu."""
     object_big: bool = True
@@ -98,6 +104,7 @@ class ModelConfig:
         )
         _require_choice("model_type", self.model_type, MODEL_TYPES)
         _require_choice("architecture", self.architecture, ("cnn",))
+        _require_choice("generator", self.generator, GENERATORS)
         _require_choice("amp_activation", self.amp_activation, AMP_ACTIVATIONS)
         _require(self.probe_scale > 0, "probe_scale", self.probe_scale, "> 0")
 
@@ -116,6 +123,8 @@ class TrainingConfig:
     """NPZ scan used for training."""
     test_data_file: Path | None = None
     """NPZ scan used for validation and the held-out reconstruction."""
+    train_corpus: Path | None = None
+    """Simulated corpus folder (``ptychopinn corpus``) streamed instead of ``train_data_file``."""
     batch_size: int = 16
     """Groups per optimisation step; a power of two."""
     nepochs: int = 50
@@ -235,7 +244,7 @@ def config_from_dict(cls: type[_C], values: Mapping[str, Any]) -> _C:
     for name, value in values.items():
         if name == "model" and isinstance(value, Mapping):
             value = config_from_dict(ModelConfig, value)
-        elif name.endswith(("_file", "_dir", "_path")) and value is not None:
+        elif name.endswith(("_file", "_dir", "_path", "_corpus")) and value is not None:
             value = Path(value)
         kwargs[name] = value
     try:

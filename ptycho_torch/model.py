@@ -7,7 +7,9 @@ end: ``forward(diffraction, scale) -> (amplitude, phase)``, both ``(B, C, N, N)`
 Filter ladders follow the TensorFlow reference and generalise to any power of two ``N >= 32``:
 ``log2(N/8)`` encoder levels ending in an 8x8 bottleneck of ``128 * n_filters_scale`` channels,
 decoders that climb back to ``N/2`` with ``32 * n_filters_scale`` channels, and a last stage that
-predicts the central ``N/2`` window (zero-padded to ``N``) plus, with ``probe_big``, the border.
+predicts the central ``N/2`` window (zero-padded to ``N``) plus, with ``probe_big``, the border
+(``generator='tf'``), or the whole ``N x N`` window from one head with bilinear upsampling
+(``generator='full'``: no hard window edge, so no square frame in the patches).
 """
 
 from __future__ import annotations
@@ -61,8 +63,9 @@ def _down(in_channels: int, out_channels: int) -> _ConvBlock:
     return _ConvBlock(in_channels, out_channels, nn.MaxPool2d(2))
 
 
-def _up(in_channels: int, out_channels: int) -> _ConvBlock:
-    return _ConvBlock(in_channels, out_channels, nn.Upsample(scale_factor=2, mode="nearest"))
+def _up(in_channels: int, out_channels: int, mode: str = "nearest") -> _ConvBlock:
+    upsample = nn.Upsample(scale_factor=2, mode=mode, **({} if mode == "nearest" else {"align_corners": False}))
+    return _ConvBlock(in_channels, out_channels, upsample)
 
 
 def _amplitude_activation(name: str) -> nn.Module:
@@ -87,20 +90,21 @@ class _Decoder(nn.Module):
     def __init__(self, config: ModelConfig, activation: nn.Module, border_mask: Tensor) -> None:
         super().__init__()
         N, nf, cout = config.N, config.n_filters_scale, config.channels
+        mode = "bilinear" if config.generator == "full" else "nearest"
         ladder = [f * nf for f in decoder_filters(N)]
         widths = [128 * nf, *ladder]
-        self.base = nn.Sequential(*(_up(a, b) for a, b in zip(widths[:-1], widths[1:])))
+        self.base = nn.Sequential(*(_up(a, b, mode) for a, b in zip(widths[:-1], widths[1:])))
         features = widths[-1]  # 32 * nf at N/2 x N/2
         border_width = nf * 2048 // N
-        self.pad_object = config.pad_object
-        self.probe_big = config.probe_big and config.pad_object
+        self.pad_object = config.pad_object and config.generator == "tf"
+        self.probe_big = config.probe_big and self.pad_object
         self.activation = activation
         self.pad = N // 4
-        if config.pad_object:
+        if self.pad_object:
             self.inner_channels = features - BORDER_CHANNELS if self.probe_big else features
             self.inner_conv = _conv(self.inner_channels, cout)
         else:
-            self.outer_up = _up(features, border_width)
+            self.outer_up = _up(features, border_width, mode)
             self.outer_conv = _conv(border_width, cout)
         if self.probe_big:
             self.border_up = _up(BORDER_CHANNELS, border_width)

@@ -171,12 +171,13 @@ def amplitude_mae(predicted: Tensor, observed: Tensor) -> Tensor:
 
 
 def diffraction_loss(
-    intensity: Tensor, observed: Tensor, scale: float, *, nll_weight: float, mae_weight: float
+    intensity: Tensor, observed: Tensor, scale: float | Tensor, *, nll_weight: float, mae_weight: float
 ) -> dict[str, Tensor]:
     """Weighted physics loss of predicted far-field ``intensity`` against ``observed`` amplitudes.
 
     ``observed`` are normalised measured amplitudes (``x_norm``); with ``s = scale`` the predicted
-    counts are ``s**2 * intensity`` and the observed counts ``(s * observed)**2``. Returns
+    counts are ``s**2 * intensity`` and the observed counts ``(s * observed)**2`` (``s`` a float, or
+    a tensor broadcastable to ``intensity``, e.g. ``(B, 1, 1, 1)`` for per-item doses). Returns
     ``{"loss", "nll", "mae"}`` with ``loss = nll_weight * nll + mae_weight * mae``.
     """
     nll = poisson_nll(scale**2 * intensity, (scale * observed) ** 2)

@@ -25,6 +25,7 @@ from ptycho_torch.errors import PtychoError
 # subcommand name -> (module path, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("ptychopinn.commands.simulate", "simulate a scan from a synthetic or given object"),
+    "corpus": ("ptychopinn.commands.corpus", "simulate a sharded training corpus through an instrument's probe"),
     "inspect": ("ptychopinn.commands.inspect", "summarise a scan (NPZ) or a bundle and draw an overview"),
     "train": ("training.cli", "train PtychoPINN with Lightning and write checkpoints"),
     "export": ("export.cli", "export a checkpoint to an ONNX/TorchScript bundle"),

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ptycho_torch.config import LOGGERS, SCHEDULERS, ModelConfig, PyTorchExecutionConfig, TrainingConfig, config_from_dict
+from ptycho_torch.config import GENERATORS, LOGGERS, SCHEDULERS, ModelConfig, PyTorchExecutionConfig, TrainingConfig, config_from_dict
 from ptycho_torch.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -27,7 +27,9 @@ FLAG_FIELDS: dict[str, tuple[str, str]] = {
     "n_filters_scale": ("model", "n_filters_scale"),
     "model_type": ("model", "model_type"),
     "amp_activation": ("model", "amp_activation"),
+    "generator": ("model", "generator"),
     "train_data": ("training", "train_data_file"),
+    "train_corpus": ("training", "train_corpus"),
     "test_data": ("training", "test_data_file"),
     "output_dir": ("training", "output_dir"),
     "epochs": ("training", "nepochs"),
@@ -62,6 +64,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``train`` arguments (every default None: unset flags do not override the config file)."""
     data = parser.add_argument_group("data")
     data.add_argument("--train-data", type=Path, help="training scan: contract NPZ or the tike Siemens-star file")
+    data.add_argument("--train-corpus", type=Path,
+                      help="simulated corpus folder (`ptychopinn corpus`), streamed shard by shard, instead of "
+                           "--train-data")
     data.add_argument("--test-data", type=Path, help="validation scan (default: hold out 5%% of the training groups)")
     data.add_argument("--output-dir", type=Path, help="run directory (checkpoints/, logs/, summary.json)")
     data.add_argument("--config", type=Path, help="YAML/JSON file with model/training/execution sections")
@@ -71,6 +76,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--n-filters-scale", type=int, help="width multiplier (default 2)")
     model.add_argument("--model-type", choices=["pinn", "supervised"], help="default pinn")
     model.add_argument("--amp-activation", help="sigmoid (default), swish, softplus or relu")
+    model.add_argument("--generator", choices=list(GENERATORS),
+                       help="last decoder stage: full (one head for the N x N window) or tf (TensorFlow parity)")
     loss = parser.add_argument_group("training")
     loss.add_argument("--epochs", type=int, help="total epochs (default 50)")
     loss.add_argument("--batch-size", type=int, help="groups per step, a power of two (default 16)")
@@ -87,6 +94,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     loss.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
     loss.add_argument("--seed", type=int, help="global seed (default 42)")
     loss.add_argument("--resume", type=Path, help="continue from this checkpoint (e.g. RUN/checkpoints/last.ckpt)")
+    loss.add_argument("--init-from", type=Path,
+                      help="start from this checkpoint's weights (fine-tune a pretrained model, e.g. self-supervised "
+                           "on the scan to reconstruct); optimiser and step count start afresh")
     hw = parser.add_argument_group("hardware")
     hw.add_argument("--accelerator", help="auto (default), cpu, gpu, mps")
     hw.add_argument("--devices", type=_devices, help="devices per node: a count, 'auto' or -1 (all)")
@@ -134,10 +144,11 @@ def build_configs(args: argparse.Namespace) -> tuple[TrainingConfig, PyTorchExec
             sections[section][field] = value
     if args.no_progress_bar:
         sections["execution"]["enable_progress_bar"] = False
-    for key in ("train_data_file", "output_dir"):
-        if sections["training"].get(key) is None:
-            flag = "--train-data" if key == "train_data_file" else "--output-dir"
-            raise ConfigError(f"`{key}` must be given, got nothing; pass {flag} (or set it in --config)")
+    if (sections["training"].get("train_data_file") is None) == (sections["training"].get("train_corpus") is None):
+        raise ConfigError("exactly one of `train_data_file` and `train_corpus` must be given; pass --train-data "
+                          "or --train-corpus (or set one in --config)")
+    if sections["training"].get("output_dir") is None:
+        raise ConfigError("`output_dir` must be given, got nothing; pass --output-dir (or set it in --config)")
     model = config_from_dict(ModelConfig, sections["model"])
     training = config_from_dict(TrainingConfig, {**sections["training"], "model": model})
     execution = config_from_dict(PyTorchExecutionConfig, sections["execution"])
@@ -153,13 +164,21 @@ def run(args: argparse.Namespace) -> int:
     from ptycho_torch.data import load_scan  # contract NPZ at N, or the tike Siemens-star file cropped to N
 
     N = training.model.N
-    train_raw = load_scan(training.train_data_file, n=N)
     test_raw = None if training.test_data_file is None else load_scan(training.test_data_file, n=N)
-    if not explicit["nphotons"] and "nphotons" in train_raw.metadata:
-        training = dataclasses.replace(training, nphotons=float(train_raw.metadata["nphotons"]))
-        logger.info("nphotons = %g from %s metadata", training.nphotons, training.train_data_file)
-    result = train(training, execution, train_data=train_raw, test_data=test_raw,
-                   train_data_sha256=sha256_file(training.train_data_file), resume=args.resume)
+    if training.train_corpus is not None:
+        from ptycho_torch.corpus import MANIFEST, Corpus
+
+        sources = {"corpus": Corpus.open(training.train_corpus)}
+        sha256 = sha256_file(training.train_corpus / MANIFEST)
+    else:
+        train_raw = load_scan(training.train_data_file, n=N)
+        if not explicit["nphotons"] and "nphotons" in train_raw.metadata:
+            training = dataclasses.replace(training, nphotons=float(train_raw.metadata["nphotons"]))
+            logger.info("nphotons = %g from %s metadata", training.nphotons, training.train_data_file)
+        sources = {"train_data": train_raw}
+        sha256 = sha256_file(training.train_data_file)
+    result = train(training, execution, **sources, test_data=test_raw, train_data_sha256=sha256, resume=args.resume,
+                   init_from=args.init_from)
     if result.module.global_rank == 0:
         print(json.dumps(result.summary, indent=2))
     return 0

@@ -56,7 +56,8 @@ class PtychoPINNModule(L.LightningModule):
 
     Batches are dicts from :mod:`training.datamodule`: ``diffraction (B, C, N, N)`` raw amplitudes,
     ``scale (B,)`` input normalisation, ``offsets (B, C, 2)`` relative offsets ``[x, y]``, and
-    ``amplitude``/``phase (B, C, N, N)`` ground truth in supervised mode.
+    ``amplitude``/``phase (B, C, N, N)`` ground truth in supervised mode, and optionally
+    ``nphotons (B,)`` (a simulated corpus mixes doses; the Poisson intensity scale is then per item).
     Build one with :meth:`from_configs`; the constructor takes the saved hyper-parameters.
     """
 
@@ -133,8 +134,11 @@ class PtychoPINNModule(L.LightningModule):
         with torch.autocast(device_type=self.device.type, enabled=False):  # FFT physics in float32
             intensity = self.predicted_intensity(amplitude, phase, batch["offsets"])
             observed = batch["diffraction"].float() * batch["scale"].float().reshape(-1, 1, 1, 1)
+            scale: float | Tensor = self.intensity_scale
+            if "nphotons" in batch:  # a corpus mixes doses: the Poisson scale is per item
+                scale = torch.sqrt(batch["nphotons"].float()).reshape(-1, 1, 1, 1) / (self.model_config.N / 2)
             return physics.diffraction_loss(
-                intensity, observed, self.intensity_scale,
+                intensity, observed, scale,
                 nll_weight=self.training_config.nll_weight, mae_weight=self.training_config.mae_weight,
             )
 

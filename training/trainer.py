@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -23,8 +24,10 @@ from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoa
 
 from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig
 from ptycho_torch.data import RawData
-from ptycho_torch.errors import ConfigError
-from training.datamodule import GroupedDataModule
+from ptycho_torch.corpus import Corpus
+from ptycho_torch.errors import ConfigError, DataContractError
+from training.datamodule import GroupedDataModule, GroupedDataset, group_scan
+from training.streaming import CorpusDataModule
 from training.module import PtychoPINNModule, check_loss_config
 
 logger = logging.getLogger(__name__)
@@ -154,18 +157,35 @@ def build_trainer(
         ) from error
 
 
-def _check_resume(resume: Path, model: ModelConfig) -> None:
+def _check_resume(resume: Path, model: ModelConfig, name: str = "resume") -> None:
+    """Refuse a checkpoint that is missing or was trained with a different model."""
     if not resume.is_file():
-        raise ConfigError(f"`resume` must be an existing checkpoint file, got {str(resume)!r}")
+        raise ConfigError(f"`{name}` must be an existing checkpoint file, got {str(resume)!r}")
     _, hparams, _ = PtychoPINNModule.load_generator(resume)
     saved = ModelConfig(**hparams["model_config"])
     if saved != model:
         changed = {f.name: (getattr(saved, f.name), getattr(model, f.name)) for f in dataclasses.fields(model)
                    if getattr(saved, f.name) != getattr(model, f.name)}
         raise ConfigError(
-            f"`resume` checkpoint was trained with a different model (checkpoint vs now: {changed}); "
+            f"`{name}` checkpoint was trained with a different model (checkpoint vs now: {changed}); "
             "use the same --n/--gridsize/--n-filters-scale or start a new run"
         )
+
+
+def corpus_data(corpus: Corpus, test_data: RawData | None, training: TrainingConfig,
+                execution: PyTorchExecutionConfig) -> tuple[CorpusDataModule, np.ndarray, float]:
+    """The streaming data module of ``corpus``, its probe, and the median of its scans' input scales."""
+    if corpus.N != training.model.N:
+        raise DataContractError(f"`N` of the model must equal the corpus' pattern size {corpus.N}, got "
+                                f"{training.model.N}; pass --n {corpus.N}")
+    val = None
+    if test_data is not None:
+        val = GroupedDataset(group_scan(test_data, training, seed=execution.seed + 1), with_labels=False)
+    data = CorpusDataModule(corpus, gridsize=training.model.gridsize, neighbor_count=training.neighbor_count,
+                            batch_size=training.batch_size, seed=execution.seed, num_workers=execution.num_workers,
+                            val=val)
+    scale = float(np.median(np.concatenate([np.asarray(shard.open()["scale"]) for shard in corpus.shards])))
+    return data, corpus.probe(), scale
 
 
 @dataclass(frozen=True)
@@ -183,28 +203,48 @@ def train(
     training: TrainingConfig,
     execution: PyTorchExecutionConfig,
     *,
-    train_data: RawData,
+    train_data: RawData | None = None,
     test_data: RawData | None = None,
+    corpus: Corpus | None = None,
     train_data_sha256: str = "",
     resume: str | Path | None = None,
+    init_from: str | Path | None = None,
     callbacks: list[L.Callback] = (),
 ) -> TrainResult:
-    """Train on ``train_data`` (validating on ``test_data``) into ``training.output_dir``.
+    """Train on ``train_data`` or a simulated ``corpus`` (validating on ``test_data``; a corpus
+    without it validates on its last shard) into ``training.output_dir``.
 
     ``resume`` continues a run from a checkpoint (same global step, optimizer and scheduler state,
     callbacks); ``training.nepochs`` is the total, not the number of further epochs.
+    ``init_from`` starts a new run from a checkpoint's generator weights (fine-tuning: e.g. a model
+    pretrained on a simulated corpus, adapted self-supervised to the scan it will reconstruct);
+    the optimiser, step count and schedule start afresh.
     """
     output_dir = Path(training.output_dir)
     check_loss_config(training)
-    if resume is not None:
-        _check_resume(Path(resume), training.model)
+    if (train_data is None) == (corpus is None):
+        raise ConfigError("exactly one of `train_data` and `corpus` must be given; pass --train-data or --train-corpus")
+    if resume is not None and init_from is not None:
+        raise ConfigError("`resume` and `init_from` must not both be given; resume continues a run, "
+                          "init_from starts a new one from its weights")
+    for name, checkpoint in (("resume", resume), ("init_from", init_from)):
+        if checkpoint is not None:
+            _check_resume(Path(checkpoint), training.model, name)
     summary = RunSummary(output_dir)
     trainer = build_trainer(execution, output_dir=output_dir, max_epochs=training.nepochs,
                             callbacks=[summary, *callbacks])
     L.seed_everything(execution.seed, workers=True, verbose=False)
-    data = GroupedDataModule(train_data, test_data, training, seed=execution.seed, num_workers=execution.num_workers)
-    module = PtychoPINNModule.from_configs(training, execution, probe=data.probe, input_scale=data.input_scale,
+    if corpus is None:
+        data = GroupedDataModule(train_data, test_data, training, seed=execution.seed,
+                                 num_workers=execution.num_workers)
+        probe, scale = data.probe, data.input_scale
+    else:
+        data, probe, scale = corpus_data(corpus, test_data, training, execution)
+    module = PtychoPINNModule.from_configs(training, execution, probe=probe, input_scale=scale,
                                            train_data_sha256=train_data_sha256)
+    if init_from is not None:
+        generator, _, _ = PtychoPINNModule.load_generator(init_from)
+        module.generator.load_state_dict(generator.state_dict())
     trainer.fit(module, datamodule=data, ckpt_path=None if resume is None else str(resume))
     best = trainer.checkpoint_callback.best_model_path
     return TrainResult(

@@ -52,11 +52,11 @@ class Exported:
     zip_path: Path
 
 
-@pytest.fixture(scope="module", params=[1, 2], ids=["gridsize1", "gridsize2"])
+@pytest.fixture(scope="module", params=[(1, "tf"), (2, "full")], ids=["gridsize1-tf", "gridsize2-full"])
 def exported(request: pytest.FixtureRequest, scan32: Path, tmp_path_factory: pytest.TempPathFactory) -> Exported:
-    gridsize = request.param
+    gridsize, kind = request.param  # both generators (bilinear upsampling in 'full') go through every check
     torch.manual_seed(gridsize)
-    config = ModelConfig(N=N, gridsize=gridsize, n_filters_scale=1)
+    config = ModelConfig(N=N, gridsize=gridsize, n_filters_scale=1, generator=kind)
     generator = PtychoPINNGenerator(config).eval()
     diffraction = verification_inputs(scan32, N, gridsize, n_groups=32)
     hparams = {"model_config": dataclasses.asdict(config), "training_config": {"train_data_file": str(scan32)},

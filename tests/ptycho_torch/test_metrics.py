@@ -100,3 +100,16 @@ def test_mismatched_shapes_name_both_shapes():
         metrics.ssim(np.zeros((4, 4)), np.zeros((4, 5)))
     with pytest.raises(DataContractError, match="`method` must be one of"):
         metrics.align_phase(np.zeros((4, 4)), method="ramp")  # type: ignore[arg-type]
+
+
+def test_periodic_rms_measures_only_the_scan_step_periodic_part():
+    from ptycho_torch.metrics import periodic_rms
+
+    rows, cols = np.indices((64, 60))
+    grid = 0.01 * np.cos(2 * np.pi * rows / 4)  # period 4 along rows: cells +-0.01, 0 -> RMS sqrt(0.5)*0.01
+    assert periodic_rms(grid, 4) == pytest.approx(0.01 * np.sqrt(0.5), rel=1e-9)
+    smooth = np.sin(2 * np.pi * cols / 60) + np.cos(2 * np.pi * rows / 64)  # no period-4 content
+    assert periodic_rms(smooth, 4) < 0.002
+    assert periodic_rms(smooth + grid, 4) == pytest.approx(periodic_rms(grid, 4), abs=0.002)
+    with pytest.raises(DataContractError, match="period"):
+        periodic_rms(grid, 1)

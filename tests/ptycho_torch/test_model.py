@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from ptycho_torch.config import ModelConfig
+from ptycho_torch.errors import ConfigError
 from ptycho_torch.model import PtychoPINNGenerator, border_mask, combine_complex, decoder_filters, encoder_filters
 
 SWISH_MIN = -0.2785  # min of x * sigmoid(x)
@@ -128,3 +129,29 @@ def test_combine_complex_is_polar_and_keeps_negative_amplitudes():
     assert z.dtype == torch.complex64
     torch.testing.assert_close(z[:2], torch.polar(amplitude[:2], phase[:2]))
     torch.testing.assert_close(z[2], torch.tensor(-0.25 * complex(math.cos(0.3), math.sin(0.3)), dtype=torch.complex64))
+
+
+def _frame_jump(amplitude: torch.Tensor, N: int) -> float:
+    """Mean |row-to-row step| across the central window's top edge, over the median step elsewhere."""
+    steps = (amplitude[..., 1:, :] - amplitude[..., :-1, :]).abs().mean(dim=(0, 1, 3))
+    return float(steps[N // 4 - 1] / steps.median())
+
+
+def test_full_generator_predicts_the_whole_window_without_a_frame():
+    N = 32
+    full = ModelConfig(N=N, n_filters_scale=1, generator="full")
+    amplitude, phase = _run(full, batch=4)
+    assert amplitude.shape == phase.shape == (4, 1, N, N)
+    assert 0 < amplitude.min() and amplitude.max() < 1  # every pixel from the sigmoid head
+    assert phase.abs().max() <= math.pi
+    model = PtychoPINNGenerator(full)
+    assert not [name for name, _ in model.named_buffers() if name.endswith("border_mask")]
+    assert {m.mode for m in model.modules() if isinstance(m, torch.nn.Upsample)} == {"bilinear"}
+    # the TF-parity generator's window edge is a step many times the typical one; 'full' has none
+    assert _frame_jump(_run(ModelConfig(N=N, n_filters_scale=1), batch=4)[0], N) > 10
+    assert _frame_jump(amplitude, N) < 3
+
+
+def test_generator_field_is_checked():
+    with pytest.raises(ConfigError, match="generator"):
+        ModelConfig(generator="unet")

@@ -106,3 +106,24 @@ def test_data_module_items_are_views_not_copies():
     assert item["diffraction"].shape == (1, N, N)
     assert len(data.val_set) == 1 and len(data.train_set) == 23
     assert not set(data.val_set.indices) & set(data.train_set.indices)
+
+
+def test_per_item_nphotons_sets_each_items_poisson_scale():
+    module, data = _module(_config(), tiny_scan(24, seed=3))
+    batch = next(iter(data.train_dataloader()))
+    B = batch["diffraction"].shape[0]
+    torch.manual_seed(0)
+    same = module._losses({**batch, "nphotons": torch.full((B,), NPHOTONS)})
+    torch.manual_seed(0)
+    plain = module._losses(batch)
+    torch.testing.assert_close(same["nll"], plain["nll"])
+    doses = torch.full((B,), NPHOTONS)
+    doses[0] = 100 * NPHOTONS  # item 0 at 100x the dose: its terms scale by 100, the others stay
+    with torch.no_grad():
+        amplitude, phase = module.generator(batch["diffraction"], batch["scale"])
+        intensity = module.predicted_intensity(amplitude, phase, batch["offsets"])
+        observed = batch["diffraction"] * batch["scale"].reshape(-1, 1, 1, 1)
+        s = torch.sqrt(doses).reshape(-1, 1, 1, 1) / (N / 2)
+        rate, counts = s**2 * intensity, (s * observed) ** 2
+        expected = (rate - counts * torch.log(rate.clamp_min(physics.RATE_FLOOR))).mean()
+    torch.testing.assert_close(module._losses({**batch, "nphotons": doses})["nll"], expected)

@@ -1,0 +1,189 @@
+"""Learning curves at equal CPU time: held-out Poisson NLL and SSIM per training configuration.
+
+The case is the one of issue 11: the central 176x176 px of the shipped gold-ball object with its
+real 3-mode probe (``data/gold_balls_from_pickle.npz``), a raster scan with a 4 px step (784
+positions), Poisson noise at 1e6 photons per pattern, N=64; the top half of the positions is the
+scan a configuration may train on, the bottom half (392 patterns) is never trained on. Every
+``--eval-every`` CPU-seconds of training (process CPU time, evaluation excluded) the current
+generator reconstructs the held-out patterns, which are stitched and scored against the ground
+truth next to the flat object (amplitude 1, phase 0) on the same region, together with the
+held-out Poisson NLL per pixel against the ground truth's own NLL (the floor) and the
+scan-step-periodic amplitude error (the grid texture, :func:`ptycho_torch.metrics.periodic_rms`).
+
+    OMP_NUM_THREADS=1 python -m bench.curves run full-gold --budget 600 --eval-every 60
+    python -m bench.curves report            # PNGs + the table in docs/benchmarks.md
+
+A run writes ``runs/curves/<name>/curve.jsonl`` (one line per evaluation) and ``resume.ckpt``;
+running the same command again continues from there (cumulative CPU time is kept in the file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.quality import GOLD, poisson_nll
+from bench.report import ROOT, cell, finite_or_none, update_docs
+from ptycho_torch.data import RawData, spatial_split
+from ptycho_torch.grouping import extract_patches
+from ptycho_torch.simulation import load_probe, simulate_scan
+
+CASE = {"N": 64, "crop": 176, "step": 4, "nphotons": 1e6, "seed": 0, "centre": (155, 160)}
+RUNS = ROOT / "runs" / "curves"
+THREADS = 1
+
+
+def _crop_origin() -> tuple[int, int]:
+    return tuple(c - CASE["crop"] // 2 for c in CASE["centre"])
+
+
+def gold_scan() -> tuple[RawData, RawData, np.ndarray]:
+    """(train half, held-out half, ground-truth object) of the issue-11 gold-ball case."""
+    N, crop, step = CASE["N"], CASE["crop"], CASE["step"]
+    with np.load(GOLD) as npz:
+        full = npz["obj"]
+    r0, c0 = _crop_origin()
+    obj = full[r0:r0 + crop, c0:c0 + crop]
+    centres = np.arange(N / 2, crop - N / 2 - 1, step, dtype=np.float64)
+    x, y = (v.ravel() for v in np.meshgrid(centres, centres))
+    scan = simulate_scan(obj, load_probe(GOLD, N), x, y, nphotons=CASE["nphotons"], seed=CASE["seed"],
+                         metadata={"source": "gold_balls_from_pickle.npz (cdtools; CC0 data)"})
+    train, test = spatial_split(scan, axis="y", fraction=0.5)
+    return train, test, obj
+
+
+CORPUS = {"scans": 128, "positions_per_scan": 256, "doses": (1e5, 1e6, 1e7), "object_size": 120,
+          "scans_per_shard": 16, "seed": 1}
+
+
+def gold_corpus(root: Path):
+    """The simulated corpus of the gold case (written once): the case's probe, objects drawn from
+    lines, GRF and crops of the gold-ball object above every pixel a held-out pattern illuminates."""
+    from ptycho_torch.corpus import Corpus, write_corpus
+
+    if (root / "corpus.json").is_file():
+        return Corpus.open(root)
+    _, test, _ = gold_scan()
+    with np.load(GOLD) as npz:
+        full = npz["obj"]
+    boundary = _crop_origin()[0] + int(np.floor(test.ycoords.min() - CASE["N"] / 2))
+    return write_corpus(root, probe=load_probe(GOLD, CASE["N"]), probe_origin=f"{GOLD.name} (cropped to N)",
+                        gold_source=full[:boundary], **CORPUS)
+
+
+#: name -> (model overrides, training overrides, execution overrides, data)
+CONFIGS: dict[str, dict[str, Any]] = {
+    "tf-gold": {"model": {"generator": "tf"}, "data": "gold"},
+    "full-gold": {"model": {"generator": "full"}, "data": "gold"},
+    "full-corpus": {"model": {"generator": "full"}, "data": "corpus"},
+    "full-corpus-finetune": {"model": {"generator": "full"}, "data": "finetune", "init": "full-corpus"},
+    "full-finetune-scratch": {"model": {"generator": "full"}, "data": "finetune"},
+}
+BASE_MODEL = {"N": 64, "gridsize": 1, "n_filters_scale": 1}
+
+
+def evaluate(generator: Any, test: RawData, truth: np.ndarray) -> dict[str, float]:
+    """Scores of ``generator`` on the held-out half (see the module docstring)."""
+    from bench.train_quality import predict_patches, score, stitched_region
+    from ptycho_torch.metrics import normalize_amplitude, periodic_rms
+
+    M = min(20, CASE["N"] // 2)
+    patches = predict_patches(generator, test)
+    scores = score(patches, test, truth, M)
+    image, reference, _ = stitched_region(patches, test, truth, M)
+    counts = test.diff3d.astype(np.float64) ** 2
+    out = {f"{name}_{key}": value for name in ("model", "constant") for key, value in scores[name].items()}
+    out["nll"] = poisson_nll(patches, test.probeGuess, counts)
+    out["nll_floor"] = poisson_nll(extract_patches(truth, test.xcoords, test.ycoords, CASE["N"]), test.probeGuess,
+                                   counts)
+    ref_amp = np.abs(reference)
+    out["grid_model"] = periodic_rms(normalize_amplitude(np.abs(image), ref_amp) - ref_amp, CASE["step"])
+    out["grid_truth"] = periodic_rms(ref_amp, CASE["step"])
+    return out
+
+
+def _callback(path: Path, test: RawData, truth: np.ndarray, budget: float, every: float, start: dict[str, float]):
+    import lightning as L
+
+    class Curve(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            self.clock = time.process_time()
+            self.cpu = start["cpu"]
+            self.next = start["cpu"] + every if start["cpu"] > 0 else 0.0
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            now = time.process_time()
+            self.cpu += now - self.clock
+            if self.cpu >= self.next or self.cpu >= budget:
+                generator = pl_module.generator.eval()
+                record = {"step": trainer.global_step, "cpu_s": round(self.cpu, 1), "wall": time.time()}
+                record.update(evaluate(generator, test, truth))
+                generator.train()
+                trainer.save_checkpoint(path.parent / "resume.ckpt")
+                with path.open("a") as f:
+                    f.write(json.dumps(finite_or_none(record)) + "\n")
+                print(json.dumps({k: record[k] for k in ("step", "cpu_s", "nll", "model_ssim_amplitude",
+                                                          "model_ssim_phase")}), flush=True)
+                self.next = self.cpu + every
+                if self.cpu >= budget:
+                    trainer.should_stop = True
+            self.clock = time.process_time()
+
+    return Curve()
+
+
+def run(name: str, budget: float, every: float, out: Path = RUNS) -> Path:
+    """Train configuration ``name`` until ``budget`` CPU-seconds, evaluating every ``every``."""
+    import torch
+
+    torch.set_num_threads(THREADS)
+    from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig
+    from training.trainer import train
+
+    spec = CONFIGS[name]
+    run_dir = out / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    curve = run_dir / "curve.jsonl"
+    records = [json.loads(line) for line in curve.read_text().splitlines()] if curve.is_file() else []
+    start = {"cpu": records[-1]["cpu_s"] if records else 0.0}
+    if start["cpu"] >= budget:
+        return curve
+    train_scan, test, truth = gold_scan()
+    model = ModelConfig(**{**BASE_MODEL, **spec.get("model", {})})
+    training = TrainingConfig(model=model, nphotons=CASE["nphotons"], nepochs=100_000, batch_size=16,
+                              output_dir=run_dir / "train", **spec.get("training", {}))
+    execution = PyTorchExecutionConfig(accelerator="cpu", enable_progress_bar=False, logger_backend="none", seed=0,
+                                       **spec.get("execution", {}))
+    resume = run_dir / "resume.ckpt"
+    sources = {"train_data": train_scan} if spec["data"] == "gold" else {"train_data": test} \
+        if spec["data"] == "finetune" else {"corpus": gold_corpus(out / "corpus")}
+    resuming = resume.is_file() and bool(records)
+    init = out / spec["init"] / "resume.ckpt" if "init" in spec and not resuming else None
+    train(training, execution, **sources, resume=resume if resuming else None, init_from=init,
+          callbacks=[_callback(curve, test, truth, budget, every, start)])
+    return curve
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.curves", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="train one configuration, evaluating at CPU-time intervals")
+    r.add_argument("name", choices=sorted(CONFIGS))
+    r.add_argument("--budget", type=float, default=600.0, help="training CPU-seconds (default 600)")
+    r.add_argument("--eval-every", type=float, default=60.0, help="CPU-seconds between evaluations")
+    r.add_argument("--out", type=Path, default=RUNS)
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        print(run(args.name, args.budget, args.eval_every, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
