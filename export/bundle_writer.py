@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import json
 import subprocess
@@ -21,7 +22,9 @@ from export.triton import write_triton_repository
 from export.verify import FP16_TOLERANCE, FP32_TOLERANCE, verification_inputs, verify_exports
 from ptycho_torch import params
 from ptycho_torch.config import ModelConfig, TrainingConfig, config_from_dict, update_legacy_dict
-from ptycho_torch.errors import ExportError
+from ptycho_torch.data import load_scan
+from ptycho_torch.errors import DataContractError, ExportError
+from ptycho_torch.pixel_size import check_pixel_size, scan_pixel_size, valid_pixel_size
 from ptycho_torch.bundle import (
     BATCH_DIM, INPUT_NAMES, MANIFEST_FILE, NORMALIZATION_RULE, ONNX_FILE, OUTPUT_NAMES, PARAMS_FILE, PROBE_FILE,
     TORCHSCRIPT_FILE, Bundle, Manifest, Normalization, Provenance, TensorSpec, load_bundle,
@@ -46,12 +49,18 @@ class ExportOptions:
     fp16_tolerance: float = FP16_TOLERANCE
     stitch_M: int | None = None
     """Central crop used when stitching (None: min(20, N/2))."""
+    pixel_size_m: float | None = None
+    """Object pixel size of the training data in metres, recorded in the manifest (None: unknown)."""
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "-_" for c in self.name):
             raise ExportError(f"`name` must be letters, digits, '-' or '_' (a Triton model name), got {self.name!r}")
         if self.version < 1:
             raise ExportError(f"`version` must be an integer >= 1 (a Triton version folder), got {self.version}")
+        try:
+            valid_pixel_size(self.pixel_size_m, what="`--pixel-size-m`")
+        except DataContractError as error:
+            raise ExportError(str(error)) from None
 
 
 def _tensor_specs(config: ModelConfig) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
@@ -124,6 +133,7 @@ def export_bundle(generator: torch.nn.Module, out: Path, *, hparams: dict[str, A
             train_data_sha256=hparams.get("train_data_sha256"), checkpoint=checkpoint,
         ),
         verification=verification, files=files, variants={"fp16": FP16_FILE} if fp16_path else {},
+        pixel_size_m=options.pixel_size_m,
     )
     (out / MANIFEST_FILE).write_text(manifest.to_json())
     if options.zip:
@@ -141,6 +151,20 @@ def write_zip(directory: Path, archive: Path) -> Path:
 
 
 
+def training_pixel_size(given: float | None, train_scan: str | Path | None) -> float | None:
+    """The pixel size to record: ``given`` (``--pixel-size-m``), else what the training scan's
+    ``_metadata`` records; raises :class:`ExportError` when both are known and disagree."""
+    recorded = None
+    if train_scan is not None and Path(train_scan).is_file():
+        recorded = scan_pixel_size(load_scan(train_scan).metadata)
+    try:
+        check_pixel_size(given, recorded, model=f"the training scan {Path(str(train_scan)).name}",
+                         subject="the given pixel size")
+    except DataContractError as error:
+        raise ExportError(f"`--pixel-size-m`: {error}") from None
+    return given if given is not None else recorded
+
+
 def export_checkpoint(checkpoint: Path, out: Path, *, data: Path | None = None,
                       options: ExportOptions = ExportOptions()) -> Bundle:
     """Export a Lightning checkpoint: load its generator, verify on ``data`` (default: the training
@@ -152,7 +176,9 @@ def export_checkpoint(checkpoint: Path, out: Path, *, data: Path | None = None,
     from training.module import PtychoPINNModule  # lightning: only when there is a checkpoint to read
 
     generator, hparams, probe = PtychoPINNModule.load_generator(checkpoint)
-    scan = data or (hparams.get("training_config") or {}).get("train_data_file")
+    train_scan = (hparams.get("training_config") or {}).get("train_data_file")
+    options = dataclasses.replace(options, pixel_size_m=training_pixel_size(options.pixel_size_m, train_scan))
+    scan = data or train_scan
     if scan is None or not Path(scan).is_file():
         raise ExportError(f"verification needs real patterns: the training scan {scan!r} is not available; "
                           "pass --data SCAN.npz (a scan at the model's N)")

@@ -19,6 +19,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, default=None,
                         help="scan whose patterns verify the graphs (default: the checkpoint's training scan)")
     parser.add_argument("--max-batch-size", type=int, default=256, help="Triton max_batch_size; default 256")
+    parser.add_argument("--pixel-size-m", type=float, default=None,
+                        help="object pixel size of the training data in metres, recorded in the manifest and "
+                             "checked against every scan reconstructed (default: the training scan's "
+                             "_metadata.pixel_size_m, else unknown)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from ptycho_torch.bundle import summarize
 
     options = ExportOptions(name=args.name, version=args.version, opset=args.opset, fp16=args.fp16, zip=args.zip,
-                            max_batch_size=args.max_batch_size)
+                            max_batch_size=args.max_batch_size, pixel_size_m=args.pixel_size_m)
     bundle = export_checkpoint(args.checkpoint, args.out, data=args.data, options=options)
     print(summarize(bundle))
     if args.zip:

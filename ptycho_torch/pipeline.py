@@ -18,9 +18,10 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from ptycho_torch.errors import InvalidInput, InvalidValues
+from ptycho_torch.errors import DataContractError, InvalidInput, InvalidValues
 from ptycho_torch.grouping import group_indices
 from ptycho_torch.normalization import input_scale
+from ptycho_torch.pixel_size import check_pixel_size, valid_pixel_size
 from ptycho_torch.scan_checks import check_network_input, prepare_scan
 from ptycho_torch.stitching import Stitcher
 
@@ -56,6 +57,11 @@ class ModelInfo(Protocol):
         """The training probe ``(P, N, N)``, or None when unknown (then no probe check is made)."""
         ...
 
+    @property
+    def pixel_size_m(self) -> float | None:
+        """Object pixel size of the training data in metres, or None when unknown (then no check)."""
+        ...
+
 
 class Runner(Protocol):
     """What :func:`reconstruct` needs: the model's facts, and batched inference
@@ -89,6 +95,9 @@ class ReconstructOptions:
     :func:`~ptycho_torch.grouping.default_neighbor_count` of the model's C."""
     seed: int = 0
     """Seed of the neighbour draw (gridsize > 1 only), so a request is reproducible."""
+    pixel_size_m: float | None = None
+    """The scan's object pixel size in metres; refused when it differs from the model's training
+    pixel size by more than 1 % (:func:`~ptycho_torch.pixel_size.check_pixel_size`). None: unchecked."""
 
     def __post_init__(self) -> None:
         if self.scale_policy not in (None, "scan", "bundle"):
@@ -99,6 +108,11 @@ class ReconstructOptions:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
                 raise InvalidInput(f"`{name}` must be a non-negative integer, got {value!r}")
+        if self.pixel_size_m is not None:
+            try:
+                valid_pixel_size(self.pixel_size_m, what="`pixel_size_m`")
+            except DataContractError as error:
+                raise InvalidInput(str(error)) from None
         if self.scale is not None and (isinstance(self.scale, bool) or not isinstance(self.scale, (int, float))
                                        or not np.isfinite(self.scale) or self.scale <= 0):
             raise InvalidInput(f"`scale` must be a positive finite number, got {self.scale!r}")
@@ -132,6 +146,8 @@ class Reconstruction:
     n_groups: int
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds per stage: validate, scale, group, inference, stitch, total."""
+    pixel_size_m: float | None = None
+    """Object pixel size of the result in metres: the scan's, else the model's; None when neither says."""
     probe_difference: float | None = None
     """``min_c ||c * probe - bundle probe|| / ||bundle probe||`` (first mode, best complex gain ``c``, so
     normalisation and global phase do not count) when a probe was given: the network assumes its
@@ -230,6 +246,10 @@ def reconstruct(
     M = model.stitch_M if options.stitch_M is None else options.stitch_M
     if not 1 <= M <= model.N // 2:
         raise InvalidInput(f"`stitch_M` must be in [1, N/2 = {model.N // 2}], got {M}")
+    try:
+        pixel_size_m = check_pixel_size(options.pixel_size_m, model.pixel_size_m, model="the model")
+    except DataContractError as error:
+        raise InvalidInput(str(error)) from None
     t1 = time.perf_counter()
 
     scan = prepare_scan(x, pos, units=options.units, mask=mask)
@@ -271,6 +291,7 @@ def reconstruct(
         n_groups=len(members),
         timings={"validate": t1 - t0, "scale": t2 - t1, "group": t3 - t2, "inference": t4 - t3,
                  "stitch": t5 - t4, "total": t5 - t0},
+        pixel_size_m=pixel_size_m,
         probe_difference=probe_difference,
         scan_report=scan.report.to_json(),
     )

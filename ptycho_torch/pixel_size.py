@@ -41,13 +41,14 @@ def scan_pixel_size(metadata: Mapping[str, Any]) -> float | None:
     return valid_pixel_size(metadata.get(METADATA_KEY), what=f"the scan's `_metadata.{METADATA_KEY}`")
 
 
-def check_pixel_size(scan_m: float | None, model_m: float | None, *, model: str) -> float | None:
+def check_pixel_size(scan_m: float | None, model_m: float | None, *, model: str,
+                     subject: str = "the scan's object pixel size") -> float | None:
     """The pixel size the reconstruction is at: the scan's, else the model's (None when neither
     says). Raises :class:`DataContractError` when both are known and differ by more than
     :data:`RELATIVE_TOLERANCE`."""
     if scan_m is not None and model_m is not None and abs(scan_m - model_m) > RELATIVE_TOLERANCE * model_m:
         raise DataContractError(
-            f"the scan's object pixel size {scan_m:.4g} m differs from {model}'s training pixel size {model_m:.4g} m "
+            f"{subject} {scan_m:.4g} m differs from {model}'s training pixel size {model_m:.4g} m "
             f"(ratio {scan_m / model_m:.3f}); the network only works at its training scale: crop or bin the "
             "detector so the pixel sizes match, or use a model trained at this pixel size")
     return scan_m if scan_m is not None else model_m

@@ -87,6 +87,7 @@ class _State:
                 "gridsize": self.bundle.gridsize,
                 "stitch_M": self.bundle.stitch_M,
                 "training_scale": self.bundle.training_scale,
+                "pixel_size_m": self.bundle.pixel_size_m,
             },
         }
         """The OIP model metadata: fixed while one engine is served, so built once."""

@@ -229,6 +229,8 @@ class ServedModel:
     stitch_M: int  # noqa: N815
     training_scale: float
     default_scale_policy: str = "scan"
+    pixel_size_m: float | None = None
+    """The training data's object pixel size (metres) the server publishes, or None."""
     probe: None = None
     """The server does not publish its training probe, so no probe check is made."""
 
@@ -241,7 +243,7 @@ class ServedModel:
         """From ``GET /v2/models/{name}`` (see :meth:`Client.model_metadata`)."""
         p = metadata["parameters"]
         return cls(name=metadata["name"], N=int(p["N"]), gridsize=int(p["gridsize"]), stitch_M=int(p["stitch_M"]),
-                   training_scale=float(p["training_scale"]))
+                   training_scale=float(p["training_scale"]), pixel_size_m=p.get("pixel_size_m"))
 
 
 @dataclass(frozen=True)

@@ -136,7 +136,8 @@ def encode_reconstruction(result: Reconstruction, extra: dict[str, Any] | None =
     """NPZ response body for ``result``; ``extra`` is merged into ``metadata`` (e.g. the model name)."""
     metadata = {"scale": result.scale, "scale_policy": result.scale_policy, "n_patterns": result.n_patterns,
                 "n_groups": result.n_groups, "timings": result.timings,
-                "probe_difference": result.probe_difference, "scan_report": result.scan_report, **(extra or {})}
+                "probe_difference": result.probe_difference, "scan_report": result.scan_report,
+                "pixel_size_m": result.pixel_size_m, **(extra or {})}
     return encode_arrays({"amplitude": result.amplitude, "phase": result.phase, "coverage": result.coverage,
                       "origin": np.asarray(result.origin, np.float64), "metadata": np.array(json.dumps(metadata))},
                      compress=False)
@@ -152,6 +153,6 @@ def decode_reconstruction(body: bytes) -> tuple[Reconstruction, dict[str, Any]]:
         origin=(float(origin[0]), float(origin[1])), scale=metadata["scale"],
         scale_policy=metadata["scale_policy"], n_patterns=metadata["n_patterns"], n_groups=metadata["n_groups"],
         timings=metadata["timings"], probe_difference=metadata["probe_difference"],
-        scan_report=metadata.get("scan_report", {}),
+        scan_report=metadata.get("scan_report", {}), pixel_size_m=metadata.get("pixel_size_m"),
     )
     return result, metadata

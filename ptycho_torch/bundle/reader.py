@@ -82,6 +82,11 @@ class Bundle:
         return self.manifest.stitch_M
 
     @property
+    def pixel_size_m(self) -> float | None:
+        """Object pixel size of the training data in metres, or None when unknown."""
+        return self.manifest.pixel_size_m
+
+    @property
     def onnx_path(self) -> Path:
         return self.root / ONNX_FILE
 
@@ -251,6 +256,7 @@ def summarize(bundle: Bundle) -> str:
         f"intensity  {m.intensity_scale:.6g}",
         f"probe      {bundle.probe.shape[0]} mode(s), {bundle.probe.shape[1]}x{bundle.probe.shape[2]} complex64",
         f"coords     {m.coordinates}",
+        f"pixel      {'unknown' if m.pixel_size_m is None else f'{m.pixel_size_m:.4g} m'} (object pixel size of the training data)",
         f"made       {p.created} by ptychopinn-serve {p.package_version} (torch {p.torch_version}, onnx "
         f"{p.onnx_version}, commit {p.git_commit or 'unknown'})",
         f"trained on sha256 {p.train_data_sha256 or 'unknown'}",

@@ -118,6 +118,9 @@ class Manifest(_Strict):
     verification: Verification
     files: dict[str, str]
     """Bundle-relative POSIX path -> sha256 of every file except the manifest."""
+    pixel_size_m: Annotated[float, Field(gt=0, lt=1e-3)] | None = None
+    """Object pixel size of the training data in metres (square pixels); None when unknown. A scan
+    with another pixel size is refused (:mod:`ptycho_torch.pixel_size`)."""
     variants: dict[str, str] = Field(default_factory=dict)
     """Optional extra ONNX graphs with the same signature: ``fp16``, ``ort_optimized`` -> file."""
     coordinates: str = COORDINATE_CONVENTION

@@ -64,7 +64,8 @@ def exported(request: pytest.FixtureRequest, scan32: Path, tmp_path_factory: pyt
     out = tmp_path_factory.mktemp(f"gs{gridsize}") / "bundle"
     bundle = export_bundle(generator, out, hparams=hparams, probe=np.ones((N, N), np.complex64),
                            diffraction=diffraction, inputs_label="siemens32.npz",
-                           options=ExportOptions(zip=True, fp16=gridsize == 2))
+                           options=ExportOptions(zip=True, fp16=gridsize == 2,
+                                                 pixel_size_m=2e-8 if gridsize == 2 else None))
     return Exported(generator, bundle, diffraction, out.with_suffix(".zip"))
 
 
@@ -237,3 +238,21 @@ def test_cli_exports_a_trained_checkpoint(scan32: Path, tmp_path: Path, capsys: 
     for got, want in zip(session.run(None, {"diffraction": diffraction, "scale": scale}),
                          _eager(generator, diffraction, scale)):
         assert np.abs(got - want).max() <= FP32_TOLERANCE
+
+
+def test_the_pixel_size_comes_from_the_flag_or_the_training_scan_and_they_must_agree(
+        exported: Exported, data_dir: Path, tmp_path: Path) -> None:
+    from export.bundle_writer import training_pixel_size
+
+    assert exported.bundle.pixel_size_m == (2e-8 if exported.bundle.gridsize == 2 else None)
+    scan = load_siemens_star(data_dir / "siemens-star-small.npz.bz2", N)
+    scan.metadata["pixel_size_m"] = 1e-8
+    path = scan.to_file(tmp_path / "scan.npz")
+    assert training_pixel_size(None, path) == 1e-8
+    assert training_pixel_size(1.001e-8, path) == 1.001e-8
+    assert training_pixel_size(3e-8, None) == 3e-8 and training_pixel_size(None, tmp_path / "gone.npz") is None
+    with pytest.raises(ExportError, match=r"`--pixel-size-m`: the given pixel size 3e-08 m differs from the "
+                                          r"training scan scan.npz's training pixel size 1e-08 m"):
+        training_pixel_size(3e-8, path)
+    with pytest.raises(ExportError, match="`--pixel-size-m` must be the object pixel size in metres"):
+        ExportOptions(pixel_size_m=0.0)

@@ -60,7 +60,8 @@ def oracle_model(N: int, channels: int) -> onnx.ModelProto:
 
 
 def write_oracle_bundle(root: Path, *, N: int = 32, gridsize: int = 1, name: str = "oracle",
-                        stitch_M: int | None = None, version: int = 1, training_scale: float = TRAINING_SCALE) -> Path:
+                        stitch_M: int | None = None, version: int = 1, training_scale: float = TRAINING_SCALE,
+                        pixel_size_m: float | None = None) -> Path:
     """Write a complete, checksummed oracle bundle into ``root`` and return it."""
     root.mkdir(parents=True, exist_ok=True)
     channels = gridsize * gridsize
@@ -80,7 +81,7 @@ def write_oracle_bundle(root: Path, *, N: int = 32, gridsize: int = 1, name: str
         provenance=Provenance(package_version="test", torch_version="none", onnx_version=onnx.__version__,
                               created="2024-01-01T00:00:00Z"),
         verification=Verification(inputs="oracle", n_samples=0, tolerance=0.0, errors={}),
-        files=files,
+        files=files, pixel_size_m=pixel_size_m,
     )
     (root / "manifest.json").write_text(manifest.to_json())
     return root
