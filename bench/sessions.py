@@ -1,7 +1,8 @@
 """Live sessions: ``ptychopinn replay`` of the shipped real scan against ``ptychopinn serve`` (default model).
 
 First the engine's own rate is measured in this process (batches of 64 on the same bundle, the
-server idle), then the scan is replayed below that rate (positions with the frames, and on a
+server idle), and the session machinery's alone (pairing, batching and stitching the scan's frames
+in-process with inference replaced by fixed outputs: the ceiling the sessions put on the rate), then the scan is replayed below that rate (positions with the frames, and on a
 separate stream 0.5 s late) and above it (to show the session rate is bounded by inference, not by
 the session machinery). Figures: sustained frames/s onto the canvas, the server's frame-to-canvas
 latency p50/p99, frames lost. Run with ``python -m bench.sessions [--repeat R]``; it prints a
@@ -43,6 +44,26 @@ def engine_rate(seconds: float = 5.0) -> float:
     return count / (time.perf_counter() - start)
 
 
+def machinery_rate(patterns: np.ndarray, positions: np.ndarray) -> float:
+    """Frames/s through a :class:`~serving.sessions.Session` without inference or HTTP (chunks of
+    ``CHUNK``, positions with the frames): pairing, duplicate hashing, batching and stitching."""
+    from serving.sessions import Session
+
+    class _NoInference:
+        bundle = load_bundle(DEFAULT_BUNDLE)
+
+    session = Session("bench", _NoInference(), expected_frames=len(patterns))  # type: ignore[arg-type]
+    outputs = np.ones((CHUNK, 1, *patterns.shape[1:]), np.float32)
+    start = time.perf_counter()
+    for first in range(0, len(patterns), CHUNK):
+        index = np.arange(first, min(first + CHUNK, len(patterns)))
+        session.add_frames(index, patterns[index], positions[index])
+        while (work := session.take_work(64)) is not None:
+            session.finish_work(work, (outputs[: len(work.indices)], outputs[: len(work.indices)]))
+    assert session.status()["frames"]["reconstructed"] == len(patterns)
+    return len(patterns) / (time.perf_counter() - start)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bench.sessions", description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=1, help="replay the 516-frame scan this many times")
@@ -51,6 +72,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     scan = load_scan(SCAN, n=64)
     patterns = np.tile(scan.diff3d, (args.repeat, 1, 1))
     positions = np.tile(np.column_stack([scan.xcoords, scan.ycoords]), (args.repeat, 1))
+    machinery = machinery_rate(patterns, positions)
     cases = [("0.5 x engine, positions with frames", 0.5 * rate, None),
              ("0.5 x engine, positions 0.5 s late", 0.5 * rate, 0.5),
              ("2 x engine, positions with frames", 2.0 * rate, None)]
@@ -61,11 +83,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             figures = replay(client, live, patterns, positions, rate=requested, chunk=CHUNK, positions_delay=delay,
                              timeout_s=300)
             rows.append({"case": name, **figures})
-    result = {"engine_fps": rate, "frames": len(patterns), "chunk": CHUNK, "rows": rows}
+    result = {"engine_fps": rate, "machinery_fps": machinery, "frames": len(patterns), "chunk": CHUNK, "rows": rows}
     out = ROOT / "out" / "bench-sessions.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"engine alone: {rate:.1f} frames/s (batches of 64); {len(patterns)} frames, chunks of {CHUNK}\n")
+    print(f"engine alone: {rate:.1f} frames/s (batches of 64); session machinery alone (no inference, no HTTP): "
+          f"{machinery:.0f} frames/s; {len(patterns)} frames, chunks of {CHUNK}\n")
     print("| case | requested fps | sustained fps | latency p50 ms | latency p99 ms | 503 retries | frames lost |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for row in rows:

@@ -25,7 +25,7 @@ from ptycho_torch.pixel_size import check_pixel_size, valid_pixel_size
 from ptycho_torch.scan_checks import check_network_input, prepare_scan
 from ptycho_torch.stitching import Stitcher
 
-__all__ = ["ModelInfo", "ReconstructOptions", "Reconstruction", "Runner", "network_scale", "reconstruct",
+__all__ = ["ModelInfo", "ReconstructOptions", "Reconstruction", "Runner", "network_scale", "polar", "reconstruct",
            "require_finite_outputs"]
 
 
@@ -277,7 +277,7 @@ def reconstruct(
 
     patch_positions = pos[members.ravel()]
     stitcher = Stitcher.from_positions(patch_positions, M=M)
-    stitcher.add(_polar(amplitude, phase).reshape(-1, model.N, model.N), patch_positions)
+    stitcher.add(polar(amplitude, phase).reshape(-1, model.N, model.N), patch_positions)
     stitched = stitcher.result()
     t5 = time.perf_counter()
     return Reconstruction(
@@ -307,7 +307,8 @@ def require_finite_outputs(amplitude: npt.NDArray[np.float32], phase: npt.NDArra
                             "and the scale")
 
 
-def _polar(amplitude: npt.NDArray[np.float32], phase: npt.NDArray[np.float32]) -> npt.NDArray[np.complex64]:
+def polar(amplitude: npt.NDArray[np.float32], phase: npt.NDArray[np.float32]) -> npt.NDArray[np.complex64]:
+    """Complex64 ``amplitude * exp(i phase)`` of the network's two output planes (any equal shapes)."""
     patches = np.empty(amplitude.shape, np.complex64)
     np.cos(phase, out=patches.real)
     np.sin(phase, out=patches.imag)

@@ -281,7 +281,7 @@ class TiledStitcher:
         return np.stack(np.broadcast_arrays(rows[:, :, None], cols[:, None, :]), axis=-1).reshape(-1, 4, 2)
 
     def _touched(self, base: npt.NDArray[np.int64]) -> set[tuple[int, int]]:
-        return set(map(tuple, np.unique(self._keys(base).reshape(-1, 2), axis=0).tolist()))
+        return set(map(tuple, self._keys(base).reshape(-1, 2).tolist()))
 
     def add(self, patches: npt.ArrayLike, positions: npt.ArrayLike) -> Rect | None:
         """Accumulate complex ``patches`` ``(K, N, N)`` centred at ``positions`` ``(K, 2)`` ``[x, y]``.
@@ -319,17 +319,19 @@ class TiledStitcher:
         rows = np.broadcast_to(base[:, 1, None, None] + offsets[None, :, None], footprint.shape).ravel()
         cols = np.broadcast_to(base[:, 0, None, None] + offsets[None, None, :], footprint.shape).ravel()
         T = self.tile
-        keys, inverse = np.unique(np.stack([rows // T, cols // T], axis=1), axis=0, return_inverse=True)
-        order = np.argsort(inverse.ravel(), kind="stable")  # stable: each pixel still gets its patches in order
-        local = ((rows % T) * T + cols % T)[order]
-        values, weights = footprint.ravel()[order], weight.ravel()[order]
-        bounds = np.cumsum(np.bincount(inverse.ravel(), minlength=len(keys)))
-        start = 0
-        for key, stop in zip(map(tuple, keys.tolist()), bounds.tolist(), strict=True):
-            tile_sum, tile_weight = self._tiles[key]
-            np.add.at(tile_sum, local[start:stop], values[start:stop])
-            np.add.at(tile_weight, local[start:stop], weights[start:stop])
-            start = stop
+        tile_rows, tile_cols = rows // T, cols // T
+        # one integer per tile (a batch spans a few tiles), then one scatter-add per tile touched; the
+        # selection keeps footprint order, so each pixel still receives its patches in order
+        first_row, first_col = int(tile_rows.min()), int(tile_cols.min())
+        span = int(tile_cols.max()) - first_col + 1
+        key = (tile_rows - first_row) * span + (tile_cols - first_col)
+        local = (rows % T) * T + cols % T
+        values, weights = footprint.ravel(), weight.ravel()
+        for k in np.unique(key).tolist():
+            tile_sum, tile_weight = self._tiles[first_row + k // span, first_col + k % span]
+            selected = key == k
+            np.add.at(tile_sum, local[selected], values[selected])
+            np.add.at(tile_weight, local[selected], weights[selected])
 
     @property
     def geometry(self) -> tuple[tuple[int, int], tuple[int, int]] | None:

@@ -26,7 +26,7 @@ import numpy.typing as npt
 from ptycho_torch.stitching import Rect, TiledStitcher
 from ptycho_torch.bundle import Bundle
 from serving.errors import InvalidRequest
-from ptycho_torch.pipeline import ReconstructOptions, Reconstruction
+from ptycho_torch.pipeline import ReconstructOptions, Reconstruction, polar
 
 __all__ = ["Receipt", "Session", "SessionRunner", "Work"]
 
@@ -346,7 +346,7 @@ class Session:
                 self._counts.failed += len(work.indices)
                 return
             amplitude, phase = outputs
-            patches = amplitude[:, 0] * np.exp(1j * phase[:, 0]).astype(np.complex64)
+            patches = polar(amplitude[:, 0], phase[:, 0])
             rect = self.stitcher.add(patches, work.positions)
             now = self._clock()
             self._latencies.extend(now - self._arrived.pop(i) for i in work.indices.tolist())
