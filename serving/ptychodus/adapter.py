@@ -31,6 +31,7 @@ from ptychodus.api.reconstruct import ReconstructInput
 
 from ptycho_torch.data import RawData, counts_to_amplitude
 from ptycho_torch.errors import ConfigError, DataContractError
+from ptycho_torch.pixel_size import METADATA_KEY as PIXEL_SIZE_KEY, check_pixel_size
 
 __all__ = ["ObjectGrid", "Scan", "check_model_geometry", "raw_data_from_input", "scan_from_input"]
 
@@ -123,8 +124,14 @@ def scan_from_input(parameters: ReconstructInput) -> Scan:
     return Scan(amplitudes, _positions_px(parameters, N), probe.reshape(-1, N, N), _object_pixel_size(parameters))
 
 
-def check_model_geometry(scan: Scan, *, N: int, gridsize: int, model: str) -> None:  # noqa: N803
-    """Raise :class:`ConfigError` unless ``scan`` fits a model of patch size ``N`` and ``gridsize``."""
+def check_model_geometry(scan: Scan, *, N: int, gridsize: int, model: str,  # noqa: N803
+                         pixel_size_m: float | None = None) -> None:
+    """Raise :class:`ConfigError` unless ``scan`` fits a model of patch size ``N`` and ``gridsize``
+    trained at object pixel size ``pixel_size_m`` (metres, None: unknown, not checked)."""
+    try:
+        check_pixel_size(scan.pixel_size_m, pixel_size_m, model=f"model {model}")
+    except DataContractError as error:
+        raise ConfigError(f"{error} (the product's object pixel size)") from None
     if scan.N != N:
         raise ConfigError(
             f"diffraction patterns must be {N}x{N} for model {model} (trained with N={N}), got "
@@ -205,7 +212,7 @@ def raw_data_from_input(parameters: ReconstructInput) -> RawData:
         metadata={
             "origin": "exported from Ptychodus by ptychopinn-serve",
             "product": metadata.name,
-            "object_pixel_size_m": scan.pixel_size_m,
+            PIXEL_SIZE_KEY: scan.pixel_size_m,  # so `ptychopinn export` records it in the bundle
             "photon_energy_eV": metadata.photon_energy_eV,
             "detector_distance_m": metadata.detector_distance_m,
             "bad_pixels_inpainted": int(parameters.bad_pixels.sum()),

@@ -76,7 +76,8 @@ class HttpReconstructor(Reconstructor):
         with client:
             name = self._settings.server_model.get_value().strip()
             model = self._model(client, url, name)
-            check_model_geometry(scan, N=model.N, gridsize=model.gridsize, model=f"{name} at {url}")
+            check_model_geometry(scan, N=model.N, gridsize=model.gridsize, model=f"{name} at {url}",
+                                 pixel_size_m=model.pixel_size_m)
             scale = network_scale(scan.amplitudes, self._settings.policy(), model.training_scale)
             if model.gridsize == 1:
                 yield from self._stream(client, name, scan, scale, parameters)

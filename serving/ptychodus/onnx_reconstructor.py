@@ -68,7 +68,8 @@ class OnnxReconstructor(TrainableReconstructor):
         engine = self.engine()
         bundle: Bundle = engine.bundle
         scan = scan_from_input(parameters)
-        check_model_geometry(scan, N=bundle.N, gridsize=bundle.gridsize, model=f"{bundle.name} v{bundle.version}")
+        check_model_geometry(scan, N=bundle.N, gridsize=bundle.gridsize, model=f"{bundle.name} v{bundle.version}",
+                             pixel_size_m=bundle.pixel_size_m)
         options = ReconstructOptions(scale_policy=self._settings.policy())  # type: ignore[arg-type]
         result = reconstruct(engine, scan.amplitudes, scan.positions, probe=scan.probe, options=options)
         log.info("reconstructed %d patterns in %.2f s (scale %.4g, %s policy, probe differs from the training "

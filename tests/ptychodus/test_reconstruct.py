@@ -116,4 +116,16 @@ def test_export_training_data_writes_the_project_contract(oracle: OracleScan, tm
     x_px = geometry.map_probe_positions_to_object_x_px(parameters.product.probe_positions)
     np.testing.assert_allclose(scan.xcoords, x_px + 0.5)  # patch centre N//2, not (N-1)/2
     assert scan.probeGuess.shape == (2, N, N)
-    assert scan.metadata["object_pixel_size_m"] == pytest.approx(10e-9)
+    assert scan.metadata["pixel_size_m"] == pytest.approx(10e-9)
+
+
+def test_a_product_at_another_pixel_size_than_the_models_is_refused() -> None:
+    from ptycho_torch.errors import ConfigError
+    from serving.ptychodus.adapter import Scan, check_model_geometry
+
+    scan = Scan(np.ones((4, N, N), np.float32), np.zeros((4, 2)), np.ones((1, N, N), np.complex64), 10e-9)
+    check_model_geometry(scan, N=N, gridsize=1, model="m", pixel_size_m=10.05e-9)  # within 1 %
+    check_model_geometry(scan, N=N, gridsize=1, model="m", pixel_size_m=None)  # the model does not say
+    with pytest.raises(ConfigError, match=r"object pixel size 1e-08 m differs from model m's training pixel size "
+                                          r"2e-08 m \(ratio 0.500\)"):
+        check_model_geometry(scan, N=N, gridsize=1, model="m", pixel_size_m=20e-9)
