@@ -249,14 +249,35 @@ class ServedModel:
 @dataclass(frozen=True)
 class RemoteRunner:
     """A :class:`~ptycho_torch.pipeline.Runner` whose inference is the server's OIP ``infer``: the
-    pipeline (validation, scale, grouping, stitching) runs here, the network on the server."""
+    pipeline (validation, scale, grouping, stitching) runs here, the network on the server.
+
+    A scan of any size goes out as requests of at most ``batch_size`` groups, so none meets the
+    server's request-size limit (256 groups of 64x64 float32 are 4 MiB each way).
+    """
 
     model: ServedModel
     client: Client
+    batch_size: int = 256
+    """Groups per OIP request."""
+    progress: bool = False
+    """Show a progress bar (tqdm, on stderr; only when stderr is a terminal)."""
 
     def infer(self, diffraction: npt.NDArray[np.float32], scale: npt.NDArray[np.float32]
               ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-        return self.client.infer(self.model.name, diffraction, scale)
+        """``amplitude, phase`` ``(B, C, N, N)`` for ``diffraction`` ``(B, C, N, N)``, request by request."""
+        from tqdm import tqdm
+
+        amplitude = np.empty(diffraction.shape, np.float32)
+        phase = np.empty(diffraction.shape, np.float32)
+        per_group = int(np.prod(diffraction.shape[1:2]))
+        with tqdm(total=len(diffraction) * per_group, unit="pattern", desc=f"{self.model.name} at "
+                  f"{self.client.url}", disable=None if self.progress else True, leave=False) as bar:
+            for start in range(0, len(diffraction), self.batch_size):
+                stop = start + self.batch_size
+                amplitude[start:stop], phase[start:stop] = self.client.infer(
+                    self.model.name, diffraction[start:stop], scale[start:stop])
+                bar.update((min(stop, len(diffraction)) - start) * per_group)
+        return amplitude, phase
 
 
 def reconstruct_file(url: str, npz_path: str | Path, *, token: str | None = None,

@@ -1,0 +1,35 @@
+"""A scan larger than the server's request limit: one /v1/reconstruct request gets 413, the remote
+runner sends it as bounded OIP requests and gets the in-process object exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ptycho_torch.pipeline import reconstruct
+from serving.app import create_app
+from serving.client import Client, RemoteRunner, ServedModel
+from serving.engine import Engine
+from serving.errors import RequestTooLarge
+
+N = 32
+
+
+def test_a_scan_over_the_request_limit_goes_out_in_chunks_and_equals_in_process(engine: Engine, serve) -> None:
+    rng = np.random.default_rng(1)
+    positions = np.stack(np.meshgrid(np.arange(20), np.arange(20)), -1).reshape(-1, 2) * 3.0 + 20
+    patterns = rng.uniform(0, 2, (len(positions), N, N)).astype(np.float32)  # 400 x 4 KiB = 1.6 MiB
+    server = serve(create_app(engine, max_request_bytes=1 << 20))
+    with Client(server.url) as client:
+        with pytest.raises(RequestTooLarge, match="413"):
+            client.reconstruct(patterns, positions)
+        model = ServedModel.from_metadata(client.model_metadata("oracle"))
+        calls = []
+        infer = client.infer
+        client.infer = lambda *args: calls.append(len(args[1])) or infer(*args)  # type: ignore[method-assign]
+        remote = reconstruct(RemoteRunner(model, client, batch_size=96, progress=True), patterns, positions)
+    assert calls == [96, 96, 96, 96, 16]  # 400 groups, no request over 96 x 4 KiB
+    local = reconstruct(engine, patterns, positions)
+    np.testing.assert_array_equal(remote.amplitude, local.amplitude)
+    np.testing.assert_array_equal(remote.phase, local.phase)
+    np.testing.assert_array_equal(remote.coverage, local.coverage)
