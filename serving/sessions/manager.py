@@ -143,32 +143,39 @@ class SessionManager:
             self._pumps[session.id] = asyncio.create_task(self._pump(session), name=f"session-{session.id}")
 
     async def _pump(self, session: Session) -> None:
-        """Infer and stitch ``session``'s paired frames until none are left (or it closes)."""
+        """Infer and stitch ``session``'s paired frames until none are left (or it closes). Cancelling
+        the pump cancels its queued batches too: the batcher drops them without computing them."""
         runner, size = session.runner, _batch_items(session.runner)
         in_flight: list[tuple[Work, asyncio.Future[Any]]] = []
-        while True:
-            while len(in_flight) < _IN_FLIGHT_BATCHES and (work := session.take_work(size)) is not None:
+        try:
+            while True:
+                while len(in_flight) < _IN_FLIGHT_BATCHES and (work := session.take_work(size)) is not None:
+                    try:
+                        future = asyncio.wrap_future(runner.submit(work.diffraction, work.scale))
+                    except Overloaded:
+                        session.requeue(work)
+                        if not in_flight:
+                            await asyncio.sleep(0.02)
+                        break
+                    except Exception as error:  # noqa: BLE001 - recorded as the frames' rejection reason
+                        await run_in_threadpool(session.finish_work, work, error)
+                        continue
+                    in_flight.append((work, future))
+                if not in_flight:
+                    if not session.has_ready:
+                        return
+                    continue  # the inference queue was full: try again
+                work, future = in_flight.pop(0)
                 try:
-                    future = asyncio.wrap_future(runner.submit(work.diffraction, work.scale))
-                except Overloaded:
-                    session.requeue(work)
-                    if not in_flight:
-                        await asyncio.sleep(0.02)
-                    break
-                except Exception as error:  # noqa: BLE001 - recorded as the frames' rejection reason
-                    await run_in_threadpool(session.finish_work, work, error)
-                    continue
-                in_flight.append((work, future))
-            if not in_flight:
-                if not session.has_ready:
-                    return
-                continue  # the inference queue was full: try again
-            work, future = in_flight.pop(0)
-            try:
-                outputs: Any = await future
-            except Exception as error:  # noqa: BLE001
-                outputs = error
-            await run_in_threadpool(session.finish_work, work, outputs)
+                    outputs: Any = await future
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:  # noqa: BLE001
+                    outputs = error
+                await run_in_threadpool(session.finish_work, work, outputs)
+        finally:
+            for _, future in in_flight:
+                future.cancel()
 
     # ------------------------------------------------------------------ closing
 

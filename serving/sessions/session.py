@@ -110,10 +110,10 @@ class Session:
 
     ``runner``: the pinned model (kept for the session's life). ``options``: as for
     ``/v1/reconstruct``; the scale policy must be ``bundle`` (a stream cannot know the whole scan's
-    normalisation in advance) unless the option ``scale``, the network's scale input, is given (by a
-    client that holds the whole scan, for instance). ``expected_frames``: indices must lie in ``[0, expected_frames)``
-    when given. ``bounds``: ``((x_lo, x_hi), (y_lo, y_hi))`` object pixels that every position must
-    lie in, when given. ``max_tiles``: canvas memory limit (tiles of ``tile**2`` pixels, 24 bytes each).
+    normalisation in advance) unless the option ``scale``, the network's scale input, is given (by
+    a client that holds the whole scan, for instance). ``expected_frames``: indices must lie in
+    ``[0, expected_frames)`` when given. ``bounds``: ``((x_lo, x_hi), (y_lo, y_hi))`` object pixels
+    that every position must lie in, when given. ``max_tiles``: canvas memory limit (tiles of ``tile**2`` pixels, 24 bytes each).
     ``max_frames``: the index bound when ``expected_frames`` is not given.
     """
 
@@ -125,7 +125,7 @@ class Session:
         options: ReconstructOptions | None = None,
         expected_frames: int | None = None,
         bounds: tuple[tuple[float, float], tuple[float, float]] | None = None,
-        max_tiles: int = 1024,
+        max_tiles: int = 256,
         tile: int = 128,
         max_frames: int = 1_000_000,
         clock: Callable[[], float] = time.monotonic,
@@ -146,7 +146,8 @@ class Session:
             raise InvalidRequest(f"`stitch_M` must be in [1, N/2 = {bundle.N // 2}], got {M}")
         if expected_frames is not None and not (isinstance(expected_frames, int)
                                                 and 1 <= expected_frames <= max_frames):
-            raise InvalidRequest(f"`expected_frames` must be an integer in [1, {max_frames}], got {expected_frames!r}")
+            raise InvalidRequest(f"`expected_frames` must be an integer in [1, {max_frames}], "
+                                 f"got {expected_frames!r}")
         if bounds is not None:
             bounds = _check_bounds(bounds)
         self.id = session_id
@@ -241,7 +242,7 @@ class Session:
                 accepted += 1
             self._counts.frames += accepted
             self._counts.frame_duplicates += duplicates
-            self._received_times.append((now, accepted))
+            _note(self._received_times, now, accepted)
             position_receipt = self._add_positions(index, positions) if positions is not None else None
             paired = self._pair()
         if position_receipt is not None:
@@ -351,7 +352,7 @@ class Session:
             now = self._clock()
             self._latencies.extend(now - self._arrived.pop(i) for i in work.indices.tolist())
             self._counts.reconstructed += len(work.indices)
-            self._stitched_times.append((now, len(work.indices)))
+            _note(self._stitched_times, now, len(work.indices))
             self.version += 1
             self.last_activity = now
             assert rect is not None
@@ -482,9 +483,19 @@ class Session:
                 watch.event.set()
 
 
-def _rate(times: deque[tuple[float, int]], now: float) -> float:
+def _note(times: deque[tuple[float, int]], now: float, count: int) -> None:
+    """Record ``count`` items at ``now``, forgetting what fell out of the rate window."""
+    times.append((now, count))
+    _forget_old(times, now)
+
+
+def _forget_old(times: deque[tuple[float, int]], now: float) -> None:
     while times and times[0][0] < now - _RATE_WINDOW_S:
         times.popleft()
+
+
+def _rate(times: deque[tuple[float, int]], now: float) -> float:
+    _forget_old(times, now)
     return sum(count for _, count in times) / _RATE_WINDOW_S
 
 

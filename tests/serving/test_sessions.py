@@ -204,3 +204,34 @@ def test_session_limits_are_checked() -> None:
         SessionLimits(max_sessions=0)
     with pytest.raises(ConfigError, match="idle_timeout_s"):
         SessionLimits(idle_timeout_s=0)
+
+
+def test_cancelling_a_session_cancels_its_inference_at_once(batcher) -> None:
+    """Batches still queued in the batcher are cancelled, so it drops them without computing them."""
+    from concurrent.futures import Future
+
+    submitted: list[Future] = []
+
+    class Stalled:  # a runner whose batches never finish: they sit in its queue
+        bundle = batcher.bundle
+        max_batch_size = 4
+
+        def submit(self, diffraction, scale) -> Future:
+            submitted.append(Future())
+            return submitted[-1]
+
+    patterns, positions = _scan(8, 12)
+
+    async def scenario() -> None:
+        manager = SessionManager(lambda model, version: Stalled())
+        session = manager.create()
+        manager.add_frames(session, np.arange(12), patterns, positions)
+        manager.schedule(session)
+        await asyncio.sleep(0.05)
+        assert len(submitted) == 2 and session.status()["frames"]["pending"]["queued"] == 4
+        result = await asyncio.wait_for(manager.close(session, cancel=True), timeout=5)
+        await asyncio.sleep(0.01)
+        assert result.n_patterns == 0 and all(future.cancelled() for future in submitted)
+        await manager.shutdown()
+
+    asyncio.run(scenario())
