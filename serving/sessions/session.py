@@ -113,8 +113,8 @@ class Session:
     normalisation in advance) unless the option ``scale``, the network's scale input, is given (by
     a client that holds the whole scan, for instance). ``expected_frames``: indices must lie in
     ``[0, expected_frames)`` when given. ``bounds``: ``((x_lo, x_hi), (y_lo, y_hi))`` object pixels
-    that every position must lie in, when given. ``max_tiles``: canvas memory limit (tiles of ``tile**2`` pixels, 24 bytes each).
-    ``max_frames``: the index bound when ``expected_frames`` is not given.
+    that every position must lie in, when given. ``max_tiles``: canvas memory limit (tiles of
+    ``tile**2`` pixels, 24 bytes each). ``max_frames``: the index bound without ``expected_frames``.
     """
 
     def __init__(
