@@ -20,9 +20,14 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["DESCRIPTION", "ERRORS", "INFER_ROUTE", "METRICS_ROUTE", "RECONSTRUCT_ROUTE", "install"]
+__all__ = ["DESCRIPTION", "ERRORS", "INFER_ROUTE", "METRICS_ROUTE", "NPZ_RESPONSE", "RECONSTRUCT_ROUTE", "install",
+           "npz_body"]
 
 STATIC_URL = "/docs-static"
+SAME_ORIGIN_ONLY = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+                    "img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:")
+"""Content-Security-Policy of the docs pages: the browser fetches nothing from anywhere else (ReDoc
+would otherwise load its footer logo from cdn.redoc.ly)."""
 _STATIC_DIR = Path(fastapi_offline.__file__).resolve().parent / "static"
 
 DESCRIPTION = (
@@ -167,6 +172,17 @@ INFER_ROUTE: dict[str, Any] = {
     }}},
 }
 
+def npz_body(description: str) -> dict[str, Any]:
+    """``openapi_extra`` for a route whose body is an NPZ archive of the described arrays."""
+    return {"requestBody": {"required": True, "description": description,
+                            "content": {"application/x-npz": _BINARY}}}
+
+
+NPZ_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/x-npz": _BINARY},
+          "description": "the stitched object: NPZ with amplitude, phase, coverage, origin and metadata"}}
+"""``responses=`` of a route that answers with a reconstruction NPZ."""
+
 RECONSTRUCT_ROUTE: dict[str, Any] = {
     "summary": "Reconstruct a whole scan (NPZ in, stitched object NPZ out)",
     "description": (
@@ -194,6 +210,20 @@ _BODY_MODELS = (InferRequest,)
 """Models referenced only from ``openapi_extra`` (bodies the endpoints read themselves)."""
 
 
+def _document_errors(document: dict[str, Any], components: dict[str, Any]) -> None:
+    """Every operation can answer every refusal of the one error handler, as ``{"error": message}``
+    (request validation included: 400, not FastAPI's 422 ``HTTPValidationError``)."""
+    components["Error"] = Error.model_json_schema()
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            for code, text in _ERROR_TEXT.items():
+                responses[str(code)] = {"description": text, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/Error"}}}}
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
+
+
 def install(app: FastAPI) -> None:
     """Complete ``app``'s schema with the body models, and serve ``/docs`` and ``/redoc`` offline."""
 
@@ -202,6 +232,7 @@ def install(app: FastAPI) -> None:
             document = get_openapi(title=app.title, version=app.version, description=app.description,
                                    routes=app.routes)
             components = document.setdefault("components", {}).setdefault("schemas", {})
+            _document_errors(document, components)
             for model in _BODY_MODELS:
                 model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 components.update(model_schema.pop("$defs", {}))
@@ -214,13 +245,17 @@ def install(app: FastAPI) -> None:
 
     @app.get("/docs", include_in_schema=False)
     async def swagger() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - API",
+        page = get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - API",
                                    swagger_js_url=f"{STATIC_URL}/swagger-ui-bundle.js",
                                    swagger_css_url=f"{STATIC_URL}/swagger-ui.css",
                                    swagger_favicon_url=f"{STATIC_URL}/favicon.png")
+        page.headers["Content-Security-Policy"] = SAME_ORIGIN_ONLY
+        return page
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc() -> HTMLResponse:
-        return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - API",
+        page = get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - API",
                               redoc_js_url=f"{STATIC_URL}/redoc.standalone.js",
                               redoc_favicon_url=f"{STATIC_URL}/favicon.png", with_google_fonts=False)
+        page.headers["Content-Security-Policy"] = SAME_ORIGIN_ONLY
+        return page

@@ -18,6 +18,7 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from serving import openapi
 from serving.errors import SessionNotFound
 from serving.npz_wire import RECONSTRUCT_MEDIA_TYPE, decode_arrays, encode_reconstruction
 from ptycho_torch.pipeline import ReconstructOptions, Reconstruction
@@ -72,7 +73,8 @@ def session_routes(manager: SessionManager, read_body: Any, max_uncompressed_byt
         return {"sessions": [{"session_id": s.id, "model": _model_json(s), "counts": s.counts()}
                              for s in manager.sessions()]}
 
-    @router.post("/v1/sessions/{session_id}/frames", status_code=202)
+    @router.post("/v1/sessions/{session_id}/frames", status_code=202, openapi_extra=openapi.npz_body(
+        "`indices` (F,) int frame numbers, `patterns` (F, N, N) real, optional `positions` (F, 2) [x, y] pixels"))
     async def frames(session_id: str, request: Request) -> dict[str, Any]:
         session = manager.get(session_id)
         body = await read_body(request)
@@ -84,7 +86,8 @@ def session_routes(manager: SessionManager, read_body: Any, max_uncompressed_byt
         manager.schedule(session)
         return {**receipt.to_json(), "counts": session.counts()}
 
-    @router.post("/v1/sessions/{session_id}/positions", status_code=202)
+    @router.post("/v1/sessions/{session_id}/positions", status_code=202, openapi_extra=openapi.npz_body(
+        "`indices` (F,) int frame numbers, `positions` (F, 2) float [x, y] object pixels"))
     async def positions(session_id: str, request: Request) -> dict[str, Any]:
         session = manager.get(session_id)
         body = await read_body(request)
@@ -99,12 +102,12 @@ def session_routes(manager: SessionManager, read_body: Any, max_uncompressed_byt
     async def status(session_id: str) -> dict[str, Any]:
         return manager.get(session_id).status()
 
-    @router.get("/v1/sessions/{session_id}/object")
+    @router.get("/v1/sessions/{session_id}/object", responses=openapi.NPZ_RESPONSE)
     async def current_object(session_id: str) -> Response:
         session = manager.get(session_id)
         return _npz_object(session, await run_in_threadpool(session.reconstruction))
 
-    @router.delete("/v1/sessions/{session_id}")
+    @router.delete("/v1/sessions/{session_id}", responses=openapi.NPZ_RESPONSE)
     async def close(session_id: str, cancel: bool = False) -> Response:
         session = manager.get(session_id)
         return _npz_object(session, await manager.close(session, cancel=cancel))
