@@ -8,15 +8,14 @@ import io
 import json
 import re
 import socket
-import struct
 import time
-import zipfile
 import zlib
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from hostile_inputs import forged_header_npz, gzip_bomb
 from oracle import write_oracle_bundle
 
 from ptycho_torch.bundle import load_bundle
@@ -159,27 +158,9 @@ def test_a_canvas_over_the_budget_is_refused_naming_positions_size_and_limit(eng
     assert apart.status_code == 200  # a large but affordable canvas is fine
 
 
-def _npz_with_forged_header(shape: tuple[int, ...]) -> bytes:
-    """An NPZ whose `patterns.npy` header declares ``shape`` but holds a small array."""
-    member = io.BytesIO()
-    np.save(member, np.zeros((2, N, N), np.float32))
-    raw = member.getvalue()
-    header_len = struct.unpack("<H", raw[8:10])[0]
-    header = raw[10:10 + header_len].decode("latin1").replace(str((2, N, N)), str(shape)).rstrip()
-    header = header.ljust(-(-(10 + len(header) + 1) // 64) * 64 - 11) + "\n"  # numpy pads to 64 bytes
-    forged = raw[:8] + struct.pack("<H", len(header)) + header.encode("latin1") + raw[10 + header_len:]
-    body = io.BytesIO()
-    with zipfile.ZipFile(body, "w") as archive:
-        archive.writestr("patterns.npy", forged)
-        positions = io.BytesIO()
-        np.save(positions, np.zeros((2, 2)))
-        archive.writestr("positions.npy", positions.getvalue())
-    return body.getvalue()
-
-
 def test_an_npy_header_declaring_a_huge_shape_is_refused_before_allocation(engine: Engine, serve) -> None:
     server = serve(create_app(engine))
-    response = _post_npz(server.url, _npz_with_forged_header((10**12, N, N)))
+    response = _post_npz(server.url, forged_header_npz((10**12, N, N)))
     assert response.status_code == 413
     assert "`patterns` in the request NPZ declares shape [1000000000000, 32, 32] float32 (4096000000000000 bytes) " \
            "but holds 8192 bytes" in _error(response)
@@ -243,7 +224,7 @@ def test_compressed_bodies_are_bounded_while_inflating_and_bad_encodings_refused
         response = _post_npz(server.url, packed, **{"Content-Encoding": encoding})
         assert response.status_code == 200, response.text
         np.testing.assert_array_equal(decode_reconstruction(response.content)[0].phase, expected.phase)
-    bomb = gzip.compress(b"\0" * (16 << 20))  # 16 MiB of zeros in 16 KiB
+    bomb = gzip_bomb(16 << 20)  # 16 MiB of zeros in 16 KiB
     response = _post_npz(server.url, bomb, **{"Content-Encoding": "gzip"})
     assert response.status_code == 413 and "`Content-Encoding: gzip` body expands past 1048576 bytes" in _error(response)
     response = _post_npz(server.url, body, **{"Content-Encoding": "br"})
