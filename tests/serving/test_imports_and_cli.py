@@ -89,8 +89,13 @@ def test_serve_refuses_bad_arguments_with_one_line() -> None:
     assert "ptychopinn serve: error: bundle `/no/such/bundle` does not exist" in result.stderr
 
 
-@pytest.mark.parametrize("flag", ["--max-request-mb=0"])
-def test_serve_checks_limits(oracle_bundle: Bundle, flag: str) -> None:
+@pytest.mark.parametrize("flag, message", [
+    ("--max-request-mb=0", "`--max-request-mb` must be positive, got 0.0"),
+    ("--max-request-memory-mb=-1", "`--max-request-memory-mb` must be positive, got -1.0"),
+    ("--body-timeout-s=0", "`--body-timeout-s` must be positive, got 0.0"),
+    ("--max-concurrent-reconstructs=0", "`--max-concurrent-reconstructs` must be positive, got 0"),
+])
+def test_serve_checks_limits(oracle_bundle: Bundle, flag: str, message: str) -> None:
     result = subprocess.run([sys.executable, "-m", "ptychopinn", "serve", "--bundle", str(oracle_bundle.source),
                              flag], capture_output=True, text=True, env=_env(), cwd=PROJECT_ROOT, timeout=120)
-    assert result.returncode == 2 and "`--max-request-mb` must be positive, got 0.0" in result.stderr
+    assert result.returncode == 2 and message in result.stderr
