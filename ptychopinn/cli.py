@@ -20,6 +20,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from ptycho_torch import __version__
 from ptycho_torch.errors import PtychoError
 
 # subcommand name -> (module path, one-line help)
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train, export and serve PtychoPINN ptychographic reconstruction.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_path, help_text) in COMMANDS.items():
         try:
@@ -58,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` and run the chosen subcommand; errors become a one-line message and exit 2."""
+    """Parse ``argv`` and run the chosen subcommand; errors become a one-line message and exit 2
+    (the project's own errors, and files that cannot be read or written)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -67,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args._run(args) or 0)
-    except PtychoError as error:
+    except (PtychoError, OSError) as error:
         print(f"ptychopinn {args.command}: error: {error}", file=sys.stderr)
         return 2
 

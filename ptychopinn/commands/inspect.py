@@ -57,7 +57,11 @@ def _inspect_scan(path: Path, args: argparse.Namespace) -> int:
 def _inspect_bundle(path: Path, args: argparse.Namespace) -> int:
     from ptycho_torch.bundle import load_bundle, summarize
 
-    print(summarize(load_bundle(path)))
+    bundle = load_bundle(path)
+    print(summarize(bundle))
+    if args.png:
+        write_bundle_png(bundle, Path(args.png))
+        print(f"overview: {args.png}")
     return 0
 
 
@@ -93,6 +97,37 @@ def format_summary(summary: dict[str, Any], *, title: str) -> str:
     """Render a summary as aligned ``key: value`` lines under ``title``."""
     width = max(len(key) for key in summary)
     return "\n".join([title, *(f"  {key.ljust(width)} : {value}" for key, value in summary.items())])
+
+
+def write_bundle_png(bundle: Any, path: Path) -> Path:
+    """Draw a bundle's training probe (amplitude of all modes, phase of mode 0) and its measured
+    export errors per engine against the tolerance (log scale) to PNG."""
+    import numpy as np
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+
+    m = bundle.manifest
+    probe = bundle.probe
+    fig = Figure(figsize=(13.5, 4.2), layout="constrained")
+    axes = fig.subplots(1, 3)
+    fig.colorbar(axes[0].imshow(np.sqrt((np.abs(probe) ** 2).sum(axis=0)), cmap="gray"), ax=axes[0], shrink=0.8,
+                 label="|P|")
+    axes[0].set_title(f"training probe amplitude ({probe.shape[0]} mode(s))")
+    fig.colorbar(axes[1].imshow(np.angle(probe[0]), cmap="twilight", vmin=-np.pi, vmax=np.pi), ax=axes[1],
+                 shrink=0.8, label="phase [rad]")
+    axes[1].set_title("probe phase (mode 0)")
+    engines = sorted(m.verification.errors)
+    worst = [max(m.verification.errors[e].amplitude, m.verification.errors[e].phase, 1e-12) for e in engines]
+    axes[2].barh(engines, worst, color="tab:blue")
+    axes[2].axvline(m.verification.tolerance, color="tab:red", linestyle="--", label=f"tolerance {m.verification.tolerance:g}")
+    axes[2].set(xscale="log", xlabel="max |difference| to torch eager (0 drawn at 1e-12)",
+                title=f"export parity on {m.verification.n_samples} samples")
+    axes[2].legend(loc="lower right")
+    pixel = "unknown" if bundle.pixel_size_m is None else f"{bundle.pixel_size_m:.4g} m"
+    fig.suptitle(f"{m.name} v{m.version}: N={m.N}, gridsize={m.gridsize}, training scale "
+                 f"{m.normalization.training_scale:.4g}, object pixel {pixel}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    return path
 
 
 def write_overview_png(raw: Any, path: Path, *, title: str = "") -> Path:

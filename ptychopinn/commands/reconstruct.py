@@ -1,65 +1,104 @@
-"""``ptychopinn reconstruct``: stitched amplitude/phase of a scan, written as PNGs and an NPZ.
+"""``ptychopinn reconstruct``: the stitched object of a scan, written as the files of
+:mod:`ptycho_torch.outputs` (PNGs with colour and scale bars, TIFFs, NPZ, CXI/HDF5).
 
-Two paths, one output format (:func:`ptycho_torch.outputs.save_outputs`):
+Three places the network can run, one output format:
 
-* ``--model`` (a ``wts.h5.zip``, a run folder, a ``.ckpt`` or an MLflow ``runs:/`` URI) runs the
-  network in-process with torch (:mod:`ptycho_torch.workflows.components`);
-* ``--server URL`` sends the scan to a ``ptychopinn serve`` instance (numpy + HTTP only, no torch).
+* ``--model BUNDLE`` (a folder or ``.zip`` written by ``ptychopinn export``) runs the bundle's ONNX
+  graph in this process with onnxruntime, through the same pipeline as the server: no server, no torch;
+* ``--model`` ``RUN/wts.h5.zip``, a run folder, a ``.ckpt`` or an MLflow ``runs:/`` URI runs the
+  generator with torch (:mod:`ptycho_torch.workflows.components`);
+* ``--server URL`` runs the network on a ``ptychopinn serve`` instance: grouping and stitching run
+  here, and the scan goes out as Open Inference Protocol requests of at most ``--chunk-size``
+  groups (with a progress bar), so a scan of any size stays under the server's request limit.
+
+A scan whose ``_metadata`` records ``pixel_size_m`` is checked against the model's training pixel
+size (:mod:`ptycho_torch.pixel_size`), and the products carry the pixel size.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ptycho_torch.data import RawData
+    from ptycho_torch.outputs import ProductInfo
+    from ptycho_torch.pipeline import ReconstructOptions, Reconstruction
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_SERVER_MODEL = "ptychopinn"
+"""The name ``ptychopinn export`` gives a bundle by default (and the shipped default bundle's)."""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the reconstruct arguments."""
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model",
-                        help="RUN/wts.h5.zip, a run folder, a Lightning .ckpt or an MLflow runs:/<id>/model URI")
+                        help="an exported bundle (folder or .zip: onnxruntime in this process, no server), or "
+                             "RUN/wts.h5.zip, a run folder, a Lightning .ckpt or an MLflow runs:/<id>/model URI (torch)")
     source.add_argument("--server", help="URL of a `ptychopinn serve` instance, e.g. http://127.0.0.1:8000")
     parser.add_argument("--data", required=True,
                         help="scan file: a contract NPZ, or the tike layout (e.g. siemens-star-small.npz.bz2)")
-    parser.add_argument("--out", required=True, help="output folder for the PNGs and reconstruction.npz")
+    parser.add_argument("--out", required=True, help="output folder for the PNGs, TIFFs, reconstruction.npz and .cxi")
     parser.add_argument("--n", type=int, default=None,
                         help="patch size N: tike-layout scans are cropped to it (e.g. 64); a contract NPZ must already be at N")
     parser.add_argument("--split", choices=("all", "train", "test"), default="all",
                         help="reconstruct the whole scan or one half of the spatial split along y "
                              "(train = top half, test = bottom half; default all)")
     parser.add_argument("--stitch-m", type=int, default=None,
-                        help="central crop kept from each patch (default min(20, N/2))")
+                        help="central crop kept from each patch (default: the model's, min(20, N/2))")
     parser.add_argument("--scale-policy", choices=("scan", "bundle"), default="scan",
                         help="input normalisation: 'scan' (from this scan's patterns, default) or 'bundle' "
                              "(the training value)")
     parser.add_argument("--batch-size", type=int, default=64,
-                        help="patterns per inference batch, in-process path (default 64)")
+                        help="groups per inference batch in this process (--model; default 64)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the neighbour draw at gridsize > 1 (default 0)")
+    parser.add_argument("--server-model", default=DEFAULT_SERVER_MODEL,
+                        help=f"model name on --server (default {DEFAULT_SERVER_MODEL}; `ptychopinn serve` logs it)")
+    parser.add_argument("--chunk-size", type=int, default=256,
+                        help="groups per request to --server (default 256: 4 MiB at N=64)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar for --server")
     parser.add_argument("--token-file", type=Path, default=None, help="bearer token for --server (a file)")
     parser.add_argument("--timeout", type=float, default=300.0, help="HTTP timeout in seconds for --server")
 
 
 def run(args: argparse.Namespace) -> int:
     """Reconstruct the scan and write the outputs; returns 0."""
-    scan = _load_scan(args)
-    if args.server:
-        amplitude, phase, results = _reconstruct_remote(args, scan)
-    else:
-        amplitude, phase, results = _reconstruct_in_process(args, scan)
-
     from ptycho_torch.outputs import save_outputs
+    from ptycho_torch.pixel_size import scan_pixel_size
 
-    paths = save_outputs(amplitude, phase, results, args.out)
+    scan = _load_scan(args)
+    pixel_size_m = scan_pixel_size(scan.metadata)
+    if args.server or is_bundle(args.model):
+        run_pipeline = _reconstruct_remote if args.server else _reconstruct_with_bundle
+        result, info = run_pipeline(args, scan, pixel_size_m)
+        amplitude, phase, stitch = result.amplitude, result.phase, {"coverage": result.coverage, "origin": result.origin}
+        logger.info("timings (s): %s", ", ".join(f"{stage} {seconds:.3f}" for stage, seconds in result.timings.items()))
+    else:
+        amplitude, phase, stitch = _reconstruct_in_process(args, scan)
+        info = _product_info(args, scan, model=str(args.model), pixel_size_m=pixel_size_m)
+    paths = save_outputs(amplitude, phase, stitch, args.out, info=info)
     logger.info("reconstructed %d patterns of %s (%s) into a %dx%d object: %s", len(scan), args.data, args.split,
                 *amplitude.shape, ", ".join(str(p) for p in paths.values()))
     return 0
+
+
+def is_bundle(path: str) -> bool:
+    """True for a folder or ``.zip`` written by ``ptychopinn export`` (``manifest.json`` and
+    ``model.onnx``), False for training archives, run folders, checkpoints and URIs."""
+    from ptycho_torch.bundle import MANIFEST_FILE, ONNX_FILE
+
+    candidate = Path(path)
+    if candidate.is_dir():
+        return (candidate / MANIFEST_FILE).is_file() and (candidate / ONNX_FILE).is_file()
+    if candidate.is_file() and zipfile.is_zipfile(candidate):
+        with zipfile.ZipFile(candidate) as archive:
+            return {MANIFEST_FILE, ONNX_FILE} <= set(archive.namelist())
+    return False
 
 
 def _load_scan(args: argparse.Namespace) -> RawData:
@@ -72,20 +111,68 @@ def _load_scan(args: argparse.Namespace) -> RawData:
     return train if args.split == "train" else test
 
 
-def _reconstruct_remote(args: argparse.Namespace, scan: RawData):
+def _options(args: argparse.Namespace, pixel_size_m: float | None) -> ReconstructOptions:
+    from ptycho_torch.pipeline import ReconstructOptions
+
+    return ReconstructOptions(scale_policy=args.scale_policy, stitch_M=args.stitch_m, seed=args.seed,
+                              pixel_size_m=pixel_size_m)
+
+
+def _product_info(args: argparse.Namespace, scan: RawData, *, model: str, pixel_size_m: float | None,
+                  version: str | None = None, result: Reconstruction | None = None) -> ProductInfo:
     import numpy as np
 
-    from serving.cli import read_token_file
-    from serving.client import Client
+    from ptycho_torch.outputs import ProductInfo
 
+    extra = {} if result is None else {"scale": result.scale, "scale_policy": result.scale_policy}
+    return ProductInfo(pixel_size_m=pixel_size_m if result is None else result.pixel_size_m, probe=scan.probeGuess,
+                       positions=np.column_stack([scan.xcoords, scan.ycoords]), model=model, model_version=version,
+                       source=str(args.data), extra=extra)
+
+
+def _reconstruct_with_bundle(args: argparse.Namespace, scan: RawData,
+                             pixel_size_m: float | None) -> tuple[Reconstruction, ProductInfo]:
+    import numpy as np
+
+    from ptycho_torch.bundle import load_bundle
+    from ptycho_torch.pipeline import reconstruct
+    from serving.engine import Engine
+
+    bundle = load_bundle(args.model)
+    engine = Engine(bundle, max_batch_size=args.batch_size)
+    logger.info("running %s v%d in this process on %s", bundle.name, bundle.version, ", ".join(engine.providers))
+    result = reconstruct(engine, scan.diff3d, np.column_stack([scan.xcoords, scan.ycoords]), probe=scan.probeGuess,
+                         options=_options(args, pixel_size_m))
+    return result, _product_info(args, scan, model=bundle.name, version=str(bundle.version),
+                                 pixel_size_m=pixel_size_m, result=result)
+
+
+def _reconstruct_remote(args: argparse.Namespace, scan: RawData,
+                        pixel_size_m: float | None) -> tuple[Reconstruction, ProductInfo]:
+    import numpy as np
+
+    from ptycho_torch.errors import ConfigError
+    from ptycho_torch.pipeline import reconstruct
+    from serving.cli import read_token_file
+    from serving.client import Client, RemoteRunner, ServedModel
+    from serving.errors import ModelNotFound
+
+    if args.chunk_size < 1:
+        raise ConfigError(f"`--chunk-size` must be a positive number of groups, got {args.chunk_size}")
     token = read_token_file(args.token_file) if args.token_file is not None else None
-    options = {"scale_policy": args.scale_policy, "stitch_M": args.stitch_m, "seed": args.seed}
     with Client(args.server, token=token, timeout_s=args.timeout) as client:
-        result = client.reconstruct(scan.diff3d, np.column_stack([scan.xcoords, scan.ycoords]),
-                                    probe=scan.probeGuess, options=options)
-    logger.info("server timings (s): %s",
-                ", ".join(f"{stage} {seconds:.3f}" for stage, seconds in result.timings.items()))
-    return result.amplitude, result.phase, {"coverage": result.coverage, "origin": result.origin}
+        try:
+            metadata = client.model_metadata(args.server_model)
+        except ModelNotFound as error:
+            raise ConfigError(f"`--server-model` must name a model served at {args.server}, got "
+                              f"{args.server_model!r} ({error}); `ptychopinn serve` logs the name at start-up") from None
+        runner = RemoteRunner(ServedModel.from_metadata(metadata), client, batch_size=args.chunk_size,
+                              progress=not args.no_progress)
+        result = reconstruct(runner, scan.diff3d, np.column_stack([scan.xcoords, scan.ycoords]),
+                             probe=scan.probeGuess, options=_options(args, pixel_size_m))
+    version = next(iter(metadata.get("versions") or []), None)
+    return result, _product_info(args, scan, model=f"{args.server_model} at {args.server}", version=version,
+                                 pixel_size_m=pixel_size_m, result=result)
 
 
 def _reconstruct_in_process(args: argparse.Namespace, scan: RawData):

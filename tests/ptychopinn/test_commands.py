@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -55,3 +57,28 @@ def test_simulate_reports_bad_probe_file(tmp_path, capsys, probe, message):
     assert main(args) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x.npz").exists()
+
+
+def test_inspect_bundle_draws_its_probe_and_parity(tmp_path, capsys):
+    from ptycho_torch.bundle import load_bundle
+
+    bundle = load_bundle(Path(__file__).resolve().parents[2] / "serving" / "default_bundle")
+    png = tmp_path / "bundle.png"
+    assert main(["inspect", str(bundle.source), "--png", str(png)]) == 0
+    text = capsys.readouterr().out
+    assert f"model      {bundle.name} v{bundle.version}" in text and f"overview: {png}" in text
+    assert is_png(png)
+
+
+def test_version_and_unwritable_output_are_one_line(tmp_path, capsys):
+    from ptycho_torch import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out == f"ptychopinn {__version__}\n"
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    code = main(["simulate", "--n", "16", "--positions", "5", "--out", str(blocked / "scan.npz")])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [  # a file stands where the folder must go
+        f"ptychopinn simulate: error: [Errno 17] File exists: '{blocked}'"]

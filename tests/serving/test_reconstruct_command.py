@@ -1,10 +1,13 @@
-"""``ptychopinn reconstruct --server``: the command-line path over HTTP writes what the pipeline computes."""
+"""``ptychopinn reconstruct --server`` and ``--model BUNDLE``: the command line writes what the
+pipeline computes, in chunks under the server's request limit, or in-process without a server."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import h5py
 import numpy as np
+import pytest
 
 from ptychopinn.cli import main as cli_main
 from ptycho_torch.data import load_scan, spatial_split
@@ -15,25 +18,46 @@ from ptycho_torch.pipeline import reconstruct
 N = 32  # the oracle bundle's (tests/serving/conftest.py); `conftest` is ambiguous with tests/ptychodus collected too
 
 
+@pytest.fixture(scope="module")
+def held_out(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    """The real scan's held-out half at N, as a contract NPZ (read once for the module)."""
+    _, test = spatial_split(load_scan(data_dir / "siemens-star-small.npz.bz2", n=N))
+    return test.to_file(tmp_path_factory.mktemp("scan") / "held_out.npz"), test
+
+
+@pytest.fixture(scope="module")
+def tiny_scan(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Eight patterns, for the tests that fail before any inference."""
+    from ptycho_torch.data import RawData
+
+    positions = np.arange(8.0) * 4 + 20
+    return RawData.from_coords_without_pc(positions, positions, np.ones((8, N, N), np.float32),
+                                          np.ones((N, N), np.complex64)).to_file(tmp_path_factory.mktemp("t") / "s.npz")
+
+
 def test_reconstruct_over_http_writes_the_pipelines_object_for_the_held_out_half(
-        engine: Engine, serve, data_dir: Path, tmp_path: Path) -> None:
-    path = data_dir / "siemens-star-small.npz.bz2"
-    server = serve(create_app(engine, token="t0ken"))
+        engine: Engine, serve, held_out, tmp_path: Path) -> None:
+    path, test = held_out
+    # 258 patterns of 32x32 float32 are 1 MiB: one request would get 413, chunks of 32 groups do not
+    server = serve(create_app(engine, token="t0ken", max_request_bytes=256 << 10))
     token_file = tmp_path / "token"
     token_file.write_text("t0ken\n")
 
-    code = cli_main(["reconstruct", "--server", server.url, "--token-file", str(token_file), "--data", str(path),
-                     "--n", str(N), "--split", "test", "--out", str(tmp_path / "out")])
+    code = cli_main(["reconstruct", "--server", server.url, "--server-model", "oracle", "--chunk-size", "32",
+                     "--token-file", str(token_file), "--data", str(path), "--out", str(tmp_path / "out")])
 
     assert code == 0
     written = np.load(tmp_path / "out" / "reconstruction.npz")
-    _, test = spatial_split(load_scan(path, n=N))
     local = reconstruct(engine, test.diff3d, np.column_stack([test.xcoords, test.ycoords]), probe=test.probeGuess)
     np.testing.assert_array_equal(written["amplitude"], local.amplitude)
     np.testing.assert_array_equal(written["phase"], local.phase)
     np.testing.assert_array_equal(written["coverage"], local.coverage)
     np.testing.assert_array_equal(written["origin"], np.asarray(local.origin))
     assert (tmp_path / "out" / "reconstructed_amplitude.png").stat().st_size > 0
+    with h5py.File(tmp_path / "out" / "reconstruction.cxi") as cxi:
+        assert cxi["entry_1/process_1/model"][()].decode() == f"oracle at {server.url}"
+        assert cxi["entry_1/process_1/model_version"][()] == b"1"
+        np.testing.assert_array_equal(cxi["entry_1/image_1/positions_px"][()], np.column_stack([test.xcoords, test.ycoords]))
 
 
 def test_reconstruct_needs_exactly_one_of_model_and_server(capsys) -> None:
@@ -48,12 +72,11 @@ def test_reconstruct_needs_exactly_one_of_model_and_server(capsys) -> None:
     assert "--model" in capsys.readouterr().err
 
 
-def test_reconstruct_with_an_empty_token_file_is_a_one_line_error(data_dir: Path, tmp_path: Path, capsys) -> None:
+def test_reconstruct_with_an_empty_token_file_is_a_one_line_error(tiny_scan: Path, tmp_path: Path, capsys) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("  \n")
     code = cli_main(["reconstruct", "--server", "http://127.0.0.1:1", "--token-file", str(token_file),
-                     "--data", str(data_dir / "siemens-star-small.npz.bz2"),
-                     "--n", str(N), "--out", str(tmp_path / "o")])
+                     "--data", str(tiny_scan), "--out", str(tmp_path / "o")])
     assert code == 2
     assert "`--token-file` must hold a token" in capsys.readouterr().err
 
@@ -77,7 +100,7 @@ def test_wait_ready_returns_once_the_server_is_up_and_times_out_when_nothing_lis
         else:
             raise AssertionError("wait_ready returned with no server listening")
 
-def test_a_server_that_is_down_is_a_one_line_error(data_dir: Path, tmp_path: Path) -> None:
+def test_a_server_that_is_down_is_a_one_line_error(tiny_scan: Path, tmp_path: Path) -> None:
     import socket
     import subprocess
     import sys
@@ -86,18 +109,59 @@ def test_a_server_that_is_down_is_a_one_line_error(data_dir: Path, tmp_path: Pat
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     done = subprocess.run([sys.executable, "-m", "ptychopinn", "reconstruct", "--server", f"http://127.0.0.1:{port}",
-                           "--data", str(data_dir / "siemens-star-small.npz.bz2"), "--n", str(N),
-                           "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+                           "--data", str(tiny_scan), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("ptychopinn reconstruct: error:")]
     assert errors == [done.stderr.splitlines()[-1]]
-    assert f"no answer from http://127.0.0.1:{port}/v1/reconstruct (ConnectError" in errors[0]
+    assert f"no answer from http://127.0.0.1:{port}/v2/models/ptychopinn (ConnectError" in errors[0]
     assert "is `ptychopinn serve` running there?" in errors[0]
 
 
-def test_a_server_url_without_http_is_a_one_line_error(data_dir: Path, tmp_path: Path, capsys) -> None:
-    code = cli_main(["reconstruct", "--server", "127.0.0.1:8000", "--data", str(data_dir / "siemens-star-small.npz.bz2"),
-                     "--n", str(N), "--out", str(tmp_path / "o")])
+def test_a_server_url_without_http_is_a_one_line_error(tiny_scan: Path, tmp_path: Path, capsys) -> None:
+    code = cli_main(["reconstruct", "--server", "127.0.0.1:8000", "--data", str(tiny_scan), "--out", str(tmp_path / "o")])
     assert code == 2
     assert "server URL must start with http:// or https://, got '127.0.0.1:8000'" in capsys.readouterr().err
+
+
+def test_an_unknown_server_model_is_a_one_line_error(engine: Engine, serve, tiny_scan: Path, tmp_path: Path,
+                                                     capsys) -> None:
+    server = serve(create_app(engine))
+    code = cli_main(["reconstruct", "--server", server.url, "--data", str(tiny_scan), "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert f"`--server-model` must name a model served at {server.url}, got 'ptychopinn'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("as_zip", [False, True], ids=["folder", "zip"])
+def test_model_bundle_runs_in_process_without_a_server(engine: Engine, held_out, tmp_path: Path,
+                                                       as_zip: bool) -> None:
+    import shutil
+
+    bundle = engine.bundle.root if not as_zip else shutil.make_archive(str(tmp_path / "oracle"), "zip", engine.bundle.root)
+    path, test = held_out
+    code = cli_main(["reconstruct", "--model", str(bundle), "--data", str(path), "--out", str(tmp_path / "out")])
+    assert code == 0
+    local = reconstruct(engine, test.diff3d, np.column_stack([test.xcoords, test.ycoords]), probe=test.probeGuess)
+    written = np.load(tmp_path / "out" / "reconstruction.npz")
+    np.testing.assert_array_equal(written["amplitude"], local.amplitude)
+    np.testing.assert_array_equal(written["phase"], local.phase)
+    with h5py.File(tmp_path / "out" / "reconstruction.cxi") as cxi:
+        assert cxi["entry_1/process_1/model"][()] == b"oracle"
+        assert cxi["entry_1/process_1/scale"][()] == pytest.approx(local.scale)
+
+
+def test_a_scan_at_another_pixel_size_than_the_bundle_is_a_one_line_error(tmp_path: Path, capsys) -> None:
+    from oracle import write_oracle_bundle
+
+    from ptycho_torch.data import RawData
+
+    bundle = write_oracle_bundle(tmp_path / "bundle", N=N, pixel_size_m=1e-8)
+    positions = np.arange(8.0) * 4 + 20
+    scan = RawData.from_coords_without_pc(positions, positions, np.ones((8, N, N), np.float32),
+                                          np.ones((N, N), np.complex64), metadata={"pixel_size_m": 2e-8})
+    code = cli_main(["reconstruct", "--model", str(bundle), "--data", str(scan.to_file(tmp_path / "scan.npz")),
+                     "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert "the scan's object pixel size 2e-08 m differs from the model's training pixel size 1e-08 m" in \
+        capsys.readouterr().err
