@@ -211,6 +211,10 @@ class PyTorchExecutionConfig:
     enable_progress_bar: bool = True
     max_steps: int = -1
     """Stop after this many optimiser steps (-1: run all epochs)."""
+    checkpoint_every_n_steps: int | None = None
+    """Also write ``last.ckpt`` every this many optimiser steps (None: at the end of every epoch only)."""
+    progress_every_s: float = 30.0
+    """Seconds between one-line progress log messages when no progress bar is shown (0: every step)."""
 
     def __post_init__(self) -> None:
         _require(self.num_nodes >= 1, "num_nodes", self.num_nodes, ">= 1")
@@ -224,6 +228,10 @@ class PyTorchExecutionConfig:
         _require(self.early_stop_patience is None or self.early_stop_patience >= 1, "early_stop_patience",
                  self.early_stop_patience, "None or >= 1")
         _require_choice("logger_backend", self.logger_backend, LOGGERS)
+        _require(self.max_steps == -1 or self.max_steps >= 1, "max_steps", self.max_steps, "-1 (no limit) or >= 1")
+        _require(self.checkpoint_every_n_steps is None or self.checkpoint_every_n_steps >= 1,
+                 "checkpoint_every_n_steps", self.checkpoint_every_n_steps, "None or >= 1")
+        _require(self.progress_every_s >= 0, "progress_every_s", self.progress_every_s, ">= 0")
 
 
 AnyConfig = TrainingConfig | InferenceConfig | ModelConfig

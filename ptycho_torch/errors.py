@@ -22,6 +22,17 @@ class ModelArchiveError(PtychoError, ValueError):
     """A ``wts.h5.zip`` archive or checkpoint cannot be read."""
 
 
+class TrainingInterrupted(PtychoError):
+    """Training stopped on a signal (SIGTERM, SIGUSR1, SIGINT) after writing a checkpoint to resume from.
+
+    ``exit_code`` is the shell convention for a process ended by that signal (128 + signal number).
+    """
+
+    def __init__(self, message: str, *, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
 class ExportError(PtychoError):
     """Export failed, or the exported graphs disagree with the eager model."""
 

@@ -59,9 +59,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: top-level module -> the extra that installs it, for commands run on a lighter install
+EXTRAS: dict[str, str] = {
+    "torch": "train", "lightning": "train", "onnxscript": "train", "tensorboard": "train",
+    "mlflow": "mlflow", "ptychodus": "ptychodus",
+}
+
+
+def missing_extra_message(error: ModuleNotFoundError) -> str | None:
+    """One line naming the extra to install when ``error`` is a known optional dependency, else None."""
+    module = (error.name or "").partition(".")[0]
+    extra = EXTRAS.get(module)
+    if extra is None:
+        return None
+    first = "pip install torch==2.13.0, then " if extra == "train" else ""
+    return (f"this command needs the {extra!r} extra ({module} is not installed); "
+            f"{first}pip install 'ptychopinn-serve[{extra}]'")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` and run the chosen subcommand; errors become a one-line message and exit 2
-    (the project's own errors, and files that cannot be read or written)."""
+    """Parse ``argv`` and run the chosen subcommand.
+
+    Errors (the project's own, and files that cannot be read or written) become a one-line message:
+    exit 2, or the error's ``exit_code`` (128 + signal for a training run stopped by a signal); a
+    missing optional dependency names the extra to install.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -72,6 +94,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except (PtychoError, OSError) as error:
         print(f"ptychopinn {args.command}: error: {error}", file=sys.stderr)
+        return getattr(error, "exit_code", 2)
+    except ModuleNotFoundError as error:
+        message = missing_extra_message(error)
+        if message is None:
+            raise
+        print(f"ptychopinn {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -47,6 +47,8 @@ FLAG_FIELDS: dict[str, tuple[str, str]] = {
     "accelerator": ("execution", "accelerator"),
     "precision": ("execution", "precision"),
     "max_steps": ("execution", "max_steps"),
+    "checkpoint_every_n_steps": ("execution", "checkpoint_every_n_steps"),
+    "progress_every": ("execution", "progress_every_s"),
     "logger": ("execution", "logger_backend"),
     "seed": ("execution", "seed"),
     "early_stop_patience": ("execution", "early_stop_patience"),
@@ -93,7 +95,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     loss.add_argument("--accumulate-grad-batches", type=int, help="accumulate gradients over this many steps")
     loss.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
     loss.add_argument("--seed", type=int, help="global seed (default 42)")
-    loss.add_argument("--resume", type=Path, help="continue from this checkpoint (e.g. RUN/checkpoints/last.ckpt)")
+    loss.add_argument("--resume", type=Path,
+                      help="continue from this checkpoint (e.g. RUN/checkpoints/last.ckpt) at its exact step; "
+                           "'auto': from --output-dir's last.ckpt when there is one (requeued batch jobs)")
+    loss.add_argument("--checkpoint-every-n-steps", type=int,
+                      help="also write last.ckpt every N optimiser steps (default: end of every epoch only)")
     loss.add_argument("--init-from", type=Path,
                       help="start from this checkpoint's weights (fine-tune a pretrained model, e.g. self-supervised "
                            "on the scan to reconstruct); optimiser and step count start afresh")
@@ -105,7 +111,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     hw.add_argument("--precision", help="32-true (default), bf16-mixed, 16-mixed, ...")
     hw.add_argument("--num-workers", type=int, help="DataLoader worker processes (default 0)")
     hw.add_argument("--logger", choices=list(LOGGERS), help="csv (default), tensorboard, mlflow or none")
-    hw.add_argument("--no-progress-bar", action="store_true", help="disable the progress bar (batch jobs)")
+    hw.add_argument("--no-progress-bar", action="store_true",
+                    help="log one-line progress instead of a bar (automatic when stderr is not a terminal)")
+    hw.add_argument("--progress-every", type=float, metavar="SECONDS",
+                    help="seconds between progress log lines without a bar (default 30; 0: every step)")
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:
@@ -155,6 +164,20 @@ def build_configs(args: argparse.Namespace) -> tuple[TrainingConfig, PyTorchExec
     return training, execution, {"nphotons": "nphotons" in sections["training"]}
 
 
+def _resume_path(resume: Path | None, output_dir: Path) -> Path | None:
+    """``--resume``: a checkpoint path, or ``auto`` for ``output_dir``'s last.ckpt when it exists."""
+    if resume is None or str(resume) != "auto":
+        return resume
+    from training.trainer import last_checkpoint_path
+
+    last = last_checkpoint_path(output_dir)
+    if last.is_file():
+        logger.info("resuming from %s", last)
+        return last
+    logger.info("no %s yet: starting a new run", last)
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     """Train; print where the checkpoints are and the run summary."""
     training, execution, explicit = build_configs(args)
@@ -177,8 +200,8 @@ def run(args: argparse.Namespace) -> int:
             logger.info("nphotons = %g from %s metadata", training.nphotons, training.train_data_file)
         sources = {"train_data": train_raw}
         sha256 = sha256_file(training.train_data_file)
-    result = train(training, execution, **sources, test_data=test_raw, train_data_sha256=sha256, resume=args.resume,
-                   init_from=args.init_from)
+    result = train(training, execution, **sources, test_data=test_raw, train_data_sha256=sha256,
+                   resume=_resume_path(args.resume, training.output_dir), init_from=args.init_from)
     if result.module.global_rank == 0:
         print(json.dumps(result.summary, indent=2))
     return 0

@@ -20,7 +20,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from ptycho_torch.config import TrainingConfig
 from ptycho_torch.data import RawData
@@ -71,11 +71,40 @@ def group_scan(raw: RawData, training: TrainingConfig, *, seed: int) -> dict[str
                                      gridsize=model.gridsize, seed=seed)
 
 
+class ResumableSampler(DistributedSampler):
+    """This rank's share of a shuffle fixed by ``(seed, epoch)`` that can start part-way through an epoch.
+
+    :class:`~torch.utils.data.DistributedSampler` draws the permutation from ``seed + epoch`` and
+    splits it between ranks; :meth:`resume_at` makes the next pass over ``epoch`` skip the first
+    ``batches`` batches of this rank's share, so a run resumed from a mid-epoch checkpoint trains on
+    exactly the batches the interrupted run had not reached, in the same order.
+    """
+
+    def __init__(self, dataset: Dataset, *, num_replicas: int, rank: int, seed: int, batch_size: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.batch_size = batch_size
+        self._resume: tuple[int, int] | None = None
+
+    def resume_at(self, epoch: int, batches: int) -> None:
+        """Skip the first ``batches`` batches the next time ``epoch`` is iterated."""
+        self._resume = (epoch, batches)
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        if self._resume is not None and self._resume[0] == self.epoch:
+            indices = indices[self._resume[1] * self.batch_size:]
+            self._resume = None
+        return iter(indices)
+
+
 class GroupedDataModule(L.LightningDataModule):
     """Train and validation loaders over grouped scans.
 
     ``val`` is the test scan when given; otherwise a seeded :data:`VAL_FRACTION` of the training
-    groups is held out. Under DDP, Lightning's distributed sampler gives each rank its own share.
+    groups is held out. Each rank gets its own share (:class:`ResumableSampler` for training, a
+    sequential :class:`~torch.utils.data.DistributedSampler` for validation). The module's
+    checkpoint state is the position in the current epoch, so resuming continues at the exact batch.
+    The Trainer must be built with ``use_distributed_sampler=False`` (these samplers already split).
     """
 
     def __init__(
@@ -109,13 +138,39 @@ class GroupedDataModule(L.LightningDataModule):
             self.val_set = GroupedDataset(val_grouped, with_labels=supervised)
         self.batch_size = training.batch_size
         self.num_workers = num_workers
+        self.seed = seed
+        self._resume: tuple[int, int] | None = None
 
-    def _loader(self, dataset: Dataset, *, shuffle: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+    def _ranks(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (1, 0) if trainer is None else (trainer.world_size, trainer.global_rank)
+
+    def _loader(self, dataset: Dataset, sampler: DistributedSampler) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        world, rank = self._ranks()
+        sampler = ResumableSampler(self.train_set, num_replicas=world, rank=rank, seed=self.seed,
+                                   batch_size=self.batch_size)
+        if self._resume is not None:
+            sampler.resume_at(*self._resume)
+        return self._loader(self.train_set, sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        world, rank = self._ranks()
+        return self._loader(self.val_set, DistributedSampler(self.val_set, num_replicas=world, rank=rank,
+                                                             shuffle=False))
+
+    def state_dict(self) -> dict[str, int]:
+        """Where training is in its epoch: ``{"epoch", "batches_done"}`` (batches of this rank's share)."""
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        return {"epoch": trainer.current_epoch,
+                "batches_done": trainer.fit_loop.epoch_loop.batch_progress.current.processed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume the training shuffle of ``state["epoch"]`` after its first ``batches_done`` batches."""
+        if state:
+            self._resume = (int(state["epoch"]), int(state["batches_done"]))

@@ -1,16 +1,19 @@
 """Build a Lightning ``Trainer`` from :class:`PyTorchExecutionConfig` and run a training job.
 
-A run directory holds ``checkpoints/best.ckpt`` (lowest ``val_loss``), ``checkpoints/last.ckpt``,
-the logger's files (``logs/`` CSV by default, ``tensorboard/``, ``mlruns/``) and ``summary.json``.
+A run directory holds ``checkpoints/best.ckpt`` (lowest ``val_loss``), ``checkpoints/last.ckpt``
+(end of every epoch, every ``checkpoint_every_n_steps`` steps, on a stop signal, at the end), the
+logger's files (``logs/`` CSV by default, ``tensorboard/``, ``mlruns/``) and ``summary.json``.
 Every setting is checked when the trainer is built, before data are grouped or a step is taken.
+SIGTERM, SIGUSR1 and Ctrl+C stop between two batches with a checkpoint and raise
+:class:`~ptycho_torch.errors.TrainingInterrupted`; resuming continues at the exact batch.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import time
+import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,14 +24,19 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig
 from ptycho_torch.data import RawData
 from ptycho_torch.corpus import Corpus
-from ptycho_torch.errors import ConfigError, DataContractError
+from ptycho_torch.errors import ConfigError, DataContractError, TrainingInterrupted
+from training.checkpointing import AtomicCheckpointIO, LastCheckpoint
 from training.datamodule import GroupedDataModule, GroupedDataset, group_scan
+from training.interruption import SignalStop
 from training.streaming import CorpusDataModule
 from training.module import PtychoPINNModule, check_loss_config
+from training.report import RunReport
 
 logger = logging.getLogger(__name__)
 
@@ -62,68 +70,33 @@ def _make_logger(name: str, output_dir: Path) -> Logger | bool:
     return MLFlowLogger(experiment_name="ptychopinn", tracking_uri=(output_dir / "mlruns").resolve().as_uri())
 
 
-class RunSummary(L.Callback):
-    """Counts training samples and writes ``summary.json`` (and a log line) at the end of a run."""
+def last_checkpoint_path(output_dir: str | Path) -> Path:
+    """``output_dir/checkpoints/last.ckpt``: the checkpoint to resume a run from."""
+    return Path(output_dir) / CHECKPOINT_DIR / f"{LAST}.ckpt"
 
-    def __init__(self, output_dir: Path) -> None:
-        self.output_dir = output_dir
-        self.summary: dict[str, Any] = {}
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start = time.perf_counter()
-        self._start_step = trainer.global_step
-        self._samples = 0
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        self._samples += int(batch["diffraction"].shape[0])
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        wall = time.perf_counter() - self._start
-        samples = self._samples * trainer.world_size
-        checkpoint = trainer.checkpoint_callback
-        best_score = getattr(checkpoint, "best_model_score", None)
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-        self.summary = {
-            "epochs": trainer.current_epoch,
-            "global_step": trainer.global_step,
-            "steps_this_run": trainer.global_step - self._start_step,
-            "train_samples": samples,
-            "wall_s": round(wall, 3),
-            "samples_per_s": round(samples / wall, 2) if wall > 0 else None,
-            "world_size": trainer.world_size,
-            "accelerator": type(trainer.accelerator).__name__,
-            "best_val_loss": None if best_score is None else float(best_score),
-            "best_checkpoint": getattr(checkpoint, "best_model_path", "") or None,
-            "last_checkpoint": str(self.output_dir / CHECKPOINT_DIR / f"{LAST}.ckpt"),
-            "final_metrics": metrics,
-        }
-        if trainer.is_global_zero:
-            (self.output_dir / "summary.json").write_text(json.dumps(self.summary, indent=2))
-            logger.info(
-                "training finished: %d epochs, %d steps, %d samples in %.1f s (%.1f samples/s); best %s = %s; "
-                "checkpoints in %s", self.summary["epochs"], self.summary["global_step"], samples, wall,
-                self.summary["samples_per_s"] or 0.0, MONITOR, self.summary["best_val_loss"],
-                self.output_dir / CHECKPOINT_DIR,
-            )
+def show_progress_bar(execution: PyTorchExecutionConfig) -> bool:
+    """The bar only on an interactive terminal; redirected output (SLURM, files) gets log lines."""
+    return execution.enable_progress_bar and sys.stderr.isatty()
 
 
 def build_trainer(
     execution: PyTorchExecutionConfig, *, output_dir: str | Path, max_epochs: int, callbacks: list[L.Callback] = ()
 ) -> L.Trainer:
-    """A Trainer with best/last checkpoints in ``output_dir/checkpoints``, the chosen logger,
-    optional early stopping, and every hardware/precision/strategy setting of ``execution``.
+    """A Trainer with ``best.ckpt`` (lowest ``val_loss``) and ``last.ckpt`` in ``output_dir/checkpoints``
+    written atomically, the chosen logger, optional early stopping, and every hardware/precision/
+    strategy setting of ``execution``.
 
     Invalid combinations (unknown strategy or precision, a GPU that is not there, ...) raise
     :class:`ConfigError` here, before any training.
     """
     output_dir = Path(output_dir)
-    checkpoint = ModelCheckpoint(
+    best = ModelCheckpoint(
         dirpath=output_dir / CHECKPOINT_DIR, filename=BEST, monitor=MONITOR, mode="min", save_top_k=1,
-        save_last=True, enable_version_counter=False, auto_insert_metric_name=False,
+        enable_version_counter=False, auto_insert_metric_name=False,
     )
-    checkpoint.CHECKPOINT_NAME_LAST = LAST
-    extra: list[L.Callback] = [checkpoint, *callbacks]
+    last = LastCheckpoint(last_checkpoint_path(output_dir), every_n_steps=execution.checkpoint_every_n_steps)
+    extra: list[L.Callback] = [best, last, *callbacks]
     if execution.early_stop_patience is not None:
         extra.append(EarlyStopping(monitor=MONITOR, mode="min", patience=execution.early_stop_patience))
     deterministic: bool | str = execution.deterministic
@@ -142,9 +115,13 @@ def build_trainer(
             gradient_clip_val=execution.gradient_clip_val,
             gradient_clip_algorithm=execution.gradient_clip_algorithm,
             accumulate_grad_batches=execution.accumulate_grad_batches,
-            enable_progress_bar=execution.enable_progress_bar,
+            enable_progress_bar=show_progress_bar(execution),
             logger=_make_logger(execution.logger_backend, output_dir),
             callbacks=extra,
+            # AtomicCheckpointIO: no partial checkpoint wherever $TMPDIR is. SLURM: SIGUSR1 stops
+            # with a checkpoint (training.interruption) instead of Lightning's in-job requeue.
+            plugins=[AtomicCheckpointIO(), *([SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else [])],
+            use_distributed_sampler=False,  # GroupedDataModule's samplers split the data between ranks
             default_root_dir=output_dir,
             log_every_n_steps=1,
             enable_model_summary=False,
@@ -214,11 +191,15 @@ def train(
     """Train on ``train_data`` or a simulated ``corpus`` (validating on ``test_data``; a corpus
     without it validates on its last shard) into ``training.output_dir``.
 
-    ``resume`` continues a run from a checkpoint (same global step, optimizer and scheduler state,
-    callbacks); ``training.nepochs`` is the total, not the number of further epochs.
-    ``init_from`` starts a new run from a checkpoint's generator weights (fine-tuning: e.g. a model
-    pretrained on a simulated corpus, adapted self-supervised to the scan it will reconstruct);
-    the optimiser, step count and schedule start afresh.
+    ``resume`` continues a run from a checkpoint (same global step and batch within the epoch,
+    optimizer and scheduler state, callbacks); ``training.nepochs`` is the total, not the number of
+    further epochs. ``init_from`` starts a new run from a checkpoint's generator weights
+    (fine-tuning: e.g. a model pretrained on a simulated corpus, adapted self-supervised to the scan
+    it will reconstruct); the optimiser, step count and schedule start afresh. ``summary.json`` is
+    written however the run ends.
+
+    Raises :class:`TrainingInterrupted` (after writing ``last.ckpt``) when SIGTERM, SIGUSR1 or Ctrl+C
+    stopped the run, and :class:`ConfigError` for settings that cannot train.
     """
     output_dir = Path(training.output_dir)
     check_loss_config(training)
@@ -230,9 +211,12 @@ def train(
     for name, checkpoint in (("resume", resume), ("init_from", init_from)):
         if checkpoint is not None:
             _check_resume(Path(checkpoint), training.model, name)
-    summary = RunSummary(output_dir)
+    last = last_checkpoint_path(output_dir)
+    progress_every = None if show_progress_bar(execution) else execution.progress_every_s
+    report = RunReport(output_dir, monitor=MONITOR, last_checkpoint=last, progress_every_s=progress_every)
+    stop = SignalStop()
     trainer = build_trainer(execution, output_dir=output_dir, max_epochs=training.nepochs,
-                            callbacks=[summary, *callbacks])
+                            callbacks=[report, stop, *callbacks])
     L.seed_everything(execution.seed, workers=True, verbose=False)
     if corpus is None:
         data = GroupedDataModule(train_data, test_data, training, seed=execution.seed,
@@ -245,12 +229,32 @@ def train(
     if init_from is not None:
         generator, _, _ = PtychoPINNModule.load_generator(init_from)
         module.generator.load_state_dict(generator.state_dict())
-    trainer.fit(module, datamodule=data, ckpt_path=None if resume is None else str(resume))
+    try:
+        with warnings.catch_warnings():
+            if isinstance(data, GroupedDataModule):  # it resumes at the exact batch; Lightning cannot tell
+                warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
+            trainer.fit(module, datamodule=data, ckpt_path=None if resume is None else str(resume))
+    except SIGTERMException:
+        name = stop.stop_signal.name
+        report.write(trainer, "interrupted", signal=name)
+        raise TrainingInterrupted(
+            f"stopped by {name} at step {trainer.global_step} (epoch {trainer.current_epoch + 1}); "
+            f"saved {last}; continue with --resume {last}", signum=stop.stop_signal,
+        ) from None
+    except SystemExit as error:  # Lightning's answer to KeyboardInterrupt (a second Ctrl+C): sys.exit(1)
+        report.write(trainer, "interrupted", signal="SIGINT")
+        raise TrainingInterrupted(
+            f"interrupted by a second Ctrl+C at step {trainer.global_step} without a new checkpoint; "
+            f"continue from the previous one with --resume {last}", signum=signal.SIGINT,
+        ) from error
+    except Exception as error:
+        report.write(trainer, "failed", error=f"{type(error).__name__}: {error}")
+        raise
     best = trainer.checkpoint_callback.best_model_path
     return TrainResult(
         output_dir=output_dir,
         best_checkpoint=Path(best) if best else None,
-        last_checkpoint=output_dir / CHECKPOINT_DIR / f"{LAST}.ckpt",
-        summary=summary.summary,
+        last_checkpoint=last,
+        summary=report.write(trainer, RunReport.finished_status(trainer)),
         module=module,
     )

@@ -13,6 +13,7 @@ from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingCon
 from ptycho_torch.errors import ConfigError, DataContractError
 from tests.training.conftest import N
 from training import cli as train_cli
+from training.checkpointing import AtomicCheckpointIO, LastCheckpoint
 from training.trainer import build_trainer, train
 
 
@@ -26,7 +27,10 @@ def test_defaults_give_best_and_last_checkpoints_csv_logs_and_settings(tmp_path)
     checkpoint = trainer.checkpoint_callback
     assert isinstance(checkpoint, ModelCheckpoint)
     assert checkpoint.dirpath == str(tmp_path / "checkpoints") and checkpoint.filename == "best"
-    assert checkpoint.monitor == "val_loss" and checkpoint.save_last and checkpoint.CHECKPOINT_NAME_LAST == "last"
+    assert checkpoint.monitor == "val_loss" and not checkpoint.save_last  # last.ckpt: LastCheckpoint, every epoch
+    last = [c for c in trainer.callbacks if isinstance(c, LastCheckpoint)]
+    assert len(last) == 1 and last[0].path == tmp_path / "checkpoints" / "last.ckpt" and last[0].every_n_steps is None
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
     assert isinstance(trainer.logger, CSVLogger)
     assert any(isinstance(c, EarlyStopping) and c.patience == 3 for c in trainer.callbacks)
     assert trainer.gradient_clip_val == 0.5 and trainer.accumulate_grad_batches == 2
