@@ -52,11 +52,22 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.close(directory)
 
 
+def _max_steps_cut_epoch(trainer: L.Trainer) -> bool:
+    """True after the batch at which ``max_steps`` ends training part-way through an epoch.
+
+    Saved then, the checkpoint resumes at the next batch of that epoch; saved at the (cut) epoch's
+    end, Lightning would resume at the start of the next epoch and skip the rest of this one.
+    """
+    return (trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps
+            and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+
+
 class LastCheckpoint(Checkpoint):
     """Keep ``path`` (``last.ckpt``) no older than one epoch, or ``every_n_steps`` optimiser steps.
 
     Written at the end of every training epoch (after validation, so early-stopping and best-model
-    state are included), every ``every_n_steps`` steps when asked, at the end of training, and when
+    state are included), every ``every_n_steps`` steps when asked, after the step at which
+    ``max_steps`` ends training mid-epoch (so a resumed run continues inside that epoch), and when
     Lightning stops the loop on SIGTERM (:class:`~lightning.pytorch.utilities.exceptions.SIGTERMException`,
     raised between two batches, so the weights, optimiser and step counter agree). Other exceptions
     write nothing: their state may be half-way through a step.
@@ -74,11 +85,14 @@ class LastCheckpoint(Checkpoint):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         step = trainer.global_step
-        if self.every_n_steps and step % self.every_n_steps == 0 and step != self._saved_step:
+        if step == self._saved_step:
+            return
+        if self.every_n_steps and step % self.every_n_steps == 0 or _max_steps_cut_epoch(trainer):
             self._save(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._save(trainer)
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:  # else --max-steps cut it: saved above
+            self._save(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_step != self._saved_step:

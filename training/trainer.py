@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import signal
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,10 @@ from training.module import PtychoPINNModule, check_loss_config
 from training.report import RunReport
 
 logger = logging.getLogger(__name__)
+
+# GroupedDataModule keeps the position in the epoch in the checkpoint and its sampler resumes there;
+# Lightning only looks for a resumable DataLoader and would warn of "unreliable results".
+warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
 CHECKPOINT_DIR = "checkpoints"
 BEST = "best"

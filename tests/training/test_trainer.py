@@ -106,6 +106,9 @@ def test_json_config_with_an_unknown_key_lists_the_known_ones(tmp_path):
         (["--train-data", "a.npz", "--output-dir", "RUN", "--batch-size", "12"], "batch_size must be a power of two"),
         (["--train-data", "a.npz", "--output-dir", "RUN", "--n", "48"], "N must be a power of two"),
         (["--train-data", "a.npz", "--output-dir", "RUN", "--gridsize", "2", "--n-groups", "0"], "n_groups"),
+        (["--train-data", "a.npz", "--output-dir", "RUN", "--max-steps", "0"], "max_steps must be -1 (no limit) or >= 1"),
+        (["--train-data", "a.npz", "--output-dir", "RUN", "--checkpoint-every-n-steps", "0"],
+         "checkpoint_every_n_steps must be None or >= 1"),
     ],
 )
 def test_train_command_reports_bad_flags_in_one_line(capsys, argv, message):
