@@ -125,7 +125,8 @@ def build_trainer(
             callbacks=extra,
             # AtomicCheckpointIO: no partial checkpoint wherever $TMPDIR is. SLURM: SIGUSR1 stops
             # with a checkpoint (training.interruption) instead of Lightning's in-job requeue.
-            plugins=[AtomicCheckpointIO(), *([SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else [])],
+            plugins=[AtomicCheckpointIO(), *([SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect()
+                                             else [])],
             use_distributed_sampler=False,  # GroupedDataModule's samplers split the data between ranks
             default_root_dir=output_dir,
             log_every_n_steps=1,

@@ -30,7 +30,8 @@ def tmpdir_on_another_filesystem(tmp_path, monkeypatch) -> Path:
 def test_checkpoint_is_staged_in_its_own_directory_and_renamed(tmp_path, tmpdir_on_another_filesystem, monkeypatch):
     replaced = []
     real_replace = os.replace
-    monkeypatch.setattr(os, "replace", lambda src, dst: (replaced.append((Path(src), Path(dst))), real_replace(src, dst)))
+    monkeypatch.setattr(os, "replace",
+                        lambda src, dst: (replaced.append((Path(src), Path(dst))), real_replace(src, dst)))
     monkeypatch.setattr(shutil, "move", lambda *a, **k: pytest.fail("a checkpoint must not be moved/copied into place"))
     path = tmp_path / "checkpoints" / "last.ckpt"
     AtomicCheckpointIO().save_checkpoint({"global_step": 7, "w": torch.arange(4.0)}, path)

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import training.trainer
-from ptycho_torch.cli import main
+from ptychopinn.cli import main
 from ptycho_torch.errors import TrainingInterrupted
 from tests.training.conftest import N
 
@@ -168,7 +168,8 @@ def test_sigterm_to_a_real_training_process(scan_files, tmp_path, reference):
     its progress line for step 3: exit 143, one line, no traceback; the same command again (as a
     requeued job runs it) finishes the run on the uninterrupted run's weights."""
     run = tmp_path / "run"
-    command = [sys.executable, "-m", "ptycho_torch.cli", *_argv(scan_files, run, "--progress-every", "0", "--resume", "auto")]
+    command = [sys.executable, "-m", "ptychopinn",
+               *_argv(scan_files, run, "--progress-every", "0", "--resume", "auto")]
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "PYTHONUNBUFFERED": "1"}  # threads as the reference run
     process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     lines, deadline = [], time.monotonic() + 240
@@ -202,7 +203,7 @@ def test_sigterm_to_a_real_training_process(scan_files, tmp_path, reference):
 
 def test_train_on_a_serving_only_install_names_the_extra(tmp_path):
     code = ("import sys\nfor m in ('torch', 'lightning'): sys.modules[m] = None\n"
-            "from ptycho_torch.cli import main\n"
+            "from ptychopinn.cli import main\n"
             f"sys.exit(main(['train', '--train-data', 'x.npz', '--output-dir', {str(tmp_path)!r}]))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                             env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
