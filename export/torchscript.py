@@ -1,6 +1,6 @@
 """Generator -> TorchScript (``model.ts``): traced and frozen.
 
-TorchScript is deprecated upstream (reference-points.md section C) but still what Triton's PyTorch
+TorchScript is deprecated upstream (PyTorch's documentation) but still what Triton's PyTorch
 backend and older hosts load, so the bundle keeps it as a compatibility artefact.
 """
 

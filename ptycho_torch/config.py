@@ -93,7 +93,7 @@ class ModelConfig:
     pad_object: bool = True
     """Predict the central N/2 window and zero-pad to N (2x oversampling)."""
     probe_scale: float = 4.0
-    """Probe normalisation constant (ptychopinn-method.md section 5.1)."""
+    """Probe normalisation constant (as hoidn/PtychoPINN normalises it)."""
 
     def __post_init__(self) -> None:
         _require(_is_power_of_two(self.N) and self.N >= 32, "N", self.N, "a power of two >= 32")

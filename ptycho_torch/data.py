@@ -1,4 +1,4 @@
-"""The NPZ scan contract (ptychopinn-method.md section 1.1) and its loaders. numpy only.
+"""The NPZ scan contract (PtychoPINN's, see the README's Data contract) and its loaders. numpy only.
 
 A scan NPZ holds:
 

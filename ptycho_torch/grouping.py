@@ -1,4 +1,4 @@
-"""Group scan positions into solution regions and build the grouped dictionary (method section 1.4).
+"""Group scan positions into solution regions and build the grouped dictionary (as PtychoPINN groups them).
 
 Vectorised numpy/scipy, seeded with :func:`numpy.random.default_rng`. ``gridsize == 1`` gives one
 group per position; ``gridsize > 1`` draws ``C = gridsize**2`` members, without replacement, from

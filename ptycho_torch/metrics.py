@@ -1,4 +1,4 @@
-"""Reconstruction quality against a reference object (ptychopinn-method.md section 9.1).
+"""Reconstruction quality against a reference object (the metrics PtychoPINN reports).
 
 numpy-only (scikit-image for SSIM and registration, scipy for the Fourier shift). The building
 blocks are public so a study can mix them; :func:`evaluate_reconstruction` chains them the way

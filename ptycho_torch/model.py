@@ -1,4 +1,4 @@
-"""The PtychoPINN CNN generator (ptychopinn-method.md section 4.1), written to export cleanly.
+"""The PtychoPINN CNN generator (Hoidn et al., docs/design.md References), written to export cleanly.
 
 One shared encoder and two skip-less decoders (amplitude, phase). The graph is real-valued end to
 end: ``forward(diffraction, scale) -> (amplitude, phase)``, both ``(B, C, N, N)`` float32. ``N`` and

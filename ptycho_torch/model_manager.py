@@ -8,7 +8,7 @@ Layout (paths inside the zip)::
     <model>/model.ckpt            the Lightning checkpoint (training/module.py contract)
     <model>/params.json           the params.cfg snapshot (+ intensity_scale, input_scale, _version)
 
-Same outer structure as PtychoPINN's TensorFlow archive (ptychopinn-method.md section 7.1), with
+Same outer structure as PtychoPINN's TensorFlow archive (hoidn/PtychoPINN), with
 JSON where it has dill: nothing is ever unpickled, and checkpoints load with ``weights_only=True``.
 This is the training-side archive; the deployment artifact is the bundle (design.md section 4).
 """

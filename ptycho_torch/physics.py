@@ -1,6 +1,6 @@
 """Training-only physics: probe normalisation, the far-field forward model, overlap merge, losses.
 
-Conventions (ptychopinn-method.md sections 3.4 and 5):
+Conventions (PtychoPINN's forward model and losses, docs/design.md References):
 
 * object patches and probes are complex ``(..., N, N)``; a probe has ``P`` incoherent modes
   ``(P, N, N)``;
@@ -45,7 +45,7 @@ def as_modes(probe: Tensor) -> Tensor:
 
 
 def normalize_probe(probe: Tensor, probe_scale: float = 4.0) -> tuple[Tensor, float]:
-    """Scale a probe like the reference (method section 5.1); return ``(probe_norm, normaliser)``.
+    """Scale a probe like the reference (hoidn/PtychoPINN); return ``(probe_norm, normaliser)``.
 
     ``probe_norm = probe / normaliser`` with ``normaliser = probe_scale * mean_hw |M * P|`` over all
     ``N x N`` pixels, ``M`` the disk of :func:`disk_mask` and ``|P|`` the total (incoherent) mode

@@ -1,6 +1,6 @@
 """Known-probe object refinement against measured amplitudes (numpy + scipy.fft, no torch).
 
-The forward model is the project's (ptychopinn-method.md section 3.4): pattern ``j`` at position
+The forward model is the project's (:mod:`ptycho_torch.physics`): pattern ``j`` at position
 ``x_j`` sees the exit waves ``psi_jm = P_m * O(window_j)`` of the incoherent probe modes ``P_m`` and
 the far field ``I_j = sum_m |FFT_ortho(psi_jm)|**2``. Positions are fixed and may be sub-pixel: the
 object window starts at the integer pixel below ``x_j - N/2`` and the probe is moved by the

@@ -36,7 +36,7 @@ def _to_complex(texture: np.ndarray, phase_range: float) -> np.ndarray:
 
 
 def lines_object(size: int, rng: np.random.Generator, *, n_lines: int = 400, phase_range: float = np.pi / 2) -> np.ndarray:
-    """PtychoPINN's "lines" object (method section 9.4): random straight lines on a ``2*size`` canvas,
+    """PtychoPINN's "lines" object (as in hoidn/PtychoPINN): random straight lines on a ``2*size`` canvas,
     blurred as ``gf(1) + 2 gf(5) + 5 gf(10)``, central ``size x size`` kept; the same texture sets
     amplitude ([0.5, 1]) and phase."""
     canvas_size = 2 * size

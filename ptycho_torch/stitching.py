@@ -1,4 +1,4 @@
-"""Stitch predicted object patches into one complex image (design.md section 2, method section 6.1).
+"""Stitch predicted object patches into one complex image (docs/design.md section 2).
 
 numpy-only. Each patch contributes its central ``M x M`` crop (the well-constrained part of a
 prediction), moved by ``+position`` with bilinear weights, and the canvas is the weighted average::

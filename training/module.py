@@ -12,7 +12,7 @@ Checkpoint contract (read by ``export`` and ``workflows``): ``self.generator`` i
 ``execution_config`` dict of :class:`~ptycho_torch.config.PyTorchExecutionConfig` fields
 ``input_scale``     float, the training scan's input normalisation (design.md section 2)
 ``intensity_scale`` float, ``s = sqrt(nphotons) / (N/2)``
-``probe_normaliser`` float, the probe was divided by it (ptychopinn-method.md section 5.1)
+``probe_normaliser`` float, the probe was divided by it (as hoidn/PtychoPINN does)
 ``probe_modes``     int, ``P``
 ``train_data_sha256`` str, sha256 of the training data file ('' when built from arrays)
 ==================  ========================================================================
@@ -39,7 +39,7 @@ from ptycho_torch.model import PtychoPINNGenerator, combine_complex
 
 #: supervised loss weights on amplitude and phase (PtychoPINN's torch supervised mode)
 SUPERVISED_WEIGHTS = (2.0, 4.0)
-#: ReduceLROnPlateau settings of the TensorFlow reference (ptychopinn-method.md section 5.7)
+#: ReduceLROnPlateau settings of the TensorFlow reference (hoidn/PtychoPINN)
 PLATEAU = {"factor": 0.5, "patience": 2, "min_lr": 1e-4}
 EXPONENTIAL_GAMMA = 0.95
 WARMUP_FRACTION = 0.05

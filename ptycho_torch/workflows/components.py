@@ -1,4 +1,4 @@
-"""Workflow entry points with the names and returns of PtychoPINN's TensorFlow ones (method section 7.3).
+"""Workflow entry points with the names and returns of PtychoPINN's TensorFlow ones (hoidn/PtychoPINN).
 
 Scripts, notebooks and Ptychodus-style integrations written against
 ``ptycho.workflows.components`` switch to this backend by changing the import:

@@ -145,6 +145,10 @@ def test_docs_link_only_to_files_of_the_repository(clone: Path) -> None:
     outside = subprocess.run(["git", "grep", "-n", "-e", "/".join(["..", "shared"])], cwd=clone,
                              capture_output=True, text=True).stdout
     assert outside == ""  # no file names the developers' shared folder
+    unshipped = ("ptychopinn-method.md", "reference-points", "ptychodus-integration.md", "quality-findings")
+    named = subprocess.run(["git", "grep", "-n", *(arg for doc in unshipped for arg in ("-e", doc)), "--",
+                            ":!tests/e2e/test_clean_clone.py"], cwd=clone, capture_output=True, text=True).stdout
+    assert named == ""  # nor a design document that is not in the repository
 
 
 def test_readme_bench_commands_name_the_bench_runner() -> None:
