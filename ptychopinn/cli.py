@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 EXTRAS: dict[str, str] = {
     "torch": "train", "lightning": "train", "onnxscript": "train", "tensorboard": "train",
     "mlflow": "mlflow", "ptychodus": "ptychodus",
+    "onnxruntime": "cpu",  # the core names no onnxruntime build: `cpu` or `gpu` brings one
 }
 
 
@@ -73,8 +74,9 @@ def missing_extra_message(error: ModuleNotFoundError) -> str | None:
     if extra is None:
         return None
     first = "pip install torch==2.13.0, then " if extra == "train" else ""
+    other = " (or [gpu] on a CUDA host)" if extra == "cpu" else ""
     return (f"this command needs the {extra!r} extra ({module} is not installed); "
-            f"{first}pip install 'ptychopinn-serve[{extra}]'")
+            f"{first}pip install 'ptychopinn-serve[{extra}]'{other}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

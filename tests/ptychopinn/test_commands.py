@@ -82,3 +82,11 @@ def test_version_and_unwritable_output_are_one_line(tmp_path, capsys):
     assert code == 2
     assert capsys.readouterr().err.strip().splitlines() == [  # a file stands where the folder must go
         f"ptychopinn simulate: error: [Errno 17] File exists: '{blocked}'"]
+
+
+def test_a_missing_onnxruntime_build_names_both_extras():
+    from ptychopinn.cli import missing_extra_message
+
+    message = missing_extra_message(ModuleNotFoundError("No module named 'onnxruntime'", name="onnxruntime"))
+    assert message == ("this command needs the 'cpu' extra (onnxruntime is not installed); "
+                       "pip install 'ptychopinn-serve[cpu]' (or [gpu] on a CUDA host)")
