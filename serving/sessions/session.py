@@ -27,6 +27,7 @@ from ptycho_torch.stitching import Rect, TiledStitcher
 from ptycho_torch.bundle import Bundle
 from serving.errors import InvalidRequest
 from ptycho_torch.pipeline import ReconstructOptions, Reconstruction, polar
+from ptycho_torch.scan_checks import check_network_input, to_amplitudes
 
 __all__ = ["Receipt", "Session", "SessionRunner", "Work"]
 
@@ -159,6 +160,7 @@ class Session:
         self.bounds = bounds
         explicit = options.scale is not None
         self.scale = float(options.scale if explicit else bundle.training_scale)  # `bundle` policy: training value
+        check_network_input(self.scale, 0.0)
         self.scale_policy = "explicit" if explicit else "bundle"
         self.stitcher = TiledStitcher(M=M, tile=tile, max_tiles=max_tiles)
         self.closed: str | None = None
@@ -211,9 +213,9 @@ class Session:
         now = self._clock()
         finite = np.isfinite(array).all(axis=(1, 2))
         negative = (array < 0).any(axis=(1, 2)) & finite
-        amplitudes = array.astype(np.float32, copy=False)
-        if self.options.units == "counts":
-            amplitudes = np.sqrt(np.maximum(amplitudes, 0))
+        amplitudes = to_amplitudes(np.where(negative[:, None, None], 0, array) if negative.any() else array,
+                                   self.options.units)[0]  # the one units rule: integer frames are counts
+        check_network_input(self.scale, float(amplitudes[finite].max()) if finite.any() else 0.0)
         with self._lock:
             self._check_open()
             self.last_activity = now

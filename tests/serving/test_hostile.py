@@ -231,3 +231,30 @@ def test_compressed_bodies_are_bounded_while_inflating_and_bad_encodings_refused
     assert response.status_code == 415 and "send gzip, deflate or none" in _error(response)
     response = _post_npz(server.url, b"not gzip at all", **{"Content-Encoding": "gzip"})
     assert response.status_code == 400 and "not valid gzip data" in _error(response)
+
+
+# --- live sessions follow the same rules --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scale, status, message", [(0.0, 400, "`scale` must be a positive finite number"),
+                                                    (-1.0, 400, "`scale` must be a positive finite number"),
+                                                    (3e38, 422, r"`scale` must be in \[1e-30, 1e\+30\]")])
+def test_a_session_refuses_a_scale_out_of_range(engine: Engine, serve, scale: float, status: int, message: str) -> None:
+    server = serve(create_app(engine))
+    response = httpx.post(f"{server.url}/v1/sessions", json={"options": {"scale": scale}})
+    assert response.status_code == status and re.search(message, _error(response))
+
+
+def test_a_session_reads_integer_frames_as_counts_like_every_entry_point(engine: Engine, serve) -> None:
+    patterns, positions = _scan()
+    counts = np.round(patterns**2).astype(np.uint16)
+    server = serve(create_app(engine))
+    results = []
+    with Client(server.url) as client:
+        for frames, options in ((counts, {"scale": 0.5}), (counts, {"scale": 0.5, "units": "counts"}),
+                                (np.sqrt(counts.astype(np.float64)).astype(np.float32), {"scale": 0.5})):
+            live = client.open_session(options=options)
+            live.send_frames(np.arange(len(frames)), frames, positions)
+            results.append(live.close())
+    np.testing.assert_array_equal(results[0].phase, results[1].phase)
+    np.testing.assert_array_equal(results[0].phase, results[2].phase)
