@@ -20,7 +20,8 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from ptycho_torch.errors import ConfigError
+from ptycho_torch.bundle.runtime import runtime_version, short_reason
+from ptycho_torch.errors import BundleError, ConfigError
 from serving.errors import InvalidRequest
 
 if TYPE_CHECKING:
@@ -111,10 +112,15 @@ class Engine:
         # idle intra-op threads sleep instead of spinning: several sessions (or a busy host) share cores
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         requested = select_providers(providers)
-        self.session = ort.InferenceSession(
-            str(bundle.onnx_path), sess_options=options,
-            providers=[(p, self._provider_options(p, cache_dir)) for p in requested],
-        )
+        try:
+            self.session = ort.InferenceSession(
+                str(bundle.onnx_path), sess_options=options,
+                providers=[(p, self._provider_options(p, cache_dir)) for p in requested],
+            )
+        except Exception as error:  # onnxruntime's pybind errors: one line, never its C++ trace
+            raise BundleError(f"{bundle.onnx_path.name}: the installed {runtime_version()} cannot load the graph "
+                              f"({short_reason(str(error))}); check the bundle with `ptychopinn inspect`, "
+                              "upgrade onnxruntime or re-export the bundle") from None
         self.providers: list[str] = self.session.get_providers()
         """Providers the session actually uses, in priority order."""
         if providers and self.providers[0] != requested[0]:

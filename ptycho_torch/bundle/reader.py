@@ -1,6 +1,6 @@
 """The bundle reader: validate a bundle directory or ``.zip`` and hold its parts.
 
-Reading uses numpy and onnx only. Nothing is ever unpickled: ``.npy`` files load with
+Reading uses numpy and onnx (onnxruntime only to ask whether it can load the graph). Nothing is ever unpickled: ``.npy`` files load with
 ``allow_pickle=False`` and files with pickle suffixes are refused; symbolic links are refused (a
 bundle is plain files). A ``.zip`` is extracted (after checking every member name and the total
 size) into a temporary directory that lives as long as the :class:`Bundle`.
@@ -20,6 +20,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from ptycho_torch.bundle.runtime import check_runtime
 from ptycho_torch.bundle.schema import (
     BATCH_DIM, MANIFEST_FILE, ONNX_FILE, PARAMS_FILE, PROBE_FILE, Manifest, TensorSpec, triton_model_path,
 )
@@ -96,7 +97,8 @@ def load_bundle(path: str | Path) -> Bundle:
 
     Checks, in order: the manifest's schema and format version; that no file needs unpickling; that
     every listed file exists with its recorded sha256 and no unlisted file is present; the ONNX
-    graph's inputs/outputs against the manifest; the probe's dtype and shape; the params snapshot.
+    graph's inputs/outputs against the manifest, and that the installed onnxruntime can load it
+    (:mod:`.runtime`); the probe's dtype and shape; the params snapshot.
     """
     source = Path(path)
     if source.is_dir():
@@ -204,6 +206,7 @@ def _check_onnx(path: Path, manifest: Manifest) -> None:
                 raise BundleError(f"{rel}: shape mismatch for `{spec.name}`, {MANIFEST_FILE} says "
                                   f"{spec.dtype} {list(spec.shape)}, the graph declares {got.dtype} "
                                   f"{list(got.shape)}; re-export the bundle")
+    check_runtime(model, rel)
 
 
 def _onnx_spec(value: Any) -> TensorSpec:
