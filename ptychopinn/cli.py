@@ -95,7 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except (PtychoError, OSError) as error:
-        print(f"ptychopinn {args.command}: error: {error}", file=sys.stderr)
+        message = " ".join(str(error).split())  # one line, even when a library's message has several
+        print(f"ptychopinn {args.command}: error: {message}", file=sys.stderr)
         return getattr(error, "exit_code", 2)
     except ModuleNotFoundError as error:
         message = missing_extra_message(error)

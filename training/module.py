@@ -195,7 +195,8 @@ class PtychoPINNModule(L.LightningModule):
             config = config_from_dict(ModelConfig, hparams["model_config"])
         except Exception as error:  # unreadable file, not a Lightning checkpoint, or foreign hparams
             raise ModelArchiveError(
-                f"`ckpt_path` must be a PtychoPINN Lightning checkpoint, got {str(path)!r} ({error}); "
+                f"`ckpt_path` must be a PtychoPINN Lightning checkpoint, got {str(path)!r} "
+                f"({str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}); "
                 "pass RUN/checkpoints/best.ckpt or last.ckpt written by `ptychopinn train`"
             ) from error
         generator = PtychoPINNGenerator(config)

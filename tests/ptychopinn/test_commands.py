@@ -90,3 +90,15 @@ def test_a_missing_onnxruntime_build_names_both_extras():
     message = missing_extra_message(ModuleNotFoundError("No module named 'onnxruntime'", name="onnxruntime"))
     assert message == ("this command needs the 'cpu' extra (onnxruntime is not installed); "
                        "pip install 'ptychopinn-serve[cpu]' (or [gpu] on a CUDA host)")
+
+
+def test_an_error_message_of_several_lines_is_printed_on_one(tmp_path, capsys, monkeypatch):
+    from ptycho_torch.errors import DataContractError
+    from ptychopinn.commands import simulate
+
+    def fail(args):
+        raise DataContractError("first line\n  second line\n\nthird")
+
+    monkeypatch.setattr(simulate, "run", fail)
+    assert main(["simulate", "--out", str(tmp_path / "x.npz")]) == 2
+    assert capsys.readouterr().err == "ptychopinn simulate: error: first line second line third\n"
