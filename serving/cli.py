@@ -114,8 +114,25 @@ def run(args: argparse.Namespace) -> int:
     log.info("serving %s v%s on http://%s:%d (providers %s, warm-up %.2f s, token %s)", engine.bundle.name,
              engine.bundle.version, args.host, args.port, engine.providers, engine.warmup_s,
              "required" if token else "off")
+    exit_on_stop_signals()
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)
     return 0
+
+
+def exit_on_stop_signals() -> None:
+    """Make SIGTERM and SIGINT end the process with ``SystemExit(128 + signal)``.
+
+    uvicorn shuts down gracefully on them, then re-raises the signal with the handler it found; with
+    the default handler SIGTERM would kill the process on the spot, skipping interpreter exit, so the
+    unpacked copy of a ``.zip`` bundle (removed at exit) would stay in ``$TMPDIR``.
+    """
+    import signal
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
 
 
 def _names(text: str | None) -> list[str] | None:

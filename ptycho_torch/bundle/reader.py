@@ -3,7 +3,10 @@
 Reading uses numpy and onnx (onnxruntime only to ask whether it can load the graph). Nothing is ever unpickled: ``.npy`` files load with
 ``allow_pickle=False`` and files with pickle suffixes are refused; symbolic links are refused (a
 bundle is plain files). A ``.zip`` is extracted (after checking every member name and the total
-size) into a temporary directory that lives as long as the :class:`Bundle`.
+size) into a temporary directory that lives as long as the :class:`Bundle`: it is removed when the
+bundle is garbage-collected or the process exits (normally, on SIGTERM through the server's
+graceful shutdown, on Ctrl+C), and a copy left behind by a killed process is removed by the next
+``.zip`` load on the machine (:func:`remove_stale_extractions`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from ptycho_torch.errors import BundleError
 
 PICKLE_SUFFIXES: Final = (".pkl", ".pickle", ".pt", ".pth", ".dill", ".joblib", ".ckpt")
 MAX_ZIP_BYTES: Final = 4 << 30
+EXTRACTION_PREFIX: Final = "ptychopinn-bundle-"
+"""Unpacked ``.zip`` bundles live in ``$TMPDIR/ptychopinn-bundle-<pid>-<random>``."""
 
 _ONNX_DTYPES: Final = {1: "float32", 10: "float16", 11: "float64"}
 
@@ -104,7 +109,8 @@ def load_bundle(path: str | Path) -> Bundle:
     if source.is_dir():
         return _load_dir(source, source)
     if source.is_file() and source.suffix == ".zip":
-        tmp = Path(tempfile.mkdtemp(prefix="ptychopinn-bundle-"))
+        remove_stale_extractions()
+        tmp = Path(tempfile.mkdtemp(prefix=f"{EXTRACTION_PREFIX}{os.getpid()}-"))
         try:
             _extract_zip(source, tmp)
             bundle = _load_dir(tmp, source)
@@ -117,6 +123,31 @@ def load_bundle(path: str | Path) -> Bundle:
         raise BundleError(f"bundle `{source}` must be a directory or a .zip file; pass the folder written by "
                           "`ptychopinn export` or its --zip archive")
     raise BundleError(f"bundle `{source}` does not exist; check the path")
+
+
+def remove_stale_extractions(directory: str | Path | None = None) -> list[Path]:
+    """Delete the unpacked ``.zip`` bundles left in ``directory`` (default: the temporary directory)
+    by processes that no longer run (killed with SIGKILL, out of memory, power loss); returns them.
+
+    Each extraction is named after its process id, so a live process' copy is never touched.
+    """
+    removed = []
+    for folder in Path(directory or tempfile.gettempdir()).glob(f"{EXTRACTION_PREFIX}*-*"):
+        pid = folder.name[len(EXTRACTION_PREFIX):].partition("-")[0]
+        if pid.isdigit() and not _process_alive(int(pid)) and folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _extract_zip(archive: Path, target: Path) -> None:
