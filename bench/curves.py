@@ -10,8 +10,8 @@ truth next to the flat object (amplitude 1, phase 0) on the same region, togethe
 held-out Poisson NLL per pixel against the ground truth's own NLL (the floor) and the
 scan-step-periodic amplitude error (the grid texture, :func:`ptycho_torch.metrics.periodic_rms`).
 
-    OMP_NUM_THREADS=1 python -m bench.curves run full-gold --budget 600 --eval-every 60
-    python -m bench.curves report            # PNGs + the table in docs/benchmarks.md
+    OMP_NUM_THREADS=1 python -m bench.curves run taper-gold --budget 450 --eval-every 75
+    python -m bench.curves report            # bench/results/curves.json, the PNG, the docs table
 
 A run writes ``runs/curves/<name>/curve.jsonl`` (one line per evaluation) and ``resume.ckpt``;
 running the same command again continues from there (cumulative CPU time is kept in the file).
@@ -82,6 +82,11 @@ def gold_corpus(root: Path):
 CONFIGS: dict[str, dict[str, Any]] = {
     "tf-gold": {"model": {"generator": "tf"}, "data": "gold"},
     "full-gold": {"model": {"generator": "full"}, "data": "gold"},
+    "taper-gold": {"model": {"generator": "taper"}, "data": "gold"},
+    "tf-corpus": {"model": {"generator": "tf"}, "data": "corpus"},
+    "taper-corpus": {"model": {"generator": "taper"}, "data": "corpus"},
+    "taper-gold-finetune": {"model": {"generator": "taper"}, "data": "finetune", "init": "taper-gold"},
+    "tf-gold-finetune": {"model": {"generator": "tf"}, "data": "finetune", "init": "tf-gold"},
     "full-corpus": {"model": {"generator": "full"}, "data": "corpus"},
     "full-corpus-finetune": {"model": {"generator": "full"}, "data": "finetune", "init": "full-corpus"},
     "full-finetune-scratch": {"model": {"generator": "full"}, "data": "finetune"},
@@ -171,6 +176,69 @@ def run(name: str, budget: float, every: float, out: Path = RUNS) -> Path:
     return curve
 
 
+RESULTS = ROOT / "bench" / "results" / "curves.json"
+FIGURE = ROOT / "docs" / "figures" / "learning_curves.png"
+PANELS = (("nll", "nll_floor", "held-out Poisson NLL per pixel", "ground-truth floor"),
+          ("model_ssim_amplitude", "constant_ssim_amplitude", "amplitude SSIM", "flat object"),
+          ("model_ssim_phase", "constant_ssim_phase", "phase SSIM", "flat object"),
+          ("grid_model", "grid_truth", "scan-step-periodic amplitude error (RMS)", "truth's own periodic part"))
+
+
+def collect(out: Path = RUNS, results: Path = RESULTS) -> dict[str, Any]:
+    """Every run's curve under ``out`` into ``results`` (JSON, committed: the docs regenerate from it)."""
+    from bench.machine import machine_info
+
+    runs = {path.parent.name: [json.loads(line) for line in path.read_text().splitlines()]
+            for path in sorted(out.glob("*/curve.jsonl"))}
+    data = {"case": CASE, "corpus": CORPUS, "threads": THREADS, "machine": machine_info(),
+            "configs": {name: CONFIGS[name] for name in runs}, "runs": runs}
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(finite_or_none(data), indent=1) + "\n")
+    return data
+
+
+def figure(data: dict[str, Any], path: Path = FIGURE) -> Path:
+    """Learning curves, one panel per measure, each beside its reference line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.6))
+    for ax, (key, ref, title, ref_label) in zip(axes, PANELS):
+        for name, records in data["runs"].items():
+            ax.plot([r["cpu_s"] for r in records], [r[key] for r in records], marker=".", label=name)
+        reference = next(iter(data["runs"].values()))[-1][ref]
+        ax.axhline(reference, color="black", ls="--", lw=0.8, label=ref_label)
+        ax.set_xlabel("training CPU-seconds (1 thread)")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=6)
+    case = data["case"]
+    fig.suptitle(f"gold balls, {case['nphotons']:.0e} photons, N={case['N']}, held-out half (392 patterns)",
+                 fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def table(data: dict[str, Any]) -> str:
+    """Markdown: each run at its lowest held-out NLL and at its end, every score beside its reference."""
+    lines = ["| configuration | point | step | CPU-s | held-out NLL (floor) | SSIM amp (flat) | SSIM phase (flat) | "
+             "FRC50 amp / phase | grid RMS (truth) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, records in data["runs"].items():
+        best = min(records, key=lambda r: r["nll"])
+        for label, r in (("lowest NLL", best), ("last", records[-1])):
+            lines.append(
+                f"| {name} | {label} | {r['step']} | {r['cpu_s']:.0f} | {r['nll']:.3f} ({r['nll_floor']:.3f}) | "
+                f"{r['model_ssim_amplitude']:.3f} ({r['constant_ssim_amplitude']:.3f}) | "
+                f"{r['model_ssim_phase']:.3f} ({r['constant_ssim_phase']:.3f}) | "
+                f"{cell(r['model_frc50_amplitude'], '.1f')} / {cell(r['model_frc50_phase'], '.1f')} | "
+                f"{r['grid_model']:.4f} ({r['grid_truth']:.4f}) |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.curves", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -179,9 +247,18 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--budget", type=float, default=600.0, help="training CPU-seconds (default 600)")
     r.add_argument("--eval-every", type=float, default=60.0, help="CPU-seconds between evaluations")
     r.add_argument("--out", type=Path, default=RUNS)
+    rep = sub.add_parser("report", help="collect the curves, draw the figure, regenerate the docs table")
+    rep.add_argument("--out", type=Path, default=RUNS, help=f"runs folder (default {RUNS})")
+    rep.add_argument("--from-results", action="store_true", help=f"redraw from {RESULTS} instead of the runs")
+    rep.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args(argv)
     if args.command == "run":
         print(run(args.name, args.budget, args.eval_every, args.out))
+    else:
+        data = json.loads(RESULTS.read_text()) if args.from_results else collect(args.out)
+        figure(data)
+        update_docs(args.docs, {"curves": table(data)})
+        print(table(data))
     return 0
 
 

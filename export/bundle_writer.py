@@ -27,7 +27,7 @@ from ptycho_torch.errors import DataContractError, ExportError
 from ptycho_torch.pixel_size import check_pixel_size, scan_pixel_size, valid_pixel_size
 from ptycho_torch.bundle import (
     BATCH_DIM, INPUT_NAMES, MANIFEST_FILE, NORMALIZATION_RULE, ONNX_FILE, OUTPUT_NAMES, PARAMS_FILE, PROBE_FILE,
-    TORCHSCRIPT_FILE, Bundle, Manifest, Normalization, Provenance, TensorSpec, load_bundle,
+    TORCHSCRIPT_FILE, Bundle, Manifest, Normalization, Provenance, TensorSpec, TrainingRecord, load_bundle,
 )
 from ptycho_torch.checksums import sha256_file
 
@@ -97,7 +97,7 @@ def _package_version() -> str:
 
 def export_bundle(generator: torch.nn.Module, out: Path, *, hparams: dict[str, Any], probe: np.ndarray,
                   diffraction: np.ndarray, inputs_label: str, options: ExportOptions = ExportOptions(),
-                  checkpoint: str | None = None) -> Bundle:
+                  checkpoint: str | None = None, training: TrainingRecord | None = None) -> Bundle:
     """Write the bundle of design.md section 4 to ``out`` (a new or empty directory) and load it back.
 
     ``hparams`` holds ``model_config``, ``input_scale``, ``intensity_scale`` (and optionally
@@ -134,6 +134,7 @@ def export_bundle(generator: torch.nn.Module, out: Path, *, hparams: dict[str, A
         ),
         verification=verification, files=files, variants={"fp16": FP16_FILE} if fp16_path else {},
         pixel_size_m=options.pixel_size_m,
+        training=training,
     )
     (out / MANIFEST_FILE).write_text(manifest.to_json())
     if options.zip:
@@ -186,4 +187,28 @@ def export_checkpoint(checkpoint: Path, out: Path, *, data: Path | None = None,
     diffraction = verification_inputs(Path(scan), config.N, config.gridsize)
     label = f"{'the scan' if data else 'the training scan'} {Path(scan).name}"
     return export_bundle(generator, out, hparams=hparams, probe=probe, diffraction=diffraction,
-                         inputs_label=label, options=options, checkpoint=str(checkpoint))
+                         inputs_label=label, options=options, checkpoint=str(checkpoint),
+                         training=training_record(checkpoint, hparams))
+
+
+#: training_config / model_config fields that make up a bundle's recipe
+RECIPE_FIELDS = {"model_config": ("generator", "N", "gridsize", "n_filters_scale", "amp_activation"),
+                 "training_config": ("train_data_file", "train_corpus", "test_data_file", "nepochs", "batch_size",
+                                     "nphotons", "nll_weight", "mae_weight"),
+                 "execution_config": ("learning_rate", "scheduler", "early_stop_patience", "seed")}
+
+
+def training_record(checkpoint: Path, hparams: dict[str, Any]) -> TrainingRecord | None:
+    """The record of the run that wrote ``checkpoint`` (RUN/checkpoints/x.ckpt), from its hyper-parameters
+    and RUN/summary.json; None when that run left no summary (e.g. a checkpoint copied elsewhere)."""
+    summary_path = checkpoint.parent.parent / "summary.json"
+    if not summary_path.is_file():
+        return None
+    summary = json.loads(summary_path.read_text())
+    recipe = {f"{section.split('_')[0]}.{name}": (hparams.get(section) or {}).get(name)
+              for section, names in RECIPE_FIELDS.items() for name in names}
+    recipe["init_from"] = summary.get("init_from")
+    is_best = summary.get("best_checkpoint") and Path(summary["best_checkpoint"]).name == checkpoint.name
+    nll = summary.get("best_val_loss") if is_best else summary.get("final_metrics", {}).get("val_loss")
+    return TrainingRecord(recipe={k: v for k, v in recipe.items() if v is not None}, steps=int(summary["global_step"]),
+                          wall_s=float(summary["wall_s"]), held_out_nll=None if nll is None else float(nll))

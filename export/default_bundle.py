@@ -17,35 +17,48 @@ import logging
 import shutil
 from pathlib import Path
 
-from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig
+from ptycho_torch.config import GENERATORS, ModelConfig, PyTorchExecutionConfig, TrainingConfig
 from ptycho_torch.data import load_siemens_star, spatial_split
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 REAL_SCAN = PROJECT_ROOT / "data" / "siemens-star-small.npz.bz2"
 DEFAULT_OUT = PROJECT_ROOT / "serving" / "default_bundle"
 
-MODEL = ModelConfig(N=64, gridsize=1, n_filters_scale=1)
+GENERATOR = "taper"
+"""The generator of the shipped model (docs/decisions.md, "Generator head"; learning curves in
+docs/benchmarks.md)."""
 EPOCHS = 80
+EARLY_STOP_PATIENCE = 10
+"""Epochs without a lower held-out NLL before training stops; best.ckpt (lowest) is exported."""
 EXECUTION = PyTorchExecutionConfig(accelerator="cpu", scheduler="ReduceLROnPlateau", seed=42,
-                                   enable_progress_bar=False)
+                                   early_stop_patience=EARLY_STOP_PATIENCE, enable_progress_bar=False)
+
+
+def model(generator: str = GENERATOR) -> ModelConfig:
+    """The default model's architecture: N=64, gridsize 1, n_filters_scale 1, ``generator``."""
+    return ModelConfig(N=64, gridsize=1, n_filters_scale=1, generator=generator)
+
 
 logger = logging.getLogger(__name__)
 
 
 def build_default_bundle(out: Path = DEFAULT_OUT, *, run_dir: Path, scan: Path = REAL_SCAN,
-                         epochs: int = EPOCHS) -> Path:
-    """Split the real scan, train, export into ``out`` (replacing it); return ``out``."""
+                         epochs: int = EPOCHS, generator: str = GENERATOR) -> Path:
+    """Split the real scan, train (continuing ``run_dir/checkpoints/last.ckpt`` when an interrupted
+    run left one), export the checkpoint with the lowest held-out NLL into ``out`` (replacing it)."""
     from export.bundle_writer import ExportOptions, export_checkpoint
     from ptycho_torch.checksums import sha256_file
-    from training.trainer import train
+    from training.trainer import CHECKPOINT_DIR, LAST, train
 
+    config = model(generator)
     run_dir.mkdir(parents=True, exist_ok=True)
-    train_raw, test_raw = spatial_split(load_siemens_star(scan, MODEL.N), axis="y", fraction=0.5)
+    train_raw, test_raw = spatial_split(load_siemens_star(scan, config.N), axis="y", fraction=0.5)
     train_file, test_file = train_raw.to_file(run_dir / "train.npz"), test_raw.to_file(run_dir / "test.npz")
-    training = TrainingConfig(model=MODEL, train_data_file=train_file, test_data_file=test_file, nepochs=epochs,
+    training = TrainingConfig(model=config, train_data_file=train_file, test_data_file=test_file, nepochs=epochs,
                               nphotons=float(train_raw.metadata["nphotons"]), output_dir=run_dir)
+    last = run_dir / CHECKPOINT_DIR / f"{LAST}.ckpt"
     result = train(training, EXECUTION, train_data=train_raw, test_data=test_raw,
-                   train_data_sha256=sha256_file(train_file))
+                   train_data_sha256=sha256_file(train_file), resume=last if last.is_file() else None)
     logger.info("trained: %s", result.summary)
     if out.exists():
         shutil.rmtree(out)
@@ -60,9 +73,10 @@ def main() -> None:
     parser.add_argument("--run-dir", type=Path, default=PROJECT_ROOT / "runs" / "default",
                         help="training run folder (checkpoints, logs, the split scans)")
     parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument("--generator", choices=list(GENERATORS), default=GENERATOR)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    print(build_default_bundle(args.out, run_dir=args.run_dir, epochs=args.epochs))
+    print(build_default_bundle(args.out, run_dir=args.run_dir, epochs=args.epochs, generator=args.generator))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ Filter ladders follow the TensorFlow reference and generalise to any power of tw
 decoders that climb back to ``N/2`` with ``32 * n_filters_scale`` channels, and a last stage that
 predicts the central ``N/2`` window (zero-padded to ``N``) plus, with ``probe_big``, the border
 (``generator='tf'``), or the whole ``N x N`` window from one head with bilinear upsampling
-(``generator='full'``: no hard window edge, so no square frame in the patches).
+(``generator='full'``: no hard window edge, so no square frame in the patches), optionally with
+the amplitude multiplied by a smooth :func:`taper` (``generator='taper'``: a soft support).
 """
 
 from __future__ import annotations
@@ -87,10 +88,14 @@ class _PhaseActivation(nn.Module):
 class _Decoder(nn.Module):
     """Decoder base (8x8 -> N/2) and the last stage of one head (amplitude or phase)."""
 
-    def __init__(self, config: ModelConfig, activation: nn.Module, border_mask: Tensor) -> None:
+    def __init__(self, config: ModelConfig, activation: nn.Module, border_mask: Tensor, *,
+                 tapered: bool = False) -> None:
         super().__init__()
         N, nf, cout = config.N, config.n_filters_scale, config.channels
-        mode = "bilinear" if config.generator == "full" else "nearest"
+        mode = "nearest" if config.generator == "tf" else "bilinear"
+        self.tapered = tapered and config.generator == "taper"
+        if self.tapered:
+            self.register_buffer("taper", taper(N), persistent=False)
         ladder = [f * nf for f in decoder_filters(N)]
         widths = [128 * nf, *ladder]
         self.base = nn.Sequential(*(_up(a, b, mode) for a, b in zip(widths[:-1], widths[1:])))
@@ -114,12 +119,22 @@ class _Decoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.base(x)
         if not self.pad_object:
-            return self.activation(self.outer_conv(self.outer_up(x)))
+            out = self.activation(self.outer_conv(self.outer_up(x)))
+            return out * self.taper if self.tapered else out
         out = F.pad(self.activation(self.inner_conv(x[:, : self.inner_channels])), (self.pad,) * 4)
         if self.probe_big:
             border = F.silu(self.border_conv(self.border_up(x[:, self.inner_channels :])))
             out = out + border * self.border_mask
         return out
+
+
+def taper(N: int) -> Tensor:
+    """``(1, 1, N, N)`` float32 separable window: 1 over the central ``N/2`` window, a cos^2 roll-off
+    to 0 over the next ``N/8`` pixels, 0 beyond (a soft support without the hard window edge)."""
+    d = (torch.arange(N, dtype=torch.float64) - N / 2 + 0.5).abs()
+    ramp = ((d - N / 4) / (N / 8)).clamp(0, 1)
+    t = torch.cos(0.5 * math.pi * ramp) ** 2
+    return (t[:, None] * t[None, :]).to(torch.float32)[None, None]
 
 
 def border_mask(N: int) -> Tensor:
@@ -145,7 +160,7 @@ class PtychoPINNGenerator(nn.Module):
         widths = [C, *ladder]
         self.encoder = nn.Sequential(*(_down(a, b) for a, b in zip(widths[:-1], widths[1:])))
         mask = border_mask(config.N)
-        self.amplitude = _Decoder(config, _amplitude_activation(config.amp_activation), mask)
+        self.amplitude = _Decoder(config, _amplitude_activation(config.amp_activation), mask, tapered=True)
         self.phase = _Decoder(config, _PhaseActivation(), mask)
 
     def forward(self, diffraction: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:

@@ -261,6 +261,7 @@ def train(
         output_dir=output_dir,
         best_checkpoint=Path(best) if best else None,
         last_checkpoint=last,
-        summary=report.write(trainer, RunReport.finished_status(trainer)),
+        summary=report.write(trainer, RunReport.finished_status(trainer),
+                             init_from=None if init_from is None else str(init_from)),
         module=module,
     )

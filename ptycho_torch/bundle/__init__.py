@@ -18,13 +18,13 @@ from ptycho_torch.bundle.reader import MAX_ZIP_BYTES, PICKLE_SUFFIXES, Bundle, l
 from ptycho_torch.bundle.schema import (
     BATCH_DIM, COORDINATE_CONVENTION, FORMAT, FORMAT_VERSION, INPUT_NAMES, MANIFEST_FILE, NORMALIZATION_RULE,
     ONNX_FILE, OUTPUT_NAMES, PARAMS_FILE, PROBE_FILE, REQUIRED_FILES, TORCHSCRIPT_FILE, EngineDeviation, Manifest,
-    Normalization, Provenance, TensorSpec, Verification, triton_config_path, triton_model_path,
+    Normalization, Provenance, TensorSpec, TrainingRecord, Verification, triton_config_path, triton_model_path,
 )
 
 __all__ = [
     "BATCH_DIM", "COORDINATE_CONVENTION", "FORMAT", "FORMAT_VERSION", "INPUT_NAMES", "MANIFEST_FILE",
     "MAX_ZIP_BYTES", "NORMALIZATION_RULE", "ONNX_FILE", "OUTPUT_NAMES", "PARAMS_FILE", "PICKLE_SUFFIXES",
     "PROBE_FILE", "REQUIRED_FILES", "TORCHSCRIPT_FILE", "Bundle", "EngineDeviation", "Manifest", "Normalization",
-    "Provenance", "TensorSpec", "Verification", "load_bundle", "summarize", "triton_config_path",
+    "Provenance", "TensorSpec", "TrainingRecord", "Verification", "load_bundle", "summarize", "triton_config_path",
     "triton_model_path",
 ]

@@ -100,6 +100,19 @@ class Verification(_Strict):
     """Max abs error allowed for the float16 variant (None: no fp16 variant)."""
 
 
+class TrainingRecord(_Strict):
+    """How the model was trained: the recipe, the effort, and its fit to held-out patterns."""
+
+    recipe: dict[str, str | int | float | bool | None]
+    """Generator, sizes, data (scan or corpus), optimiser settings... as flat JSON values."""
+    steps: int
+    """Optimiser steps of the whole run."""
+    wall_s: float
+    """Wall time of the (last, if resumed) training process, seconds."""
+    held_out_nll: float | None = None
+    """Validation Poisson NLL per pixel (without log k!) of the exported checkpoint."""
+
+
 class Manifest(_Strict):
     """Everything a host needs to run the bundle; serialised as ``manifest.json``."""
 
@@ -123,6 +136,8 @@ class Manifest(_Strict):
     with another pixel size is refused (:mod:`ptycho_torch.pixel_size`)."""
     variants: dict[str, str] = Field(default_factory=dict)
     """Optional extra ONNX graphs with the same signature: ``fp16``, ``ort_optimized`` -> file."""
+    training: TrainingRecord | None = None
+    """The training record (None for bundles exported without their run's ``summary.json``)."""
     coordinates: str = COORDINATE_CONVENTION
     format: str = FORMAT
     format_version: int = FORMAT_VERSION

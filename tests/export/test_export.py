@@ -229,6 +229,10 @@ def test_cli_exports_a_trained_checkpoint(scan32: Path, tmp_path: Path, capsys: 
     bundle = load_bundle(out.with_suffix(".zip"))
     assert bundle.training_scale == hparams["input_scale"] and bundle.intensity_scale == hparams["intensity_scale"]
     assert bundle.manifest.provenance.train_data_sha256 == sha256_file(scan32)
+    record = bundle.manifest.training  # recipe, effort and held-out fit, from the run's summary.json
+    assert record.steps == 2 and record.wall_s == result.summary["wall_s"] > 0
+    assert record.recipe["model.generator"] == "tf" and record.recipe["training.train_data_file"] == str(scan32)
+    assert record.held_out_nll == pytest.approx(result.summary["final_metrics"]["val_loss"])
     np.testing.assert_array_equal(bundle.probe, probe)
     import onnxruntime as ort
 

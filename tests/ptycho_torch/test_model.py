@@ -9,7 +9,9 @@ import torch
 
 from ptycho_torch.config import ModelConfig
 from ptycho_torch.errors import ConfigError
-from ptycho_torch.model import PtychoPINNGenerator, border_mask, combine_complex, decoder_filters, encoder_filters
+from ptycho_torch.model import (
+    PtychoPINNGenerator, border_mask, combine_complex, decoder_filters, encoder_filters, taper,
+)
 
 SWISH_MIN = -0.2785  # min of x * sigmoid(x)
 
@@ -155,3 +157,20 @@ def test_full_generator_predicts_the_whole_window_without_a_frame():
 def test_generator_field_is_checked():
     with pytest.raises(ConfigError, match="generator"):
         ModelConfig(generator="unet")
+
+
+def test_taper_generator_is_a_soft_support_without_a_frame():
+    N = 32
+    window = taper(N)[0, 0]
+    centre = slice(N // 4, N - N // 4)
+    assert torch.all(window[centre, centre] == 1) and window[: N // 8, :].max() < 1e-6  # flat top, zero rim
+    steps = (window[1:, N // 2] - window[:-1, N // 2]).abs()
+    assert steps.max() < 0.5  # a roll-off over N/8 pixels, not a step
+    amplitude, _ = _run(ModelConfig(N=N, n_filters_scale=1, generator="taper"), batch=4)
+    assert torch.all(amplitude[..., centre, centre] > 0) and amplitude[..., : N // 8, :].abs().max() < 1e-6
+
+    def largest_row_step(a: torch.Tensor) -> float:
+        return float((a[..., 1:, :] - a[..., :-1, :]).abs().mean(dim=(0, 1, 3)).max())
+
+    tf_amplitude, _ = _run(ModelConfig(N=N, n_filters_scale=1), batch=4)
+    assert largest_row_step(amplitude) < 0.6 * largest_row_step(tf_amplitude)  # spread over N/8 rows
