@@ -213,6 +213,9 @@ def write_cxi(path: Path, amplitude: np.ndarray, phase: np.ndarray, info: Produc
                 process[key] = value if isinstance(value, (int, float)) else str(value)
         if info.data_fit is not None:
             fit = process.create_group("data_fit")
-            for key, value in info.data_fit.items():
-                fit[key] = np.asarray(value) if not isinstance(value, (dict, str)) else json.dumps(value)
+            for key, value in info.data_fit.items():  # arrays of numbers as datasets, the rest (per-iteration records) as JSON
+                numeric = isinstance(value, (int, float)) or (isinstance(value, list) and all(
+                    isinstance(v, (int, float)) for v in value))
+                fit[key] = np.asarray(value, dtype=np.float64 if isinstance(value, list) else None) if numeric \
+                    else json.dumps(value)
     return path

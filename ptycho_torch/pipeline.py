@@ -1,17 +1,22 @@
-"""Reconstruct a whole scan: validate -> amplitudes -> scale -> group -> batched inference -> stitch.
+"""Reconstruct a whole scan: validate -> amplitudes -> scale -> group -> batched inference -> stitch
+-> data fit [-> physics refinement].
 
 The one reconstruct implementation, behind ``POST /v1/reconstruct``, ``ptychopinn reconstruct`` and
 the Ptychodus reconstructors. It is model-agnostic: a :class:`Runner` brings the model's facts
 (:class:`ModelInfo`, which a :class:`~ptycho_torch.bundle.Bundle` satisfies) and batched inference
 ``infer(diffraction, scale)``. Runners live at the edges: the onnxruntime engine and dynamic batcher
-in ``serving``, the remote runner in ``serving.client``. numpy only.
+in ``serving``, the remote runner in ``serving.client``. Every result carries its ``data_fit``
+(:mod:`ptycho_torch.data_fit`) against the measured patterns, with the request's probe or else the
+model's; ``refine_iterations`` adds a known-probe refinement (:mod:`ptycho_torch.refinement`) after
+the network, or instead of it with ``refine_start="flat"``. numpy only.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -22,11 +27,15 @@ from ptycho_torch.errors import DataContractError, InvalidInput, InvalidValues
 from ptycho_torch.grouping import group_indices
 from ptycho_torch.normalization import input_scale
 from ptycho_torch.pixel_size import check_pixel_size, valid_pixel_size
+from ptycho_torch.refinement import ALGORITHMS, RefineSettings, refine_stitched
 from ptycho_torch.scan_checks import check_network_input, prepare_scan
 from ptycho_torch.stitching import Stitcher
 
-__all__ = ["ModelInfo", "ReconstructOptions", "Reconstruction", "Runner", "network_scale", "polar", "reconstruct",
-           "require_finite_outputs"]
+__all__ = ["MAX_REFINE_ITERATIONS", "ModelInfo", "ReconstructOptions", "Reconstruction", "Runner", "network_scale",
+           "polar", "reconstruct", "reconstruct_steps", "require_finite_outputs"]
+
+MAX_REFINE_ITERATIONS = 1000
+"""Most refinement iterations one request may ask for (with ``refine_time_limit_s``, bounds its time)."""
 
 
 class ModelInfo(Protocol):
@@ -98,13 +107,23 @@ class ReconstructOptions:
     pixel_size_m: float | None = None
     """The scan's object pixel size in metres; refused when it differs from the model's training
     pixel size by more than 1 % (:func:`~ptycho_torch.pixel_size.check_pixel_size`). None: unchecked."""
+    refine_iterations: int = 0
+    """Iterations of known-probe object refinement against the measured patterns after the network
+    (:mod:`ptycho_torch.refinement`); 0: none. At most :data:`MAX_REFINE_ITERATIONS`."""
+    refine_algorithm: Literal["er", "rpie"] = "er"
+    """``er``: error reduction over the whole scan at once (fast); ``rpie``: regularised PIE in mini-batches."""
+    refine_start: Literal["network", "flat"] = "network"
+    """``network``: refine the network's stitched object; ``flat``: start from amplitude 1, phase 0 and
+    skip the network (for a scan the model was not trained for)."""
+    refine_time_limit_s: float = 300.0
+    """Refinement stops after the iteration that passes this many seconds (the response says so)."""
 
     def __post_init__(self) -> None:
         if self.scale_policy not in (None, "scan", "bundle"):
             raise InvalidInput(f"`scale_policy` must be 'scan' or 'bundle', got {self.scale_policy!r}")
         if self.units not in (None, "amplitude", "counts"):
             raise InvalidInput(f"`units` must be 'amplitude' or 'counts' (or absent), got {self.units!r}")
-        for name in ("stitch_M", "neighbor_count", "seed"):
+        for name in ("stitch_M", "neighbor_count", "seed", "refine_iterations"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
                 raise InvalidInput(f"`{name}` must be a non-negative integer, got {value!r}")
@@ -116,6 +135,20 @@ class ReconstructOptions:
         if self.scale is not None and (isinstance(self.scale, bool) or not isinstance(self.scale, (int, float))
                                        or not np.isfinite(self.scale) or self.scale <= 0):
             raise InvalidInput(f"`scale` must be a positive finite number, got {self.scale!r}")
+
+        if self.refine_iterations > MAX_REFINE_ITERATIONS:
+            raise InvalidInput(f"`refine_iterations` must be at most {MAX_REFINE_ITERATIONS}, got "
+                               f"{self.refine_iterations}; 20-50 iterations reach the noise floor on typical scans")
+        if self.refine_algorithm not in ALGORITHMS:
+            raise InvalidInput(f"`refine_algorithm` must be one of {list(ALGORITHMS)}, got {self.refine_algorithm!r}")
+        if self.refine_start not in ("network", "flat"):
+            raise InvalidInput(f"`refine_start` must be 'network' or 'flat', got {self.refine_start!r}")
+        if self.refine_start == "flat" and self.refine_iterations == 0:
+            raise InvalidInput("`refine_start` 'flat' needs `refine_iterations` >= 1 (a flat object explains nothing); "
+                               "ask for e.g. 20 iterations")
+        if (isinstance(self.refine_time_limit_s, bool) or not isinstance(self.refine_time_limit_s, (int, float))
+                or not self.refine_time_limit_s > 0):
+            raise InvalidInput(f"`refine_time_limit_s` must be a positive number, got {self.refine_time_limit_s!r}")
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any]) -> ReconstructOptions:
@@ -145,7 +178,7 @@ class Reconstruction:
     n_patterns: int
     n_groups: int
     timings: dict[str, float] = field(default_factory=dict)
-    """Seconds per stage: validate, scale, group, inference, stitch, total."""
+    """Seconds per stage: validate, scale, group, inference, stitch, data_fit, refine, total."""
     pixel_size_m: float | None = None
     """Object pixel size of the result in metres: the scan's, else the model's; None when neither says."""
     probe_difference: float | None = None
@@ -155,6 +188,15 @@ class Reconstruction:
     scan_report: dict[str, Any] = field(default_factory=dict)
     """The plausibility report (:class:`~ptycho_torch.scan_checks.ScanReport`): masked pixels, energy
     layout, position span, and ``warnings`` about what is probably wrong."""
+    data_fit: dict[str, Any] | None = None
+    """How well this object explains each measured pattern (:meth:`~ptycho_torch.data_fit.DataFit.to_json`:
+    per-pattern ``nll`` and ``r_factor``, their ``*_median`` and ``*_p95``, ``outliers``), plus ``probe``
+    (``request`` or ``model``: which probe the figures use) and ``iterations`` (the summary figures after
+    each refinement iteration, 0 = the start object). None when neither the request nor the model has
+    a probe, and in the states of :func:`reconstruct_steps` between the first and the last iteration."""
+    refinement: dict[str, Any] | None = None
+    """``iterations`` done, ``algorithm``, ``start``, ``stopped`` (why it ended early, else None) and
+    ``peak_bytes`` (estimated working memory) when refinement ran."""
 
 
 def _check_patterns(patterns: Any, N: int) -> npt.NDArray[np.float32]:
@@ -231,12 +273,29 @@ def reconstruct(
 ) -> Reconstruction:
     """Reconstruct one scan: ``patterns`` ``(S, N, N)`` (fftshifted, DC at the centre) measured at
     ``positions`` ``(S, 2)`` ``[x, y]`` object pixels (patch centres); ``mask`` ``(N, N)`` bool marks
-    bad detector pixels (inpainted, see :func:`~ptycho_torch.scan_checks.prepare_scan`).
+    bad detector pixels (inpainted, see :func:`~ptycho_torch.scan_checks.prepare_scan`). The last
+    state of :func:`reconstruct_steps`.
 
     Raises :class:`~ptycho_torch.errors.InvalidInput` (wrong shapes, dtypes, options),
     :class:`~ptycho_torch.errors.InvalidValues` (NaN, inf, negative values) or
     :class:`~ptycho_torch.scan_checks.ImplausibleScan` before any inference runs.
     """
+    steps = reconstruct_steps(runner, patterns, positions, probe=probe, options=options, mask=mask)
+    return collections.deque(steps, maxlen=1)[0]
+
+
+def reconstruct_steps(
+    runner: Runner,
+    patterns: npt.ArrayLike,
+    positions: npt.ArrayLike,
+    *,
+    probe: npt.ArrayLike | None = None,
+    options: ReconstructOptions | None = None,
+    mask: npt.ArrayLike | None = None,
+) -> Iterator[Reconstruction]:
+    """:func:`reconstruct` as it goes: the network's result (with its data fit), then the object after
+    every refinement iteration; the last state carries the final data fit and every iteration's
+    figures. Closing the generator between states stops the refinement (a GUI's Stop)."""
     options = options or ReconstructOptions()
     model = runner.model
     t0 = time.perf_counter()
@@ -250,6 +309,10 @@ def reconstruct(
         pixel_size_m = check_pixel_size(options.pixel_size_m, model.pixel_size_m, model="the model")
     except DataContractError as error:
         raise InvalidInput(str(error)) from None
+    fit_probe, probe_source = (probe, "request") if probe is not None else (model.probe, "model")
+    if fit_probe is None and options.refine_iterations:
+        raise InvalidInput("`refine_iterations` needs the probe the scan was measured with: send `probe` (this "
+                           "model has none)")
     t1 = time.perf_counter()
 
     scan = prepare_scan(x, pos, units=options.units, mask=mask)
@@ -262,6 +325,7 @@ def reconstruct(
     check_network_input(scale, float(x.max()))
     t2 = time.perf_counter()
 
+    network = options.refine_start == "network"
     if model.channels == 1:
         members = np.arange(len(x))[:, None]
         diffraction = x[:, None]
@@ -271,30 +335,50 @@ def reconstruct(
         diffraction = x[members]
     t3 = time.perf_counter()
 
-    amplitude, phase = runner.infer(diffraction, np.full(len(diffraction), scale, np.float32))
-    require_finite_outputs(amplitude, phase)
+    patch_positions = pos[members.ravel()]
+    if network:
+        amplitude, phase = runner.infer(diffraction, np.full(len(diffraction), scale, np.float32))
+        require_finite_outputs(amplitude, phase)
+        patches = polar(amplitude, phase).reshape(-1, model.N, model.N)
+    else:  # the canvas and its coverage only; the object starts flat
+        patches = np.zeros((len(patch_positions), model.N, model.N), np.complex64)
     t4 = time.perf_counter()
 
-    patch_positions = pos[members.ravel()]
     stitcher = Stitcher.from_positions(patch_positions, M=M)
-    stitcher.add(polar(amplitude, phase).reshape(-1, model.N, model.N), patch_positions)
+    stitcher.add(patches, patch_positions)
     stitched = stitcher.result()
     t5 = time.perf_counter()
-    return Reconstruction(
-        amplitude=stitched.amplitude,
-        phase=stitched.phase,
-        coverage=stitched.coverage.astype(np.float32),
-        origin=stitched.origin,
-        scale=float(scale),
-        scale_policy=policy,
-        n_patterns=len(x),
-        n_groups=len(members),
-        timings={"validate": t1 - t0, "scale": t2 - t1, "group": t3 - t2, "inference": t4 - t3,
-                 "stitch": t5 - t4, "total": t5 - t0},
-        pixel_size_m=pixel_size_m,
-        probe_difference=probe_difference,
+    timings = {"validate": t1 - t0, "scale": t2 - t1, "group": t3 - t2, "inference": t4 - t3, "stitch": t5 - t4}
+    result = Reconstruction(
+        amplitude=stitched.amplitude, phase=stitched.phase, coverage=stitched.coverage.astype(np.float32),
+        origin=stitched.origin, scale=float(scale), scale_policy=policy, n_patterns=len(x), n_groups=len(members),
+        timings={**timings, "total": t5 - t0}, pixel_size_m=pixel_size_m, probe_difference=probe_difference,
         scan_report=scan.report.to_json(),
     )
+    if fit_probe is None:  # nothing to check the result against
+        yield result
+        return
+
+    settings = RefineSettings(iterations=options.refine_iterations, algorithm=options.refine_algorithm,
+                              time_limit_s=float(options.refine_time_limit_s))
+    for step in refine_stitched(x, pos, fit_probe, stitched.canvas, stitched.coverage, stitched.origin, settings,
+                                start=options.refine_start):
+        state = step.state
+        if state.iteration == 0 and not network:
+            continue  # a flat object is not a result
+        stage = {"data_fit": state.history[0]["seconds"],
+                 "refine": state.seconds - state.history[0]["seconds"] if state.iteration else 0.0}
+        # iteration 0 returns the network's object as stitched (the refinement's copy is rescaled and filled)
+        canvas = stitched.canvas if state.iteration == 0 else step.canvas
+        yield dataclasses.replace(
+            result, amplitude=np.abs(canvas).astype(np.float32), phase=np.angle(canvas).astype(np.float32),
+            timings={**timings, **stage, "total": time.perf_counter() - t0},
+            data_fit=(None if state.fit is None else
+                      {**state.fit.to_json(), "probe": probe_source, "iterations": state.history}),
+            refinement=None if not options.refine_iterations else {
+                "iterations": state.iteration, "algorithm": options.refine_algorithm, "start": options.refine_start,
+                "stopped": state.stopped, "peak_bytes": step.peak_bytes},
+        )
 
 
 def require_finite_outputs(amplitude: npt.NDArray[np.float32], phase: npt.NDArray[np.float32]) -> None:

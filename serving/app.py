@@ -348,5 +348,7 @@ def _reconstruct(state: _State, runner: CancellableRunner, body: bytes) -> bytes
                              decoded_bytes=decoded, limits=limits)
     result = reconstruct(runner, request.patterns, request.positions, probe=request.probe,
                          options=request.options, mask=request.mask)
+    state.metrics.observe_data_fit(result.data_fit, result.n_patterns,
+                                   result.refinement["iterations"] if result.refinement else 0)
     return encode_reconstruction(result, {"model_name": state.bundle.name,
                                           "model_version": state.bundle.version})

@@ -6,11 +6,17 @@ Triton's ``nv_inference_count / nv_inference_exec_count``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["ServiceMetrics"]
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_NLL_BUCKETS = (0.01, 0.03, 0.1, 0.3, 1, 1.5, 2, 3, 5, 10, 30, 100)
+_R_FACTOR_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2)
+_FRACTION_BUCKETS = (0, 0.001, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1)
+_ITERATION_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 
 
 class ServiceMetrics:
@@ -36,6 +42,17 @@ class ServiceMetrics:
                                        ["model"], registry=self.registry)
         self.execution_count = Counter("ptychopinn_execution_count", "model executions (batches) run",
                                        ["model"], registry=self.registry)
+        self.data_fit_nll = Histogram("ptychopinn_data_fit_nll",
+                                      "median per-pattern Poisson NLL per pixel of each /v1/reconstruct result",
+                                      ["model"], buckets=_NLL_BUCKETS, registry=self.registry)
+        self.data_fit_r_factor = Histogram("ptychopinn_data_fit_r_factor",
+                                           "median per-pattern R-factor of each /v1/reconstruct result",
+                                           ["model"], buckets=_R_FACTOR_BUCKETS, registry=self.registry)
+        self.data_fit_outliers = Histogram("ptychopinn_data_fit_outlier_fraction",
+                                           "fraction of a scan's patterns its result does not explain",
+                                           ["model"], buckets=_FRACTION_BUCKETS, registry=self.registry)
+        self.refine_iterations = Histogram("ptychopinn_refine_iterations", "refinement iterations run per request",
+                                           ["model"], buckets=_ITERATION_BUCKETS, registry=self.registry)
         self.queue_length = Gauge("ptychopinn_queue_length", "requests waiting in the batcher queue",
                                   ["model"], registry=self.registry)
 
@@ -47,6 +64,15 @@ class ServiceMetrics:
         self.execution_count.labels(self.model).inc()
         for seconds in queue_s:
             self.queue.labels(self.model).observe(seconds)
+
+    def observe_data_fit(self, data_fit: dict[str, Any] | None, n_patterns: int, iterations: int) -> None:
+        """One /v1/reconstruct result: its data-fit medians, outlier fraction and refinement iterations."""
+        self.refine_iterations.labels(self.model).observe(iterations)
+        if data_fit is None:
+            return
+        self.data_fit_nll.labels(self.model).observe(data_fit["nll_median"])
+        self.data_fit_r_factor.labels(self.model).observe(data_fit["r_factor_median"])
+        self.data_fit_outliers.labels(self.model).observe(data_fit["n_outliers"] / max(n_patterns, 1))
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         """One finished HTTP request."""

@@ -5,7 +5,8 @@ Request arrays: ``patterns`` (S, N, N) real, ``positions`` (S, 2) ``[x, y]`` obj
 ``options`` (a 0-d string array holding a JSON object, see
 :class:`~ptycho_torch.pipeline.ReconstructOptions`). Response arrays: ``amplitude``,
 ``phase``, ``coverage`` (H, W) float32, ``origin`` (2,) float64 ``[x0, y0]``, and ``metadata`` (a
-0-d JSON string: scale, policy, counts, timings, probe difference, scan report with warnings).
+0-d JSON string: scale, policy, counts, timings, probe difference, scan report with warnings,
+``data_fit`` and ``refinement``; see :class:`~ptycho_torch.pipeline.Reconstruction`).
 Nothing is ever unpickled, and the uncompressed size and every ``.npy`` header's declared shape are
 checked before any array is read.
 """
@@ -137,7 +138,8 @@ def encode_reconstruction(result: Reconstruction, extra: dict[str, Any] | None =
     metadata = {"scale": result.scale, "scale_policy": result.scale_policy, "n_patterns": result.n_patterns,
                 "n_groups": result.n_groups, "timings": result.timings,
                 "probe_difference": result.probe_difference, "scan_report": result.scan_report,
-                "pixel_size_m": result.pixel_size_m, **(extra or {})}
+                "pixel_size_m": result.pixel_size_m, "data_fit": result.data_fit, "refinement": result.refinement,
+                **(extra or {})}
     return encode_arrays({"amplitude": result.amplitude, "phase": result.phase, "coverage": result.coverage,
                       "origin": np.asarray(result.origin, np.float64), "metadata": np.array(json.dumps(metadata))},
                      compress=False)
@@ -154,5 +156,6 @@ def decode_reconstruction(body: bytes) -> tuple[Reconstruction, dict[str, Any]]:
         scale_policy=metadata["scale_policy"], n_patterns=metadata["n_patterns"], n_groups=metadata["n_groups"],
         timings=metadata["timings"], probe_difference=metadata["probe_difference"],
         scan_report=metadata.get("scan_report", {}), pixel_size_m=metadata.get("pixel_size_m"),
+        data_fit=metadata.get("data_fit"), refinement=metadata.get("refinement"),
     )
     return result, metadata

@@ -11,6 +11,10 @@ Three places the network can run, one output format:
   here, and the scan goes out as Open Inference Protocol requests of at most ``--chunk-size``
   groups (with a progress bar), so a scan of any size stays under the server's request limit.
 
+``--refine N`` adds N iterations of known-probe object refinement after the network (pipeline paths:
+a bundle or a server; the refinement runs in this process, numpy only), and the data fit of the
+result (per-pattern Poisson NLL, R-factor, outliers) is logged and kept in the CXI.
+
 A scan whose ``_metadata`` records ``pixel_size_m`` is checked against the model's training pixel
 size (:mod:`ptycho_torch.pixel_size`), and the products carry the pixel size.
 """
@@ -62,22 +66,35 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunk-size", type=int, default=256,
                         help="groups per request to --server (default 256: 4 MiB at N=64)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar for --server")
+    parser.add_argument("--refine", type=int, default=0, metavar="N",
+                        help="N iterations of known-probe object refinement after the network, with the scan's "
+                             "probe (--server or a bundle; default 0: the network's result as it is)")
+    parser.add_argument("--refine-algorithm", choices=("er", "rpie"), default="er",
+                        help="refinement update: 'er' (whole scan at once, default) or 'rpie' (mini-batches)")
+    parser.add_argument("--refine-start", choices=("network", "flat"), default="network",
+                        help="refine the network's object (default) or start from a flat object without the network")
     parser.add_argument("--token-file", type=Path, default=None, help="bearer token for --server (a file)")
     parser.add_argument("--timeout", type=float, default=300.0, help="HTTP timeout in seconds for --server")
 
 
 def run(args: argparse.Namespace) -> int:
     """Reconstruct the scan and write the outputs; returns 0."""
+    from ptycho_torch.errors import ConfigError
     from ptycho_torch.outputs import save_outputs
     from ptycho_torch.pixel_size import scan_pixel_size
 
+    pipeline = bool(args.server) or is_bundle(args.model)
+    if args.refine and not pipeline:
+        raise ConfigError("`--refine` needs a bundle (--model BUNDLE) or --server; a training archive or "
+                          "checkpoint runs without the refinement stage")
     scan = _load_scan(args)
     pixel_size_m = scan_pixel_size(scan.metadata)
-    if args.server or is_bundle(args.model):
+    if pipeline:
         run_pipeline = _reconstruct_remote if args.server else _reconstruct_with_bundle
         result, info = run_pipeline(args, scan, pixel_size_m)
         amplitude, phase, stitch = result.amplitude, result.phase, {"coverage": result.coverage, "origin": result.origin}
         logger.info("timings (s): %s", ", ".join(f"{stage} {seconds:.3f}" for stage, seconds in result.timings.items()))
+        _log_data_fit(result)
     else:
         amplitude, phase, stitch = _reconstruct_in_process(args, scan)
         info = _product_info(args, scan, model=str(args.model), pixel_size_m=pixel_size_m)
@@ -115,7 +132,17 @@ def _options(args: argparse.Namespace, pixel_size_m: float | None) -> Reconstruc
     from ptycho_torch.pipeline import ReconstructOptions
 
     return ReconstructOptions(scale_policy=args.scale_policy, stitch_M=args.stitch_m, seed=args.seed,
-                              pixel_size_m=pixel_size_m)
+                              pixel_size_m=pixel_size_m, refine_iterations=args.refine,
+                              refine_algorithm=args.refine_algorithm, refine_start=args.refine_start)
+
+
+def _log_data_fit(result: Reconstruction) -> None:
+    fit = result.data_fit
+    if fit is None:
+        return
+    logger.info("data fit: Poisson NLL per pixel median %.4g (p95 %.4g), R-factor median %.3f (p95 %.3f), "
+                "%d outlier patterns%s", fit["nll_median"], fit["nll_p95"], fit["r_factor_median"], fit["r_factor_p95"],
+                fit["n_outliers"], f" {fit['outliers'][:20]}" if fit["outliers"] else "")
 
 
 def _product_info(args: argparse.Namespace, scan: RawData, *, model: str, pixel_size_m: float | None,
@@ -124,10 +151,11 @@ def _product_info(args: argparse.Namespace, scan: RawData, *, model: str, pixel_
 
     from ptycho_torch.outputs import ProductInfo
 
-    extra = {} if result is None else {"scale": result.scale, "scale_policy": result.scale_policy}
+    extra = {} if result is None else {"scale": result.scale, "scale_policy": result.scale_policy,
+                                       "refine_iterations": (result.refinement or {}).get("iterations", 0)}
     return ProductInfo(pixel_size_m=pixel_size_m if result is None else result.pixel_size_m, probe=scan.probeGuess,
                        positions=np.column_stack([scan.xcoords, scan.ycoords]), model=model, model_version=version,
-                       source=str(args.data), extra=extra)
+                       source=str(args.data), extra=extra, data_fit=None if result is None else result.data_fit)
 
 
 def _reconstruct_with_bundle(args: argparse.Namespace, scan: RawData,

@@ -41,7 +41,7 @@ def test_an_explicit_scale_is_fed_to_the_network_unchanged(engine: Engine) -> No
     result = reconstruct(engine, patterns, positions, options=ReconstructOptions(scale=0.3, scale_policy="scan"))
     np.testing.assert_allclose(result.amplitude[result.coverage > 0], 0.8 * 0.3, rtol=1e-5)
     assert (result.scale, result.scale_policy) == (pytest.approx(0.3), "explicit")
-    assert set(result.timings) == {"validate", "scale", "group", "inference", "stitch", "total"}
+    assert set(result.timings) == {"validate", "scale", "group", "inference", "stitch", "data_fit", "refine", "total"}
 
 
 def test_counts_are_converted_to_amplitudes(engine: Engine) -> None:

@@ -165,3 +165,25 @@ def test_a_scan_at_another_pixel_size_than_the_bundle_is_a_one_line_error(tmp_pa
     assert code == 2
     assert "the scan's object pixel size 2e-08 m differs from the model's training pixel size 1e-08 m" in \
         capsys.readouterr().err
+
+
+def test_refine_keeps_the_data_fit_in_the_cxi(engine: Engine, held_out, tmp_path: Path) -> None:
+    import json
+
+    path, test = held_out
+    code = cli_main(["reconstruct", "--model", str(engine.bundle.root), "--data", str(path), "--refine", "3",
+                     "--out", str(tmp_path / "out")])
+    assert code == 0
+    with h5py.File(tmp_path / "out" / "reconstruction.cxi") as cxi:
+        fit = cxi["entry_1/process_1/data_fit"]
+        assert fit["nll"].shape == fit["r_factor"].shape == (len(test),)
+        assert float(fit["nll_median"][()]) == pytest.approx(np.median(fit["nll"][()]), rel=1e-5)
+        assert len(json.loads(fit["iterations"][()])) == 4  # the network's object and 3 iterations
+        assert int(cxi["entry_1/process_1/refine_iterations"][()]) == 3
+
+
+def test_refine_without_the_pipeline_is_a_one_line_error(tiny_scan: Path, tmp_path: Path, capsys) -> None:
+    code = cli_main(["reconstruct", "--model", str(tmp_path / "run"), "--data", str(tiny_scan), "--refine", "3",
+                     "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "`--refine` needs a bundle (--model BUNDLE) or --server" in capsys.readouterr().err

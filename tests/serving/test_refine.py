@@ -1,0 +1,178 @@
+"""Data fit on every /v1/reconstruct result and the refinement options, in process and over HTTP.
+
+The oracle network (``amplitude = diffraction * scale``) knows nothing about objects, which makes it a
+fair stand-in for a poor model: the data fit must say so, and refinement must recover the object.
+"""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import numpy as np
+import pytest
+
+from ptycho_torch.errors import InvalidInput
+from ptycho_torch.grouping import extract_patches
+from ptycho_torch.metrics import evaluate_reconstruction
+from ptycho_torch.pipeline import ReconstructOptions, reconstruct, reconstruct_steps
+from ptycho_torch.simulation import default_probe, make_object, simulate_scan
+from serving.app import create_app
+from serving.client import Client
+from serving.engine import Engine
+from serving.errors import InvalidRequest
+from serving.npz_wire import encode_reconstruct_request
+
+N = 32
+SIZE = 80
+CORRUPTED = [7, 50, 91]
+
+
+@pytest.fixture(scope="module")
+def scan():
+    rng = np.random.default_rng(0)
+    obj = make_object("grf", SIZE, rng)
+    centres = np.arange(N / 2, SIZE - N / 2 - 1, 3.0)
+    x, y = (v.ravel() for v in np.meshgrid(centres, centres))
+    raw = simulate_scan(obj, default_probe(N), x, y, nphotons=1e5, seed=1)
+    return raw.diff3d, np.column_stack([raw.xcoords, raw.ycoords]), raw.probeGuess, obj
+
+
+def _ssim(result, obj) -> tuple[float, float]:
+    """SSIM of the fully covered part of a result against the truth (positions shared: no registration)."""
+    rows, cols = np.nonzero(result.coverage >= 1)
+    x0, y0 = (int(v) for v in result.origin)
+    window = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+    truth = obj[rows.min() - y0:rows.max() + 1 - y0, cols.min() - x0:cols.max() + 1 - x0]
+    image = result.amplitude[window] * np.exp(1j * result.phase[window])
+    return evaluate_reconstruction(image, truth, register_first=False)["ssim"]
+
+
+def test_every_result_carries_its_data_fit(engine: Engine, scan) -> None:
+    patterns, positions, probe, _ = scan
+    without = reconstruct(engine, patterns, positions)
+    given = reconstruct(engine, patterns, positions, probe=probe)
+    for result, source in ((without, "model"), (given, "request")):
+        fit = result.data_fit
+        assert fit["probe"] == source and len(fit["nll"]) == len(fit["r_factor"]) == len(patterns)
+        assert fit["nll_median"] == pytest.approx(np.median(fit["nll"]), rel=1e-5)
+        assert fit["r_factor_p95"] >= fit["r_factor_median"] > 0
+        assert [entry["nll_median"] for entry in fit["iterations"]] == [fit["nll_median"]]
+        assert result.refinement is None and result.timings["data_fit"] > 0 and result.timings["refine"] == 0
+    # the oracle's object is not the measured one: with the true probe the fit is far from the noise floor
+    assert given.data_fit["r_factor_median"] > 0.3
+
+
+def test_refinement_from_flat_recovers_the_object_the_network_missed(engine: Engine, scan) -> None:
+    patterns, positions, probe, obj = scan
+    network = reconstruct(engine, patterns, positions, probe=probe)
+    refined = reconstruct(engine, patterns, positions, probe=probe,
+                          options=ReconstructOptions(refine_iterations=20, refine_start="flat"))
+    amplitude, phase = _ssim(refined, obj)
+    before = _ssim(network, obj)
+    assert amplitude >= 0.9 and phase >= 0.9 and max(before) < 0.5, (amplitude, phase, before)
+    assert refined.amplitude.shape == network.amplitude.shape and refined.origin == network.origin
+    np.testing.assert_array_equal(refined.coverage, network.coverage)
+    history = refined.data_fit["iterations"]
+    assert len(history) == 21 and history[-1]["nll_median"] < 0.9 * network.data_fit["nll_median"]
+    assert refined.data_fit["r_factor_median"] < 0.3 < network.data_fit["r_factor_median"]
+    assert refined.refinement == {"iterations": 20, "algorithm": "er", "start": "flat", "stopped": None,
+                                  "peak_bytes": refined.refinement["peak_bytes"]}
+    assert 0 < refined.refinement["peak_bytes"] < 256 << 20 and refined.timings["refine"] > 0
+    assert refined.timings["inference"] < network.timings["inference"]
+
+
+class _GoodNetwork:
+    """A runner whose 'network' returns the true object patches with some phase noise: a good model."""
+
+    def __init__(self, engine: Engine, obj: np.ndarray, positions: np.ndarray) -> None:
+        self.model = engine.model
+        patches = extract_patches(obj, positions[:, 0], positions[:, 1], N)
+        noisy = patches * np.exp(0.2j * np.random.default_rng(3).standard_normal(patches.shape))
+        self.outputs = (np.abs(noisy)[:, None].astype(np.float32), np.angle(noisy)[:, None].astype(np.float32))
+
+    def infer(self, diffraction: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.outputs
+
+
+@pytest.mark.parametrize("algorithm", ["er", "rpie"])
+def test_a_good_network_start_is_ahead_of_a_flat_one(engine: Engine, scan, algorithm: str) -> None:
+    patterns, positions, probe, obj = scan
+    runner = _GoodNetwork(engine, obj, positions)
+    scores = {start: _ssim(reconstruct(runner, patterns, positions, probe=probe, options=ReconstructOptions(
+        refine_iterations=3, refine_start=start, refine_algorithm=algorithm)), obj) for start in ("network", "flat")}
+    assert min(scores["network"]) >= 0.9 and scores["network"][0] > scores["flat"][0] + 0.1, scores
+
+
+def test_a_flat_start_never_runs_the_network(engine: Engine, scan) -> None:
+    patterns, positions, probe, _ = scan
+
+    class NoNetwork:
+        model = engine.model
+
+        def infer(self, *_):
+            raise AssertionError("the network ran")
+
+    result = reconstruct(NoNetwork(), patterns, positions, probe=probe,
+                         options=ReconstructOptions(refine_iterations=2, refine_start="flat"))
+    assert result.refinement["iterations"] == 2
+
+
+def test_steps_come_one_per_iteration_and_stop_when_closed(engine: Engine, scan) -> None:
+    patterns, positions, probe, _ = scan
+    steps = reconstruct_steps(engine, patterns, positions, probe=probe,
+                              options=ReconstructOptions(refine_iterations=30))
+    first, second = next(steps), next(steps)
+    steps.close()
+    assert (first.refinement["iterations"], second.refinement["iterations"]) == (0, 1)
+    assert first.data_fit is not None and second.data_fit is None  # measured by the next pass
+    timed = reconstruct(engine, patterns, positions, probe=probe,
+                        options=ReconstructOptions(refine_iterations=1000, refine_time_limit_s=0.3))
+    assert timed.refinement["iterations"] < 1000 and "time limit" in timed.refinement["stopped"]
+    assert len(timed.data_fit["iterations"]) == timed.refinement["iterations"] + 1
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"refine_iterations": 5000}, "`refine_iterations` must be at most 1000"),
+    ({"refine_iterations": -1}, "`refine_iterations` must be a non-negative integer"),
+    ({"refine_iterations": 5, "refine_algorithm": "dm"}, r"`refine_algorithm` must be one of \['er', 'rpie'\]"),
+    ({"refine_iterations": 5, "refine_start": "truth"}, "`refine_start` must be 'network' or 'flat'"),
+    ({"refine_start": "flat"}, "`refine_start` 'flat' needs `refine_iterations` >= 1"),
+    ({"refine_iterations": 5, "refine_time_limit_s": 0}, "`refine_time_limit_s` must be a positive number"),
+])
+def test_bad_refine_options_are_refused(options: dict, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        ReconstructOptions.from_mapping(options)
+
+
+def test_over_http_corrupted_frames_are_exactly_the_outliers_and_metrics_count_them(engine: Engine, serve,
+                                                                                     scan) -> None:
+    patterns, positions, probe, obj = scan
+    patterns = patterns.copy()
+    patterns[CORRUPTED[0]] = patterns[CORRUPTED[0]][::-1]  # a frame from somewhere else (flipped)
+    patterns[CORRUPTED[1], : N // 2] = 0  # half the detector dropped out
+    patterns[CORRUPTED[2]] *= 2.5  # a beam-intensity spike
+    server = serve(create_app(engine))
+    with Client(server.url) as client:
+        result = client.reconstruct(patterns, positions, probe=probe,
+                                    options={"refine_iterations": 20, "refine_start": "flat"})
+        with pytest.raises(InvalidRequest, match="`refine_iterations` must be at most 1000"):
+            client.reconstruct(patterns, positions, options={"refine_iterations": 1001})
+    assert result.data_fit["outliers"] == CORRUPTED
+    assert result.data_fit["n_outliers"] == 3 and result.refinement["iterations"] == 20
+    assert min(_ssim(result, obj)) > 0.8  # the corrupted frames pull the object only a little
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert re.search(r'^ptychopinn_data_fit_nll_count\{model="oracle"\} 1\.0$', metrics, re.M)
+    assert re.search(r'^ptychopinn_refine_iterations_sum\{model="oracle"\} 20\.0$', metrics, re.M)
+    fraction = re.search(r'^ptychopinn_data_fit_outlier_fraction_sum\{model="oracle"\} (\S+)$', metrics, re.M)
+    assert float(fraction.group(1)) == pytest.approx(3 / len(patterns))
+
+
+def test_a_request_without_options_still_gets_the_data_fit_over_http(engine: Engine, serve, scan) -> None:
+    patterns, positions, probe, _ = scan
+    server = serve(create_app(engine))
+    response = httpx.post(f"{server.url}/v1/reconstruct", content=encode_reconstruct_request(patterns, positions))
+    assert response.status_code == 200
+    with Client(server.url) as client:
+        result = client.reconstruct(patterns, positions)
+    assert result.data_fit["probe"] == "model" and len(result.data_fit["nll"]) == len(patterns)
