@@ -20,20 +20,23 @@ positions are passed through unchanged.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 from ptychodus.api.object import Object
 from ptychodus.api.preprocess.diffraction import inpaint_bad_pixels
-from ptychodus.api.product import Product
-from ptychodus.api.reconstruct import ReconstructInput
+from ptychodus.api.product import LossValue, Product
+from ptychodus.api.reconstruct import ReconstructInput, ReconstructOutput
 
 from ptycho_torch.data import RawData, counts_to_amplitude
 from ptycho_torch.errors import ConfigError, DataContractError
 from ptycho_torch.pixel_size import METADATA_KEY as PIXEL_SIZE_KEY, check_pixel_size
+from ptycho_torch.refinement import RefineSettings, refine_stitched
 
-__all__ = ["ObjectGrid", "Scan", "check_model_geometry", "raw_data_from_input", "scan_from_input"]
+__all__ = ["ObjectGrid", "Scan", "check_model_geometry", "raw_data_from_input", "refine_outputs",
+           "scan_from_input"]
 
 log = logging.getLogger(__name__)
 
@@ -182,22 +185,48 @@ class ObjectGrid:
         self._weighted[r0:r1, c0:c1] += weight * amplitude[inside] * np.exp(1j * phase[inside])
         self._coverage[r0:r1, c0:c1] += weight
 
-    def product(self) -> Product:
-        """The input product with its object replaced (same grid, pixel size and centre); metadata,
-        probe and positions unchanged."""
+    def canvas(self) -> tuple[npt.NDArray[np.complex128], npt.NDArray[np.float64]]:
+        """The merged object on the grid (0 where uncovered) and its coverage."""
+        array = np.zeros(self.shape, np.complex128)
+        np.divide(self._weighted, self._coverage, out=array, where=self._coverage > MIN_COVERAGE)
+        return array, self._coverage
+
+    def product(self, array: npt.NDArray[np.complexfloating] | None = None,
+                losses: list[LossValue] | None = None) -> Product:
+        """The input product with its object replaced by the merged results, or by ``array`` (same
+        grid, pixel size and centre), and ``losses``; metadata, probe and positions unchanged."""
         product = self._parameters.product
         obj = product.object_
         if obj.num_layers > 1:
             log.warning("the input object has %d layers; PtychoPINN reconstructs one thin layer", obj.num_layers)
-        array = np.zeros(self.shape, dtype=obj.get_array().dtype)
-        np.divide(self._weighted, self._coverage, out=array, where=self._coverage > MIN_COVERAGE, casting="unsafe")
+        merged = self.canvas()[0] if array is None else array
         return Product(
             metadata=product.metadata,
             probe_positions=product.probe_positions,
             probes=product.probes,
-            object_=Object(array, obj.get_pixel_geometry(), obj.get_center()),
-            losses=[],
+            object_=Object(merged.astype(obj.get_array().dtype), obj.get_pixel_geometry(), obj.get_center()),
+            losses=losses or [],
         )
+
+
+def refine_outputs(grid: ObjectGrid, scan: Scan, settings: RefineSettings, *, start: str, progress: int
+                   ) -> Iterator[ReconstructOutput]:
+    """Refine the grid's object (or a flat one) against the scan with its probe, in this process; one
+    output per iteration (progress ``progress + iteration``) whose losses are the median Poisson NLL
+    per pixel after each iteration (Ptychodus plots them). Closing the generator stops it."""
+    canvas, coverage = grid.canvas()
+    states = refine_stitched(scan.amplitudes, scan.positions, scan.probe, canvas, coverage, (0.0, 0.0), settings,
+                             start=start)  # type: ignore[arg-type]
+    for step in states:
+        state = step.state
+        if state.iteration == 0:
+            continue
+        losses = [LossValue(epoch=i, value=entry["nll_median"]) for i, entry in enumerate(state.history)]
+        log.info("refinement iteration %d/%d: median NLL %.4g", state.iteration, settings.iterations,
+                 state.history[-1]["nll_median"])
+        yield ReconstructOutput(grid.product(step.canvas, losses), progress=progress + state.iteration)
+        if state.stopped:
+            log.warning("refinement stopped: %s", state.stopped)
 
 
 def raw_data_from_input(parameters: ReconstructInput) -> RawData:

@@ -11,6 +11,10 @@ runs through the same :func:`ptycho_torch.pipeline.reconstruct` as the ONNX reco
 model batches sent to the server's Open Inference Protocol ``infer`` endpoint and the same explicit
 scale; chunks are merged on the object grid by their coverage weights and neighbour groups are drawn
 within a chunk. After every chunk the object so far is yielded, so Ptychodus can stop between chunks.
+
+With ``RefineIterations`` > 0 the object is then refined against the scan with its probe in this
+process (numpy, :func:`~serving.ptychodus.adapter.refine_outputs`), one progress step and one chance
+to stop per iteration; ``RefineStart`` flat skips the server altogether.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from ptycho_torch.errors import ConfigError
 from ptycho_torch.pipeline import ReconstructOptions, network_scale, reconstruct
 from serving.client import Client, LiveSession, RemoteRunner, ServedModel, ServerUnreachable
 from serving.errors import ModelNotFound, ServingError
-from serving.ptychodus.adapter import ObjectGrid, Scan, check_model_geometry, scan_from_input
+from serving.ptychodus.adapter import ObjectGrid, Scan, check_model_geometry, refine_outputs, scan_from_input
 from serving.ptychodus.settings import GROUP, PtychoPINNServeSettings
 
 __all__ = ["HttpReconstructor"]
@@ -47,7 +51,7 @@ class HttpReconstructor(Reconstructor):
         return "HTTP"
 
     def get_progress_goal(self) -> int:
-        return self._chunks
+        return self._chunks + int(self._settings.refine_iterations.get_value())
 
     def _client(self) -> tuple[Client, str]:
         url = self._settings.server_url.get_value().strip()
@@ -72,6 +76,15 @@ class HttpReconstructor(Reconstructor):
 
     def reconstruct(self, parameters: ReconstructInput) -> Iterator[ReconstructOutput]:
         scan = scan_from_input(parameters)
+        refine, start = self._settings.refine_settings(), self._settings.start()
+        grid = ObjectGrid(parameters)
+        if refine is None or start == "network":
+            grid = yield from self._network(parameters, scan)
+        if refine is not None:
+            yield from refine_outputs(grid, scan, refine, start=start, progress=self._chunks)
+
+    def _network(self, parameters: ReconstructInput, scan: Scan) -> Iterator[ReconstructOutput]:
+        """The network's object, chunk by chunk; returns the final :class:`ObjectGrid`."""
         client, url = self._client()
         with client:
             name = self._settings.server_model.get_value().strip()
@@ -80,8 +93,7 @@ class HttpReconstructor(Reconstructor):
                                  pixel_size_m=model.pixel_size_m)
             scale = network_scale(scan.amplitudes, self._settings.policy(), model.training_scale)
             if model.gridsize == 1:
-                yield from self._stream(client, name, scan, scale, parameters)
-                return
+                return (yield from self._stream(client, name, scan, scale, parameters))
             runner = RemoteRunner(model, client)
             options = ReconstructOptions(scale=scale)  # the whole scan's, the same for every chunk
             size = self._settings.chunk_size.get_value()
@@ -95,10 +107,12 @@ class HttpReconstructor(Reconstructor):
                 log.info("chunk %d/%d: %d patterns in %.2f s", k, self._chunks, result.n_patterns,
                          result.timings["total"])
                 yield ReconstructOutput(grid.product(), progress=k)
+        return grid
 
     def _stream(self, client: Client, name: str, scan: Scan, scale: float,
                 parameters: ReconstructInput) -> Iterator[ReconstructOutput]:
-        """Send the scan chunk by chunk into a live session; yield the object after each chunk."""
+        """Send the scan chunk by chunk into a live session; yield the object after each chunk and
+        return the last :class:`ObjectGrid`."""
         S = len(scan.amplitudes)
         size = self._settings.chunk_size.get_value()
         starts = range(0, S, size)
@@ -120,6 +134,7 @@ class HttpReconstructor(Reconstructor):
                 yield ReconstructOutput(grid.product(), progress=k)
             live.close()
             finished = True
+            return grid
         finally:
             if not finished:  # Stop (the generator was closed) or an error: drop the server's work now
                 with contextlib.suppress(ServingError, ServerUnreachable):

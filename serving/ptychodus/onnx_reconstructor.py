@@ -14,13 +14,21 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from ptychodus.api.product import LossValue
 from ptychodus.api.reconstruct import ReconstructInput, ReconstructOutput, TrainableReconstructor, TrainOutput
 
 from ptycho_torch.errors import ConfigError
 from ptycho_torch.bundle import Bundle, load_bundle
 from serving.engine import Engine
 from ptycho_torch.pipeline import ReconstructOptions, reconstruct
-from serving.ptychodus.adapter import ObjectGrid, check_model_geometry, raw_data_from_input, scan_from_input
+from serving.ptychodus.adapter import (
+    ObjectGrid,
+    Scan,
+    check_model_geometry,
+    raw_data_from_input,
+    refine_outputs,
+    scan_from_input,
+)
 from serving.ptychodus.settings import BUNDLE_FILE_FILTER, GROUP, PtychoPINNServeSettings, bundle_location
 from serving.ptychodus.training import train_bundle
 
@@ -42,7 +50,7 @@ class OnnxReconstructor(TrainableReconstructor):
         return "ONNX"
 
     def get_progress_goal(self) -> int:
-        return 1
+        return 1 + int(self._settings.refine_iterations.get_value())
 
     def _bundle_path(self) -> Path:
         path = self._settings.bundle()
@@ -65,9 +73,20 @@ class OnnxReconstructor(TrainableReconstructor):
         return self._engine
 
     def reconstruct(self, parameters: ReconstructInput) -> Iterator[ReconstructOutput]:
+        """The network's object (progress 1), then with ``RefineIterations`` > 0 one refined object per
+        iteration (``RefineStart`` flat skips the network)."""
+        scan = scan_from_input(parameters)
+        refine, start = self._settings.refine_settings(), self._settings.start()
+        grid = ObjectGrid(parameters)
+        if refine is None or start == "network":
+            yield self._network(scan, grid)
+        if refine is not None:
+            yield from refine_outputs(grid, scan, refine, start=start, progress=1)
+
+    def _network(self, scan: Scan, grid: ObjectGrid) -> ReconstructOutput:
+        """The network's object on ``grid``, its data fit (median NLL) as the loss of iteration 0."""
         engine = self.engine()
         bundle: Bundle = engine.bundle
-        scan = scan_from_input(parameters)
         check_model_geometry(scan, N=bundle.N, gridsize=bundle.gridsize, model=f"{bundle.name} v{bundle.version}",
                              pixel_size_m=bundle.pixel_size_m)
         options = ReconstructOptions(scale_policy=self._settings.policy())  # type: ignore[arg-type]
@@ -75,9 +94,10 @@ class OnnxReconstructor(TrainableReconstructor):
         log.info("reconstructed %d patterns in %.2f s (scale %.4g, %s policy, probe differs from the training "
                  "probe by %.0f%%)", result.n_patterns, result.timings["total"], result.scale, result.scale_policy,
                  100 * (result.probe_difference or 0.0))
-        grid = ObjectGrid(parameters)
         grid.add(result.amplitude, result.phase, result.coverage, result.origin)
-        yield ReconstructOutput(grid.product(), progress=1)
+        fit = result.data_fit
+        return ReconstructOutput(grid.product(losses=[LossValue(epoch=0, value=fit["nll_median"])] if fit else None),
+                                 progress=1)
 
     # --- trainable -------------------------------------------------------------------------------
 

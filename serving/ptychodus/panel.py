@@ -12,7 +12,8 @@ from ptychodus.controller.processing import ReconstructorViewControllerFactory
 from PyQt5.QtWidgets import QWidget
 
 from serving.ptychodus.library import LIBRARY_NAME, PtychoPINNServeLibrary
-from serving.ptychodus.settings import BUNDLE_FILE_FILTER, SCALE_POLICIES
+from ptycho_torch.refinement import ALGORITHMS
+from serving.ptychodus.settings import BUNDLE_FILE_FILTER, REFINE_STARTS, SCALE_POLICIES
 
 __all__ = ["PtychoPINNServeViewControllerFactory"]
 
@@ -59,4 +60,12 @@ class PtychoPINNServeViewControllerFactory(ReconstructorViewControllerFactory):
             builder.add_spin_box(settings.train_gridsize, "Grid Size:", group=training)
         builder.add_combo_box(settings.scale_policy, SCALE_POLICIES, "Scale Policy:", tool_tip=SCALE_TIP,
                               group="Normalisation")
+        refinement = "Physics Refinement"
+        builder.add_spin_box(settings.refine_iterations, "Iterations:", group=refinement,
+                             tool_tip="known-probe refinement after the network, with the scan's probe (0: none); "
+                                      "the data fit per iteration is shown as the losses")
+        builder.add_combo_box(settings.refine_algorithm, ALGORITHMS, "Algorithm:", group=refinement,
+                              tool_tip="er: whole scan per update (fast); rpie: mini-batches")
+        builder.add_combo_box(settings.refine_start, REFINE_STARTS, "Start:", group=refinement,
+                              tool_tip="network: refine the network's object; flat: skip the network")
         return builder.build_widget()

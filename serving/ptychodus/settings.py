@@ -7,12 +7,16 @@ from pathlib import Path
 from ptychodus.api.settings import SettingsRegistry
 
 from ptycho_torch.errors import ConfigError
+from ptycho_torch.pipeline import MAX_REFINE_ITERATIONS
+from ptycho_torch.refinement import ALGORITHMS, RefineSettings
 from serving.cli import DEFAULT_BUNDLE
 
-__all__ = ["BUNDLE_FILE_FILTER", "GROUP", "SCALE_POLICIES", "PtychoPINNServeSettings", "bundle_location"]
+__all__ = ["BUNDLE_FILE_FILTER", "GROUP", "REFINE_STARTS", "SCALE_POLICIES", "PtychoPINNServeSettings",
+           "bundle_location"]
 
 GROUP = "PtychoPINNServe"
 SCALE_POLICIES = ("scan", "bundle")
+REFINE_STARTS = ("network", "flat")
 MANIFEST = "manifest.json"
 BUNDLE_FILE_FILTER = f"PtychoPINN bundle: a .zip, or a bundle folder's {MANIFEST} (*.zip {MANIFEST})"
 """File-dialog filter for Load Model and the bundle chooser: a file dialog cannot pick a folder, so a
@@ -48,10 +52,38 @@ class PtychoPINNServeSettings:
         self.timeout_s = group.create_real_parameter("TimeoutSeconds", 60.0, minimum=0.1)
         self.chunk_size = group.create_integer_parameter("ChunkSize", 256, minimum=1)
         """Patterns per request; one progress step (and one chance to stop) per chunk."""
+        # physics refinement after the network (both reconstructors; runs in this process, numpy only)
+        self.refine_iterations = group.create_integer_parameter("RefineIterations", 0, minimum=0,
+                                                                maximum=MAX_REFINE_ITERATIONS)
+        """Known-probe refinement iterations against the measured patterns after the network (0: none);
+        one progress step and one chance to stop per iteration, the data fit shown as the losses."""
+        self.refine_algorithm = group.create_string_parameter("RefineAlgorithm", "er")
+        """``er`` (whole scan per update) or ``rpie`` (mini-batches)."""
+        self.refine_start = group.create_string_parameter("RefineStart", "network")
+        """``network`` (refine the network's object) or ``flat`` (skip the network: a scan it was not trained for)."""
         # training (ONNX reconstructor's Train button / `ptychodus -b train`)
         self.train_epochs = group.create_integer_parameter("TrainEpochs", 20, minimum=1)
         self.train_batch_size = group.create_integer_parameter("TrainBatchSize", 16, minimum=1)
         self.train_gridsize = group.create_integer_parameter("TrainGridSize", 1, minimum=1, maximum=4)
+
+    def refine_settings(self) -> RefineSettings | None:
+        """The refinement to run (None: ``RefineIterations`` is 0); raises :class:`ConfigError` on a bad
+        algorithm or start."""
+        iterations = int(self.refine_iterations.get_value())
+        algorithm = self.refine_algorithm.get_value().strip().casefold()
+        if algorithm not in ALGORITHMS:
+            raise ConfigError(f"`[{GROUP}] RefineAlgorithm` must be one of {list(ALGORITHMS)}, got {algorithm!r}")
+        if self.start() == "flat" and iterations == 0:
+            raise ConfigError(f"`[{GROUP}] RefineStart` flat needs `RefineIterations` >= 1; set e.g. 20")
+        return RefineSettings(iterations=iterations, algorithm=algorithm) if iterations else None  # type: ignore[arg-type]
+
+    def start(self) -> str:
+        """``network`` or ``flat``; raises :class:`ConfigError` otherwise."""
+        value = self.refine_start.get_value().strip().casefold()
+        if value not in REFINE_STARTS:
+            raise ConfigError(f"`[{GROUP}] RefineStart` must be network or flat, got {value!r}; flat skips the "
+                              "network and refines from a flat object")
+        return value
 
     def bundle(self) -> Path | None:
         """The configured bundle (``.zip`` or folder), or None when set to nothing."""

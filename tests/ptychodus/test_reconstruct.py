@@ -129,3 +129,55 @@ def test_a_product_at_another_pixel_size_than_the_models_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"object pixel size 1e-08 m differs from model m's training pixel size "
                                           r"2e-08 m \(ratio 0.500\)"):
         check_model_geometry(scan, N=N, gridsize=1, model="m", pixel_size_m=20e-9)
+
+
+def test_refinement_iterations_are_progress_steps_with_the_data_fit_as_losses(
+        oracle: OracleScan, oracle_zip: Path, settings: PtychoPINNServeSettings) -> None:
+    parameters = prepare_reconstruct_input(oracle.data, oracle.product)
+    settings.bundle_path.set_value(oracle_zip)
+    settings.refine_iterations.set_value(4)
+    reconstructor = OnnxReconstructor(settings)
+    assert reconstructor.get_progress_goal() == 5
+    outputs = list(reconstructor.reconstruct(parameters))
+    assert [o.progress for o in outputs] == [1, 2, 3, 4, 5]
+    _check_oracle(outputs[0].product.object_.get_layer(0), oracle)  # the network's object comes first
+    losses = [[loss.value for loss in o.product.losses] for o in outputs]
+    assert [len(values) for values in losses] == [1, 1, 2, 3, 5]  # the network's fit, then one per iteration
+    assert losses[-1][-1] < 0.5 * losses[-1][0]  # refinement explains the patterns far better
+    refined = outputs[-1].product.object_
+    assert refined.get_geometry() == oracle.product.object_.get_geometry()
+    assert not np.allclose(refined.get_layer(0), outputs[0].product.object_.get_layer(0))
+
+    steps = reconstructor.reconstruct(parameters)
+    assert [next(steps).progress, next(steps).progress] == [1, 2]
+    steps.close()  # Stop between iterations
+    assert next(steps, None) is None
+
+
+def test_http_refines_after_the_chunks_and_a_flat_start_skips_the_server(
+        oracle: OracleScan, oracle_server, settings: PtychoPINNServeSettings) -> None:
+    parameters = prepare_reconstruct_input(oracle.data, oracle.product)
+    settings.server_url.set_value(oracle_server.url)
+    settings.server_model.set_value("oracle")
+    settings.api_token.set_value("s3cret")
+    settings.chunk_size.set_value(10)
+    settings.refine_iterations.set_value(2)
+    reconstructor = HttpReconstructor(settings)
+    assert [o.progress for o in reconstructor.reconstruct(parameters)] == [1, 2, 3, 4, 5, 6]
+    settings.refine_start.set_value("flat")
+    settings.server_url.set_value("http://127.0.0.1:9")  # nothing listens: a flat start never calls the server
+    assert [o.progress for o in HttpReconstructor(settings).reconstruct(parameters)] == [2, 3]
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("refine_algorithm", "dm", r"`\[PtychoPINNServe\] RefineAlgorithm` must be one of \['er', 'rpie'\]"),
+    ("refine_start", "truth", r"`\[PtychoPINNServe\] RefineStart` must be network or flat"),
+])
+def test_bad_refinement_settings_are_one_line_errors(settings: PtychoPINNServeSettings, name: str, value: str,
+                                                     message: str) -> None:
+    from ptycho_torch.errors import ConfigError
+
+    settings.refine_iterations.set_value(3)
+    getattr(settings, name).set_value(value)
+    with pytest.raises(ConfigError, match=message):
+        settings.refine_settings()
