@@ -28,7 +28,9 @@ from ptycho_torch.pixel_size import check_pixel_size, scan_pixel_size, valid_pix
 from ptycho_torch.bundle import (
     BATCH_DIM, INPUT_NAMES, MANIFEST_FILE, NORMALIZATION_RULE, ONNX_FILE, OUTPUT_NAMES, PARAMS_FILE, PROBE_FILE,
     TORCHSCRIPT_FILE, Bundle, Manifest, Normalization, Provenance, TensorSpec, TrainingRecord, load_bundle,
+    sign_bundle,
 )
+from ptycho_torch.bundle.signing import read_key
 from ptycho_torch.checksums import sha256_file
 
 FP16_FILE = "model.fp16.onnx"
@@ -51,6 +53,8 @@ class ExportOptions:
     """Central crop used when stitching (None: min(20, N/2))."""
     pixel_size_m: float | None = None
     """Object pixel size of the training data in metres, recorded in the manifest (None: unknown)."""
+    sign_key: Path | None = None
+    """Ed25519 private key (PEM) to sign the bundle with (None: unsigned)."""
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "-_" for c in self.name):
@@ -61,6 +65,8 @@ class ExportOptions:
             valid_pixel_size(self.pixel_size_m, what="`--pixel-size-m`")
         except DataContractError as error:
             raise ExportError(str(error)) from None
+        if self.sign_key is not None:
+            read_key(self.sign_key, "private")  # a bad key fails before the export, not after
 
 
 def _tensor_specs(config: ModelConfig) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
@@ -137,6 +143,8 @@ def export_bundle(generator: torch.nn.Module, out: Path, *, hparams: dict[str, A
         training=training,
     )
     (out / MANIFEST_FILE).write_text(manifest.to_json())
+    if options.sign_key is not None:
+        sign_bundle(out, options.sign_key)
     if options.zip:
         write_zip(out, out.with_suffix(".zip"))
     return load_bundle(out)

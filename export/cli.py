@@ -19,6 +19,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, default=None,
                         help="scan whose patterns verify the graphs (default: the checkpoint's training scan)")
     parser.add_argument("--max-batch-size", type=int, default=256, help="Triton max_batch_size; default 256")
+    parser.add_argument("--sign", type=Path, default=None, metavar="KEY",
+                        help="sign the bundle with this Ed25519 private key (from `ptychopinn keygen`): servers "
+                             "given the public key (--trusted-key) refuse unsigned or changed bundles")
     parser.add_argument("--pixel-size-m", type=float, default=None,
                         help="object pixel size of the training data in metres, recorded in the manifest and "
                              "checked against every scan reconstructed (default: the training scan's "
@@ -31,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     from ptycho_torch.bundle import summarize
 
     options = ExportOptions(name=args.name, version=args.version, opset=args.opset, fp16=args.fp16, zip=args.zip,
-                            max_batch_size=args.max_batch_size, pixel_size_m=args.pixel_size_m)
+                            max_batch_size=args.max_batch_size, pixel_size_m=args.pixel_size_m,
+                            sign_key=args.sign)
     bundle = export_checkpoint(args.checkpoint, args.out, data=args.data, options=options)
     print(summarize(bundle))
     if args.zip:

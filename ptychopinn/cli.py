@@ -31,6 +31,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training.cli", "train PtychoPINN with Lightning and write checkpoints"),
     "export": ("export.cli", "export a checkpoint to an ONNX/TorchScript bundle"),
     "serve": ("serving.cli", "serve a bundle over HTTP (Open Inference Protocol + /v1/reconstruct)"),
+    "keygen": ("ptychopinn.commands.keygen", "make an Ed25519 key pair for signing bundles"),
+    "sign": ("ptychopinn.commands.sign", "sign a bundle folder so servers given the public key accept it"),
     "reconstruct": ("ptychopinn.commands.reconstruct", "reconstruct a scan in-process or via a server"),
     "replay": ("serving.replay", "stream a recorded scan into a live session as a detector would, and measure it"),
     "pva-source": ("serving.pva_command", "feed a live session from EPICS PV Access detector and position channels"),

@@ -73,6 +73,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-pending-frames", type=int, default=16384,
                         help="frames held by live sessions and not yet stitched, all sessions together; a message "
                              "that would pass it gets 503 + Retry-After (default 16384)")
+    parser.add_argument("--trusted-key", type=Path, action="append", default=None, metavar="PUBLIC_KEY",
+                        help="accept only bundles signed by this Ed25519 public key (`ptychopinn keygen`; "
+                             "repeat for several; default: the keys in $PTYCHOPINN_TRUSTED_KEYS, else any bundle)")
     parser.add_argument("--session-idle-s", type=float, default=900.0,
                         help="close a live session after this many seconds without requests (default 900)")
 
@@ -95,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, flag) <= 0:
             raise ConfigError(f"`--{flag.replace('_', '-')}` must be positive, got {getattr(args, flag)}")
     token = read_token_file(args.token_file) if args.token_file is not None else None
+    require_signatures(args.trusted_key)
     providers = [p.strip() for p in args.providers.split(",") if p.strip()] if args.providers else None
     engine = Engine(load_bundle(bundle_path), providers=providers, max_batch_size=args.max_batch_size,
                     intra_op_threads=args.intra_op_threads)
@@ -117,6 +121,21 @@ def run(args: argparse.Namespace) -> int:
     exit_on_stop_signals()
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)
     return 0
+
+
+def require_signatures(keys: list[Path] | None) -> None:
+    """With ``--trusted-key``, every bundle this process loads (the served one, and any loaded later)
+    must be signed by one of ``keys``: they go into ``$PTYCHOPINN_TRUSTED_KEYS``, which
+    :func:`~ptycho_torch.bundle.load_bundle` reads. A key that cannot be read fails here, in one line."""
+    import os
+
+    from ptycho_torch.bundle.signing import TRUSTED_KEYS_ENV, load_public_keys, trusted_keys_from_env
+
+    if keys:
+        os.environ[TRUSTED_KEYS_ENV] = os.pathsep.join(str(Path(k).resolve()) for k in keys)
+    trusted = load_public_keys(trusted_keys_from_env())
+    if trusted:
+        log.info("accepting only bundles signed by trusted key ids %s", sorted(trusted))
 
 
 def exit_on_stop_signals() -> None:

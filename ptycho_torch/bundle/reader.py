@@ -17,6 +17,7 @@ import shutil
 import tempfile
 import weakref
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Final
@@ -24,6 +25,7 @@ from typing import Any, Final
 import numpy as np
 
 from ptycho_torch.bundle.runtime import check_runtime
+from ptycho_torch.bundle.signing import SIGNATURE_FILE, trusted_keys_from_env, verify_signature
 from ptycho_torch.bundle.schema import (
     BATCH_DIM, MANIFEST_FILE, ONNX_FILE, PARAMS_FILE, PROBE_FILE, Manifest, TensorSpec, triton_model_path,
 )
@@ -49,6 +51,10 @@ class Bundle:
     params: dict[str, Any]
     source: Path
     """The directory or ``.zip`` the bundle was loaded from."""
+    signed: bool = False
+    """The bundle carries ``manifest.json.sig``."""
+    signed_by: str | None = None
+    """Id of the trusted key that verified the signature (None: not verified, no trusted keys given)."""
 
     @property
     def name(self) -> str:
@@ -97,23 +103,27 @@ class Bundle:
         return self.root / ONNX_FILE
 
 
-def load_bundle(path: str | Path) -> Bundle:
+def load_bundle(path: str | Path, *, trusted_keys: Sequence[str | Path] | None = None) -> Bundle:
     """Read and validate a bundle directory or ``.zip``; raise :class:`BundleError` on any problem.
 
-    Checks, in order: the manifest's schema and format version; that no file needs unpickling; that
+    ``trusted_keys``: Ed25519 public key files (default: ``$PTYCHOPINN_TRUSTED_KEYS``); when there
+    are any, the bundle must carry a signature one of them verifies (:mod:`.signing`).
+
+    Checks, in order: the signature (with trusted keys); the manifest's schema and format version; that no file needs unpickling; that
     every listed file exists with its recorded sha256 and no unlisted file is present; the ONNX
     graph's inputs/outputs against the manifest, and that the installed onnxruntime can load it
     (:mod:`.runtime`); the probe's dtype and shape; the params snapshot.
     """
     source = Path(path)
+    keys = tuple(trusted_keys_from_env() if trusted_keys is None else trusted_keys)
     if source.is_dir():
-        return _load_dir(source, source)
+        return _load_dir(source, source, keys)
     if source.is_file() and source.suffix == ".zip":
         remove_stale_extractions()
         tmp = Path(tempfile.mkdtemp(prefix=f"{EXTRACTION_PREFIX}{os.getpid()}-"))
         try:
             _extract_zip(source, tmp)
-            bundle = _load_dir(tmp, source)
+            bundle = _load_dir(tmp, source, keys)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -168,18 +178,21 @@ def _extract_zip(archive: Path, target: Path) -> None:
                           "copy it again or re-export with --zip") from None
 
 
-def _load_dir(root: Path, source: Path) -> Bundle:
+def _load_dir(root: Path, source: Path, trusted_keys: tuple[str | Path, ...]) -> Bundle:
     present = _present_files(root)
     manifest_path = root / MANIFEST_FILE
     if not manifest_path.is_file():
         raise BundleError(f"{source}: missing file {MANIFEST_FILE}; pass the folder written by `ptychopinn export`")
-    manifest = Manifest.from_json(manifest_path.read_text(encoding="utf-8", errors="replace"))
+    manifest_bytes = manifest_path.read_bytes()
+    signed_by = verify_signature(root, manifest_bytes, trusted_keys, source=source) if trusted_keys else None
+    manifest = Manifest.from_json(manifest_bytes.decode("utf-8", errors="replace"))
     _check_files(root, manifest, present)
     for rel in (ONNX_FILE, *manifest.variants.values()):
         _check_onnx(root / rel, manifest)
     probe = _load_probe(root / PROBE_FILE, manifest.N)
     params = _load_params(root / PARAMS_FILE, manifest)
-    return Bundle(root=root, manifest=manifest, probe=probe, params=params, source=source)
+    return Bundle(root=root, manifest=manifest, probe=probe, params=params, source=source,
+                  signed=(root / SIGNATURE_FILE).is_file(), signed_by=signed_by)
 
 
 def _present_files(root: Path) -> set[str]:
@@ -192,7 +205,7 @@ def _present_files(root: Path) -> set[str]:
                 raise BundleError(f"{path.relative_to(root).as_posix()}: symbolic links are never followed in a "
                                   "bundle; copy the bundle with real files (cp -rL) or re-export it")
         present.update(Path(folder, name).relative_to(root).as_posix() for name in files)
-    return present - {MANIFEST_FILE}
+    return present - {MANIFEST_FILE, SIGNATURE_FILE}
 
 
 def _check_files(root: Path, manifest: Manifest, present: set[str]) -> None:
@@ -300,6 +313,8 @@ def summarize(bundle: Bundle) -> str:
           for engine, e in sorted(m.verification.errors.items())),
         f"variants   {', '.join(f'{k}={v}' for k, v in sorted(m.variants.items())) or 'none'}",
         f"files      {len(m.files)} checksummed: {', '.join(sorted(m.files))}",
+        "signature  " + (f"verified, trusted key {bundle.signed_by}" if bundle.signed_by else
+                         "present, not verified (no trusted keys given)" if bundle.signed else "none"),
     ]
     return "\n".join(lines)
 

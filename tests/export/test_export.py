@@ -221,12 +221,17 @@ def test_cli_exports_a_trained_checkpoint(scan32: Path, tmp_path: Path, capsys: 
     out = tmp_path / "bundle"
     caplog.clear()
     caplog.set_level(logging.INFO)  # what the command's own logging shows
-    assert cli_main(["export", "--checkpoint", str(result.last_checkpoint), "--out", str(out), "--zip"]) == 0
+    from ptycho_torch.bundle import generate_key_pair
+
+    key, public = generate_key_pair(tmp_path / "signing.key")
+    assert cli_main(["export", "--checkpoint", str(result.last_checkpoint), "--out", str(out), "--zip",
+                     "--sign", str(key)]) == 0
     assert "verified   on 64 samples of the training scan siemens32.npz" in capsys.readouterr().out
     chatter = [r.getMessage() for r in caplog.records if r.name.startswith(EXPORTER_LOGGERS)]
     assert chatter == []  # the exporter's ~45 pass-by-pass INFO/WARNING lines stay out of the user's log
     generator, hparams, probe = PtychoPINNModule.load_generator(result.last_checkpoint)
-    bundle = load_bundle(out.with_suffix(".zip"))
+    bundle = load_bundle(out.with_suffix(".zip"), trusted_keys=[public])  # signed, and the zip carries it
+    assert bundle.signed and bundle.signed_by is not None
     assert bundle.training_scale == hparams["input_scale"] and bundle.intensity_scale == hparams["intensity_scale"]
     assert bundle.manifest.provenance.train_data_sha256 == sha256_file(scan32)
     record = bundle.manifest.training  # recipe, effort and held-out fit, from the run's summary.json
