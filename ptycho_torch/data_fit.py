@@ -36,6 +36,8 @@ OUTLIER_MIN_RATIO = 1.5
 """An outlier's deviance is also at least this multiple of the scan's median deviance."""
 RATE_FLOOR = 1e-9
 """Floor on predicted counts before the logarithm (a pixel the model predicts dark)."""
+CHUNK = 256
+"""Patterns per vectorised step of a fit."""
 
 
 @dataclass(frozen=True)
@@ -75,34 +77,45 @@ class DataFit:
 
 
 class MeasuredCounts:
-    """Measured ``counts`` ``(S, N, N)`` with the per-pattern constants every fit needs, computed once
-    (a refinement scores its object every iteration)."""
+    """Measured patterns, kept once as float32 amplitudes ``sqrt(k)`` ``(S, N, N)`` with the
+    per-pattern constants every fit needs (a refinement scores its object every iteration). Fits run
+    over chunks of :data:`CHUNK` patterns, so their float64 temporaries stay small."""
 
-    def __init__(self, counts: npt.NDArray[np.floating]) -> None:
-        k = np.asarray(counts, dtype=np.float64)
-        if k.ndim != 3:
-            raise DataContractError(f"`counts` must be (S, N, N), got shape {k.shape}")
-        self.counts = k
-        self.total = float(k.sum())
-        self.root = np.sqrt(k)
-        self._root_sum = np.maximum(self.root.sum(axis=(-2, -1)), RATE_FLOOR)
-        self._log_factorial = gammaln(k + 1.0).mean(axis=(-2, -1))
-        self._saturated = (k - xlogy(k, k)).mean(axis=(-2, -1))  # NLL at rate = k, without log k!
+    def __init__(self, amplitudes: npt.NDArray[np.floating]) -> None:
+        root = np.asarray(amplitudes, dtype=np.float32)
+        if root.ndim != 3:
+            raise DataContractError(f"`amplitudes` must be (S, N, N), got shape {root.shape}")
+        self.amplitudes = root
+        constants = [self._constants(root[first:first + CHUNK].astype(np.float64))
+                     for first in range(0, len(root), CHUNK)]
+        self._root_sum, self._log_factorial, self._saturated, totals = (np.concatenate(c) for c in zip(*constants))
+        self.total = float(totals.sum())
+
+    @staticmethod
+    def _constants(root: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.float64], ...]:
+        k = root**2
+        axes = (-2, -1)
+        return (np.maximum(root.sum(axis=axes), RATE_FLOOR), gammaln(k + 1.0).mean(axis=axes),
+                (k - xlogy(k, k)).mean(axis=axes), k.sum(axis=axes))  # saturated: the NLL at rate = k, no log k!
 
     def fit(self, intensity: npt.NDArray[np.floating]) -> DataFit:
-        """The :class:`DataFit` of model ``intensity`` (same shape and layout as the counts: both
+        """The :class:`DataFit` of model ``intensity`` (same shape and layout as the patterns: both
         fftshifted or both not) with the maximum-likelihood global scale."""
-        if intensity.shape != self.counts.shape:
-            raise DataContractError(f"`intensity` must have the counts' shape {self.counts.shape}, got "
+        if intensity.shape != self.amplitudes.shape:
+            raise DataContractError(f"`intensity` must have the patterns' shape {self.amplitudes.shape}, got "
                                     f"{intensity.shape}")
         total = float(intensity.sum(dtype=np.float64))
         if not total > 0:
             raise DataContractError("the model predicts no photons (all-zero object or probe); cannot fit the data")
         scale = self.total / total
-        rate = np.maximum(scale * intensity.astype(np.float64), RATE_FLOOR)
         axes = (-2, -1)
-        core = np.mean(rate - self.counts * np.log(rate), axis=axes)
-        r_factor = np.abs(self.root - np.sqrt(rate)).sum(axis=axes) / self._root_sum
+        core, r_factor = np.empty(len(intensity)), np.empty(len(intensity))
+        for first in range(0, len(intensity), CHUNK):
+            part = slice(first, first + CHUNK)
+            rate = np.maximum(scale * intensity[part].astype(np.float64), RATE_FLOOR)
+            root = self.amplitudes[part].astype(np.float64)
+            core[part] = np.mean(rate - root**2 * np.log(rate), axis=axes)
+            r_factor[part] = np.abs(root - np.sqrt(rate)).sum(axis=axes) / self._root_sum[part]
         deviance = np.maximum(2.0 * (core - self._saturated), 0.0)
         patterns = PatternFit(nll=core + self._log_factorial, r_factor=r_factor, deviance=deviance)
         return DataFit(scale=scale, patterns=patterns, outliers=robust_outliers(deviance))
@@ -120,4 +133,4 @@ def robust_outliers(deviance: npt.NDArray[np.floating]) -> npt.NDArray[np.int64]
 def data_fit(intensity: npt.NDArray[np.floating], counts: npt.NDArray[np.floating]) -> DataFit:
     """The :class:`DataFit` of model ``intensity`` ``(S, N, N)`` against measured ``counts`` (same
     layout), with the maximum-likelihood global scale."""
-    return MeasuredCounts(counts).fit(intensity)
+    return MeasuredCounts(np.sqrt(np.asarray(counts, dtype=np.float64))).fit(intensity)

@@ -110,8 +110,8 @@ class ScanModel:
         self.probe = modes.reshape(-1, N, N).astype(np.complex64)
         if not (np.abs(self.probe) > 0).any():
             raise DataContractError("`probe` is all zero; send the probe the scan was measured with")
-        self.amplitudes = np.fft.ifftshift(amps, axes=(-2, -1))  # FFT layout: no shift per iteration
-        self.measured = MeasuredCounts(np.square(self.amplitudes))
+        self.measured = MeasuredCounts(np.fft.ifftshift(amps, axes=(-2, -1)))  # FFT layout: no shift per iteration
+        self.amplitudes = self.measured.amplitudes
 
         # window corners on the grown grid, and the sub-pixel remainder the probe is moved by
         corner = pos - N / 2 + np.asarray(origin, dtype=np.float64)
@@ -138,7 +138,8 @@ class ScanModel:
             self._shifted = self._shift_probes(np.arange(S))
         self.chunk = max(1, min(S, (max_bytes - (0 if self._shifted is None else per_position_probes))
                                 // self.bytes_per_pattern))
-        self.resident_bytes = int(amps.nbytes + 2 * self.measured.counts.nbytes + S * N * N * 4
+        # measured amplitudes and one model intensity per pattern (float32), the object grid's arrays
+        self.resident_bytes = int(2 * self.amplitudes.nbytes
                                   + (0 if self._shifted is None else per_position_probes)
                                   + 3 * self.shape[0] * self.shape[1] * 16)
         self._illumination = self._sum_on_grid(np.arange(S), self._probe_power)
