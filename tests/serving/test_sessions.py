@@ -235,3 +235,39 @@ def test_cancelling_a_session_cancels_its_inference_at_once(batcher) -> None:
         await manager.shutdown()
 
     asyncio.run(scenario())
+
+
+def test_a_full_inference_queue_delays_frames_and_a_failed_batch_rejects_them_with_the_reason(batcher) -> None:
+    from concurrent.futures import Future
+
+    calls: list[str] = []
+
+    class Flaky:  # first submit: queue full; second: the batch fails; then the real batcher
+        bundle = batcher.bundle
+        max_batch_size = 5
+
+        def submit(self, diffraction, scale) -> Future:
+            calls.append("submit")
+            if len(calls) == 1:
+                raise Overloaded("queue full")
+            if len(calls) == 2:
+                failed: Future = Future()
+                failed.set_exception(RuntimeError("CUDA out of memory"))
+                return failed
+            return batcher.submit(diffraction, scale)
+
+    patterns, positions = _scan(9, 10)
+
+    async def scenario() -> None:
+        manager = SessionManager(lambda model, version: Flaky())
+        session = manager.create()
+        manager.add_frames(session, np.arange(10), patterns, positions)
+        manager.schedule(session)
+        final = await manager.close(session)
+        status = session.status()
+        assert final.n_patterns == 5 and status["frames"]["failed"] == 5 and status["frames"]["rejected"] == 5
+        assert all("inference failed: CUDA out of memory" in r["reason"] for r in status["rejections"])
+        assert len(calls) == 3
+        await manager.shutdown()
+
+    asyncio.run(scenario())
