@@ -27,12 +27,21 @@ class SignalStop(L.Callback):
         self.signum: int | None = None
         self._lightning_handler: Any = None
 
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._install()
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Lightning registered its SIGTERM handler just before this hook, and restores every
-        # handler (these included) when the run ends.
+        self._install()  # when there was no sanity check
+
+    def _install(self) -> None:
+        # Lightning registers its SIGTERM handler just before the sanity check and training, and
+        # restores every handler (these included) when the run ends.
         if threading.current_thread() is not threading.main_thread():
             return
-        self._lightning_handler = signal.getsignal(signal.SIGTERM)
+        current = signal.getsignal(signal.SIGTERM)
+        if current == self._handle:
+            return
+        self._lightning_handler = current
         for signum in STOP_SIGNALS:
             signal.signal(signum, self._handle)
 

@@ -53,13 +53,13 @@ class RunReport(L.Callback):
         self.progress_every_s = progress_every_s
         self.summary: dict[str, Any] = {}
         self._start = self._last_line = self._epoch_start = time.perf_counter()
-        self._start_step = self._last_step = 0
+        self._start_step = 0
         self._samples = self._last_samples = 0
 
     # progress ---------------------------------------------------------------------------------------
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = self._last_line = time.perf_counter()
-        self._start_step = self._last_step = trainer.global_step
+        self._start_step = trainer.global_step
         self._samples = self._last_samples = 0
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -86,7 +86,7 @@ class RunReport(L.Callback):
                 "?" if loss is None else f"{loss:.5g}",
                 (self._samples - self._last_samples) / window if window > 0 else 0.0, _eta(eta),
             )
-        self._last_line, self._last_step, self._last_samples = now, trainer.global_step, self._samples
+        self._last_line, self._last_samples = now, self._samples
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.progress_every_s is None or not trainer.is_global_zero:
