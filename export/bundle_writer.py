@@ -25,9 +25,10 @@ from ptycho_torch.config import ModelConfig, TrainingConfig, config_from_dict, u
 from ptycho_torch.data import load_scan
 from ptycho_torch.errors import DataContractError, ExportError
 from ptycho_torch.pixel_size import check_pixel_size, scan_pixel_size, valid_pixel_size
+from ptycho_torch.scan_checks import bad_pixel_mask
 from ptycho_torch.bundle import (
-    BATCH_DIM, INPUT_NAMES, MANIFEST_FILE, NORMALIZATION_RULE, ONNX_FILE, OUTPUT_NAMES, PARAMS_FILE, PROBE_FILE,
-    TORCHSCRIPT_FILE, Bundle, Manifest, Normalization, Provenance, TensorSpec, TrainingRecord, load_bundle,
+    BAD_PIXELS_FILE, BATCH_DIM, INPUT_NAMES, MANIFEST_FILE, NORMALIZATION_RULE, ONNX_FILE, OUTPUT_NAMES, PARAMS_FILE,
+    PROBE_FILE, TORCHSCRIPT_FILE, Bundle, Manifest, Normalization, Provenance, TensorSpec, TrainingRecord, load_bundle,
     sign_bundle,
 )
 from ptycho_torch.bundle.signing import read_key
@@ -55,6 +56,9 @@ class ExportOptions:
     """Object pixel size of the training data in metres, recorded in the manifest (None: unknown)."""
     sign_key: Path | None = None
     """Ed25519 private key (PEM) to sign the bundle with (None: unsigned)."""
+    bad_pixels: Path | None = None
+    """``.npy`` of the detector's bad-pixel mask, (N, N) bool or 0/1 (True = bad), shipped as
+    ``bad_pixels.npy`` and masked in every scan the bundle reconstructs (None: no default mask)."""
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "-_" for c in self.name):
@@ -124,6 +128,8 @@ def export_bundle(generator: torch.nn.Module, out: Path, *, hparams: dict[str, A
                                   fp16_tolerance=options.fp16_tolerance)
     (out / PARAMS_FILE).write_text(json.dumps(params_snapshot(hparams), indent=2, sort_keys=True) + "\n")
     np.save(out / PROBE_FILE, np.asarray(probe, dtype=np.complex64), allow_pickle=False)
+    if options.bad_pixels is not None:
+        np.save(out / BAD_PIXELS_FILE, _read_bad_pixels(options.bad_pixels, config.N), allow_pickle=False)
     write_triton_repository(out, onnx_path, options.name, options.version, inputs, outputs,
                             max_batch_size=options.max_batch_size)
     files = {p.relative_to(out).as_posix(): sha256_file(p) for p in sorted(out.rglob("*")) if p.is_file()}
@@ -148,6 +154,14 @@ def export_bundle(generator: torch.nn.Module, out: Path, *, hparams: dict[str, A
     if options.zip:
         write_zip(out, out.with_suffix(".zip"))
     return load_bundle(out)
+
+
+def _read_bad_pixels(path: Path, N: int) -> np.ndarray:  # noqa: N803
+    """The mask in ``path`` as (N, N) bool; :class:`ExportError` naming the problem otherwise."""
+    try:
+        return bad_pixel_mask(np.load(path, allow_pickle=False), N)
+    except (OSError, ValueError) as error:
+        raise ExportError(f"`--bad-pixel-mask`: {path} must be a .npy ({N}, {N}) bool mask ({error})") from None
 
 
 def write_zip(directory: Path, archive: Path) -> Path:

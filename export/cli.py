@@ -26,6 +26,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="object pixel size of the training data in metres, recorded in the manifest and "
                              "checked against every scan reconstructed (default: the training scan's "
                              "_metadata.pixel_size_m, else unknown)")
+    parser.add_argument("--bad-pixel-mask", type=Path, default=None,
+                        help=".npy (N, N) bool mask of the detector's bad pixels (True = bad), shipped in the "
+                             "bundle and masked in every scan it reconstructs (default: none)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     options = ExportOptions(name=args.name, version=args.version, opset=args.opset, fp16=args.fp16, zip=args.zip,
                             max_batch_size=args.max_batch_size, pixel_size_m=args.pixel_size_m,
-                            sign_key=args.sign)
+                            sign_key=args.sign, bad_pixels=args.bad_pixel_mask)
     bundle = export_checkpoint(args.checkpoint, args.out, data=args.data, options=options)
     print(summarize(bundle))
     if args.zip:

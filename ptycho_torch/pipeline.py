@@ -28,7 +28,7 @@ from ptycho_torch.grouping import group_indices
 from ptycho_torch.normalization import input_scale
 from ptycho_torch.pixel_size import check_pixel_size, valid_pixel_size
 from ptycho_torch.refinement import ALGORITHMS, RefineSettings, refine_stitched
-from ptycho_torch.scan_checks import check_network_input, prepare_scan
+from ptycho_torch.scan_checks import bad_pixel_mask, check_network_input, prepare_scan
 from ptycho_torch.stitching import Stitcher
 
 __all__ = ["MAX_REFINE_ITERATIONS", "ModelInfo", "ReconstructOptions", "Reconstruction", "Runner", "network_scale",
@@ -64,6 +64,11 @@ class ModelInfo(Protocol):
     @property
     def probe(self) -> npt.NDArray[np.complex64] | None:
         """The training probe ``(P, N, N)``, or None when unknown (then no probe check is made)."""
+        ...
+
+    @property
+    def bad_pixels(self) -> npt.NDArray[np.bool_] | None:
+        """The detector's bad-pixel mask ``(N, N)`` (True = bad) masked in every scan, or None."""
         ...
 
     @property
@@ -315,6 +320,8 @@ def reconstruct_steps(
                            "model has none)")
     t1 = time.perf_counter()
 
+    if model.bad_pixels is not None:  # the detector's own mask, always; the request's adds to it
+        mask = model.bad_pixels if mask is None else model.bad_pixels | bad_pixel_mask(mask, model.N)
     scan = prepare_scan(x, pos, units=options.units, mask=mask)
     x = scan.amplitudes
     if options.scale is not None:

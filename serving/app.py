@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -88,6 +89,7 @@ class _State:
                 "stitch_M": self.bundle.stitch_M,
                 "training_scale": self.bundle.training_scale,
                 "pixel_size_m": self.bundle.pixel_size_m,
+                "bad_pixels": [] if self.bundle.bad_pixels is None else np.argwhere(self.bundle.bad_pixels).tolist(),
             },
         }
         """The OIP model metadata: fixed while one engine is served, so built once."""

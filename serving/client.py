@@ -10,7 +10,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +233,8 @@ class ServedModel:
     """The training data's object pixel size (metres) the server publishes, or None."""
     probe: None = None
     """The server does not publish its training probe, so no probe check is made."""
+    bad_pixels: npt.NDArray[np.bool_] | None = field(default=None, compare=False)
+    """The served bundle's bad-pixel mask (N, N), from the published ``[row, col]`` list, or None."""
 
     @property
     def channels(self) -> int:
@@ -242,8 +244,14 @@ class ServedModel:
     def from_metadata(cls, metadata: dict[str, Any]) -> ServedModel:
         """From ``GET /v2/models/{name}`` (see :meth:`Client.model_metadata`)."""
         p = metadata["parameters"]
-        return cls(name=metadata["name"], N=int(p["N"]), gridsize=int(p["gridsize"]), stitch_M=int(p["stitch_M"]),
-                   training_scale=float(p["training_scale"]), pixel_size_m=p.get("pixel_size_m"))
+        N = int(p["N"])  # noqa: N806
+        bad_pixels = None
+        if p.get("bad_pixels"):
+            bad_pixels = np.zeros((N, N), bool)
+            bad_pixels[tuple(np.asarray(p["bad_pixels"], dtype=np.intp).T)] = True
+        return cls(name=metadata["name"], N=N, gridsize=int(p["gridsize"]), stitch_M=int(p["stitch_M"]),
+                   training_scale=float(p["training_scale"]), pixel_size_m=p.get("pixel_size_m"),
+                   bad_pixels=bad_pixels)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ A bundle is a directory, or the same content as one ``.zip``::
     model.ts                            TorchScript (never opened by the reader: it needs no torch)
     params.json                         the params.cfg snapshot
     probe.npy                           the training probe, complex64, (N,N) or (P,N,N)
+    bad_pixels.npy                      optional: the detector's bad-pixel mask, bool (N,N)
     triton/<name>/config.pbtxt          a ready Triton model repository
     triton/<name>/<version>/model.onnx
 
@@ -19,13 +20,13 @@ onnxruntime to check it can load the graph, and ``cryptography`` for signatures)
 from ptycho_torch.bundle.reader import MAX_ZIP_BYTES, PICKLE_SUFFIXES, Bundle, load_bundle, summarize
 from ptycho_torch.bundle.signing import SIGNATURE_FILE, TRUSTED_KEYS_ENV, generate_key_pair, sign_bundle
 from ptycho_torch.bundle.schema import (
-    BATCH_DIM, COORDINATE_CONVENTION, FORMAT, FORMAT_VERSION, INPUT_NAMES, MANIFEST_FILE, NORMALIZATION_RULE,
+    BAD_PIXELS_FILE, BATCH_DIM, COORDINATE_CONVENTION, FORMAT, FORMAT_VERSION, INPUT_NAMES, MANIFEST_FILE, NORMALIZATION_RULE,
     ONNX_FILE, OUTPUT_NAMES, PARAMS_FILE, PROBE_FILE, REQUIRED_FILES, TORCHSCRIPT_FILE, EngineDeviation, Manifest,
     Normalization, Provenance, TensorSpec, TrainingRecord, Verification, triton_config_path, triton_model_path,
 )
 
 __all__ = [
-    "BATCH_DIM", "COORDINATE_CONVENTION", "FORMAT", "FORMAT_VERSION", "INPUT_NAMES", "MANIFEST_FILE",
+    "BAD_PIXELS_FILE", "BATCH_DIM", "COORDINATE_CONVENTION", "FORMAT", "FORMAT_VERSION", "INPUT_NAMES", "MANIFEST_FILE",
     "MAX_ZIP_BYTES", "NORMALIZATION_RULE", "ONNX_FILE", "OUTPUT_NAMES", "PARAMS_FILE", "PICKLE_SUFFIXES",
     "PROBE_FILE", "REQUIRED_FILES", "SIGNATURE_FILE", "TORCHSCRIPT_FILE", "TRUSTED_KEYS_ENV", "Bundle",
     "EngineDeviation", "Manifest", "Normalization", "Provenance", "TensorSpec", "TrainingRecord", "Verification",

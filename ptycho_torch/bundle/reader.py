@@ -27,7 +27,8 @@ import numpy as np
 from ptycho_torch.bundle.runtime import check_runtime
 from ptycho_torch.bundle.signing import SIGNATURE_FILE, trusted_keys_from_env, verify_signature
 from ptycho_torch.bundle.schema import (
-    BATCH_DIM, MANIFEST_FILE, ONNX_FILE, PARAMS_FILE, PROBE_FILE, Manifest, TensorSpec, triton_model_path,
+    BAD_PIXELS_FILE, BATCH_DIM, MANIFEST_FILE, ONNX_FILE, PARAMS_FILE, PROBE_FILE, Manifest, TensorSpec,
+    triton_model_path,
 )
 from ptycho_torch.checksums import sha256_file
 from ptycho_torch.errors import BundleError
@@ -55,6 +56,9 @@ class Bundle:
     """The bundle carries ``manifest.json.sig``."""
     signed_by: str | None = None
     """Id of the trusted key that verified the signature (None: not verified, no trusted keys given)."""
+    bad_pixels: np.ndarray | None = None
+    """The detector's bad-pixel mask, (N, N) bool, from ``bad_pixels.npy`` when the bundle has one:
+    masked in every scan reconstructed with this model (:func:`ptycho_torch.pipeline.reconstruct`)."""
 
     @property
     def name(self) -> str:
@@ -191,8 +195,9 @@ def _load_dir(root: Path, source: Path, trusted_keys: tuple[str | Path, ...]) ->
         _check_onnx(root / rel, manifest)
     probe = _load_probe(root / PROBE_FILE, manifest.N)
     params = _load_params(root / PARAMS_FILE, manifest)
+    bad_pixels = _load_bad_pixels(root / BAD_PIXELS_FILE, manifest.N) if BAD_PIXELS_FILE in manifest.files else None
     return Bundle(root=root, manifest=manifest, probe=probe, params=params, source=source,
-                  signed=(root / SIGNATURE_FILE).is_file(), signed_by=signed_by)
+                  signed=(root / SIGNATURE_FILE).is_file(), signed_by=signed_by, bad_pixels=bad_pixels)
 
 
 def _present_files(root: Path) -> set[str]:
@@ -272,6 +277,17 @@ def _load_probe(path: Path, N: int) -> np.ndarray:  # noqa: N803
         raise BundleError(f"{PROBE_FILE}: shape mismatch, must be complex64 (N,N) or (P,N,N) with N={N}, got "
                           f"{probe.dtype} {probe.shape}; re-export the bundle")
     return probe.reshape((-1, N, N))
+
+
+def _load_bad_pixels(path: Path, N: int) -> np.ndarray:  # noqa: N803
+    try:
+        mask = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as error:
+        raise BundleError(f"{BAD_PIXELS_FILE}: cannot be read as a plain .npy ({error}); re-export the bundle") from None
+    if mask.dtype != np.bool_ or mask.shape != (N, N):
+        raise BundleError(f"{BAD_PIXELS_FILE}: must be a bool ({N}, {N}) mask, got {mask.dtype} {mask.shape}; "
+                          "re-export the bundle with --bad-pixel-mask")
+    return mask
 
 
 def _load_params(path: Path, manifest: Manifest) -> dict[str, Any]:

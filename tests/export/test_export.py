@@ -62,9 +62,13 @@ def exported(request: pytest.FixtureRequest, scan32: Path, tmp_path_factory: pyt
     hparams = {"model_config": dataclasses.asdict(config), "training_config": {"train_data_file": str(scan32)},
                "input_scale": 0.02, "intensity_scale": 1234.5, "train_data_sha256": "0" * 64}
     out = tmp_path_factory.mktemp(f"gs{gridsize}") / "bundle"
+    mask_file = None
+    if gridsize == 2:  # one variant ships a detector mask
+        mask_file = out.parent / "mask.npy"
+        np.save(mask_file, np.eye(N, dtype=np.uint8)[::-1])  # 0/1 integers are accepted
     bundle = export_bundle(generator, out, hparams=hparams, probe=np.ones((N, N), np.complex64),
                            diffraction=diffraction, inputs_label="siemens32.npz",
-                           options=ExportOptions(zip=True, fp16=gridsize == 2,
+                           options=ExportOptions(zip=True, fp16=gridsize == 2, bad_pixels=mask_file,
                                                  pixel_size_m=2e-8 if gridsize == 2 else None))
     return Exported(generator, bundle, diffraction, out.with_suffix(".zip"))
 
@@ -188,6 +192,15 @@ def test_verification_fails_with_the_measured_numbers(exported: Exported) -> Non
                                           r"[0-9.e+-]+, max\|d phase\| [0-9.e+-]+ \(tolerance 0.0001\)"):
         verify_exports(other, exported.diffraction[:8], onnx_path=exported.bundle.onnx_path,
                        torchscript_path=exported.bundle.root / "model.ts", inputs_label="real patterns")
+
+
+def test_a_detector_mask_ships_in_the_bundle_checksummed(exported: Exported) -> None:
+    bundle = exported.bundle
+    if bundle.gridsize == 1:
+        assert bundle.bad_pixels is None and "bad_pixels.npy" not in bundle.manifest.files
+        return
+    np.testing.assert_array_equal(bundle.bad_pixels, np.eye(N, dtype=bool)[::-1])
+    assert "bad_pixels.npy" in bundle.manifest.files
 
 
 def test_export_refuses_bad_output_dir_and_options(exported: Exported) -> None:

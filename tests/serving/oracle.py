@@ -61,8 +61,9 @@ def oracle_model(N: int, channels: int) -> onnx.ModelProto:
 
 def write_oracle_bundle(root: Path, *, N: int = 32, gridsize: int = 1, name: str = "oracle",
                         stitch_M: int | None = None, version: int = 1, training_scale: float = TRAINING_SCALE,
-                        pixel_size_m: float | None = None) -> Path:
-    """Write a complete, checksummed oracle bundle into ``root`` and return it."""
+                        pixel_size_m: float | None = None, bad_pixels: np.ndarray | None = None) -> Path:
+    """Write a complete, checksummed oracle bundle into ``root`` and return it (``bad_pixels``: the
+    optional (N, N) bool mask shipped as ``bad_pixels.npy``)."""
     root.mkdir(parents=True, exist_ok=True)
     channels = gridsize * gridsize
     onnx.save(oracle_model(N, channels), root / "model.onnx")
@@ -70,6 +71,8 @@ def write_oracle_bundle(root: Path, *, N: int = 32, gridsize: int = 1, name: str
     yy, xx = np.mgrid[:N, :N] - N / 2
     probe = np.exp(-(xx**2 + yy**2) / (N / 4) ** 2).astype(np.complex64)
     np.save(root / "probe.npy", probe)
+    if bad_pixels is not None:
+        np.save(root / "bad_pixels.npy", bad_pixels)
     files = {p.name: sha256_file(p) for p in sorted(root.iterdir()) if p.name != "manifest.json"}
     item = (BATCH_DIM, channels, N, N)
     manifest = Manifest(

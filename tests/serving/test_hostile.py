@@ -258,3 +258,35 @@ def test_a_session_reads_integer_frames_as_counts_like_every_entry_point(engine:
             results.append(live.close())
     np.testing.assert_array_equal(results[0].phase, results[1].phase)
     np.testing.assert_array_equal(results[0].phase, results[2].phase)
+
+
+def test_a_bundle_default_mask_applies_to_every_scan_in_process_served_and_remote(serve, tmp_path: Path) -> None:
+    from serving.client import RemoteRunner, ServedModel
+
+    mask = np.zeros((N, N), bool)
+    mask[15, 14:18] = True  # inside the stitched central crop
+    masked = Engine(load_bundle(write_oracle_bundle(tmp_path / "masked", bad_pixels=mask)), max_batch_size=16,
+                    providers=["cpu"], intra_op_threads=1)
+    plain = Engine(load_bundle(write_oracle_bundle(tmp_path / "plain")), max_batch_size=16, providers=["cpu"],
+                   intra_op_threads=1)
+    assert masked.bundle.bad_pixels is not None and masked.bundle.bad_pixels.sum() == 4
+    patterns, positions = _scan()
+    expected = reconstruct(plain, patterns, positions, mask=mask)  # the same mask sent by the caller
+    default = reconstruct(masked, patterns, positions)
+    np.testing.assert_array_equal(default.phase, expected.phase)
+    assert default.scan_report["masked_pixels"] == 4
+    assert not np.array_equal(default.phase, reconstruct(plain, patterns, positions).phase)
+    server = serve(create_app(masked))
+    with Client(server.url) as client:
+        assert client.model_metadata("oracle")["parameters"]["bad_pixels"] == [[15, 14], [15, 15], [15, 16], [15, 17]]
+        np.testing.assert_array_equal(client.reconstruct(patterns, positions).phase, expected.phase)
+        remote = RemoteRunner(ServedModel.from_metadata(client.model_metadata("oracle")), client)
+        np.testing.assert_array_equal(reconstruct(remote, patterns, positions).phase, expected.phase)
+
+
+def test_a_malformed_bundle_mask_is_refused_naming_the_file(tmp_path: Path) -> None:
+    from ptycho_torch.errors import BundleError
+
+    root = write_oracle_bundle(tmp_path / "bundle", bad_pixels=np.zeros((4, 4), bool))
+    with pytest.raises(BundleError, match=r"bad_pixels.npy: must be a bool \(32, 32\) mask, got bool \(4, 4\)"):
+        load_bundle(root)
