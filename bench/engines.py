@@ -11,7 +11,6 @@ load time and speed. Run with ``python -m bench engines [--quick]``.
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
 import tempfile
 import time
@@ -27,7 +26,8 @@ from bench.machine import NO_GPU
 from bench.timing import median_seconds
 from export.bundle_writer import ExportOptions, export_bundle
 from export.verify import Run, ort_runner, torch_runner, verification_inputs
-from ptycho_torch.config import ModelConfig
+from ptycho_torch.checkpoint import CheckpointRecord
+from ptycho_torch.config import ModelConfig, TrainingConfig
 from ptycho_torch.model import PtychoPINNGenerator
 
 SCAN = Path(__file__).resolve().parents[1] / "data" / "siemens-star-small.npz.bz2"
@@ -76,14 +76,14 @@ def run(mode: str) -> dict[str, Any]:
     torch.manual_seed(0)
     config = ModelConfig(**MODEL)
     generator = PtychoPINNGenerator(config).eval()
-    hparams = {"model_config": dataclasses.asdict(config), "input_scale": 1.0, "intensity_scale": 1.0}
+    record = CheckpointRecord(training=TrainingConfig(model=config), training_scale=1.0, intensity_scale=1.0)
     groups = verification_inputs(SCAN, config.N, config.gridsize, n_groups=max(batches))
     diffraction = np.ascontiguousarray(np.resize(groups, (max(batches), *groups.shape[1:])))
     scale = np.ones(len(diffraction), np.float32)
     level_all, level_none = ort.GraphOptimizationLevel.ORT_ENABLE_ALL, ort.GraphOptimizationLevel.ORT_DISABLE_ALL
 
     with tempfile.TemporaryDirectory() as tmp:
-        bundle = export_bundle(generator, Path(tmp) / "bundle", hparams=hparams,
+        bundle = export_bundle(generator, Path(tmp) / "bundle", record=record,
                                probe=np.ones((config.N, config.N), np.complex64), diffraction=diffraction[:16],
                                inputs_label="siemens-star (bench)", options=ExportOptions())
         optimised = Path(tmp) / "model.opt.onnx"

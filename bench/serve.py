@@ -42,15 +42,16 @@ def export_untrained(out: Path, N: int, n_filters_scale: int) -> Bundle:
     import torch
 
     from export.bundle_writer import ExportOptions, export_bundle
-    from ptycho_torch.config import ModelConfig
+    from ptycho_torch.checkpoint import CheckpointRecord
+    from ptycho_torch.config import ModelConfig, TrainingConfig
     from ptycho_torch.model import PtychoPINNGenerator
 
     torch.manual_seed(0)
     generator = PtychoPINNGenerator(ModelConfig(N=N, gridsize=1, n_filters_scale=n_filters_scale)).eval()
     diffraction = np.random.default_rng(0).random((8, 1, N, N), np.float32)
-    hparams = {"model_config": {"N": N, "gridsize": 1, "n_filters_scale": n_filters_scale},
-               "input_scale": 1.0, "intensity_scale": 1.0}
-    return export_bundle(generator, out, hparams=hparams, probe=np.ones((N, N), np.complex64),
+    record = CheckpointRecord(training=TrainingConfig(model=generator.config), training_scale=1.0,
+                              intensity_scale=1.0)
+    return export_bundle(generator, out, record=record, probe=np.ones((N, N), np.complex64),
                          diffraction=diffraction, inputs_label="random patterns (benchmark)",
                          options=ExportOptions(name="bench"))
 

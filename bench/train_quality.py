@@ -23,14 +23,14 @@ import torch
 
 from bench.quality import covered_box
 from bench.report import cell
+from ptycho_torch.checkpoint import load_generator
 from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig
 from ptycho_torch.data import RawData, spatial_split
 from ptycho_torch.metrics import evaluate_reconstruction
-from ptycho_torch.model import combine_complex
 from ptycho_torch.normalization import input_scale
 from ptycho_torch.simulation import simulate
-from ptycho_torch.stitching import DEFAULT_M, stitch_patches
-from training.module import PtychoPINNModule
+from ptycho_torch.stitching import complex_patches, default_stitch_M, stitch_patches
+from ptycho_torch.torch_runner import TorchRunner
 from training.trainer import train
 
 SIZES = {
@@ -44,17 +44,14 @@ SEED = 0
 
 def predict_patches(generator: torch.nn.Module, scan: RawData, batch: int = 64) -> np.ndarray:
     """Complex patches ``(S, N, N)`` of ``scan`` from ``generator`` (the scan's own input scale)."""
-    x = torch.from_numpy(scan.diff3d)[:, None]
-    scale = torch.full((x.shape[0],), input_scale(scan.diff3d), dtype=torch.float32)
-    with torch.no_grad():
-        parts = [combine_complex(*generator(x[i:i + batch], scale[i:i + batch])) for i in range(0, len(x), batch)]
-    return torch.cat(parts)[:, 0].numpy()
+    scale = input_scale(scan.diff3d)
+    runner = TorchRunner(generator, training_scale=scale, batch_size=batch)
+    return complex_patches(*runner.infer(scan.diff3d[:, None], np.full(len(scan), scale, np.float32)))[:, 0]
 
 
 def reconstruct(ckpt: Path, scan: RawData, batch: int = 64) -> np.ndarray:
     """Complex patches ``(S, N, N)`` of ``scan`` from a checkpoint (the scan's own input scale)."""
-    generator, _, _ = PtychoPINNModule.load_generator(ckpt)
-    return predict_patches(generator, scan, batch)
+    return predict_patches(load_generator(ckpt)[0], scan, batch)
 
 
 def stitched_region(patches: np.ndarray, scan: RawData, truth: np.ndarray, M: int
@@ -104,7 +101,7 @@ def run(mode: str) -> dict[str, Any]:
         "training": {"wall_s_total": round(wall, 1), "wall_s_fit": result.summary["wall_s"],
                      "samples_per_s": result.summary["samples_per_s"], "steps": result.summary["global_step"],
                      "best_val_loss": result.summary["best_val_loss"]},
-        "quality": score(patches, held_out, scan.objectGuess, min(DEFAULT_M, size["n"] // 2)),
+        "quality": score(patches, held_out, scan.objectGuess, default_stitch_M(size["n"])),
     }
 
 

@@ -20,12 +20,13 @@ from export.onnx import DEFAULT_OPSET, convert_fp16, export_onnx
 from export.torchscript import export_torchscript
 from export.triton import write_triton_repository
 from export.verify import FP16_TOLERANCE, FP32_TOLERANCE, verification_inputs, verify_exports
-from ptycho_torch import params
-from ptycho_torch.config import ModelConfig, TrainingConfig, config_from_dict, update_legacy_dict
+from ptycho_torch.checkpoint import CheckpointRecord, load_generator
+from ptycho_torch.config import ModelConfig
 from ptycho_torch.data import load_scan
 from ptycho_torch.errors import DataContractError, ExportError
 from ptycho_torch.pixel_size import check_pixel_size, scan_pixel_size, valid_pixel_size
 from ptycho_torch.scan_checks import bad_pixel_mask
+from ptycho_torch.stitching import default_stitch_M
 from ptycho_torch.bundle import (
     BAD_PIXELS_FILE, BATCH_DIM, INPUT_NAMES, MANIFEST_FILE, NORMALIZATION_RULE, ONNX_FILE, OUTPUT_NAMES, PARAMS_FILE,
     PROBE_FILE, TORCHSCRIPT_FILE, Bundle, Manifest, Normalization, Provenance, TensorSpec, TrainingRecord, load_bundle,
@@ -35,7 +36,6 @@ from ptycho_torch.bundle.signing import read_key
 from ptycho_torch.checksums import sha256_file
 
 FP16_FILE = "model.fp16.onnx"
-DEFAULT_STITCH_M = 20
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,16 +79,6 @@ def _tensor_specs(config: ModelConfig) -> tuple[tuple[TensorSpec, ...], tuple[Te
     return inputs, tuple(TensorSpec(name=name, shape=patches) for name in OUTPUT_NAMES)
 
 
-def params_snapshot(hparams: dict[str, Any]) -> dict[str, Any]:
-    """The full ``params.cfg`` for the checkpoint's configs, plus the measured scales (JSON-able)."""
-    cfg = dict(params.DEFAULT_CFG)
-    training = dict(hparams.get("training_config") or {})
-    training["model"] = hparams["model_config"]
-    update_legacy_dict(cfg, config_from_dict(TrainingConfig, training))
-    cfg.update(input_scale=hparams["input_scale"], intensity_scale=hparams["intensity_scale"])
-    return cfg
-
-
 def _git_commit() -> str | None:
     try:
         done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
@@ -105,14 +95,13 @@ def _package_version() -> str:
         return "0+unknown"
 
 
-def export_bundle(generator: torch.nn.Module, out: Path, *, hparams: dict[str, Any], probe: np.ndarray,
+def export_bundle(generator: torch.nn.Module, out: Path, *, record: CheckpointRecord, probe: np.ndarray,
                   diffraction: np.ndarray, inputs_label: str, options: ExportOptions = ExportOptions(),
                   checkpoint: str | None = None, training: TrainingRecord | None = None) -> Bundle:
     """Write the bundle of design.md section 4 to ``out`` (a new or empty directory) and load it back.
 
-    ``hparams`` holds ``model_config``, ``input_scale``, ``intensity_scale`` (and optionally
-    ``training_config``, ``train_data_sha256``) as in the checkpoint; ``diffraction`` ``(B, C, N, N)``
-    are the real patterns the exported graphs are verified on. Returns the validated bundle.
+    ``record``: the checkpoint's facts (configs, scales, training-data hash); ``diffraction``
+    ``(B, C, N, N)`` are the real patterns the exported graphs are verified on. Returns the validated bundle.
     """
     config: ModelConfig = generator.config
     out = Path(out)
@@ -126,7 +115,7 @@ def export_bundle(generator: torch.nn.Module, out: Path, *, hparams: dict[str, A
     verification = verify_exports(generator, diffraction, onnx_path=onnx_path, torchscript_path=ts_path,
                                   fp16_path=fp16_path, inputs_label=inputs_label, tolerance=options.tolerance,
                                   fp16_tolerance=options.fp16_tolerance)
-    (out / PARAMS_FILE).write_text(json.dumps(params_snapshot(hparams), indent=2, sort_keys=True) + "\n")
+    (out / PARAMS_FILE).write_text(json.dumps(record.params_snapshot(), indent=2, sort_keys=True) + "\n")
     np.save(out / PROBE_FILE, np.asarray(probe, dtype=np.complex64), allow_pickle=False)
     if options.bad_pixels is not None:
         np.save(out / BAD_PIXELS_FILE, _read_bad_pixels(options.bad_pixels, config.N), allow_pickle=False)
@@ -136,13 +125,13 @@ def export_bundle(generator: torch.nn.Module, out: Path, *, hparams: dict[str, A
     manifest = Manifest(
         name=options.name, version=options.version, N=config.N, gridsize=config.gridsize,
         channels=config.channels, opset=options.opset, inputs=inputs, outputs=outputs,
-        normalization=Normalization(rule=NORMALIZATION_RULE, training_scale=float(hparams["input_scale"])),
-        intensity_scale=float(hparams["intensity_scale"]),
-        stitch_M=options.stitch_M or min(DEFAULT_STITCH_M, config.N // 2),
+        normalization=Normalization(rule=NORMALIZATION_RULE, training_scale=record.training_scale),
+        intensity_scale=record.intensity_scale,
+        stitch_M=options.stitch_M or default_stitch_M(config.N),
         provenance=Provenance(
             package_version=_package_version(), torch_version=torch.__version__, onnx_version=onnx.__version__,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"), git_commit=_git_commit(),
-            train_data_sha256=hparams.get("train_data_sha256"), checkpoint=checkpoint,
+            train_data_sha256=record.train_data_sha256 or None, checkpoint=checkpoint,
         ),
         verification=verification, files=files, variants={"fp16": FP16_FILE} if fp16_path else {},
         pixel_size_m=options.pixel_size_m,
@@ -196,10 +185,8 @@ def export_checkpoint(checkpoint: Path, out: Path, *, data: Path | None = None,
     if not checkpoint.is_file():
         raise ExportError(f"`--checkpoint` must be an existing .ckpt file, got {checkpoint}; "
                           "point it at RUN/checkpoints/best.ckpt written by `ptychopinn train`")
-    from training.module import PtychoPINNModule  # lightning: only when there is a checkpoint to read
-
-    generator, hparams, probe = PtychoPINNModule.load_generator(checkpoint)
-    train_scan = (hparams.get("training_config") or {}).get("train_data_file")
+    generator, record, probe = load_generator(checkpoint)
+    train_scan = record.training.train_data_file
     options = dataclasses.replace(options, pixel_size_m=training_pixel_size(options.pixel_size_m, train_scan))
     scan = data or train_scan
     if scan is None or not Path(scan).is_file():
@@ -208,9 +195,9 @@ def export_checkpoint(checkpoint: Path, out: Path, *, data: Path | None = None,
     config: ModelConfig = generator.config
     diffraction = verification_inputs(Path(scan), config.N, config.gridsize)
     label = f"{'the scan' if data else 'the training scan'} {Path(scan).name}"
-    return export_bundle(generator, out, hparams=hparams, probe=probe, diffraction=diffraction,
+    return export_bundle(generator, out, record=record, probe=probe, diffraction=diffraction,
                          inputs_label=label, options=options, checkpoint=str(checkpoint),
-                         training=training_record(checkpoint, hparams))
+                         training=training_record(checkpoint, record))
 
 
 #: training_config / model_config fields that make up a bundle's recipe
@@ -220,17 +207,23 @@ RECIPE_FIELDS = {"model_config": ("generator", "N", "gridsize", "n_filters_scale
                  "execution_config": ("learning_rate", "scheduler", "early_stop_patience", "seed")}
 
 
-def training_record(checkpoint: Path, hparams: dict[str, Any]) -> TrainingRecord | None:
+def training_record(checkpoint: Path, record: CheckpointRecord) -> TrainingRecord | None:
     """The record of the run that wrote ``checkpoint`` (RUN/checkpoints/x.ckpt), from its hyper-parameters
     and RUN/summary.json; None when that run left no summary (e.g. a checkpoint copied elsewhere)."""
     summary_path = checkpoint.parent.parent / "summary.json"
     if not summary_path.is_file():
         return None
     summary = json.loads(summary_path.read_text())
-    recipe = {f"{section.split('_')[0]}.{name}": (hparams.get(section) or {}).get(name)
+    sections = {"model_config": vars(record.model), "training_config": vars(record.training),
+                "execution_config": record.execution}
+    recipe = {f"{section.split('_')[0]}.{name}": _json_scalar(sections[section].get(name))
               for section, names in RECIPE_FIELDS.items() for name in names}
     recipe["init_from"] = summary.get("init_from")
     is_best = summary.get("best_checkpoint") and Path(summary["best_checkpoint"]).name == checkpoint.name
     nll = summary.get("best_val_loss") if is_best else summary.get("final_metrics", {}).get("val_loss")
     return TrainingRecord(recipe={k: v for k, v in recipe.items() if v is not None}, steps=int(summary["global_step"]),
                           wall_s=float(summary["wall_s"]), held_out_nll=None if nll is None else float(nll))
+
+
+def _json_scalar(value: Any) -> Any:
+    return str(value) if isinstance(value, Path) else value

@@ -29,6 +29,7 @@ from typing import Any, Final
 import numpy as np
 
 from ptycho_torch import params
+from ptycho_torch.checkpoint import CheckpointRecord, load_generator
 from ptycho_torch.errors import ModelArchiveError
 from ptycho_torch.model import PtychoPINNGenerator
 
@@ -52,8 +53,8 @@ class LoadedModel:
     name: str
     generator: PtychoPINNGenerator
     """The inference network, eval mode, CPU."""
-    hparams: dict[str, Any]
-    """The checkpoint's hyper-parameters (training/module.py contract)."""
+    record: CheckpointRecord
+    """The checkpoint's configs and scales."""
     probe: np.ndarray
     """The normalised training probe, complex64 ``(P, N, N)``."""
     params: dict[str, Any]
@@ -97,25 +98,24 @@ class TorchModelManager:
         """Write ``output/wts.h5.zip`` (or ``output`` itself when it ends in ``.zip``); return its path.
 
         ``checkpoints``: one Lightning checkpoint (stored as ``diffraction_to_obj``) or a mapping
-        model name -> checkpoint. ``params_snapshot`` defaults to the current ``params.cfg``; the
-        checkpoint's ``intensity_scale`` and ``input_scale`` are added to it. Each checkpoint is
-        loaded once first, so an unreadable one fails here rather than at load time.
+        model name -> checkpoint. ``params_snapshot`` defaults to the checkpoint's own
+        (:meth:`CheckpointRecord.params_snapshot`); the checkpoint's ``intensity_scale`` and
+        ``input_scale`` are added to a given one. Each checkpoint is loaded once first, so an
+        unreadable one fails here rather than at load time.
         """
-        from training.module import PtychoPINNModule  # lightning: only when there is a checkpoint to read
-
         models = {DEFAULT_MODEL: checkpoints} if isinstance(checkpoints, (str, Path)) else dict(checkpoints)
         if not models:
             raise ModelArchiveError("`checkpoints` must name at least one checkpoint, got an empty mapping")
-        snapshot = {k: _json_value(k, v) for k, v in dict(params.cfg if params_snapshot is None else params_snapshot).items()}
         members: dict[str, bytes] = {}
         for name, checkpoint in models.items():
             if not name or "/" in name or name.startswith("."):
                 raise ModelArchiveError(f"model name must be a plain folder name, got {name!r}")
-            _, hparams, _ = PtychoPINNModule.load_generator(checkpoint)
+            record = load_generator(checkpoint)[1]
+            snapshot = record.params_snapshot() if params_snapshot is None else dict(params_snapshot)
             model_params = {
-                **snapshot,
-                "intensity_scale": float(hparams["intensity_scale"]),
-                "input_scale": float(hparams["input_scale"]),
+                **{k: _json_value(k, v) for k, v in snapshot.items()},
+                "intensity_scale": record.intensity_scale,
+                "input_scale": record.training_scale,
                 "_version": FORMAT_VERSION,
             }
             members[f"{name}/{CHECKPOINT_MEMBER}"] = Path(checkpoint).read_bytes()
@@ -147,8 +147,6 @@ class TorchModelManager:
         With ``restore_params`` the stored snapshot is written into ``params.cfg`` (as PtychoPINN's
         loader does). Raises :class:`ModelArchiveError` naming the archive, the member and the fix.
         """
-        from training.module import PtychoPINNModule
-
         path = _archive_path(archive)
         with _open(path) as zf:
             manifest = _manifest(zf, path)
@@ -168,7 +166,7 @@ class TorchModelManager:
             ckpt = Path(tmp) / CHECKPOINT_MEMBER
             ckpt.write_bytes(checkpoint)
             try:
-                generator, hparams, probe = PtychoPINNModule.load_generator(ckpt)
+                generator, record, probe = load_generator(ckpt)
             except ModelArchiveError as error:
                 raise ModelArchiveError(
                     f"member `{model_name}/{CHECKPOINT_MEMBER}` of {path} is not a loadable checkpoint "
@@ -176,7 +174,7 @@ class TorchModelManager:
                 ) from error
         if restore_params:
             params.cfg.update(snapshot)
-        return LoadedModel(name=model_name, generator=generator, hparams=hparams, probe=probe, params=snapshot)
+        return LoadedModel(name=model_name, generator=generator, record=record, probe=probe, params=snapshot)
 
 
 def _versions() -> dict[str, str]:

@@ -29,10 +29,10 @@ from ptycho_torch.normalization import input_scale
 from ptycho_torch.pixel_size import check_pixel_size, valid_pixel_size
 from ptycho_torch.refinement import ALGORITHMS, RefineSettings, refine_stitched
 from ptycho_torch.scan_checks import bad_pixel_mask, check_network_input, prepare_scan
-from ptycho_torch.stitching import Stitcher
+from ptycho_torch.stitching import Stitcher, complex_patches
 
 __all__ = ["MAX_REFINE_ITERATIONS", "ModelInfo", "ReconstructOptions", "Reconstruction", "Runner", "network_scale",
-           "polar", "reconstruct", "reconstruct_steps", "require_finite_outputs"]
+           "reconstruct", "reconstruct_steps", "require_finite_outputs"]
 
 MAX_REFINE_ITERATIONS = 1000
 """Most refinement iterations one request may ask for (with ``refine_time_limit_s``, bounds its time)."""
@@ -346,7 +346,7 @@ def reconstruct_steps(
     if network:
         amplitude, phase = runner.infer(diffraction, np.full(len(diffraction), scale, np.float32))
         require_finite_outputs(amplitude, phase)
-        patches = polar(amplitude, phase).reshape(-1, model.N, model.N)
+        patches = complex_patches(amplitude, phase).reshape(-1, model.N, model.N)
     else:  # the canvas and its coverage only; the object starts flat
         patches = np.zeros((len(patch_positions), model.N, model.N), np.complex64)
     t4 = time.perf_counter()
@@ -397,11 +397,3 @@ def require_finite_outputs(amplitude: npt.NDArray[np.float32], phase: npt.NDArra
                             "input (patterns x scale) is outside what the network handles; check the units "
                             "and the scale")
 
-
-def polar(amplitude: npt.NDArray[np.float32], phase: npt.NDArray[np.float32]) -> npt.NDArray[np.complex64]:
-    """Complex64 ``amplitude * exp(i phase)`` of the network's two output planes (any equal shapes)."""
-    patches = np.empty(amplitude.shape, np.complex64)
-    np.cos(phase, out=patches.real)
-    np.sin(phase, out=patches.imag)
-    patches *= amplitude
-    return patches

@@ -28,9 +28,24 @@ import numpy.typing as npt
 
 from ptycho_torch.errors import DataContractError
 
-__all__ = ["DEFAULT_M", "Rect", "StitchResult", "Stitcher", "TiledStitcher", "canvas_geometry", "stitch_patches"]
+__all__ = ["DEFAULT_M", "Rect", "StitchResult", "Stitcher", "TiledStitcher", "canvas_geometry", "complex_patches", "default_stitch_M",
+           "stitch_patches"]
 
 DEFAULT_M = 20
+
+
+def complex_patches(amplitude: npt.NDArray[np.float32], phase: npt.NDArray[np.float32]) -> npt.NDArray[np.complex64]:
+    """``amplitude * exp(i phase)`` as complex64, any shape (the network's two real outputs, combined)."""
+    patches = np.empty(np.shape(amplitude), np.complex64)
+    np.cos(phase, out=patches.real)
+    np.sin(phase, out=patches.imag)
+    patches *= amplitude
+    return patches
+
+
+def default_stitch_M(N: int) -> int:  # noqa: N802, N803
+    """The central crop kept from each ``N x N`` patch when none is chosen: ``min(20, N/2)`` (design.md)."""
+    return min(DEFAULT_M, N // 2)
 """Default side of the central crop kept from every patch (PtychoPINN's inference default)."""
 
 _CHUNK = 256

@@ -17,7 +17,8 @@ Checkpoint contract (read by ``export`` and ``workflows``): ``self.generator`` i
 ``train_data_sha256`` str, sha256 of the training data file ('' when built from arrays)
 ==================  ========================================================================
 
-:meth:`PtychoPINNModule.load_generator` turns a checkpoint back into ``(generator, hparams, probe)``.
+:func:`ptycho_torch.checkpoint.load_generator` turns a checkpoint back into ``(generator, record, probe)``
+(:class:`~ptycho_torch.checkpoint.CheckpointRecord` is these hyper-parameters, typed).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from torch import Tensor
 
 from ptycho_torch import physics
 from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig, config_from_dict
-from ptycho_torch.errors import ConfigError, ModelArchiveError
+from ptycho_torch.errors import ConfigError
 from ptycho_torch.model import PtychoPINNGenerator, combine_complex
 
 #: supervised loss weights on amplitude and phase (PtychoPINN's torch supervised mode)
@@ -177,32 +178,6 @@ class PtychoPINNModule(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    @staticmethod
-    def load_generator(ckpt_path: str | Path) -> tuple[PtychoPINNGenerator, dict[str, Any], np.ndarray]:
-        """Read a checkpoint safely (``weights_only=True``) and return ``(generator, hparams, probe)``.
-
-        ``generator`` is in eval mode on the CPU; ``hparams`` is the dict of the module docstring;
-        ``probe`` is the normalised probe, complex64 ``(P, N, N)``.
-        """
-        path = Path(ckpt_path)
-        if not path.is_file():
-            raise ModelArchiveError(f"`ckpt_path` must be an existing checkpoint file, got {str(path)!r}")
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-            hparams = dict(checkpoint["hyper_parameters"])
-            state = checkpoint["state_dict"]
-            config = config_from_dict(ModelConfig, hparams["model_config"])
-        except Exception as error:  # unreadable file, not a Lightning checkpoint, or foreign hparams
-            raise ModelArchiveError(
-                f"`ckpt_path` must be a PtychoPINN Lightning checkpoint, got {str(path)!r} "
-                f"({str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}); "
-                "pass RUN/checkpoints/best.ckpt or last.ckpt written by `ptychopinn train`"
-            ) from error
-        generator = PtychoPINNGenerator(config)
-        prefix = "generator."
-        generator.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
-        return generator.eval(), hparams, state["probe"].numpy()
 
 
 def check_loss_config(training: TrainingConfig) -> None:

@@ -28,6 +28,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoa
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from ptycho_torch.checkpoint import load_generator
 from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig
 from ptycho_torch.data import RawData
 from ptycho_torch.corpus import Corpus
@@ -144,8 +145,7 @@ def _check_resume(resume: Path, model: ModelConfig, name: str = "resume") -> Non
     """Refuse a checkpoint that is missing or was trained with a different model."""
     if not resume.is_file():
         raise ConfigError(f"`{name}` must be an existing checkpoint file, got {str(resume)!r}")
-    _, hparams, _ = PtychoPINNModule.load_generator(resume)
-    saved = ModelConfig(**hparams["model_config"])
+    saved = load_generator(resume)[1].model
     if saved != model:
         changed = {f.name: (getattr(saved, f.name), getattr(model, f.name)) for f in dataclasses.fields(model)
                    if getattr(saved, f.name) != getattr(model, f.name)}
@@ -233,7 +233,7 @@ def train(
     module = PtychoPINNModule.from_configs(training, execution, probe=probe, input_scale=scale,
                                            train_data_sha256=train_data_sha256)
     if init_from is not None:
-        generator, _, _ = PtychoPINNModule.load_generator(init_from)
+        generator, _, _ = load_generator(init_from)
         module.generator.load_state_dict(generator.state_dict())
     try:
         with warnings.catch_warnings():

@@ -26,14 +26,13 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-import torch
 
 from ptycho_torch import params
+from ptycho_torch.checkpoint import load_generator
 from ptycho_torch.config import (
     ModelConfig,
     PyTorchExecutionConfig,
     TrainingConfig,
-    config_from_dict,
     dataclass_to_legacy_dict,
     update_legacy_dict,
 )
@@ -42,7 +41,8 @@ from ptycho_torch.errors import DataContractError, ModelArchiveError
 from ptycho_torch.model import PtychoPINNGenerator
 from ptycho_torch.model_manager import ARCHIVE_NAME, DEFAULT_MODEL, TorchModelManager
 from ptycho_torch.outputs import save_outputs
-from ptycho_torch.stitching import DEFAULT_M, StitchResult, stitch_patches
+from ptycho_torch.stitching import DEFAULT_M, StitchResult, complex_patches, stitch_patches
+from ptycho_torch.torch_runner import TorchRunner
 
 __all__ = [
     "group_for_inference",
@@ -124,15 +124,10 @@ def train_cdi_model_torch(
 def predict_patches(
     model: PtychoPINNGenerator, diffraction: np.ndarray, scale: float, *, batch_size: int = 64
 ) -> np.ndarray:
-    """Complex object patches ``(B, C, N, N)`` for raw amplitudes ``diffraction`` ``(B, C, N, N)``."""
-    device = next(model.parameters()).device
-    out = np.empty(diffraction.shape, dtype=np.complex64)
-    with torch.inference_mode():
-        for start in range(0, len(diffraction), batch_size):  # batches, not patterns
-            x = torch.from_numpy(np.ascontiguousarray(diffraction[start:start + batch_size])).to(device)
-            amplitude, phase = model(x, torch.full((len(x),), scale, dtype=torch.float32, device=device))
-            out[start:start + len(x)] = torch.polar(amplitude.float(), phase.float()).cpu().numpy()
-    return out
+    """Complex object patches ``(B, C, N, N)`` for raw amplitudes ``diffraction`` ``(B, C, N, N)``
+    (batched by the :class:`~ptycho_torch.torch_runner.TorchRunner` every torch path uses)."""
+    runner = TorchRunner(model, training_scale=scale, batch_size=batch_size)
+    return complex_patches(*runner.infer(diffraction, np.full(len(diffraction), scale, np.float32)))
 
 
 def reassemble_torch(
@@ -282,22 +277,12 @@ def load_inference_bundle_torch(
             "pass a run folder written by `ptychopinn train`, a wts.h5.zip or a .ckpt"
         )
     if path.suffix == ".ckpt":
-        from training.module import PtychoPINNModule
-
-        generator, hparams, _ = PtychoPINNModule.load_generator(path)
-        snapshot = _params_from_hparams(hparams)
+        generator, record, _ = load_generator(path)
+        snapshot = record.params_snapshot()
         params.cfg.update(snapshot)
         return generator, snapshot
     loaded = TorchModelManager.load(path, model_name)
     return loaded.generator, dict(loaded.params)
-
-
-def _params_from_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
-    """The ``params.cfg`` view of a checkpoint's hyper-parameters (what an archive would store)."""
-    training = config_from_dict(TrainingConfig, {**hparams["training_config"], "model": hparams["model_config"]})
-    snapshot = {k: v for k, v in dataclass_to_legacy_dict(training).items() if v is not None}
-    return {**snapshot, "intensity_scale": float(hparams["intensity_scale"]),
-            "input_scale": float(hparams["input_scale"])}
 
 
 def _load_from_mlflow(uri: str, model_name: str, tracking_uri: str | None) -> tuple[PtychoPINNGenerator, dict[str, Any]]:

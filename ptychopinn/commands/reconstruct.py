@@ -204,13 +204,16 @@ def _reconstruct_remote(args: argparse.Namespace, scan: RawData,
 
 
 def _reconstruct_in_process(args: argparse.Namespace, scan: RawData):
-    from ptycho_torch.config import ModelConfig
-    from ptycho_torch.stitching import DEFAULT_M
-    from ptycho_torch.workflows.components import group_for_inference, load_inference_bundle_torch, reassemble_torch
+    """The one reconstruct pipeline, with the network run by torch in this process."""
+    import numpy as np
+
+    from ptycho_torch.pipeline import ReconstructOptions, reconstruct
+    from ptycho_torch.torch_runner import TorchRunner
+    from ptycho_torch.workflows.components import load_inference_bundle_torch
 
     generator, snapshot = load_inference_bundle_torch(args.model)
-    model = ModelConfig(N=int(snapshot["N"]), gridsize=int(snapshot["gridsize"]))
-    grouped = group_for_inference(scan, model, neighbor_count=int(snapshot.get("neighbor_count", 4)), seed=args.seed)
-    scale = None if args.scale_policy == "scan" else float(snapshot["input_scale"])
-    M = args.stitch_m if args.stitch_m is not None else min(DEFAULT_M, model.N // 2)
-    return reassemble_torch(generator, grouped, M=M, scale=scale, batch_size=args.batch_size)
+    runner = TorchRunner(generator, training_scale=float(snapshot["input_scale"]), batch_size=args.batch_size)
+    options = ReconstructOptions(scale_policy=args.scale_policy, stitch_M=args.stitch_m, seed=args.seed,
+                                 neighbor_count=snapshot.get("neighbor_count"))
+    result = reconstruct(runner, scan.diff3d, np.column_stack([scan.xcoords, scan.ycoords]), options=options)
+    return result.amplitude, result.phase, {"coverage": result.coverage, "origin": result.origin}

@@ -26,8 +26,9 @@ import numpy.typing as npt
 from ptycho_torch.stitching import Rect, TiledStitcher
 from ptycho_torch.bundle import Bundle
 from serving.errors import InvalidRequest
-from ptycho_torch.pipeline import ReconstructOptions, Reconstruction, polar
+from ptycho_torch.pipeline import ReconstructOptions, Reconstruction
 from ptycho_torch.scan_checks import check_network_input, to_amplitudes
+from ptycho_torch.stitching import complex_patches
 
 __all__ = ["Receipt", "Session", "SessionRunner", "Work"]
 
@@ -349,7 +350,7 @@ class Session:
                 self._counts.failed += len(work.indices)
                 return
             amplitude, phase = outputs
-            patches = polar(amplitude[:, 0], phase[:, 0])
+            patches = complex_patches(amplitude[:, 0], phase[:, 0])
             rect = self.stitcher.add(patches, work.positions)
             now = self._clock()
             self._latencies.extend(now - self._arrived.pop(i) for i in work.indices.tolist())

@@ -26,12 +26,13 @@ from export.bundle_writer import ExportOptions, export_bundle
 from export.onnx import EXPORTER_LOGGERS
 from export.verify import FP16_TOLERANCE, FP32_TOLERANCE, verification_inputs, verify_exports
 from ptycho_torch import params
-from ptychopinn.cli import main as cli_main
-from ptycho_torch.config import ModelConfig
+from ptycho_torch.bundle import Bundle
+from ptycho_torch.checkpoint import CheckpointRecord, load_generator
+from ptycho_torch.config import ModelConfig, TrainingConfig
 from ptycho_torch.data import load_siemens_star
 from ptycho_torch.errors import ExportError
 from ptycho_torch.model import PtychoPINNGenerator
-from ptycho_torch.bundle import Bundle
+from ptychopinn.cli import main as cli_main
 
 N = 32
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -59,14 +60,14 @@ def exported(request: pytest.FixtureRequest, scan32: Path, tmp_path_factory: pyt
     config = ModelConfig(N=N, gridsize=gridsize, n_filters_scale=1, generator=kind)
     generator = PtychoPINNGenerator(config).eval()
     diffraction = verification_inputs(scan32, N, gridsize, n_groups=32)
-    hparams = {"model_config": dataclasses.asdict(config), "training_config": {"train_data_file": str(scan32)},
-               "input_scale": 0.02, "intensity_scale": 1234.5, "train_data_sha256": "0" * 64}
+    record = CheckpointRecord(training=TrainingConfig(model=config, train_data_file=scan32), training_scale=0.02,
+                              intensity_scale=1234.5, train_data_sha256="0" * 64)
     out = tmp_path_factory.mktemp(f"gs{gridsize}") / "bundle"
     mask_file = None
     if gridsize == 2:  # one variant ships a detector mask
         mask_file = out.parent / "mask.npy"
         np.save(mask_file, np.eye(N, dtype=np.uint8)[::-1])  # 0/1 integers are accepted
-    bundle = export_bundle(generator, out, hparams=hparams, probe=np.ones((N, N), np.complex64),
+    bundle = export_bundle(generator, out, record=record, probe=np.ones((N, N), np.complex64),
                            diffraction=diffraction, inputs_label="siemens32.npz",
                            options=ExportOptions(zip=True, fp16=gridsize == 2, bad_pixels=mask_file,
                                                  pixel_size_m=2e-8 if gridsize == 2 else None))
@@ -205,7 +206,9 @@ def test_a_detector_mask_ships_in_the_bundle_checksummed(exported: Exported) -> 
 
 def test_export_refuses_bad_output_dir_and_options(exported: Exported) -> None:
     with pytest.raises(ExportError, match=r"`--out` must be a new or empty directory"):
-        export_bundle(exported.generator, exported.bundle.root, hparams={}, probe=exported.bundle.probe,
+        record = CheckpointRecord(training=TrainingConfig(model=exported.generator.config), training_scale=1.0,
+                                  intensity_scale=1.0)
+        export_bundle(exported.generator, exported.bundle.root, record=record, probe=exported.bundle.probe,
                       diffraction=exported.diffraction, inputs_label="x")
     with pytest.raises(ExportError, match=r"`name` must be letters, digits"):
         ExportOptions(name="a/b")
@@ -218,10 +221,9 @@ def test_cli_reports_a_missing_checkpoint(tmp_path: Path, capsys: pytest.Capture
 
 def test_cli_exports_a_trained_checkpoint(scan32: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                          caplog: pytest.LogCaptureFixture) -> None:
-    from ptycho_torch.config import PyTorchExecutionConfig, TrainingConfig
+    from ptycho_torch.config import PyTorchExecutionConfig
     from ptycho_torch.data import RawData
     from ptycho_torch.bundle import load_bundle
-    from training.module import PtychoPINNModule
     from ptycho_torch.checksums import sha256_file
     from training.trainer import train
 
@@ -242,10 +244,11 @@ def test_cli_exports_a_trained_checkpoint(scan32: Path, tmp_path: Path, capsys: 
     assert "verified   on 64 samples of the training scan siemens32.npz" in capsys.readouterr().out
     chatter = [r.getMessage() for r in caplog.records if r.name.startswith(EXPORTER_LOGGERS)]
     assert chatter == []  # the exporter's ~45 pass-by-pass INFO/WARNING lines stay out of the user's log
-    generator, hparams, probe = PtychoPINNModule.load_generator(result.last_checkpoint)
+    generator, record, probe = load_generator(result.last_checkpoint)
     bundle = load_bundle(out.with_suffix(".zip"), trusted_keys=[public])  # signed, and the zip carries it
     assert bundle.signed and bundle.signed_by is not None
-    assert bundle.training_scale == hparams["input_scale"] and bundle.intensity_scale == hparams["intensity_scale"]
+    assert bundle.training_scale == record.training_scale and bundle.intensity_scale == record.intensity_scale
+    assert bundle.params == record.params_snapshot()
     assert bundle.manifest.provenance.train_data_sha256 == sha256_file(scan32)
     record = bundle.manifest.training  # recipe, effort and held-out fit, from the run's summary.json
     assert record.steps == 2 and record.wall_s == result.summary["wall_s"] > 0
@@ -255,7 +258,7 @@ def test_cli_exports_a_trained_checkpoint(scan32: Path, tmp_path: Path, capsys: 
     import onnxruntime as ort
 
     diffraction = verification_inputs(scan32, N, 1, n_groups=8)
-    scale = np.full(8, hparams["input_scale"], np.float32)
+    scale = np.full(8, record.training_scale, np.float32)
     session = ort.InferenceSession(str(bundle.onnx_path), providers=["CPUExecutionProvider"])
     for got, want in zip(session.run(None, {"diffraction": diffraction, "scale": scale}),
                          _eager(generator, diffraction, scale)):
@@ -278,3 +281,27 @@ def test_the_pixel_size_comes_from_the_flag_or_the_training_scan_and_they_must_a
         training_pixel_size(3e-8, path)
     with pytest.raises(ExportError, match="`--pixel-size-m` must be the object pixel size in metres"):
         ExportOptions(pixel_size_m=0.0)
+
+
+def test_torch_and_onnx_runners_give_the_same_object(exported: Exported, scan32: Path) -> None:
+    """One reconstruct implementation: the same scan through the pipeline with the network run by
+    onnxruntime (the bundle) and by torch (the generator it was exported from)."""
+    from ptycho_torch.data import RawData
+    from ptycho_torch.pipeline import reconstruct
+    from ptycho_torch.torch_runner import TorchRunner
+    from serving.engine import Engine
+
+    scan = RawData.from_file(scan32).subset(np.arange(120))
+    positions = np.column_stack([scan.xcoords, scan.ycoords])
+    bundle = exported.bundle
+    onnx = reconstruct(Engine(bundle, providers=["cpu"], warmup=False), scan.diff3d, positions, probe=scan.probeGuess)
+    eager = reconstruct(TorchRunner(exported.generator, training_scale=bundle.training_scale, probe=bundle.probe,
+                                    stitch_M=bundle.stitch_M, batch_size=16),
+                        scan.diff3d, positions, probe=scan.probeGuess)
+    assert (eager.n_groups, eager.origin, eager.scale) == (onnx.n_groups, onnx.origin, onnx.scale)
+    assert eager.probe_difference == pytest.approx(onnx.probe_difference)
+    np.testing.assert_array_equal(eager.coverage, onnx.coverage)
+    covered = onnx.coverage > 0
+    assert covered.sum() > 1000
+    difference = np.abs(eager.amplitude * np.exp(1j * eager.phase) - onnx.amplitude * np.exp(1j * onnx.phase))
+    assert difference[covered].max() <= 2 * FP32_TOLERANCE * max(1.0, onnx.amplitude.max())

@@ -7,7 +7,7 @@ import sys
 
 NUMPY_ONLY = [
     "ptycho_torch.config", "ptycho_torch.params", "ptycho_torch.data", "ptycho_torch.grouping",
-    "ptycho_torch.normalization", "ptycho_torch.simulation", "ptycho_torch.checksums", "ptycho_torch.bundle",
+    "ptycho_torch.normalization", "ptycho_torch.simulation", "ptycho_torch.checksums", "ptycho_torch.bundle", "ptycho_torch.checkpoint",
     "ptycho_torch.pipeline", "ptycho_torch.stitching",
     "ptychopinn.commands.simulate", "ptychopinn.commands.inspect", "ptycho_torch.data_fit",
     "ptycho_torch.refinement",

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from ptycho_torch import params
+from ptycho_torch.checkpoint import load_generator
 from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig
 from ptycho_torch.errors import ModelArchiveError
 from ptycho_torch.model_manager import ARCHIVE_NAME, TorchModelManager
@@ -51,7 +52,7 @@ def test_save_writes_the_documented_layout(archive):
 
 
 def test_load_restores_params_and_predicts_identically(archive, checkpoint):
-    original, _, probe = PtychoPINNModule.load_generator(checkpoint)
+    original, _, probe = load_generator(checkpoint)
     params.cfg["N"] = 64
     loaded = TorchModelManager.load(archive)
     assert params.cfg["N"] == N and params.cfg["intensity_scale"] == pytest.approx(62.5)
@@ -61,7 +62,7 @@ def test_load_restores_params_and_predicts_identically(archive, checkpoint):
         for a, b in zip(original(x, scale), loaded.generator(x, scale)):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
     np.testing.assert_array_equal(loaded.probe, probe)
-    assert loaded.hparams["input_scale"] == pytest.approx(0.37)
+    assert loaded.record.training_scale == pytest.approx(0.37)
 
 
 def test_load_accepts_the_run_folder(archive):

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
+from ptycho_torch.checkpoint import load_generator
 from ptychopinn.cli import main
 from tests.training.conftest import N
-from training.module import PtychoPINNModule
 
 pytestmark = pytest.mark.slow
 
@@ -26,15 +26,15 @@ def test_corpus_pretraining_then_self_supervised_fine_tuning(scan_files, tmp_pat
     summary = json.loads((pre / "summary.json").read_text())
     assert summary["global_step"] == 2 * 4  # shard 1 trains (32 patterns = 4 batches), shard 2 validates
     assert summary["best_val_loss"] is not None and math.isfinite(summary["final_metrics"]["val_loss"])
-    generator, hparams, probe = PtychoPINNModule.load_generator(pre / "checkpoints" / "last.ckpt")
-    assert hparams["model_config"]["generator"] == "full" and hparams["training_config"]["train_corpus"] == str(corpus)
+    generator, record, probe = load_generator(pre / "checkpoints" / "last.ckpt")
+    assert record.model.generator == "full" and str(record.training.train_corpus) == str(corpus)
 
     train_file, test_file = scan_files
     tuned = tmp_path / "tuned"
     args = ["train", "--train-data", str(test_file), "--output-dir", str(tuned), "--epochs", "1",
             "--init-from", str(pre / "checkpoints" / "last.ckpt"), *common]
     assert main(args) == 0
-    after, tuned_hparams, _ = PtychoPINNModule.load_generator(tuned / "checkpoints" / "last.ckpt")
+    after, _, _ = load_generator(tuned / "checkpoints" / "last.ckpt")
     moved = [not torch.equal(a, b) for a, b in zip(generator.state_dict().values(), after.state_dict().values())]
     assert any(moved)  # trained further from the pretrained weights ...
     assert json.loads((tuned / "summary.json").read_text())["global_step"] == 2  # ... a fresh run: 15 groups / 8

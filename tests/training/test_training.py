@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from ptychopinn.cli import main
+from ptycho_torch.checkpoint import CheckpointRecord, load_generator
+from ptycho_torch.checksums import sha256_file
 from ptycho_torch.data import RawData
 from ptycho_torch.errors import ModelArchiveError
+from ptycho_torch.model import PtychoPINNGenerator
+from ptychopinn.cli import main
 from tests.training.conftest import N
 from training.datamodule import GroupedDataset, group_scan
-from training.module import PtychoPINNModule
-from ptycho_torch.checksums import sha256_file
 
 pytestmark = pytest.mark.slow
 EPOCHS = 3
@@ -37,20 +38,20 @@ def trained_run(scan_files, tmp_path_factory):
     return run
 
 
-def _val_loss(generator, hparams, probe, scan_file) -> float:
+def _val_loss(generator, record, probe, scan_file) -> float:
     """Validation Poisson NLL of a generator on the test scan, computed without Lightning."""
     from ptycho_torch import physics
-    from ptycho_torch.config import ModelConfig, TrainingConfig
+    from ptycho_torch.config import TrainingConfig
     from ptycho_torch.model import combine_complex
 
-    training = TrainingConfig(model=ModelConfig(**hparams["model_config"]))
+    training = TrainingConfig(model=record.model)
     data = GroupedDataset(group_scan(RawData.from_file(scan_file), training, seed=1), with_labels=False)
     x = data.diffraction.permute(0, 3, 1, 2)
     scale = data.scale.expand(x.shape[0])
     with torch.no_grad():
         amplitude, phase = generator(x, scale)
         intensity = physics.far_field_intensity(physics.illuminate(combine_complex(amplitude, phase), torch.from_numpy(probe)))
-        s = hparams["intensity_scale"]
+        s = record.intensity_scale
         return physics.poisson_nll(s**2 * intensity, (s * x * scale[:, None, None, None]) ** 2).item()
 
 
@@ -63,10 +64,10 @@ def test_training_lowers_the_loss_and_writes_best_and_last(trained_run, scan_fil
     metrics = (trained_run / "logs" / "version_0" / "metrics.csv").read_text().splitlines()
     assert metrics[0].startswith("epoch,step") and "val_loss" in metrics[0]
 
-    generator, hparams, probe = PtychoPINNModule.load_generator(checkpoints / "best.ckpt")
+    generator, record, probe = load_generator(checkpoints / "best.ckpt")
     torch.manual_seed(0)  # an untrained generator, initialised as the run's was
-    before = _val_loss(PtychoPINNModule(**hparams).generator.eval(), hparams, probe, scan_files[1])
-    after = _val_loss(generator, hparams, probe, scan_files[1])
+    before = _val_loss(PtychoPINNGenerator(record.model).eval(), record, probe, scan_files[1])
+    after = _val_loss(generator, record, probe, scan_files[1])
     assert after < before - 0.01 * abs(before), (before, after)
     assert summary["best_val_loss"] == pytest.approx(after, rel=1e-4)
 
@@ -82,8 +83,8 @@ def test_checkpoint_contract(trained_run, scan_files):
         (RawData.from_file(scan_files[0]).diff3d.astype(np.float64) ** 2).sum(axis=(1, 2)).mean()), rel=1e-5)
     assert hparams["training_config"]["train_data_file"] == str(scan_files[0])
     assert checkpoint["state_dict"]["probe"].dtype == torch.complex64
-    generator, loaded, probe = PtychoPINNModule.load_generator(path)
-    assert loaded == dict(hparams) and probe.shape == (1, N, N) and probe.dtype == np.complex64
+    generator, record, probe = load_generator(path)
+    assert record == CheckpointRecord.from_hparams(hparams) and probe.shape == (1, N, N) and probe.dtype == np.complex64
     assert not generator.training
     state = {k[len("generator."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("generator.")}
     for name, value in generator.state_dict().items():
@@ -94,9 +95,9 @@ def test_load_generator_rejects_a_non_checkpoint(tmp_path):
     bogus = tmp_path / "x.ckpt"
     bogus.write_bytes(b"not a checkpoint")
     with pytest.raises(ModelArchiveError, match="best.ckpt or last.ckpt"):
-        PtychoPINNModule.load_generator(bogus)
+        load_generator(bogus)
     with pytest.raises(ModelArchiveError, match="existing checkpoint"):
-        PtychoPINNModule.load_generator(tmp_path / "missing.ckpt")
+        load_generator(tmp_path / "missing.ckpt")
 
 
 def test_resume_continues_at_the_same_step_with_optimizer_state(trained_run, scan_files, tmp_path):

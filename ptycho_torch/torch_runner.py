@@ -1,0 +1,76 @@
+"""The torch runner: a generator as a :class:`~ptycho_torch.pipeline.Runner`, so an in-process torch
+model reconstructs through the same pipeline as an ONNX bundle or a remote server.
+
+``TorchRunner(generator, training_scale=...)`` answers ``infer(diffraction (B, C, N, N), scale (B,))``
+with ``(amplitude, phase)`` ``(B, C, N, N)`` float32 in batches of ``batch_size`` under
+``torch.inference_mode``; its :attr:`~TorchRunner.model` is the :class:`TorchModel` the pipeline
+reads (N, gridsize, stitch_M, training scale, training probe).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from ptycho_torch.checkpoint import load_generator
+from ptycho_torch.model import PtychoPINNGenerator
+from ptycho_torch.stitching import default_stitch_M
+
+__all__ = ["TorchModel", "TorchRunner"]
+
+
+@dataclass(frozen=True)
+class TorchModel:
+    """A torch generator's facts, as the pipeline reads them (:class:`~ptycho_torch.pipeline.ModelInfo`)."""
+
+    N: int  # noqa: N815 - the project-wide name of the patch size
+    gridsize: int
+    stitch_M: int  # noqa: N815
+    training_scale: float
+    probe: npt.NDArray[np.complex64] | None = None
+    """The training probe ``(P, N, N)``, or None when unknown."""
+    default_scale_policy: str = "scan"
+
+    @property
+    def channels(self) -> int:
+        return self.gridsize * self.gridsize
+
+
+class TorchRunner:
+    """Batched inference of a :class:`PtychoPINNGenerator` on its own device (eval mode, no autograd)."""
+
+    def __init__(self, generator: PtychoPINNGenerator, *, training_scale: float,
+                 probe: npt.ArrayLike | None = None, stitch_M: int | None = None,  # noqa: N803
+                 batch_size: int = 64) -> None:
+        config = generator.config
+        self.generator = generator.eval()
+        self.batch_size = batch_size
+        self.model = TorchModel(
+            N=config.N, gridsize=config.gridsize, training_scale=float(training_scale),
+            stitch_M=default_stitch_M(config.N) if stitch_M is None else stitch_M,
+            probe=None if probe is None else np.asarray(probe, np.complex64).reshape(-1, config.N, config.N))
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, *, batch_size: int = 64) -> TorchRunner:
+        """A runner for a Lightning checkpoint (see :func:`~ptycho_torch.checkpoint.load_generator`)."""
+        generator, record, probe = load_generator(path)
+        return cls(generator, training_scale=record.training_scale, probe=probe, batch_size=batch_size)
+
+    def infer(self, diffraction: npt.NDArray[np.float32], scale: npt.NDArray[np.float32]
+              ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """``amplitude, phase`` ``(B, C, N, N)`` float32 for raw amplitudes ``(B, C, N, N)`` and ``scale`` ``(B,)``."""
+        device = next(self.generator.parameters()).device
+        amplitude = np.empty(diffraction.shape, np.float32)
+        phase = np.empty(diffraction.shape, np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(diffraction), self.batch_size):  # batches, not patterns
+                batch = slice(start, start + self.batch_size)
+                x = torch.from_numpy(np.ascontiguousarray(diffraction[batch], np.float32)).to(device)
+                s = torch.from_numpy(np.ascontiguousarray(scale[batch], np.float32)).to(device)
+                a, p = self.generator(x, s)
+                amplitude[batch], phase[batch] = a.float().cpu().numpy(), p.float().cpu().numpy()
+        return amplitude, phase
