@@ -34,6 +34,8 @@ class TorchModel:
     probe: npt.NDArray[np.complex64] | None = None
     """The training probe ``(P, N, N)``, or None when unknown."""
     default_scale_policy: str = "scan"
+    pixel_size_m: float | None = None
+    """Object pixel size of the training data in metres, or None when unknown."""
 
     @property
     def channels(self) -> int:
