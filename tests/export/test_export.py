@@ -244,11 +244,11 @@ def test_cli_exports_a_trained_checkpoint(scan32: Path, tmp_path: Path, capsys: 
     assert "verified   on 64 samples of the training scan siemens32.npz" in capsys.readouterr().out
     chatter = [r.getMessage() for r in caplog.records if r.name.startswith(EXPORTER_LOGGERS)]
     assert chatter == []  # the exporter's ~45 pass-by-pass INFO/WARNING lines stay out of the user's log
-    generator, record, probe = load_generator(result.last_checkpoint)
+    generator, checkpoint, probe = load_generator(result.last_checkpoint)
     bundle = load_bundle(out.with_suffix(".zip"), trusted_keys=[public])  # signed, and the zip carries it
     assert bundle.signed and bundle.signed_by is not None
-    assert bundle.training_scale == record.training_scale and bundle.intensity_scale == record.intensity_scale
-    assert bundle.params == record.params_snapshot()
+    assert bundle.training_scale == checkpoint.training_scale and bundle.intensity_scale == checkpoint.intensity_scale
+    assert bundle.params == checkpoint.params_snapshot()
     assert bundle.manifest.provenance.train_data_sha256 == sha256_file(scan32)
     record = bundle.manifest.training  # recipe, effort and held-out fit, from the run's summary.json
     assert record.steps == 2 and record.wall_s == result.summary["wall_s"] > 0
@@ -258,7 +258,7 @@ def test_cli_exports_a_trained_checkpoint(scan32: Path, tmp_path: Path, capsys: 
     import onnxruntime as ort
 
     diffraction = verification_inputs(scan32, N, 1, n_groups=8)
-    scale = np.full(8, record.training_scale, np.float32)
+    scale = np.full(8, checkpoint.training_scale, np.float32)
     session = ort.InferenceSession(str(bundle.onnx_path), providers=["CPUExecutionProvider"])
     for got, want in zip(session.run(None, {"diffraction": diffraction, "scale": scale}),
                          _eager(generator, diffraction, scale)):
