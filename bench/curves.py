@@ -83,6 +83,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "tf-gold": {"model": {"generator": "tf"}, "data": "gold"},
     "full-gold": {"model": {"generator": "full"}, "data": "gold"},
     "taper-gold": {"model": {"generator": "taper"}, "data": "gold"},
+    "smooth-gold": {"model": {"generator": "smooth"}, "data": "gold"},
     "tf-corpus": {"model": {"generator": "tf"}, "data": "corpus"},
     "taper-corpus": {"model": {"generator": "taper"}, "data": "corpus"},
     "taper-gold-finetune": {"model": {"generator": "taper"}, "data": "finetune", "init": "taper-gold"},

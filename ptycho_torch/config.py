@@ -17,7 +17,7 @@ from typing import Any, Final, Literal, TypeVar
 from ptycho_torch.errors import ConfigError
 
 AMP_ACTIVATIONS: Final = ("sigmoid", "swish", "silu", "softplus", "relu")
-GENERATORS: Final = ("tf", "full", "taper")
+GENERATORS: Final = ("tf", "smooth", "full", "taper")
 MODEL_TYPES: Final = ("pinn", "supervised")
 LOSS_MODES: Final = ("poisson", "mae")
 SCHEDULERS: Final = ("Default", "Exponential", "ReduceLROnPlateau", "WarmupCosine")
@@ -77,13 +77,15 @@ class ModelConfig:
     """``pinn`` (self-supervised through the physics) or ``supervised`` (needs ground truth)."""
     architecture: Literal["cnn"] = "cnn"
     """Generator family; only the CNN generator is implemented."""
-    generator: Literal["tf", "full", "taper"] = "tf"
+    generator: Literal["tf", "smooth", "full", "taper"] = "tf"
     """Last decoder stage. ``tf``: TensorFlow parity (the central N/2 window from a sigmoid head,
     zero-padded, plus a separate border branch when ``probe_big``; nearest upsampling); its hard
     window edge prints a square frame into every patch. ``full``: one head for the whole N x N
     window with bilinear upsampling (no frame; ``pad_object``/``probe_big`` do not apply).
     ``taper``: ``full`` with the amplitude multiplied by a smooth window (1 over the central N/2,
-    cos^2 roll-off to 0 over N/8): the soft support of ``tf`` without its hard edge."""
+    cos^2 roll-off to 0 over N/8): the soft support of ``tf`` without its hard edge.
+    ``smooth``: ``tf`` with the centre head and the border branch blended by a cos^2 window over
+    the outer N/16 pixels of the N/2 window instead of the hard mask (no seam; same resolution)."""
     amp_activation: str = "sigmoid"
     """Amplitude head activation: sigmoid, swish/silu, softplus or relu."""
     object_big: bool = True

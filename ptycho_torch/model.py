@@ -10,7 +10,9 @@ decoders that climb back to ``N/2`` with ``32 * n_filters_scale`` channels, and 
 predicts the central ``N/2`` window (zero-padded to ``N``) plus, with ``probe_big``, the border
 (``generator='tf'``), or the whole ``N x N`` window from one head with bilinear upsampling
 (``generator='full'``: no hard window edge, so no square frame in the patches), optionally with
-the amplitude multiplied by a smooth :func:`taper` (``generator='taper'``: a soft support).
+the amplitude multiplied by a smooth :func:`taper` (``generator='taper'``: a soft support), or the
+TF structure with its centre head and border branch blended by a smooth :func:`blend_window`
+instead of the hard mask (``generator='smooth'``).
 """
 
 from __future__ import annotations
@@ -92,7 +94,8 @@ class _Decoder(nn.Module):
                  tapered: bool = False) -> None:
         super().__init__()
         N, nf, cout = config.N, config.n_filters_scale, config.channels
-        mode = "nearest" if config.generator == "tf" else "bilinear"
+        windowed = config.generator in ("tf", "smooth")  # central N/2 window at the decoder's native resolution
+        mode = "nearest" if windowed else "bilinear"
         self.tapered = tapered and config.generator == "taper"
         if self.tapered:
             self.register_buffer("taper", taper(N), persistent=False)
@@ -101,7 +104,7 @@ class _Decoder(nn.Module):
         self.base = nn.Sequential(*(_up(a, b, mode) for a, b in zip(widths[:-1], widths[1:])))
         features = widths[-1]  # 32 * nf at N/2 x N/2
         border_width = nf * 2048 // N
-        self.pad_object = config.pad_object and config.generator == "tf"
+        self.pad_object = config.pad_object and windowed
         self.probe_big = config.probe_big and self.pad_object
         self.activation = activation
         self.pad = N // 4
@@ -115,6 +118,9 @@ class _Decoder(nn.Module):
             self.border_up = _up(BORDER_CHANNELS, border_width)
             self.border_conv = _conv(border_width, cout)
             self.register_buffer("border_mask", border_mask, persistent=False)
+        self.blended = self.pad_object and config.generator == "smooth"
+        if self.blended:
+            self.register_buffer("window", blend_window(N), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.base(x)
@@ -122,9 +128,11 @@ class _Decoder(nn.Module):
             out = self.activation(self.outer_conv(self.outer_up(x)))
             return out * self.taper if self.tapered else out
         out = F.pad(self.activation(self.inner_conv(x[:, : self.inner_channels])), (self.pad,) * 4)
+        if self.blended:
+            out = out * self.window
         if self.probe_big:
             border = F.silu(self.border_conv(self.border_up(x[:, self.inner_channels :])))
-            out = out + border * self.border_mask
+            out = out + border * (1 - self.window if self.blended else self.border_mask)
         return out
 
 
@@ -133,6 +141,16 @@ def taper(N: int) -> Tensor:
     to 0 over the next ``N/8`` pixels, 0 beyond (a soft support without the hard window edge)."""
     d = (torch.arange(N, dtype=torch.float64) - N / 2 + 0.5).abs()
     ramp = ((d - N / 4) / (N / 8)).clamp(0, 1)
+    t = torch.cos(0.5 * math.pi * ramp) ** 2
+    return (t[:, None] * t[None, :]).to(torch.float32)[None, None]
+
+
+def blend_window(N: int) -> Tensor:
+    """``(1, 1, N, N)`` float32 separable window: 1 up to ``N/16`` pixels inside the central ``N/2``
+    window's edge, a cos^2 roll-off to 0 at the edge, 0 beyond. The 'smooth' generator weights its
+    centre head by it and its border branch by one minus it: a blend instead of a hard seam."""
+    d = (torch.arange(N, dtype=torch.float64) - N / 2 + 0.5).abs()
+    ramp = ((d - (N / 4 - N / 16)) / (N / 16)).clamp(0, 1)
     t = torch.cos(0.5 * math.pi * ramp) ** 2
     return (t[:, None] * t[None, :]).to(torch.float32)[None, None]
 

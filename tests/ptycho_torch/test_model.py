@@ -174,3 +174,24 @@ def test_taper_generator_is_a_soft_support_without_a_frame():
 
     tf_amplitude, _ = _run(ModelConfig(N=N, n_filters_scale=1), batch=4)
     assert largest_row_step(amplitude) < 0.6 * largest_row_step(tf_amplitude)  # spread over N/8 rows
+
+
+def test_smooth_generator_is_tf_with_a_blend_instead_of_a_seam():
+    N = 64
+    torch.manual_seed(0)
+    tf = PtychoPINNGenerator(ModelConfig(N=N, n_filters_scale=1)).eval()
+    smooth = PtychoPINNGenerator(ModelConfig(N=N, n_filters_scale=1, generator="smooth")).eval()
+    smooth.load_state_dict(tf.state_dict())  # the same weights: only the seam differs
+    x, scale = torch.rand(3, 1, N, N) * 3, torch.full((3,), 0.7)
+    with torch.no_grad():
+        (a_tf, p_tf), (a_sm, p_sm) = tf(x, scale), smooth(x, scale)
+    flat = slice(N // 4 + N // 16, N - N // 4 - N // 16)  # inside the blend: the centre head alone
+    torch.testing.assert_close(a_sm[..., flat, flat], a_tf[..., flat, flat])
+    torch.testing.assert_close(p_sm[..., flat, flat], p_tf[..., flat, flat])
+    outside = border_mask(N).bool().expand_as(a_tf)
+    torch.testing.assert_close(a_sm[outside], a_tf[outside])  # beyond the window: the border branch alone
+
+    def largest_row_step(a: torch.Tensor) -> float:
+        return float((a[..., 1:, :] - a[..., :-1, :]).abs().mean(dim=(0, 1, 3)).max())
+
+    assert largest_row_step(a_sm) < 0.5 * largest_row_step(a_tf)
