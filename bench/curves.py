@@ -85,12 +85,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "taper-gold": {"model": {"generator": "taper"}, "data": "gold"},
     "smooth-gold": {"model": {"generator": "smooth"}, "data": "gold"},
     "tf-corpus": {"model": {"generator": "tf"}, "data": "corpus"},
-    "taper-corpus": {"model": {"generator": "taper"}, "data": "corpus"},
-    "taper-gold-finetune": {"model": {"generator": "taper"}, "data": "finetune", "init": "taper-gold"},
-    "tf-gold-finetune": {"model": {"generator": "tf"}, "data": "finetune", "init": "tf-gold"},
-    "full-corpus": {"model": {"generator": "full"}, "data": "corpus"},
-    "full-corpus-finetune": {"model": {"generator": "full"}, "data": "finetune", "init": "full-corpus"},
-    "full-finetune-scratch": {"model": {"generator": "full"}, "data": "finetune"},
+    "smooth-gold-finetune": {"model": {"generator": "smooth"}, "data": "finetune", "init": "smooth-gold"},
 }
 BASE_MODEL = {"N": 64, "gridsize": 1, "n_filters_scale": 1}
 

@@ -24,10 +24,10 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 REAL_SCAN = PROJECT_ROOT / "data" / "siemens-star-small.npz.bz2"
 DEFAULT_OUT = PROJECT_ROOT / "serving" / "default_bundle"
 
-GENERATOR = "taper"
+GENERATOR = "smooth"
 """The generator of the shipped model (docs/decisions.md, "Generator head"; learning curves in
 docs/benchmarks.md)."""
-EPOCHS = 80
+EPOCHS = 40
 EARLY_STOP_PATIENCE = 10
 """Epochs without a lower held-out NLL before training stops; best.ckpt (lowest) is exported."""
 EXECUTION = PyTorchExecutionConfig(accelerator="cpu", scheduler="ReduceLROnPlateau", seed=42,
