@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
 from ptycho_torch.errors import ConfigError
+from ptycho_torch.grouping import default_neighbor_count
 
 AMP_ACTIVATIONS: Final = ("sigmoid", "swish", "silu", "softplus", "relu")
 GENERATORS: Final = ("tf", "smooth", "full", "taper")
@@ -47,13 +48,16 @@ def _require_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
 
 
 def _check_sampling(config: TrainingConfig | InferenceConfig) -> None:
-    """Checks shared by training and inference: group sampling, neighbours, backend."""
+    """Checks shared by training and inference: group sampling, neighbours, backend. An unset
+    ``neighbor_count`` becomes :func:`~ptycho_torch.grouping.default_neighbor_count` of the model's C."""
     _require(isinstance(config.model, ModelConfig), "model", config.model, "a ModelConfig")
+    if config.neighbor_count is None:
+        object.__setattr__(config, "neighbor_count", default_neighbor_count(config.model.channels))
     for name in ("n_groups", "n_subsample"):
         value = getattr(config, name)
         _require(value is None or (isinstance(value, int) and value >= 1), name, value, "None or an integer >= 1")
     _require(
-        config.neighbor_count >= config.model.channels,
+        isinstance(config.neighbor_count, int) and config.neighbor_count >= config.model.channels,
         "neighbor_count", config.neighbor_count, f">= gridsize**2 = {config.model.channels}",
     )
     _require_choice("backend", config.backend, ("pytorch",))
@@ -145,8 +149,8 @@ class TrainingConfig:
     n_subsample: int | None = None
     """Scan positions drawn before grouping (None: all)."""
     subsample_seed: int | None = None
-    neighbor_count: int = 4
-    """K: nearest neighbours a group's members are drawn from (gridsize > 1)."""
+    neighbor_count: int | None = None
+    """K: nearest neighbours a group's members are drawn from (gridsize > 1); None: max(4, C)."""
     positions_provided: bool = True
     probe_trainable: bool = False
     intensity_scale_trainable: bool = True
@@ -181,7 +185,8 @@ class InferenceConfig:
     n_groups: int | None = None
     n_subsample: int | None = None
     subsample_seed: int | None = None
-    neighbor_count: int = 4
+    neighbor_count: int | None = None
+    """K: nearest neighbours a group's members are drawn from (gridsize > 1); None: max(4, C)."""
     debug: bool = False
     output_dir: Path = Path("inference_outputs")
     backend: Literal["pytorch"] = "pytorch"

@@ -36,6 +36,7 @@ FLAG_FIELDS: dict[str, tuple[str, str]] = {
     "batch_size": ("training", "batch_size"),
     "nphotons": ("training", "nphotons"),
     "n_groups": ("training", "n_groups"),
+    "neighbor_count": ("training", "neighbor_count"),
     "nll_weight": ("training", "nll_weight"),
     "mae_weight": ("training", "mae_weight"),
     "loss": ("training", "torch_loss_mode"),
@@ -85,6 +86,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     loss.add_argument("--batch-size", type=int, help="groups per step, a power of two (default 16)")
     loss.add_argument("--nphotons", type=float, help="photons per pattern (default: the file's metadata, else 1e9)")
     loss.add_argument("--n-groups", type=int, help="groups to sample (default: one per scan position)")
+    loss.add_argument("--neighbor-count", type=int,
+                      help="K: nearest neighbours a group's C members are drawn from at gridsize > 1 "
+                           "(default max(4, C); must be >= C = gridsize**2)")
     loss.add_argument("--nll-weight", type=float, help="Poisson NLL weight (default 1)")
     loss.add_argument("--mae-weight", type=float, help="amplitude MAE weight (default 0)")
     loss.add_argument("--loss", choices=["poisson", "mae"], help="main loss (default poisson)")

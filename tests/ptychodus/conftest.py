@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -53,6 +53,25 @@ def oracle() -> OracleScan:
 @pytest.fixture
 def settings() -> PtychoPINNServeSettings:
     return PtychoPINNServeSettings(SettingsRegistry())
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Path], LiveServer]]:
+    """Start ``ptychopinn serve`` of a bundle on a free 127.0.0.1 port (real uvicorn); stopped after the test."""
+    from ptycho_torch.bundle import load_bundle
+    from serving.app import create_app
+    from serving.engine import Engine
+
+    servers: list[LiveServer] = []
+
+    def start(bundle: Path) -> LiveServer:
+        engine = Engine(load_bundle(bundle), providers=["cpu"], max_batch_size=16, intra_op_threads=1)
+        servers.append(LiveServer(create_app(engine)))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
 
 
 @pytest.fixture(scope="session")
