@@ -73,3 +73,13 @@ def serve() -> Iterator[Callable[..., LiveServer]]:
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def oracle_app_server(engine: Engine) -> Iterator[LiveServer]:
+    """One live server of the oracle engine with the default app settings, shared by a module."""
+    from serving.app import create_app
+
+    live = LiveServer(create_app(engine))
+    yield live
+    live.stop()

@@ -12,8 +12,6 @@ import httpx
 import numpy as np
 import pytest
 
-from serving.app import create_app
-from serving.engine import Engine
 from serving.protocol_v2 import HEADER_LENGTH
 
 N = 32
@@ -132,12 +130,9 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def server(engine: Engine):  # noqa: ANN201 - a LiveServer
-    from conftest import LiveServer
-
-    live = LiveServer(create_app(engine))
-    yield live
-    live.stop()
+def server(oracle_app_server):  # noqa: ANN001, ANN201 - a LiveServer
+    # `from conftest import LiveServer` picked tests/training/conftest.py when every folder is collected
+    return oracle_app_server
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
