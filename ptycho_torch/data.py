@@ -15,7 +15,8 @@ key               shape, dtype                    meaning
 ``objectGuess``   (H, W) complex64, optional      ground truth or reference object
 ``scan_index``    (S,) int64, optional            scan id per pattern (default zeros)
 ``Y``             (S, N, N) complex64, optional   ground-truth patches
-``_metadata``     JSON string, optional           provenance (e.g. ``nphotons``, origin)
+``_metadata``     JSON string, optional           provenance (e.g. ``nphotons``, origin); ``pixel_size_m``:
+                                                 object pixel size in metres (:mod:`ptycho_torch.pixel_size`)
 ================  ==============================  ==========================================
 
 Every violation raises :class:`~ptycho_torch.errors.DataContractError` (a ``ValueError``) naming
