@@ -32,6 +32,7 @@ from ptycho_torch.pipeline import ReconstructOptions, network_scale, reconstruct
 from serving.client import Client, LiveSession, RemoteRunner, ServedModel, ServerUnreachable
 from serving.errors import ModelNotFound, ServingError
 from serving.ptychodus.adapter import ObjectGrid, Scan, check_model_geometry, refine_outputs, scan_from_input
+from serving.ptychodus.reporting import reported
 from serving.ptychodus.settings import GROUP, PtychoPINNServeSettings
 
 __all__ = ["HttpReconstructor"]
@@ -75,6 +76,9 @@ class HttpReconstructor(Reconstructor):
             raise ConfigError(f"`[{GROUP}] ServerModel` must be a model served at {url}: {error}") from None
 
     def reconstruct(self, parameters: ReconstructInput) -> Iterator[ReconstructOutput]:
+        return reported(self._reconstruct(parameters), "Reconstruction")
+
+    def _reconstruct(self, parameters: ReconstructInput) -> Iterator[ReconstructOutput]:
         scan = scan_from_input(parameters)
         refine, start = self._settings.refine_settings(), self._settings.start()
         grid = ObjectGrid(parameters)

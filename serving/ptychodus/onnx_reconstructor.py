@@ -2,8 +2,9 @@
 
 Trainable in Ptychodus' sense: the model file is the bundle ``.zip`` (Load/Save Model, and
 ``model.zip`` in a ``ptychodus -b`` input directory is loaded automatically), Export Training Data
-writes the project's NPZ contract, and Train runs ``ptychopinn train`` + ``ptychopinn export`` in a
-subprocess (torch stays out of this process) and then loads the new bundle.
+writes the project's NPZ contract, and Train runs ``ptychopinn train`` + ``ptychopinn export`` in
+subprocesses (torch stays out of this process; progress is streamed, Stop ends the run) and then
+loads the new bundle. Errors are also logged, so they appear in Ptychodus' log panel.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from serving.ptychodus.adapter import (
     refine_outputs,
     scan_from_input,
 )
+from serving.ptychodus.reporting import reported
 from serving.ptychodus.settings import BUNDLE_FILE_FILTER, GROUP, PtychoPINNServeSettings, bundle_location
 from serving.ptychodus.training import train_bundle
 
@@ -44,12 +46,17 @@ class OnnxReconstructor(TrainableReconstructor):
         self._settings = settings
         self._engine: Engine | None = None
         self._engine_key: tuple[Path, tuple[str, ...] | None] | None = None
+        self._training_goal: int | None = None
 
     @property
     def name(self) -> str:
         return "ONNX"
 
     def get_progress_goal(self) -> int:
+        """A reconstruction: the network, then each refinement iteration; a training: ``TrainEpochs + 1``
+        (the epochs, then the export)."""
+        if self._training_goal is not None:
+            return self._training_goal
         return 1 + int(self._settings.refine_iterations.get_value())
 
     def _bundle_path(self) -> Path:
@@ -74,7 +81,11 @@ class OnnxReconstructor(TrainableReconstructor):
 
     def reconstruct(self, parameters: ReconstructInput) -> Iterator[ReconstructOutput]:
         """The network's object (progress 1), then with ``RefineIterations`` > 0 one refined object per
-        iteration (``RefineStart`` flat skips the network)."""
+        iteration (``RefineStart`` flat skips the network). Errors are also logged (Ptychodus' log panel)."""
+        self._training_goal = None
+        return reported(self._reconstruct(parameters), "Reconstruction")
+
+    def _reconstruct(self, parameters: ReconstructInput) -> Iterator[ReconstructOutput]:
         scan = scan_from_input(parameters)
         refine, start = self._settings.refine_settings(), self._settings.start()
         grid = ObjectGrid(parameters)
@@ -135,6 +146,10 @@ class OnnxReconstructor(TrainableReconstructor):
         raw_data_from_input(parameters).to_file(file_path)
 
     def train(self, input_path: Path, output_path: Path) -> Iterator[TrainOutput]:
-        bundle_path, losses = train_bundle(Path(input_path), Path(output_path), self._settings)
+        """Train in a subprocess, yielding its progress (Stop ends it), then load the exported bundle."""
+        self._training_goal = self._settings.train_epochs.get_value() + 1
+        return reported(self._train(Path(input_path), Path(output_path)), "Training")
+
+    def _train(self, input_path: Path, output_path: Path) -> Iterator[TrainOutput]:
+        bundle_path = yield from train_bundle(input_path, output_path, self._settings)
         self.load_model_from_file(bundle_path)
-        yield TrainOutput(training_loss=losses, progress=1)
