@@ -19,9 +19,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -33,18 +33,22 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ptycho_torch import __version__
+from ptycho_torch.bundle import Bundle
 from ptycho_torch.errors import DataContractError, InvalidValues, PtychoError
 from ptycho_torch.pipeline import reconstruct, require_finite_outputs
 from ptycho_torch.scan_checks import check_network_input
 from serving import openapi
 from serving.batching import DynamicBatcher
 from serving.engine import Engine
-from serving.errors import ClientGone, InvalidRequest, ModelNotFound, ServingError, Unauthorized
+from serving.errors import ClientGone, InvalidRequest, ServingError, Unauthorized
 from serving.guards import LOOPBACK_HOSTS, AccessGuard, Admission, CancellableRunner, cancel_on_disconnect
 from serving.limits import Limits, check_reconstruct_budget, read_body
-from serving.metrics import ServiceMetrics
+from serving.access_log import AccessLog
+from serving.metrics import ServiceMetrics, TritonCollector
 from serving.npz_wire import RECONSTRUCT_MEDIA_TYPE, decode_reconstruct_request, encode_reconstruction
-from serving.protocol_v2 import HEADER_LENGTH, TensorMetadata, check_inputs, decode_request, encode_response
+from serving.protocol_v2 import HEADER_LENGTH, check_inputs, decode_request, encode_response
+from serving.repository import InferenceStats, ModelRepository, ServedModel
+from serving.repository_routes import repository_routes
 from serving.sessions import SessionLimits, SessionManager
 from serving.sessions.metrics import SessionCollector
 from serving.sessions.routes import session_routes, viewer_routes
@@ -54,68 +58,41 @@ __all__ = ["create_app"]
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "ptychopinn-serve"
-EXTENSIONS = ["binary_tensor_data"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository", "statistics"]
 
 
 class _State:
-    """What the endpoints share: one engine, its batcher, metrics and limits."""
+    """What the endpoints share: the model repository (engines, batchers), metrics and limits."""
 
-    def __init__(self, engine: Engine, batcher: DynamicBatcher, metrics: ServiceMetrics, token: str | None,
-                 limits: Limits, max_concurrent_reconstructs: int) -> None:
+    def __init__(self, repository: ModelRepository, metrics: ServiceMetrics, token: str | None, limits: Limits,
+                 max_queue_size: int, max_concurrent_reconstructs: int) -> None:
+        self.repository = repository
         self.metrics = metrics
         self.token = token
         self.limits = limits
-        self.infer_admission = Admission("infer", batcher.max_queue_size, "--max-queue-size")
+        self.infer_admission = Admission("infer", max_queue_size, "--max-queue-size")
         self.reconstruct_admission = Admission("reconstruct", max_concurrent_reconstructs,
                                                "--max-concurrent-reconstructs")
-        self._serve(engine, batcher)
+        self.serve_engine: Callable[[Engine], ServedModel]
+        """Wrap an engine as a served model with this app's batching knobs and metrics (set by create_app)."""
 
-    def _serve(self, engine: Engine, batcher: DynamicBatcher) -> None:
-        self.engine, self.batcher, self.bundle = engine, batcher, engine.bundle
-        shape = (-1, *engine.input_shape)
-        self.inputs = (TensorMetadata("diffraction", "FP32", shape), TensorMetadata("scale", "FP32", (-1,)))
-        self.outputs = (TensorMetadata("amplitude", "FP32", shape), TensorMetadata("phase", "FP32", shape))
-        self.metadata: dict[str, Any] = {
-            "name": self.bundle.name,
-            "versions": [str(self.bundle.version)],
-            "platform": "onnxruntime_onnx",
-            "inputs": [t.to_json() for t in self.inputs],
-            "outputs": [t.to_json() for t in self.outputs],
-            "parameters": {
-                "providers": engine.providers,
-                "max_batch_size": batcher.max_batch_size,
-                "N": self.bundle.N,
-                "gridsize": self.bundle.gridsize,
-                "stitch_M": self.bundle.stitch_M,
-                "training_scale": self.bundle.training_scale,
-                "pixel_size_m": self.bundle.pixel_size_m,
-                "bad_pixels": [] if self.bundle.bad_pixels is None else np.argwhere(self.bundle.bad_pixels).tolist(),
-            },
-        }
-        """The OIP model metadata: fixed while one engine is served, so built once."""
+    def metadata(self, name: str, version: str | None) -> dict[str, Any]:
+        """The OIP model metadata of ``name`` (all served versions) or of one version."""
+        model = self.repository.get(name, version)
+        return model.metadata([model.version] if version is not None else self.repository.versions(name))
 
     def swap_engine(self, engine: Engine) -> DynamicBatcher:
-        """Serve ``engine`` from now on (same batching knobs) and return the previous batcher, still
-        running: live sessions pinned to it keep using it; close it once they are done."""
-        old = self.batcher
-        batcher = DynamicBatcher(engine, max_batch_size=min(old.max_batch_size, engine.max_batch_size),
-                                 max_queue_delay_us=round(old.max_queue_delay_s * 1e6),
-                                 max_queue_size=old.max_queue_size, observer=old.observer)
-        self._serve(engine, batcher)
-        log.info("now serving %s v%s", engine.bundle.name, engine.bundle.version)
-        return old
-
-    def check_model(self, name: str, version: str | None = None) -> None:
-        if name != self.bundle.name:
-            raise ModelNotFound(f"model `{name}` is not served here; served models: ['{self.bundle.name}']")
-        if version is not None and version != str(self.bundle.version):
-            raise ModelNotFound(f"model `{name}` has no version `{version}`; served versions: "
-                                f"['{self.bundle.version}']")
+        """Serve ``engine`` as its model's only version from now on (same batching knobs) and return the
+        previous batcher of that model: live sessions pinned to it keep using it until they close."""
+        name = engine.bundle.name
+        old = self.repository.get(name)
+        self.repository.swap(name, {str(engine.bundle.version): self.serve_engine(engine)})
+        log.info("now serving %s v%s", name, engine.bundle.version)
+        return old.batcher
 
     def session_runner(self, name: str | None, version: str | None) -> DynamicBatcher:
         """The runner a new live session pins: the model served now (a later swap does not reach it)."""
-        self.check_model(self.bundle.name if name is None else name, version)
-        return self.batcher
+        return (self.repository.default() if name is None else self.repository.get(name, version)).batcher
 
     async def read_body(self, request: Request) -> bytes:
         """The body within this server's limits (see :func:`serving.limits.read_body`)."""
@@ -201,26 +178,54 @@ def create_app(
     allowed_hosts: Sequence[str] | None = None,
     cors_origins: Sequence[str] = (),
     session_limits: SessionLimits | None = None,
+    model_repository: str | Path | None = None,
+    engine_factory: Callable[[Bundle], Engine] | None = None,
 ) -> FastAPI:
-    """The service for one engine. Batching knobs as :class:`~serving.batching.DynamicBatcher`
+    """The service for ``engine`` (the default model) and, with ``model_repository``, every model of that
+    folder (:mod:`serving.repository`; ``engine_factory`` builds their engines, default: ``engine``'s
+    providers and batch size). Batching knobs as :class:`~serving.batching.DynamicBatcher`
     (``max_queue_size`` also bounds infer requests in progress, checked before a body is read);
     ``token``: require ``Authorization: Bearer <token>`` (None: open, loopback clients only unless
     ``allow_remote``); ``limits``: per-request size, memory and time limits (``max_request_bytes``
     overrides its body limit); ``max_concurrent_reconstructs``: ``/v1/reconstruct`` requests in
     progress before 503; ``allowed_hosts``: ``Host`` names accepted (default: the loopback names
     without a token, any with one); ``cors_origins``: browser origins allowed (default none: CORS off);
-    ``session_limits``: bounds on live sessions. The app owns the batcher and closes it at shutdown."""
+    ``session_limits``: bounds on live sessions. The app owns the batchers and closes them at shutdown."""
     if token is not None and not token.strip():
         raise InvalidRequest("`token` must be a non-empty string or None; the token file is empty")
     limits = limits or Limits()
     if max_request_bytes is not None:
         limits = Limits(**{**limits.__dict__, "max_body_bytes": max_request_bytes})
     metrics = ServiceMetrics(engine.bundle.name, max_batch_size or engine.max_batch_size)
-    batcher = DynamicBatcher(engine, max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
-                             max_queue_size=max_queue_size, observer=metrics.observe_batch)
-    state = _State(engine, batcher, metrics, token.strip() if token else None, limits, max_concurrent_reconstructs)
+    make_engine = engine_factory or (lambda bundle: Engine(bundle, providers=engine.providers,
+                                                           max_batch_size=engine.max_batch_size))
+
+    def serve(name: str, version: str, served: Engine, source: Path) -> ServedModel:
+        stats = InferenceStats()
+
+        def observe(size: int, queue_s: list[float], compute_s: float) -> None:
+            stats.observe_batch(size, queue_s, compute_s)
+            metrics.observe_batch(size, queue_s, compute_s, model=name)
+
+        size = served.max_batch_size if max_batch_size is None else min(max_batch_size, served.max_batch_size)
+        batcher = DynamicBatcher(served, max_batch_size=size, max_queue_delay_us=max_queue_delay_us,
+                                 max_queue_size=max_queue_size, observer=observe)
+        return ServedModel.create(name, version, source, served, batcher, stats)
+
+    sessions: SessionManager
+    repository = ModelRepository(
+        lambda name, version, bundle: serve(name, version, make_engine(bundle), bundle.source),
+        [serve(engine.bundle.name, str(engine.bundle.version), engine, engine.bundle.source)],
+        root=None if model_repository is None else Path(model_repository),
+        in_use=lambda model: any(s.runner is model.batcher for s in sessions.sessions()))
+    repository.load_all()
+    state = _State(repository, metrics, token.strip() if token else None, limits, max_queue_size,
+                   max_concurrent_reconstructs)
+    state.serve_engine = lambda served: serve(served.bundle.name, str(served.bundle.version), served,
+                                              served.bundle.source)
     sessions = SessionManager(state.session_runner, session_limits)
     metrics.registry.register(SessionCollector(sessions))
+    metrics.registry.register(TritonCollector(repository))
     if allowed_hosts is None and state.token is None:
         allowed_hosts = LOOPBACK_HOSTS
 
@@ -228,7 +233,7 @@ def create_app(
     async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
         yield
         await sessions.shutdown()
-        await run_in_threadpool(state.batcher.close)
+        await run_in_threadpool(repository.close)
 
     app = FastAPI(title=SERVER_NAME, version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description=openapi.DESCRIPTION)
@@ -239,6 +244,7 @@ def create_app(
     app.add_middleware(AccessGuard, allow_remote=allow_remote or state.token is not None,
                        allowed_hosts=allowed_hosts)
     app.add_middleware(_MetricsMiddleware, metrics=metrics)
+    app.add_middleware(AccessLog)
     app.add_exception_handler(ServingError, _serving_error)
     app.add_exception_handler(ClientDisconnect, _client_disconnect)
     app.add_exception_handler(PtychoError, _ptycho_error)
@@ -246,6 +252,7 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _internal_error)
     app.include_router(_health_routes(state))
+    app.include_router(repository_routes(repository), dependencies=[Depends(_auth(state))])
     app.include_router(_protected_routes(state), dependencies=[Depends(_auth(state))])
     app.include_router(session_routes(sessions, state.read_body, limits.max_request_memory_bytes),
                        dependencies=[Depends(_auth(state))])
@@ -281,7 +288,11 @@ def _health_routes(state: _State) -> APIRouter:
 
 
 def _is_ready(state: _State) -> bool:
-    return state.engine.warmup_s is not None and state.batcher.running
+    return all(_model_ready(model) for model in state.repository.all())
+
+
+def _model_ready(model: ServedModel) -> bool:
+    return model.engine.warmup_s is not None and model.batcher.running
 
 
 def _protected_routes(state: _State) -> APIRouter:
@@ -295,62 +306,65 @@ def _protected_routes(state: _State) -> APIRouter:
     @router.get("/v2/models/{name}/versions/{version}", response_model=openapi.ModelMetadata,
                 responses=openapi.ERRORS)
     async def model_metadata(name: str, version: str | None = None) -> dict[str, Any]:
-        state.check_model(name, version)
-        return state.metadata
+        return state.metadata(name, version)
 
     @router.get("/v2/models/{name}/ready", responses={**openapi.MODEL_READY_RESPONSES, **openapi.ERRORS})
     @router.get("/v2/models/{name}/versions/{version}/ready",
                 responses={**openapi.MODEL_READY_RESPONSES, **openapi.ERRORS})
     async def model_ready(name: str, version: str | None = None) -> Response:
-        state.check_model(name, version)
-        ready = _is_ready(state)
+        ready = _model_ready(state.repository.get(name, version))
         return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
 
     @router.post("/v2/models/{name}/infer", **openapi.INFER_ROUTE)
     @router.post("/v2/models/{name}/versions/{version}/infer", **openapi.INFER_ROUTE)
     async def infer(name: str, request: Request, version: str | None = None) -> Response:
-        state.check_model(name, version)
-        with state.infer_admission.slot():
-            body = await read_body(request, state.limits)
-            decoded = await run_in_threadpool(decode_request, body, request.headers.get(HEADER_LENGTH),
-                                              max_json_bytes=state.limits.max_json_bytes)
-            check_inputs(decoded.inputs, state.inputs)
-            diffraction, scale = decoded.inputs["diffraction"], decoded.inputs["scale"]
-            check_network_input(scale, float(diffraction.max()) if diffraction.size else 0.0)
-            amplitude, phase = await cancel_on_disconnect(
-                request, asyncio.wrap_future(state.batcher.submit(diffraction, scale)))
-            require_finite_outputs(amplitude, phase)
-            content, headers = await run_in_threadpool(
-                encode_response, state.bundle.name, str(state.bundle.version), decoded,
-                {"amplitude": amplitude, "phase": phase})
+        with state.repository.lease(name, version) as model, state.infer_admission.slot():
+            request.state.model = model  # for the access log
+            start, ok = time.perf_counter(), False
+            try:
+                body = await read_body(request, state.limits)
+                decoded = await run_in_threadpool(decode_request, body, request.headers.get(HEADER_LENGTH),
+                                                  max_json_bytes=state.limits.max_json_bytes)
+                check_inputs(decoded.inputs, model.inputs)
+                diffraction, scale = decoded.inputs["diffraction"], decoded.inputs["scale"]
+                check_network_input(scale, float(diffraction.max()) if diffraction.size else 0.0)
+                amplitude, phase = await cancel_on_disconnect(
+                    request, asyncio.wrap_future(model.batcher.submit(diffraction, scale)))
+                require_finite_outputs(amplitude, phase)
+                content, headers = await run_in_threadpool(
+                    encode_response, model.name, model.version, decoded, {"amplitude": amplitude, "phase": phase})
+                ok = True
+            finally:
+                model.stats.observe_request(ok, time.perf_counter() - start)
         return Response(content, headers=headers)
 
     @router.post("/v1/reconstruct", **openapi.RECONSTRUCT_ROUTE)
     async def reconstruct_scan(request: Request) -> Response:
-        with state.reconstruct_admission.slot():
+        with state.repository.lease(None) as model, state.reconstruct_admission.slot():
+            request.state.model = model
             body = await read_body(request, state.limits)
-            runner = CancellableRunner(state.batcher)
-            content = await cancel_on_disconnect(request, run_in_threadpool(_reconstruct, state, runner, body),
-                                                 runner.cancel)
+            runner = CancellableRunner(model.batcher)
+            content = await cancel_on_disconnect(
+                request, run_in_threadpool(_reconstruct, state.limits, state.metrics, model, runner, body), runner.cancel)
         return Response(content, media_type=RECONSTRUCT_MEDIA_TYPE)
 
     @router.get("/metrics", **openapi.METRICS_ROUTE)
     async def metrics() -> Response:
-        state.metrics.queue_length.labels(state.bundle.name).set(state.batcher.queue_length())
+        for model in state.repository.all():
+            state.metrics.queue_length.labels(model.name).set(model.batcher.queue_length())
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return router
 
 
-def _reconstruct(state: _State, runner: CancellableRunner, body: bytes) -> bytes:
-    limits = state.limits
+def _reconstruct(limits: Limits, metrics: ServiceMetrics, model: ServedModel, runner: CancellableRunner,
+                 body: bytes) -> bytes:
     request = decode_reconstruct_request(body, max_uncompressed_bytes=limits.max_request_memory_bytes)
     decoded = sum(a.nbytes for a in (request.patterns, request.positions, request.probe, request.mask) if a is not None)
-    check_reconstruct_budget(request.patterns, request.positions, N=state.bundle.N, channels=state.bundle.channels,
+    check_reconstruct_budget(request.patterns, request.positions, N=model.bundle.N, channels=model.bundle.channels,
                              decoded_bytes=decoded, limits=limits)
     result = reconstruct(runner, request.patterns, request.positions, probe=request.probe,
                          options=request.options, mask=request.mask)
-    state.metrics.observe_data_fit(result.data_fit, result.n_patterns,
-                                   result.refinement["iterations"] if result.refinement else 0)
-    return encode_reconstruction(result, {"model_name": state.bundle.name,
-                                          "model_version": state.bundle.version})
+    metrics.observe_data_fit(result.data_fit, result.n_patterns,
+                             result.refinement["iterations"] if result.refinement else 0)
+    return encode_reconstruction(result, {"model_name": model.name, "model_version": model.bundle.version})

@@ -33,6 +33,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", type=Path, default=None,
                         help=f"bundle directory or .zip from `ptychopinn export` (default: the shipped model, "
                              f"{DEFAULT_BUNDLE.name})")
+    parser.add_argument("--model-repository", type=Path, default=None,
+                        help="Triton-style model repository, DIR/<model>/<version>/ bundle folders (or "
+                             "<version>.zip): every model is served, and POST /v2/repository/models/<m>/load "
+                             "(re)loads one while serving, without a failed request")
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to bind (default 127.0.0.1; use 0.0.0.0 only behind a firewall/token)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000, as Triton)")
@@ -85,13 +89,13 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from serving.app import create_app
-    from ptycho_torch.bundle import load_bundle
+    from ptycho_torch.bundle import Bundle, load_bundle
     from serving.engine import Engine
     from serving.limits import Limits
     from serving.sessions import SessionLimits
 
-    bundle_path = args.bundle or DEFAULT_BUNDLE
-    if args.bundle is None and not (DEFAULT_BUNDLE / "manifest.json").is_file():
+    bundle_path = args.bundle or _first_in_repository(args.model_repository) or DEFAULT_BUNDLE
+    if bundle_path == DEFAULT_BUNDLE and not (DEFAULT_BUNDLE / "manifest.json").is_file():
         raise ConfigError(f"`--bundle` must be given: no default model is shipped at {DEFAULT_BUNDLE}; "
                           "pass the folder written by `ptychopinn export`")
     for flag in ("max_request_mb", "max_request_memory_mb", "body_timeout_s", "max_concurrent_reconstructs"):
@@ -100,8 +104,11 @@ def run(args: argparse.Namespace) -> int:
     token = read_token_file(args.token_file) if args.token_file is not None else None
     require_signatures(args.trusted_key)
     providers = [p.strip() for p in args.providers.split(",") if p.strip()] if args.providers else None
-    engine = Engine(load_bundle(bundle_path), providers=providers, max_batch_size=args.max_batch_size,
-                    intra_op_threads=args.intra_op_threads)
+    def make_engine(bundle: Bundle) -> Engine:
+        return Engine(bundle, providers=providers, max_batch_size=args.max_batch_size,
+                      intra_op_threads=args.intra_op_threads)
+
+    engine = make_engine(load_bundle(bundle_path))
     limits = Limits(max_body_bytes=int(args.max_request_mb * (1 << 20)),
                     max_request_memory_bytes=int(args.max_request_memory_mb * (1 << 20)),
                     body_timeout_s=args.body_timeout_s, body_idle_timeout_s=min(30.0, args.body_timeout_s / 10))
@@ -111,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
                      cors_origins=_names(args.cors_origins) or (),
                      session_limits=SessionLimits(max_sessions=args.max_sessions,
                                                   max_pending_frames=args.max_pending_frames,
-                                                  idle_timeout_s=args.session_idle_s))
+                                                  idle_timeout_s=args.session_idle_s),
+                     model_repository=args.model_repository, engine_factory=make_engine)
     if token is None and not args.allow_remote and args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding %s without --token-file: only clients on this machine are answered (403 for the "
                     "others); add --token-file, or --allow-remote on a trusted network", args.host)
@@ -152,6 +160,21 @@ def exit_on_stop_signals() -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, stop)
+
+
+def _first_in_repository(root: Path | None) -> Path | None:
+    """The latest version of the first model (by name) in a model repository folder."""
+    from serving.repository import bundle_versions
+
+    if root is None:
+        return None
+    if not root.is_dir():
+        raise ConfigError(f"`--model-repository` must be a folder, got {root}")
+    for model in sorted(d for d in root.iterdir() if d.is_dir()):
+        versions = bundle_versions(model)
+        if versions:
+            return versions[max(versions, key=int)]
+    raise ConfigError(f"`--model-repository` {root} holds no model: put bundles in <model>/<version>/ folders")
 
 
 def _names(text: str | None) -> list[str] | None:

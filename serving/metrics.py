@@ -1,16 +1,20 @@
-"""Prometheus metrics of one app, in their own registry (Triton's names in spirit, seconds as units).
+"""Prometheus metrics of one app, in their own registry.
 
-Average batch size = ``ptychopinn_inference_count_total / ptychopinn_execution_count_total``, as
-Triton's ``nv_inference_count / nv_inference_exec_count``.
+``ptychopinn_*``: requests by route and status, latency, queue and compute histograms (seconds) by
+model. ``nv_inference_*`` (:class:`TritonCollector`): Triton's own names and labels (``model``,
+``version``, microseconds) for every served version, what Triton's Grafana dashboards query.
+Average batch size = ``nv_inference_count / nv_inference_exec_count``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import Metric
 
-__all__ = ["ServiceMetrics"]
+__all__ = ["ServiceMetrics", "TritonCollector"]
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _NLL_BUCKETS = (0.01, 0.03, 0.1, 0.3, 1, 1.5, 2, 3, 5, 10, 30, 100)
@@ -56,14 +60,15 @@ class ServiceMetrics:
         self.queue_length = Gauge("ptychopinn_queue_length", "requests waiting in the batcher queue",
                                   ["model"], registry=self.registry)
 
-    def observe_batch(self, size: int, queue_s: list[float], compute_s: float) -> None:
-        """The batcher's observer: one executed batch."""
-        self.batch_size.labels(self.model).observe(size)
-        self.compute.labels(self.model).observe(compute_s)
-        self.inference_count.labels(self.model).inc(size)
-        self.execution_count.labels(self.model).inc()
+    def observe_batch(self, size: int, queue_s: list[float], compute_s: float, *, model: str | None = None) -> None:
+        """The batcher's observer: one executed batch of ``model`` (default: the app's first model)."""
+        model = self.model if model is None else model
+        self.batch_size.labels(model).observe(size)
+        self.compute.labels(model).observe(compute_s)
+        self.inference_count.labels(model).inc(size)
+        self.execution_count.labels(model).inc()
         for seconds in queue_s:
-            self.queue.labels(self.model).observe(seconds)
+            self.queue.labels(model).observe(seconds)
 
     def observe_data_fit(self, data_fit: dict[str, Any] | None, n_patterns: int, iterations: int) -> None:
         """One /v1/reconstruct result: its data-fit medians, outlier fraction and refinement iterations."""
@@ -78,3 +83,36 @@ class ServiceMetrics:
         """One finished HTTP request."""
         self.requests.labels(route, str(status)).inc()
         self.latency.labels(route).observe(seconds)
+
+
+TRITON_METRICS = (
+    # name, help, value from a version's InferenceStats
+    ("nv_inference_request_success", "Number of successful inference requests, all batch sizes",
+     lambda s: s.success.count),
+    ("nv_inference_request_failure", "Number of failed inference requests, all batch sizes", lambda s: s.fail.count),
+    ("nv_inference_count", "Number of inferences performed (items, not requests)", lambda s: s.inference_count),
+    ("nv_inference_exec_count", "Number of model executions performed (batches)", lambda s: s.execution_count),
+    ("nv_inference_request_duration_us", "Cumulative inference request duration in microseconds",
+     lambda s: (s.success.ns + s.fail.ns) // 1000),
+    ("nv_inference_queue_duration_us", "Cumulative inference queuing duration in microseconds",
+     lambda s: s.queue.ns // 1000),
+    ("nv_inference_compute_infer_duration_us", "Cumulative compute inference duration in microseconds",
+     lambda s: s.compute_infer.ns // 1000),
+)
+
+
+class TritonCollector:
+    """Triton's per-model metrics (``nv_inference_*`` with labels ``model`` and ``version``), read from
+    the repository's statistics at scrape time, so Triton dashboards work unchanged. Exposed untyped
+    under Triton's exact names: prometheus_client would append ``_total`` to a typed counter."""
+
+    def __init__(self, repository: Any) -> None:
+        self.repository = repository
+
+    def collect(self) -> Iterator[Metric]:
+        models = self.repository.all()
+        for name, documentation, read in TRITON_METRICS:
+            metric = Metric(name, documentation, "unknown")
+            for model in models:
+                metric.add_sample(name, {"model": model.name, "version": model.version}, float(read(model.stats)))
+            yield metric
