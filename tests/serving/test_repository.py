@@ -186,3 +186,15 @@ def test_hot_reload_under_load_fails_no_request(repository: Path, serve) -> None
     assert failures == []
     assert len(answers) >= 20 and set(answers) <= set(served) and answers[-1] == "6"
     assert len(set(answers)) >= 3  # requests really ran across the swaps
+
+
+def test_serve_model_repository_starts_on_the_first_models_latest_version(repository: Path, tmp_path: Path) -> None:
+    from ptycho_torch.errors import ConfigError
+    from serving.cli import _first_in_repository
+
+    write_oracle_bundle(repository / "oracle" / "10", N=N, version=10)  # versions are numbers: 10 > 2 > 1
+    write_oracle_bundle(repository / "oracle" / "2", N=N, version=2)
+    assert _first_in_repository(repository) == repository / "oracle" / "10"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="holds no model"):
+        _first_in_repository(tmp_path / "empty")
