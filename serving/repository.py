@@ -235,11 +235,24 @@ class ModelRepository:
             raise ModelNotFound(f"model `{name}` has no version `{version}`; served versions: "
                                 f"{_by_version(versions)}") from None
 
+    def models(self, name: str) -> list[ServedModel]:
+        """Every served version of ``name``, oldest first; :class:`ModelNotFound` if none is."""
+        latest = self.get(name)
+        versions = self._served.get(name, {latest.version: latest})
+        return [versions[v] for v in _by_version(versions)]
+
     def default(self) -> ServedModel:
-        return self.get(self.default_name) if self.default_name in self._served else self.all()[0]
+        """The first model served at start, or (once it is unloaded) the first by name."""
+        if self.default_name in self._served:
+            return self.get(self.default_name)
+        served = self.all()
+        if not served:
+            raise ModelNotFound("no model is loaded; load one with POST /v2/repository/models/{name}/load")
+        return served[0]
 
     def all(self) -> list[ServedModel]:
-        return [m for name in self.names() for m in (self._served[name][v] for v in self.versions(name))]
+        served = self._served
+        return [served[name][v] for name in sorted(served) for v in _by_version(served[name])]
 
     @contextmanager
     def lease(self, name: str | None, version: str | None = None) -> Iterator[ServedModel]:

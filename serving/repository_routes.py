@@ -14,15 +14,81 @@ pool; a load that fails answers 400 and leaves the served versions as they were.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
+from serving import openapi
 from serving.errors import InvalidRequest
 from serving.repository import ModelRepository
 
 __all__ = ["repository_routes"]
+
+
+class RepositoryModel(BaseModel):
+    name: str
+    version: str
+    state: Literal["READY", "UNAVAILABLE"]
+    reason: str
+
+
+class Duration(BaseModel):
+    count: int
+    ns: int
+
+
+class InferStatistics(BaseModel):
+    success: Duration
+    fail: Duration
+    queue: Duration
+    compute_input: Duration
+    compute_infer: Duration
+    compute_output: Duration
+
+
+class BatchStatistics(BaseModel):
+    batch_size: int
+    compute_input: Duration
+    compute_infer: Duration
+    compute_output: Duration
+
+
+class ModelStatistics(BaseModel):
+    name: str
+    version: str
+    last_inference: int
+    inference_count: int
+    execution_count: int
+    inference_stats: InferStatistics
+    batch_stats: list[BatchStatistics]
+
+
+class Statistics(BaseModel):
+    model_stats: list[ModelStatistics]
+
+
+class ModelConfig(BaseModel):
+    """Triton's ``ModelConfig`` in JSON (the fields this server fills; see Triton's model_config.proto)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    platform: str
+    backend: str
+    max_batch_size: int
+    input: list[dict[str, Any]]
+    output: list[dict[str, Any]]
+
+
+class Empty(BaseModel):
+    pass
+
+
+def _body(description: str) -> dict[str, Any]:
+    schema = {"type": "object", "properties": {"parameters": {"type": "object"}}}
+    return {"requestBody": {"required": False, "description": description,
+                            "content": {"application/json": {"schema": schema}}}}
 
 
 async def _options(request: Request, allowed: set[str]) -> dict[str, Any]:
@@ -31,9 +97,12 @@ async def _options(request: Request, allowed: set[str]) -> dict[str, Any]:
     if not body.strip():
         return {}
     try:
-        parameters = json.loads(body).get("parameters", {}) or {}
-    except (ValueError, AttributeError):
-        raise InvalidRequest("the body must be a JSON object like {\"parameters\": {}}, or empty") from None
+        document = json.loads(body)
+    except ValueError:
+        document = None
+    parameters = document.get("parameters", {}) if isinstance(document, dict) else None
+    if not isinstance(parameters, dict):
+        raise InvalidRequest('the body must be empty or a JSON object like {"parameters": {}} (parameters an object)')
     unknown = sorted(set(parameters) - allowed)
     if unknown:
         raise InvalidRequest(f"unsupported parameters {unknown}: this server loads bundles from its model "
@@ -47,35 +116,37 @@ def repository_routes(repository: ModelRepository) -> APIRouter:
     ``/v2/models/stats``)."""
     router = APIRouter(tags=["model repository"])
 
-    @router.get("/v2/models/stats")
+    @router.get("/v2/models/stats", response_model=Statistics, responses=openapi.ERRORS)
     async def all_stats() -> dict[str, Any]:
         return {"model_stats": [m.stats.to_json(m.name, m.version) for m in repository.all()]}
 
-    @router.get("/v2/models/{name}/stats")
-    @router.get("/v2/models/{name}/versions/{version}/stats")
+    @router.get("/v2/models/{name}/stats", response_model=Statistics, responses=openapi.ERRORS)
+    @router.get("/v2/models/{name}/versions/{version}/stats", response_model=Statistics, responses=openapi.ERRORS)
     async def model_stats(name: str, version: str | None = None) -> dict[str, Any]:
-        models = [repository.get(name, version)] if version is not None else [
-            repository.get(name, v) for v in repository.versions(name)] or [repository.get(name)]
+        models = [repository.get(name, version)] if version is not None else repository.models(name)
         return {"model_stats": [m.stats.to_json(m.name, m.version) for m in models]}
 
-    @router.get("/v2/models/{name}/config")
-    @router.get("/v2/models/{name}/versions/{version}/config")
+    @router.get("/v2/models/{name}/config", response_model=ModelConfig, responses=openapi.ERRORS)
+    @router.get("/v2/models/{name}/versions/{version}/config", response_model=ModelConfig, responses=openapi.ERRORS)
     async def model_config(name: str, version: str | None = None) -> dict[str, Any]:
         return repository.get(name, version).config(repository.versions(name))
 
-    @router.post("/v2/repository/index")
+    @router.post("/v2/repository/index", response_model=list[RepositoryModel], responses=openapi.ERRORS,
+                 openapi_extra=_body('optional; `{"parameters": {"ready": true}}` lists only READY versions'))
     async def index(request: Request) -> list[dict[str, str]]:
         parameters = await _options(request, {"ready"})
         entries = repository.index()
         return [e for e in entries if e["state"] == "READY"] if parameters.get("ready") else entries
 
-    @router.post("/v2/repository/models/{name}/load")
+    @router.post("/v2/repository/models/{name}/load", response_model=Empty, responses=openapi.ERRORS,
+                 openapi_extra=_body("optional and empty: the model is read from the repository folder"))
     async def load(name: str, request: Request) -> dict[str, Any]:
         await _options(request, set())
         await run_in_threadpool(repository.load, name)
         return {}
 
-    @router.post("/v2/repository/models/{name}/unload")
+    @router.post("/v2/repository/models/{name}/unload", response_model=Empty, responses=openapi.ERRORS,
+                 openapi_extra=_body('optional; `{"parameters": {"unload_dependents": false}}` (Triton\'s)'))
     async def unload(name: str, request: Request) -> dict[str, Any]:
         await _options(request, {"unload_dependents"})
         await run_in_threadpool(repository.unload, name)
