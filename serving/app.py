@@ -218,12 +218,12 @@ def create_app(
         [serve(engine.bundle.name, str(engine.bundle.version), engine, engine.bundle.source)],
         root=None if model_repository is None else Path(model_repository),
         in_use=lambda model: any(s.runner is model.batcher for s in sessions.sessions()))
-    repository.load_all()
     state = _State(repository, metrics, token.strip() if token else None, limits, max_queue_size,
                    max_concurrent_reconstructs)
     state.serve_engine = lambda served: serve(served.bundle.name, str(served.bundle.version), served,
                                               served.bundle.source)
     sessions = SessionManager(state.session_runner, session_limits)
+    repository.load_all()
     metrics.registry.register(SessionCollector(sessions))
     metrics.registry.register(TritonCollector(repository))
     if allowed_hosts is None and state.token is None:
