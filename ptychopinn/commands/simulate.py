@@ -20,15 +20,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scan", choices=("random", "raster"), default="random", help="scan path (default random)")
     parser.add_argument("--object-size", type=int, default=None, help="object side in pixels (default 4*N)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--pixel-size-m", type=float, default=None,
+                        help="object pixel size in metres to record in the scan's _metadata (a model trained on "
+                             "it records it, and refuses scans at another pixel size); default: none")
     parser.add_argument("--out", required=True, help="output NPZ path")
 
 
 def run(args: argparse.Namespace) -> int:
     """Simulate and write the scan; returns 0."""
+    from ptycho_torch.pixel_size import METADATA_KEY, valid_pixel_size
     from ptycho_torch.simulation import simulate
 
+    pixel_size_m = valid_pixel_size(args.pixel_size_m, what="`--pixel-size-m`")  # before the work
     raw = simulate(object_kind=args.object, N=args.n, n_positions=args.positions, nphotons=args.nphotons,
                    probe=args.probe, scan=args.scan, object_size=args.object_size, seed=args.seed)
+    if pixel_size_m is not None:
+        raw.metadata[METADATA_KEY] = pixel_size_m
     path = raw.to_file(args.out)
     counts = float((raw.diff3d.astype("float64") ** 2).sum(axis=(1, 2)).mean())
     logger.info("wrote %s: %d patterns %dx%d, object %s, mean %.4g photons per pattern",

@@ -18,9 +18,10 @@ def is_png(path) -> bool:
 def test_simulate_then_inspect(tmp_path, capsys):
     out = tmp_path / "sim.npz"
     code = main(["simulate", "--object", "grf", "--n", "32", "--positions", "40", "--nphotons", "1e5",
-                 "--scan", "raster", "--seed", "4", "--out", str(out)])
+                 "--scan", "raster", "--seed", "4", "--pixel-size-m", "1.5e-8", "--out", str(out)])
     assert code == 0
     raw = RawData.from_file(out)
+    assert raw.metadata["pixel_size_m"] == 1.5e-8
     assert raw.diff3d.shape == (40, 32, 32) and raw.objectGuess.shape == (128, 128)
     assert raw.metadata["object"] == "grf" and raw.metadata["scan"] == "raster" and raw.metadata["seed"] == 4
     assert main(["inspect", str(out), "--png", str(tmp_path / "png" / "sim.png")]) == 0
