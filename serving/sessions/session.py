@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from ptycho_torch.stitching import Rect, TiledStitcher
+from ptycho_torch.stitching import Rect, TiledStitcher, canvas_geometry
 from ptycho_torch.bundle import Bundle
 from serving.errors import InvalidRequest
 from ptycho_torch.pipeline import ReconstructOptions, Reconstruction
@@ -176,6 +176,7 @@ class Session:
         self._frame_digest: dict[int, bytes] = {}
         self._positions: dict[int, tuple[float, float]] = {}
         self._tiles: set[tuple[int, int]] = set()  # canvas tiles the accepted positions will need
+        self._span: tuple[tuple[float, float], tuple[float, float]] | None = None  # x, y range of accepted positions
         self._ready: deque[tuple[int, npt.NDArray[np.float32]]] = deque()
         self._arrived: dict[int, float] = {}  # frame index -> arrival time, until it is on the canvas
         self._latencies: deque[float] = deque(maxlen=_LATENCIES_KEPT)
@@ -281,6 +282,8 @@ class Session:
                 if known is not None:
                     reason = f"position index sent before as {list(known)}, now {[x, y]}; the first is kept"
             if reason is None:
+                reason = self._canvas_problem(x, y)
+            if reason is None:
                 tiles = set(map(tuple, keys[row].tolist()))
                 if len(self._tiles | tiles) > self.stitcher.max_tiles:
                     reason = (f"position {[x, y]} would grow the canvas past its limit of {self.stitcher.max_tiles} "
@@ -290,11 +293,25 @@ class Session:
                 rejected.append(self._reject("position", i, reason))
                 continue
             self._tiles |= tiles
+            self._span = _grown(self._span, x, y)
             self._positions[i] = (x, y)
             accepted += 1
         self._counts.positions += accepted
         self._counts.position_duplicates += duplicates
         return Receipt(accepted, duplicates, rejected, 0)
+
+    def _canvas_problem(self, x: float, y: float) -> str | None:
+        """Why position ``(x, y)`` cannot join the canvas, or None. The object is returned on the
+        bounding box of every position, so that box (not only the tiles touched) must fit the
+        canvas limit: two positions far apart would otherwise ask for a canvas of any size."""
+        (x_range, y_range) = _grown(self._span, x, y)
+        _, (H, W) = canvas_geometry(x_range, y_range, self.stitcher.M)
+        limit = self.stitcher.max_tiles * self.stitcher.tile ** 2
+        if H * W <= limit:
+            return None
+        return (f"position {[x, y]} would make the object {H:.3g} x {W:.3g} px (the bounding box of the "
+                f"session's positions), over the canvas limit of {limit:,} px ({self.stitcher.max_tiles} tiles "
+                f"of {self.stitcher.tile}x{self.stitcher.tile}); check the position units (object pixels)")
 
     def _index_problem(self, i: int) -> str | None:
         if i < 0:
@@ -532,3 +549,12 @@ def _check_bounds(bounds: Any) -> tuple[tuple[float, float], tuple[float, float]
 def _inside(bounds: tuple[tuple[float, float], tuple[float, float]], x: float, y: float) -> bool:
     (x_lo, x_hi), (y_lo, y_hi) = bounds
     return x_lo <= x <= x_hi and y_lo <= y <= y_hi
+
+
+def _grown(span: tuple[tuple[float, float], tuple[float, float]] | None, x: float, y: float
+           ) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The ``(x_range, y_range)`` of ``span`` grown to hold ``(x, y)``."""
+    if span is None:
+        return (x, x), (y, y)
+    (x_lo, x_hi), (y_lo, y_hi) = span
+    return (min(x_lo, x), max(x_hi, x)), (min(y_lo, y), max(y_hi, y))

@@ -128,8 +128,27 @@ def test_positions_outside_the_bounds_or_the_canvas_limit_are_rejected(batcher) 
     receipt = session.add_positions([0, 1, 2], [[50, 50], [150, 50], [60, 60]])
     assert receipt.accepted == 2 and "outside the canvas bounds" in receipt.rejected[0]["reason"]
     wide = Session("w", batcher, max_tiles=1, tile=64)
-    receipt = wide.add_positions([0, 1, 2], [[10, 10], [20, 20], [1000, 1000]])
+    receipt = wide.add_positions([0, 1, 2], [[10, 10], [20, 20], [100, 20]])
     assert receipt.accepted == 2 and "limit of 1 tiles" in receipt.rejected[0]["reason"]
+
+
+@pytest.mark.parametrize("far", [1e4, 1e9, 1e300, -1e300])
+def test_a_far_position_is_rejected_by_the_objects_bounding_box_not_only_its_tiles(batcher, far) -> None:
+    """Two patches far apart touch few tiles, but the object comes back on their bounding box: a 500
+    (array too big) or an empty object with frames silently lost before this was checked."""
+    patterns, positions = _scan(count=8)
+    session = Session("s", batcher, max_tiles=16, tile=64)  # 65,536 px: about 256 x 256
+    wild = positions.copy()
+    wild[3] = [far, 0.0]
+    receipt = session.add_frames(np.arange(8), patterns, wild)
+    assert receipt.accepted == 8 and len(receipt.rejected) == 1
+    assert receipt.rejected[0]["index"] == 3 and "over the canvas limit of 65,536 px" in receipt.rejected[0]["reason"]
+    _drain(session)
+    result = session.reconstruction()
+    keep = np.arange(8) != 3
+    whole = reconstruct(batcher, patterns[keep], positions[keep], options=BUNDLE)
+    _assert_same_object(result, whole)
+    assert session.counts()["reconstructed"] == 7
 
 
 class _Clock:
