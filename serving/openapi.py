@@ -83,7 +83,8 @@ class ModelMetadata(BaseModel):
     platform: str
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
-    parameters: dict[str, Any] = Field(description="providers, max_batch_size, N, gridsize, stitch_M, training_scale")
+    parameters: dict[str, Any] = Field(description="providers, max_batch_size, N, gridsize, stitch_M, training_scale, "
+                                                   "pixel_size_m (the training object pixel size in metres, or null)")
 
 
 class InputParameters(_Model):
@@ -191,9 +192,10 @@ RECONSTRUCT_ROUTE: dict[str, Any] = {
         "unless `units` says otherwise), DC at the centre; `positions` (S, 2) float [x, y] object pixels "
         "(patch centres); optional `probe` (N, N) or (P, N, N) complex; optional `mask` (N, N) bool, True = "
         "bad detector pixel; optional `options`: a 0-d string array holding a JSON object with `scale_policy` "
-        "('scan'|'bundle'), `units` ('amplitude'|'counts'), `stitch_M` (1..N/2), `neighbor_count`, `seed`.\n\n"
+        "('scan'|'bundle'), `units` ('amplitude'|'counts'), `stitch_M` (1..N/2), `neighbor_count`, `seed`, "
+        "`pixel_size_m` (the scan's object pixel size in metres: 400 when it differs from the model's by over 1 %).\n\n"
         "Response: an NPZ with `amplitude`, `phase`, `coverage` (H, W) float32, `origin` (2,) float64 and "
-        "`metadata` (0-d JSON string: scale, timings, probe_difference, `scan_report` with `warnings` about "
+        "`metadata` (0-d JSON string: scale, timings, probe_difference, pixel_size_m, `scan_report` with `warnings` about "
         "what is probably wrong: unusual energy layout, hot pixels, sentinels, bright frames)."),
     "responses": {200: {"content": {"application/x-npz": _BINARY}, "description": "the stitched object (NPZ)"},
                   **ERRORS},
