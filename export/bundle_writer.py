@@ -22,7 +22,7 @@ from export.triton import write_triton_repository
 from export.verify import FP16_TOLERANCE, FP32_TOLERANCE, verification_inputs, verify_exports
 from ptycho_torch.checkpoint import CheckpointRecord, load_generator
 from ptycho_torch.config import ModelConfig
-from ptycho_torch.data import load_scan
+from ptycho_torch.data import scan_metadata
 from ptycho_torch.errors import DataContractError, ExportError
 from ptycho_torch.pixel_size import check_pixel_size, scan_pixel_size, valid_pixel_size
 from ptycho_torch.scan_checks import bad_pixel_mask
@@ -168,7 +168,7 @@ def training_pixel_size(given: float | None, train_scan: str | Path | None) -> f
     ``_metadata`` records; raises :class:`ExportError` when both are known and disagree."""
     recorded = None
     if train_scan is not None and Path(train_scan).is_file():
-        recorded = scan_pixel_size(load_scan(train_scan).metadata)
+        recorded = scan_pixel_size(scan_metadata(train_scan))
     try:
         check_pixel_size(given, recorded, model=f"the training scan {Path(str(train_scan)).name}",
                          subject="the given pixel size")

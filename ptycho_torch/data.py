@@ -188,7 +188,7 @@ class RawData:
             arrays.get("scan_index", np.zeros(x.shape[0], dtype=np.int64)),
             arrays.get("objectGuess"),
             arrays.get("Y"),
-            metadata=json.loads(str(metadata)) if metadata is not None else {},
+            metadata=_decode_metadata(metadata),
         )
 
     def to_file(self, path: str | Path) -> Path:
@@ -229,6 +229,17 @@ class RawData:
             self.diff3d, self.xcoords, self.ycoords, self.xcoords_start, self.ycoords_start, nn_indices,
             Y=self.Y, objectGuess=self.objectGuess,
         )
+
+
+def scan_metadata(path: str | Path) -> dict[str, Any]:
+    """A scan file's ``_metadata`` without reading its patterns ({} when it has none, e.g. the tike layout).
+    Raises :class:`DataContractError` for a missing or unreadable file."""
+    with _open_npz(path) as npz:
+        return _decode_metadata(npz["_metadata"] if "_metadata" in npz.files else None)
+
+
+def _decode_metadata(value: Any) -> dict[str, Any]:
+    return json.loads(str(value)) if value is not None else {}
 
 
 def _read_arrays(path: str | Path) -> dict[str, np.ndarray]:

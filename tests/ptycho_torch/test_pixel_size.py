@@ -24,3 +24,17 @@ def test_pixel_sizes_within_one_percent_agree_and_others_are_refused() -> None:
     with pytest.raises(DataContractError, match=r"scan's object pixel size 2e-08 m differs from bundle x's training "
                                                 r"pixel size 1e-08 m \(ratio 2.000\)"):
         check_pixel_size(2e-8, 1e-8, model="bundle x")
+
+
+def test_scan_metadata_is_read_without_the_patterns(tmp_path, data_dir) -> None:
+    import numpy as np
+
+    from ptycho_torch.data import RawData, scan_metadata
+
+    positions = np.arange(4.0)
+    raw = RawData.from_coords_without_pc(positions, positions, np.ones((4, 8, 8), np.float32),
+                                         np.ones((8, 8), np.complex64), metadata={"pixel_size_m": 1e-8, "nphotons": 5})
+    assert scan_metadata(raw.to_file(tmp_path / "s.npz")) == {"pixel_size_m": 1e-8, "nphotons": 5}
+    assert scan_metadata(data_dir / "siemens-star-small.npz.bz2") == {}  # the tike layout has none
+    with pytest.raises(DataContractError, match="must be an existing .npz or .npz.bz2 file"):
+        scan_metadata(tmp_path / "absent.npz")
