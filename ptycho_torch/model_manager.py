@@ -43,7 +43,8 @@ DEFAULT_MODEL: Final = "diffraction_to_obj"
 CHECKPOINT_MEMBER: Final = "model.ckpt"
 PARAMS_MEMBER: Final = "params.json"
 
-_RESAVE = "re-create it with TorchModelManager.save (or `ptychopinn train`, which writes RUN/wts.h5.zip)"
+_RESAVE = ("re-create it with TorchModelManager.save(checkpoint, RUN), or pass the `ptychopinn train` run folder "
+           "or its .ckpt instead")
 
 
 @dataclass(frozen=True)
