@@ -154,6 +154,12 @@ def simulate_scan(
     )
 
 
+MIN_N, MAX_N = 8, 1024
+"""Pattern sizes :func:`simulate` accepts (even: the contract centres the zero frequency at N/2)."""
+MAX_OBJECT_SIZE = 8192
+"""Largest simulated object side in pixels (1 GiB of complex128 before the float32 copy)."""
+
+
 def simulate(
     *,
     object_kind: ObjectKind = "lines",
@@ -169,8 +175,14 @@ def simulate(
     file), ``n_positions`` scan positions, Poisson diffraction at ``nphotons``."""
     if n_positions < 1:
         raise DataContractError(f"`positions` must be >= 1, got {n_positions}")
-    rng = np.random.default_rng(seed)
+    if not (isinstance(N, int) and N % 2 == 0 and MIN_N <= N <= MAX_N):
+        raise DataContractError(f"`N` must be an even number of pixels in [{MIN_N}, {MAX_N}], got {N!r} "
+                                f"(the model takes powers of two >= 32, e.g. 64)")
     size = 4 * N if object_size is None else object_size
+    if size > MAX_OBJECT_SIZE:
+        raise DataContractError(f"`object_size` must be at most {MAX_OBJECT_SIZE} px (a larger object is "
+                                f"{size}**2 complex pixels in memory), got {size}")
+    rng = np.random.default_rng(seed)
     obj = make_object(object_kind, size, rng)
     probe_array = default_probe(N) if str(probe) == "default" else load_probe(probe, N)
     x, y = scan_positions(n_positions, size, N, scan, rng)

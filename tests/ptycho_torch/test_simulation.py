@@ -50,6 +50,19 @@ def test_simulation_is_seeded():
     assert not np.array_equal(first.xcoords, other.xcoords)
 
 
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"N": 0}, "`N` must be an even number of pixels in [8, 1024], got 0"),
+    ({"N": -4}, "got -4"),
+    ({"N": 7}, "got 7"),
+    ({"N": 100_000}, "got 100000"),  # a 400,000 px object: minutes of allocation before this check
+    ({"N": 64, "object_size": 100_000}, "`object_size` must be at most 8192 px"),
+])
+def test_impossible_sizes_are_refused_before_any_work(kwargs, message):
+    with pytest.raises(DataContractError) as refused:
+        simulate(n_positions=4, **kwargs)
+    assert message in str(refused.value)
+
+
 def test_file_probe_keeps_modes_and_centre(data_dir):
     path = data_dir / "gold_balls_from_pickle.npz"
     with np.load(path) as npz:
