@@ -58,3 +58,31 @@ def quality_figure(path: Path, label: str, stamp: str, reference_name: str, refe
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return _display_path(path)
+
+
+def time_to_quality_figure(path: Path, cases: dict[str, dict[str, Any]], stamp: str) -> str:
+    """SSIM (amplitude, phase) against wall time per method, one row per case, the 0.95 x best target
+    dashed and the flat-object SSIM dotted; returns the written path."""
+    scored = {name: case for name, case in cases.items() if "curves" in case}
+    fig, axes = plt.subplots(max(len(scored), 1), 2, figsize=(10, 3.0 * max(len(scored), 1)), squeeze=False)
+    for row, (name, case) in enumerate(scored.items()):
+        for column, part in enumerate(("amplitude", "phase")):
+            ax = axes[row, column]
+            for method, points in case["curves"].items():
+                points = sorted(points, key=lambda p: p["seconds"])
+                ax.plot([p["seconds"] for p in points], [p[f"ssim_{part}"] for p in points], marker="o", ms=3,
+                        label=method)
+            ax.axhline(case["time_to_quality"]["target"][part], color="gray", lw=0.8, ls="--", label="0.95 x best")
+            ax.axhline(case["flat"][f"ssim_{part}"], color="black", lw=0.8, ls=":", label="flat object")
+            ax.set_xscale("log")
+            ax.set_xlabel("wall time (s)")
+            ax.set_ylabel(f"SSIM {part}")
+            ax.set_title(f"{name}: {part} vs {case['reference']}", fontsize=9)
+            if row == 0 and column == 0:
+                ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"time to quality — run {stamp}", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return _display_path(path)

@@ -38,6 +38,10 @@ class PtychiResult:
     process_s: float
     """The whole subprocess, interpreter start and imports included."""
     versions: dict[str, str]
+    snapshots: np.ndarray
+    """(K, H, W) the object after ``snapshot_epochs`` epochs, ``snapshot_s`` seconds into the reconstruction."""
+    snapshot_epochs: np.ndarray
+    snapshot_s: np.ndarray
 
 
 def available() -> bool:
@@ -71,4 +75,5 @@ def reconstruct(counts: np.ndarray, x: np.ndarray, y: np.ndarray, probe: np.ndar
     return PtychiResult(object=out["object"], probe=out["probe"], loss=out["loss"], epochs=epochs,
                         converged=bool(out["converged"]),
                         reconstruction_s=float(out["build_s"] + out["run_s"]), process_s=process_s,
-                        versions=json.loads(str(out["versions"])))
+                        versions=json.loads(str(out["versions"])), snapshots=out["snapshots"],
+                        snapshot_epochs=out["snapshot_epochs"], snapshot_s=out["snapshot_s"])

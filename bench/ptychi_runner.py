@@ -9,7 +9,9 @@ pixels (the project's convention: patch pixel (r, c) sees object row y - N/2 + r
 ``object_shape`` (2,) and ``settings`` (a JSON string, see :func:`main`).
 OUT.npz: ``object`` (H, W) complex64 on the same object grid, ``probe`` (P, N, N) complex64 (same
 ortho convention), ``loss`` (epochs,) float64 (pty-chi's displayed loss per epoch), ``epochs``,
-``build_s`` and ``run_s`` (wall seconds of task construction and of the epochs), ``versions`` (JSON).
+``build_s`` and ``run_s`` (wall seconds of task construction and of the epochs), ``snapshots``
+(K, H, W) the object every ``snapshot_every`` epochs with ``snapshot_epochs`` and ``snapshot_s``
+(seconds of construction + epochs when it was taken; copying snapshots is not timed), ``versions``.
 This file imports only numpy, torch and ptychi: it never imports the project.
 """
 
@@ -30,8 +32,9 @@ from ptychi.api.task import PtychographyTask
 def reconstruct(counts: np.ndarray, x: np.ndarray, y: np.ndarray, probe: np.ndarray,
                 object_shape: tuple[int, int], settings: dict) -> dict:
     """LSQML (pty-chi's own test settings: SGD, step size 1, Gaussian noise model) until the displayed
-    loss improves by less than ``settings['tolerance']`` (relative) over ``settings['chunk']``
-    epochs, or ``settings['max_epochs']``."""
+    loss improves by less than ``settings['tolerance']`` (relative) over the last ``settings['chunk']``
+    epochs, or ``settings['max_epochs']``; checked (and the object kept) every
+    ``settings['snapshot_every']`` epochs (default: ``chunk``)."""
     torch.set_num_threads(int(settings["threads"]))
     N = counts.shape[-1]
     pad = N  # object buffer margin so every probe window lies inside it
@@ -67,19 +70,27 @@ def reconstruct(counts: np.ndarray, x: np.ndarray, y: np.ndarray, probe: np.ndar
     )
     build_s = time.perf_counter() - start
     chunk, tolerance, max_epochs = int(settings["chunk"]), float(settings["tolerance"]), int(settings["max_epochs"])
-    start, previous, epochs, converged = time.perf_counter(), None, 0, False
+    every = int(settings.get("snapshot_every", chunk))
+    run_s, epochs, converged = 0.0, 0, False
+    snapshots, snapshot_epochs, snapshot_s = [], [], []
     while epochs < max_epochs and not converged:
-        task.run(n_epochs=min(chunk, max_epochs - epochs))
-        epochs = len(task.reconstructor.loss_tracker.table)
-        current = float(task.reconstructor.loss_tracker.table["loss"].iloc[-1])
-        converged = previous is not None and previous - current < tolerance * previous
-        previous = current
-    run_s = time.perf_counter() - start
+        start = time.perf_counter()
+        task.run(n_epochs=min(every, max_epochs - epochs))
+        run_s += time.perf_counter() - start  # snapshots below are not timed
+        losses = task.reconstructor.loss_tracker.table["loss"].to_numpy(dtype=np.float64)
+        epochs = len(losses)
+        # converged: the displayed loss improved by less than `tolerance` (relative) over the last `chunk` epochs
+        converged = epochs > chunk and losses[-chunk - 1] - losses[-1] < tolerance * losses[-chunk - 1]
+        snapshots.append(task.get_data_to_cpu("object", as_numpy=True)[0, pad:pad + height, pad:pad + width])
+        snapshot_epochs.append(epochs)
+        snapshot_s.append(build_s + run_s)
     obj = task.get_data_to_cpu("object", as_numpy=True)[0, pad:pad + height, pad:pad + width]
     probe_out = task.get_data_to_cpu("probe", as_numpy=True)[0] * N
     return {"object": obj.astype(np.complex64), "probe": probe_out.astype(np.complex64),
             "loss": task.reconstructor.loss_tracker.table["loss"].to_numpy(dtype=np.float64),
             "epochs": epochs, "converged": converged, "build_s": build_s, "run_s": run_s,
+            "snapshots": np.asarray(snapshots, np.complex64), "snapshot_epochs": np.asarray(snapshot_epochs),
+            "snapshot_s": np.asarray(snapshot_s),
             "versions": json.dumps({"ptychi": getattr(ptychi, "__version__", "unknown"), "torch": torch.__version__})}
 
 

@@ -26,13 +26,16 @@ def free_port() -> int:
 
 @contextmanager
 def running_server(bundle: Path, *, max_batch_size: int = 64, max_queue_delay_us: int = 2000,
-                   providers: str | None = None, ready_timeout_s: float = 120.0) -> Iterator[str]:
+                   providers: str | None = None, intra_op_threads: int | None = None,
+                   ready_timeout_s: float = 120.0) -> Iterator[str]:
     """Start ``ptychopinn serve --bundle BUNDLE`` on a free port; yield its URL once ready; stop it."""
     port = free_port()
     command = [sys.executable, "-m", "ptychopinn", "serve", "--bundle", str(bundle), "--port", str(port),
                "--max-batch-size", str(max_batch_size), "--max-queue-delay-us", str(max_queue_delay_us)]
     if providers:
         command += ["--providers", providers]
+    if intra_op_threads:
+        command += ["--intra-op-threads", str(intra_op_threads)]
     log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a chatty server can never block on it
     process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                                stdout=subprocess.DEVNULL, stderr=log, text=True)

@@ -49,20 +49,28 @@ def test_results_carry_machine_and_medians(smoke_run: tuple[dict, Path, Path]) -
     assert row["ours_patches_per_s"] > 0 and row["ratio"] > 0
 
 
-def test_quality_case_trains_serves_and_scores(smoke_run: tuple[dict, Path, Path]) -> None:
+def test_quality_case_trains_serves_and_scores_time_to_quality(smoke_run: tuple[dict, Path, Path]) -> None:
     results, _, figures = smoke_run
-    case = results["parts"]["quality"]["cases"]["gold_1e6"]
-    assert case["test_positions"] == case["positions"] - case["train_positions"] > 0
-    assert case["training"]["steps"] >= 1
-    assert case["wall_s"]["this project (HTTP, end to end)"] > 0
-    assert case["ptychi"] == "skipped in smoke mode"
-    scores = case["scores"]["this project"]
-    assert -1 <= scores["ssim_amplitude"] <= 1 and -1 <= scores["ssim_phase"] <= 1
-    assert np.isfinite(scores["psnr_amplitude"]) and scores["frc50_amplitude"] >= 0
-    # the ground-truth object explains its own Poisson data better than a one-epoch model
-    assert case["nll"]["ground truth"] < case["nll"]["this project"]
-    png = figures / "quality_gold_1e6.png"
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    part = results["parts"]["quality"]
+    case = part["cases"]["gold_1e6_dense"]
+    assert case["test_positions"] > 0 and case["ptychi"] == "skipped in smoke mode"
+    [training] = part["training"].values()
+    assert training["steps"] >= 1 and training["train_positions"] == case["test_positions"]
+    curves = case["curves"]
+    assert [p["iterations"] for p in curves["network only"]] == [0]
+    assert [p["iterations"] for p in curves["network + k iterations"]] == [1, 3]
+    assert [p["iterations"] for p in curves["refinement from flat"]] == [1, 3]
+    for points in curves.values():
+        for point in points:
+            assert point["seconds"] > 0 and -1 <= point["ssim_amplitude"] <= 1 and -1 <= point["ssim_phase"] <= 1
+            assert point["nll_median"] > 0 and 0 <= point["r_factor_median"]  # every response carries its data fit
+    # three iterations from a flat start beat the flat object itself (the physics works end to end)
+    assert curves["refinement from flat"][-1]["ssim_amplitude"] > case["flat"]["ssim_amplitude"] + 0.2
+    ttq = case["time_to_quality"]
+    assert ttq["target"]["amplitude"] == pytest.approx(0.95 * ttq["best"]["amplitude"])
+    assert any(hit is not None for hit in ttq["reached"].values())
+    for name in ("time_to_quality.png", "quality_gold_1e6_dense.png"):
+        assert (figures / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_docs_tables_regenerated_prose_kept(smoke_run: tuple[dict, Path, Path]) -> None:
