@@ -193,10 +193,15 @@ RECONSTRUCT_ROUTE: dict[str, Any] = {
         "(patch centres); optional `probe` (N, N) or (P, N, N) complex; optional `mask` (N, N) bool, True = "
         "bad detector pixel; optional `options`: a 0-d string array holding a JSON object with `scale_policy` "
         "('scan'|'bundle'), `units` ('amplitude'|'counts'), `stitch_M` (1..N/2), `neighbor_count`, `seed`, "
-        "`pixel_size_m` (the scan's object pixel size in metres: 400 when it differs from the model's by over 1 %).\n\n"
+        "`pixel_size_m` (the scan's object pixel size in metres: 400 when it differs from the model's by over 1 %), "
+        "`refine_iterations` (0..1000: known-probe object refinement after the network), `refine_algorithm` "
+        "('er'|'rpie'), `refine_start` ('network'|'flat': flat skips the network), `refine_time_limit_s`.\n\n"
         "Response: an NPZ with `amplitude`, `phase`, `coverage` (H, W) float32, `origin` (2,) float64 and "
         "`metadata` (0-d JSON string: scale, timings, probe_difference, pixel_size_m, `scan_report` with `warnings` about "
-        "what is probably wrong: unusual energy layout, hot pixels, sentinels, bright frames)."),
+        "what is probably wrong: unusual energy layout, hot pixels, sentinels, bright frames; `data_fit`: per-pattern "
+        "Poisson NLL per pixel and R-factor of the returned object against the measured patterns, their median and "
+        "95th percentile, `outliers` (patterns it does not explain) and the figures per refinement iteration; "
+        "`refinement`: iterations done, algorithm, start, why it stopped early, peak working memory)."),
     "responses": {200: {"content": {"application/x-npz": _BINARY}, "description": "the stitched object (NPZ)"},
                   **ERRORS},
     "openapi_extra": {"requestBody": {"required": True, "content": {"application/x-npz": _BINARY}}},
