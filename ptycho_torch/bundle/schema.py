@@ -118,10 +118,11 @@ class TrainingRecord(_Strict):
 class Manifest(_Strict):
     """Everything a host needs to run the bundle; serialised as ``manifest.json``."""
 
-    name: str
-    version: int
-    N: int
-    gridsize: int
+    name: Annotated[str, Field(pattern=r"^[\w-]+$")]
+    """Letters, digits, '-' or '_': the model's name in URLs and its Triton folder (as export requires)."""
+    version: Annotated[int, Field(ge=1)]
+    N: Annotated[int, Field(gt=0)]
+    gridsize: Annotated[int, Field(gt=0)]
     channels: int
     opset: int
     inputs: tuple[TensorSpec, ...]

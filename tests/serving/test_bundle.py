@@ -164,6 +164,21 @@ def test_schema_is_strict(bundle_dir: Path) -> None:
         Manifest.from_json(json.dumps(data))
 
 
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("name", "../x", r"`manifest\.json\.name` string should match pattern '\^\[\\w-\]\+\$', got '\.\./x'"),
+    ("name", "", r"`manifest\.json\.name` string should match pattern"),
+    ("version", -1, r"`manifest\.json\.version` should be greater than or equal to 1, got -1"),
+    ("version", 0, r"`manifest\.json\.version` should be greater than or equal to 1, got 0"),
+])
+def test_names_and_versions_that_export_refuses_are_refused_when_read(bundle_dir: Path, field, value, message) -> None:
+    """A hand-edited name or version used to load: a model named `../x` (no URL reaches it, and its
+    Triton folder would leave the repository) or version -1 (no Triton version folder)."""
+    data = json.loads((bundle_dir / "manifest.json").read_text())
+    data[field] = value
+    with pytest.raises(BundleError, match=message):
+        Manifest.from_json(json.dumps(data))
+
+
 def test_zip_members_outside_the_bundle_are_refused(bundle_dir: Path, tmp_path: Path) -> None:
     members = {p.name: p for p in bundle_dir.iterdir()} | {"../escape.txt": bundle_dir / "params.json"}
     with pytest.raises(BundleError, match=r"member `\.\./escape\.txt` must be a relative path inside the bundle"):
