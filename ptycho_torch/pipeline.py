@@ -310,6 +310,12 @@ def reconstruct_steps(
     M = model.stitch_M if options.stitch_M is None else options.stitch_M
     if not 1 <= M <= model.N // 2:
         raise InvalidInput(f"`stitch_M` must be in [1, N/2 = {model.N // 2}], got {M}")
+    if model.channels > 1 and options.neighbor_count is not None and options.neighbor_count < model.channels:
+        raise InvalidInput(f"`neighbor_count` must be >= gridsize**2 = {model.channels} for this model, got "
+                           f"{options.neighbor_count}; omit it for the default max(4, C)")
+    if model.channels > 1 and len(x) <= model.channels:
+        raise InvalidInput(f"`patterns` must hold more than gridsize**2 = {model.channels} patterns for this "
+                           f"model (gridsize {model.gridsize}), got {len(x)}; send the whole scan")
     try:
         pixel_size_m = check_pixel_size(options.pixel_size_m, model.pixel_size_m, model="the model")
     except DataContractError as error:

@@ -1,8 +1,8 @@
 """The FastAPI app: Open Inference Protocol v2 REST, ``/v1/reconstruct`` and ``/metrics``.
 
-Every refusal is a :class:`~serving.errors.ServingError` (or a ``PtychoError`` from the numpy
-science code) turned into ``{"error": message}`` with its status code in one handler; endpoints
-never catch. A bearer token, when set, guards everything except the two health probes and the docs;
+Every refusal is a ``PtychoError`` (a :class:`~serving.errors.ServingError`, or an error of the numpy
+science code) turned into ``{"error": message}`` in one handler, with the status that the one table
+:data:`serving.errors.STATUS` gives its class; endpoints never catch. A bearer token, when set, guards everything except the two health probes and the docs;
 without one only loopback clients are served (:mod:`serving.guards`). Work routes admit a bounded
 number of requests before reading a body; bodies are read within :mod:`serving.limits` (size,
 ``Content-Encoding``, timeouts, memory budget). Blocking work (decoding, stitching) runs in the
@@ -34,19 +34,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ptycho_torch import __version__
 from ptycho_torch.bundle import Bundle
-from ptycho_torch.errors import DataContractError, InvalidValues, PtychoError
+from ptycho_torch.errors import PtychoError
 from ptycho_torch.pipeline import reconstruct, require_finite_outputs
 from ptycho_torch.scan_checks import check_network_input
 from serving import openapi
 from serving.batching import DynamicBatcher
 from serving.engine import Engine
-from serving.errors import ClientGone, InvalidRequest, ServingError, Unauthorized
+from serving.errors import ClientGone, InvalidRequest, Unauthorized, status_of
 from serving.guards import LOOPBACK_HOSTS, AccessGuard, Admission, CancellableRunner, cancel_on_disconnect
 from serving.limits import Limits, check_reconstruct_budget, read_body
 from serving.access_log import AccessLog
 from serving.metrics import ServiceMetrics, TritonCollector
 from serving.npz_wire import RECONSTRUCT_MEDIA_TYPE, decode_reconstruct_request, encode_reconstruction
-from serving.protocol_v2 import HEADER_LENGTH, check_inputs, decode_request, encode_response
+from serving.protocol_v2 import HEADER_LENGTH, check_inputs, check_outputs, decode_request, encode_response
 from serving.repository import InferenceStats, ModelRepository, ServedModel
 from serving.repository_routes import repository_routes
 from serving.sessions import SessionLimits, SessionManager
@@ -103,19 +103,15 @@ def _error_response(status: int, message: str, headers: dict[str, str] | None = 
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-async def _serving_error(request: Request, error: Exception) -> Response:
-    assert isinstance(error, ServingError)
+async def _refusal(request: Request, error: Exception) -> Response:
+    """Every deliberate refusal (a ``PtychoError``): its status from :data:`serving.errors.STATUS`."""
     if isinstance(error, ClientGone):
-        log.info("%s %s: %s", request.method, request.url.path, error.message)
-    return _error_response(error.status_code, error.message, error.headers)
+        log.info("%s %s: %s", request.method, request.url.path, error)
+    return _error_response(status_of(error), str(error), getattr(error, "headers", None))
 
 
 async def _client_disconnect(request: Request, _: Exception) -> Response:
-    return await _serving_error(request, ClientGone("the client closed the connection while sending the body"))
-
-
-async def _ptycho_error(_: Request, error: Exception) -> Response:
-    return _error_response(422 if isinstance(error, (DataContractError, InvalidValues)) else 400, str(error))
+    return await _refusal(request, ClientGone("the client closed the connection while sending the body"))
 
 
 async def _http_error(request: Request, error: Exception) -> Response:
@@ -170,6 +166,7 @@ def create_app(
     max_batch_size: int | None = None,
     max_queue_delay_us: int = 100,
     max_queue_size: int = 256,
+    max_queue_wait_s: float | None = None,
     token: str | None = None,
     max_request_bytes: int | None = None,
     limits: Limits | None = None,
@@ -209,7 +206,7 @@ def create_app(
 
         size = served.max_batch_size if max_batch_size is None else min(max_batch_size, served.max_batch_size)
         batcher = DynamicBatcher(served, max_batch_size=size, max_queue_delay_us=max_queue_delay_us,
-                                 max_queue_size=max_queue_size, observer=observe)
+                                 max_queue_size=max_queue_size, max_queue_wait_s=max_queue_wait_s, observer=observe)
         return ServedModel.create(name, version, source, served, batcher, stats)
 
     sessions: SessionManager
@@ -245,9 +242,8 @@ def create_app(
                        allowed_hosts=allowed_hosts)
     app.add_middleware(_MetricsMiddleware, metrics=metrics)
     app.add_middleware(AccessLog)
-    app.add_exception_handler(ServingError, _serving_error)
     app.add_exception_handler(ClientDisconnect, _client_disconnect)
-    app.add_exception_handler(PtychoError, _ptycho_error)
+    app.add_exception_handler(PtychoError, _refusal)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _internal_error)
@@ -326,6 +322,7 @@ def _protected_routes(state: _State) -> APIRouter:
                 decoded = await run_in_threadpool(decode_request, body, request.headers.get(HEADER_LENGTH),
                                                   max_json_bytes=state.limits.max_json_bytes)
                 check_inputs(decoded.inputs, model.inputs)
+                check_outputs(decoded, [t.name for t in model.outputs])
                 diffraction, scale = decoded.inputs["diffraction"], decoded.inputs["scale"]
                 check_network_input(scale, float(diffraction.max()) if diffraction.size else 0.0)
                 amplitude, phase = await cancel_on_disconnect(

@@ -26,7 +26,7 @@ import numpy.typing as npt
 
 from ptycho_torch.errors import ConfigError
 from serving.engine import Engine
-from serving.errors import Overloaded
+from serving.errors import DeadlineExceeded, Overloaded, Unavailable
 
 if TYPE_CHECKING:
     from ptycho_torch.bundle import Bundle
@@ -72,7 +72,9 @@ class DynamicBatcher:
     ``max_batch_size`` defaults to the engine's (a batch never exceeds it, so every batch is a shape
     the engine warmed up). ``max_queue_delay_us``: how long the oldest waiting item may wait for
     others to join (Triton's ``max_queue_delay_microseconds``; 0 = run whatever is waiting).
-    ``max_queue_size``: most requests waiting before :class:`Overloaded`.
+    ``max_queue_size``: most requests waiting before :class:`Overloaded`. ``max_queue_wait_s``: a
+    request none of whose items ran within this many seconds is answered :class:`DeadlineExceeded`
+    (None: no deadline). A closed batcher refuses new work with :class:`Unavailable`.
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class DynamicBatcher:
         max_batch_size: int | None = None,
         max_queue_delay_us: int = 100,
         max_queue_size: int = 256,
+        max_queue_wait_s: float | None = None,
         observer: BatchObserver | None = None,
     ) -> None:
         max_batch_size = engine.max_batch_size if max_batch_size is None else max_batch_size
@@ -94,11 +97,14 @@ class DynamicBatcher:
             raise ConfigError(f"`max_queue_delay_us` must be a non-negative integer, got {max_queue_delay_us!r}")
         if not (isinstance(max_queue_size, int) and max_queue_size >= 1):
             raise ConfigError(f"`max_queue_size` must be a positive integer, got {max_queue_size!r}")
+        if max_queue_wait_s is not None and not max_queue_wait_s > 0:
+            raise ConfigError(f"`max_queue_wait_s` must be a positive number of seconds or None, got {max_queue_wait_s!r}")
         self.engine = engine
         self.bundle = engine.bundle
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_us * 1e-6
         self.max_queue_size = max_queue_size
+        self.max_queue_wait_s = max_queue_wait_s
         self.observer = observer
         self._queue: deque[_Request] = deque()
         self._cond = threading.Condition()
@@ -117,7 +123,8 @@ class DynamicBatcher:
             return future
         with self._cond:
             if self._closed:
-                raise RuntimeError("DynamicBatcher is closed")
+                raise Unavailable("the inference queue is closed: the server is shutting down or reloading the "
+                                  "model; retry shortly")
             if len(self._queue) >= self.max_queue_size:
                 raise Overloaded(
                     f"the inference queue is full ({self.max_queue_size} requests waiting); retry shortly, "
@@ -160,7 +167,7 @@ class DynamicBatcher:
                 if self._closed:
                     return None
                 self._cond.wait()
-            self._drop_cancelled()
+            self._drop_unservable()
             if not self._queue:
                 return []
             deadline = self._queue[0].enqueued + self.max_queue_delay_s
@@ -170,7 +177,7 @@ class DynamicBatcher:
                 if waiting >= self.max_batch_size or remaining <= 0:
                     break
                 self._cond.wait(remaining)
-            self._drop_cancelled()
+            self._drop_unservable()
             slices, room = [], self.max_batch_size
             while self._queue and room:
                 request = self._queue[0]
@@ -182,10 +189,18 @@ class DynamicBatcher:
                     self._queue.popleft()
             return slices
 
-    def _drop_cancelled(self) -> None:
-        """Forget requests whose caller cancelled them (a client that hung up): no compute for them."""
-        if any(r.future.cancelled() for r in self._queue):
-            self._queue = deque(r for r in self._queue if not r.future.cancelled())
+    def _drop_unservable(self) -> None:
+        """Forget requests whose caller cancelled them (a client that hung up), and answer
+        :class:`DeadlineExceeded` (504) to those that waited past ``max_queue_wait_s`` before any of
+        their items ran: no compute for either."""
+        now, wait = time.perf_counter(), self.max_queue_wait_s
+        late = [r for r in self._queue if wait is not None and r.taken == 0 and now - r.enqueued > wait]
+        for request in late:
+            _deliver(request.future, error=DeadlineExceeded(
+                f"the request waited {now - request.enqueued:.3f} s in the inference queue, over the server's "
+                f"deadline of {wait:g} s (--max-queue-wait-s); it was not run: retry, or send smaller requests"))
+        if late or any(r.future.cancelled() for r in self._queue):
+            self._queue = deque(r for r in self._queue if not r.future.done())
 
     def _loop(self) -> None:
         while (slices := self._collect()) is not None:

@@ -45,6 +45,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="how long a waiting item may wait for a fuller batch, microseconds (default 100)")
     parser.add_argument("--max-queue-size", type=int, default=256,
                         help="requests allowed to wait before 503 + Retry-After (default 256)")
+    parser.add_argument("--max-queue-wait-s", type=float, default=None,
+                        help="answer 504 to a request that waited this many seconds in the inference queue "
+                             "without running (default: no deadline)")
     parser.add_argument("--providers", default=None,
                         help="comma-separated onnxruntime providers in priority order, e.g. cuda,cpu "
                              "(default: TensorRT, CUDA, CPU, whichever this onnxruntime build has)")
@@ -113,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
                     max_request_memory_bytes=int(args.max_request_memory_mb * (1 << 20)),
                     body_timeout_s=args.body_timeout_s, body_idle_timeout_s=min(30.0, args.body_timeout_s / 10))
     app = create_app(engine, max_queue_delay_us=args.max_queue_delay_us, max_queue_size=args.max_queue_size,
+                     max_queue_wait_s=args.max_queue_wait_s,
                      token=token, limits=limits, max_concurrent_reconstructs=args.max_concurrent_reconstructs,
                      allow_remote=args.allow_remote, allowed_hosts=_names(args.allowed_hosts),
                      cors_origins=_names(args.cors_origins) or (),

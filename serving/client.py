@@ -1,7 +1,8 @@
 """A small httpx client for a ptychopinn server: ``/v1/reconstruct``, binary OIP ``infer`` and live sessions.
 
-Errors from the server come back as :class:`~serving.errors.ServingError` subclasses carrying the
-server's message (so ``except InvalidRequest`` works the same in-process and over HTTP).
+Errors from the server come back as the class :data:`serving.errors.STATUS` lists first for the
+status, carrying the server's message (so ``except InvalidInput`` works the same in-process and over
+HTTP; a 500 is a :class:`~serving.errors.ServerError`, not a refusal of the request).
 """
 
 from __future__ import annotations
@@ -18,24 +19,13 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
-from ptycho_torch.errors import ConfigError, InvalidValues, PtychoError
-from serving.errors import (
-    InvalidRequest,
-    ModelNotFound,
-    Overloaded,
-    RequestTooLarge,
-    ServingError,
-    SessionNotFound,
-    Unauthorized,
-)
-from serving.npz_wire import RECONSTRUCT_MEDIA_TYPE, decode_reconstruction, encode_arrays, encode_reconstruct_request
+from ptycho_torch.errors import ConfigError, PtychoError
 from ptycho_torch.pipeline import ReconstructOptions, Reconstruction
+from serving.errors import Overloaded, SessionNotFound, Unauthorized, error_for_status
+from serving.npz_wire import RECONSTRUCT_MEDIA_TYPE, decode_reconstruction, encode_arrays, encode_reconstruct_request
 from serving.protocol_v2 import HEADER_LENGTH
 
 __all__ = ["Client", "LiveSession", "RemoteRunner", "ServedModel", "reconstruct_file"]
-
-_ERRORS: dict[int, type[PtychoError]] = {400: InvalidRequest, 401: Unauthorized, 404: ModelNotFound,
-                                          413: RequestTooLarge, 422: InvalidValues, 503: Overloaded}
 
 
 class ServerUnreachable(PtychoError, ConnectionError):
@@ -78,7 +68,7 @@ class Client:
                 message = response.json()["error"]
             except (ValueError, KeyError, TypeError):
                 message = response.text[:500]
-            error = _ERRORS.get(response.status_code, ServingError)
+            error = error_for_status(response.status_code)
             if response.status_code == 404 and path.startswith("/v1/sessions/"):
                 error = SessionNotFound
             if error is Overloaded:

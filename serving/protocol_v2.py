@@ -29,6 +29,7 @@ __all__ = [
     "InferRequest",
     "TensorMetadata",
     "check_inputs",
+    "check_outputs",
     "decode_request",
     "encode_response",
 ]
@@ -204,6 +205,14 @@ def check_inputs(inputs: Mapping[str, np.ndarray], expected: Sequence[TensorMeta
             raise InvalidValues(f"input `{spec.name}` must be finite, got NaN/inf values")
 
 
+def check_outputs(request: InferRequest, available: Sequence[str]) -> None:
+    """Raise :class:`InvalidRequest` when ``request`` asks for outputs the model does not have; the
+    app calls it before inference, so a wrong name costs no compute."""
+    unknown = sorted(set(request.outputs or ()) - set(available))
+    if unknown:
+        raise _fail(f"requested outputs {unknown} do not exist; this model's outputs are {sorted(available)}")
+
+
 def encode_response(
     model_name: str,
     model_version: str,
@@ -211,10 +220,8 @@ def encode_response(
     outputs: Mapping[str, np.ndarray],
 ) -> tuple[bytes, dict[str, str]]:
     """The response body and headers for ``outputs`` (name -> array), as ``request`` asked."""
+    check_outputs(request, list(outputs))
     wanted = request.outputs or dict.fromkeys(outputs, request.binary_default)
-    unknown = sorted(set(wanted) - set(outputs))
-    if unknown:
-        raise _fail(f"requested outputs {unknown} do not exist; this model's outputs are {sorted(outputs)}")
     tensors, blobs = [], []
     for name, binary in wanted.items():
         array = np.ascontiguousarray(outputs[name])
