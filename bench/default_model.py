@@ -1,7 +1,7 @@
 """Score a bundle on the real Siemens star's held-out half, served over HTTP, against pty-chi.
 
 The reference is pty-chi's LSQML reconstruction (probe refined) of the **full** real scan at N=64
-(``bench.quality.siemens_case`` and ``run_ptychi``, the settings of the full quality benchmark),
+(``bench.quality.siemens_case`` and ``run_ptychi`` with the quick benchmark's settings: at most 30 epochs),
 cached in ``runs/star_reference.npz``. The bundle is served by a real ``ptychopinn serve``
 (``bench.server.running_server``) and reconstructs the bottom half of the scan with
 ``POST /v1/reconstruct``; the result is scored on the region it fully covers
@@ -41,7 +41,7 @@ def reference(path: Path = REFERENCE) -> np.ndarray:
     if not ptychi.available():
         raise SystemExit(f"pty-chi is not installed ({ptychi.NOT_INSTALLED}); it provides the reference")
     case = siemens_case(N)
-    result = run_ptychi(case.scan, case.object_shape, SIZES["full"], optimize_probe=True)
+    result = run_ptychi(case.scan, case.object_shape, SIZES["quick"], optimize_probe=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, object=result.object, epochs=result.epochs, converged=result.converged)
     return result.object
