@@ -32,7 +32,7 @@ from ptycho_torch.scan_checks import bad_pixel_mask, check_network_input, prepar
 from ptycho_torch.stitching import Stitcher, complex_patches
 
 __all__ = ["MAX_REFINE_ITERATIONS", "ModelInfo", "ReconstructOptions", "Reconstruction", "Runner", "network_scale",
-           "reconstruct", "reconstruct_steps", "require_finite_outputs"]
+           "reconstruct", "reconstruct_steps", "require_finite_outputs", "require_non_negative"]
 
 MAX_REFINE_ITERATIONS = 1000
 """Most refinement iterations one request may ask for (with ``refine_time_limit_s``, bounds its time)."""
@@ -218,13 +218,19 @@ def _check_patterns(patterns: Any, N: int) -> npt.NDArray[np.float32]:
     finite = np.isfinite(array).all(axis=(1, 2))
     if not finite.all():
         raise InvalidValues(f"`patterns` must be finite, got NaN/inf in patterns {np.flatnonzero(~finite)[:10].tolist()}")
-    if (array < 0).any():
-        rows = np.flatnonzero((array < 0).any(axis=(1, 2)))
+    require_non_negative(array, "patterns")
+    return array
+
+
+def require_non_negative(array: npt.NDArray[Any], field: str) -> None:
+    """Raise :class:`~serving.errors.InvalidValues` naming the items (first axis) of ``array`` that
+    hold negative values: amplitudes and counts never do."""
+    if array.size and (array < 0).any():
+        rows = np.flatnonzero((array < 0).reshape(len(array), -1).any(axis=1))
         raise InvalidValues(
-            f"`patterns` must be non-negative (amplitudes or counts), got negative values in patterns "
+            f"`{field}` must be non-negative (amplitudes or counts), got negative values in {field} "
             f"{rows[:10].tolist()}; subtract no background below zero"
         )
-    return array
 
 
 def _check_positions(positions: Any, count: int) -> npt.NDArray[np.float64]:

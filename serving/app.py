@@ -35,7 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ptycho_torch import __version__
 from ptycho_torch.bundle import Bundle
 from ptycho_torch.errors import PtychoError
-from ptycho_torch.pipeline import reconstruct, require_finite_outputs
+from ptycho_torch.pipeline import reconstruct, require_finite_outputs, require_non_negative
 from ptycho_torch.scan_checks import check_network_input
 from serving import openapi
 from serving.batching import DynamicBatcher
@@ -325,6 +325,7 @@ def _protected_routes(state: _State) -> APIRouter:
                 check_outputs(decoded, [t.name for t in model.outputs])
                 diffraction, scale = decoded.inputs["diffraction"], decoded.inputs["scale"]
                 check_network_input(scale, float(diffraction.max()) if diffraction.size else 0.0)
+                require_non_negative(diffraction, "diffraction")
                 amplitude, phase = await cancel_on_disconnect(
                     request, asyncio.wrap_future(model.batcher.submit(diffraction, scale)))
                 require_finite_outputs(amplitude, phase)

@@ -91,6 +91,8 @@ CASES = [
      422, "positive and finite|must be finite"),
     ("zero scale", "POST", INFER, _json(inputs=[_diffraction(), _scale(data=[0.0])]), {}, 422,
      "`scale` must be positive and finite"),
+    ("negative amplitudes", "POST", INFER, _json(inputs=[_diffraction(data=[-0.5] * N * N), _scale()]), {}, 422,
+     r"`diffraction` must be non-negative \(amplitudes or counts\), got negative values in diffraction \[0\]"),
     ("not an npz", "POST", RECONSTRUCT, b"PK\x05\x06" + b"\0" * 18, {}, 400, "missing \\['patterns', 'positions'\\]"),
     ("empty npz body", "POST", RECONSTRUCT, b"", {}, 400, "must be an NPZ archive"),
     ("complex patterns", "POST", RECONSTRUCT, _npz(patterns=PATTERNS.astype(np.complex64), positions=POSITIONS), {},
