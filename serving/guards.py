@@ -26,6 +26,7 @@ import numpy.typing as npt
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ptycho_torch.errors import ConfigError
 from serving.batching import DynamicBatcher
 from serving.errors import ClientGone, Overloaded
 
@@ -99,7 +100,7 @@ class Admission:
 
     def __init__(self, kind: str, limit: int, knob: str) -> None:
         if not (isinstance(limit, int) and limit >= 1):
-            raise ValueError(f"`{knob}` must be a positive integer, got {limit!r}")
+            raise ConfigError(f"`{knob}` must be a positive integer, got {limit!r}")
         self.kind, self.limit, self.knob = kind, limit, knob
         self.in_progress = 0
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from starlette.requests import ClientDisconnect, Request
 
+from ptycho_torch.errors import ConfigError
 from ptycho_torch.stitching import canvas_geometry
 from serving.errors import ClientGone, InvalidRequest, RequestTimeout, RequestTooLarge, UnsupportedEncoding
 
@@ -55,7 +56,7 @@ class Limits:
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_request_memory_bytes", "body_idle_timeout_s", "body_timeout_s"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"`{name}` must be positive, got {getattr(self, name)!r}")
+                raise ConfigError(f"`{name}` must be positive, got {getattr(self, name)!r}")
 
     @property
     def max_json_bytes(self) -> int:

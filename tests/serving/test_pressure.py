@@ -165,3 +165,12 @@ def test_the_token_is_compared_in_constant_time(engine: Engine, serve, monkeypat
     assert httpx.get(f"{server.url}/v2", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert httpx.get(f"{server.url}/v2", headers={"Authorization": "Bearer s3cret"}).status_code == 200
     assert calls == [(b"wrong", b"s3cret"), (b"s3cret", b"s3cret")]
+
+
+def test_limits_must_be_positive(engine: Engine) -> None:
+    from ptycho_torch.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="`body_timeout_s` must be positive, got 0"):
+        Limits(body_timeout_s=0)
+    with pytest.raises(ConfigError, match="`--max-concurrent-reconstructs` must be a positive integer, got 0"):
+        create_app(engine, max_concurrent_reconstructs=0)
