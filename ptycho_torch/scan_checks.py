@@ -130,6 +130,10 @@ def to_amplitudes(patterns: npt.NDArray[Any], units: Units | None) -> tuple[npt.
     return patterns.astype(np.float32, copy=False), used
 
 
+MAX_MASKED_FRACTION = 0.5
+"""Largest share of the detector a bad-pixel mask may cover; more is almost always an inverted mask."""
+
+
 def bad_pixel_mask(mask: Any, N: int) -> npt.NDArray[np.bool_]:
     """The caller's bad-pixel mask as ``(N, N)`` bool (True = bad); 0/1 integers accepted."""
     array = np.asarray(mask)
@@ -137,7 +141,12 @@ def bad_pixel_mask(mask: Any, N: int) -> npt.NDArray[np.bool_]:
                                                                  not np.isin(array, (0, 1)).all()):
         raise DataContractError(f"`mask` must be a ({N}, {N}) bool (or 0/1) array, True = bad pixel, got "
                                 f"{array.dtype} {list(array.shape)}")
-    return array.astype(bool)
+    bad = array.astype(bool)
+    if bad.mean() > MAX_MASKED_FRACTION:
+        raise DataContractError(f"`mask` marks {bad.mean():.0%} of the {N}x{N} pixels bad (True = bad pixel); "
+                                f"at most {MAX_MASKED_FRACTION:.0%} can be inpainted from good neighbours: "
+                                "if True means good in your mask, send its inverse")
+    return bad
 
 
 def _sentinels(patterns: npt.NDArray[Any]) -> npt.NDArray[np.bool_] | None:

@@ -121,6 +121,19 @@ def test_a_caller_mask_is_applied_and_reported() -> None:
         prepare_scan(patterns, positions, mask=np.zeros((4, 4), bool))
 
 
+def test_an_inverted_mask_is_refused_not_inpainted_into_a_blank_scan() -> None:
+    """True = good in the caller's convention: every pixel was inpainted, and the error said the
+    patterns were all zero."""
+    patterns, positions = _scan()
+    good = np.ones((N, N), bool)
+    good[10:12, 0:3] = False
+    with pytest.raises(DataContractError, match=r"`mask` marks 99% of the 32x32 pixels bad .* send its inverse"):
+        prepare_scan(patterns, positions, mask=good)
+    half = np.zeros((N, N), bool)
+    half[: N // 2] = True  # exactly the limit: still inpainted
+    assert prepare_scan(patterns, positions, mask=half).report.masked_pixels == N * N // 2
+
+
 def test_a_frame_far_brighter_than_the_rest_is_left_out_of_the_scale() -> None:
     patterns, positions = _scan()
     flash = patterns.copy()
