@@ -27,6 +27,7 @@ from ptycho_torch.stitching import Rect, TiledStitcher, canvas_geometry
 from ptycho_torch.bundle import Bundle
 from serving.errors import InvalidRequest
 from ptycho_torch.pipeline import ReconstructOptions, Reconstruction
+from ptycho_torch.pixel_size import check_pixel_size
 from ptycho_torch.scan_checks import check_network_input, to_amplitudes
 from ptycho_torch.stitching import complex_patches
 
@@ -143,6 +144,12 @@ class Session:
             raise InvalidRequest(
                 f"sessions stream single-pattern models (gridsize 1); model {bundle.name!r} has gridsize "
                 f"{bundle.gridsize}, whose neighbour groups need the whole scan: use POST /v1/reconstruct")
+        if options.refine_iterations:
+            raise InvalidRequest(
+                f"`refine_iterations` is not applied in a session (got {options.refine_iterations}): a live canvas "
+                "shows the network's patches; refine the whole scan with POST /v1/reconstruct "
+                "(refine_iterations) once it is measured, or leave the option out")
+        check_pixel_size(options.pixel_size_m, bundle.pixel_size_m, model=f"model {bundle.name}")
         M = bundle.stitch_M if options.stitch_M is None else options.stitch_M
         if not 1 <= M <= bundle.N // 2:
             raise InvalidRequest(f"`stitch_M` must be in [1, N/2 = {bundle.N // 2}], got {M}")

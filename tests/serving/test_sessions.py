@@ -9,6 +9,9 @@ import pytest
 
 from serving.batching import DynamicBatcher
 from serving.engine import Engine
+from oracle import write_oracle_bundle
+from ptycho_torch.bundle import load_bundle
+from ptycho_torch.errors import DataContractError
 from serving.errors import InvalidRequest, Overloaded, SessionNotFound
 from ptycho_torch.pipeline import ReconstructOptions, reconstruct
 from serving.sessions import Session, SessionLimits, SessionManager
@@ -121,6 +124,23 @@ def test_sessions_refuse_the_scan_scale_policy_and_grouped_models(batcher, oracl
             Session("s", grouped)
     finally:
         grouped.close()
+
+
+def test_sessions_refuse_options_they_would_silently_ignore(batcher, tmp_path) -> None:
+    """refine_iterations and a mismatching pixel_size_m were accepted and had no effect."""
+    with pytest.raises(InvalidRequest, match=r"`refine_iterations` is not applied in a session \(got 5\).*POST "
+                                             r"/v1/reconstruct"):
+        Session("s", batcher, options=ReconstructOptions(scale_policy="bundle", refine_iterations=5))
+    sized = Engine(load_bundle(write_oracle_bundle(tmp_path / "b", N=N, pixel_size_m=1e-8)), max_batch_size=4,
+                   providers=["cpu"], intra_op_threads=1)
+    runner = DynamicBatcher(sized)
+    try:
+        with pytest.raises(DataContractError, match=r"2e-08 m differs from model oracle's training pixel "
+                                                    r"size 1e-08 m"):
+            Session("s", runner, options=ReconstructOptions(scale_policy="bundle", pixel_size_m=2e-8))
+        assert Session("s", runner, options=ReconstructOptions(scale_policy="bundle", pixel_size_m=1e-8))
+    finally:
+        runner.close()
 
 
 def test_positions_outside_the_bounds_or_the_canvas_limit_are_rejected(batcher) -> None:
