@@ -29,14 +29,21 @@ from typing import Any
 
 import numpy as np
 
-from bench.quality import GOLD, poisson_nll
+from bench.quality import GOLD
 from bench.report import ROOT, cell, finite_or_none, update_docs
 from ptycho_torch.data import RawData, spatial_split
 from ptycho_torch.grouping import extract_patches
-from ptycho_torch.simulation import load_probe, simulate_scan
+from ptycho_torch.data_fit import data_fit
+from ptycho_torch.simulation import far_field_intensity, load_probe, simulate_scan
 
 CASE = {"N": 64, "crop": 176, "step": 4, "nphotons": 1e6, "seed": 0, "centre": (155, 160)}
 RUNS = ROOT / "runs" / "curves"
+
+
+def poisson_nll(patches: np.ndarray, probe: np.ndarray, counts: np.ndarray) -> float:
+    """Mean per-pixel Poisson NLL (with log k!) of ``counts`` under ``probe`` on ``patches``, at the
+    maximum-likelihood global scale (``ptycho_torch.data_fit``)."""
+    return float(data_fit(far_field_intensity(patches, probe), counts).patterns.nll.mean())
 THREADS = 1
 
 

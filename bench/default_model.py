@@ -1,7 +1,7 @@
 """Score a bundle on the real Siemens star's held-out half, served over HTTP, against pty-chi.
 
 The reference is pty-chi's LSQML reconstruction (probe refined) of the **full** real scan at N=64
-(``bench.quality.siemens_case`` and ``run_ptychi`` with the quick benchmark's settings: at most 30 epochs),
+(``bench.quality.siemens_scan`` and ``run_ptychi`` with the quick benchmark's settings),
 cached in ``runs/star_reference.npz``. The bundle is served by a real ``ptychopinn serve``
 (``bench.server.running_server``) and reconstructs the bottom half of the scan with
 ``POST /v1/reconstruct``; the result is scored on the region it fully covers
@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 
 from bench import ptychi
-from bench.quality import SIZES, covered_box, run_ptychi, score, siemens_case
+from bench.quality import SIZES, covered_box, run_ptychi, score, siemens_scan
 from bench.report import ROOT
 from bench.server import running_server
+from ptycho_torch.data import spatial_split
 from ptycho_torch.metrics import align_phase, register
 from serving.client import Client
 
@@ -40,8 +41,9 @@ def reference(path: Path = REFERENCE) -> np.ndarray:
             return npz["object"]
     if not ptychi.available():
         raise SystemExit(f"pty-chi is not installed ({ptychi.NOT_INSTALLED}); it provides the reference")
-    case = siemens_case(N)
-    result = run_ptychi(case.scan, case.object_shape, SIZES["quick"], optimize_probe=True)
+    scan, shape = siemens_scan(N)
+    settings = SIZES["quick"]["ptychi"]
+    result = run_ptychi(scan, shape, settings, settings["batch_sizes"][-1], optimize_probe=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, object=result.object, epochs=result.epochs, converged=result.converged)
     return result.object
@@ -56,12 +58,12 @@ def phase_correlation(image: np.ndarray, ref: np.ndarray) -> float:
 
 def evaluate(bundle: Path) -> dict[str, Any]:
     """Reconstruct the held-out half over HTTP with ``bundle`` and score it (see the module docstring)."""
-    case = siemens_case(N)
+    scan, shape = siemens_scan(N)
+    _, test = spatial_split(scan, axis="y", fraction=0.5)
     ref = reference()
-    test = case.test
     with running_server(bundle) as url, Client(url) as client:
         rec = client.reconstruct(test.diff3d, np.column_stack([test.xcoords, test.ycoords]), probe=test.probeGuess)
-    canvas_box, object_box = covered_box(rec.coverage, rec.origin, case.object_shape)
+    canvas_box, object_box = covered_box(rec.coverage, rec.origin, shape)
     image = (rec.amplitude * np.exp(1j * rec.phase))[canvas_box]
     region = ref[object_box]
     flat = np.ones_like(region)
