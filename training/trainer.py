@@ -12,6 +12,7 @@ SIGTERM, SIGUSR1 and Ctrl+C stop between two batches with a checkpoint and raise
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import signal
 import sys
@@ -143,6 +144,21 @@ def build_trainer(
         ) from error
 
 
+RESOLVED_CONFIG_FILE = "config.json"
+
+
+def write_resolved_config(output_dir: Path, hparams: Any) -> Path:
+    """Write ``output_dir/config.json``: the model, training and execution settings the run resolved
+    (defaults, ``--config``, flags and data metadata merged; e.g. the neighbour count chosen for C),
+    in the sections ``ptychopinn train --config`` reads, so the run can be repeated from it."""
+    sections = {"model": dict(hparams["model_config"]), "training": dict(hparams["training_config"]),
+                "execution": dict(hparams["execution_config"])}
+    path = Path(output_dir) / RESOLVED_CONFIG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(sections, indent=2, sort_keys=True) + "\n")
+    return path
+
+
 def _check_resume(resume: Path, model: ModelConfig, name: str = "resume") -> None:
     """Refuse a checkpoint that is missing or was trained with a different model."""
     if not resume.is_file():
@@ -237,6 +253,8 @@ def train(
     if init_from is not None:
         generator, _, _ = load_generator(init_from)
         module.generator.load_state_dict(generator.state_dict())
+    if trainer.is_global_zero:
+        write_resolved_config(output_dir, module.hparams)
     try:
         with warnings.catch_warnings():
             if isinstance(data, GroupedDataModule):  # it resumes at the exact batch; Lightning cannot tell

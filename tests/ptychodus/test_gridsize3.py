@@ -4,6 +4,7 @@ writes the bundle, and the held-out scan reconstructs over ``/v1/reconstruct`` a
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,13 @@ def test_neighbor_count_flag_is_recorded(data_dir: Path, tmp_path: Path) -> None
     assert main(["train", "--train-data", str(scan), "--output-dir", str(run), "--neighbor-count", "12",
                  *TRAIN]) == 0
     assert load_generator(run / "checkpoints" / "last.ckpt")[1].training.neighbor_count == 12
+    resolved = json.loads((run / "config.json").read_text())  # next to summary.json, readable by --config
+    assert resolved["model"]["gridsize"] == 3 and resolved["training"]["neighbor_count"] == 12
+    assert resolved["training"]["train_data_file"] == str(scan) and (run / "summary.json").is_file()
+    again = tmp_path / "again"
+    assert main(["train", "--config", str(run / "config.json"), "--output-dir", str(again), "--max-steps", "1",
+                 "--no-progress-bar", "--logger", "none"]) == 0
+    assert json.loads((again / "config.json").read_text())["training"]["neighbor_count"] == 12
     assert main(["train", "--train-data", str(scan), "--output-dir", str(tmp_path / "bad"), "--neighbor-count", "5",
                  *TRAIN]) == 2  # K must be >= C = 9: a one-line error, not a traceback
 
