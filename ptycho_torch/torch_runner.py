@@ -9,7 +9,7 @@ reads (N, gridsize, stitch_M, training scale, training probe).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,8 @@ class TorchModel:
     default_scale_policy: str = "scan"
     pixel_size_m: float | None = None
     """Object pixel size of the training data in metres, or None when unknown."""
+    bad_pixels: npt.NDArray[np.bool_] | None = field(default=None, compare=False)
+    """The detector's bad-pixel mask ``(N, N)`` the model was trained with, or None."""
 
     @property
     def channels(self) -> int:
@@ -47,14 +49,15 @@ class TorchRunner:
 
     def __init__(self, generator: PtychoPINNGenerator, *, training_scale: float,
                  probe: npt.ArrayLike | None = None, stitch_M: int | None = None,  # noqa: N803
-                 batch_size: int = 64) -> None:
+                 bad_pixels: npt.ArrayLike | None = None, batch_size: int = 64) -> None:
         config = generator.config
         self.generator = generator.eval()
         self.batch_size = batch_size
         self.model = TorchModel(
             N=config.N, gridsize=config.gridsize, training_scale=float(training_scale),
             stitch_M=default_stitch_M(config.N) if stitch_M is None else stitch_M,
-            probe=None if probe is None else np.asarray(probe, np.complex64).reshape(-1, config.N, config.N))
+            probe=None if probe is None else np.asarray(probe, np.complex64).reshape(-1, config.N, config.N),
+            bad_pixels=None if bad_pixels is None else np.asarray(bad_pixels, bool))
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, batch_size: int = 64) -> TorchRunner:

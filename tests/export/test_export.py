@@ -296,7 +296,7 @@ def test_torch_and_onnx_runners_give_the_same_object(exported: Exported, scan32:
     bundle = exported.bundle
     onnx = reconstruct(Engine(bundle, providers=["cpu"], warmup=False), scan.diff3d, positions, probe=scan.probeGuess)
     eager = reconstruct(TorchRunner(exported.generator, training_scale=bundle.training_scale, probe=bundle.probe,
-                                    stitch_M=bundle.stitch_M, batch_size=16),
+                                    stitch_M=bundle.stitch_M, bad_pixels=bundle.bad_pixels, batch_size=16),
                         scan.diff3d, positions, probe=scan.probeGuess)
     assert (eager.n_groups, eager.origin, eager.scale) == (onnx.n_groups, onnx.origin, onnx.scale)
     assert eager.probe_difference == pytest.approx(onnx.probe_difference)
