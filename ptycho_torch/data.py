@@ -338,7 +338,7 @@ def _from_tike(arrays: dict[str, np.ndarray], n: int | None, source: str) -> Raw
     )
 
 
-def load_scan(path: str | Path, n: int | None = None) -> RawData:
+def load_scan(path: str | Path, n: int | None = None, *, strict: bool = True) -> RawData:
     """Load any supported scan file (read once): a contract NPZ, or the tike layout
     (``data``/``probe``/``scan``).
 
@@ -347,7 +347,8 @@ def load_scan(path: str | Path, n: int | None = None) -> RawData:
 
     Every scan passes :func:`~ptycho_torch.scan_checks.prepare_scan` (the checks of every entry
     point): an optional ``badPixelMask`` (N, N) bool key and detected bad pixels are inpainted, and
-    the report (with its warnings) is stored in ``metadata["scan_report"]``.
+    the report (with its warnings) is stored in ``metadata["scan_report"]``. ``strict=False`` keeps
+    an implausible scan (for ``inspect``): the reasons it would be refused go to the report's ``refusals``.
     """
     arrays = _read_arrays(path)
     if {"data", "probe", "scan"} <= arrays.keys():
@@ -358,7 +359,7 @@ def load_scan(path: str | Path, n: int | None = None) -> RawData:
             raise _fail("n", f"the stored pattern size {raw.N} for the contract NPZ {path}", n,
                         "use a model with that N, or simulate/crop the scan at the model's N")
     scan = prepare_scan(raw.diff3d, np.column_stack([raw.xcoords, raw.ycoords]), units="amplitude",
-                        mask=arrays.get("badPixelMask"))
+                        mask=arrays.get("badPixelMask"), strict=strict)
     raw.diff3d = scan.amplitudes
     raw.metadata["scan_report"] = scan.report.to_json()
     return raw

@@ -92,10 +92,15 @@ class ScanReport:
     scan_step: float = 0.0
     """``sqrt(span area / S)``: the typical distance between neighbouring positions, pixels."""
     warnings: list[str] = field(default_factory=list)
+    refusals: list[str] = field(default_factory=list)
+    """What is certainly wrong (``prepare_scan(strict=False)`` only; strict raises the first)."""
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
         log.warning("scan check: %s", message)
+
+    def refuse(self, message: str) -> None:
+        self.refusals.append(message)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (response metadata)."""
@@ -105,7 +110,7 @@ class ScanReport:
                 "centre_energy_fraction": round(self.centre_energy_fraction, 4),
                 "corner_energy_fraction": round(self.corner_energy_fraction, 4),
                 "position_span": [float(v) for v in self.position_span], "scan_step": float(self.scan_step),
-                "warnings": list(self.warnings)}
+                "warnings": list(self.warnings), **({"refusals": list(self.refusals)} if self.refusals else {})}
 
 
 @dataclass(frozen=True)
@@ -202,7 +207,7 @@ def _check_positions(positions: npt.NDArray[np.float64], N: int, report: ScanRep
     if span.max() == 0:
         report.warn(f"all {S} positions are the same point: the patches do not overlap, so the object is one patch")
     elif span.max() < 1.0:
-        raise ImplausibleScan(
+        report.refuse(
             f"`positions` span {span[0]:.3g} x {span[1]:.3g} object pixels for {S} patterns: they look like "
             "metres (or another physical unit), not pixels; divide them by the object pixel size in the "
             "same unit (e.g. positions_m / 10e-9 for 10 nm pixels)")
@@ -225,8 +230,8 @@ def _check_layout(sample: npt.NDArray[np.float32], report: ScanReport) -> None:
                "the patterns look unshifted (zero frequency in the corners, FFT order); the contract has the "
                "zero frequency at the centre: send numpy.fft.fftshift(patterns, axes=(-2, -1))")
     if corner > UNSHIFTED_CORNER_SHARE and corner > UNSHIFTED_RATIO * centre:
-        raise ImplausibleScan(f"`patterns`: {message}")
-    if corner > 2 * centre:
+        report.refuse(f"`patterns`: {message}")
+    elif corner > 2 * centre:
         report.warn(message)
 
 
@@ -236,11 +241,13 @@ def _hot_pixels(sample: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
 
 
 def prepare_scan(patterns: npt.NDArray[Any], positions: npt.NDArray[np.float64], *, units: Units | None = None,
-                 mask: Any = None) -> PreparedScan:
+                 mask: Any = None, strict: bool = True) -> PreparedScan:
     """Validate and prepare one scan: ``patterns`` ``(S, N, N)`` real, finite, non-negative (shape and
     values already checked), ``positions`` ``(S, 2)`` object pixels, ``mask`` ``(N, N)`` bad pixels.
 
-    Raises :class:`ImplausibleScan` for what is certainly wrong (see the module docstring).
+    Raises :class:`ImplausibleScan` for what is certainly wrong (see the module docstring); with
+    ``strict=False`` (for describing a scan, not reconstructing it) those findings go to
+    ``report.refusals`` instead.
     """
     S, N = patterns.shape[0], patterns.shape[-1]
     sentinels = _sentinels(patterns)
@@ -273,6 +280,8 @@ def prepare_scan(patterns: npt.NDArray[Any], positions: npt.NDArray[np.float64],
             amplitudes = amplitudes.copy()
         inpaint(amplitudes, bad if sentinels is None else bad | sentinels)
     _check_layout(amplitudes[frames], report)
+    if strict and report.refusals:
+        raise ImplausibleScan(report.refusals[0])
 
     energy = np.einsum("shw,shw->s", amplitudes, amplitudes, dtype=np.float64)
     typical = np.median(energy)

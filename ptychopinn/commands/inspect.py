@@ -46,8 +46,9 @@ def _handler_for(path: Path) -> Handler:
 def _inspect_scan(path: Path, args: argparse.Namespace) -> int:
     from ptycho_torch.data import load_scan
 
-    raw = load_scan(path, n=args.n)
+    raw = load_scan(path, n=args.n, strict=False)
     print(format_summary(scan_summary(raw), title=str(path)))
+    print(format_findings(raw.metadata["scan_report"]))
     if args.png:
         write_overview_png(raw, Path(args.png), title=path.name)
         print(f"overview: {args.png}")
@@ -89,8 +90,19 @@ def scan_summary(raw: Any) -> dict[str, Any]:
                  f"energy {np.sum(np.abs(probe) ** 2):.4g}, peak |P| {np.abs(probe).max():.4g}",
         "objectGuess": "none" if raw.objectGuess is None else f"{raw.objectGuess.shape[0]} x {raw.objectGuess.shape[1]}",
         "scan ids": ", ".join(str(i) for i in np.unique(raw.scan_index)[:10]),
-        "metadata": ", ".join(f"{k}={v}" for k, v in raw.metadata.items()) or "none",
+        "metadata": ", ".join(f"{k}={v}" for k, v in raw.metadata.items() if k != "scan_report") or "none",
     }
+
+
+def format_findings(report: dict[str, Any]) -> str:
+    """Render the scan checks' findings (a :class:`~ptycho_torch.scan_checks.ScanReport` as JSON):
+    why reconstruct/train would refuse the scan, then the warnings."""
+    refusals, warnings = report.get("refusals", []), report["warnings"]
+    lines = ["scan checks: " + ("REFUSED by reconstruct/train" if refusals else
+                                f"pass ({len(warnings)} warning(s))")]
+    lines += [f"  refused: {message}" for message in refusals]
+    lines += [f"  warning: {message}" for message in warnings]
+    return "\n".join(lines)
 
 
 def format_summary(summary: dict[str, Any], *, title: str) -> str:

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from ptychopinn.cli import main
-from ptycho_torch.data import RawData
+from ptycho_torch.data import RawData, load_scan
+from ptycho_torch.scan_checks import ImplausibleScan
 
 
 def is_png(path) -> bool:
@@ -30,7 +31,19 @@ def test_simulate_then_inspect(tmp_path, capsys):
     assert "objectGuess            : 128 x 128" in text
     counts = np.sum(raw.diff3d.astype(np.float64) ** 2, axis=(1, 2))
     assert f"counts per pattern     : mean {counts.mean():.4g}" in text
+    assert "scan checks: pass (0 warning(s))" in text
     assert is_png(tmp_path / "png" / "sim.png")
+
+
+def test_inspect_describes_a_scan_that_reconstruct_refuses(capsys):
+    unshifted = Path(__file__).parents[1] / "data" / "cases" / "unshifted_patterns.npz"
+    assert main(["inspect", str(unshifted)]) == 0
+    text = capsys.readouterr().out
+    assert "120 x 64 x 64 float32 amplitudes" in text
+    assert "scan checks: REFUSED by reconstruct/train" in text
+    assert "refused: `patterns`: the central N/2 box holds 0% of the diffraction energy" in text
+    with pytest.raises(ImplausibleScan, match=r"numpy.fft.fftshift\(patterns"):
+        load_scan(unshifted)
 
 
 def test_inspect_real_scan_with_detector_crop(tmp_path, capsys, data_dir):
