@@ -200,6 +200,12 @@ def collect(out: Path = RUNS, results: Path = RESULTS) -> dict[str, Any]:
     return data
 
 
+def _pretrained_cpu(data: dict[str, Any], name: str) -> float:
+    """Training CPU-seconds of the model a fine-tuning run started from (0 for other runs)."""
+    init = data["configs"].get(name, {}).get("init")
+    return data["runs"][init][-1]["cpu_s"] if init in data["runs"] else 0.0
+
+
 def figure(data: dict[str, Any], path: Path = FIGURE) -> Path:
     """Learning curves, one panel per measure, each beside its reference line."""
     import matplotlib
@@ -210,7 +216,8 @@ def figure(data: dict[str, Any], path: Path = FIGURE) -> Path:
     fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.6))
     for ax, (key, ref, title, ref_label) in zip(axes, PANELS):
         for name, records in data["runs"].items():
-            ax.plot([r["cpu_s"] for r in records], [r[key] for r in records], marker=".", label=name)
+            offset = _pretrained_cpu(data, name)  # a fine-tuning run continues its starting model's clock
+            ax.plot([offset + r["cpu_s"] for r in records], [r[key] for r in records], marker=".", label=name)
         reference = next(iter(data["runs"].values()))[-1][ref]
         ax.axhline(reference, color="black", ls="--", lw=0.8, label=ref_label)
         ax.set_xlabel("training CPU-seconds (1 thread)")
@@ -232,9 +239,11 @@ def table(data: dict[str, Any]) -> str:
     lines = ["| configuration | CPU-s | step | held-out NLL (floor) | SSIM amp (flat) | SSIM phase (flat) | "
              "FRC50 amp / phase | grid RMS (truth) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, records in data["runs"].items():
+        offset = _pretrained_cpu(data, name)
         for r in records[1:]:
+            cpu = f"{offset:.0f} + {r['cpu_s']:.0f}" if offset else f"{r['cpu_s']:.0f}"
             lines.append(
-                f"| {name} | {r['cpu_s']:.0f} | {r['step']} | {r['nll']:.3f} ({r['nll_floor']:.3f}) | "
+                f"| {name} | {cpu} | {r['step']} | {r['nll']:.3f} ({r['nll_floor']:.3f}) | "
                 f"{r['model_ssim_amplitude']:.3f} ({r['constant_ssim_amplitude']:.3f}) | "
                 f"{r['model_ssim_phase']:.3f} ({r['constant_ssim_phase']:.3f}) | "
                 f"{cell(r['model_frc50_amplitude'], '.1f')} / {cell(r['model_frc50_phase'], '.1f')} | "
