@@ -136,23 +136,25 @@ class _Decoder(nn.Module):
         return out
 
 
-def taper(N: int) -> Tensor:
-    """``(1, 1, N, N)`` float32 separable window: 1 over the central ``N/2`` window, a cos^2 roll-off
-    to 0 over the next ``N/8`` pixels, 0 beyond (a soft support without the hard window edge)."""
+def _separable_window(N: int, flat: float, roll_off: float) -> Tensor:
+    """``(1, 1, N, N)`` float32: 1 within ``flat`` pixels of the centre (per axis), a cos^2 roll-off
+    to 0 over the next ``roll_off`` pixels, 0 beyond; the product of the two axes' profiles."""
     d = (torch.arange(N, dtype=torch.float64) - N / 2 + 0.5).abs()
-    ramp = ((d - N / 4) / (N / 8)).clamp(0, 1)
-    t = torch.cos(0.5 * math.pi * ramp) ** 2
+    t = torch.cos(0.5 * math.pi * ((d - flat) / roll_off).clamp(0, 1)) ** 2
     return (t[:, None] * t[None, :]).to(torch.float32)[None, None]
+
+
+def taper(N: int) -> Tensor:
+    """1 over the central ``N/2`` window, a cos^2 roll-off to 0 over the next ``N/8`` pixels, 0
+    beyond: a soft support without the hard window edge ('taper' generator)."""
+    return _separable_window(N, N / 4, N / 8)
 
 
 def blend_window(N: int) -> Tensor:
-    """``(1, 1, N, N)`` float32 separable window: 1 up to ``N/16`` pixels inside the central ``N/2``
-    window's edge, a cos^2 roll-off to 0 at the edge, 0 beyond. The 'smooth' generator weights its
-    centre head by it and its border branch by one minus it: a blend instead of a hard seam."""
-    d = (torch.arange(N, dtype=torch.float64) - N / 2 + 0.5).abs()
-    ramp = ((d - (N / 4 - N / 16)) / (N / 16)).clamp(0, 1)
-    t = torch.cos(0.5 * math.pi * ramp) ** 2
-    return (t[:, None] * t[None, :]).to(torch.float32)[None, None]
+    """1 up to ``N/16`` pixels inside the central ``N/2`` window's edge, a cos^2 roll-off to 0 at the
+    edge, 0 beyond. The 'smooth' generator weights its centre head by it and its border branch by
+    one minus it: a blend instead of a hard seam."""
+    return _separable_window(N, N / 4 - N / 16, N / 16)
 
 
 def border_mask(N: int) -> Tensor:
