@@ -158,6 +158,18 @@ def _product_info(args: argparse.Namespace, scan: RawData, *, model: str, pixel_
                        source=str(args.data), extra=extra, data_fit=None if result is None else result.data_fit)
 
 
+def _require_patch_size(args: argparse.Namespace, scan: RawData, N: int) -> None:
+    """Refuse a scan whose patterns are not the model's ``N x N``, naming the flag that fixes it."""
+    from ptycho_torch.errors import ConfigError
+
+    if scan.N == N:
+        return
+    fix = (f"add `--n {N}` to crop the central {N}x{N} of its detector" if "detector_crop" in scan.metadata else
+           f"simulate or crop it at N={N} (`--n` crops only tike-layout scans)")
+    raise ConfigError(f"`--data` {args.data} has {scan.N}x{scan.N} patterns but the model takes N={N}: {fix}, "
+                      f"or use a model trained at N={scan.N}")
+
+
 def _reconstruct_with_bundle(args: argparse.Namespace, scan: RawData,
                              pixel_size_m: float | None) -> tuple[Reconstruction, ProductInfo]:
     import numpy as np
@@ -167,6 +179,7 @@ def _reconstruct_with_bundle(args: argparse.Namespace, scan: RawData,
     from serving.engine import Engine
 
     bundle = load_bundle(args.model)
+    _require_patch_size(args, scan, bundle.N)
     engine = Engine(bundle, max_batch_size=args.batch_size)
     logger.info("running %s v%d in this process on %s", bundle.name, bundle.version, ", ".join(engine.providers))
     result = reconstruct(engine, scan.diff3d, np.column_stack([scan.xcoords, scan.ycoords]), probe=scan.probeGuess,
@@ -194,7 +207,9 @@ def _reconstruct_remote(args: argparse.Namespace, scan: RawData,
         except ModelNotFound as error:
             raise ConfigError(f"`--server-model` must name a model served at {args.server}, got "
                               f"{args.server_model!r} ({error}); `ptychopinn serve` logs the name at start-up") from None
-        runner = RemoteRunner(ServedModel.from_metadata(metadata), client, batch_size=args.chunk_size,
+        served = ServedModel.from_metadata(metadata)
+        _require_patch_size(args, scan, served.N)
+        runner = RemoteRunner(served, client, batch_size=args.chunk_size,
                               progress=not args.no_progress)
         result = reconstruct(runner, scan.diff3d, np.column_stack([scan.xcoords, scan.ycoords]),
                              probe=scan.probeGuess, options=_options(args, pixel_size_m))

@@ -167,6 +167,24 @@ def test_a_scan_at_another_pixel_size_than_the_bundle_is_a_one_line_error(tmp_pa
         capsys.readouterr().err
 
 
+def test_a_scan_at_another_patch_size_names_the_fix(engine: Engine, data_dir: Path, tmp_path: Path, capsys) -> None:
+    from ptycho_torch.data import RawData
+
+    bundle = str(engine.bundle.root)
+    code = cli_main(["reconstruct", "--model", bundle, "--data", str(data_dir / "siemens-star-small.npz.bz2"),
+                     "--n", "64", "--out", str(tmp_path / "out")])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert "has 64x64 patterns but the model takes N=32: add `--n 32` to crop the central 32x32 of its detector" in err
+    assert "\n" not in err and not (tmp_path / "out").exists()
+
+    positions = np.arange(8.0) * 4 + 20
+    contract = RawData.from_coords_without_pc(positions, positions, np.ones((8, 16, 16), np.float32),
+                                              np.ones((16, 16), np.complex64)).to_file(tmp_path / "small.npz")
+    assert cli_main(["reconstruct", "--model", bundle, "--data", str(contract), "--out", str(tmp_path / "out")]) == 2
+    assert "has 16x16 patterns but the model takes N=32: simulate or crop it at N=32" in capsys.readouterr().err
+
+
 def test_refine_keeps_the_data_fit_in_the_cxi(engine: Engine, held_out, tmp_path: Path) -> None:
     import json
 
