@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from ptycho_torch.bundle.runtime import check_runtime
+from ptycho_torch.bundle.runtime import DEFAULT_DOMAIN, check_runtime, graph_requirements
 from ptycho_torch.bundle.signing import SIGNATURE_FILE, trusted_keys_from_env, verify_signature
 from ptycho_torch.bundle.schema import (
     BAD_PIXELS_FILE, BATCH_DIM, MANIFEST_FILE, ONNX_FILE, PARAMS_FILE, PROBE_FILE, Manifest, TensorSpec,
@@ -256,6 +256,16 @@ def _check_onnx(path: Path, manifest: Manifest) -> None:
                                   f"{spec.dtype} {list(spec.shape)}, the graph declares {got.dtype} "
                                   f"{list(got.shape)}; re-export the bundle")
     check_runtime(model, rel)
+    _check_opset(model, rel, manifest.opset)
+
+
+def _check_opset(model: Any, rel: str, declared: int) -> None:
+    """Refuse a graph whose default-domain (``ai.onnx``) opset is not the manifest's ``opset``."""
+    ir_version, opsets = graph_requirements(model)
+    stamped = dict(opsets).get(DEFAULT_DOMAIN)
+    if stamped != declared:
+        raise BundleError(f"{rel}: {MANIFEST_FILE} says ONNX opset {declared}, the graph is stamped with opset "
+                          f"{stamped} (IR version {ir_version}); re-export the bundle (ptychopinn export --opset N)")
 
 
 def _onnx_spec(value: Any) -> TensorSpec:

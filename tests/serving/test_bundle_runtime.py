@@ -16,7 +16,7 @@ from ptycho_torch.bundle import load_bundle
 from ptycho_torch.errors import BundleError
 from ptychopinn.cli import main
 from serving.engine import Engine
-from test_bundle import _rehash
+from test_bundle import _manifest, _rehash
 
 ORT = f"onnxruntime {metadata.version('onnxruntime')}"
 FIX = "upgrade it (pip install -U onnxruntime) or re-export the bundle with an older opset (ptychopinn export --opset 18)"
@@ -54,6 +54,15 @@ def test_a_graph_from_a_newer_opset_is_refused(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match=rf"needs ONNX IR version 8, opset ai\.onnx 99, which the installed "
                                           rf"{re.escape(ORT)} cannot load \(it supports opset ai\.onnx <= (\d+)\)"):
         load_bundle(root)
+
+
+def test_a_manifest_opset_the_graph_does_not_carry_is_refused(tmp_path: Path) -> None:
+    root = write_oracle_bundle(tmp_path / "lying-manifest")
+    _rehash(root, _manifest(root).model_copy(update={"opset": 99}))
+    with pytest.raises(BundleError) as caught:
+        load_bundle(root)
+    assert str(caught.value) == ("model.onnx: manifest.json says ONNX opset 99, the graph is stamped with opset 17 "
+                                 "(IR version 8); re-export the bundle (ptychopinn export --opset N)")
 
 
 @pytest.mark.parametrize("command", [["inspect"], ["serve", "--port", "0", "--bundle"]])
