@@ -70,3 +70,24 @@ def test_viewer_in_headless_chromium_shows_a_live_canvas_that_changes(engine: En
         assert "deleted" in browser.wait_for(
             "document.getElementById('counts').textContent.includes('deleted') && "
             "document.getElementById('counts').textContent")
+
+
+def test_both_panels_fit_a_1000_pixel_window(engine: Engine, serve) -> None:
+    executable = chromium_or_skip()
+    server = serve(create_app(engine))
+    layout = """(() => {
+      const box = id => document.getElementById(id).getBoundingClientRect();
+      return {page: document.documentElement.clientWidth, scroll: document.documentElement.scrollWidth,
+              amplitude: box('amplitude').toJSON(), phase: box('phase').toJSON(), bar: box('phase-bar').toJSON()};
+    })()"""
+    with Browser(executable) as browser:
+        for width in (1000, 700):
+            browser.send("Emulation.setDeviceMetricsOverride", width=width, height=800, deviceScaleFactor=1,
+                         mobile=False)
+            browser.send("Page.navigate", url=f"{server.url}/ui")
+            browser.wait_for("document.readyState === 'complete' && !!document.getElementById('phase')")
+            seen = browser.evaluate(layout)
+            assert seen["scroll"] <= seen["page"] == width, seen  # nothing cut off, no sideways scrolling
+            assert seen["bar"]["right"] <= width and seen["phase"]["width"] >= 240, seen
+            beside = seen["phase"]["top"] == seen["amplitude"]["top"]
+            assert beside == (width == 1000), seen  # side by side at 1000 px, wrapped below at 700 px
