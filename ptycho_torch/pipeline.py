@@ -93,6 +93,8 @@ class Runner(Protocol):
 class ReconstructOptions:
     """Per-request choices; :meth:`from_mapping` builds one from JSON (unknown keys refused)."""
 
+    __pydantic_config__ = {"extra": "forbid"}  # a typed HTTP body field (serving): unknown keys refused there too
+
     scale_policy: Literal["scan", "bundle"] | None = None
     """``scan``: normalise by this scan's own patterns; ``bundle``: the training value (streams);
     None: the bundle's default policy."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 from importlib import resources
 from typing import Any
@@ -40,8 +41,9 @@ class CreateSession(BaseModel):
     """Model name (None: the served default)."""
     version: str | None = None
     """Model version (None: the current one); the session keeps it for its whole life."""
-    options: dict[str, Any] = Field(default_factory=dict)
-    """As for /v1/reconstruct; ``scale_policy`` defaults to (and must be) ``bundle`` unless ``scale`` is given."""
+    options: ReconstructOptions = Field(default_factory=ReconstructOptions)
+    """As for /v1/reconstruct (published as their typed schema); ``scale_policy`` defaults to (and must be)
+    ``bundle`` unless ``scale`` is given."""
     expected_frames: int | None = None
     bounds: list[list[float]] | None = None
     """``[[x_lo, x_hi], [y_lo, y_hi]]`` object pixels every position lies in."""
@@ -63,7 +65,7 @@ def session_routes(manager: SessionManager, read_body: Any, max_uncompressed_byt
 
     @router.post("/v1/sessions", status_code=201)
     async def create(request: CreateSession) -> dict[str, Any]:
-        options = ReconstructOptions.from_mapping({"scale_policy": "bundle", **request.options})
+        options = dataclasses.replace(request.options, scale_policy=request.options.scale_policy or "bundle")
         session = manager.create(request.model, request.version, options=options,
                                  expected_frames=request.expected_frames, bounds=request.bounds)
         return {"session_id": session.id, "model": _model_json(session)}

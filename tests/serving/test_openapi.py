@@ -44,6 +44,12 @@ def test_every_body_is_described(schema: dict) -> None:
     for member in ("`patterns` (S, N, N)", "`positions` (S, 2)", "`probe`", "`mask` (N, N) bool", "`options`",
                    "`scan_report`"):
         assert member in reconstruct["description"], member
+    options = components["CreateSession"]["properties"]["options"]  # typed like /v1/reconstruct's, not a free dict
+    assert options["$ref"] == "#/components/schemas/ReconstructOptions"
+    typed = components["ReconstructOptions"]
+    assert typed["additionalProperties"] is False
+    assert typed["properties"]["refine_algorithm"]["enum"] == ["er", "rpie"]
+    assert {"scale_policy", "units", "stitch_M", "scale", "pixel_size_m"} <= typed["properties"].keys()
     assert "HTTPValidationError" not in components  # validation errors are 400 {"error": ...} like the rest
 
 
