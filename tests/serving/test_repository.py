@@ -132,13 +132,14 @@ def test_access_log_has_one_line_per_request_with_its_id(repository: Path, serve
         client.infer("oracle", x, np.ones(1, np.float32))
         answer = httpx.get(f"{server.url}/v2/models/oracle", headers={"X-Request-ID": "beamline-42"})
         missing = httpx.get(f"{server.url}/v2/models/nope")
+        # the line is written after the last body byte is sent, so the client can read its answer
+        # first; wait inside at_level: once it exits, a late INFO line is below the logger's level
+        deadline = time.monotonic() + 5
+        while len(lines := [r.getMessage() for r in caplog.records if r.name == "serving.access"]) < 3 \
+                and time.monotonic() < deadline:
+            time.sleep(0.02)
     assert answer.headers["x-request-id"] == "beamline-42"
     assert len(missing.headers["x-request-id"]) == 16  # generated when the client sends none
-    # the line is written after the last body byte is sent, so the client can read its answer first
-    deadline = time.monotonic() + 5
-    while len(lines := [r.getMessage() for r in caplog.records if r.name == "serving.access"]) < 3 \
-            and time.monotonic() < deadline:
-        time.sleep(0.02)
     assert len(lines) == 3
     assert "method=POST path=/v2/models/oracle/infer status=200" in lines[0]
     assert "model=oracle version=1" in lines[0] and "bytes_in=" in lines[0]
