@@ -342,7 +342,8 @@ def reconstruct_steps(
         policy, scale = "explicit", float(options.scale)
     else:
         policy = options.scale_policy or model.default_scale_policy
-        scale = network_scale(x[scan.scale_frames], policy, model.training_scale)
+        frames = scan.scale_frames  # usually every frame: then no copy of the whole stack
+        scale = network_scale(x if len(frames) == len(x) else x[frames], policy, model.training_scale)
     check_network_input(scale, float(x.max()))
     t2 = time.perf_counter()
 
