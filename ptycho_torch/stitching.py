@@ -32,6 +32,7 @@ __all__ = ["DEFAULT_M", "Rect", "StitchResult", "Stitcher", "TiledStitcher", "ca
            "stitch_patches"]
 
 DEFAULT_M = 20
+"""Default side of the central crop kept from every patch (PtychoPINN's inference default)."""
 
 
 def complex_patches(amplitude: npt.NDArray[np.float32], phase: npt.NDArray[np.float32]) -> npt.NDArray[np.complex64]:
@@ -46,7 +47,6 @@ def complex_patches(amplitude: npt.NDArray[np.float32], phase: npt.NDArray[np.fl
 def default_stitch_M(N: int) -> int:  # noqa: N802, N803
     """The central crop kept from each ``N x N`` patch when none is chosen: ``min(20, N/2)`` (design.md)."""
     return min(DEFAULT_M, N // 2)
-"""Default side of the central crop kept from every patch (PtychoPINN's inference default)."""
 
 _CHUNK = 256
 """Patches splatted per vectorised step: keeps the float64 temporaries in cache (2x faster than all at once)."""
