@@ -208,9 +208,7 @@ def _pretrained_cpu(data: dict[str, Any], name: str) -> float:
 
 def figure(data: dict[str, Any], path: Path = FIGURE) -> Path:
     """Learning curves, one panel per measure, each beside its reference line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    from bench.figures import save_figure  # first: it selects the Agg backend
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.6))
@@ -226,10 +224,7 @@ def figure(data: dict[str, Any], path: Path = FIGURE) -> Path:
     case = data["case"]
     fig.suptitle(f"gold balls, {case['nphotons']:.0e} photons, N={case['N']}, held-out half (392 patterns)",
                  fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 

@@ -11,14 +11,21 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench.report import ROOT  # noqa: E402
 from ptycho_torch.metrics import align_phase, normalize_amplitude  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _display_path(path: Path) -> str:
     path = path.resolve()
     return path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
+
+
+def save_figure(fig: plt.Figure, path: Path) -> None:
+    """Lay out ``fig``, write it to ``path`` (PNG at 80 dpi, parent folders created) and close it."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
 
 
 def quality_figure(path: Path, label: str, stamp: str, reference_name: str, reference: np.ndarray,
@@ -53,10 +60,7 @@ def quality_figure(path: Path, label: str, stamp: str, reference_name: str, refe
         ax.set_title(f"FRC vs {reference_name}, {part}", fontsize=9)
         ax.legend(fontsize=7, loc="lower left")
     fig.suptitle(f"{label} — held-out region {reference.shape[0]}x{reference.shape[1]} px — run {stamp}", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path)
     return _display_path(path)
 
 
@@ -81,8 +85,5 @@ def time_to_quality_figure(path: Path, cases: dict[str, dict[str, Any]], stamp: 
             if row == 0 and column == 0:
                 ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(f"time to quality — run {stamp}", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path)
     return _display_path(path)
