@@ -7,7 +7,9 @@ in the response's ``X-Request-ID`` header and in one log line when the response 
     request_id=3f9c... client=127.0.0.1 method=POST path=/v2/models/ptychopinn/infer status=200
     duration_ms=12.3 bytes_in=65712 bytes_out=65660 model=ptychopinn version=2
 
-``model``/``version`` are the version that served the request (``-`` where none did).
+``model``/``version`` are the version that served the request (``-`` where none did). The same
+status and duration go to an optional ``observe(route, status, seconds)`` callback (the request
+metrics), so one wrapper reads the status and times the request for both.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -28,10 +31,12 @@ _SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 class AccessLog:
-    """ASGI middleware: request id in, request id out, one ``serving.access`` line per HTTP request."""
+    """ASGI middleware: request id in, request id out, one ``serving.access`` line per HTTP request;
+    ``observe(route, status, seconds)``, if given, also gets each finished request (``route``: the
+    matched route template, ``"unmatched"`` where none matched)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(self, app: ASGIApp, observe: Callable[[str, int, float], None] | None = None) -> None:
+        self.app, self.observe = app, observe
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -60,9 +65,12 @@ class AccessLog:
         try:
             await self.app(scope, counting_receive, tagging_send)
         finally:
+            seconds = time.perf_counter() - start
+            if self.observe is not None:
+                self.observe(getattr(scope.get("route"), "path", "unmatched"), status, seconds)
             model = scope["state"].get("model")
             client = scope.get("client") or ("-", 0)
             log.info("request_id=%s client=%s method=%s path=%s status=%d duration_ms=%.1f bytes_in=%d bytes_out=%d "
                      "model=%s version=%s", request_id, client[0], scope["method"], scope["path"], status,
-                     (time.perf_counter() - start) * 1e3, bytes_in, bytes_out,
+                     seconds * 1e3, bytes_in, bytes_out,
                      getattr(model, "name", "-"), getattr(model, "version", "-"))

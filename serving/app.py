@@ -30,7 +30,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ptycho_torch import __version__
 from ptycho_torch.bundle import Bundle
@@ -135,31 +134,6 @@ async def _internal_error(_: Request, error: Exception) -> Response:
     return _error_response(500, f"internal server error ({type(error).__name__}); see the server log")
 
 
-class _MetricsMiddleware:
-    """Count every request by route template and status, and time it."""
-
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
-        self.app, self.metrics = app, metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start, status = time.perf_counter(), 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.observe_request(route, status, time.perf_counter() - start)
-
-
 def create_app(
     engine: Engine,
     *,
@@ -240,8 +214,7 @@ def create_app(
                            allow_headers=["*"])
     app.add_middleware(AccessGuard, allow_remote=allow_remote or state.token is not None,
                        allowed_hosts=allowed_hosts)
-    app.add_middleware(_MetricsMiddleware, metrics=metrics)
-    app.add_middleware(AccessLog)
+    app.add_middleware(AccessLog, observe=metrics.observe_request)
     app.add_exception_handler(ClientDisconnect, _client_disconnect)
     app.add_exception_handler(PtychoError, _refusal)
     app.add_exception_handler(StarletteHTTPException, _http_error)
