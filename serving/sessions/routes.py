@@ -63,6 +63,13 @@ def session_routes(manager: SessionManager, read_body: Any, max_uncompressed_byt
     """The HTTP routes; ``read_body(request)`` reads a body under the server's size limit."""
     router = APIRouter()
 
+    async def read_arrays(request: Request, what: str, *, required: set[str],
+                          optional: set[str] = frozenset()) -> dict[str, Any]:
+        """The NPZ body's arrays (``decode_arrays``' checks), read under the size limit, decoded off the loop."""
+        body = await read_body(request)
+        return await run_in_threadpool(decode_arrays, body, required=required, optional=optional, what=what,
+                                       max_uncompressed_bytes=max_uncompressed_bytes)
+
     @router.post("/v1/sessions", status_code=201)
     async def create(request: CreateSession) -> dict[str, Any]:
         options = dataclasses.replace(request.options, scale_policy=request.options.scale_policy or "bundle")
@@ -79,10 +86,7 @@ def session_routes(manager: SessionManager, read_body: Any, max_uncompressed_byt
         "`indices` (F,) int frame numbers, `patterns` (F, N, N) real, optional `positions` (F, 2) [x, y] pixels"))
     async def frames(session_id: str, request: Request) -> dict[str, Any]:
         session = manager.get(session_id)
-        body = await read_body(request)
-        arrays = await run_in_threadpool(
-            decode_arrays, body, required={"indices", "patterns"}, optional={"positions"}, what="frames",
-            max_uncompressed_bytes=max_uncompressed_bytes)
+        arrays = await read_arrays(request, "frames", required={"indices", "patterns"}, optional={"positions"})
         receipt = await run_in_threadpool(manager.add_frames, session, arrays["indices"], arrays["patterns"],
                                           arrays.get("positions"))
         manager.schedule(session)
@@ -92,10 +96,7 @@ def session_routes(manager: SessionManager, read_body: Any, max_uncompressed_byt
         "`indices` (F,) int frame numbers, `positions` (F, 2) float [x, y] object pixels"))
     async def positions(session_id: str, request: Request) -> dict[str, Any]:
         session = manager.get(session_id)
-        body = await read_body(request)
-        arrays = await run_in_threadpool(
-            decode_arrays, body, required={"indices", "positions"}, what="positions",
-            max_uncompressed_bytes=max_uncompressed_bytes)
+        arrays = await read_arrays(request, "positions", required={"indices", "positions"})
         receipt = await run_in_threadpool(session.add_positions, arrays["indices"], arrays["positions"])
         manager.schedule(session)
         return {**receipt.to_json(), "counts": session.counts()}
