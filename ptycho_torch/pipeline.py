@@ -217,9 +217,11 @@ def _check_patterns(patterns: Any, N: int) -> npt.NDArray[np.float32]:
         )
     if len(array) == 0:
         raise InvalidInput("`patterns` must hold at least one pattern, got 0")
-    finite = np.isfinite(array).all(axis=(1, 2))
-    if not finite.all():
-        raise InvalidValues(f"`patterns` must be finite, got NaN/inf in patterns {np.flatnonzero(~finite)[:10].tolist()}")
+    if array.dtype.kind == "f":  # integer counts are always finite
+        finite = np.isfinite(array).all(axis=(1, 2))
+        if not finite.all():
+            raise InvalidValues(f"`patterns` must be finite, got NaN/inf in patterns "
+                                f"{np.flatnonzero(~finite)[:10].tolist()}")
     require_non_negative(array, "patterns")
     return array
 
@@ -227,7 +229,7 @@ def _check_patterns(patterns: Any, N: int) -> npt.NDArray[np.float32]:
 def require_non_negative(array: npt.NDArray[Any], field: str) -> None:
     """Raise :class:`~serving.errors.InvalidValues` naming the items (first axis) of ``array`` that
     hold negative values: amplitudes and counts never do."""
-    if array.size and (array < 0).any():
+    if array.size and array.dtype.kind != "u" and (array < 0).any():  # unsigned counts never are
         rows = np.flatnonzero((array < 0).reshape(len(array), -1).any(axis=1))
         raise InvalidValues(
             f"`{field}` must be non-negative (amplitudes or counts), got negative values in {field} "
