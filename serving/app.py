@@ -221,7 +221,7 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _internal_error)
     app.include_router(_health_routes(state))
-    app.include_router(repository_routes(repository), dependencies=[Depends(_auth(state))])
+    app.include_router(repository_routes(repository, state.read_body), dependencies=[Depends(_auth(state))])
     app.include_router(_protected_routes(state), dependencies=[Depends(_auth(state))])
     app.include_router(session_routes(sessions, state.read_body, limits.max_request_memory_bytes),
                        dependencies=[Depends(_auth(state))])

@@ -14,6 +14,7 @@ pool; a load that fails answers 400 and leaves the served versions as they were.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -91,9 +92,8 @@ def _body(description: str) -> dict[str, Any]:
                             "content": {"application/json": {"schema": schema}}}}
 
 
-async def _options(request: Request, allowed: set[str]) -> dict[str, Any]:
+def _options(body: bytes, allowed: set[str]) -> dict[str, Any]:
     """The ``parameters`` of a load/unload body (Triton's); options this server cannot honour are refused."""
-    body = await request.body()
     if not body.strip():
         return {}
     try:
@@ -111,9 +111,9 @@ async def _options(request: Request, allowed: set[str]) -> dict[str, Any]:
     return parameters
 
 
-def repository_routes(repository: ModelRepository) -> APIRouter:
-    """The routes above, on ``repository``. Include it before the ``/v2/models/{name}`` routes (it owns
-    ``/v2/models/stats``)."""
+def repository_routes(repository: ModelRepository, read_body: Callable[[Request], Awaitable[bytes]]) -> APIRouter:
+    """The routes above, on ``repository``; ``read_body(request)`` reads a body under the server's limits.
+    Include it before the ``/v2/models/{name}`` routes (it owns ``/v2/models/stats``)."""
     router = APIRouter(tags=["model repository"])
 
     @router.get("/v2/models/stats", response_model=Statistics, responses=openapi.ERRORS)
@@ -134,21 +134,21 @@ def repository_routes(repository: ModelRepository) -> APIRouter:
     @router.post("/v2/repository/index", response_model=list[RepositoryModel], responses=openapi.ERRORS,
                  openapi_extra=_body('optional; `{"parameters": {"ready": true}}` lists only READY versions'))
     async def index(request: Request) -> list[dict[str, str]]:
-        parameters = await _options(request, {"ready"})
+        parameters = _options(await read_body(request), {"ready"})
         entries = repository.index()
         return [e for e in entries if e["state"] == "READY"] if parameters.get("ready") else entries
 
     @router.post("/v2/repository/models/{name}/load", response_model=Empty, responses=openapi.ERRORS,
                  openapi_extra=_body("optional and empty: the model is read from the repository folder"))
     async def load(name: str, request: Request) -> dict[str, Any]:
-        await _options(request, set())
+        _options(await read_body(request), set())
         await run_in_threadpool(repository.load, name)
         return {}
 
     @router.post("/v2/repository/models/{name}/unload", response_model=Empty, responses=openapi.ERRORS,
                  openapi_extra=_body('optional; `{"parameters": {"unload_dependents": false}}` (Triton\'s)'))
     async def unload(name: str, request: Request) -> dict[str, Any]:
-        await _options(request, {"unload_dependents"})
+        _options(await read_body(request), {"unload_dependents"})
         await run_in_threadpool(repository.unload, name)
         return {}
 
