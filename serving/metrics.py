@@ -33,32 +33,33 @@ class ServiceMetrics:
                                 ["route", "status"], registry=self.registry)
         self.latency = Histogram("ptychopinn_request_duration_seconds", "HTTP request latency by route",
                                  ["route"], buckets=_LATENCY_BUCKETS, registry=self.registry)
-        self.queue = Histogram("ptychopinn_queue_duration_seconds",
+        per_model = self._per_model
+        self.queue = per_model(Histogram, "ptychopinn_queue_duration_seconds",
                                "time a request waited in the batcher queue before its first batch ran",
-                               ["model"], buckets=_LATENCY_BUCKETS, registry=self.registry)
-        self.compute = Histogram("ptychopinn_compute_duration_seconds", "onnxruntime time per executed batch",
-                                 ["model"], buckets=_LATENCY_BUCKETS, registry=self.registry)
+                               buckets=_LATENCY_BUCKETS)
+        self.compute = per_model(Histogram, "ptychopinn_compute_duration_seconds",
+                                 "onnxruntime time per executed batch", buckets=_LATENCY_BUCKETS)
         sizes = sorted({2**k for k in range(max_batch_size.bit_length() + 1) if 2**k <= max_batch_size}
                        | {max_batch_size})
-        self.batch_size = Histogram("ptychopinn_batch_size", "items per executed batch", ["model"],
-                                    buckets=sizes, registry=self.registry)
-        self.inference_count = Counter("ptychopinn_inference_count", "items (diffraction groups) inferred",
-                                       ["model"], registry=self.registry)
-        self.execution_count = Counter("ptychopinn_execution_count", "model executions (batches) run",
-                                       ["model"], registry=self.registry)
-        self.data_fit_nll = Histogram("ptychopinn_data_fit_nll",
+        self.batch_size = per_model(Histogram, "ptychopinn_batch_size", "items per executed batch", buckets=sizes)
+        self.inference_count = per_model(Counter, "ptychopinn_inference_count", "items (diffraction groups) inferred")
+        self.execution_count = per_model(Counter, "ptychopinn_execution_count", "model executions (batches) run")
+        self.data_fit_nll = per_model(Histogram, "ptychopinn_data_fit_nll",
                                       "median per-pattern Poisson NLL per pixel of each /v1/reconstruct result",
-                                      ["model"], buckets=_NLL_BUCKETS, registry=self.registry)
-        self.data_fit_r_factor = Histogram("ptychopinn_data_fit_r_factor",
+                                      buckets=_NLL_BUCKETS)
+        self.data_fit_r_factor = per_model(Histogram, "ptychopinn_data_fit_r_factor",
                                            "median per-pattern R-factor of each /v1/reconstruct result",
-                                           ["model"], buckets=_R_FACTOR_BUCKETS, registry=self.registry)
-        self.data_fit_outliers = Histogram("ptychopinn_data_fit_outlier_fraction",
+                                           buckets=_R_FACTOR_BUCKETS)
+        self.data_fit_outliers = per_model(Histogram, "ptychopinn_data_fit_outlier_fraction",
                                            "fraction of a scan's patterns its result does not explain",
-                                           ["model"], buckets=_FRACTION_BUCKETS, registry=self.registry)
-        self.refine_iterations = Histogram("ptychopinn_refine_iterations", "refinement iterations run per request",
-                                           ["model"], buckets=_ITERATION_BUCKETS, registry=self.registry)
-        self.queue_length = Gauge("ptychopinn_queue_length", "requests waiting in the batcher queue",
-                                  ["model"], registry=self.registry)
+                                           buckets=_FRACTION_BUCKETS)
+        self.refine_iterations = per_model(Histogram, "ptychopinn_refine_iterations",
+                                           "refinement iterations run per request", buckets=_ITERATION_BUCKETS)
+        self.queue_length = per_model(Gauge, "ptychopinn_queue_length", "requests waiting in the batcher queue")
+
+    def _per_model(self, kind: Any, name: str, documentation: str, **options: Any) -> Any:
+        """A ``kind`` (Counter, Gauge, Histogram) labelled by ``model``, in this app's registry."""
+        return kind(name, documentation, ["model"], registry=self.registry, **options)
 
     def observe_batch(self, size: int, queue_s: list[float], compute_s: float, *, model: str | None = None) -> None:
         """The batcher's observer: one executed batch of ``model`` (default: the app's first model)."""
