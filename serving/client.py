@@ -10,10 +10,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
@@ -25,7 +25,9 @@ from serving.errors import Overloaded, SessionNotFound, Unauthorized, error_for_
 from serving.npz_wire import RECONSTRUCT_MEDIA_TYPE, decode_reconstruction, encode_arrays, encode_reconstruct_request
 from serving.protocol_v2 import HEADER_LENGTH
 
-__all__ = ["Client", "LiveSession", "RemoteRunner", "ServedModel", "reconstruct_file"]
+__all__ = ["Client", "LiveSession", "RemoteRunner", "ServedModel", "reconstruct_file", "resend_on_503"]
+
+T = TypeVar("T")
 
 
 class ServerUnreachable(PtychoError, ConnectionError):
@@ -276,6 +278,19 @@ class RemoteRunner:
                     self.model.name, diffraction[start:stop], scale[start:stop])
                 bar.update((min(stop, len(diffraction)) - start) * per_group)
         return amplitude, phase
+
+
+def resend_on_503(send: Callable[..., T], *arrays: Any, on_retry: Callable[[Overloaded], object] | None = None) -> T:
+    """``send(*arrays)``, resent after the server's Retry-After each time it refuses with 503
+    (:class:`~serving.errors.Overloaded`), so a busy server slows a live client down and drops nothing;
+    ``on_retry`` hears each refusal. Any other error is raised."""
+    while True:
+        try:
+            return send(*arrays)
+        except Overloaded as error:
+            if on_retry is not None:
+                on_retry(error)
+            time.sleep(error.retry_after_s)
 
 
 def reconstruct_file(url: str, npz_path: str | Path, *, token: str | None = None,

@@ -26,8 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.client import LiveSession
-from serving.errors import Overloaded
+from serving.client import LiveSession, resend_on_503
 
 __all__ = ["PvaSource", "positions_structure"]
 
@@ -130,7 +129,7 @@ class PvaSource:
                 break
         if items:
             indices = np.array([i for i, _ in items], np.int64)
-            _resend_on_503(self.live.send_frames, indices, np.stack([p for _, p in items]))
+            resend_on_503(self.live.send_frames, indices, np.stack([p for _, p in items]))
             self.counts.frames += len(items)
         return len(items)
 
@@ -143,15 +142,6 @@ class PvaSource:
                 break
         if batches:
             indices = np.concatenate([i for i, _ in batches])
-            _resend_on_503(self.live.send_positions, indices, np.concatenate([p for _, p in batches]))
+            resend_on_503(self.live.send_positions, indices, np.concatenate([p for _, p in batches]))
             self.counts.positions += len(indices)
         return len(batches)
-
-
-def _resend_on_503(send: Any, *arrays: Any) -> None:
-    while True:
-        try:
-            send(*arrays)
-            return
-        except Overloaded as error:
-            time.sleep(error.retry_after_s)

@@ -83,26 +83,18 @@ def replay(client: Any, live: Any, patterns: Any, positions: Any, *, rate: float
     :class:`~serving.client.LiveSession`); returns the figures (see the module docstring)."""
     import numpy as np
 
-    from serving.client import Client
-    from serving.errors import Overloaded
+    from serving.client import Client, resend_on_503
 
     S = len(patterns)
     chunks = [np.arange(start, min(start + chunk, S)) for start in range(0, S, chunk)]
     round_trips: list[float] = []
-    retries = [0]
+    refusals: list[Exception] = []
     errors: list[str] = []
 
-    def send(send_one: Any, *arrays: Any) -> None:
-        while True:
-            started = time.perf_counter()
-            try:
-                send_one(*arrays)
-            except Overloaded as error:
-                retries[0] += 1
-                time.sleep(error.retry_after_s)
-                continue
-            round_trips.append(time.perf_counter() - started)
-            return
+    def timed(send_one: Any, *arrays: Any) -> None:
+        started = time.perf_counter()
+        send_one(*arrays)
+        round_trips.append(time.perf_counter() - started)
 
     def stream(kind: str, delay: float) -> None:
         # each thread speaks through its own connection pool
@@ -113,10 +105,12 @@ def replay(client: Any, live: Any, patterns: Any, positions: Any, *, rate: float
                 time.sleep(max(0.0, due - time.perf_counter()))
                 try:
                     if kind == "frames":
-                        send(session.send_frames, index, patterns[index],
-                             None if positions_delay is not None else positions[index])
+                        resend_on_503(timed, session.send_frames, index, patterns[index],
+                                      None if positions_delay is not None else positions[index],
+                                      on_retry=refusals.append)
                     else:
-                        send(session.send_positions, index, positions[index])
+                        resend_on_503(timed, session.send_positions, index, positions[index],
+                                      on_retry=refusals.append)
                 except Exception as error:  # noqa: BLE001 - reported, and counted as lost frames
                     errors.append(f"{kind} chunk {k}: {error}")
 
@@ -145,7 +139,7 @@ def replay(client: Any, live: Any, patterns: Any, positions: Any, *, rate: float
         "rejected": status["frames"]["rejected"],
         "rejections": status["rejections"][:5],
         "errors": errors[:5],
-        "retries_503": retries[0],
+        "retries_503": len(refusals),
         "requested_rate_fps": rate,
         "send_rate_fps": S / sent_s,
         "sustained_fps": final.n_patterns / done_s,
