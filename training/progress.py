@@ -4,52 +4,47 @@ A front end that starts ``ptychopinn train`` as a subprocess (Ptychodus' Train b
 dashboard) reads it to show epochs, losses and an ETA without parsing logs or Lightning's CSV (which
 is flushed only every 100 steps). Each line: ``epoch`` (1-based, finished), ``max_epochs``,
 ``global_step``, ``train_loss``, ``val_loss`` (null when not measured) and ``wall_s`` since the start.
+:class:`training.report.RunReport` appends the lines, on the same clock as ``summary.json``.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 
-__all__ = ["PROGRESS_FILE", "EpochProgressFile"]
+__all__ = ["PROGRESS_FILE", "append_epoch", "scalar"]
 
 PROGRESS_FILE = "progress.jsonl"
 
 
-def _scalar(metrics: dict[str, Any], *names: str) -> float | None:
-    for name in names:
-        value = metrics.get(name)
-        if value is not None and value.numel() == 1 and math.isfinite(float(value)):
-            return float(value)
-    return None
+def scalar(value: Any) -> float | None:
+    """A logged metric (0-d or 1-element tensor, number) as a float; None when absent or not a scalar."""
+    try:
+        return float(value)
+    except (TypeError, ValueError, RuntimeError):  # absent, or a tensor of more than one element
+        return None
 
 
-class EpochProgressFile(L.Callback):
-    """Appends a line to ``output_dir/progress.jsonl`` at the end of every training epoch (rank 0 only)."""
+def append_epoch(path: Path, trainer: L.Trainer, wall_s: float) -> None:
+    """Append the line of the epoch ``trainer`` just finished to ``path`` (non-finite losses as null)."""
+    metrics = trainer.callback_metrics
 
-    def __init__(self, output_dir: Path) -> None:
-        self.path = Path(output_dir) / PROGRESS_FILE
+    def finite(*names: str) -> float | None:
+        values = (scalar(metrics.get(name)) for name in names)
+        return next((v for v in values if v is not None and math.isfinite(v)), None)
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero or trainer.sanity_checking:
-            return
-        metrics = trainer.callback_metrics
-        line = {
-            "epoch": trainer.current_epoch + 1,
-            "max_epochs": trainer.max_epochs,
-            "global_step": trainer.global_step,
-            "train_loss": _scalar(metrics, "train_loss_epoch", "train_loss"),
-            "val_loss": _scalar(metrics, "val_loss"),
-            "wall_s": round(time.perf_counter() - self._start, 3),
-        }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as stream:
-            stream.write(json.dumps(line) + "\n")
+    line = {
+        "epoch": trainer.current_epoch + 1,
+        "max_epochs": trainer.max_epochs,
+        "global_step": trainer.global_step,
+        "train_loss": finite("train_loss_epoch", "train_loss"),
+        "val_loss": finite("val_loss"),
+        "wall_s": round(wall_s, 3),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as stream:
+        stream.write(json.dumps(line) + "\n")

@@ -1,4 +1,5 @@
-"""What a training run tells its user: periodic one-line progress in the log and ``summary.json``.
+"""What a training run tells its user: periodic one-line progress in the log, ``progress.jsonl``
+(:mod:`training.progress`) and ``summary.json``.
 
 Progress lines are for batch jobs and redirected output, where no progress bar is shown::
 
@@ -23,6 +24,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import EarlyStopping
 
+from training.progress import PROGRESS_FILE, append_epoch, scalar
+
 logger = logging.getLogger("training.progress")
 
 
@@ -30,15 +33,9 @@ def _eta(seconds: float) -> str:
     return str(datetime.timedelta(seconds=round(seconds))) if math.isfinite(seconds) else "?"
 
 
-def _scalar(value: Any) -> float | None:
-    try:
-        return float(value)
-    except (TypeError, ValueError, RuntimeError):  # absent, or a tensor of more than one element
-        return None
-
-
 class RunReport(L.Callback):
-    """Log progress every ``progress_every_s`` seconds (None: never) and write ``summary.json``.
+    """Log progress every ``progress_every_s`` seconds (None: never), append a line per epoch to
+    ``progress.jsonl`` and write ``summary.json``.
 
     ``monitor`` is the validation metric reported as ``best_val_loss``; ``last_checkpoint`` is the
     path :class:`~training.checkpointing.LastCheckpoint` writes. The trainer calls :meth:`write`
@@ -77,7 +74,7 @@ class RunReport(L.Callback):
             rate = done / (now - self._start) if now > self._start else 0.0
             eta = (total - trainer.global_step) / rate if rate > 0 else math.inf
             window = now - self._last_line
-            loss = _scalar(outputs.get("loss")) if isinstance(outputs, dict) else _scalar(outputs)
+            loss = scalar(outputs.get("loss")) if isinstance(outputs, dict) else scalar(outputs)
             logger.info(
                 "epoch %d/%d step %d/%s (%s) loss %s %.1f samples/s ETA %s",
                 trainer.current_epoch + 1, trainer.max_epochs, trainer.global_step,
@@ -89,14 +86,18 @@ class RunReport(L.Callback):
         self._last_line, self._last_samples = now, self._samples
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.progress_every_s is None or not trainer.is_global_zero:
+        if not trainer.is_global_zero:
+            return
+        if not trainer.sanity_checking:
+            append_epoch(self.output_dir / PROGRESS_FILE, trainer, time.perf_counter() - self._start)
+        if self.progress_every_s is None:
             return
         metrics = trainer.callback_metrics
-        best = _scalar(getattr(trainer.checkpoint_callback, "best_model_score", None))
-        val = _scalar(metrics.get(self.monitor))
+        best = scalar(getattr(trainer.checkpoint_callback, "best_model_score", None))
+        val = scalar(metrics.get(self.monitor))
         logger.info(
             "epoch %d/%d done: train_loss %s %s %s (best %s) in %.1f s", trainer.current_epoch + 1,
-            trainer.max_epochs, _format(_scalar(metrics.get("train_loss_epoch"))), self.monitor, _format(val),
+            trainer.max_epochs, _format(scalar(metrics.get("train_loss_epoch"))), self.monitor, _format(val),
             _format(best), time.perf_counter() - self._epoch_start,
         )
 
@@ -119,8 +120,8 @@ class RunReport(L.Callback):
         wall = time.perf_counter() - self._start
         samples = self._samples
         checkpoint = trainer.checkpoint_callback
-        best_score = _scalar(getattr(checkpoint, "best_model_score", None))
-        metrics = {k: v for k, v in ((k, _scalar(v)) for k, v in trainer.callback_metrics.items()) if v is not None}
+        best_score = scalar(getattr(checkpoint, "best_model_score", None))
+        metrics = {k: v for k, v in ((k, scalar(v)) for k, v in trainer.callback_metrics.items()) if v is not None}
         self.summary = {
             "status": status,
             **details,

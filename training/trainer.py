@@ -3,7 +3,8 @@
 A run directory holds ``checkpoints/best.ckpt`` (lowest ``val_loss``), ``checkpoints/last.ckpt``
 (end of every epoch, every ``checkpoint_every_n_steps`` steps, on a stop signal, at the end), the
 logger's files (``logs/`` CSV by default, ``tensorboard/``, ``mlruns/``), ``summary.json`` and
-``progress.jsonl`` (a line per epoch, :mod:`training.progress`).
+``progress.jsonl`` (a line per epoch, :mod:`training.progress`), both written by
+:class:`~training.report.RunReport`.
 Every setting is checked when the trainer is built, before data are grouped or a step is taken.
 SIGTERM, SIGUSR1 and Ctrl+C stop between two batches with a checkpoint and raise
 :class:`~ptycho_torch.errors.TrainingInterrupted`; resuming continues at the exact batch.
@@ -40,7 +41,6 @@ from training.datamodule import GroupedDataModule, GroupedDataset, group_scan
 from training.interruption import SignalStop
 from training.streaming import CorpusDataModule
 from training.module import PtychoPINNModule, check_loss_config
-from training.progress import EpochProgressFile
 from training.report import RunReport
 
 logger = logging.getLogger(__name__)
@@ -240,7 +240,7 @@ def train(
     report = RunReport(output_dir, monitor=MONITOR, last_checkpoint=last, progress_every_s=progress_every)
     stop = SignalStop()
     trainer = build_trainer(execution, output_dir=output_dir, max_epochs=training.nepochs,
-                            callbacks=[report, stop, EpochProgressFile(output_dir), *callbacks])
+                            callbacks=[report, stop, *callbacks])
     L.seed_everything(execution.seed, workers=True, verbose=False)
     if corpus is None:
         data = GroupedDataModule(train_data, test_data, training, seed=execution.seed,
