@@ -92,15 +92,15 @@ def run(args: argparse.Namespace) -> int:
     if pipeline:
         run_pipeline = _reconstruct_remote if args.server else _reconstruct_with_bundle
         result, info = run_pipeline(args, scan, pixel_size_m)
-        amplitude, phase, stitch = result.amplitude, result.phase, {"coverage": result.coverage, "origin": result.origin}
         logger.info("timings (s): %s", ", ".join(f"{stage} {seconds:.3f}" for stage, seconds in result.timings.items()))
         _log_data_fit(result)
     else:
-        amplitude, phase, stitch = _reconstruct_in_process(args, scan)
+        result = _reconstruct_in_process(args, scan)
         info = _product_info(args, scan, model=str(args.model), pixel_size_m=pixel_size_m)
-    paths = save_outputs(amplitude, phase, stitch, args.out, info=info)
+    stitch = {"coverage": result.coverage, "origin": result.origin}
+    paths = save_outputs(result.amplitude, result.phase, stitch, args.out, info=info)
     logger.info("reconstructed %d patterns of %s (%s) into a %dx%d object: %s", len(scan), args.data, args.split,
-                *amplitude.shape, ", ".join(str(p) for p in paths.values()))
+                *result.amplitude.shape, ", ".join(str(p) for p in paths.values()))
     return 0
 
 
@@ -218,7 +218,7 @@ def _reconstruct_remote(args: argparse.Namespace, scan: RawData,
                                  pixel_size_m=pixel_size_m, result=result)
 
 
-def _reconstruct_in_process(args: argparse.Namespace, scan: RawData):
+def _reconstruct_in_process(args: argparse.Namespace, scan: RawData) -> Reconstruction:
     """The one reconstruct pipeline, with the network run by torch in this process."""
     import numpy as np
 
@@ -230,5 +230,4 @@ def _reconstruct_in_process(args: argparse.Namespace, scan: RawData):
     runner = TorchRunner(generator, training_scale=float(snapshot["input_scale"]), batch_size=args.batch_size)
     options = ReconstructOptions(scale_policy=args.scale_policy, stitch_M=args.stitch_m, seed=args.seed,
                                  neighbor_count=snapshot.get("neighbor_count"))
-    result = reconstruct(runner, scan.diff3d, np.column_stack([scan.xcoords, scan.ycoords]), options=options)
-    return result.amplitude, result.phase, {"coverage": result.coverage, "origin": result.origin}
+    return reconstruct(runner, scan.diff3d, np.column_stack([scan.xcoords, scan.ycoords]), options=options)
