@@ -183,6 +183,16 @@ class LiveSession:
         """Counts, pending work, rejections, rates, latency, pinned model, canvas."""
         return self.client._request("GET", self.path).json()
 
+    def wait_stitched(self, count: int, *, timeout_s: float, poll_s: float) -> dict[str, Any]:
+        """Poll :meth:`status` until ``count`` frames are on the canvas or refused, or ``timeout_s``
+        seconds pass; returns the last status (the caller judges a timeout from its ``frames`` counts)."""
+        deadline = time.monotonic() + timeout_s
+        while (status := self.status())["frames"]["reconstructed"] + status["frames"]["rejected"] < count:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(poll_s)
+        return status
+
     def object(self) -> Reconstruction:
         """The object so far, as :meth:`Client.reconstruct` returns one."""
         return decode_reconstruction(self.client._request("GET", f"{self.path}/object").content)[0]

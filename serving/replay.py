@@ -123,11 +123,7 @@ def replay(client: Any, live: Any, patterns: Any, positions: Any, *, rate: float
     for thread in threads:
         thread.join()
     sent_s = time.perf_counter() - t0
-    deadline = time.perf_counter() + timeout_s
-    while (status := live.status())["frames"]["reconstructed"] + status["frames"]["rejected"] < S:
-        if time.perf_counter() > deadline:
-            break
-        time.sleep(0.01)
+    status = live.wait_stitched(S, timeout_s=timeout_s, poll_s=0.01)
     done_s = time.perf_counter() - t0
     final = live.close()
     latency = status["latency_s"]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -147,9 +146,7 @@ class HttpReconstructor(Reconstructor):
     def _wait_on_canvas(self, live: LiveSession, count: int) -> None:
         """Until ``count`` frames are stitched (or refused); :class:`TimeoutError` after ``TimeoutSeconds``."""
         timeout_s = self._settings.timeout_s.get_value()
-        deadline = time.monotonic() + timeout_s
-        while (frames := live.status()["frames"])["reconstructed"] + frames["rejected"] < count:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"session {live.id} stitched {frames['reconstructed']} of {count} frames in "
-                                   f"{timeout_s} s (`[{GROUP}] TimeoutSeconds`); the server is overloaded or stuck")
-            time.sleep(0.02)
+        frames = live.wait_stitched(count, timeout_s=timeout_s, poll_s=0.02)["frames"]
+        if frames["reconstructed"] + frames["rejected"] < count:
+            raise TimeoutError(f"session {live.id} stitched {frames['reconstructed']} of {count} frames in "
+                               f"{timeout_s} s (`[{GROUP}] TimeoutSeconds`); the server is overloaded or stuck")
