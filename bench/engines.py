@@ -25,12 +25,12 @@ import torch
 from bench.machine import NO_GPU
 from bench.timing import median_seconds
 from export.bundle_writer import ExportOptions, export_bundle
+from export.default_bundle import REAL_SCAN
 from export.verify import Run, ort_runner, torch_runner, verification_inputs
 from ptycho_torch.checkpoint import CheckpointRecord
 from ptycho_torch.config import ModelConfig, TrainingConfig
 from ptycho_torch.model import PtychoPINNGenerator
 
-SCAN = Path(__file__).resolve().parents[1] / "data" / "siemens-star-small.npz.bz2"
 SIZES = {"smoke": ((1, 16), 1, 0.0), "quick": ((1, 16, 64), 3, 0.0), "full": ((1, 16, 64, 128), 5, 1.0)}
 """Per mode: batch sizes, minimum timed calls per cell, minimum timed seconds per cell."""
 MODEL = {"N": 64, "gridsize": 1, "n_filters_scale": 2}
@@ -77,7 +77,7 @@ def run(mode: str) -> dict[str, Any]:
     config = ModelConfig(**MODEL)
     generator = PtychoPINNGenerator(config).eval()
     record = CheckpointRecord(training=TrainingConfig(model=config), training_scale=1.0, intensity_scale=1.0)
-    groups = verification_inputs(SCAN, config.N, config.gridsize, n_groups=max(batches))
+    groups = verification_inputs(REAL_SCAN, config.N, config.gridsize, n_groups=max(batches))
     diffraction = np.ascontiguousarray(np.resize(groups, (max(batches), *groups.shape[1:])))
     scale = np.ones(len(diffraction), np.float32)
     level_all, level_none = ort.GraphOptimizationLevel.ORT_ENABLE_ALL, ort.GraphOptimizationLevel.ORT_DISABLE_ALL

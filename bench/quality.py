@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from bench import ptychi
-from bench.report import cell, finite_or_none
+from bench.report import ROOT, cell, finite_or_none
 from bench.server import running_server
 from export.bundle_writer import export_checkpoint
 from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig
@@ -50,7 +50,6 @@ from serving.client import Client, ServerUnreachable
 from serving.errors import ServingError
 from training.trainer import train
 
-ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
 GOLD = DATA / "gold_balls_from_pickle.npz"
 SIEMENS = DATA / "siemens-star-small.npz.bz2"
