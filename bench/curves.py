@@ -66,13 +66,21 @@ def gold_scan() -> tuple[RawData, RawData, np.ndarray]:
     return train, test, obj
 
 
-CORPUS = {"scans": 128, "positions_per_scan": 256, "doses": (1e5, 1e6, 1e7), "object_size": 120,
-          "scans_per_shard": 16, "seed": 1}
+#: name -> simulated corpus of the gold case (written once, under ``runs/curves/<name>``). ``corpus``
+#: varies the object kind and dose; ``goldcorpus`` keeps the test's dose and object family (gold-ball
+#: crops only, rotated, flipped, phase scaled) and has twice the scans.
+CORPORA: dict[str, dict[str, Any]] = {
+    "corpus": {"scans": 128, "positions_per_scan": 256, "doses": (1e5, 1e6, 1e7), "object_size": 120,
+               "scans_per_shard": 16, "seed": 1},
+    "goldcorpus": {"scans": 256, "positions_per_scan": 256, "doses": (1e6,), "objects": ("gold",),
+                   "object_size": 120, "scans_per_shard": 16, "seed": 2},
+}
 
 
-def gold_corpus(root: Path):
-    """The simulated corpus of the gold case (written once): the case's probe, objects drawn from
-    lines, GRF and crops of the gold-ball object above every pixel a held-out pattern illuminates."""
+def gold_corpus(root: Path, spec: dict[str, Any]):
+    """The simulated corpus ``spec`` (a :data:`CORPORA` entry) of the gold case: the case's probe;
+    its gold objects are crops of the gold-ball object above every pixel a held-out pattern
+    illuminates."""
     from ptycho_torch.corpus import Corpus, write_corpus
 
     if (root / "corpus.json").is_file():
@@ -82,7 +90,7 @@ def gold_corpus(root: Path):
         full = npz["obj"]
     boundary = _crop_origin()[0] + int(np.floor(test.ycoords.min() - CASE["N"] / 2))
     return write_corpus(root, probe=load_probe(GOLD, CASE["N"]), probe_origin=f"{GOLD.name} (cropped to N)",
-                        gold_source=full[:boundary], **CORPUS)
+                        gold_source=full[:boundary], **spec)
 
 
 #: name -> (model overrides, training overrides, execution overrides, data)
@@ -92,6 +100,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "taper-gold": {"model": {"generator": "taper"}, "data": "gold"},
     "smooth-gold": {"model": {"generator": "smooth"}, "data": "gold"},
     "tf-corpus": {"model": {"generator": "tf"}, "data": "corpus"},
+    "smooth-goldcorpus": {"model": {"generator": "smooth"}, "data": "goldcorpus"},
     "smooth-gold-finetune": {"model": {"generator": "smooth"}, "data": "finetune", "init": "smooth-gold"},
 }
 BASE_MODEL = {"N": 64, "gridsize": 1, "n_filters_scale": 1}
@@ -171,7 +180,7 @@ def run(name: str, budget: float, every: float, out: Path = RUNS) -> Path:
                                        **spec.get("execution", {}))
     resume = run_dir / "resume.ckpt"
     sources = {"train_data": train_scan} if spec["data"] == "gold" else {"train_data": test} \
-        if spec["data"] == "finetune" else {"corpus": gold_corpus(out / "corpus")}
+        if spec["data"] == "finetune" else {"corpus": gold_corpus(out / spec["data"], CORPORA[spec["data"]])}
     resuming = resume.is_file() and bool(records)
     init = out / spec["init"] / "resume.ckpt" if "init" in spec and not resuming else None
     train(training, execution, **sources, resume=resume if resuming else None, init_from=init,
@@ -193,7 +202,7 @@ def collect(out: Path = RUNS, results: Path = RESULTS) -> dict[str, Any]:
 
     runs = {path.parent.name: [json.loads(line) for line in path.read_text().splitlines()]
             for path in sorted(out.glob("*/curve.jsonl"))}
-    data = {"case": CASE, "corpus": CORPUS, "threads": THREADS, "machine": machine_info(),
+    data = {"case": CASE, "corpora": CORPORA, "threads": THREADS, "machine": machine_info(),
             "configs": {name: CONFIGS[name] for name in runs}, "runs": runs}
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps(finite_or_none(data), indent=1) + "\n")
