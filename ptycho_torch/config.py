@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,24 @@ KEY_MAPPINGS: Final[dict[str, str]] = {
     "train_data_file": "train_data_file_path",
     "test_data_file": "test_data_file_path",
 }
+
+_LOSS_TERMS = "the loss is the Poisson NLL and the amplitude MAE only: weigh them with nll_weight and mae_weight"
+
+#: legacy PtychoPINN settings that this implementation accepts (and bridges into ``params.cfg``)
+#: but never reads: field -> what to use instead. Setting one away from its default warns.
+NO_EFFECT: Final[dict[str, str]] = {
+    "realspace_weight": _LOSS_TERMS,
+    "realspace_mae_weight": _LOSS_TERMS,
+    "probe_trainable": "the probe stays the scan's probe; refine it beforehand (e.g. in Ptychodus)",
+    "intensity_scale_trainable": "the Poisson intensity scale is fixed at sqrt(nphotons)/(N/2); set nphotons",
+    "positions_provided": "scan positions are always read from the scan",
+    "sequential_sampling": "groups are drawn at random with the execution seed; set n_groups or n_subsample",
+    "debug": "run `ptychopinn -v` for DEBUG logging",
+}
+
+
+class LegacyKnobWarning(UserWarning):
+    """A legacy PtychoPINN setting was given that this implementation accepts but does not use."""
 
 
 def _require(ok: bool, name: str, value: Any, expected: str) -> None:
@@ -270,6 +289,20 @@ def config_from_dict(cls: type[_C], values: Mapping[str, Any]) -> _C:
         raise ConfigError(f"{cls.__name__}: {error}") from error
 
 
+def no_effect_settings(config: AnyConfig) -> list[str]:
+    """One line for each :data:`NO_EFFECT` field of ``config`` set away from its default: the field,
+    its value, that it has no effect, and what to use instead."""
+    return [f"`{f.name}` = {getattr(config, f.name)!r} has no effect in this implementation; {NO_EFFECT[f.name]}"
+            for f in dataclasses.fields(config) if f.name in NO_EFFECT and getattr(config, f.name) != f.default]
+
+
+def warn_no_effect(config: AnyConfig, *, stacklevel: int = 2) -> None:
+    """:func:`warnings.warn` a :class:`LegacyKnobWarning` for each of :func:`no_effect_settings`;
+    ``stacklevel`` as for :func:`warnings.warn`, counted from the caller of this function."""
+    for message in no_effect_settings(config):
+        warnings.warn(message, LegacyKnobWarning, stacklevel=stacklevel + 1)
+
+
 def dataclass_to_legacy_dict(config: AnyConfig) -> dict[str, Any]:
     """Flatten ``config`` (its ``model`` into the top level), rename by KEY_MAPPINGS, paths to str."""
     flat: dict[str, Any] = {}
@@ -282,5 +315,7 @@ def dataclass_to_legacy_dict(config: AnyConfig) -> dict[str, Any]:
 
 
 def update_legacy_dict(cfg: dict[str, Any], config: AnyConfig) -> None:
-    """Write every non-None value of ``config`` into the legacy dict ``cfg`` (None never overwrites)."""
+    """Write every non-None value of ``config`` into the legacy dict ``cfg`` (None never overwrites);
+    warns (:func:`warn_no_effect`) for the settings that are written but have no effect."""
+    warn_no_effect(config, stacklevel=2)
     cfg.update({k: v for k, v in dataclass_to_legacy_dict(config).items() if v is not None})

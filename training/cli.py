@@ -15,7 +15,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ptycho_torch.config import GENERATORS, LOGGERS, SCHEDULERS, ModelConfig, PyTorchExecutionConfig, TrainingConfig, config_from_dict
+from ptycho_torch.config import (GENERATORS, LOGGERS, SCHEDULERS, ModelConfig, PyTorchExecutionConfig, TrainingConfig,
+                                 config_from_dict, no_effect_settings)
 from ptycho_torch.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -165,6 +166,8 @@ def build_configs(args: argparse.Namespace) -> tuple[TrainingConfig, PyTorchExec
     model = config_from_dict(ModelConfig, sections["model"])
     training = config_from_dict(TrainingConfig, {**sections["training"], "model": model})
     execution = config_from_dict(PyTorchExecutionConfig, sections["execution"])
+    for message in no_effect_settings(training):
+        logger.warning(message)
     return training, execution, {"nphotons": "nphotons" in sections["training"]}
 
 

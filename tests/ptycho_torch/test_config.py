@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,9 @@ import pytest
 from ptycho_torch import params
 from ptycho_torch.config import (
     KEY_MAPPINGS,
+    NO_EFFECT,
     InferenceConfig,
+    LegacyKnobWarning,
     ModelConfig,
     TrainingConfig,
     config_from_dict,
@@ -73,3 +76,55 @@ def test_config_from_dict_builds_nested_and_rejects_unknown_keys():
     assert config.model.channels == 4 and config.train_data_file == Path("a.npz")
     with pytest.raises(ConfigError, match="unknown TrainingConfig keys \\['nepoch'\\]"):
         config_from_dict(TrainingConfig, {"nepoch": 3})
+
+
+@pytest.mark.parametrize(
+    ("config", "knob"),
+    [
+        (TrainingConfig(realspace_weight=0.5), "realspace_weight"),
+        (TrainingConfig(realspace_mae_weight=0.1), "realspace_mae_weight"),
+        (TrainingConfig(probe_trainable=True), "probe_trainable"),
+        (TrainingConfig(intensity_scale_trainable=False), "intensity_scale_trainable"),
+        (TrainingConfig(positions_provided=False), "positions_provided"),
+        (TrainingConfig(sequential_sampling=True), "sequential_sampling"),
+        (InferenceConfig(debug=True), "debug"),
+    ],
+)
+def test_a_legacy_knob_without_effect_warns_once_naming_it_and_the_alternative(config, knob):
+    cfg = dict(params.DEFAULT_CFG)
+    with pytest.warns(LegacyKnobWarning) as caught:
+        update_legacy_dict(cfg, config)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert message.startswith(f"`{knob}` = {getattr(config, knob)!r} has no effect") and "\n" not in message
+    assert message.split("; ", 1)[1] == NO_EFFECT[knob]  # what to use instead
+    assert caught[0].filename == __file__  # points at the caller of the bridge
+
+
+def test_live_knobs_and_defaults_do_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LegacyKnobWarning)
+        update_legacy_dict({}, TrainingConfig(model=ModelConfig(gridsize=2, probe_mask=True), nphotons=1e6,
+                                              nll_weight=0.5, mae_weight=0.5, n_subsample=10, subsample_seed=3))
+        update_legacy_dict({}, InferenceConfig(model=ModelConfig(N=32), model_path=Path("m.zip")))
+
+
+def test_no_effect_knobs_are_fields_that_no_module_reads():
+    """NO_EFFECT is true of the code: each name is a config field, and no module of the packages reads it
+    (an attribute read that is not a method call). Implementing one fails here: take it off NO_EFFECT."""
+    import ast
+    import dataclasses
+
+    root = Path(__file__).resolve().parents[2]
+    fields = {f.name for cls in (ModelConfig, TrainingConfig, InferenceConfig) for f in dataclasses.fields(cls)}
+    assert set(NO_EFFECT) <= fields
+    readers = []
+    for package in ("ptycho_torch", "training", "export", "serving", "ptychopinn"):
+        for path in (root / package).rglob("*.py"):
+            if path == root / "ptycho_torch" / "config.py":
+                continue
+            tree = ast.parse(path.read_text())
+            called = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
+            readers += [f"{path.relative_to(root)}:{node.lineno} .{node.attr}" for node in ast.walk(tree)
+                        if isinstance(node, ast.Attribute) and node.attr in NO_EFFECT and id(node) not in called]
+    assert readers == []

@@ -116,3 +116,18 @@ def test_train_command_reports_bad_flags_in_one_line(capsys, argv, message):
     assert main(["train", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("ptychopinn train: error:") and message in err
+
+
+def test_train_logs_one_warning_line_per_legacy_knob_without_effect(tmp_path, caplog):
+    config = tmp_path / "cfg.yaml"
+    config.write_text("training: {realspace_weight: 0.5, nphotons: 1.0e+6}\n")
+    args = _parse(["--train-data", "a.npz", "--output-dir", str(tmp_path), "--config", str(config), "--gridsize", "2"])
+    with caplog.at_level("WARNING", logger="training.cli"):
+        train_cli.build_configs(args)
+    assert [(r.levelname, r.getMessage().split(";")[0]) for r in caplog.records] == [
+        ("WARNING", "`realspace_weight` = 0.5 has no effect in this implementation")]
+    caplog.clear()
+    config.write_text("training: {nphotons: 1.0e+6, mae_weight: 0.5}\n")
+    with caplog.at_level("WARNING", logger="training.cli"):
+        train_cli.build_configs(args)
+    assert caplog.records == []
