@@ -44,8 +44,11 @@ log = logging.getLogger(__name__)
 Units = Literal["amplitude", "counts"]
 
 HOT_PIXEL_RATIO = 10.0
-"""A pixel whose median over frames exceeds this many times the largest of its 8 neighbours' is hot
-(amplitudes; 100x in counts). The real Siemens-star scan's largest ratio is 2.3."""
+"""A pixel whose median over frames exceeds this many times the largest of its 8 neighbours' mean
+over frames is hot (amplitudes; 100x in counts). The real Siemens-star scan's largest ratio is 2.3.
+The neighbours' mean, not their median: in the dark wings of a pattern (a photon per pixel or less)
+the median of Poisson counts jumps between 0 and 1 from pixel to pixel, which made clean pixels look
+infinitely brighter than their neighbours."""
 BRIGHT_FRAME_RATIO = 10.0
 """A frame with more than this many times the median frame energy is left out of the scale."""
 UNSHIFTED_RATIO = 10.0
@@ -237,7 +240,7 @@ def _check_layout(sample: npt.NDArray[np.float32], report: ScanReport) -> None:
 
 def _hot_pixels(sample: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
     median = np.median(sample, axis=0).astype(np.float64)
-    return (median > 0) & (median > HOT_PIXEL_RATIO * _neighbour_max(median))
+    return (median > 0) & (median > HOT_PIXEL_RATIO * _neighbour_max(sample.mean(axis=0, dtype=np.float64)))
 
 
 def prepare_scan(patterns: npt.NDArray[Any], positions: npt.NDArray[np.float64], *, units: Units | None = None,
