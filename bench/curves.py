@@ -12,6 +12,7 @@ scan-step-periodic amplitude error (the grid texture, :func:`ptycho_torch.metric
 
     OMP_NUM_THREADS=1 python -m bench.curves run taper-gold --budget 450 --eval-every 75
     python -m bench.curves report            # bench/results/curves.json, the PNG, the docs table
+    python -m bench.curves export smooth-goldcorpus bench/models/gold_balls   # ship a run's model
 
 A run writes ``runs/curves/<name>/curve.jsonl`` (one line per evaluation) and ``resume.ckpt``;
 running the same command again continues from there (cumulative CPU time is kept in the file).
@@ -188,6 +189,33 @@ def run(name: str, budget: float, every: float, out: Path = RUNS) -> Path:
     return curve
 
 
+def export(name: str, out: Path, runs: Path = RUNS) -> Path:
+    """Export the last evaluated model of run ``name`` (its ``resume.ckpt``) as a bundle in ``out``,
+    verified on the case's training half. The manifest's training record gets the run's last
+    held-out NLL per pixel without the constant log k! (the training loss's convention; the data
+    fit's maximum-likelihood scale), so that it compares with ``ptychopinn train``'s validation loss."""
+    import shutil
+    import tempfile
+    from scipy.special import gammaln
+
+    from export.bundle_writer import ExportOptions, export_checkpoint
+
+    run_dir = runs / name
+    records = [json.loads(line) for line in (run_dir / "curve.jsonl").read_text().splitlines()]
+    checkpoint = run_dir / "train" / "checkpoints" / "exported.ckpt"  # beside the run's summary.json
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run_dir / "resume.ckpt", checkpoint)
+    train_scan, test, _ = gold_scan()
+    log_k_factorial = float(gammaln(test.diff3d.astype(np.float64) ** 2 + 1).mean())
+    if out.exists():
+        shutil.rmtree(out)
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = export_checkpoint(checkpoint, out, data=train_scan.to_file(Path(tmp) / "gold_train.npz"),
+                                   options=ExportOptions(name="gold_balls"),
+                                   held_out_nll=records[-1]["nll"] - log_k_factorial)
+    return bundle.source
+
+
 RESULTS = ROOT / "bench" / "results" / "curves.json"
 FIGURE = ROOT / "docs" / "figures" / "learning_curves.png"
 PANELS = (("nll", "nll_floor", "held-out Poisson NLL per pixel", "ground-truth floor"),
@@ -263,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--budget", type=float, default=600.0, help="training CPU-seconds (default 600)")
     r.add_argument("--eval-every", type=float, default=60.0, help="CPU-seconds between evaluations")
     r.add_argument("--out", type=Path, default=RUNS)
+    e = sub.add_parser("export", help="export a run's last evaluated model as a bundle")
+    e.add_argument("name", choices=sorted(CONFIGS))
+    e.add_argument("out", type=Path, help="bundle folder to write (replaced)")
+    e.add_argument("--out-runs", type=Path, default=RUNS, help=f"runs folder (default {RUNS})")
     rep = sub.add_parser("report", help="collect the curves, draw the figure, regenerate the docs table")
     rep.add_argument("--out", type=Path, default=RUNS, help=f"runs folder (default {RUNS})")
     rep.add_argument("--from-results", action="store_true", help=f"redraw from {RESULTS} instead of the runs")
@@ -270,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "run":
         print(run(args.name, args.budget, args.eval_every, args.out))
+    elif args.command == "export":
+        print(export(args.name, args.out, args.out_runs))
     else:
         data = json.loads(RESULTS.read_text()) if args.from_results else collect(args.out)
         figure(data)

@@ -178,9 +178,10 @@ def training_pixel_size(given: float | None, train_scan: str | Path | None) -> f
 
 
 def export_checkpoint(checkpoint: Path, out: Path, *, data: Path | None = None,
-                      options: ExportOptions = ExportOptions()) -> Bundle:
+                      options: ExportOptions = ExportOptions(), held_out_nll: float | None = None) -> Bundle:
     """Export a Lightning checkpoint: load its generator, verify on ``data`` (default: the training
-    scan recorded in the checkpoint) and write the bundle to ``out``."""
+    scan recorded in the checkpoint) and write the bundle to ``out``. ``held_out_nll`` replaces the
+    training record's held-out NLL (for runs validated outside Lightning, e.g. ``bench.curves``)."""
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise ExportError(f"`--checkpoint` must be an existing .ckpt file, got {checkpoint}; "
@@ -197,7 +198,7 @@ def export_checkpoint(checkpoint: Path, out: Path, *, data: Path | None = None,
     label = f"{'the scan' if data else 'the training scan'} {Path(scan).name}"
     return export_bundle(generator, out, record=record, probe=probe, diffraction=diffraction,
                          inputs_label=label, options=options, checkpoint=str(checkpoint),
-                         training=training_record(checkpoint, record))
+                         training=training_record(checkpoint, record, held_out_nll))
 
 
 #: training_config / model_config fields that make up a bundle's recipe
@@ -207,9 +208,11 @@ RECIPE_FIELDS = {"model_config": ("generator", "N", "gridsize", "n_filters_scale
                  "execution_config": ("learning_rate", "scheduler", "early_stop_patience", "seed")}
 
 
-def training_record(checkpoint: Path, record: CheckpointRecord) -> TrainingRecord | None:
+def training_record(checkpoint: Path, record: CheckpointRecord, held_out_nll: float | None = None
+                    ) -> TrainingRecord | None:
     """The record of the run that wrote ``checkpoint`` (RUN/checkpoints/x.ckpt), from its hyper-parameters
-    and RUN/summary.json; None when that run left no summary (e.g. a checkpoint copied elsewhere)."""
+    and RUN/summary.json (its validation loss, unless ``held_out_nll`` is given); None when that run
+    left no summary (e.g. a checkpoint copied elsewhere)."""
     summary_path = checkpoint.parent.parent / "summary.json"
     if not summary_path.is_file():
         return None
@@ -220,7 +223,8 @@ def training_record(checkpoint: Path, record: CheckpointRecord) -> TrainingRecor
               for section, names in RECIPE_FIELDS.items() for name in names}
     recipe["init_from"] = summary.get("init_from")
     is_best = summary.get("best_checkpoint") and Path(summary["best_checkpoint"]).name == checkpoint.name
-    nll = summary.get("best_val_loss") if is_best else summary.get("final_metrics", {}).get("val_loss")
+    nll = held_out_nll if held_out_nll is not None else summary.get("best_val_loss") if is_best \
+        else summary.get("final_metrics", {}).get("val_loss")
     return TrainingRecord(recipe={k: v for k, v in recipe.items() if v is not None}, steps=int(summary["global_step"]),
                           wall_s=float(summary["wall_s"]), held_out_nll=None if nll is None else float(nll))
 

@@ -254,6 +254,9 @@ def test_cli_exports_a_trained_checkpoint(scan32: Path, tmp_path: Path, capsys: 
     assert record.steps == 2 and record.wall_s == result.summary["wall_s"] > 0
     assert record.recipe["model.generator"] == "tf" and record.recipe["training.train_data_file"] == str(scan32)
     assert record.held_out_nll == pytest.approx(result.summary["final_metrics"]["val_loss"])
+    from export.bundle_writer import training_record  # a run validated outside Lightning states its own
+
+    assert training_record(result.last_checkpoint, checkpoint, held_out_nll=1.25).held_out_nll == 1.25
     np.testing.assert_array_equal(bundle.probe, probe)
     import onnxruntime as ort
 
