@@ -28,7 +28,7 @@ from ptycho_torch.grouping import group_indices
 from ptycho_torch.normalization import input_scale
 from ptycho_torch.pixel_size import check_pixel_size, valid_pixel_size
 from ptycho_torch.refinement import ALGORITHMS, RefineSettings, refine_stitched
-from ptycho_torch.scan_checks import bad_pixel_mask, check_network_input, prepare_scan
+from ptycho_torch.scan_checks import PreparedScan, bad_pixel_mask, check_network_input, prepare_scan
 from ptycho_torch.stitching import Stitcher, complex_patches
 
 __all__ = ["MAX_REFINE_ITERATIONS", "ModelInfo", "ReconstructOptions", "Reconstruction", "Runner", "network_scale",
@@ -277,6 +277,13 @@ def network_scale(amplitudes: npt.NDArray[np.float32], policy: str, training_sca
     return input_scale(amplitudes)
 
 
+def scan_scale(scan: PreparedScan, policy: str, training_scale: float) -> float:
+    """:func:`network_scale` of a prepared scan: its frames without the too-bright ones
+    (:attr:`~ptycho_torch.scan_checks.PreparedScan.scale_frames`)."""
+    x, frames = scan.amplitudes, scan.scale_frames
+    return network_scale(x if len(frames) == len(x) else x[frames], policy, training_scale)  # usually no copy
+
+
 def reconstruct(
     runner: Runner,
     patterns: npt.ArrayLike,
@@ -344,8 +351,7 @@ def reconstruct_steps(
         policy, scale = "explicit", float(options.scale)
     else:
         policy = options.scale_policy or model.default_scale_policy
-        frames = scan.scale_frames  # usually every frame: then no copy of the whole stack
-        scale = network_scale(x if len(frames) == len(x) else x[frames], policy, model.training_scale)
+        scale = scan_scale(scan, policy, model.training_scale)
     check_network_input(scale, float(x.max()))
     t2 = time.perf_counter()
 

@@ -27,7 +27,8 @@ import numpy as np
 from ptychodus.api.reconstruct import Reconstructor, ReconstructInput, ReconstructOutput
 
 from ptycho_torch.errors import ConfigError
-from ptycho_torch.pipeline import ReconstructOptions, network_scale, reconstruct
+from ptycho_torch.pipeline import ReconstructOptions, reconstruct, scan_scale
+from ptycho_torch.scan_checks import prepare_scan
 from serving.client import Client, LiveSession, RemoteRunner, ServedModel, ServerUnreachable
 from serving.errors import ModelNotFound, ServingError
 from serving.ptychodus.adapter import ObjectGrid, Scan, check_model_geometry, refine_outputs, scan_from_input
@@ -81,6 +82,7 @@ class HttpReconstructor(Reconstructor):
         scan = scan_from_input(parameters)
         refine, start = self._settings.refine_settings(), self._settings.start()
         grid = ObjectGrid(parameters)
+        self._chunks = 0  # a flat start sends nothing: its progress is the iterations alone
         if refine is None or start == "network":
             grid = yield from self._network(parameters, scan)
         if refine is not None:
@@ -94,7 +96,9 @@ class HttpReconstructor(Reconstructor):
             model = self._model(client, url, name)
             check_model_geometry(scan, N=model.N, gridsize=model.gridsize, model=f"{name} at {url}",
                                  pixel_size_m=model.pixel_size_m)
-            scale = network_scale(scan.amplitudes, self._settings.policy(), model.training_scale)
+            # the pipeline's scale rule on the whole scan (glitch frames left out), sent with every chunk
+            prepared = prepare_scan(scan.amplitudes, scan.positions, units="amplitude")
+            scale = scan_scale(prepared, self._settings.policy(), model.training_scale)
             if model.gridsize == 1:
                 return (yield from self._stream(client, name, scan, scale, parameters))
             runner = RemoteRunner(model, client)

@@ -7,6 +7,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from ptychodus.api.assemble import AssembledDiffractionData
 from ptychodus.api.reconstruct import prepare_reconstruct_input
 from scans import N, OracleScan
 
@@ -164,9 +165,32 @@ def test_http_refines_after_the_chunks_and_a_flat_start_skips_the_server(
     settings.refine_iterations.set_value(2)
     reconstructor = HttpReconstructor(settings)
     assert [o.progress for o in reconstructor.reconstruct(parameters)] == [1, 2, 3, 4, 5, 6]
+    assert reconstructor.get_progress_goal() == 6
     settings.refine_start.set_value("flat")
     settings.server_url.set_value("http://127.0.0.1:9")  # nothing listens: a flat start never calls the server
-    assert [o.progress for o in HttpReconstructor(settings).reconstruct(parameters)] == [2, 3]
+    assert [o.progress for o in reconstructor.reconstruct(parameters)] == [1, 2]  # not the last run's chunks
+    assert reconstructor.get_progress_goal() == 2
+
+
+def test_http_leaves_glitch_frames_out_of_the_scale_like_the_pipeline(
+        oracle: OracleScan, oracle_zip: Path, oracle_server, settings: PtychoPINNServeSettings) -> None:
+    patterns = oracle.data.get_patterns().copy()
+    patterns[[3, 17]] *= 400  # two glitch frames, far above 10x the median frame energy
+    data = AssembledDiffractionData(oracle.data.get_indexes(), patterns, oracle.data.get_pixel_geometry(),
+                                    oracle.data.get_bad_pixels())
+    parameters = prepare_reconstruct_input(data, oracle.product)
+    settings.bundle_path.set_value(oracle_zip)
+    onnx_object = next(OnnxReconstructor(settings).reconstruct(parameters)).product.object_.get_layer(0)
+    settings.server_url.set_value(oracle_server.url)
+    settings.server_model.set_value("oracle")
+    settings.api_token.set_value("s3cret")
+    settings.chunk_size.set_value(10)
+    http_object = list(HttpReconstructor(settings).reconstruct(parameters))[-1].product.object_.get_layer(0)
+    np.testing.assert_allclose(http_object, onnx_object, rtol=1e-5, atol=1e-6)
+    clean = np.delete(np.sqrt(patterns.astype(np.float64)), [3, 17], axis=0)
+    rows, cols = oracle.covered  # the oracle's amplitude is diffraction * scale: the clean frames' scale
+    amplitude = np.abs(onnx_object[rows, cols]) / (np.abs(oracle.phase[rows, cols]) / PHASE_FACTOR)
+    np.testing.assert_allclose(np.median(amplitude), input_scale(clean), rtol=1e-4)
 
 
 @pytest.mark.parametrize(("name", "value", "message"), [
