@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -103,6 +104,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "tf-corpus": {"model": {"generator": "tf"}, "data": "corpus"},
     "smooth-goldcorpus": {"model": {"generator": "smooth"}, "data": "goldcorpus"},
     "smooth-gold-finetune": {"model": {"generator": "smooth"}, "data": "finetune", "init": "smooth-gold"},
+    "smooth-goldcorpus-finetune": {"model": {"generator": "smooth"}, "execution": {"learning_rate": 1e-4},
+                                   "data": "finetune", "init": "smooth-goldcorpus"},
 }
 BASE_MODEL = {"N": 64, "gridsize": 1, "n_filters_scale": 1}
 
@@ -141,7 +144,8 @@ def _callback(path: Path, test: RawData, truth: np.ndarray, budget: float, every
             self.cpu += now - self.clock
             if self.cpu >= self.next or self.cpu >= budget:
                 generator = pl_module.generator.eval()
-                record = {"step": trainer.global_step, "cpu_s": round(self.cpu, 1), "wall": time.time()}
+                record = {"step": trainer.global_step, "cpu_s": round(self.cpu, 1), "wall": time.time(),
+                          "pretrained_cpu_s": start["pretrained_cpu"]}
                 record.update(evaluate(generator, test, truth))
                 generator.train()
                 trainer.save_checkpoint(path.parent / "resume.ckpt")
@@ -170,7 +174,7 @@ def run(name: str, budget: float, every: float, out: Path = RUNS) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     curve = run_dir / "curve.jsonl"
     records = [json.loads(line) for line in curve.read_text().splitlines()] if curve.is_file() else []
-    start = {"cpu": records[-1]["cpu_s"] if records else 0.0}
+    start = {"cpu": records[-1]["cpu_s"] if records else 0.0, "pretrained_cpu": 0.0}
     if start["cpu"] >= budget:
         return curve
     train_scan, test, truth = gold_scan()
@@ -183,8 +187,16 @@ def run(name: str, budget: float, every: float, out: Path = RUNS) -> Path:
     sources = {"train_data": train_scan} if spec["data"] == "gold" else {"train_data": test} \
         if spec["data"] == "finetune" else {"corpus": gold_corpus(out / spec["data"], CORPORA[spec["data"]])}
     resuming = resume.is_file() and bool(records)
-    init = out / spec["init"] / "resume.ckpt" if "init" in spec and not resuming else None
-    train(training, execution, **sources, resume=resume if resuming else None, init_from=init,
+    init = None
+    if "init" in spec:  # a fine-tuning run: its CPU clock goes on from the model it starts from
+        init = run_dir / "init.ckpt"
+        if not resuming:
+            shutil.copyfile(out / spec["init"] / "resume.ckpt", init)  # the starting model, kept as it was
+            start["pretrained_cpu"] = [json.loads(line) for line in
+                                       (out / spec["init"] / "curve.jsonl").read_text().splitlines()][-1]["cpu_s"]
+        else:
+            start["pretrained_cpu"] = records[0]["pretrained_cpu_s"]
+    train(training, execution, **sources, resume=resume if resuming else None, init_from=None if resuming else init,
           callbacks=[_callback(curve, test, truth, budget, every, start)])
     return curve
 
@@ -194,7 +206,6 @@ def export(name: str, out: Path, runs: Path = RUNS) -> Path:
     verified on the case's training half. The manifest's training record gets the run's last
     held-out NLL per pixel without the constant log k! (the training loss's convention; the data
     fit's maximum-likelihood scale), so that it compares with ``ptychopinn train``'s validation loss."""
-    import shutil
     import tempfile
     from scipy.special import gammaln
 
@@ -239,8 +250,7 @@ def collect(out: Path = RUNS, results: Path = RESULTS) -> dict[str, Any]:
 
 def _pretrained_cpu(data: dict[str, Any], name: str) -> float:
     """Training CPU-seconds of the model a fine-tuning run started from (0 for other runs)."""
-    init = data["configs"].get(name, {}).get("init")
-    return data["runs"][init][-1]["cpu_s"] if init in data["runs"] else 0.0
+    return data["runs"][name][0].get("pretrained_cpu_s", 0.0)
 
 
 def figure(data: dict[str, Any], path: Path = FIGURE) -> Path:
