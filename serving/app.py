@@ -14,10 +14,11 @@ has its work cancelled. The OpenAPI schema and offline ``/docs``, ``/redoc`` com
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -33,13 +34,14 @@ from starlette.requests import ClientDisconnect
 
 from ptycho_torch import __version__
 from ptycho_torch.bundle import Bundle
-from ptycho_torch.errors import PtychoError
+from ptycho_torch.errors import ConfigError, PtychoError
 from ptycho_torch.pipeline import reconstruct, require_finite_outputs, require_non_negative
 from ptycho_torch.scan_checks import check_network_input
 from serving import openapi
 from serving.batching import DynamicBatcher
+from serving.config import DEFAULTS, ServingConfig
 from serving.engine import Engine
-from serving.errors import ClientGone, InvalidRequest, Unauthorized, status_of
+from serving.errors import ClientGone, Unauthorized, status_of
 from serving.guards import LOOPBACK_HOSTS, AccessGuard, Admission, CancellableRunner, cancel_on_disconnect
 from serving.limits import Limits, check_reconstruct_budget, read_body
 from serving.access_log import AccessLog
@@ -48,7 +50,7 @@ from serving.npz_wire import RECONSTRUCT_MEDIA_TYPE, decode_reconstruct_request,
 from serving.protocol_v2 import HEADER_LENGTH, check_inputs, check_outputs, decode_request, encode_response
 from serving.repository import InferenceStats, ModelRepository, ServedModel
 from serving.repository_routes import repository_routes
-from serving.sessions import SessionLimits, SessionManager
+from serving.sessions import SessionManager
 from serving.sessions.metrics import SessionCollector
 from serving.sessions.routes import session_routes, viewer_routes
 
@@ -63,14 +65,13 @@ EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository", "
 class _State:
     """What the endpoints share: the model repository (engines, batchers), metrics and limits."""
 
-    def __init__(self, repository: ModelRepository, metrics: ServiceMetrics, token: str | None, limits: Limits,
-                 max_queue_size: int, max_concurrent_reconstructs: int) -> None:
+    def __init__(self, repository: ModelRepository, metrics: ServiceMetrics, config: ServingConfig) -> None:
         self.repository = repository
         self.metrics = metrics
-        self.token = token
-        self.limits = limits
-        self.infer_admission = Admission("infer", max_queue_size, "--max-queue-size")
-        self.reconstruct_admission = Admission("reconstruct", max_concurrent_reconstructs,
+        self.token = config.token
+        self.limits = config.limits
+        self.infer_admission = Admission("infer", config.max_queue_size, "--max-queue-size")
+        self.reconstruct_admission = Admission("reconstruct", config.max_concurrent_reconstructs,
                                                "--max-concurrent-reconstructs")
         self.serve_engine: Callable[[Engine], ServedModel]
         """Wrap an engine as a served model with this app's batching knobs and metrics (set by create_app)."""
@@ -136,38 +137,25 @@ async def _internal_error(_: Request, error: Exception) -> Response:
 
 def create_app(
     engine: Engine,
+    config: ServingConfig | None = None,
     *,
-    max_batch_size: int | None = None,
-    max_queue_delay_us: int = 100,
-    max_queue_size: int = 256,
-    max_queue_wait_s: float | None = None,
-    token: str | None = None,
-    max_request_bytes: int | None = None,
-    limits: Limits | None = None,
-    max_concurrent_reconstructs: int = 4,
-    allow_remote: bool = False,
-    allowed_hosts: Sequence[str] | None = None,
-    cors_origins: Sequence[str] = (),
-    session_limits: SessionLimits | None = None,
-    model_repository: str | Path | None = None,
     engine_factory: Callable[[Bundle], Engine] | None = None,
+    **changes: Any,
 ) -> FastAPI:
-    """The service for ``engine`` (the default model) and, with ``model_repository``, every model of that
-    folder (:mod:`serving.repository`; ``engine_factory`` builds their engines, default: ``engine``'s
-    providers and batch size). Batching knobs as :class:`~serving.batching.DynamicBatcher`
-    (``max_queue_size`` also bounds infer requests in progress, checked before a body is read);
-    ``token``: require ``Authorization: Bearer <token>`` (None: open, loopback clients only unless
-    ``allow_remote``); ``limits``: per-request size, memory and time limits (``max_request_bytes``
-    overrides its body limit); ``max_concurrent_reconstructs``: ``/v1/reconstruct`` requests in
-    progress before 503; ``allowed_hosts``: ``Host`` names accepted (default: the loopback names
-    without a token, any with one); ``cors_origins``: browser origins allowed (default none: CORS off);
-    ``session_limits``: bounds on live sessions. The app owns the batchers and closes them at shutdown."""
-    if token is not None and not token.strip():
-        raise InvalidRequest("`token` must be a non-empty string or None; the token file is empty")
-    limits = limits or Limits()
-    if max_request_bytes is not None:
-        limits = Limits(**{**limits.__dict__, "max_body_bytes": max_request_bytes})
-    metrics = ServiceMetrics(engine.bundle.name, max_batch_size or engine.max_batch_size)
+    """The service for ``engine`` (the default model) and, with ``config.model_repository``, every model
+    of that folder (:mod:`serving.repository`; ``engine_factory`` builds their engines, default:
+    ``engine``'s providers and batch size). ``config`` holds every knob (default
+    :data:`~serving.config.DEFAULTS`); ``changes`` are fields of it to replace, so
+    ``create_app(engine, max_queue_delay_us=0)`` works. Batches never exceed ``config.max_batch_size``
+    nor the engine's; ``max_queue_size`` also bounds infer requests in progress, checked before a body
+    is read. The app owns the batchers and closes them at shutdown. Raises
+    :class:`~ptycho_torch.errors.ConfigError` naming a knob that is out of range or unknown."""
+    unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(ServingConfig)})
+    if unknown:
+        raise ConfigError(f"unknown serving settings {unknown}; the fields of ServingConfig are "
+                          f"{[f.name for f in dataclasses.fields(ServingConfig)]}")
+    config = dataclasses.replace(config or DEFAULTS, **changes)
+    metrics = ServiceMetrics(engine.bundle.name, min(config.max_batch_size, engine.max_batch_size))
     make_engine = engine_factory or (lambda bundle: Engine(bundle, providers=engine.providers,
                                                            max_batch_size=engine.max_batch_size))
 
@@ -178,27 +166,23 @@ def create_app(
             stats.observe_batch(size, queue_s, compute_s)
             metrics.observe_batch(size, queue_s, compute_s, model=name)
 
-        size = served.max_batch_size if max_batch_size is None else min(max_batch_size, served.max_batch_size)
-        batcher = DynamicBatcher(served, max_batch_size=size, max_queue_delay_us=max_queue_delay_us,
-                                 max_queue_size=max_queue_size, max_queue_wait_s=max_queue_wait_s, observer=observe)
+        batcher = DynamicBatcher.from_config(served, config, observer=observe)
         return ServedModel.create(name, version, source, served, batcher, stats)
 
     sessions: SessionManager
     repository = ModelRepository(
         lambda name, version, bundle: serve(name, version, make_engine(bundle), bundle.source),
         [serve(engine.bundle.name, str(engine.bundle.version), engine, engine.bundle.source)],
-        root=None if model_repository is None else Path(model_repository),
+        root=config.model_repository,
         in_use=lambda model: any(s.runner is model.batcher for s in sessions.sessions()))
-    state = _State(repository, metrics, token.strip() if token else None, limits, max_queue_size,
-                   max_concurrent_reconstructs)
+    state = _State(repository, metrics, config)
     state.serve_engine = lambda served: serve(served.bundle.name, str(served.bundle.version), served,
                                               served.bundle.source)
-    sessions = SessionManager(state.session_runner, session_limits)
+    sessions = SessionManager(state.session_runner, config.sessions)
     repository.load_all()
     metrics.registry.register(SessionCollector(sessions))
     metrics.registry.register(TritonCollector(repository))
-    if allowed_hosts is None and state.token is None:
-        allowed_hosts = LOOPBACK_HOSTS
+    allowed_hosts = LOOPBACK_HOSTS if config.allowed_hosts is None and config.token is None else config.allowed_hosts
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
@@ -209,10 +193,10 @@ def create_app(
     app = FastAPI(title=SERVER_NAME, version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description=openapi.DESCRIPTION)
     app.state.serving = state
-    if cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+    if config.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["*"])
-    app.add_middleware(AccessGuard, allow_remote=allow_remote or state.token is not None,
+    app.add_middleware(AccessGuard, allow_remote=config.allow_remote or config.token is not None,
                        allowed_hosts=allowed_hosts)
     app.add_middleware(AccessLog, observe=metrics.observe_request)
     app.add_exception_handler(ClientDisconnect, _client_disconnect)
@@ -223,7 +207,7 @@ def create_app(
     app.include_router(_health_routes(state))
     app.include_router(repository_routes(repository, state.read_body), dependencies=[Depends(_auth(state))])
     app.include_router(_protected_routes(state), dependencies=[Depends(_auth(state))])
-    app.include_router(session_routes(sessions, state.read_body, limits.max_request_memory_bytes),
+    app.include_router(session_routes(sessions, state.read_body, config.limits.max_request_memory_bytes),
                        dependencies=[Depends(_auth(state))])
     app.include_router(viewer_routes(sessions, state.token))
     openapi.install(app)

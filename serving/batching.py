@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ptycho_torch.errors import ConfigError
+from serving.config import DEFAULTS, ServingConfig
 from serving.engine import Engine
 from serving.errors import DeadlineExceeded, Overloaded, Unavailable
 
@@ -74,7 +75,8 @@ class DynamicBatcher:
     others to join (Triton's ``max_queue_delay_microseconds``; 0 = run whatever is waiting).
     ``max_queue_size``: most requests waiting before :class:`Overloaded`. ``max_queue_wait_s``: a
     request none of whose items ran within this many seconds is answered :class:`DeadlineExceeded`
-    (None: no deadline). A closed batcher refuses new work with :class:`Unavailable`.
+    (None: no deadline). A closed batcher refuses new work with :class:`Unavailable`. Defaults:
+    :data:`serving.config.DEFAULTS`; :meth:`from_config` reads a whole :class:`~serving.config.ServingConfig`.
     """
 
     def __init__(
@@ -82,9 +84,9 @@ class DynamicBatcher:
         engine: Engine,
         *,
         max_batch_size: int | None = None,
-        max_queue_delay_us: int = 100,
-        max_queue_size: int = 256,
-        max_queue_wait_s: float | None = None,
+        max_queue_delay_us: int = DEFAULTS.max_queue_delay_us,
+        max_queue_size: int = DEFAULTS.max_queue_size,
+        max_queue_wait_s: float | None = DEFAULTS.max_queue_wait_s,
         observer: BatchObserver | None = None,
     ) -> None:
         max_batch_size = engine.max_batch_size if max_batch_size is None else max_batch_size
@@ -111,6 +113,14 @@ class DynamicBatcher:
         self._closed = False
         self._worker = threading.Thread(target=self._loop, name=f"batcher-{engine.bundle.name}", daemon=True)
         self._worker.start()
+
+    @classmethod
+    def from_config(cls, engine: Engine, config: ServingConfig, observer: BatchObserver | None = None) -> DynamicBatcher:
+        """The batcher of ``engine`` with ``config``'s queue knobs; batches of at most ``config.max_batch_size``
+        and the engine's own (an engine built for fewer is not refused)."""
+        return cls(engine, max_batch_size=min(config.max_batch_size, engine.max_batch_size),
+                   max_queue_delay_us=config.max_queue_delay_us, max_queue_size=config.max_queue_size,
+                   max_queue_wait_s=config.max_queue_wait_s, observer=observer)
 
     def submit(self, diffraction: npt.NDArray[np.float32], scale: npt.NDArray[np.float32]) -> Future[Outputs]:
         """Queue ``diffraction`` ``(B, C, N, N)`` and ``scale`` ``(B,)``; the future gives ``(amplitude, phase)``."""

@@ -22,6 +22,7 @@ import onnxruntime as ort
 
 from ptycho_torch.bundle.runtime import runtime_version, short_reason
 from ptycho_torch.errors import BundleError, ConfigError
+from serving.config import DEFAULTS, ServingConfig
 from serving.errors import InvalidRequest
 
 if TYPE_CHECKING:
@@ -79,16 +80,18 @@ class Engine:
     ``providers``: execution providers in priority order (``None``: TensorRT, CUDA, CPU, whichever
     are available). ``intra_op_threads``: onnxruntime's intra-op pool (``None``: its default, one per
     physical core). ``cpu_mem_arena``: keep onnxruntime's CPU arena (faster first allocations, much
-    more resident memory after large batches). ``warmup``: run every batch shape once now.
+    more resident memory after large batches). ``warmup``: run every batch shape once now. Defaults
+    of the serving knobs: :data:`serving.config.DEFAULTS`; :meth:`from_config` reads a whole
+    :class:`~serving.config.ServingConfig`.
     """
 
     def __init__(
         self,
         bundle: Bundle,
         *,
-        providers: Sequence[str] | None = None,
-        max_batch_size: int = 64,
-        intra_op_threads: int | None = None,
+        providers: Sequence[str] | None = DEFAULTS.providers,
+        max_batch_size: int = DEFAULTS.max_batch_size,
+        intra_op_threads: int | None = DEFAULTS.intra_op_threads,
         cpu_mem_arena: bool = False,
         cache_dir: str | Path | None = None,
         warmup: bool = True,
@@ -136,6 +139,13 @@ class Engine:
         self.warmup_s: float | None = None
         if warmup:
             self.warm_up()
+
+    @classmethod
+    def from_config(cls, bundle: Bundle, config: ServingConfig, **options: object) -> Engine:
+        """The engine of ``bundle`` with ``config``'s providers, batch size and threads (``options``:
+        the other keywords of the constructor)."""
+        return cls(bundle, providers=config.providers, max_batch_size=config.max_batch_size,
+                   intra_op_threads=config.intra_op_threads, **options)  # type: ignore[arg-type]
 
     def _provider_options(self, provider: str, cache_dir: str | Path | None) -> dict[str, object]:
         if provider != "TensorrtExecutionProvider":

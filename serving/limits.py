@@ -1,6 +1,6 @@
 """Per-request limits: every allocation sized by the client is bounded **before** it is made.
 
-A request may cost at most :attr:`Limits.max_request_memory_bytes` of working memory. What counts:
+A request may cost at most :attr:`Limits.max_request_memory_bytes` (:mod:`serving.config`) of working memory. What counts:
 the body after ``Content-Encoding`` decoding (bounded while it is inflated), the arrays an NPZ body
 declares (read from each ``.npy`` header before any array is read), the Python objects of JSON
 tensor data, and the reconstruct pipeline's arrays including the stitched canvas (sized from the
@@ -15,53 +15,24 @@ import asyncio
 import json
 import time
 import zlib
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from starlette.requests import ClientDisconnect, Request
 
-from ptycho_torch.errors import ConfigError
 from ptycho_torch.stitching import canvas_geometry
+from serving.config import Limits, MiB
 from serving.errors import ClientGone, InvalidRequest, RequestTimeout, RequestTooLarge, UnsupportedEncoding
 
 __all__ = ["Limits", "check_budget", "check_reconstruct_budget", "decode_content", "loads_json", "read_body",
            "reconstruct_bytes"]
 
-MiB = 1 << 20
-
-JSON_EXPANSION = 32
-"""Bytes of Python objects per byte of JSON tensor data, worst case (``[[],[],...]``: 64 bytes per 3)."""
 CANVAS_BYTES_PER_PIXEL = 96
 """Stitching sums (complex128 + float64), the averaged canvas (complex128 -> complex64), amplitude,
 phase and coverage planes and their NPZ copy: 81 bytes, rounded up."""
 PATTERN_BYTES_PER_PIXEL = 40
 """Per network input pixel: float32 amplitudes (+ float64 square root of counts), grouped input,
 amplitude and phase outputs, complex patches."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class Limits:
-    """What one request may cost; ``ptychopinn serve`` flags in brackets."""
-
-    max_body_bytes: int = 256 * MiB
-    """Largest body, after ``Content-Encoding`` decoding (``--max-request-mb``)."""
-    max_request_memory_bytes: int = 2048 * MiB
-    """Working memory one request may need (``--max-request-memory-mb``)."""
-    body_idle_timeout_s: float = 30.0
-    """Longest wait for the next piece of a body (``--body-timeout-s`` / 10 at most)."""
-    body_timeout_s: float = 300.0
-    """Longest time to receive a whole body (``--body-timeout-s``)."""
-
-    def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_request_memory_bytes", "body_idle_timeout_s", "body_timeout_s"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"`{name}` must be positive, got {getattr(self, name)!r}")
-
-    @property
-    def max_json_bytes(self) -> int:
-        """Largest JSON part of an infer request: its tensors expand :data:`JSON_EXPANSION` times in Python."""
-        return self.max_request_memory_bytes // JSON_EXPANSION
 
 
 def _count(n: int) -> str:

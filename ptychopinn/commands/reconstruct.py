@@ -27,6 +27,8 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from serving.config import DEFAULTS
+
 if TYPE_CHECKING:
     from ptycho_torch.data import RawData
     from ptycho_torch.outputs import ProductInfo
@@ -58,8 +60,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale-policy", choices=("scan", "bundle"), default="scan",
                         help="input normalisation: 'scan' (from this scan's patterns, default) or 'bundle' "
                              "(the training value)")
-    parser.add_argument("--batch-size", type=int, default=64,
-                        help="groups per inference batch in this process (--model; default 64)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULTS.max_batch_size,
+                        help=f"groups per inference batch in this process (--model; default {DEFAULTS.max_batch_size})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the neighbour draw at gridsize > 1 (default 0)")
     parser.add_argument("--server-model", default=DEFAULT_SERVER_MODEL,
                         help=f"model name on --server (default {DEFAULT_SERVER_MODEL}; `ptychopinn serve` logs it)")

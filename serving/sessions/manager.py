@@ -17,13 +17,12 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy.typing as npt
 from starlette.concurrency import run_in_threadpool
 
-from ptycho_torch.errors import ConfigError
+from serving.config import SessionLimits
 from serving.errors import Overloaded, SessionNotFound
 from ptycho_torch.pipeline import ReconstructOptions, Reconstruction
 from serving.sessions.session import Receipt, Session, SessionRunner, Work
@@ -36,31 +35,6 @@ _IN_FLIGHT_BATCHES = 2
 """Batches of one session in inference at once: the next is queued while the last is stitched."""
 _CLOSED_KEPT = 1000
 """Recently closed session ids remembered, so a late client hears why its session is gone."""
-
-
-@dataclass(frozen=True)
-class SessionLimits:
-    """Bounds on what live sessions may hold (the server refuses more with 503, before memory runs out)."""
-
-    max_sessions: int = 16
-    """Sessions open at once."""
-    max_pending_frames: int = 16384
-    """Frames received and not yet on a canvas, over all sessions (64x64 float32: 16 KiB each)."""
-    max_canvas_tiles: int = 256
-    """Canvas tiles per session (128 x 128 pixels, 24 bytes each: 384 KiB per tile)."""
-    idle_timeout_s: float = 900.0
-    """A session with no request and no inference for this long is closed."""
-    max_scan_frames: int = 1_000_000
-    """Largest scan index + 1 a session takes when it was not told ``expected_frames`` (bounds the
-    per-index bookkeeping: about 200 bytes per frame)."""
-
-    def __post_init__(self) -> None:
-        for name in ("max_sessions", "max_pending_frames", "max_canvas_tiles", "max_scan_frames"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and value >= 1):
-                raise ConfigError(f"`{name}` must be a positive integer, got {value!r}")
-        if not self.idle_timeout_s > 0:
-            raise ConfigError(f"`idle_timeout_s` must be positive seconds, got {self.idle_timeout_s!r}")
 
 
 class SessionManager:

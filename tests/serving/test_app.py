@@ -15,6 +15,7 @@ import pytest
 
 from serving.app import create_app
 from serving.client import Client
+from serving.config import Limits
 from serving.engine import Engine
 from ptycho_torch.errors import InvalidValues
 from serving.errors import InvalidRequest, Overloaded, RequestTooLarge, Unauthorized
@@ -175,7 +176,7 @@ BAD_REQUESTS = [
 
 
 def test_every_bad_input_gets_its_status_and_message_and_the_server_keeps_serving(engine: Engine, serve) -> None:
-    server = serve(create_app(engine, max_request_bytes=1 << 20))
+    server = serve(create_app(engine, limits=Limits(max_body_bytes=1 << 20)))
     with httpx.Client(base_url=server.url) as http, Client(server.url) as client:
         for method, path, body, headers, status, message in BAD_REQUESTS:
             response = http.request(method, path, content=body, headers=headers)

@@ -214,7 +214,7 @@ def test_tritonclient_gzip_and_deflate_requests_equal_plain_ones(engine: Engine,
 
 
 def test_compressed_bodies_are_bounded_while_inflating_and_bad_encodings_refused(engine: Engine, serve) -> None:
-    server = serve(create_app(engine, max_request_bytes=1 << 20))
+    server = serve(create_app(engine, limits=Limits(max_body_bytes=1 << 20)))
     patterns, positions = _scan()
     body = encode_reconstruct_request(patterns, positions)
     raw_deflate = zlib.compressobj(wbits=-15)

@@ -12,6 +12,7 @@ import pytest
 from ptychopinn.cli import main as cli_main
 from ptycho_torch.data import load_scan, spatial_split
 from serving.app import create_app
+from serving.config import Limits
 from serving.engine import Engine
 from ptycho_torch.pipeline import reconstruct
 
@@ -39,7 +40,7 @@ def test_reconstruct_over_http_writes_the_pipelines_object_for_the_held_out_half
         engine: Engine, serve, held_out, tmp_path: Path) -> None:
     path, test = held_out
     # 258 patterns of 32x32 float32 are 1 MiB: one request would get 413, chunks of 32 groups do not
-    server = serve(create_app(engine, token="t0ken", max_request_bytes=256 << 10))
+    server = serve(create_app(engine, token="t0ken", limits=Limits(max_body_bytes=256 << 10)))
     token_file = tmp_path / "token"
     token_file.write_text("t0ken\n")
 

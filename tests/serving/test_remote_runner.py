@@ -9,6 +9,7 @@ import pytest
 from ptycho_torch.pipeline import reconstruct
 from serving.app import create_app
 from serving.client import Client, RemoteRunner, ServedModel
+from serving.config import Limits
 from serving.engine import Engine
 from serving.errors import RequestTooLarge
 
@@ -19,7 +20,7 @@ def test_a_scan_over_the_request_limit_goes_out_in_chunks_and_equals_in_process(
     rng = np.random.default_rng(1)
     positions = np.stack(np.meshgrid(np.arange(20), np.arange(20)), -1).reshape(-1, 2) * 3.0 + 20
     patterns = rng.uniform(0, 2, (len(positions), N, N)).astype(np.float32)  # 400 x 4 KiB = 1.6 MiB
-    server = serve(create_app(engine, max_request_bytes=1 << 20))
+    server = serve(create_app(engine, limits=Limits(max_body_bytes=1 << 20)))
     with Client(server.url) as client:
         with pytest.raises(RequestTooLarge, match="413"):
             client.reconstruct(patterns, positions)

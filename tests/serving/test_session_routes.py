@@ -131,7 +131,7 @@ def test_a_session_stays_on_its_model_through_a_hot_swap(engine: Engine, serve, 
 
 
 def test_session_errors_are_clear_4xx_and_503(engine: Engine, serve) -> None:
-    server = serve(create_app(engine, session_limits=SessionLimits(max_sessions=1, max_pending_frames=4)))
+    server = serve(create_app(engine, sessions=SessionLimits(max_sessions=1, max_pending_frames=4)))
     patterns, positions = _scan(5, 6)
     with Client(server.url) as client:
         with pytest.raises(InvalidRequest, match="scale_policy"):
@@ -185,7 +185,7 @@ def _metric(text: str, name: str) -> float:
 
 
 def test_idle_sessions_expire_on_a_running_server_and_metrics_count_frames(engine: Engine, serve) -> None:
-    server = serve(create_app(engine, session_limits=SessionLimits(idle_timeout_s=1.5)))
+    server = serve(create_app(engine, sessions=SessionLimits(idle_timeout_s=1.5)))
     patterns, positions = _scan(7, 8)
     with Client(server.url) as client:
         live = client.open_session()
