@@ -7,7 +7,6 @@ import importlib.metadata
 import json
 import subprocess
 import zipfile
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -16,15 +15,16 @@ import numpy as np
 import onnx
 import torch
 
-from export.onnx import DEFAULT_OPSET, convert_fp16, export_onnx
+from export.onnx import convert_fp16, export_onnx
+from export.options import ExportOptions
 from export.torchscript import export_torchscript
 from export.triton import write_triton_repository
-from export.verify import FP16_TOLERANCE, FP32_TOLERANCE, verification_inputs, verify_exports
+from export.verify import verification_inputs, verify_exports
 from ptycho_torch.checkpoint import CheckpointRecord, load_generator
 from ptycho_torch.config import ModelConfig
 from ptycho_torch.data import scan_metadata
 from ptycho_torch.errors import DataContractError, ExportError
-from ptycho_torch.pixel_size import check_pixel_size, scan_pixel_size, valid_pixel_size
+from ptycho_torch.pixel_size import check_pixel_size, scan_pixel_size
 from ptycho_torch.scan_checks import bad_pixel_mask
 from ptycho_torch.stitching import default_stitch_M
 from ptycho_torch.bundle import (
@@ -32,45 +32,9 @@ from ptycho_torch.bundle import (
     PROBE_FILE, TORCHSCRIPT_FILE, Bundle, Manifest, Normalization, Provenance, TensorSpec, TrainingRecord, load_bundle,
     sign_bundle,
 )
-from ptycho_torch.bundle.signing import read_key
 from ptycho_torch.checksums import sha256_file
 
 FP16_FILE = "model.fp16.onnx"
-
-
-@dataclass(frozen=True, kw_only=True)
-class ExportOptions:
-    """What ``ptychopinn export`` writes and how strictly it checks it."""
-
-    name: str = "ptychopinn"
-    version: int = 1
-    opset: int = DEFAULT_OPSET
-    fp16: bool = False
-    zip: bool = False
-    max_batch_size: int = 256
-    tolerance: float = FP32_TOLERANCE
-    fp16_tolerance: float = FP16_TOLERANCE
-    stitch_M: int | None = None
-    """Central crop used when stitching (None: min(20, N/2))."""
-    pixel_size_m: float | None = None
-    """Object pixel size of the training data in metres, recorded in the manifest (None: unknown)."""
-    sign_key: Path | None = None
-    """Ed25519 private key (PEM) to sign the bundle with (None: unsigned)."""
-    bad_pixels: Path | None = None
-    """``.npy`` of the detector's bad-pixel mask, (N, N) bool or 0/1 (True = bad), shipped as
-    ``bad_pixels.npy`` and masked in every scan the bundle reconstructs (None: no default mask)."""
-
-    def __post_init__(self) -> None:
-        if not self.name or not all(c.isalnum() or c in "-_" for c in self.name):
-            raise ExportError(f"`name` must be letters, digits, '-' or '_' (a Triton model name), got {self.name!r}")
-        if self.version < 1:
-            raise ExportError(f"`version` must be an integer >= 1 (a Triton version folder), got {self.version}")
-        try:
-            valid_pixel_size(self.pixel_size_m, what="`--pixel-size-m`")
-        except DataContractError as error:
-            raise ExportError(str(error)) from None
-        if self.sign_key is not None:
-            read_key(self.sign_key, "private")  # a bad key fails before the export, not after
 
 
 def _tensor_specs(config: ModelConfig) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:

@@ -51,7 +51,8 @@ def build_default_bundle(out: Path = DEFAULT_OUT, *, run_dir: Path, scan: Path =
     """Split the real scan, train (continuing ``run_dir/checkpoints/last.ckpt`` when an interrupted
     run left one), export the checkpoint with the lowest held-out NLL into ``out`` (replacing it);
     the manifest records the recipe, steps, wall time and that NLL."""
-    from export.bundle_writer import ExportOptions, export_checkpoint
+    from export.bundle_writer import export_checkpoint
+    from export.options import ExportOptions
     from ptycho_torch.checksums import sha256_file
     from training.trainer import CHECKPOINT_DIR, LAST, train
 

@@ -12,11 +12,10 @@ from pathlib import Path
 import onnx
 import torch
 
+from export.options import DEFAULT_OPSET, MIN_OPSET
 from ptycho_torch.errors import ExportError
 from ptycho_torch.bundle import INPUT_NAMES, OUTPUT_NAMES
 
-DEFAULT_OPSET = 18
-MIN_OPSET = 17
 MAX_BATCH = 1 << 16
 #: Loggers of the exporter's passes: about 45 INFO/WARNING lines per export (unused-node removal,
 #: constant folding, "torchvision is not installed"), none of which needs the user's attention.

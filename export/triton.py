@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 from ptycho_torch.errors import ExportError
+from export.options import ExportOptions
 from ptycho_torch.bundle import BATCH_DIM, TensorSpec, triton_config_path, triton_model_path
 
 _TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
@@ -24,7 +25,7 @@ def _tensor_block(spec: TensorSpec) -> str:
 
 
 def triton_config(name: str, version: int, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...], *,
-                  max_batch_size: int = 256, max_queue_delay_us: int = 100) -> str:
+                  max_batch_size: int = ExportOptions.max_batch_size, max_queue_delay_us: int = 100) -> str:
     """``config.pbtxt`` text for the onnxruntime backend with dynamic batching."""
     input_blocks = ",\n".join(_tensor_block(s) for s in inputs)
     output_blocks = ",\n".join(_tensor_block(s) for s in outputs)
@@ -37,7 +38,7 @@ def triton_config(name: str, version: int, inputs: tuple[TensorSpec, ...], outpu
 
 
 def write_triton_repository(root: Path, onnx_path: Path, name: str, version: int, inputs: tuple[TensorSpec, ...],
-                            outputs: tuple[TensorSpec, ...], *, max_batch_size: int = 256) -> list[str]:
+                            outputs: tuple[TensorSpec, ...], *, max_batch_size: int = ExportOptions.max_batch_size) -> list[str]:
     """Write the repository under ``root/triton``; return the bundle-relative paths written."""
     config, model = triton_config_path(name), triton_model_path(name, version)
     (root / model).parent.mkdir(parents=True, exist_ok=True)

@@ -15,13 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from export.options import FP16_TOLERANCE, FP32_TOLERANCE
 from ptycho_torch.data import load_scan
 from ptycho_torch.errors import DataContractError, ExportError
 from ptycho_torch.normalization import input_scale
 from ptycho_torch.bundle import EngineDeviation, Verification
 
-FP32_TOLERANCE = 1e-4
-FP16_TOLERANCE = 1e-2
 BATCH_1_SAMPLES = 4
 
 Outputs = tuple[np.ndarray, np.ndarray]

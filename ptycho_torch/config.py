@@ -101,7 +101,9 @@ class ModelConfig:
     architecture: Literal["cnn"] = "cnn"
     """Generator family; only the CNN generator is implemented."""
     generator: Literal["tf", "smooth", "full", "taper"] = "tf"
-    """Last decoder stage. ``tf``: TensorFlow parity (the central N/2 window from a sigmoid head,
+    """Last decoder stage: ``tf`` (TensorFlow parity), ``smooth``, ``full`` or ``taper``.
+
+    ``tf``: TensorFlow parity (the central N/2 window from a sigmoid head,
     zero-padded, plus a separate border branch when ``probe_big``; nearest upsampling); its hard
     window edge prints a square frame into every patch. ``full``: one head for the whole N x N
     window with bilinear upsampling (no frame; ``pad_object``/``probe_big`` do not apply).
@@ -147,36 +149,48 @@ class TrainingConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     train_data_file: Path | None = None
-    """NPZ scan used for training."""
+    """Training scan: a contract NPZ or the tike Siemens-star file."""
     test_data_file: Path | None = None
-    """NPZ scan used for validation and the held-out reconstruction."""
+    """Validation scan, also reconstructed held out (None: hold out 5% of the training groups)."""
     train_corpus: Path | None = None
     """Simulated corpus folder (``ptychopinn corpus``) streamed instead of ``train_data_file``."""
     batch_size: int = 16
     """Groups per optimisation step; a power of two."""
     nepochs: int = 50
+    """Total epochs (a resumed run counts those already done)."""
     mae_weight: float = 0.0
     """Weight of the diffraction-amplitude MAE loss, in [0, 1]."""
     nll_weight: float = 1.0
     """Weight of the Poisson negative log-likelihood loss, in [0, 1]."""
     realspace_mae_weight: float = 0.0
+    """PtychoPINN's real-space MAE weight; no effect here (:data:`NO_EFFECT`)."""
     realspace_weight: float = 0.0
+    """PtychoPINN's real-space loss weight; no effect here (:data:`NO_EFFECT`)."""
     nphotons: float = 1e9
-    """Expected photons per pattern; sets the intensity scale of the Poisson model."""
+    """Expected photons per pattern; sets the intensity scale of the Poisson model (``ptychopinn train``
+    reads it from the training file's ``_metadata`` when it is not given)."""
     n_groups: int | None = None
     """Groups sampled for training (None: one group per scan position, at every gridsize)."""
     n_subsample: int | None = None
     """Scan positions drawn before grouping (None: all)."""
     subsample_seed: int | None = None
+    """Seed of the ``n_subsample`` draw (None: a fresh draw every run)."""
     neighbor_count: int | None = None
-    """K: nearest neighbours a group's members are drawn from (gridsize > 1); None: max(4, C)."""
+    """K: nearest neighbours a group's members are drawn from (gridsize > 1; >= C); None: max(4, C)."""
     positions_provided: bool = True
+    """PtychoPINN's switch for scans without positions; no effect here (:data:`NO_EFFECT`)."""
     probe_trainable: bool = False
+    """PtychoPINN's trainable probe; no effect here (:data:`NO_EFFECT`)."""
     intensity_scale_trainable: bool = True
+    """PtychoPINN's trainable intensity scale; no effect here (:data:`NO_EFFECT`)."""
     output_dir: Path = Path("training_outputs")
+    """Run directory: checkpoints/, logs/, config.json and summary.json."""
     sequential_sampling: bool = False
+    """PtychoPINN's sequential group sampling; no effect here (:data:`NO_EFFECT`)."""
     backend: Literal["pytorch"] = "pytorch"
+    """Training backend; only ``pytorch``."""
     torch_loss_mode: Literal["poisson", "mae"] = "poisson"
+    """Main loss, whose weight must be positive: ``poisson`` (``nll_weight``) or ``mae`` (``mae_weight``)."""
 
     def __post_init__(self) -> None:
         _check_sampling(self)
@@ -200,15 +214,23 @@ class InferenceConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     model_path: Path | None = None
+    """Trained model (``wts.h5.zip`` or checkpoint), recorded in ``params.cfg``."""
     test_data_file: Path | None = None
+    """Scan to reconstruct."""
     n_groups: int | None = None
+    """Groups to reconstruct (None: one per scan position)."""
     n_subsample: int | None = None
+    """Scan positions drawn before grouping (None: all)."""
     subsample_seed: int | None = None
+    """Seed of the ``n_subsample`` draw."""
     neighbor_count: int | None = None
-    """K: nearest neighbours a group's members are drawn from (gridsize > 1); None: max(4, C)."""
+    """K: nearest neighbours a group's members are drawn from (gridsize > 1; >= C); None: max(4, C)."""
     debug: bool = False
+    """PtychoPINN's debug switch; no effect here (:data:`NO_EFFECT`)."""
     output_dir: Path = Path("inference_outputs")
+    """Folder for the reconstruction's files."""
     backend: Literal["pytorch"] = "pytorch"
+    """Inference backend; only ``pytorch``."""
 
     def __post_init__(self) -> None:
         _check_sampling(self)
@@ -221,22 +243,35 @@ class PyTorchExecutionConfig:
     accelerator: str = "auto"
     """``auto``, ``cpu``, ``gpu``/``cuda`` or ``mps``."""
     devices: int | str = 1
+    """Devices per node: a count, ``auto`` or -1 (all)."""
     num_nodes: int = 1
+    """Nodes (SLURM: match ``--nodes``)."""
     strategy: str = "auto"
     """Lightning strategy: ``auto``, ``ddp``, ``ddp_spawn``, ``fsdp``..."""
     precision: str = "32-true"
+    """Lightning precision: ``32-true``, ``bf16-mixed``, ``16-mixed``..."""
     deterministic: bool = True
+    """Deterministic algorithms (on a GPU: a warning where a kernel has none)."""
     seed: int = 42
+    """Global seed of the weights, the group draw and the shuffling."""
     learning_rate: float = 1e-3
+    """Adam learning rate."""
     scheduler: str = "Default"
+    """Learning-rate schedule (PtychoPINN's names; ``Default``: constant)."""
     gradient_clip_val: float | None = None
+    """Clip gradients at this value (None: no clipping)."""
     gradient_clip_algorithm: Literal["norm", "value"] = "norm"
+    """Clip the gradients' ``norm`` or each ``value``."""
     accumulate_grad_batches: int = 1
+    """Accumulate gradients over this many steps."""
     num_workers: int = 0
+    """DataLoader worker processes."""
     early_stop_patience: int | None = None
     """Epochs without validation improvement before stopping (None: never stop early)."""
     logger_backend: str = "csv"
+    """Metrics logger: ``csv``, ``tensorboard``, ``mlflow`` or ``none``."""
     enable_progress_bar: bool = True
+    """Show a progress bar (on a terminal only; otherwise a progress line every ``progress_every_s``)."""
     max_steps: int = -1
     """Stop after this many optimiser steps (-1: run all epochs)."""
     checkpoint_every_n_steps: int | None = None

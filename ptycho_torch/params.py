@@ -4,7 +4,8 @@ PtychoPINN's TensorFlow code reads a module-level dict at call time; callers tha
 keep using it, so it exists here too. It is filled from the dataclasses by
 :func:`ptycho_torch.config.update_legacy_dict` at every workflow entry, and snapshotted (as JSON)
 into model archives and bundles. Nothing in this project reads it to build a model: the
-dataclasses are the source of truth and this dict mirrors them.
+dataclasses are the source of truth and this dict mirrors them; the fields it carries only for
+PtychoPINN compatibility, which nothing reads, warn when set (:data:`ptycho_torch.config.NO_EFFECT`).
 """
 
 from __future__ import annotations

@@ -15,111 +15,46 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ptycho_torch.config import (GENERATORS, LOGGERS, SCHEDULERS, ModelConfig, PyTorchExecutionConfig, TrainingConfig,
-                                 config_from_dict, no_effect_settings)
+from ptycho_torch.config import (AMP_ACTIVATIONS, GENERATORS, LOGGERS, NO_EFFECT, SCHEDULERS, ModelConfig,
+                                 PyTorchExecutionConfig, TrainingConfig, config_from_dict, no_effect_settings)
+from ptycho_torch.config_flags import add_flags, flag_values
 from ptycho_torch.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-#: flag destination -> (section, dataclass field)
-FLAG_FIELDS: dict[str, tuple[str, str]] = {
-    "n": ("model", "N"),
-    "gridsize": ("model", "gridsize"),
-    "n_filters_scale": ("model", "n_filters_scale"),
-    "model_type": ("model", "model_type"),
-    "amp_activation": ("model", "amp_activation"),
-    "generator": ("model", "generator"),
-    "train_data": ("training", "train_data_file"),
-    "train_corpus": ("training", "train_corpus"),
-    "test_data": ("training", "test_data_file"),
-    "output_dir": ("training", "output_dir"),
-    "epochs": ("training", "nepochs"),
-    "batch_size": ("training", "batch_size"),
-    "nphotons": ("training", "nphotons"),
-    "n_groups": ("training", "n_groups"),
-    "neighbor_count": ("training", "neighbor_count"),
-    "nll_weight": ("training", "nll_weight"),
-    "mae_weight": ("training", "mae_weight"),
-    "loss": ("training", "torch_loss_mode"),
-    "lr": ("execution", "learning_rate"),
-    "scheduler": ("execution", "scheduler"),
-    "devices": ("execution", "devices"),
-    "num_nodes": ("execution", "num_nodes"),
-    "strategy": ("execution", "strategy"),
-    "accelerator": ("execution", "accelerator"),
-    "precision": ("execution", "precision"),
-    "max_steps": ("execution", "max_steps"),
-    "checkpoint_every_n_steps": ("execution", "checkpoint_every_n_steps"),
-    "progress_every": ("execution", "progress_every_s"),
-    "logger": ("execution", "logger_backend"),
-    "seed": ("execution", "seed"),
-    "early_stop_patience": ("execution", "early_stop_patience"),
-    "gradient_clip_val": ("execution", "gradient_clip_val"),
-    "accumulate_grad_batches": ("execution", "accumulate_grad_batches"),
-    "num_workers": ("execution", "num_workers"),
+SECTIONS: dict[str, type] = {"model": ModelConfig, "training": TrainingConfig, "execution": PyTorchExecutionConfig}
+"""The ``--config`` sections and the dataclass of each; every field gets a flag (:func:`configure`)."""
+
+#: section -> {field: flag name}, for the flags whose names predate the generated ones
+RENAMED: dict[str, dict[str, str]] = {
+    "model": {"N": "n"},
+    "training": {"train_data_file": "train-data", "test_data_file": "test-data", "nepochs": "epochs",
+                 "torch_loss_mode": "loss"},
+    "execution": {"learning_rate": "lr", "progress_every_s": "progress-every", "logger_backend": "logger",
+                  "enable_progress_bar": "progress-bar"},
 }
 
-
-def _devices(value: str) -> int | str:
-    return int(value) if value.lstrip("-").isdigit() else value
+#: the allowed values of ``str`` fields (fields annotated ``Literal`` list their own)
+CHOICES: dict[str, tuple[str, ...]] = {"amp_activation": AMP_ACTIVATIONS, "generator": GENERATORS,
+                                       "scheduler": SCHEDULERS, "logger_backend": LOGGERS}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    """Add the ``train`` arguments (every default None: unset flags do not override the config file)."""
-    data = parser.add_argument_group("data")
-    data.add_argument("--train-data", type=Path, help="training scan: contract NPZ or the tike Siemens-star file")
-    data.add_argument("--train-corpus", type=Path,
-                      help="simulated corpus folder (`ptychopinn corpus`), streamed shard by shard, instead of "
-                           "--train-data")
-    data.add_argument("--test-data", type=Path, help="validation scan (default: hold out 5%% of the training groups)")
-    data.add_argument("--output-dir", type=Path, help="run directory (checkpoints/, logs/, summary.json)")
-    data.add_argument("--config", type=Path, help="YAML/JSON file with model/training/execution sections")
-    model = parser.add_argument_group("model")
-    model.add_argument("--n", type=int, help="patch size N (default 64; must match the data)")
-    model.add_argument("--gridsize", type=int, help="patterns per group side, C = gridsize**2 (default 1)")
-    model.add_argument("--n-filters-scale", type=int, help="width multiplier (default 2)")
-    model.add_argument("--model-type", choices=["pinn", "supervised"], help="default pinn")
-    model.add_argument("--amp-activation", help="sigmoid (default), swish, softplus or relu")
-    model.add_argument("--generator", choices=list(GENERATORS),
-                       help="last decoder stage: full (one head for the N x N window) or tf (TensorFlow parity)")
-    loss = parser.add_argument_group("training")
-    loss.add_argument("--epochs", type=int, help="total epochs (default 50)")
-    loss.add_argument("--batch-size", type=int, help="groups per step, a power of two (default 16)")
-    loss.add_argument("--nphotons", type=float, help="photons per pattern (default: the file's metadata, else 1e9)")
-    loss.add_argument("--n-groups", type=int, help="groups to sample (default: one per scan position)")
-    loss.add_argument("--neighbor-count", type=int,
-                      help="K: nearest neighbours a group's C members are drawn from at gridsize > 1 "
-                           "(default max(4, C); must be >= C = gridsize**2)")
-    loss.add_argument("--nll-weight", type=float, help="Poisson NLL weight (default 1)")
-    loss.add_argument("--mae-weight", type=float, help="amplitude MAE weight (default 0)")
-    loss.add_argument("--loss", choices=["poisson", "mae"], help="main loss (default poisson)")
-    loss.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
-    loss.add_argument("--scheduler", choices=list(SCHEDULERS), help="learning-rate schedule (default constant)")
-    loss.add_argument("--early-stop-patience", type=int, help="epochs without val improvement before stopping")
-    loss.add_argument("--gradient-clip-val", type=float, help="clip gradients to this norm")
-    loss.add_argument("--accumulate-grad-batches", type=int, help="accumulate gradients over this many steps")
-    loss.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
-    loss.add_argument("--seed", type=int, help="global seed (default 42)")
-    loss.add_argument("--resume", type=Path,
-                      help="continue from this checkpoint (e.g. RUN/checkpoints/last.ckpt) at its exact step; "
-                           "'auto': from --output-dir's last.ckpt when there is one (requeued batch jobs)")
-    loss.add_argument("--checkpoint-every-n-steps", type=int,
-                      help="also write last.ckpt every N optimiser steps (default: end of every epoch only)")
-    loss.add_argument("--init-from", type=Path,
-                      help="start from this checkpoint's weights (fine-tune a pretrained model, e.g. self-supervised "
-                           "on the scan to reconstruct); optimiser and step count start afresh")
-    hw = parser.add_argument_group("hardware")
-    hw.add_argument("--accelerator", help="auto (default), cpu, gpu, mps")
-    hw.add_argument("--devices", type=_devices, help="devices per node: a count, 'auto' or -1 (all)")
-    hw.add_argument("--num-nodes", type=int, help="nodes (SLURM: match --nodes)")
-    hw.add_argument("--strategy", help="auto (default), ddp, ddp_spawn, fsdp, ...")
-    hw.add_argument("--precision", help="32-true (default), bf16-mixed, 16-mixed, ...")
-    hw.add_argument("--num-workers", type=int, help="DataLoader worker processes (default 0)")
-    hw.add_argument("--logger", choices=list(LOGGERS), help="csv (default), tensorboard, mlflow or none")
-    hw.add_argument("--no-progress-bar", action="store_true",
-                    help="log one-line progress instead of a bar (automatic when stderr is not a terminal)")
-    hw.add_argument("--progress-every", type=float, metavar="SECONDS",
-                    help="seconds between progress log lines without a bar (default 30; 0: every step)")
+    """Add the ``train`` arguments: ``--config``, ``--resume``, ``--init-from``, and one flag per field of
+    the configuration dataclasses (:func:`ptycho_torch.config_flags.add_flags`; help from the field's
+    docstring). Every flag defaults to None: one not given does not override the config file."""
+    run = parser.add_argument_group("run")
+    run.add_argument("--config", type=Path, help="YAML/JSON file with model/training/execution sections (a run's "
+                                                 "config.json repeats it)")
+    run.add_argument("--resume", type=Path,
+                     help="continue from this checkpoint (e.g. RUN/checkpoints/last.ckpt) at its exact step; "
+                          "'auto': from --output-dir's last.ckpt when there is one (requeued batch jobs)")
+    run.add_argument("--init-from", type=Path,
+                     help="start from this checkpoint's weights (fine-tune a pretrained model, e.g. self-supervised "
+                          "on the scan to reconstruct); optimiser and step count start afresh")
+    for section, cls in SECTIONS.items():
+        add_flags(parser.add_argument_group(section), cls, section=section, rename=RENAMED[section],
+                  skip=NO_EFFECT, choices=CHOICES, notes={"output_dir": "required, here or in --config"})
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:
@@ -152,12 +87,8 @@ def build_configs(args: argparse.Namespace) -> tuple[TrainingConfig, PyTorchExec
             if not isinstance(values, dict):
                 raise ConfigError(f"`config` section {name!r} must be a mapping, got {type(values).__name__}")
             sections[name].update(values)
-    for dest, (section, field) in FLAG_FIELDS.items():
-        value = getattr(args, dest, None)
-        if value is not None:
-            sections[section][field] = value
-    if args.no_progress_bar:
-        sections["execution"]["enable_progress_bar"] = False
+    for section in SECTIONS:
+        sections[section].update(flag_values(args, section))
     if (sections["training"].get("train_data_file") is None) == (sections["training"].get("train_corpus") is None):
         raise ConfigError("exactly one of `train_data_file` and `train_corpus` must be given; pass --train-data "
                           "or --train-corpus (or set one in --config)")

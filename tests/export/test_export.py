@@ -22,8 +22,9 @@ import torch
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from export.bundle_writer import ExportOptions, export_bundle
+from export.bundle_writer import export_bundle
 from export.onnx import EXPORTER_LOGGERS
+from export.options import ExportOptions
 from export.verify import FP16_TOLERANCE, FP32_TOLERANCE, verification_inputs, verify_exports
 from ptycho_torch import params
 from ptycho_torch.bundle import Bundle
@@ -308,3 +309,25 @@ def test_torch_and_onnx_runners_give_the_same_object(exported: Exported, scan32:
     assert covered.sum() > 1000
     difference = np.abs(eager.amplitude * np.exp(1j * eager.phase) - onnx.amplitude * np.exp(1j * onnx.phase))
     assert difference[covered].max() <= 2 * FP32_TOLERANCE * max(1.0, onnx.amplitude.max())
+
+
+def test_export_flags_are_the_export_options_fields_with_their_docstrings(tmp_path):
+    import argparse
+    import dataclasses
+
+    from export import cli as export_cli
+    from ptycho_torch.config_flags import _plain, field_docs, flag_values
+
+    parser = argparse.ArgumentParser()
+    export_cli.configure(parser)
+    actions = {a.dest: a for a in parser._actions}
+    for f in dataclasses.fields(ExportOptions):
+        assert actions[f"options.{f.name}"].help.startswith(_plain(field_docs(ExportOptions)[f.name])), f.name
+    assert {"--zip", "--name", "--version", "--opset", "--fp16", "--max-batch-size", "--sign", "--pixel-size-m",
+            "--bad-pixel-mask"} <= {option for a in parser._actions for option in a.option_strings}
+    required = ["--checkpoint", "c.ckpt", "--out", str(tmp_path / "b")]
+    assert ExportOptions(**flag_values(parser.parse_args(required), "options", given_only=False)) == ExportOptions()
+    given = parser.parse_args([*required, "--zip", "--name", "beamline", "--version", "3", "--stitch-m", "8",
+                               "--bad-pixel-mask", "mask.npy", "--tolerance", "1e-3"])
+    assert ExportOptions(**flag_values(given, "options", given_only=False)) == ExportOptions(
+        zip=True, name="beamline", version=3, stitch_M=8, bad_pixels=Path("mask.npy"), tolerance=1e-3)

@@ -131,3 +131,52 @@ def test_train_logs_one_warning_line_per_legacy_knob_without_effect(tmp_path, ca
     with caplog.at_level("WARNING", logger="training.cli"):
         train_cli.build_configs(args)
     assert caplog.records == []
+
+
+OLD_TRAIN_FLAGS = {  # the flags of `ptychopinn train` before they were generated: users' scripts rely on them
+    "--train-data", "--train-corpus", "--test-data", "--output-dir", "--config", "--n", "--gridsize", "--n-filters-scale",
+    "--model-type", "--amp-activation", "--generator", "--epochs", "--batch-size", "--nphotons", "--n-groups",
+    "--neighbor-count", "--nll-weight", "--mae-weight", "--loss", "--lr", "--scheduler", "--early-stop-patience",
+    "--gradient-clip-val", "--accumulate-grad-batches", "--max-steps", "--seed", "--resume",
+    "--checkpoint-every-n-steps", "--init-from", "--accelerator", "--devices", "--num-nodes", "--strategy",
+    "--precision", "--num-workers", "--logger", "--no-progress-bar", "--progress-every",
+}
+
+
+def test_every_config_field_has_a_train_flag_with_its_docstring_help():
+    import argparse
+    import dataclasses
+    import typing
+
+    from ptycho_torch.config import NO_EFFECT
+    from ptycho_torch.config_flags import _plain, field_docs
+
+    parser = argparse.ArgumentParser()
+    train_cli.configure(parser)
+    actions = {a.dest: a for a in parser._actions}
+    assert OLD_TRAIN_FLAGS <= {option for a in parser._actions for option in a.option_strings}
+    for section, cls in train_cli.SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            fixed = typing.get_origin(hints[f.name]) is typing.Literal and len(typing.get_args(hints[f.name])) == 1
+            if f.name == "model" or f.name in NO_EFFECT or fixed:  # nested, legacy without effect, one value
+                assert f"{section}.{f.name}" not in actions
+                continue
+            action = actions[f"{section}.{f.name}"]
+            assert action.help.startswith(_plain(field_docs(cls)[f.name]).replace("%", "%%")), f.name
+            assert action.default is None  # a flag not given overrides neither the file nor the default
+
+
+def test_generated_flags_reach_the_configs(tmp_path):
+    args = _parse(["--train-data", "a.npz", "--output-dir", str(tmp_path), "--no-object-big", "--probe-scale", "2",
+                   "--n-subsample", "10", "--subsample-seed", "3", "--no-deterministic", "--gradient-clip-val", "1",
+                   "--gradient-clip-algorithm", "value", "--devices", "auto", "--no-progress-bar", "--generator",
+                   "smooth", "--amp-activation", "relu"])
+    training, execution, _ = train_cli.build_configs(args)
+    assert (training.model.object_big, training.model.probe_scale, training.model.generator,
+            training.model.amp_activation) == (False, 2.0, "smooth", "relu")
+    assert (training.n_subsample, training.subsample_seed) == (10, 3)
+    assert (execution.deterministic, execution.gradient_clip_val, execution.gradient_clip_algorithm,
+            execution.devices, execution.enable_progress_bar) == (False, 1.0, "value", "auto", False)
+    with pytest.raises(SystemExit):  # a value outside the choices is refused by the parser
+        _parse(["--amp-activation", "tanh"])
