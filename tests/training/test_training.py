@@ -91,6 +91,28 @@ def test_checkpoint_contract(trained_run, scan_files):
         torch.testing.assert_close(value, state[name])
 
 
+def test_the_resolved_config_is_written_next_to_summary_and_repeats_the_run(trained_run):
+    """RUN/config.json is the checkpoint's resolved configuration (defaults, flags and the scan merged),
+    in the sections `train --config` reads: read back, it gives the very configs the run trained with."""
+    import argparse
+
+    from ptycho_torch.config import PyTorchExecutionConfig, config_from_dict
+    from training import cli as train_cli
+
+    resolved = json.loads((trained_run / "config.json").read_text())
+    hparams = torch.load(trained_run / "checkpoints" / "last.ckpt", map_location="cpu",
+                         weights_only=True)["hyper_parameters"]
+    assert resolved == {"model": hparams["model_config"], "training": hparams["training_config"],
+                        "execution": hparams["execution_config"]}
+    assert resolved["training"]["neighbor_count"] == 4 and resolved["execution"]["seed"] == 0
+    parser = argparse.ArgumentParser()
+    train_cli.configure(parser)
+    training, execution, _ = train_cli.build_configs(parser.parse_args(["--config", str(trained_run / "config.json")]))
+    record = CheckpointRecord.from_hparams(hparams)
+    assert training == record.training
+    assert execution == config_from_dict(PyTorchExecutionConfig, hparams["execution_config"])
+
+
 def test_load_generator_rejects_a_non_checkpoint(tmp_path):
     bogus = tmp_path / "x.ckpt"
     bogus.write_bytes(b"not a checkpoint")
