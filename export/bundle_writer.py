@@ -91,7 +91,7 @@ def export_bundle(generator: torch.nn.Module, out: Path, *, record: CheckpointRe
         channels=config.channels, opset=options.opset, inputs=inputs, outputs=outputs,
         normalization=Normalization(rule=NORMALIZATION_RULE, training_scale=record.training_scale),
         intensity_scale=record.intensity_scale,
-        stitch_M=options.stitch_M or default_stitch_M(config.N),
+        stitch_M=options.stitch_M or default_stitch_M(config.N), neighbor_count=record.training.neighbor_count,
         provenance=Provenance(
             package_version=_package_version(), torch_version=torch.__version__, onnx_version=onnx.__version__,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"), git_commit=_git_commit(),

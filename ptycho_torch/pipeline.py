@@ -54,6 +54,12 @@ class ModelInfo(Protocol):
     def stitch_M(self) -> int: ...  # noqa: N802
 
     @property
+    def neighbor_count(self) -> int:
+        """K nearest neighbours a group's members are drawn from when the request gives none (gridsize > 1):
+        what the model was trained with."""
+        ...
+
+    @property
     def training_scale(self) -> float:
         """The normalisation scalar measured on the training data (the ``bundle`` scale policy)."""
         ...
@@ -107,8 +113,8 @@ class ReconstructOptions:
     """The network's ``scale`` input, given explicitly (e.g. one value for every chunk of a scan);
     None: computed by ``scale_policy``."""
     neighbor_count: int | None = None
-    """K nearest neighbours a group's members are drawn from (gridsize > 1 only); None:
-    :func:`~ptycho_torch.grouping.default_neighbor_count` of the model's C."""
+    """K nearest neighbours a group's members are drawn from (gridsize > 1 only); None: the model's
+    (:attr:`ModelInfo.neighbor_count`, what it was trained with)."""
     seed: int = 0
     """Seed of the neighbour draw (gridsize > 1 only), so a request is reproducible."""
     pixel_size_m: float | None = None
@@ -329,7 +335,7 @@ def reconstruct_steps(
         raise InvalidInput(f"`stitch_M` must be in [1, N/2 = {model.N // 2}], got {M}")
     if model.channels > 1 and options.neighbor_count is not None and options.neighbor_count < model.channels:
         raise InvalidInput(f"`neighbor_count` must be >= gridsize**2 = {model.channels} for this model, got "
-                           f"{options.neighbor_count}; omit it for the default max(4, C)")
+                           f"{options.neighbor_count}; omit it for the model's {model.neighbor_count}")
     if model.channels > 1 and len(x) <= model.channels:
         raise InvalidInput(f"`patterns` must hold more than gridsize**2 = {model.channels} patterns for this "
                            f"model (gridsize {model.gridsize}), got {len(x)}; send the whole scan")
@@ -360,8 +366,8 @@ def reconstruct_steps(
         members = np.arange(len(x))[:, None]
         diffraction = x[:, None]
     else:
-        members = group_indices(pos[:, 0], pos[:, 1], gridsize=model.gridsize,
-                                K=options.neighbor_count, seed=options.seed)
+        K = model.neighbor_count if options.neighbor_count is None else options.neighbor_count  # noqa: N806
+        members = group_indices(pos[:, 0], pos[:, 1], gridsize=model.gridsize, K=K, seed=options.seed)
         diffraction = x[members]
     t3 = time.perf_counter()
 

@@ -4,7 +4,7 @@ model reconstructs through the same pipeline as an ONNX bundle or a remote serve
 ``TorchRunner(generator, training_scale=...)`` answers ``infer(diffraction (B, C, N, N), scale (B,))``
 with ``(amplitude, phase)`` ``(B, C, N, N)`` float32 in batches of ``batch_size`` under
 ``torch.inference_mode``; its :attr:`~TorchRunner.model` is the :class:`TorchModel` the pipeline
-reads (N, gridsize, stitch_M, training scale, training probe).
+reads (N, gridsize, stitch_M, neighbour count, training scale, training probe).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import numpy.typing as npt
 import torch
 
 from ptycho_torch.checkpoint import load_generator
+from ptycho_torch.grouping import default_neighbor_count
 from ptycho_torch.model import PtychoPINNGenerator
 from ptycho_torch.stitching import default_stitch_M
 
@@ -31,6 +32,8 @@ class TorchModel:
     gridsize: int
     stitch_M: int  # noqa: N815
     training_scale: float
+    neighbor_count: int
+    """K the generator was trained with: the reconstruct default (gridsize > 1)."""
     probe: npt.NDArray[np.complex64] | None = None
     """The training probe ``(P, N, N)``, or None when unknown."""
     default_scale_policy: str = "scan"
@@ -49,13 +52,15 @@ class TorchRunner:
 
     def __init__(self, generator: PtychoPINNGenerator, *, training_scale: float,
                  probe: npt.ArrayLike | None = None, stitch_M: int | None = None,  # noqa: N803
-                 bad_pixels: npt.ArrayLike | None = None, batch_size: int = 64) -> None:
+                 neighbor_count: int | None = None, bad_pixels: npt.ArrayLike | None = None,
+                 batch_size: int = 64) -> None:
         config = generator.config
         self.generator = generator.eval()
         self.batch_size = batch_size
         self.model = TorchModel(
             N=config.N, gridsize=config.gridsize, training_scale=float(training_scale),
             stitch_M=default_stitch_M(config.N) if stitch_M is None else stitch_M,
+            neighbor_count=default_neighbor_count(config.channels) if neighbor_count is None else neighbor_count,
             probe=None if probe is None else np.asarray(probe, np.complex64).reshape(-1, config.N, config.N),
             bad_pixels=None if bad_pixels is None else np.asarray(bad_pixels, bool))
 
@@ -63,7 +68,8 @@ class TorchRunner:
     def from_checkpoint(cls, path: str | Path, *, batch_size: int = 64) -> TorchRunner:
         """A runner for a Lightning checkpoint (see :func:`~ptycho_torch.checkpoint.load_generator`)."""
         generator, record, probe = load_generator(path)
-        return cls(generator, training_scale=record.training_scale, probe=probe, batch_size=batch_size)
+        return cls(generator, training_scale=record.training_scale, probe=probe,
+                   neighbor_count=record.training.neighbor_count, batch_size=batch_size)
 
     def infer(self, diffraction: npt.NDArray[np.float32], scale: npt.NDArray[np.float32]
               ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:

@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ptycho_torch.errors import ConfigError, PtychoError
+from ptycho_torch.grouping import default_neighbor_count
 from ptycho_torch.pipeline import ReconstructOptions, Reconstruction
 from serving.errors import Overloaded, SessionNotFound, Unauthorized, error_for_status
 from serving.npz_wire import RECONSTRUCT_MEDIA_TYPE, decode_reconstruction, encode_arrays, encode_reconstruct_request
@@ -230,6 +231,8 @@ class ServedModel:
     gridsize: int
     stitch_M: int  # noqa: N815
     training_scale: float
+    neighbor_count: int
+    """K the served model was trained with (published by the server; max(4, C) for older servers)."""
     default_scale_policy: str = "scan"
     pixel_size_m: float | None = None
     """The training data's object pixel size (metres) the server publishes, or None."""
@@ -246,13 +249,14 @@ class ServedModel:
     def from_metadata(cls, metadata: dict[str, Any]) -> ServedModel:
         """From ``GET /v2/models/{name}`` (see :meth:`Client.model_metadata`)."""
         p = metadata["parameters"]
-        N = int(p["N"])  # noqa: N806
+        N, gridsize = int(p["N"]), int(p["gridsize"])  # noqa: N806
         bad_pixels = None
         if p.get("bad_pixels"):
             bad_pixels = np.zeros((N, N), bool)
             bad_pixels[tuple(np.asarray(p["bad_pixels"], dtype=np.intp).T)] = True
-        return cls(name=metadata["name"], N=N, gridsize=int(p["gridsize"]), stitch_M=int(p["stitch_M"]),
+        return cls(name=metadata["name"], N=N, gridsize=gridsize, stitch_M=int(p["stitch_M"]),
                    training_scale=float(p["training_scale"]), pixel_size_m=p.get("pixel_size_m"),
+                   neighbor_count=int(p.get("neighbor_count") or default_neighbor_count(gridsize**2)),
                    bad_pixels=bad_pixels)
 
 

@@ -132,6 +132,7 @@ class ServedModel:
             outputs=(TensorMetadata("amplitude", "FP32", shape), TensorMetadata("phase", "FP32", shape)),
             parameters={"providers": engine.providers, "max_batch_size": batcher.max_batch_size, "N": bundle.N,
                         "gridsize": bundle.gridsize, "stitch_M": bundle.stitch_M,
+                        "neighbor_count": bundle.neighbor_count,
                         "training_scale": bundle.training_scale, "pixel_size_m": bundle.pixel_size_m,
                         "bad_pixels": [] if bundle.bad_pixels is None else np.argwhere(bundle.bad_pixels).tolist()},
         )

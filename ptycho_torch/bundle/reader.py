@@ -32,6 +32,7 @@ from ptycho_torch.bundle.schema import (
 )
 from ptycho_torch.checksums import sha256_file
 from ptycho_torch.errors import BundleError
+from ptycho_torch.grouping import default_neighbor_count
 
 PICKLE_SUFFIXES: Final = (".pkl", ".pickle", ".pt", ".pth", ".dill", ".joblib", ".ckpt")
 MAX_ZIP_BYTES: Final = 4 << 30
@@ -96,6 +97,13 @@ class Bundle:
     @property
     def stitch_M(self) -> int:  # noqa: N802
         return self.manifest.stitch_M
+
+    @property
+    def neighbor_count(self) -> int:
+        """K the model was trained with (the reconstruct default): the manifest's, or
+        :func:`~ptycho_torch.grouping.default_neighbor_count` of C for bundles that do not record it."""
+        m = self.manifest
+        return default_neighbor_count(m.channels) if m.neighbor_count is None else m.neighbor_count
 
     @property
     def pixel_size_m(self) -> float | None:
@@ -321,7 +329,8 @@ def summarize(bundle: Bundle) -> str:
     lines = [
         f"bundle     {bundle.source}",
         f"model      {m.name} v{m.version} (format {m.format} v{m.format_version}, ONNX opset {m.opset})",
-        f"geometry   N={m.N} gridsize={m.gridsize} C={m.channels} stitch_M={m.stitch_M}",
+        f"geometry   N={m.N} gridsize={m.gridsize} C={m.channels} stitch_M={m.stitch_M} "
+        f"neighbor_count={bundle.neighbor_count}{'' if m.neighbor_count is not None else ' (default, not recorded)'}",
         *(f"input      {s.name} {s.dtype} {list(s.shape)}" for s in m.inputs),
         *(f"output     {s.name} {s.dtype} {list(s.shape)}" for s in m.outputs),
         f"scale      {m.normalization.rule}; training value {m.normalization.training_scale:.6g}, "

@@ -141,6 +141,10 @@ class Manifest(_Strict):
     """Optional extra ONNX graphs with the same signature: ``fp16``, ``ort_optimized`` -> file."""
     training: TrainingRecord | None = None
     """The training record (None for bundles exported without their run's ``summary.json``)."""
+    neighbor_count: Annotated[int, Field(gt=0)] | None = None
+    """K nearest neighbours a group's members were drawn from in training, the reconstruct default
+    (gridsize > 1); None in bundles written before it was recorded: then
+    :func:`~ptycho_torch.grouping.default_neighbor_count` of C (see :attr:`Bundle.neighbor_count`)."""
     coordinates: str = COORDINATE_CONVENTION
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
@@ -193,6 +197,9 @@ class Manifest(_Strict):
                     raise BundleError(f"{MANIFEST_FILE}: `{group}.{spec.name}` must be float32 "
                                       f"{list(expected[spec.name])} for N={self.N}, C={self.channels}, got "
                                       f"{spec.dtype} {list(spec.shape)}; re-export the bundle")
+        if self.neighbor_count is not None and self.neighbor_count < self.channels:
+            raise BundleError(f"{MANIFEST_FILE}: `neighbor_count` must be >= channels = {self.channels}, got "
+                              f"{self.neighbor_count}; re-export the bundle")
         if not 1 <= self.stitch_M <= self.N // 2:
             raise BundleError(f"{MANIFEST_FILE}: `stitch_M` must be in [1, N/2 = {self.N // 2}], got {self.stitch_M}")
         missing = [f for f in (*REQUIRED_FILES, *self.variants.values()) if f not in self.files]

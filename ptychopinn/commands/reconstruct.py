@@ -229,7 +229,7 @@ def _reconstruct_in_process(args: argparse.Namespace, scan: RawData) -> Reconstr
     from ptycho_torch.workflows.components import load_inference_bundle_torch
 
     generator, snapshot = load_inference_bundle_torch(args.model)
-    runner = TorchRunner(generator, training_scale=float(snapshot["input_scale"]), batch_size=args.batch_size)
-    options = ReconstructOptions(scale_policy=args.scale_policy, stitch_M=args.stitch_m, seed=args.seed,
-                                 neighbor_count=snapshot.get("neighbor_count"))
+    runner = TorchRunner(generator, training_scale=float(snapshot["input_scale"]),
+                         neighbor_count=snapshot.get("neighbor_count"), batch_size=args.batch_size)
+    options = ReconstructOptions(scale_policy=args.scale_policy, stitch_M=args.stitch_m, seed=args.seed)
     return reconstruct(runner, scan.diff3d, np.column_stack([scan.xcoords, scan.ycoords]), options=options)

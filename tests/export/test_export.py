@@ -31,7 +31,7 @@ from ptycho_torch.bundle import Bundle
 from ptycho_torch.checkpoint import CheckpointRecord, load_generator
 from ptycho_torch.config import ModelConfig, TrainingConfig
 from ptycho_torch.data import load_siemens_star
-from ptycho_torch.errors import ExportError
+from ptycho_torch.errors import BundleError, ExportError
 from ptycho_torch.model import PtychoPINNGenerator
 from ptychopinn.cli import main as cli_main
 
@@ -331,3 +331,41 @@ def test_export_flags_are_the_export_options_fields_with_their_docstrings(tmp_pa
                                "--bad-pixel-mask", "mask.npy", "--tolerance", "1e-3"])
     assert ExportOptions(**flag_values(given, "options", given_only=False)) == ExportOptions(
         zip=True, name="beamline", version=3, stitch_M=8, bad_pixels=Path("mask.npy"), tolerance=1e-3)
+
+
+def test_the_trained_neighbor_count_is_recorded_and_is_the_reconstruct_default(scan32: Path, tmp_path: Path) -> None:
+    """``train --neighbor-count 6`` at gridsize 2 -> the manifest records K = 6 -> every runner groups with
+    it when a request gives none; a bundle written before K was recorded falls back to max(4, C)."""
+    from ptycho_torch.bundle import load_bundle
+    from ptycho_torch.data import RawData
+    from ptycho_torch.pipeline import ReconstructOptions, reconstruct
+    from ptycho_torch.torch_runner import TorchRunner
+    from serving.engine import Engine
+
+    run = tmp_path / "run"
+    assert cli_main(["train", "--train-data", str(scan32), "--output-dir", str(run), "--n", str(N), "--gridsize", "2",
+                     "--neighbor-count", "6", "--n-filters-scale", "1", "--batch-size", "8", "--epochs", "1",
+                     "--max-steps", "2", "--accelerator", "cpu", "--logger", "none", "--no-progress-bar"]) == 0
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    assert cli_main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "bundle")]) == 0
+    bundle = load_bundle(tmp_path / "bundle")
+    assert json.loads((bundle.root / "manifest.json").read_text())["neighbor_count"] == 6 == bundle.neighbor_count
+    assert TorchRunner.from_checkpoint(checkpoint).model.neighbor_count == 6
+
+    scan = RawData.from_file(scan32).subset(np.arange(120))
+    positions = np.column_stack([scan.xcoords, scan.ycoords])
+    engine = Engine(bundle, providers=["cpu"], warmup=False)
+    default = reconstruct(engine, scan.diff3d, positions)
+    six = reconstruct(engine, scan.diff3d, positions, options=ReconstructOptions(neighbor_count=6))
+    four = reconstruct(engine, scan.diff3d, positions, options=ReconstructOptions(neighbor_count=4))
+    np.testing.assert_array_equal(default.amplitude, six.amplitude)
+    assert not np.array_equal(default.amplitude, four.amplitude)  # K changes which neighbours form a group
+
+    manifest = json.loads((bundle.root / "manifest.json").read_text())
+    del manifest["neighbor_count"]  # as written before K was recorded
+    (bundle.root / "manifest.json").write_text(json.dumps(manifest))
+    assert load_bundle(bundle.root).neighbor_count == 4  # max(4, C)
+    manifest["neighbor_count"] = 3
+    (bundle.root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"`neighbor_count` must be >= channels = 4, got 3"):
+        load_bundle(bundle.root)

@@ -34,3 +34,16 @@ def test_a_scan_over_the_request_limit_goes_out_in_chunks_and_equals_in_process(
     np.testing.assert_array_equal(remote.amplitude, local.amplitude)
     np.testing.assert_array_equal(remote.phase, local.phase)
     np.testing.assert_array_equal(remote.coverage, local.coverage)
+
+
+def test_the_served_model_publishes_its_neighbor_count(oracle_bundle_g2, serve) -> None:
+    """K travels in the model metadata, so a remote reconstruction groups as the server's bundle says;
+    metadata from a server that does not publish it means max(4, C)."""
+    engine = Engine(oracle_bundle_g2, providers=["cpu"], warmup=False)
+    with Client(serve(create_app(engine)).url) as client:
+        metadata = client.model_metadata("oracle2")
+    assert metadata["parameters"]["neighbor_count"] == oracle_bundle_g2.neighbor_count == 4
+    metadata["parameters"]["neighbor_count"] = 7
+    assert ServedModel.from_metadata(metadata).neighbor_count == 7
+    del metadata["parameters"]["neighbor_count"]
+    assert ServedModel.from_metadata(metadata).neighbor_count == 4
