@@ -234,8 +234,10 @@ def fourier_ring_correlation(image1: npt.ArrayLike, image2: npt.ArrayLike) -> Fl
 def frc_cutoff(curve: npt.ArrayLike, threshold: float) -> float:
     """First ring where ``curve`` drops below ``threshold``, linearly interpolated between rings.
 
-    Returns ``len(curve)`` when it never does (resolution limited by the image size). Ring 0 (the
-    mean) is skipped. Common thresholds: 0.5 and 1/7.
+    Returns ``len(curve)`` when it never does (resolution limited by the image size), and 0.0 when
+    the curve is below ``threshold`` at ring 1 and ring 0 is not above it (nothing is resolved, e.g.
+    a flat object: there is no crossing to interpolate). Ring 0 (the mean) is skipped otherwise.
+    Common thresholds: 0.5 and 1/7.
     """
     c = np.asarray(curve, dtype=np.float64)
     below = np.flatnonzero(c[1:] < threshold) + 1
@@ -243,6 +245,8 @@ def frc_cutoff(curve: npt.ArrayLike, threshold: float) -> float:
         return float(len(c))
     k = int(below[0])
     upper, lower = c[k - 1], c[k]
+    if upper < threshold:  # only at k = 1: ring 0 is below too, the curve never crosses
+        return 0.0
     return float(k - 1 + (upper - threshold) / (upper - lower))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -93,6 +94,17 @@ def test_frc_cutoff_interpolates_between_rings():
     assert metrics.frc_cutoff(curve, 0.5) == pytest.approx(2.5)
     assert metrics.frc_cutoff(curve, 1 / 7) == pytest.approx(3 + (0.3 - 1 / 7) / 0.2)
     assert metrics.frc_cutoff([1.0, 0.9, 0.8], 0.5) == 3.0
+    assert metrics.frc_cutoff([0.5, 0.2, 0.1], 0.5) == pytest.approx(0.0)  # crosses exactly at ring 0
+
+
+def test_frc_cutoff_is_zero_when_nothing_is_resolved():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no 'divide by zero' RuntimeWarning
+        assert metrics.frc_cutoff([0.0, 0.0, 0.0, 0.0], 0.5) == 0.0  # ring 0 equals ring 1, both below
+        assert metrics.frc_cutoff([0.2, 0.1, 0.6, 0.0], 0.5) == 0.0  # was -3: interpolated outside [0, 1]
+        flat = np.ones((32, 32), np.complex128)  # a flat object: amplitude only in ring 0, phase 0 everywhere
+        result = metrics.evaluate_reconstruction(flat, flat, register_first=False)
+    assert result["frc50"] == (0.5, 0.0) and result["frc1over7"] == (pytest.approx(6 / 7), 0.0)
 
 
 def test_mismatched_shapes_name_both_shapes():
