@@ -40,7 +40,8 @@ VENV = Path(sys.executable).parent.parent
 #: what `make demo` does not install; the demo must not import any of it
 NOT_IN_DEMO = ("torch", "lightning", "pytorch_lightning", "ptychodus", "mlflow", "tensorboard")
 #: reads the shipped scan, the failing cases and the default bundle (about 20 s on 2 cores)
-TEST_SUBSET = ("tests/ptycho_torch/test_data.py", "tests/serving/test_bundle.py", "tests/serving/test_pipeline.py")
+TEST_SUBSET = ("tests/ptycho_torch/test_data.py", "tests/ptycho_torch/test_bundle.py",
+               "tests/ptycho_torch/test_pipeline.py")
 BLOCKER = textwrap.dedent(f"""\
     import importlib.abc, sys
 

@@ -1,7 +1,7 @@
 """Fixtures: the serving oracle bundle as a .zip, the oracle scan, settings, live servers.
 
-The oracle bundle and the live uvicorn server come from ``tests/serving`` (one oracle, one server
-fixture for the whole suite).
+The oracle bundle comes from ``tests/oracle.py`` and the live uvicorn server from ``tests/serving``
+(one oracle, one server fixture for the whole suite).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 SERVING_TESTS = Path(__file__).resolve().parents[1] / "serving"
-sys.path.insert(0, str(SERVING_TESTS))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 

@@ -1,6 +1,6 @@
 """Ptychodus scans for the tests, built with Ptychodus' own API and geometry.
 
-The oracle scan pairs with the serving oracle bundle (``tests/serving/oracle.py``: phase =
+The oracle scan pairs with the serving oracle bundle (``tests/oracle.py``: phase =
 ``PHASE_FACTOR * diffraction``, amplitude = ``diffraction * scale``). Each pattern holds, as
 ``counts = amplitude**2``, the amplitude ``phi_patch / PHASE_FACTOR`` of a patch of a known phase
 object ``phi`` cut at the position's own pixel by Ptychodus' ``BarycentricArrayInterpolator`` at
@@ -29,7 +29,7 @@ from ptychodus.api.reconstruct import ReconstructInput, prepare_reconstruct_inpu
 
 from ptycho_torch.data import load_siemens_star, spatial_split
 
-from oracle import PHASE_FACTOR, write_oracle_bundle  # tests/serving, put on sys.path by conftest
+from oracle import PHASE_FACTOR, write_oracle_bundle  # tests/oracle.py, on sys.path through tests/conftest.py
 
 N = 32
 PIXEL_M = 10e-9

@@ -12,7 +12,7 @@ import pytest
 from ptycho_torch.bundle import TRUSTED_KEYS_ENV, generate_key_pair, sign_bundle
 from ptycho_torch.errors import BundleError
 from serving.ptychodus.onnx_reconstructor import OnnxReconstructor
-from oracle import write_oracle_bundle  # tests/serving, on sys.path through conftest
+from oracle import write_oracle_bundle  # tests/oracle.py, on sys.path through tests/conftest.py
 from serving.ptychodus.settings import PtychoPINNServeSettings
 
 def test_load_model_refuses_a_too_new_graph_and_an_unsigned_bundle(tmp_path: Path, settings: PtychoPINNServeSettings,

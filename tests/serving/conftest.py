@@ -1,4 +1,5 @@
-"""Fixtures: the oracle bundle and engine, and real uvicorn servers on free 127.0.0.1 ports."""
+"""Fixtures: real uvicorn servers on free 127.0.0.1 ports (the oracle bundle and its engine come
+from ``tests/conftest.py``)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,9 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # headless.py, hostile_inputs.py
 
-from oracle import write_oracle_bundle  # noqa: E402
-
-from ptycho_torch.bundle import Bundle, load_bundle  # noqa: E402
 from serving.engine import Engine  # noqa: E402
-
-N = 32
 
 
 class LiveServer:
@@ -43,22 +39,6 @@ class LiveServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=20)
-
-
-@pytest.fixture(scope="session")
-def oracle_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
-    return load_bundle(write_oracle_bundle(tmp_path_factory.mktemp("oracle") / "bundle", N=N))
-
-
-@pytest.fixture(scope="session")
-def oracle_bundle_g2(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
-    return load_bundle(write_oracle_bundle(tmp_path_factory.mktemp("oracle2") / "bundle", N=N, gridsize=2,
-                                           name="oracle2"))
-
-
-@pytest.fixture(scope="session")
-def engine(oracle_bundle: Bundle) -> Engine:
-    return Engine(oracle_bundle, max_batch_size=16, providers=["cpu"], intra_op_threads=1)
 
 
 @pytest.fixture
