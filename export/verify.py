@@ -40,7 +40,7 @@ def verification_inputs(scan: Path, N: int, gridsize: int, n_groups: int = 64, s
                           "pass --data with a scan at the model's N") from error
     grouped = raw.generate_grouped_data(N, n_groups=min(n_groups, len(raw)),
                                         gridsize=gridsize, seed=seed)
-    return np.ascontiguousarray(np.moveaxis(grouped["diffraction"], -1, 1), dtype=np.float32)
+    return np.ascontiguousarray(grouped.channels_first, dtype=np.float32)
 
 
 def torch_runner(module: torch.nn.Module) -> Run:

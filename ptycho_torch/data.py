@@ -37,7 +37,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ptycho_torch.errors import DataContractError
-from ptycho_torch.grouping import build_grouped_data, group_indices
+from ptycho_torch.grouping import GroupedScan, build_grouped_data, group_indices
 from ptycho_torch.scan_checks import prepare_scan, to_amplitudes
 
 logger = logging.getLogger(__name__)
@@ -220,8 +220,8 @@ class RawData:
 
     def generate_grouped_data(
         self, N: int, K: int | None = None, n_groups: int | None = None, gridsize: int = 1, seed: int | None = None
-    ) -> dict[str, Any]:
-        """Group the scan (see :mod:`ptycho_torch.grouping` for the returned dictionary)."""
+    ) -> GroupedScan:
+        """Group the scan into a :class:`~ptycho_torch.grouping.GroupedScan` (see :mod:`ptycho_torch.grouping`)."""
         if N != self.N:
             raise _fail("N", f"the scan's pattern size {self.N}", N, "build the model for the data's N")
         nn_indices = group_indices(self.xcoords, self.ycoords, gridsize=gridsize, K=K, n_groups=n_groups, seed=seed)

@@ -1,34 +1,19 @@
-"""Group scan positions into solution regions and build the grouped dictionary (as PtychoPINN groups them).
+"""Group scan positions into solution regions and build the :class:`GroupedScan` (as PtychoPINN groups them).
 
 Vectorised numpy/scipy, seeded with :func:`numpy.random.default_rng`. ``gridsize == 1`` gives one
 group per position; ``gridsize > 1`` draws ``C = gridsize**2`` members, without replacement, from
 the ``K`` nearest neighbours of each seed position (the seed itself excluded), as PtychoPINN's
-"sample-then-group".
-
-The grouped dictionary (``B`` groups, ``C`` channels, channels-last like PtychoPINN):
-
-=====================  ===============  =====================================================
-key                    shape            meaning
-=====================  ===============  =====================================================
-``diffraction``        (B, N, N, C)     raw amplitudes (float32) gathered by ``nn_indices``
-``X_full``             (B, N, N, C)     ``diffraction * input_scale`` (float32), the model input
-``input_scale``        float            :func:`~ptycho_torch.normalization.input_scale` of the scan
-``Y``                  (B, N, N, C)     ground-truth patches (complex64) or None
-``coords_nn``          (B, 1, 2, C)     absolute centre positions ``[x, y]`` (float64)
-``coords_offsets``     (B, 1, 2, 1)     group centre = mean of members ("global offset")
-``coords_relative``    (B, 1, 2, C)     ``-(coords_nn - coords_offsets)``; sums to 0 per group
-``coords_start_*``     same             the same three arrays from ``x/ycoords_start``
-``nn_indices``         (B, C)           int64 indices into the scan's arrays
-``objectGuess``        (H, W) or None   passed through
-=====================  ===============  =====================================================
+"sample-then-group". The :class:`GroupedScan` keeps PtychoPINN's grouped-dictionary names
+(``diffraction``, ``X_full``, ``Y``, ``coords_*``, ``nn_indices``) as typed fields.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 from numpy.typing import ArrayLike
 from scipy.spatial import cKDTree
 
@@ -36,6 +21,57 @@ from ptycho_torch.errors import DataContractError
 from ptycho_torch.normalization import input_scale
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class GroupedScan:
+    """A scan gathered into ``B`` groups of ``C = gridsize**2`` patterns, channels last like PtychoPINN.
+
+    Coordinates are ``[x, y]`` object pixels (patch centres); ``coords_*`` arrays hold ``x`` at
+    index 0 and ``y`` at index 1 of their third axis.
+    """
+
+    diffraction: npt.NDArray[np.float32]
+    """``(B, N, N, C)`` float32: raw amplitudes gathered by ``nn_indices``."""
+    input_scale: float
+    """:func:`~ptycho_torch.normalization.input_scale` of the whole scan (one scalar per scan)."""
+    Y: npt.NDArray[np.complex64] | None  # noqa: N815 - the NPZ contract's name
+    """``(B, N, N, C)`` complex64 ground-truth object patches, or None when the scan has no object."""
+    coords_nn: npt.NDArray[np.float64]
+    """``(B, 1, 2, C)`` float64: each member's absolute position."""
+    coords_offsets: npt.NDArray[np.float64]
+    """``(B, 1, 2, 1)`` float64: group centre, the mean of its members ("global offset")."""
+    coords_relative: npt.NDArray[np.float64]
+    """``(B, 1, 2, C)`` float64: ``-(coords_nn - coords_offsets)``; sums to 0 over each group."""
+    coords_start_nn: npt.NDArray[np.float64]
+    """``(B, 1, 2, C)`` float64: ``coords_nn`` from the scan's ``x/ycoords_start``."""
+    coords_start_offsets: npt.NDArray[np.float64]
+    """``(B, 1, 2, 1)`` float64: ``coords_offsets`` from ``x/ycoords_start``."""
+    coords_start_relative: npt.NDArray[np.float64]
+    """``(B, 1, 2, C)`` float64: ``coords_relative`` from ``x/ycoords_start``."""
+    nn_indices: npt.NDArray[np.int64]
+    """``(B, C)`` int64: each member's index into the scan's arrays."""
+    objectGuess: npt.NDArray[np.complexfloating] | None = None  # noqa: N815 - the NPZ contract's name
+    """``(H, W)`` the scan's object, passed through (None when it has none)."""
+
+    def __len__(self) -> int:
+        return len(self.nn_indices)
+
+    @property
+    def X_full(self) -> npt.NDArray[np.float32]:  # noqa: N802 - PtychoPINN's name
+        """``(B, N, N, C)`` float32 ``diffraction * input_scale``: the normalised network input (a new array)."""
+        return (self.diffraction * np.float32(self.input_scale)).astype(np.float32, copy=False)
+
+    @property
+    def channels_first(self) -> npt.NDArray[np.float32]:
+        """``(B, C, N, N)`` float32 view of ``diffraction``: the generator's and the graph's layout."""
+        return np.moveaxis(self.diffraction, -1, 1)
+
+    @property
+    def member_positions(self) -> npt.NDArray[np.float64]:
+        """``(B * C, 2)`` float64 ``[x, y]`` of every member, group by group (the order of
+        ``channels_first`` flattened to ``(B * C, N, N)``)."""
+        return np.moveaxis(self.coords_nn[:, 0], -1, 1).reshape(-1, 2)
 
 DEFAULT_NEIGHBOR_COUNT = 4
 """K for gridsize 1 and 2; larger groups need at least ``C`` neighbours (see :func:`default_neighbor_count`)."""
@@ -150,16 +186,14 @@ def build_grouped_data(
     *,
     Y: np.ndarray | None = None,
     objectGuess: np.ndarray | None = None,
-) -> dict[str, Any]:
-    """Gather a scan by ``nn_indices`` into the grouped dictionary documented in this module.
+) -> GroupedScan:
+    """Gather a scan by ``nn_indices`` into a :class:`GroupedScan`.
 
     ``input_scale`` is computed over the whole scan (one scalar per scan, design.md section 2).
     ``Y`` comes from the scan's ``Y`` when given, else is cut from ``objectGuess`` at each member's
     own position (not PtychoPINN's point-mirrored position), else is None.
     """
     n = diff3d.shape[-1]
-    scale = input_scale(diff3d)
-    diffraction = np.ascontiguousarray(diff3d[nn_indices].transpose(0, 2, 3, 1))
     coords = group_coordinates(xcoords, ycoords, nn_indices)
     coords_start = group_coordinates(xcoords_start, ycoords_start, nn_indices)
     if Y is not None:
@@ -170,17 +204,11 @@ def build_grouped_data(
         patches = cut[inverse.reshape(nn_indices.shape)].transpose(0, 2, 3, 1)
     else:
         patches = None
-    return {
-        "diffraction": diffraction,
-        "X_full": (diffraction * np.float32(scale)).astype(np.float32, copy=False),
-        "input_scale": scale,
-        "Y": None if patches is None else np.ascontiguousarray(patches, dtype=np.complex64),
-        "coords_nn": coords[0],
-        "coords_offsets": coords[1],
-        "coords_relative": coords[2],
-        "coords_start_nn": coords_start[0],
-        "coords_start_offsets": coords_start[1],
-        "coords_start_relative": coords_start[2],
-        "nn_indices": nn_indices,
-        "objectGuess": objectGuess,
-    }
+    return GroupedScan(
+        diffraction=np.ascontiguousarray(diff3d[nn_indices].transpose(0, 2, 3, 1)),
+        input_scale=input_scale(diff3d),
+        Y=None if patches is None else np.ascontiguousarray(patches, dtype=np.complex64),
+        coords_nn=coords[0], coords_offsets=coords[1], coords_relative=coords[2],
+        coords_start_nn=coords_start[0], coords_start_offsets=coords_start[1], coords_start_relative=coords_start[2],
+        nn_indices=nn_indices, objectGuess=objectGuess,
+    )

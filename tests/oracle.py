@@ -9,6 +9,7 @@ callers, batches or channels shows up as a wrong number. The bundle follows the 
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +89,24 @@ def write_oracle_bundle(root: Path, *, N: int = 32, gridsize: int = 1, name: str
     )
     (root / "manifest.json").write_text(manifest.to_json())
     return root
+
+
+def read_manifest(root: Path) -> Manifest:
+    """The validated manifest of the bundle folder ``root``."""
+    return Manifest.from_json((root / "manifest.json").read_text())
+
+
+def rehash(root: Path, manifest: Manifest | None = None) -> None:
+    """Rewrite manifest.json with fresh checksums of every file (a consistent, re-signed bundle)."""
+    manifest = manifest or read_manifest(root)
+    files = {p.relative_to(root).as_posix(): sha256_file(p) for p in root.rglob("*")
+             if p.is_file() and p.name != "manifest.json"}
+    (root / "manifest.json").write_text(manifest.model_copy(update={"files": files}).to_json())
+
+
+def zip_bundle(root: Path, archive: Path, members: dict[str, Path] | None = None) -> Path:
+    """Zip ``members`` (archive name -> file; default: every file of ``root``) into ``archive``."""
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name, path in (members or {p.relative_to(root).as_posix(): p for p in root.rglob("*")}).items():
+            zf.write(path, name)
+    return archive

@@ -1,4 +1,4 @@
-"""The Lightning data module: grouped scans (``RawData.generate_grouped_data``) as batches.
+"""The Lightning data module: grouped scans (:class:`~ptycho_torch.grouping.GroupedScan`) as batches.
 
 Groups are built once, before training; the arrays are shared with torch without copying
 (``torch.from_numpy``) and each item is a view, so no epoch copies the data set. A batch is a dict:
@@ -15,8 +15,6 @@ Groups are built once, before training; the arrays are shared with torch without
 
 from __future__ import annotations
 
-from typing import Any
-
 import lightning as L
 import numpy as np
 import torch
@@ -25,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from ptycho_torch.config import TrainingConfig
 from ptycho_torch.data import RawData
 from ptycho_torch.errors import ConfigError, DataContractError
+from ptycho_torch.grouping import GroupedScan
 
 #: fraction of the training groups held out for validation when no test scan is given
 VAL_FRACTION = 0.05
@@ -33,12 +32,12 @@ VAL_FRACTION = 0.05
 class GroupedDataset(Dataset):
     """Items of one grouped scan; holds channels-last arrays and hands out channels-first views."""
 
-    def __init__(self, grouped: dict[str, Any], *, with_labels: bool) -> None:
-        self.diffraction = torch.from_numpy(grouped["diffraction"])  # (B, N, N, C)
-        self.offsets = torch.from_numpy(grouped["coords_relative"][:, 0].transpose(0, 2, 1).astype(np.float32))
-        self.scale = torch.tensor(grouped["input_scale"], dtype=torch.float32)
-        self.input_scale = float(grouped["input_scale"])
-        self.labels = torch.from_numpy(grouped["Y"]) if with_labels else None
+    def __init__(self, grouped: GroupedScan, *, with_labels: bool) -> None:
+        self.diffraction = torch.from_numpy(grouped.diffraction)  # (B, N, N, C)
+        self.offsets = torch.from_numpy(grouped.coords_relative[:, 0].transpose(0, 2, 1).astype(np.float32))
+        self.scale = torch.tensor(grouped.input_scale, dtype=torch.float32)
+        self.input_scale = float(grouped.input_scale)
+        self.labels = torch.from_numpy(grouped.Y) if with_labels else None
 
     def __len__(self) -> int:
         return self.diffraction.shape[0]
@@ -57,8 +56,8 @@ class GroupedDataset(Dataset):
         return item
 
 
-def group_scan(raw: RawData, training: TrainingConfig, *, seed: int) -> dict[str, Any]:
-    """Subsample (``n_subsample``) and group a scan as ``training`` asks; returns the grouped dict."""
+def group_scan(raw: RawData, training: TrainingConfig, *, seed: int) -> GroupedScan:
+    """Subsample (``n_subsample``) and group a scan as ``training`` asks."""
     model = training.model
     if raw.N != model.N:
         raise DataContractError(
@@ -113,7 +112,7 @@ class GroupedDataModule(L.LightningDataModule):
         super().__init__()
         supervised = training.model.model_type == "supervised"
         grouped = group_scan(train, training, seed=seed)
-        if supervised and grouped["Y"] is None:
+        if supervised and grouped.Y is None:
             raise ConfigError(
                 "`model_type` 'supervised' needs ground truth, got a training scan without Y or objectGuess; "
                 "use model_type 'pinn' or a file with Y/objectGuess"
@@ -133,7 +132,7 @@ class GroupedDataModule(L.LightningDataModule):
             self.train_set = Subset(self.train_set, order[n_val:].tolist())
         else:
             val_grouped = group_scan(val, training, seed=seed + 1)
-            if supervised and val_grouped["Y"] is None:
+            if supervised and val_grouped.Y is None:
                 raise ConfigError("`model_type` 'supervised' needs ground truth in the test scan too (Y or objectGuess)")
             self.val_set = GroupedDataset(val_grouped, with_labels=supervised)
         self.batch_size = training.batch_size

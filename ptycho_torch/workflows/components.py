@@ -38,6 +38,7 @@ from ptycho_torch.config import (
 )
 from ptycho_torch.data import RawData
 from ptycho_torch.errors import DataContractError, ModelArchiveError
+from ptycho_torch.grouping import GroupedScan
 from ptycho_torch.model import PtychoPINNGenerator
 from ptycho_torch.model_manager import ARCHIVE_NAME, DEFAULT_MODEL, TorchModelManager
 from ptycho_torch.outputs import save_outputs
@@ -75,7 +76,7 @@ class _History(L.Callback):
             self.history.setdefault(name, []).append(value)
 
 
-def group_for_inference(data: RawData, model: ModelConfig, *, neighbor_count: int, seed: int) -> dict[str, Any]:
+def group_for_inference(data: RawData, model: ModelConfig, *, neighbor_count: int, seed: int) -> GroupedScan:
     """Group ``data`` with every position as a group seed (so the whole scan is stitched)."""
     return data.generate_grouped_data(model.N, K=neighbor_count, n_groups=None, gridsize=model.gridsize, seed=seed)
 
@@ -91,8 +92,8 @@ def train_cdi_model_torch(
     Returns ``history`` (dict of per-epoch lists; ``loss`` aliases ``train_loss``), ``history_epochs``,
     ``checkpoint`` (best checkpoint path, else the last), ``last_checkpoint``, ``backend='pytorch'``,
     ``intensity_scale``, ``input_scale`` (training normalisation), ``models``
-    (``{'diffraction_to_obj': generator}``), ``train_container`` and ``test_container`` (grouped
-    dicts, every position a group seed; ``None`` without test data) and ``summary``.
+    (``{'diffraction_to_obj': generator}``), ``train_container`` and ``test_container``
+    (:class:`~ptycho_torch.grouping.GroupedScan`, every position a group seed; ``None`` without test data) and ``summary``.
     """
     from training.datamodule import group_scan
     from training.trainer import train
@@ -132,7 +133,7 @@ def predict_patches(
 
 def reassemble_torch(
     model: PtychoPINNGenerator,
-    test_container: dict[str, Any],
+    test_container: GroupedScan,
     *,
     flip_x: bool = False,
     flip_y: bool = False,
@@ -144,21 +145,21 @@ def reassemble_torch(
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Predict every patch of a grouped scan and stitch them: ``(recon_amp, recon_phase, results)``.
 
-    ``test_container`` is a grouped dict (``RawData.generate_grouped_data``). ``scale`` is the input
+    ``test_container`` is a grouped scan (``RawData.generate_grouped_data``). ``scale`` is the input
     normalisation fed to the network (default: the container's own ``input_scale``, i.e. the scan
     policy). ``flip_x``/``flip_y`` negate x/y positions, ``transpose`` swaps each patch's axes,
     ``coord_scale`` scales positions. ``results``: ``obj_tensor_full`` (K, N, N) complex patches,
     ``global_offsets`` (K, 2) ``[x, y]``, ``recon_amp``, ``recon_phase``, ``stitched``
     (:class:`~ptycho_torch.stitching.StitchResult`).
     """
-    diffraction = np.moveaxis(test_container["diffraction"], -1, 1)  # (B, N, N, C) -> (B, C, N, N)
-    scale = float(test_container["input_scale"] if scale is None else scale)
+    diffraction = test_container.channels_first
+    scale = float(test_container.input_scale if scale is None else scale)
     patches = predict_patches(model, diffraction, scale, batch_size=batch_size)
     N = patches.shape[-1]
     patches = patches.reshape(-1, N, N)
     if transpose:
         patches = patches.transpose(0, 2, 1)
-    positions = np.moveaxis(test_container["coords_nn"][:, 0], -1, 1).reshape(-1, 2) * coord_scale  # (B*C, 2)
+    positions = test_container.member_positions * coord_scale  # (B*C, 2)
     positions = positions * np.array([-1.0 if flip_x else 1.0, -1.0 if flip_y else 1.0])
     stitched: StitchResult = stitch_patches(patches, positions, M=M)
     amplitude, phase = stitched.amplitude, stitched.phase

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gc
 import json
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -13,33 +12,13 @@ import pytest
 
 from ptycho_torch.errors import BundleError
 from ptycho_torch.bundle import FORMAT_VERSION, Manifest, TensorSpec, load_bundle, summarize
-from ptycho_torch.checksums import sha256_file
 
-from oracle import TRAINING_SCALE, write_oracle_bundle
+from oracle import TRAINING_SCALE, read_manifest, rehash, write_oracle_bundle, zip_bundle
 
 
 @pytest.fixture
 def bundle_dir(tmp_path: Path) -> Path:
     return write_oracle_bundle(tmp_path / "bundle", N=32, gridsize=2)
-
-
-def _manifest(root: Path) -> Manifest:
-    return Manifest.from_json((root / "manifest.json").read_text())
-
-
-def _rehash(root: Path, manifest: Manifest | None = None) -> None:
-    """Rewrite manifest.json with fresh checksums of every file (a consistent, re-signed bundle)."""
-    manifest = manifest or _manifest(root)
-    files = {p.relative_to(root).as_posix(): sha256_file(p) for p in root.rglob("*")
-             if p.is_file() and p.name != "manifest.json"}
-    (root / "manifest.json").write_text(manifest.model_copy(update={"files": files}).to_json())
-
-
-def _zip(root: Path, archive: Path, members: dict[str, Path] | None = None) -> Path:
-    with zipfile.ZipFile(archive, "w") as zf:
-        for name, path in (members or {p.relative_to(root).as_posix(): p for p in root.rglob("*")}).items():
-            zf.write(path, name)
-    return archive
 
 
 def test_valid_bundle_loads_with_typed_fields(bundle_dir: Path) -> None:
@@ -55,16 +34,16 @@ def test_valid_bundle_loads_with_typed_fields(bundle_dir: Path) -> None:
 
 
 def test_manifest_json_round_trip(bundle_dir: Path) -> None:
-    manifest = _manifest(bundle_dir)
+    manifest = read_manifest(bundle_dir)
     assert Manifest.from_json(manifest.to_json()) == manifest
     assert json.loads(manifest.to_json())["format_version"] == FORMAT_VERSION
 
 
 def test_zip_bundle_loads_and_its_extraction_is_removed(bundle_dir: Path, tmp_path: Path) -> None:
-    bundle = load_bundle(_zip(bundle_dir, tmp_path / "b.zip"))
+    bundle = load_bundle(zip_bundle(bundle_dir, tmp_path / "b.zip"))
     root = bundle.root
     assert root != bundle_dir and (root / "model.onnx").is_file() and bundle.source == tmp_path / "b.zip"
-    assert bundle.manifest == _manifest(bundle_dir)
+    assert bundle.manifest == read_manifest(bundle_dir)
     del bundle
     gc.collect()
     assert not root.exists()
@@ -79,7 +58,7 @@ def test_tampered_file_is_refused(bundle_dir: Path) -> None:
 
 
 def test_truncated_files_are_refused(bundle_dir: Path, tmp_path: Path) -> None:
-    archive = _zip(bundle_dir, tmp_path / "b.zip")
+    archive = zip_bundle(bundle_dir, tmp_path / "b.zip")
     archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
     with pytest.raises(BundleError, match=r"b\.zip is not a readable zip .*truncated or damaged"):
         load_bundle(archive)
@@ -102,37 +81,37 @@ def test_unknown_format_version_is_refused(bundle_dir: Path) -> None:
 
 
 def test_manifest_shapes_that_disagree_with_the_graph_are_refused(bundle_dir: Path) -> None:
-    manifest = _manifest(bundle_dir)
+    manifest = read_manifest(bundle_dir)
     item = ("B", 4, 64, 64)
-    _rehash(bundle_dir, manifest.model_copy(update={
+    rehash(bundle_dir, manifest.model_copy(update={
         "N": 64, "inputs": (TensorSpec(name="diffraction", shape=item), TensorSpec(name="scale", shape=("B",))),
         "outputs": (TensorSpec(name="amplitude", shape=item), TensorSpec(name="phase", shape=item))}))
     (bundle_dir / "params.json").write_text("{}")
-    _rehash(bundle_dir)
+    rehash(bundle_dir)
     with pytest.raises(BundleError, match=r"model\.onnx: shape mismatch for `diffraction`, manifest\.json says "
                                           r"float32 \['B', 4, 64, 64\], the graph declares float32 \['B', 4, 32, 32\]"):
         load_bundle(bundle_dir)
 
 
 def test_inconsistent_manifest_and_probe_shapes_are_refused(bundle_dir: Path) -> None:
-    manifest = _manifest(bundle_dir)
-    _rehash(bundle_dir, manifest.model_copy(update={"gridsize": 1}))
+    manifest = read_manifest(bundle_dir)
+    rehash(bundle_dir, manifest.model_copy(update={"gridsize": 1}))
     with pytest.raises(BundleError, match=r"`channels` must be gridsize\*\*2 = 1, got 4"):
         load_bundle(bundle_dir)
-    _rehash(bundle_dir, manifest)
+    rehash(bundle_dir, manifest)
     np.save(bundle_dir / "probe.npy", np.ones((16, 16), np.complex64))
-    _rehash(bundle_dir)
+    rehash(bundle_dir)
     with pytest.raises(BundleError, match=r"probe\.npy: shape mismatch, must be complex64 .*N=32, got complex64 \(16, 16\)"):
         load_bundle(bundle_dir)
 
 
 def test_pickles_are_never_loaded(bundle_dir: Path) -> None:
     np.save(bundle_dir / "probe.npy", np.array([{"evil": 1}], dtype=object), allow_pickle=True)
-    _rehash(bundle_dir)
+    rehash(bundle_dir)
     with pytest.raises(BundleError, match=r"probe\.npy: must be a plain complex64 array, got one that needs pickle"):
         load_bundle(bundle_dir)
     (bundle_dir / "weights.pt").write_bytes(b"\x80\x04N.")
-    _rehash(bundle_dir)
+    rehash(bundle_dir)
     with pytest.raises(BundleError, match=r"weights\.pt: pickle files are never loaded from a bundle"):
         load_bundle(bundle_dir)
 
@@ -182,7 +161,7 @@ def test_names_and_versions_that_export_refuses_are_refused_when_read(bundle_dir
 def test_zip_members_outside_the_bundle_are_refused(bundle_dir: Path, tmp_path: Path) -> None:
     members = {p.name: p for p in bundle_dir.iterdir()} | {"../escape.txt": bundle_dir / "params.json"}
     with pytest.raises(BundleError, match=r"member `\.\./escape\.txt` must be a relative path inside the bundle"):
-        load_bundle(_zip(bundle_dir, tmp_path / "slip.zip", members))
+        load_bundle(zip_bundle(bundle_dir, tmp_path / "slip.zip", members))
     assert not (tmp_path / "escape.txt").exists()
 
 

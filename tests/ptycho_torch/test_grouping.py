@@ -1,4 +1,4 @@
-"""Grouping: geometry of offsets, real K-neighbour groups, seeded determinism, the grouped dict."""
+"""Grouping: geometry of offsets, real K-neighbour groups, seeded determinism, the GroupedScan."""
 
 from __future__ import annotations
 
@@ -23,25 +23,28 @@ def scan() -> RawData:
 
 def test_gridsize_one_is_one_group_per_position(scan):
     grouped = scan.generate_grouped_data(N, gridsize=1)
-    np.testing.assert_array_equal(grouped["nn_indices"][:, 0], np.arange(len(scan)))
-    assert grouped["diffraction"].shape == (60, N, N, 1)
-    np.testing.assert_array_equal(grouped["diffraction"][..., 0], scan.diff3d)
-    np.testing.assert_array_equal(grouped["coords_relative"], 0.0)
-    np.testing.assert_array_equal(grouped["coords_offsets"][:, 0, :, 0], np.column_stack([scan.xcoords, scan.ycoords]))
+    np.testing.assert_array_equal(grouped.nn_indices[:, 0], np.arange(len(scan)))
+    assert grouped.diffraction.shape == (60, N, N, 1)
+    np.testing.assert_array_equal(grouped.diffraction[..., 0], scan.diff3d)
+    np.testing.assert_array_equal(grouped.coords_relative, 0.0)
+    np.testing.assert_array_equal(grouped.coords_offsets[:, 0, :, 0], np.column_stack([scan.xcoords, scan.ycoords]))
 
 
 def test_offsets_are_consistent_with_positions(scan):
     grouped = scan.generate_grouped_data(N, K=6, n_groups=25, gridsize=2, seed=3)
-    nn = grouped["nn_indices"]
-    assert nn.shape == (25, 4) and grouped["coords_nn"].shape == (25, 1, 2, 4)
-    assert grouped["coords_offsets"].shape == (25, 1, 2, 1) and grouped["diffraction"].shape == (25, N, N, 4)
-    np.testing.assert_array_equal(grouped["coords_nn"][:, 0, 0], scan.xcoords[nn])  # [x, y] order
-    np.testing.assert_array_equal(grouped["coords_nn"][:, 0, 1], scan.ycoords[nn])
-    np.testing.assert_allclose(grouped["coords_offsets"][..., 0], grouped["coords_nn"].mean(axis=3))
-    np.testing.assert_allclose(grouped["coords_relative"], -(grouped["coords_nn"] - grouped["coords_offsets"]))
-    np.testing.assert_allclose(grouped["coords_relative"].sum(axis=3), 0.0, atol=1e-12)
-    np.testing.assert_array_equal(grouped["diffraction"][3, :, :, 2], scan.diff3d[nn[3, 2]])
-    np.testing.assert_array_equal(grouped["coords_start_nn"], grouped["coords_nn"])
+    nn = grouped.nn_indices
+    assert nn.shape == (25, 4) and grouped.coords_nn.shape == (25, 1, 2, 4)
+    assert grouped.coords_offsets.shape == (25, 1, 2, 1) and grouped.diffraction.shape == (25, N, N, 4)
+    np.testing.assert_array_equal(grouped.coords_nn[:, 0, 0], scan.xcoords[nn])  # [x, y] order
+    np.testing.assert_array_equal(grouped.coords_nn[:, 0, 1], scan.ycoords[nn])
+    np.testing.assert_allclose(grouped.coords_offsets[..., 0], grouped.coords_nn.mean(axis=3))
+    np.testing.assert_allclose(grouped.coords_relative, -(grouped.coords_nn - grouped.coords_offsets))
+    np.testing.assert_allclose(grouped.coords_relative.sum(axis=3), 0.0, atol=1e-12)
+    np.testing.assert_array_equal(grouped.diffraction[3, :, :, 2], scan.diff3d[nn[3, 2]])
+    np.testing.assert_array_equal(grouped.coords_start_nn, grouped.coords_nn)
+    assert len(grouped) == 25 and grouped.channels_first.shape == (25, 4, N, N)  # the network's layout
+    np.testing.assert_array_equal(grouped.channels_first[3, 2], scan.diff3d[nn[3, 2]])
+    np.testing.assert_array_equal(grouped.member_positions[3 * 4 + 2], [scan.xcoords[nn[3, 2]], scan.ycoords[nn[3, 2]]])
 
 
 def test_groups_are_distinct_real_k_nearest_neighbours(scan):
@@ -62,26 +65,26 @@ def test_seeded_grouping_is_deterministic(scan):
     first = scan.generate_grouped_data(N, K=6, n_groups=30, gridsize=2, seed=5)
     again = scan.generate_grouped_data(N, K=6, n_groups=30, gridsize=2, seed=5)
     other = scan.generate_grouped_data(N, K=6, n_groups=30, gridsize=2, seed=6)
-    np.testing.assert_array_equal(first["nn_indices"], again["nn_indices"])
-    np.testing.assert_array_equal(first["X_full"], again["X_full"])
-    assert not np.array_equal(first["nn_indices"], other["nn_indices"])
+    np.testing.assert_array_equal(first.nn_indices, again.nn_indices)
+    np.testing.assert_array_equal(first.X_full, again.X_full)
+    assert not np.array_equal(first.nn_indices, other.nn_indices)
     sampled = group_indices(scan.xcoords, scan.ycoords, n_groups=10, seed=1)
     assert sampled.shape == (10, 1) and len(np.unique(sampled)) == 10
 
 
 def test_x_full_is_normalised_by_the_scan_scale(scan):
     grouped = scan.generate_grouped_data(N, gridsize=1)
-    energy = np.sum(grouped["X_full"].astype(np.float64) ** 2, axis=(1, 2)).mean()
+    energy = np.sum(grouped.X_full.astype(np.float64) ** 2, axis=(1, 2)).mean()
     assert energy == pytest.approx((N / 2) ** 2, rel=1e-5)
-    np.testing.assert_allclose(grouped["X_full"], grouped["diffraction"] * np.float32(grouped["input_scale"]))
+    np.testing.assert_allclose(grouped.X_full, grouped.diffraction * np.float32(grouped.input_scale))
 
 
 def test_ground_truth_patches_are_cut_at_each_members_own_position(scan):
     grouped = scan.generate_grouped_data(N, K=6, n_groups=8, gridsize=2, seed=2)
-    nn = grouped["nn_indices"]
+    nn = grouped.nn_indices
     expected = extract_patches(scan.objectGuess, scan.xcoords[nn[:, 1]], scan.ycoords[nn[:, 1]], N)
-    np.testing.assert_allclose(grouped["Y"][..., 1], expected, rtol=1e-6)
-    assert grouped["Y"].dtype == np.complex64 and grouped["objectGuess"] is scan.objectGuess
+    np.testing.assert_allclose(grouped.Y[..., 1], expected, rtol=1e-6)
+    assert grouped.Y.dtype == np.complex64 and grouped.objectGuess is scan.objectGuess
 
 
 def test_extract_patches_centre_convention_and_subpixel():

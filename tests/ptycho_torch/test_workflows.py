@@ -60,7 +60,7 @@ def test_run_cdi_example_returns_images_and_the_documented_results(example, scan
     assert len(results["history"]["train_loss"]) == len(results["history_epochs"]) == 2  # 2 epochs of 3 steps (40 groups, batch 16)
     assert results["history"]["loss"] == results["history"]["train_loss"]
     assert np.isfinite(results["history"]["val_loss"]).all()
-    assert results["test_container"]["diffraction"].shape == (24, N, N, 1)
+    assert results["test_container"].diffraction.shape == (24, N, N, 1)
 
     stitched: StitchResult = results["stitched"]
     assert amplitude.dtype == phase.dtype == np.float32 and amplitude.shape == stitched.canvas.shape
@@ -77,8 +77,8 @@ def test_run_cdi_example_returns_images_and_the_documented_results(example, scan
 def test_archive_and_checkpoint_and_mlflow_reload_predict_identically(example):
     _, _, results = example
     original = results["models"]["diffraction_to_obj"]
-    diffraction = np.moveaxis(results["test_container"]["diffraction"], -1, 1)
-    scale = results["test_container"]["input_scale"]
+    diffraction = np.moveaxis(results["test_container"].diffraction, -1, 1)
+    scale = results["test_container"].input_scale
     expected = predict_patches(original, diffraction, scale)
     sources = [results["archive"], results["archive"].parent, results["checkpoint"]]
     for source in sources:

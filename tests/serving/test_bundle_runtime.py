@@ -11,12 +11,11 @@ from pathlib import Path
 import onnx
 import pytest
 
-from oracle import write_oracle_bundle
+from oracle import read_manifest, rehash, write_oracle_bundle
 from ptycho_torch.bundle import load_bundle
 from ptycho_torch.errors import BundleError
 from ptychopinn.cli import main
 from serving.engine import Engine
-from test_bundle import _manifest, _rehash
 
 ORT = f"onnxruntime {metadata.version('onnxruntime')}"
 FIX = "upgrade it (pip install -U onnxruntime) or re-export the bundle with an older opset (ptychopinn export --opset 18)"
@@ -30,7 +29,7 @@ def _restamp(root: Path, *, ir_version: int | None = None, opset: int | None = N
     if opset is not None:
         model.opset_import[0].version = opset
     onnx.save(model, root / "model.onnx")
-    _rehash(root)
+    rehash(root)
     return root
 
 
@@ -58,7 +57,7 @@ def test_a_graph_from_a_newer_opset_is_refused(tmp_path: Path) -> None:
 
 def test_a_manifest_opset_the_graph_does_not_carry_is_refused(tmp_path: Path) -> None:
     root = write_oracle_bundle(tmp_path / "lying-manifest")
-    _rehash(root, _manifest(root).model_copy(update={"opset": 99}))
+    rehash(root, read_manifest(root).model_copy(update={"opset": 99}))
     with pytest.raises(BundleError) as caught:
         load_bundle(root)
     assert str(caught.value) == ("model.onnx: manifest.json says ONNX opset 99, the graph is stamped with opset 17 "

@@ -11,7 +11,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from oracle import write_oracle_bundle
+from oracle import rehash, write_oracle_bundle, zip_bundle
 from ptycho_torch.bundle import (
     SIGNATURE_FILE, TRUSTED_KEYS_ENV, generate_key_pair, load_bundle, sign_bundle, summarize,
 )
@@ -19,7 +19,6 @@ from ptycho_torch.bundle.signing import key_id, read_key
 from ptycho_torch.errors import BundleError, ConfigError
 from ptychopinn.cli import main
 from serving.cli import require_signatures
-from test_bundle import _rehash, _zip
 
 
 @pytest.fixture(autouse=True)
@@ -87,7 +86,7 @@ def test_a_swapped_model_with_an_updated_manifest_is_refused(signed: Path, keys)
     model = onnx.load(signed / "model.onnx")
     model.graph.initializer[1].float_data[0] = 0.5  # another model: phase factor 0.25 -> 0.5
     onnx.save(model, signed / "model.onnx")
-    _rehash(signed)  # checksums consistent again: only the signature can tell
+    rehash(signed)  # checksums consistent again: only the signature can tell
     with pytest.raises(BundleError, match=rf"manifest\.json\.sig: signature does not verify with any trusted key "
                                           rf"\(signed by key id '{keys[2]}', trusted \['{keys[2]}'\]\): the bundle "
                                           r"was changed after signing"):
@@ -108,7 +107,7 @@ def test_a_bundle_signed_by_another_key_is_refused_and_a_malformed_signature_too
 
 
 def test_a_signed_zip_verifies(signed: Path, keys, tmp_path: Path) -> None:
-    bundle = load_bundle(_zip(signed, tmp_path / "signed.zip"), trusted_keys=[keys[1]])
+    bundle = load_bundle(zip_bundle(signed, tmp_path / "signed.zip"), trusted_keys=[keys[1]])
     assert bundle.signed_by == keys[2] and bundle.source == tmp_path / "signed.zip"
 
 

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from oracle import write_oracle_bundle
+from oracle import write_oracle_bundle, zip_bundle
 from ptycho_torch.bundle import load_bundle
 from ptycho_torch.bundle.reader import EXTRACTION_PREFIX, remove_stale_extractions
-from test_bundle import _zip
 
 pytestmark = pytest.mark.slow
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +23,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def bundle_zip(tmp_path: Path) -> Path:
-    return _zip(write_oracle_bundle(tmp_path / "bundle"), tmp_path / "bundle.zip")
+    return zip_bundle(write_oracle_bundle(tmp_path / "bundle"), tmp_path / "bundle.zip")
 
 
 def _free_port() -> int:
