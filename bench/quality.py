@@ -154,14 +154,13 @@ def score(image: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
         metrics = evaluate_reconstruction(image, reference, register_first=True)
     except DataContractError:  # the registration shift left no overlap
         metrics = None
-    registered = metrics is not None and max(abs(v) for v in metrics["shift"]) <= MAX_SHIFT_PX
+    registered = metrics is not None and max(abs(v) for v in metrics.shift) <= MAX_SHIFT_PX
     if not registered:
         metrics = evaluate_reconstruction(image, reference, register_first=False)
-    out: dict[str, Any] = {f"{key}_{part}": float(metrics[key][i]) for key in ("ssim", "psnr", "frc50")
-                           for i, part in enumerate(("amplitude", "phase"))}
-    out["registered_shift_px"] = [float(v) for v in metrics["shift"]] if registered else None
-    out["frc_curves"] = {"amplitude": np.round(metrics["frc"][0], 4).tolist(),
-                         "phase": np.round(metrics["frc"][1], 4).tolist()}
+    out: dict[str, Any] = metrics.scores()
+    out["registered_shift_px"] = [float(v) for v in metrics.shift] if registered else None
+    out["frc_curves"] = {"amplitude": np.round(metrics.frc[0], 4).tolist(),
+                         "phase": np.round(metrics.frc[1], 4).tolist()}
     return out
 
 

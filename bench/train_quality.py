@@ -68,9 +68,7 @@ def score(patches: np.ndarray, scan: RawData, truth: np.ndarray, M: int) -> dict
     candidates = {"model": image, "constant": np.ones_like(reference)}
     scores = {}
     for name, candidate in candidates.items():
-        metrics = evaluate_reconstruction(candidate, reference, register_first=False)
-        scores[name] = {f"{key}_{part}": float(metrics[key][i]) for key in ("ssim", "psnr", "frc50")
-                        for i, part in enumerate(("amplitude", "phase"))}
+        scores[name] = evaluate_reconstruction(candidate, reference, register_first=False).scores()
     height, width = reference.shape
     scores["region_px"] = {"height": height, "width": width, "uncovered_fraction": float(np.mean(coverage < 1.0))}
     return scores

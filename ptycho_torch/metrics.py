@@ -3,13 +3,16 @@
 numpy-only (scikit-image for SSIM and registration, scipy for the Fourier shift). The building
 blocks are public so a study can mix them; :func:`evaluate_reconstruction` chains them the way
 PtychoPINN's ``eval_reconstruction`` does: register, trim, normalise the amplitude, align the
-phase, then MAE / MSE / PSNR / SSIM / MS-SSIM / FRC on amplitude and on phase.
+phase, then MAE / MSE / PSNR / SSIM / MS-SSIM / FRC on amplitude and on phase, returned as one
+:class:`QualityReport`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -20,6 +23,8 @@ from skimage.registration import phase_cross_correlation
 from ptycho_torch.errors import DataContractError
 
 __all__ = [
+    "AmplitudePhase",
+    "QualityReport",
     "align_phase",
     "evaluate_reconstruction",
     "frc_cutoff",
@@ -39,6 +44,43 @@ PhaseAlign = Literal["plane", "mean", "none"]
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 """Per-scale exponents of MS-SSIM (Wang, Simoncelli & Bovik 2003), as in PtychoPINN."""
+
+
+class AmplitudePhase(NamedTuple):
+    """One metric of the amplitude image and of the phase image (a tuple: ``amplitude, phase = ...``)."""
+
+    amplitude: float
+    phase: float
+
+
+@dataclass(frozen=True)
+class QualityReport:
+    """What :func:`evaluate_reconstruction` measured, each metric on amplitude and on phase."""
+
+    mae: AmplitudePhase
+    """Mean absolute error (amplitude normalised to the reference mean; phase in radians)."""
+    mse: AmplitudePhase
+    """Mean squared error."""
+    psnr: AmplitudePhase
+    """dB; amplitude against the reference's range, phase against 2 pi; ``inf`` for identical images."""
+    ssim: AmplitudePhase
+    """Structural similarity, 1 for identical images (phase as ``(phi + pi) / 2 pi``)."""
+    ms_ssim: AmplitudePhase
+    """Multi-scale SSIM (amplitude smoothed by ``ms_ssim_sigma``)."""
+    frc50: AmplitudePhase
+    """First ring (interpolated) where the FRC drops below 0.5; ``n/2`` when it never does."""
+    frc1over7: AmplitudePhase
+    """The same at the 1/7 threshold."""
+    frc: tuple[FloatArray, FloatArray]
+    """FRC curves ``(amplitude, phase)``, rings ``0 .. n/2 - 1`` (:func:`fourier_ring_correlation`)."""
+    shift: tuple[float, float]
+    """``(row, col)`` px applied to the prediction by registration; ``(0, 0)`` when not registering."""
+
+    def scores(self, metrics: Sequence[str] = ("ssim", "psnr", "frc50")) -> dict[str, float]:
+        """``{"ssim_amplitude": ..., "ssim_phase": ..., ...}`` for ``metrics``: the flat JSON form the
+        benchmarks record."""
+        return {f"{name}_{part}": float(value) for name in metrics
+                for part, value in getattr(self, name)._asdict().items()}
 
 
 def _check_same_shape(a: np.ndarray, b: np.ndarray, names: str = "`pred` and `reference`") -> None:
@@ -259,15 +301,13 @@ def evaluate_reconstruction(
     trim_px: int = 0,
     frc_sigma: float = 0.0,
     ms_ssim_sigma: float = 1.0,
-) -> dict[str, Any]:
+) -> QualityReport:
     """Compare a complex reconstruction with a complex reference of the same shape.
 
     Steps: optional sub-pixel registration (:func:`register`), trimming ``trim_px`` from every
     border, amplitude normalisation to the reference mean, phase alignment of both (``phase_align``).
-    Returns ``mae``, ``mse``, ``psnr``, ``ssim``, ``ms_ssim``, ``frc50``, ``frc1over7`` as
-    ``(amplitude, phase)`` tuples, ``frc`` as ``(amplitude_curve, phase_curve)``, and ``shift``
-    (``(row, col)`` px applied to ``pred``; ``(0, 0)`` when not registering). SSIM of the phase uses
-    ``(phi + pi) / 2pi`` with ``data_range=1``; PSNR of the phase uses ``data_range=2pi``.
+    Returns the :class:`QualityReport`. SSIM of the phase uses ``(phi + pi) / 2pi`` with
+    ``data_range=1``; PSNR of the phase uses ``data_range=2pi``.
     """
     p, r = np.asarray(pred), np.asarray(reference)
     _check_same_shape(p, r)
@@ -290,17 +330,15 @@ def evaluate_reconstruction(
     curves = (fourier_ring_correlation(amp, ref_amp), fourier_ring_correlation(phase, ref_phase))
     if frc_sigma > 0:
         curves = tuple(gaussian_filter(c, frc_sigma) for c in curves)
-    return {
-        "mae": (mae(amp, ref_amp), mae(phase, ref_phase)),
-        "mse": (mse(amp, ref_amp), mse(phase, ref_phase)),
-        "psnr": (psnr(amp, ref_amp), psnr(phase, ref_phase, data_range=2 * np.pi)),
-        "ssim": (ssim(amp, ref_amp), ssim(to_unit(phase), to_unit(ref_phase), data_range=1.0)),
-        "ms_ssim": (
-            ms_ssim(amp, ref_amp, sigma=ms_ssim_sigma),
-            ms_ssim(to_unit(phase), to_unit(ref_phase), data_range=1.0),
-        ),
-        "frc50": (frc_cutoff(curves[0], 0.5), frc_cutoff(curves[1], 0.5)),
-        "frc1over7": (frc_cutoff(curves[0], 1 / 7), frc_cutoff(curves[1], 1 / 7)),
-        "frc": curves,
-        "shift": shift,
-    }
+    return QualityReport(
+        mae=AmplitudePhase(mae(amp, ref_amp), mae(phase, ref_phase)),
+        mse=AmplitudePhase(mse(amp, ref_amp), mse(phase, ref_phase)),
+        psnr=AmplitudePhase(psnr(amp, ref_amp), psnr(phase, ref_phase, data_range=2 * np.pi)),
+        ssim=AmplitudePhase(ssim(amp, ref_amp), ssim(to_unit(phase), to_unit(ref_phase), data_range=1.0)),
+        ms_ssim=AmplitudePhase(ms_ssim(amp, ref_amp, sigma=ms_ssim_sigma),
+                               ms_ssim(to_unit(phase), to_unit(ref_phase), data_range=1.0)),
+        frc50=AmplitudePhase(frc_cutoff(curves[0], 0.5), frc_cutoff(curves[1], 0.5)),
+        frc1over7=AmplitudePhase(frc_cutoff(curves[0], 1 / 7), frc_cutoff(curves[1], 1 / 7)),
+        frc=curves,
+        shift=shift,
+    )

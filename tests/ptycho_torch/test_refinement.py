@@ -37,7 +37,7 @@ def _model(scan, amplitudes=None, **kwargs) -> tuple[ScanModel, tuple[slice, sli
 
 def _ssim(obj: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     """Amplitude and phase SSIM as the project scores reconstructions (positions are shared: no registration)."""
-    return evaluate_reconstruction(obj, truth, register_first=False)["ssim"]
+    return evaluate_reconstruction(obj, truth, register_first=False).ssim
 
 
 def test_forward_model_reproduces_the_simulated_intensities():

@@ -45,7 +45,7 @@ def _ssim(result, obj) -> tuple[float, float]:
     window = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
     truth = obj[rows.min() - y0:rows.max() + 1 - y0, cols.min() - x0:cols.max() + 1 - x0]
     image = result.amplitude[window] * np.exp(1j * result.phase[window])
-    return evaluate_reconstruction(image, truth, register_first=False)["ssim"]
+    return evaluate_reconstruction(image, truth, register_first=False).ssim
 
 
 def test_every_result_carries_its_data_fit(engine: Engine, scan) -> None:
