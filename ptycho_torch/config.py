@@ -15,15 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
+from ptycho_torch.choices import AmpActivation, Generator, LoggerBackend, LossMode, ModelType, Scheduler, values
 from ptycho_torch.errors import ConfigError
 from ptycho_torch.grouping import default_neighbor_count
 
-AMP_ACTIVATIONS: Final = ("sigmoid", "swish", "silu", "softplus", "relu")
-GENERATORS: Final = ("tf", "smooth", "full", "taper")
-MODEL_TYPES: Final = ("pinn", "supervised")
-LOSS_MODES: Final = ("poisson", "mae")
-SCHEDULERS: Final = ("Default", "Exponential", "ReduceLROnPlateau", "WarmupCosine")
-LOGGERS: Final = ("csv", "tensorboard", "mlflow", "none")
+AMP_ACTIVATIONS: Final = values(AmpActivation)
+GENERATORS: Final = values(Generator)
+MODEL_TYPES: Final = values(ModelType)
+LOSS_MODES: Final = values(LossMode)
+SCHEDULERS: Final = values(Scheduler)
+LOGGERS: Final = values(LoggerBackend)
 
 #: dataclass field name -> legacy ``params.cfg`` key (PtychoPINN's KEY_MAPPINGS)
 KEY_MAPPINGS: Final[dict[str, str]] = {

@@ -18,11 +18,14 @@ instead of the hard mask (``generator='smooth'``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ptycho_torch.choices import AmpActivation, Generator, check_table
 from ptycho_torch.config import ModelConfig
 
 #: feature channels the TF reference reserves for the border branch (``c_outer``)
@@ -71,15 +74,36 @@ def _up(in_channels: int, out_channels: int, mode: str = "nearest") -> _ConvBloc
     return _ConvBlock(in_channels, out_channels, upsample)
 
 
-def _amplitude_activation(name: str) -> nn.Module:
-    activations: dict[str, nn.Module] = {
-        "sigmoid": nn.Sigmoid(),
-        "swish": nn.SiLU(),
-        "silu": nn.SiLU(),
-        "softplus": nn.Softplus(),
-        "relu": nn.ReLU(),
-    }
-    return activations[name]
+AMPLITUDE_ACTIVATIONS: dict[AmpActivation, Callable[[], nn.Module]] = check_table(AmpActivation, {
+    AmpActivation.SIGMOID: nn.Sigmoid,
+    AmpActivation.SWISH: nn.SiLU,
+    AmpActivation.SILU: nn.SiLU,
+    AmpActivation.SOFTPLUS: nn.Softplus,
+    AmpActivation.RELU: nn.ReLU,
+})
+"""``amp_activation`` -> the amplitude head's activation module."""
+
+
+@dataclass(frozen=True)
+class Head:
+    """How one ``generator`` builds the last decoder stage."""
+
+    windowed: bool
+    """Predict the central N/2 window at the decoder's native resolution (nearest upsampling), zero-padded
+    to N when ``pad_object``; else the whole N x N window from one head (bilinear upsampling)."""
+    taper: bool = False
+    """Multiply the amplitude by :func:`taper` (a soft support)."""
+    blend: bool = False
+    """Blend the centre head and the border branch by :func:`blend_window` instead of the hard mask."""
+
+
+HEADS: dict[Generator, Head] = check_table(Generator, {
+    Generator.TF: Head(windowed=True),
+    Generator.SMOOTH: Head(windowed=True, blend=True),
+    Generator.FULL: Head(windowed=False),
+    Generator.TAPER: Head(windowed=False, taper=True),
+})
+"""``generator`` -> its last decoder stage (see the module docstring)."""
 
 
 class _PhaseActivation(nn.Module):
@@ -94,9 +118,9 @@ class _Decoder(nn.Module):
                  tapered: bool = False) -> None:
         super().__init__()
         N, nf, cout = config.N, config.n_filters_scale, config.channels
-        windowed = config.generator in ("tf", "smooth")  # central N/2 window at the decoder's native resolution
-        mode = "nearest" if windowed else "bilinear"
-        self.tapered = tapered and config.generator == "taper"
+        head = HEADS[config.generator]
+        mode = "nearest" if head.windowed else "bilinear"
+        self.tapered = tapered and head.taper
         if self.tapered:
             self.register_buffer("taper", taper(N), persistent=False)
         ladder = [f * nf for f in decoder_filters(N)]
@@ -104,7 +128,7 @@ class _Decoder(nn.Module):
         self.base = nn.Sequential(*(_up(a, b, mode) for a, b in zip(widths[:-1], widths[1:])))
         features = widths[-1]  # 32 * nf at N/2 x N/2
         border_width = nf * 2048 // N
-        self.pad_object = config.pad_object and windowed
+        self.pad_object = config.pad_object and head.windowed
         self.probe_big = config.probe_big and self.pad_object
         self.activation = activation
         self.pad = N // 4
@@ -118,7 +142,7 @@ class _Decoder(nn.Module):
             self.border_up = _up(BORDER_CHANNELS, border_width)
             self.border_conv = _conv(border_width, cout)
             self.register_buffer("border_mask", border_mask, persistent=False)
-        self.blended = self.pad_object and config.generator == "smooth"
+        self.blended = self.pad_object and head.blend
         if self.blended:
             self.register_buffer("window", blend_window(N), persistent=False)
 
@@ -180,7 +204,7 @@ class PtychoPINNGenerator(nn.Module):
         widths = [C, *ladder]
         self.encoder = nn.Sequential(*(_down(a, b) for a, b in zip(widths[:-1], widths[1:])))
         mask = border_mask(config.N)
-        self.amplitude = _Decoder(config, _amplitude_activation(config.amp_activation), mask, tapered=True)
+        self.amplitude = _Decoder(config, AMPLITUDE_ACTIVATIONS[config.amp_activation](), mask, tapered=True)
         self.phase = _Decoder(config, _PhaseActivation(), mask)
 
     def forward(self, diffraction: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:

@@ -23,11 +23,12 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from ptycho_torch.choices import RefineAlgorithm, RefineStart, values
 from ptycho_torch.errors import DataContractError, InvalidInput, InvalidValues
 from ptycho_torch.grouping import group_indices
 from ptycho_torch.normalization import input_scale
 from ptycho_torch.pixel_size import check_pixel_size, valid_pixel_size
-from ptycho_torch.refinement import ALGORITHMS, RefineSettings, refine_stitched
+from ptycho_torch.refinement import RefineSettings, refine_stitched
 from ptycho_torch.scan_checks import PreparedScan, bad_pixel_mask, check_network_input, prepare_scan
 from ptycho_torch.stitching import Stitcher, complex_patches
 
@@ -152,11 +153,12 @@ class ReconstructOptions:
         if self.refine_iterations > MAX_REFINE_ITERATIONS:
             raise InvalidInput(f"`refine_iterations` must be at most {MAX_REFINE_ITERATIONS}, got "
                                f"{self.refine_iterations}; 20-50 iterations reach the noise floor on typical scans")
-        if self.refine_algorithm not in ALGORITHMS:
-            raise InvalidInput(f"`refine_algorithm` must be one of {list(ALGORITHMS)}, got {self.refine_algorithm!r}")
-        if self.refine_start not in ("network", "flat"):
+        if self.refine_algorithm not in values(RefineAlgorithm):
+            raise InvalidInput(f"`refine_algorithm` must be one of {list(values(RefineAlgorithm))}, got "
+                               f"{self.refine_algorithm!r}")
+        if self.refine_start not in values(RefineStart):
             raise InvalidInput(f"`refine_start` must be 'network' or 'flat', got {self.refine_start!r}")
-        if self.refine_start == "flat" and self.refine_iterations == 0:
+        if self.refine_start == RefineStart.FLAT and self.refine_iterations == 0:
             raise InvalidInput("`refine_start` 'flat' needs `refine_iterations` >= 1 (a flat object explains nothing); "
                                "ask for e.g. 20 iterations")
         if (isinstance(self.refine_time_limit_s, bool) or not isinstance(self.refine_time_limit_s, (int, float))
@@ -361,7 +363,7 @@ def reconstruct_steps(
     check_network_input(scale, float(x.max()))
     t2 = time.perf_counter()
 
-    network = options.refine_start == "network"
+    network = options.refine_start == RefineStart.NETWORK
     if model.channels == 1:
         members = np.arange(len(x))[:, None]
         diffraction = x[:, None]

@@ -28,21 +28,36 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import scipy.fft
 
+from ptycho_torch.choices import RefineAlgorithm, RefineStart, check_table, parse
 from ptycho_torch.data_fit import DataFit, MeasuredCounts
 from ptycho_torch.errors import DataContractError
 
-__all__ = ["ALGORITHMS", "RefineSettings", "Refinement", "ScanModel", "StitchedRefinement", "refine",
+__all__ = ["ALGORITHMS", "STARTS", "RefineSettings", "Refinement", "ScanModel", "StitchedRefinement", "refine",
            "refine_stitched"]
 
-Algorithm = Literal["er", "rpie"]
-ALGORITHMS: tuple[str, ...] = ("er", "rpie")
-_DEFAULT_ALPHA = {"er": 1e-3, "rpie": 0.5}
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """How one refinement algorithm updates the object (see the module docstring)."""
+
+    alpha: float
+    """Default weight of ``max D`` in the update's denominator."""
+    full_batch: bool
+    """One update per iteration from the whole scan (else random mini-batches of ``batch_size``)."""
+
+
+ALGORITHMS: dict[RefineAlgorithm, Algorithm] = check_table(RefineAlgorithm, {
+    RefineAlgorithm.ER: Algorithm(alpha=1e-3, full_batch=True),
+    RefineAlgorithm.RPIE: Algorithm(alpha=0.5, full_batch=False),
+})
+"""``algorithm`` -> its default ``alpha`` and batching."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,7 +66,7 @@ class RefineSettings:
 
     iterations: int = 20
     """Epochs over the scan."""
-    algorithm: Algorithm = "er"
+    algorithm: RefineAlgorithm = RefineAlgorithm.ER
     """``er`` (full batch) or ``rpie`` (mini-batches); see the module docstring."""
     alpha: float | None = None
     """Weight of ``max D`` in the update's denominator, in ``[0, 1]``; None: 1e-3 (er), 0.5 (rpie)."""
@@ -71,8 +86,7 @@ class RefineSettings:
     def __post_init__(self) -> None:
         if not isinstance(self.iterations, int) or isinstance(self.iterations, bool) or self.iterations < 0:
             raise DataContractError(f"`iterations` must be a non-negative integer, got {self.iterations!r}")
-        if self.algorithm not in ALGORITHMS:
-            raise DataContractError(f"`algorithm` must be one of {list(ALGORITHMS)}, got {self.algorithm!r}")
+        object.__setattr__(self, "algorithm", parse(RefineAlgorithm, "algorithm", self.algorithm, DataContractError))
         if self.alpha is not None and not 0.0 <= self.alpha <= 1.0:
             raise DataContractError(f"`alpha` must be in [0, 1], got {self.alpha!r}")
         if self.batch_size is not None and self.batch_size < 1:
@@ -287,9 +301,10 @@ def refine(model: ScanModel, start: npt.NDArray[np.complex64], settings: RefineS
     if settings.iterations == 0:
         return
 
-    alpha = settings.alpha if settings.alpha is not None else _DEFAULT_ALPHA[settings.algorithm]
+    algorithm = ALGORITHMS[settings.algorithm]
+    alpha = algorithm.alpha if settings.alpha is None else settings.alpha
     S = len(model)
-    batch = S if settings.algorithm == "er" else min(S, settings.batch_size or max(16, S // 8))
+    batch = S if algorithm.full_batch else min(S, settings.batch_size or max(16, S // 8))
     rng = np.random.default_rng(settings.seed)
     intensity = np.empty((S, model.N, model.N), np.float32)
     for iteration in range(1, settings.iterations + 1):
@@ -324,9 +339,29 @@ class StitchedRefinement:
     """Estimated working memory of the refinement (:attr:`ScanModel.peak_bytes`)."""
 
 
+def _flat_start(model: ScanModel, canvas: npt.NDArray[np.complexfloating], coverage: npt.NDArray[np.floating]
+                ) -> npt.NDArray[np.complex64]:
+    return np.ones(model.shape, np.complex64)
+
+
+def _network_start(model: ScanModel, canvas: npt.NDArray[np.complexfloating], coverage: npt.NDArray[np.floating]
+                   ) -> npt.NDArray[np.complex64]:
+    covered = coverage > 0
+    fill = complex(np.abs(canvas[covered]).mean()) if covered.any() else 1.0
+    return model.grow(np.where(covered, canvas, fill), fill)
+
+
+STARTS: dict[RefineStart, Callable[[ScanModel, npt.NDArray[np.complexfloating], npt.NDArray[np.floating]],
+                                   npt.NDArray[np.complex64]]] = check_table(RefineStart, {
+    RefineStart.NETWORK: _network_start,
+    RefineStart.FLAT: _flat_start,
+})
+"""``start`` -> ``(model, stitched canvas, coverage) ->`` the object refinement starts from, on the grown grid."""
+
+
 def refine_stitched(amplitudes: npt.ArrayLike, positions: npt.ArrayLike, probe: npt.ArrayLike,
                     canvas: npt.NDArray[np.complexfloating], coverage: npt.NDArray[np.floating],
-                    origin: tuple[float, float], settings: RefineSettings, *, start: Literal["network", "flat"]
+                    origin: tuple[float, float], settings: RefineSettings, *, start: RefineStart | str
                     ) -> Iterator[StitchedRefinement]:
     """:func:`refine` a stitched result in place on its canvas (``(H, W)``, ``origin`` as the stitcher's).
 
@@ -335,13 +370,8 @@ def refine_stitched(amplitudes: npt.ArrayLike, positions: npt.ArrayLike, probe: 
     0. ``start="flat"`` starts from amplitude 1, phase 0 (``canvas`` only gives the grid). Every state
     is cut back to the canvas; the refinement itself runs on the grown grid (see :class:`ScanModel`).
     """
+    initialise = STARTS[parse(RefineStart, "start", start, DataContractError)]
     model = ScanModel(amplitudes, positions, probe, shape=canvas.shape, origin=origin, max_bytes=settings.max_bytes,
                       workers=settings.workers)
-    if start == "flat":
-        initial = np.ones(model.shape, np.complex64)
-    else:
-        covered = coverage > 0
-        fill = complex(np.abs(canvas[covered]).mean()) if covered.any() else 1.0
-        initial = model.grow(np.where(covered, canvas, fill), fill)
-    for state in refine(model, initial, settings):
+    for state in refine(model, initialise(model, canvas, coverage), settings):
         yield StitchedRefinement(model.crop(state.object).copy(), state, model.peak_bytes)

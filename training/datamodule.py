@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from ptycho_torch.choices import ModelType
 from ptycho_torch.config import TrainingConfig
 from ptycho_torch.data import RawData
 from ptycho_torch.errors import ConfigError, DataContractError
@@ -110,7 +111,7 @@ class GroupedDataModule(L.LightningDataModule):
         self, train: RawData, val: RawData | None, training: TrainingConfig, *, seed: int = 42, num_workers: int = 0
     ) -> None:
         super().__init__()
-        supervised = training.model.model_type == "supervised"
+        supervised = training.model.model_type == ModelType.SUPERVISED
         grouped = group_scan(train, training, seed=seed)
         if supervised and grouped.Y is None:
             raise ConfigError(

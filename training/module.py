@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ import torch
 from torch import Tensor
 
 from ptycho_torch import physics
+from ptycho_torch.choices import LossMode, ModelType, Scheduler, check_table
 from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig, config_from_dict
 from ptycho_torch.errors import ConfigError
 from ptycho_torch.model import PtychoPINNGenerator, combine_complex
@@ -85,7 +87,7 @@ class PtychoPINNModule(L.LightningModule):
         self.register_buffer("probe_mask", physics.disk_mask(N), persistent=False)
         self.intensity_scale = intensity_scale
         self.merge = self.model_config.object_big and self.model_config.channels > 1
-        self.supervised = self.model_config.model_type == "supervised"
+        self.compute_losses = LOSSES[self.model_config.model_type]
 
     @classmethod
     def from_configs(
@@ -127,11 +129,17 @@ class PtychoPINNModule(L.LightningModule):
 
     def _losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         amplitude, phase = self.generator(batch["diffraction"], batch["scale"])
-        if self.supervised:
-            w_amp, w_phase = SUPERVISED_WEIGHTS
-            amp_err = (amplitude.float() - batch["amplitude"]).abs().mean()
-            phase_err = (phase.float() - batch["phase"]).abs().mean()
-            return {"loss": w_amp * amp_err + w_phase * phase_err, "amp_mae": amp_err, "phase_mae": phase_err}
+        return self.compute_losses(self, batch, amplitude, phase)
+
+    def _supervised_losses(self, batch: dict[str, Tensor], amplitude: Tensor, phase: Tensor) -> dict[str, Tensor]:
+        """Weighted MAE of the amplitude and phase patches against the ground truth."""
+        w_amp, w_phase = SUPERVISED_WEIGHTS
+        amp_err = (amplitude.float() - batch["amplitude"]).abs().mean()
+        phase_err = (phase.float() - batch["phase"]).abs().mean()
+        return {"loss": w_amp * amp_err + w_phase * phase_err, "amp_mae": amp_err, "phase_mae": phase_err}
+
+    def _physics_losses(self, batch: dict[str, Tensor], amplitude: Tensor, phase: Tensor) -> dict[str, Tensor]:
+        """Poisson NLL and amplitude MAE of the predicted far-field intensity against the measured patterns."""
         with torch.autocast(device_type=self.device.type, enabled=False):  # FFT physics in float32
             intensity = self.predicted_intensity(amplitude, phase, batch["offsets"])
             observed = batch["diffraction"].float() * batch["scale"].float().reshape(-1, 1, 1, 1)
@@ -159,40 +167,65 @@ class PtychoPINNModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.Adam(self.generator.parameters(), lr=self.execution_config.learning_rate)
-        name = self.execution_config.scheduler
-        if name == "Default":
-            return optimizer
-        if name == "Exponential":
-            scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=EXPONENTIAL_GAMMA)
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
-        if name == "ReduceLROnPlateau":
-            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", **PLATEAU)
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"}}
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = max(int(WARMUP_FRACTION * total), 1)
+        return SCHEDULERS[self.execution_config.scheduler](optimizer, self)
 
-        def warmup_cosine(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return 0.5 * (1 + math.cos(math.pi * min(step - warmup, total - warmup) / max(total - warmup, 1)))
 
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+LossFunction = Callable[[PtychoPINNModule, dict[str, Tensor], Tensor, Tensor], dict[str, Tensor]]
+LOSSES: dict[ModelType, LossFunction] = check_table(ModelType, {
+    ModelType.PINN: PtychoPINNModule._physics_losses,
+    ModelType.SUPERVISED: PtychoPINNModule._supervised_losses,
+})
+"""``model_type`` -> the loss ``(module, batch, amplitude, phase) -> {"loss": total, parts...}``."""
+
+
+def _constant(optimizer: torch.optim.Optimizer, module: L.LightningModule) -> Any:
+    return optimizer
+
+
+def _exponential(optimizer: torch.optim.Optimizer, module: L.LightningModule) -> Any:
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=EXPONENTIAL_GAMMA)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+def _plateau(optimizer: torch.optim.Optimizer, module: L.LightningModule) -> Any:
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", **PLATEAU)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"}}
+
+
+def _warmup_cosine(optimizer: torch.optim.Optimizer, module: L.LightningModule) -> Any:
+    total = max(int(module.trainer.estimated_stepping_batches), 1)
+    warmup = max(int(WARMUP_FRACTION * total), 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(step - warmup, total - warmup) / max(total - warmup, 1)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+SCHEDULERS: dict[Scheduler, Callable[[torch.optim.Optimizer, L.LightningModule], Any]] = check_table(Scheduler, {
+    Scheduler.DEFAULT: _constant,
+    Scheduler.EXPONENTIAL: _exponential,
+    Scheduler.REDUCE_LR_ON_PLATEAU: _plateau,
+    Scheduler.WARMUP_COSINE: _warmup_cosine,
+})
+"""``scheduler`` -> ``(optimizer, module) ->`` what ``configure_optimizers`` returns."""
+
+LOSS_WEIGHTS: dict[LossMode, tuple[str, str]] = check_table(LossMode, {
+    LossMode.POISSON: ("nll_weight", "set nll_weight or use torch_loss_mode 'mae'"),
+    LossMode.MAE: ("mae_weight", "set mae_weight (e.g. 1) or use torch_loss_mode 'poisson'"),
+})
+"""``torch_loss_mode`` -> the weight that must be positive for it, and the fix when it is 0."""
 
 
 def check_loss_config(training: TrainingConfig) -> None:
     """Reject loss settings that cannot train (before any work starts)."""
-    if training.model.model_type == "supervised":
+    if training.model.model_type == ModelType.SUPERVISED:
         return
     if training.nll_weight == 0 and training.mae_weight == 0:
         raise ConfigError("`nll_weight` and `mae_weight` must not both be 0, got 0 and 0; set --nll-weight 1")
-    if training.torch_loss_mode == "mae" and training.mae_weight == 0:
-        raise ConfigError(
-            "`mae_weight` must be > 0 when torch_loss_mode is 'mae', got 0; set mae_weight (e.g. 1) "
-            "or use torch_loss_mode 'poisson'"
-        )
-    if training.torch_loss_mode == "poisson" and training.nll_weight == 0:
-        raise ConfigError(
-            "`nll_weight` must be > 0 when torch_loss_mode is 'poisson', got 0; set nll_weight "
-            "or use torch_loss_mode 'mae'"
-        )
+    weight, fix = LOSS_WEIGHTS[training.torch_loss_mode]
+    if getattr(training, weight) == 0:
+        raise ConfigError(f"`{weight}` must be > 0 when torch_loss_mode is '{training.torch_loss_mode}', got 0; {fix}")

@@ -13,11 +13,13 @@ SIGTERM, SIGUSR1 and Ctrl+C stop between two batches with a checkpoint and raise
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import logging
 import signal
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ptycho_torch.checkpoint import load_generator
+from ptycho_torch.choices import LoggerBackend, check_table
 from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig
 from ptycho_torch.data import RawData
 from ptycho_torch.corpus import Corpus
@@ -55,28 +58,31 @@ LAST = "last"
 MONITOR = "val_loss"
 
 
-def _make_logger(name: str, output_dir: Path) -> Logger | bool:
-    if name == "none":
-        return False
-    if name == "csv":
-        return CSVLogger(save_dir=output_dir, name="logs")
-    if name == "tensorboard":
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError as error:
-            raise ConfigError(
-                "`logger` 'tensorboard' needs the tensorboard package, which is not installed; "
-                "pip install 'ptychopinn-serve[train]' or use --logger csv"
-            ) from error
-        return TensorBoardLogger(save_dir=output_dir, name="tensorboard")
+def _require_module(module: str, backend: str, extra: str) -> None:
     try:
-        import mlflow  # noqa: F401
+        importlib.import_module(module)
     except ImportError as error:
-        raise ConfigError(
-            "`logger` 'mlflow' needs MLflow, which is not installed; pip install 'ptychopinn-serve[mlflow]' "
-            "or use --logger csv"
-        ) from error
+        raise ConfigError(f"`logger` '{backend}' needs the {module} package, which is not installed; "
+                          f"pip install 'ptychopinn-serve[{extra}]' or use --logger csv") from error
+
+
+def _tensorboard_logger(output_dir: Path) -> Logger:
+    _require_module("tensorboard", "tensorboard", "train")
+    return TensorBoardLogger(save_dir=output_dir, name="tensorboard")
+
+
+def _mlflow_logger(output_dir: Path) -> Logger:
+    _require_module("mlflow", "mlflow", "mlflow")
     return MLFlowLogger(experiment_name="ptychopinn", tracking_uri=(output_dir / "mlruns").resolve().as_uri())
+
+
+LOGGERS: dict[LoggerBackend, Callable[[Path], Logger | bool]] = check_table(LoggerBackend, {
+    LoggerBackend.CSV: lambda output_dir: CSVLogger(save_dir=output_dir, name="logs"),
+    LoggerBackend.TENSORBOARD: _tensorboard_logger,
+    LoggerBackend.MLFLOW: _mlflow_logger,
+    LoggerBackend.NONE: lambda output_dir: False,
+})
+"""``logger_backend`` -> ``(run directory) ->`` the Trainer's ``logger`` argument (False: none)."""
 
 
 def last_checkpoint_path(output_dir: str | Path) -> Path:
@@ -125,7 +131,7 @@ def build_trainer(
             gradient_clip_algorithm=execution.gradient_clip_algorithm,
             accumulate_grad_batches=execution.accumulate_grad_batches,
             enable_progress_bar=show_progress_bar(execution),
-            logger=_make_logger(execution.logger_backend, output_dir),
+            logger=LOGGERS[execution.logger_backend](output_dir),
             callbacks=extra,
             # AtomicCheckpointIO: no partial checkpoint wherever $TMPDIR is. SLURM: SIGUSR1 stops
             # with a checkpoint (training.interruption) instead of Lightning's in-job requeue.

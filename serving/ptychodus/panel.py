@@ -12,8 +12,7 @@ from ptychodus.controller.processing import ReconstructorViewControllerFactory
 from PyQt5.QtWidgets import QWidget
 
 from serving.ptychodus.library import LIBRARY_NAME, PtychoPINNServeLibrary
-from ptycho_torch.refinement import ALGORITHMS
-from serving.ptychodus.settings import BUNDLE_FILE_FILTER, REFINE_STARTS, SCALE_POLICIES
+from serving.ptychodus.settings import BUNDLE_FILE_FILTER, REFINE_ALGORITHMS, REFINE_STARTS, SCALE_POLICIES
 
 __all__ = ["PtychoPINNServeViewControllerFactory"]
 
@@ -64,7 +63,7 @@ class PtychoPINNServeViewControllerFactory(ReconstructorViewControllerFactory):
         builder.add_spin_box(settings.refine_iterations, "Iterations:", group=refinement,
                              tool_tip="known-probe refinement after the network, with the scan's probe (0: none); "
                                       "the data fit per iteration is shown as the losses")
-        builder.add_combo_box(settings.refine_algorithm, ALGORITHMS, "Algorithm:", group=refinement,
+        builder.add_combo_box(settings.refine_algorithm, REFINE_ALGORITHMS, "Algorithm:", group=refinement,
                               tool_tip="er: whole scan per update (fast); rpie: mini-batches")
         builder.add_combo_box(settings.refine_start, REFINE_STARTS, "Start:", group=refinement,
                               tool_tip="network: refine the network's object; flat: skip the network")

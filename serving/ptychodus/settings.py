@@ -8,15 +8,17 @@ from ptychodus.api.settings import SettingsRegistry
 
 from ptycho_torch.errors import ConfigError
 from ptycho_torch.pipeline import MAX_REFINE_ITERATIONS
-from ptycho_torch.refinement import ALGORITHMS, RefineSettings
+from ptycho_torch.choices import RefineAlgorithm, RefineStart, values
+from ptycho_torch.refinement import RefineSettings
 from serving.cli import DEFAULT_BUNDLE
 
-__all__ = ["BUNDLE_FILE_FILTER", "GROUP", "REFINE_STARTS", "SCALE_POLICIES", "PtychoPINNServeSettings",
-           "bundle_location"]
+__all__ = ["BUNDLE_FILE_FILTER", "GROUP", "REFINE_ALGORITHMS", "REFINE_STARTS", "SCALE_POLICIES",
+           "PtychoPINNServeSettings", "bundle_location"]
 
 GROUP = "PtychoPINNServe"
 SCALE_POLICIES = ("scan", "bundle")
-REFINE_STARTS = ("network", "flat")
+REFINE_ALGORITHMS = values(RefineAlgorithm)
+REFINE_STARTS = values(RefineStart)
 MANIFEST = "manifest.json"
 BUNDLE_FILE_FILTER = f"PtychoPINN bundle: a .zip, or a bundle folder's {MANIFEST} (*.zip {MANIFEST})"
 """File-dialog filter for Load Model and the bundle chooser: a file dialog cannot pick a folder, so a
@@ -71,9 +73,9 @@ class PtychoPINNServeSettings:
         algorithm or start."""
         iterations = int(self.refine_iterations.get_value())
         algorithm = self.refine_algorithm.get_value().strip().casefold()
-        if algorithm not in ALGORITHMS:
-            raise ConfigError(f"`[{GROUP}] RefineAlgorithm` must be one of {list(ALGORITHMS)}, got {algorithm!r}")
-        if self.start() == "flat" and iterations == 0:
+        if algorithm not in REFINE_ALGORITHMS:
+            raise ConfigError(f"`[{GROUP}] RefineAlgorithm` must be one of {list(REFINE_ALGORITHMS)}, got {algorithm!r}")
+        if self.start() == RefineStart.FLAT and iterations == 0:
             raise ConfigError(f"`[{GROUP}] RefineStart` flat needs `RefineIterations` >= 1; set e.g. 20")
         return RefineSettings(iterations=iterations, algorithm=algorithm) if iterations else None  # type: ignore[arg-type]
 

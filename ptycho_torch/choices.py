@@ -1,0 +1,110 @@
+"""The string choices of the configuration and the reconstruct options, one :class:`~enum.StrEnum` each.
+
+Each enum is the one list of the accepted values; the code that implements a choice keeps one table
+from member to implementation beside it (``model.HEADS``, ``model.AMPLITUDE_ACTIVATIONS``,
+``training.module.SCHEDULERS``, ``training.module.LOSS_WEIGHTS``, ``training.trainer.LOGGERS``,
+``refinement.ALGORITHMS``, ``refinement.STARTS``). Members compare and hash like their values, so a
+table answers a plain string (``HEADS["tf"]``) and configurations keep storing plain strings (they are
+written to checkpoints, which ``torch.load(weights_only=True)`` reads, and to YAML/JSON files).
+Dependency-free: importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from enum import StrEnum
+from typing import TypeVar
+
+__all__ = ["AmpActivation", "Generator", "LoggerBackend", "LossMode", "ModelType", "RefineAlgorithm", "RefineStart",
+           "Scheduler", "check_table", "parse", "values"]
+
+
+class Generator(StrEnum):
+    """The generator's last decoder stage (see :class:`~ptycho_torch.config.ModelConfig`)."""
+
+    TF = "tf"
+    SMOOTH = "smooth"
+    FULL = "full"
+    TAPER = "taper"
+
+
+class AmpActivation(StrEnum):
+    """The amplitude head's activation."""
+
+    SIGMOID = "sigmoid"
+    SWISH = "swish"
+    SILU = "silu"
+    SOFTPLUS = "softplus"
+    RELU = "relu"
+
+
+class ModelType(StrEnum):
+    """``pinn``: self-supervised through the physics; ``supervised``: against ground-truth patches."""
+
+    PINN = "pinn"
+    SUPERVISED = "supervised"
+
+
+class LossMode(StrEnum):
+    """The diffraction loss whose weight must be positive (``torch_loss_mode``)."""
+
+    POISSON = "poisson"
+    MAE = "mae"
+
+
+class Scheduler(StrEnum):
+    """The learning-rate schedule (PtychoPINN's names)."""
+
+    DEFAULT = "Default"
+    EXPONENTIAL = "Exponential"
+    REDUCE_LR_ON_PLATEAU = "ReduceLROnPlateau"
+    WARMUP_COSINE = "WarmupCosine"
+
+
+class LoggerBackend(StrEnum):
+    """Where a training run logs its metrics."""
+
+    CSV = "csv"
+    TENSORBOARD = "tensorboard"
+    MLFLOW = "mlflow"
+    NONE = "none"
+
+
+class RefineAlgorithm(StrEnum):
+    """Known-probe refinement: ``er`` error reduction over the whole scan, ``rpie`` regularised PIE in mini-batches."""
+
+    ER = "er"
+    RPIE = "rpie"
+
+
+class RefineStart(StrEnum):
+    """Where refinement starts: the network's stitched object, or a flat object (amplitude 1, phase 0)."""
+
+    NETWORK = "network"
+    FLAT = "flat"
+
+
+E = TypeVar("E", bound=StrEnum)
+V = TypeVar("V")
+
+
+def values(choice: type[StrEnum]) -> tuple[str, ...]:
+    """The accepted values of ``choice`` as plain strings, in definition order."""
+    return tuple(member.value for member in choice)
+
+
+def parse(choice: type[E], name: str, value: object, error: Callable[[str], Exception]) -> E:
+    """``value`` as a member of ``choice``, else raise ``error("`name` must be one of [...], got 'x'")``."""
+    try:
+        return choice(value)
+    except ValueError:
+        raise error(f"`{name}` must be one of {list(values(choice))}, got {value!r}") from None
+
+
+def check_table(choice: type[E], table: Mapping[E, V]) -> Mapping[E, V]:
+    """Return ``table`` after checking it implements every member of ``choice`` and nothing else
+    (at import, so a new member without an implementation fails at once, not on first use)."""
+    if set(table) != set(choice):
+        raise TypeError(f"the {choice.__name__} table must cover {list(values(choice))}, got "
+                        f"{sorted(str(key) for key in table)}")
+    return table
