@@ -8,7 +8,7 @@ with ``s`` chosen so that the mean over patterns of ``sum_hw I_j`` equals ``npho
 scan stores ``diffraction = sqrt(counts)`` (amplitudes in photon units, fftshifted) and
 ``probeGuess = s * P``, so ``|fft2(probeGuess * patch, 'ortho')|**2`` is the expected count of
 each pixel; ``objectGuess`` is the ground-truth object and ``_metadata`` records ``nphotons``,
-``intensity_scale`` (= s), the object kind, probe origin, scan kind and seed.
+``probe_factor`` (= s; not the model's ``intensity_scale``), the object kind, probe origin, scan kind and seed.
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def simulate_scan(
     intensity = far_field_intensity(extract_patches(obj, x, y, N), probe)
     scale = float(np.sqrt(nphotons / intensity.sum(axis=(-2, -1)).mean()))
     counts = np.random.default_rng(seed).poisson(intensity * scale**2)
-    info = {"nphotons": float(nphotons), "intensity_scale": scale, "diffraction": "sqrt(counts)", "noise_seed": seed}
+    info = {"nphotons": float(nphotons), "probe_factor": scale, "diffraction": "sqrt(counts)", "noise_seed": seed}
     return RawData.from_coords_without_pc(
         x, y, counts_to_amplitude(counts, source="simulate"), (probe * scale).astype(np.complex64), objectGuess=obj,
         metadata={**(metadata or {}), **info},

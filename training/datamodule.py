@@ -119,7 +119,8 @@ class GroupedDataModule(L.LightningDataModule):
                 "use model_type 'pinn' or a file with Y/objectGuess"
             )
         self.train_set: Dataset = GroupedDataset(grouped, with_labels=supervised)
-        self.input_scale = self.train_set.input_scale
+        self.training_scale = self.train_set.input_scale
+        """The training scan's input normalisation (the ``scale`` the ``bundle`` policy uses)."""
         self.probe = train.probeGuess
         if val is None:
             order = np.random.default_rng(seed).permutation(len(self.train_set))

@@ -10,7 +10,8 @@ Checkpoint contract (read by ``export`` and ``workflows``): ``self.generator`` i
 ``training_config`` dict of :class:`~ptycho_torch.config.TrainingConfig` fields (paths as str,
                     ``model`` omitted: it is ``model_config``)
 ``execution_config`` dict of :class:`~ptycho_torch.config.PyTorchExecutionConfig` fields
-``input_scale``     float, the training scan's input normalisation (design.md section 2)
+``input_scale``     float, the training scale: the training scan's input normalisation (design.md
+                    section 2; ``CheckpointRecord.training_scale``, named as in ``params.cfg``)
 ``intensity_scale`` float, ``s = sqrt(nphotons) / (N/2)``
 ``probe_normaliser`` float, the probe was divided by it (as hoidn/PtychoPINN does)
 ``probe_modes``     int, ``P``
@@ -96,17 +97,19 @@ class PtychoPINNModule(L.LightningModule):
         execution: PyTorchExecutionConfig,
         *,
         probe: np.ndarray,
-        input_scale: float,
+        training_scale: float,
         train_data_sha256: str = "",
     ) -> PtychoPINNModule:
-        """Build a fresh module: normalise ``probe`` ((N, N) or (P, N, N)) and record the scales."""
+        """Build a fresh module: normalise ``probe`` ((N, N) or (P, N, N)) and record the scales
+        (``training_scale``, the training scan's input normalisation, under the checkpoint's legacy
+        key ``input_scale``, the ``params.cfg`` name)."""
         check_loss_config(training)
         normalised, normaliser = physics.normalize_probe(torch.as_tensor(probe), training.model.probe_scale)
         module = cls(
             model_config=dataclasses.asdict(training.model),
             training_config=_primitives(training),
             execution_config=_primitives(execution),
-            input_scale=float(input_scale),
+            input_scale=float(training_scale),
             intensity_scale=physics.intensity_scale(training.nphotons, training.model.N),
             probe_normaliser=normaliser,
             probe_modes=int(normalised.shape[0]),

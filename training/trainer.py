@@ -251,10 +251,10 @@ def train(
     if corpus is None:
         data = GroupedDataModule(train_data, test_data, training, seed=execution.seed,
                                  num_workers=execution.num_workers)
-        probe, scale = data.probe, data.input_scale
+        probe, scale = data.probe, data.training_scale
     else:
         data, probe, scale = corpus_data(corpus, test_data, training, execution)
-    module = PtychoPINNModule.from_configs(training, execution, probe=probe, input_scale=scale,
+    module = PtychoPINNModule.from_configs(training, execution, probe=probe, training_scale=scale,
                                            train_data_sha256=train_data_sha256)
     if init_from is not None:
         generator, _, _ = load_generator(init_from)

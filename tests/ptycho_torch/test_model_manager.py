@@ -26,7 +26,7 @@ def checkpoint(tmp_path_factory) -> Path:
     """A checkpoint in Lightning's layout (state_dict + hyper_parameters) of a small random model."""
     torch.manual_seed(0)
     training = TrainingConfig(model=ModelConfig(N=N, n_filters_scale=1), nphotons=1e6)
-    module = PtychoPINNModule.from_configs(training, PyTorchExecutionConfig(), probe=default_probe(N), input_scale=0.37)
+    module = PtychoPINNModule.from_configs(training, PyTorchExecutionConfig(), probe=default_probe(N), training_scale=0.37)
     path = tmp_path_factory.mktemp("ckpt") / "best.ckpt"
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
     return path

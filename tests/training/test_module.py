@@ -20,7 +20,7 @@ from training.module import PtychoPINNModule
 def _module(training: TrainingConfig, raw) -> tuple[PtychoPINNModule, GroupedDataModule]:
     data = GroupedDataModule(raw, None, training, seed=0)
     module = PtychoPINNModule.from_configs(training, PyTorchExecutionConfig(), probe=data.probe,
-                                           input_scale=data.input_scale)
+                                           training_scale=data.training_scale)
     return module, data
 
 
@@ -36,7 +36,7 @@ def test_hparams_are_json_primitives_and_probe_is_normalised():
 
     json.dumps(hp)  # JSON-able primitives only
     assert hp["intensity_scale"] == pytest.approx(math.sqrt(NPHOTONS) / (N / 2))
-    assert hp["input_scale"] == pytest.approx(data.input_scale)
+    assert hp["input_scale"] == pytest.approx(data.training_scale)
     assert hp["model_config"]["N"] == N and hp["probe_modes"] == 1
     assert module.probe.dtype == torch.complex64 and module.probe.shape == (1, N, N)
     expected = torch.as_tensor(raw.probeGuess) / hp["probe_normaliser"]
@@ -95,7 +95,7 @@ def test_unusable_loss_weights_are_rejected(weights, match):
     training = TrainingConfig(model=ModelConfig(N=N, n_filters_scale=1), **weights)
     with pytest.raises(ConfigError, match=match):
         PtychoPINNModule.from_configs(training, PyTorchExecutionConfig(), probe=np.ones((N, N), np.complex64),
-                                      input_scale=1.0)
+                                      training_scale=1.0)
 
 
 def test_data_module_items_are_views_not_copies():
