@@ -71,7 +71,7 @@ class SessionLimits:
     """A session with no request and no inference for this long is closed (``--session-idle-s``)."""
     max_scan_frames: int = 1_000_000
     """Largest scan index + 1 a session takes when it was not told ``expected_frames`` (bounds the
-    per-index bookkeeping: about 200 bytes per frame)."""
+    per-index bookkeeping: 34 bytes per index up to the largest index received)."""
 
     def __post_init__(self) -> None:
         for name in ("max_sessions", "max_pending_frames", "max_canvas_tiles", "max_scan_frames"):

@@ -26,6 +26,7 @@ import numpy.typing as npt
 from ptycho_torch.stitching import Rect, TiledStitcher, canvas_geometry
 from ptycho_torch.bundle import Bundle
 from serving.errors import InvalidRequest
+from serving.sessions.scan_table import ScanTable
 from ptycho_torch.pipeline import ReconstructOptions, Reconstruction
 from ptycho_torch.pixel_size import check_pixel_size
 from ptycho_torch.scan_checks import check_network_input, to_amplitudes
@@ -34,6 +35,8 @@ from ptycho_torch.stitching import complex_patches
 __all__ = ["Receipt", "Session", "SessionRunner", "Work"]
 
 Outputs = tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]
+Span = tuple[tuple[float, float], tuple[float, float]]
+"""``((x_lo, x_hi), (y_lo, y_hi))`` object pixels."""
 
 _MAX_REJECTIONS_KEPT = 100
 """Rejections listed one by one in :meth:`Session.status` (all are counted)."""
@@ -41,6 +44,8 @@ _LATENCIES_KEPT = 100_000
 """Frame-to-canvas latencies kept for the percentiles (the most recent)."""
 _RATE_WINDOW_S = 5.0
 """Window of the recent frame rates in :meth:`Session.status`."""
+_DIGEST_BYTES = 16
+"""BLAKE2b digest of a frame kept per index, to tell a resent frame from a changed one."""
 
 
 class SessionRunner(Protocol):
@@ -180,10 +185,10 @@ class Session:
         self._counts = _Counts()
         self._rejections: list[dict[str, Any]] = []
         self._waiting: dict[int, npt.NDArray[np.float32]] = {}  # frames whose position is not known yet
-        self._frame_digest: dict[int, bytes] = {}
-        self._positions: dict[int, tuple[float, float]] = {}
+        self._frame_digests = ScanTable(_DIGEST_BYTES, np.uint8, self._index_limit)
+        self._positions = ScanTable(2, np.float64, self._index_limit)
         self._tiles: set[tuple[int, int]] = set()  # canvas tiles the accepted positions will need
-        self._span: tuple[tuple[float, float], tuple[float, float]] | None = None  # x, y range of accepted positions
+        self._span: Span | None = None  # x, y range of accepted positions
         self._ready: deque[tuple[int, npt.NDArray[np.float32]]] = deque()
         self._arrived: dict[int, float] = {}  # frame index -> arrival time, until it is on the canvas
         self._latencies: deque[float] = deque(maxlen=_LATENCIES_KEPT)
@@ -225,40 +230,44 @@ class Session:
         amplitudes = to_amplitudes(np.where(negative[:, None, None], 0, array) if negative.any() else array,
                                    self.options.units)[0]  # the one units rule: integer frames are counts
         check_network_input(self.scale, float(amplitudes[finite].max()) if finite.any() else 0.0)
+        reasons = self._index_problems(index)
+        _flag(reasons, ~finite, "pattern holds NaN/inf")
+        _flag(reasons, negative, "pattern holds negative values (amplitudes or counts must be >= 0)")
         with self._lock:
             self._check_open()
             self.last_activity = now
-            rejected: list[dict[str, Any]] = []
-            accepted = duplicates = 0
-            for row, i in enumerate(index.tolist()):
-                reason = self._index_problem(i)
-                if reason is None and not finite[row]:
-                    reason = "pattern holds NaN/inf"
-                elif reason is None and negative[row]:
-                    reason = "pattern holds negative values (amplitudes or counts must be >= 0)"
-                if reason is None:
-                    digest = hashlib.blake2b(amplitudes[row].tobytes(), digest_size=16).digest()
-                    known = self._frame_digest.get(i)
-                    if known == digest:
-                        duplicates += 1
-                        continue
-                    if known is not None:
-                        reason = "frame index sent before with different data; the first frame is kept"
-                if reason is not None:
-                    rejected.append(self._reject("frame", i, reason))
-                    continue
-                self._frame_digest[i] = digest
-                self._arrived[i] = now
-                self._waiting[i] = amplitudes[row]
-                accepted += 1
-            self._counts.frames += accepted
-            self._counts.frame_duplicates += duplicates
-            _note(self._received_times, now, accepted)
-            position_receipt = self._add_positions(index, positions) if positions is not None else None
-            paired = self._pair()
-        if position_receipt is not None:
-            rejected += position_receipt.rejected
-        return Receipt(accepted, duplicates, rejected, paired)
+            frames = _in_order(index, lambda rows: self._take_frames(index[rows], amplitudes[rows], reasons[rows],
+                                                                     now))
+            self._counts.frames += frames.accepted
+            self._counts.frame_duplicates += frames.duplicates
+            _note(self._received_times, now, frames.accepted)
+            placed = self._add_positions(index, positions) if positions is not None else None
+            paired = self._pair(index)
+        rejected = frames.rejected + (placed.rejected if placed is not None else [])
+        return Receipt(frames.accepted, frames.duplicates, rejected, paired)
+
+    def _take_frames(self, index: npt.NDArray[np.int64], amplitudes: npt.NDArray[np.float32],
+                     reasons: npt.NDArray[np.object_], now: float) -> Receipt:
+        """Keep the frames of distinct ``index`` that have no reason yet and were not held before;
+        count identical resends as duplicates and reject changed ones."""
+        fresh = np.equal(reasons, None)
+        digests = np.zeros((len(index), _DIGEST_BYTES), np.uint8)
+        frames = list(amplitudes)  # views, not copies
+        if fresh.any():  # a C call per frame: a numpy mixing hash of the whole chunk measured 1.5x slower
+            digests[fresh] = np.frombuffer(b"".join(
+                hashlib.blake2b(frames[row], digest_size=_DIGEST_BYTES).digest() for row in np.flatnonzero(fresh)
+            ), np.uint8).reshape(-1, _DIGEST_BYTES)
+        held, known = self._frame_digests.get(index)
+        same = (known == digests).all(axis=1)
+        _flag(reasons, held & ~same, "frame index sent before with different data; the first frame is kept")
+        new = fresh & ~held
+        self._frame_digests.put(index[new], digests[new])
+        rows = np.flatnonzero(new).tolist()
+        kept = index[rows].tolist()
+        self._arrived.update(dict.fromkeys(kept, now))
+        self._waiting.update(zip(kept, map(frames.__getitem__, rows)))
+        duplicates = int(np.count_nonzero(fresh & held & same))
+        return Receipt(len(kept), duplicates, self._rejections_of("frame", index, reasons), 0)
 
     def add_positions(self, indices: npt.ArrayLike, positions: npt.ArrayLike) -> Receipt:
         """Take scan ``positions (K, 2)`` ``[x, y]`` object pixels (patch centres) for ``indices (K,)``."""
@@ -268,66 +277,84 @@ class Session:
             self._check_open()
             self.last_activity = self._clock()
             receipt = self._add_positions(index, positions)
-            return Receipt(receipt.accepted, receipt.duplicates, receipt.rejected, self._pair())
+            return Receipt(receipt.accepted, receipt.duplicates, receipt.rejected, self._pair(index))
 
     def _add_positions(self, index: npt.NDArray[np.int64], positions: npt.ArrayLike) -> Receipt:
         pos = np.asarray(positions, dtype=np.float64)
-        rejected: list[dict[str, Any]] = []
-        accepted = duplicates = 0
+        reasons = self._index_problems(index)
+        _flag(reasons, ~np.isfinite(pos).all(axis=1), "position holds NaN/inf")
+        if self.bounds is not None:
+            (x_lo, x_hi), (y_lo, y_hi) = self.bounds
+            x, y = pos.T
+            outside = ~((x_lo <= x) & (x <= x_hi) & (y_lo <= y) & (y <= y_hi))
+            for row in np.flatnonzero(outside & np.equal(reasons, None)):
+                reasons[row] = (f"position {pos[row].tolist()} is outside the canvas bounds {self.bounds} given at "
+                                "creation")
         keys = self.stitcher.tile_keys(np.nan_to_num(pos, posinf=0.0, neginf=0.0))
-        for row, (i, (x, y)) in enumerate(zip(index.tolist(), pos.tolist(), strict=True)):
-            reason = self._index_problem(i)
-            if reason is None and not (np.isfinite(x) and np.isfinite(y)):
-                reason = "position holds NaN/inf"
-            elif reason is None and self.bounds is not None and not _inside(self.bounds, x, y):
-                reason = f"position {[x, y]} is outside the canvas bounds {self.bounds} given at creation"
-            if reason is None:
-                known = self._positions.get(i)
-                if known == (x, y):
-                    duplicates += 1
-                    continue
-                if known is not None:
-                    reason = f"position index sent before as {list(known)}, now {[x, y]}; the first is kept"
-            if reason is None:
-                reason = self._canvas_problem(x, y)
-            if reason is None:
-                tiles = set(map(tuple, keys[row].tolist()))
-                if len(self._tiles | tiles) > self.stitcher.max_tiles:
-                    reason = (f"position {[x, y]} would grow the canvas past its limit of {self.stitcher.max_tiles} "
-                              f"tiles of {self.stitcher.tile}x{self.stitcher.tile} pixels; check the position "
-                              f"units (object pixels)")
-            if reason is not None:
-                rejected.append(self._reject("position", i, reason))
-                continue
-            self._tiles |= tiles
-            self._span = _grown(self._span, x, y)
-            self._positions[i] = (x, y)
-            accepted += 1
-        self._counts.positions += accepted
-        self._counts.position_duplicates += duplicates
-        return Receipt(accepted, duplicates, rejected, 0)
+        receipt = _in_order(index, lambda rows: self._take_positions(index[rows], pos[rows], keys[rows],
+                                                                     reasons[rows]))
+        self._counts.positions += receipt.accepted
+        self._counts.position_duplicates += receipt.duplicates
+        return receipt
 
-    def _canvas_problem(self, x: float, y: float) -> str | None:
-        """Why position ``(x, y)`` cannot join the canvas, or None. The object is returned on the
-        bounding box of every position, so that box (not only the tiles touched) must fit the
-        canvas limit: two positions far apart would otherwise ask for a canvas of any size."""
-        (x_range, y_range) = _grown(self._span, x, y)
+    def _take_positions(self, index: npt.NDArray[np.int64], pos: npt.NDArray[np.float64],
+                        keys: npt.NDArray[np.int64], reasons: npt.NDArray[np.object_]) -> Receipt | None:
+        """Keep the positions of distinct ``index`` that have no reason yet and were not held before;
+        count identical resends as duplicates, reject changed ones. None, with nothing changed, when
+        several new positions do not fit the canvas together (the caller then takes them one by one)."""
+        fresh = np.equal(reasons, None)
+        held, known = self._positions.get(index)
+        same = (known == pos).all(axis=1)
+        new = fresh & ~held
+        span, tiles = _grown(self._span, pos[new]), self._tiles | _tile_set(keys[new])
+        problem = self._canvas_problem(span, tiles) if new.any() else None
+        if problem is not None and len(index) > 1:
+            return None
+        for row in np.flatnonzero(fresh & held & ~same):
+            reasons[row] = (f"position index sent before as {known[row].tolist()}, now {pos[row].tolist()}; the "
+                            "first is kept")
+        if problem is not None:
+            reasons[0] = f"position {pos[0].tolist()} {problem}"
+        else:
+            self._positions.put(index[new], pos[new])
+            self._span, self._tiles = span, tiles
+        accepted = 0 if problem is not None else int(np.count_nonzero(new))
+        duplicates = int(np.count_nonzero(fresh & held & same))
+        return Receipt(accepted, duplicates, self._rejections_of("position", index, reasons), 0)
+
+    def _canvas_problem(self, span: Span, tiles: set[tuple[int, int]]) -> str | None:
+        """Why positions spanning ``span`` and needing canvas ``tiles`` cannot join the canvas, or None.
+        The object is returned on the bounding box of every position, so that box (not only the tiles
+        touched) must fit the canvas limit: two positions far apart would otherwise ask for a canvas of
+        any size."""
+        x_range, y_range = span
         _, (H, W) = canvas_geometry(x_range, y_range, self.stitcher.M)
         limit = self.stitcher.max_tiles * self.stitcher.tile ** 2
-        if H * W <= limit:
-            return None
-        return (f"position {[x, y]} would make the object {H:.3g} x {W:.3g} px (the bounding box of the "
-                f"session's positions), over the canvas limit of {limit:,} px ({self.stitcher.max_tiles} tiles "
-                f"of {self.stitcher.tile}x{self.stitcher.tile}); check the position units (object pixels)")
-
-    def _index_problem(self, i: int) -> str | None:
-        if i < 0:
-            return "index must be >= 0"
-        if i >= self._index_limit:
-            if self.expected_frames is not None:
-                return f"index must be < expected_frames = {self.expected_frames}"
-            return f"index must be < {self._index_limit}, this server's largest scan (give expected_frames)"
+        if H * W > limit:
+            return (f"would make the object {H:.3g} x {W:.3g} px (the bounding box of the session's positions), "
+                    f"over the canvas limit of {limit:,} px ({self.stitcher.max_tiles} tiles of "
+                    f"{self.stitcher.tile}x{self.stitcher.tile}); check the position units (object pixels)")
+        if len(tiles) > self.stitcher.max_tiles:
+            return (f"would grow the canvas past its limit of {self.stitcher.max_tiles} tiles of "
+                    f"{self.stitcher.tile}x{self.stitcher.tile} pixels; check the position units (object pixels)")
         return None
+
+    def _index_problems(self, index: npt.NDArray[np.int64]) -> npt.NDArray[np.object_]:
+        """The reason each of ``index (K,)`` is refused, or None where it is in range."""
+        reasons = np.full(len(index), None, object)
+        if self.expected_frames is not None:
+            too_large = f"index must be < expected_frames = {self.expected_frames}"
+        else:
+            too_large = f"index must be < {self._index_limit}, this server's largest scan (give expected_frames)"
+        reasons[index >= self._index_limit] = too_large
+        reasons[index < 0] = "index must be >= 0"
+        return reasons
+
+    def _rejections_of(self, what: str, index: npt.NDArray[np.int64], reasons: npt.NDArray[np.object_]
+                       ) -> list[dict[str, Any]]:
+        """Record the items of ``index`` that have a reason, in order."""
+        refused = np.flatnonzero(~np.equal(reasons, None))
+        return [self._reject(what, i, reason) for i, reason in zip(index[refused].tolist(), reasons[refused])]
 
     def _reject(self, what: str, index: int, reason: str) -> dict[str, Any]:
         item = {"what": what, "index": index, "reason": reason}
@@ -336,10 +363,11 @@ class Session:
             self._rejections.append(item)
         return item
 
-    def _pair(self) -> int:
-        paired = [i for i in self._waiting if i in self._positions]
-        for i in paired:
-            self._ready.append((i, self._waiting.pop(i)))
+    def _pair(self, index: npt.NDArray[np.int64]) -> int:
+        """Queue for inference the frames of a message's ``index`` whose frame and position are both known."""
+        known = dict.fromkeys(index[self._positions.get(index)[0]].tolist())
+        paired = [i for i in known if i in self._waiting]
+        self._ready.extend(zip(paired, map(self._waiting.pop, paired)))
         self._counts.paired += len(paired)
         return len(paired)
 
@@ -356,8 +384,8 @@ class Session:
                 return None
             items = [self._ready.popleft() for _ in range(min(max_items, len(self._ready)))]
             self._counts.in_flight += len(items)
-            positions = np.array([self._positions[i] for i, _ in items], np.float64)
-        indices = np.fromiter((i for i, _ in items), np.int64, len(items))
+            indices = np.fromiter((i for i, _ in items), np.int64, len(items))
+            positions = self._positions.get(indices)[1]
         diffraction = np.stack([pattern for _, pattern in items])[:, None]
         return Work(indices, diffraction, np.full(len(items), self.scale, np.float32), positions)
 
@@ -482,7 +510,7 @@ class Session:
                                 "in_flight": c.in_flight},
                 },
                 "positions": {"received": c.positions, "duplicates": c.position_duplicates,
-                              "without_frame": sum(1 for i in self._positions if i not in self._frame_digest)},
+                              "without_frame": c.positions - c.paired},  # a frame joining its position pairs it
                 "rejections": list(self._rejections),
                 "rates_per_s": {"received": _rate(self._received_times, now),
                                 "reconstructed": _rate(self._stitched_times, now)},
@@ -553,15 +581,33 @@ def _check_bounds(bounds: Any) -> tuple[tuple[float, float], tuple[float, float]
     return (x_lo, x_hi), (y_lo, y_hi)
 
 
-def _inside(bounds: tuple[tuple[float, float], tuple[float, float]], x: float, y: float) -> bool:
-    (x_lo, x_hi), (y_lo, y_hi) = bounds
-    return x_lo <= x <= x_hi and y_lo <= y <= y_hi
+def _grown(span: Span | None, points: npt.NDArray[np.float64]) -> Span | None:
+    """``span`` grown to hold ``points (K, 2)`` ``[x, y]`` (None for no span and no points)."""
+    if len(points) == 0:
+        return span
+    lo, hi = points.min(axis=0).tolist(), points.max(axis=0).tolist()
+    if span is not None:
+        (x_lo, x_hi), (y_lo, y_hi) = span
+        lo, hi = [min(x_lo, lo[0]), min(y_lo, lo[1])], [max(x_hi, hi[0]), max(y_hi, hi[1])]
+    return (lo[0], hi[0]), (lo[1], hi[1])
 
 
-def _grown(span: tuple[tuple[float, float], tuple[float, float]] | None, x: float, y: float
-           ) -> tuple[tuple[float, float], tuple[float, float]]:
-    """The ``(x_range, y_range)`` of ``span`` grown to hold ``(x, y)``."""
-    if span is None:
-        return (x, x), (y, y)
-    (x_lo, x_hi), (y_lo, y_hi) = span
-    return (min(x_lo, x), max(x_hi, x)), (min(y_lo, y), max(y_hi, y))
+def _tile_set(keys: npt.NDArray[np.int64]) -> set[tuple[int, int]]:
+    """The ``(tile row, tile column)`` pairs of ``keys (K, 4, 2)``."""
+    return set(map(tuple, keys.reshape(-1, 2).tolist()))
+
+
+def _flag(reasons: npt.NDArray[np.object_], mask: npt.NDArray[np.bool_], reason: str) -> None:
+    """Give ``reason`` to the items of ``mask`` that have none yet (an item reports its first problem)."""
+    reasons[mask & np.equal(reasons, None)] = reason
+
+
+def _in_order(index: npt.NDArray[np.int64], take: Callable[[slice], Receipt | None]) -> Receipt:
+    """``take(rows)`` on the whole message at once when its indices are distinct and ``take`` decides
+    it (not None); else on one row after another, as if they came one by one (an index repeated in a
+    message, or positions that only fit the canvas in part). The receipts are summed."""
+    if len(set(index.tolist())) == len(index) and (whole := take(slice(None))) is not None:
+        return whole
+    parts = [take(slice(row, row + 1)) for row in range(len(index))]
+    return Receipt(sum(p.accepted for p in parts), sum(p.duplicates for p in parts),  # type: ignore[union-attr]
+                   [item for p in parts for item in p.rejected], 0)  # type: ignore[union-attr]

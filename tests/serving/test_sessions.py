@@ -114,6 +114,40 @@ def test_bad_items_are_rejected_one_by_one_with_reasons(batcher) -> None:
         session.add_positions([0.5], [[1.0, 2.0]])
 
 
+def test_an_index_repeated_in_a_message_is_taken_as_if_its_rows_came_one_by_one(batcher) -> None:
+    """A message is checked whole (numpy over the chunk); an index it repeats is decided row by row."""
+    patterns, _ = _scan(10, 3)
+    session = Session("s", batcher)
+    rows = [patterns[0], patterns[1], patterns[1], patterns[0], patterns[1] + 1, patterns[2]]
+    receipt = session.add_frames([0, 1, 1, 0, 1, 2], np.stack(rows))
+    assert (receipt.accepted, receipt.duplicates) == (3, 2)
+    assert receipt.rejected == [{"what": "frame", "index": 1,
+                                 "reason": "frame index sent before with different data; the first frame is kept"}]
+    # 3: refused (NaN), then kept; 0: kept, then resent changed (refused); 1 kept; 3 has no frame yet
+    receipt = session.add_positions([3, 0, 3, 0, 1], [[np.nan, 0.0], [1.0, 2.0], [4.0, 5.0], [1.5, 2.0], [1.0, 2.0]])
+    assert (receipt.accepted, receipt.duplicates, receipt.paired) == (3, 0, 2)
+    assert [(r["index"], r["reason"]) for r in receipt.rejected] == [
+        (3, "position holds NaN/inf"),
+        (0, "position index sent before as [1.0, 2.0], now [1.5, 2.0]; the first is kept")]
+    status = session.status()
+    assert status["positions"] == {"received": 3, "duplicates": 0, "without_frame": 1}
+    assert status["frames"]["pending"]["waiting_for_position"] == 1 and status["frames"]["paired"] == 2
+    work = session.take_work(16)
+    assert work.indices.tolist() == [0, 1]
+    np.testing.assert_array_equal(work.positions, [[1.0, 2.0], [1.0, 2.0]])
+    np.testing.assert_array_equal(work.diffraction[:, 0], patterns[:2])
+
+
+def test_positions_that_fit_the_canvas_only_in_part_are_taken_in_order(batcher) -> None:
+    """The whole message would outgrow the canvas: each row is then checked after the ones before it."""
+    session = Session("s", batcher, max_tiles=1, tile=64)
+    receipt = session.add_positions([0, 1, 2, 3], [[10.0, 10.0], [100.0, 20.0], [20.0, 20.0], [100.0, 20.0]])
+    assert receipt.accepted == 2 and [r["index"] for r in receipt.rejected] == [1, 3]
+    assert receipt.rejected[0]["reason"] == ("position [100.0, 20.0] would grow the canvas past its limit of 1 tiles "
+                                             "of 64x64 pixels; check the position units (object pixels)")
+    assert session.add_positions([1], [[15.0, 15.0]]).accepted == 1  # refused before, so not held
+
+
 def test_sessions_refuse_the_scan_scale_policy_and_grouped_models(batcher, oracle_bundle_g2) -> None:
     with pytest.raises(InvalidRequest, match="scale_policy.*'bundle'"):
         Session("s", batcher, options=ReconstructOptions(scale_policy="scan"))
