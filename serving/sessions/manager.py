@@ -39,7 +39,8 @@ _CLOSED_KEPT = 1000
 
 class SessionManager:
     """Create, find, feed and close sessions. ``resolve(model, version)`` returns the runner a new
-    session pins (it raises :class:`~serving.errors.ModelNotFound` for an unknown model)."""
+    session pins (it raises :class:`~serving.errors.ModelNotFound` for an unknown model); it runs under
+    the manager's lock, so it must not wait for a lock held by a caller of :meth:`sessions`."""
 
     def __init__(self, resolve: Callable[[str | None, str | None], SessionRunner],
                  limits: SessionLimits | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
@@ -58,9 +59,12 @@ class SessionManager:
     def create(self, model: str | None = None, version: str | None = None, *,
                options: ReconstructOptions | None = None, expected_frames: int | None = None,
                bounds: Any = None) -> Session:
-        """A new open session on ``model`` (None: the served default); :class:`Overloaded` when full."""
-        runner = self.resolve(model, version)
+        """A new open session on ``model`` (None: the served default); :class:`Overloaded` when full.
+        The runner is resolved and the session registered under one lock, the one :meth:`sessions`
+        takes: a model repository reaping a version that a reload retired asks :meth:`sessions`, so it
+        either ran before (and the resolve sees the new version) or sees this session."""
         with self._lock:
+            runner = self.resolve(model, version)
             if len(self._sessions) >= self.limits.max_sessions:
                 raise Overloaded(f"{len(self._sessions)} sessions are open, the limit is {self.limits.max_sessions}; "
                                  "close finished sessions (DELETE /v1/sessions/{id}) or retry later",
@@ -83,7 +87,9 @@ class SessionManager:
         return session
 
     def sessions(self) -> list[Session]:
-        return list(self._sessions.values())
+        """The open sessions (each pins its runner until it closes)."""
+        with self._lock:
+            return list(self._sessions.values())
 
     def totals(self) -> dict[str, int]:
         """Frames received, reconstructed and rejected by every session since the manager started."""

@@ -203,3 +203,59 @@ def test_serve_model_repository_starts_on_the_first_models_latest_version(reposi
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="holds no model"):
         _first_in_repository(tmp_path / "empty")
+
+
+def test_a_session_opened_while_its_model_is_reloaded_keeps_the_version_it_resolved(repository: Path,
+                                                                                    monkeypatch) -> None:
+    """The session resolves v1's batcher; before it is registered, a reload swaps v1 out and reaps the
+    retired versions. The reap must see the session (it waits for the registration), or it closes the
+    batcher the session is about to pin. The interleaving is forced with events, not timing."""
+    import serving.app
+    from serving.repository import ModelRepository
+    from serving.sessions import SessionManager
+
+    managers: list[SessionManager] = []
+
+    class Recorded(SessionManager):
+        def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+            super().__init__(*args, **kwargs)
+            managers.append(self)
+
+    resolved, go, reaping = threading.Event(), threading.Event(), threading.Event()
+    session_runner, reap = serving.app._State.session_runner, ModelRepository.reap
+
+    def paused(self, name, version):  # noqa: ANN001, ANN202 - the session has its runner, not yet registered
+        runner = session_runner(self, name, version)
+        resolved.set()
+        assert go.wait(10)
+        return runner
+
+    def reap_signalled(self) -> None:  # noqa: ANN001
+        reaping.set()
+        reap(self)
+
+    monkeypatch.setattr(serving.app, "SessionManager", Recorded)
+    monkeypatch.setattr(serving.app._State, "session_runner", paused)
+    monkeypatch.setattr(ModelRepository, "reap", reap_signalled)
+    app = _app(repository)
+    repo = app.state.serving.repository
+    before = repo.get("oracle")
+    opened: list = []
+    opener = threading.Thread(target=lambda: opened.append(managers[0].create("oracle")))
+    reloader = threading.Thread(target=repo.load, args=("oracle",))
+    try:
+        opener.start()
+        assert resolved.wait(10)
+        reloader.start()
+        assert reaping.wait(30)  # the swap is done: v1 is retired and being reaped
+        reloader.join(1.0)  # with the race, the reap closes v1's batcher now; fixed, it waits for the session
+    finally:
+        go.set()
+        opener.join(10)
+        reloader.join(30)
+    session = opened[0]
+    assert repo.get("oracle") is not before and session.runner is before.batcher
+    x = np.ones((2, 1, N, N), np.float32)
+    amplitude, phase = session.runner.submit(x, np.ones(2, np.float32)).result(timeout=10)
+    np.testing.assert_allclose(phase, PHASE_FACTOR * x, rtol=1e-5)
+    repo.close()
