@@ -1,6 +1,7 @@
 """gridsize 3 end to end with default options: ``ptychopinn train --gridsize 3`` trains (the
 neighbour count follows C = 9 unless ``--neighbor-count`` says otherwise), ``ptychopinn export``
-writes the bundle, and the held-out scan reconstructs over ``/v1/reconstruct`` and in Ptychodus."""
+writes the bundle, and the held-out scan reconstructs over ``/v1/reconstruct`` and in Ptychodus, with
+the ONNX reconstructor and the HTTP one (gridsize > 1: chunks through the remote runner, not a session)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from ptycho_torch.data import load_siemens_star, spatial_split
 from ptycho_torch.grouping import default_neighbor_count
 from ptychopinn.cli import main
 from serving.client import Client
+from serving.ptychodus.http_reconstructor import HttpReconstructor
 from serving.ptychodus.onnx_reconstructor import OnnxReconstructor
 from serving.ptychodus.settings import PtychoPINNServeSettings
 
@@ -62,7 +64,8 @@ def test_gridsize3_reconstructs_over_http_and_in_ptychodus_with_default_options(
     assert (bundle.gridsize, bundle.channels) == (3, 9)
     held_out = real_scan(data_dir, n=N)
 
-    with Client(serve(bundle_zip).url) as client:
+    server = serve(bundle_zip)
+    with Client(server.url) as client:
         remote = client.reconstruct(held_out.patterns, held_out.positions)  # default options
     assert remote.n_patterns == remote.n_groups == len(held_out.patterns)
     covered = remote.coverage > 0
@@ -72,3 +75,19 @@ def test_gridsize3_reconstructs_over_http_and_in_ptychodus_with_default_options(
     outputs = list(OnnxReconstructor(settings).reconstruct(held_out.reconstruct_input))
     obj = outputs[-1].product.object_.get_layer(0)
     assert np.isfinite(obj).all() and np.count_nonzero(obj) > 1000
+
+    settings.server_url.set_value(server.url)
+    settings.server_model.set_value(bundle.name)
+    settings.chunk_size.set_value(len(held_out.patterns))  # one chunk: the whole scan, as the ONNX path
+    whole = list(HttpReconstructor(settings).reconstruct(held_out.reconstruct_input))
+    assert [o.progress for o in whole] == [1]
+    np.testing.assert_allclose(whole[-1].product.object_.get_layer(0), obj, rtol=1e-5, atol=1e-6)
+
+    size = -(-len(held_out.patterns) // 3)
+    settings.chunk_size.set_value(size)  # three chunks, each grouped on its own
+    reconstructor = HttpReconstructor(settings)
+    outputs = list(reconstructor.reconstruct(held_out.reconstruct_input))
+    assert [o.progress for o in outputs] == [1, 2, 3] and reconstructor.get_progress_goal() == 3
+    covered = [np.count_nonzero(o.product.object_.get_layer(0)) for o in outputs]
+    assert covered == sorted(covered) and covered[0] < covered[-1] and covered[-1] > 1000
+    assert np.isfinite(outputs[-1].product.object_.get_layer(0)).all()
