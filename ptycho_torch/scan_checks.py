@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from ptycho_torch.errors import DataContractError
+from ptycho_torch.errors import DataContractError, InvalidInput, InvalidValues
 
 __all__ = [
     "ImplausibleScan",
@@ -143,12 +143,16 @@ MAX_MASKED_FRACTION = 0.5
 
 
 def bad_pixel_mask(mask: Any, N: int) -> npt.NDArray[np.bool_]:
-    """The caller's bad-pixel mask as ``(N, N)`` bool (True = bad); 0/1 integers accepted."""
+    """The caller's bad-pixel mask as ``(N, N)`` bool (True = bad); 0/1 integers accepted.
+
+    Raises :class:`InvalidInput` for a wrong shape or dtype, :class:`InvalidValues` for integers
+    other than 0/1, :class:`DataContractError` for a mask too dense to inpaint."""
     array = np.asarray(mask)
-    if array.shape != (N, N) or array.dtype.kind not in "biu" or (array.dtype.kind != "b" and
-                                                                 not np.isin(array, (0, 1)).all()):
-        raise DataContractError(f"`mask` must be a ({N}, {N}) bool (or 0/1) array, True = bad pixel, got "
-                                f"{array.dtype} {list(array.shape)}")
+    wrong = f"`mask` must be a ({N}, {N}) bool (or 0/1) array, True = bad pixel, got {array.dtype} {list(array.shape)}"
+    if array.shape != (N, N) or array.dtype.kind not in "biu":
+        raise InvalidInput(wrong)
+    if array.dtype.kind != "b" and not np.isin(array, (0, 1)).all():
+        raise InvalidValues(wrong)
     bad = array.astype(bool)
     if bad.mean() > MAX_MASKED_FRACTION:
         raise DataContractError(f"`mask` marks {bad.mean():.0%} of the {N}x{N} pixels bad (True = bad pixel); "

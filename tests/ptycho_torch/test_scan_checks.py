@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ptycho_torch.data import load_scan
-from ptycho_torch.errors import DataContractError
+from ptycho_torch.errors import DataContractError, InvalidInput
 from ptycho_torch.normalization import input_scale
 from ptycho_torch.scan_checks import (
     ImplausibleScan,
@@ -136,7 +136,7 @@ def test_a_caller_mask_is_applied_and_reported() -> None:
     assert scan.report.masked_pixels == 6
     assert not np.array_equal(scan.amplitudes[:, 10:12, 0:3], patterns[:, 10:12, 0:3])
     np.testing.assert_array_equal(scan.amplitudes[:, 12:], patterns[:, 12:])
-    with pytest.raises(DataContractError, match=r"`mask` must be a \(32, 32\) bool"):
+    with pytest.raises(InvalidInput, match=r"`mask` must be a \(32, 32\) bool"):  # a shape: 400 over HTTP
         prepare_scan(patterns, positions, mask=np.zeros((4, 4), bool))
 
 

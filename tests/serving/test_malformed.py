@@ -109,7 +109,7 @@ CASES = [
      _npz(patterns=PATTERNS, positions=POSITIONS, probe=np.full((N, N), np.nan, np.complex64)), {}, 422,
      "`probe` must be finite"),
     ("mask shape", "POST", RECONSTRUCT, _npz(patterns=PATTERNS, positions=POSITIONS, mask=np.zeros((3, 3), bool)),
-     {}, 422, r"`mask` must be a \(32, 32\) bool"),
+     {}, 400, r"`mask` must be a \(32, 32\) bool"),
     ("mask values", "POST", RECONSTRUCT, _npz(patterns=PATTERNS, positions=POSITIONS, mask=np.full((N, N), 7)),
      {}, 422, r"`mask` must be a \(32, 32\) bool \(or 0/1\)"),
     ("options numeric", "POST", RECONSTRUCT, _npz(patterns=PATTERNS, positions=POSITIONS, options=np.array([1.0])),
