@@ -154,7 +154,7 @@ class TrainingConfig:
     test_data_file: Path | None = None
     """Validation scan, also reconstructed held out (None: hold out 5% of the training groups)."""
     train_corpus: Path | None = None
-    """Simulated corpus folder (``ptychopinn corpus``) streamed instead of ``train_data_file``."""
+    """Simulated corpus folder (``ptychopinn corpus``) streamed instead of a training scan (``--train-data``)."""
     batch_size: int = 16
     """Groups per optimisation step; a power of two."""
     nepochs: int = 50
@@ -272,7 +272,7 @@ class PyTorchExecutionConfig:
     logger_backend: str = "csv"
     """Metrics logger: ``csv``, ``tensorboard``, ``mlflow`` or ``none``."""
     enable_progress_bar: bool = True
-    """Show a progress bar (on a terminal only; otherwise a progress line every ``progress_every_s``)."""
+    """Show a progress bar (on a terminal only; otherwise a progress line every ``--progress-every`` seconds)."""
     max_steps: int = -1
     """Stop after this many optimiser steps (-1: run all epochs)."""
     checkpoint_every_n_steps: int | None = None
