@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.report import ROOT  # noqa: E402
@@ -79,6 +80,7 @@ def time_to_quality_figure(path: Path, cases: dict[str, dict[str, Any]], stamp: 
             ax.axhline(case["time_to_quality"]["target"][part], color="gray", lw=0.8, ls="--", label="0.95 x best")
             ax.axhline(case["flat"][f"ssim_{part}"], color="black", lw=0.8, ls=":", label="flat object")
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks overlap on short ranges
             ax.set_xlabel("wall time (s)")
             ax.set_ylabel(f"SSIM {part}")
             ax.set_title(f"{name}: {part} vs {case['reference']}", fontsize=9)
