@@ -10,6 +10,7 @@ removal) together with the phase correlation (Pearson, after the same alignment)
 object's scores on the same region.
 
     python -m bench.default_model serving/default_bundle [OTHER_BUNDLE ...]
+    python -m bench.default_model --curves tf=runs/default-tf smooth=runs/default-smooth   # NLL per epoch
 """
 
 from __future__ import annotations
@@ -76,12 +77,51 @@ def evaluate(bundle: Path) -> dict[str, Any]:
     return out
 
 
+CURVES = ROOT / "bench" / "results" / "default_model_curves.json"
+CURVES_FIGURE = ROOT / "docs" / "figures" / "default_model_curves.png"
+
+
+def held_out_curve(run_dir: Path) -> dict[int, float]:
+    """Epoch -> held-out NLL (``val_loss``) of a ``python -m export.default_bundle`` run, from its CSV
+    logs (every ``logs/version_*`` of a resumed run, later versions winning)."""
+    import csv
+
+    curve: dict[int, float] = {}
+    for metrics in sorted((run_dir / "logs").glob("version_*/metrics.csv"), key=lambda f: int(f.parent.name[8:])):
+        with metrics.open() as f:
+            curve.update({int(row["epoch"]) + 1: float(row["val_loss"]) for row in csv.DictReader(f) if row["val_loss"]})
+    return dict(sorted(curve.items()))
+
+
+def draw_curves(runs: dict[str, Path], results: Path = CURVES, path: Path = CURVES_FIGURE) -> Path:
+    """Held-out NLL per epoch of each run (label -> run folder) into ``results`` (JSON) and a PNG."""
+    from bench.figures import save_figure  # first: it selects the Agg backend
+    import matplotlib.pyplot as plt
+
+    curves = {label: held_out_curve(run_dir) for label, run_dir in runs.items()}
+    results.write_text(json.dumps({label: {str(k): v for k, v in c.items()} for label, c in curves.items()}) + "\n")
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for label, curve in curves.items():
+        ax.plot(list(curve), list(curve.values()), label=label)
+    ax.set_ylim(top=-430)
+    ax.set_xlabel("epoch (17 steps of 16 patterns)")
+    ax.set_ylabel("held-out Poisson NLL per pixel")
+    ax.set_title("real Siemens star, held-out bottom half (258 patterns)", fontsize=9)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.default_model", description=__doc__.splitlines()[0])
-    parser.add_argument("bundles", nargs="+", type=Path)
+    parser.add_argument("bundles", nargs="*", type=Path, help="bundles to score")
+    parser.add_argument("--curves", nargs="+", default=[], metavar="LABEL=RUN_DIR",
+                        help=f"draw the held-out NLL per epoch of `export.default_bundle` runs ({CURVES_FIGURE.name})")
     args = parser.parse_args(argv)
     for bundle in args.bundles:
         print(json.dumps(evaluate(bundle)), flush=True)
+    if args.curves:
+        print(draw_curves({label: Path(run) for label, run in (item.split("=", 1) for item in args.curves)}))
     return 0
 
 
