@@ -161,6 +161,11 @@ def _callback(path: Path, test: RawData, truth: np.ndarray, budget: float, every
     return Curve()
 
 
+def read_curve(path: Path) -> list[dict[str, Any]]:
+    """The evaluations of a run, oldest first (``curve.jsonl``: one JSON object per line)."""
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def run(name: str, budget: float, every: float, out: Path = RUNS) -> Path:
     """Train configuration ``name`` until ``budget`` CPU-seconds, evaluating every ``every``."""
     import torch
@@ -173,7 +178,7 @@ def run(name: str, budget: float, every: float, out: Path = RUNS) -> Path:
     run_dir = out / name
     run_dir.mkdir(parents=True, exist_ok=True)
     curve = run_dir / "curve.jsonl"
-    records = [json.loads(line) for line in curve.read_text().splitlines()] if curve.is_file() else []
+    records = read_curve(curve) if curve.is_file() else []
     start = {"cpu": records[-1]["cpu_s"] if records else 0.0, "pretrained_cpu": 0.0}
     if start["cpu"] >= budget:
         return curve
@@ -189,14 +194,13 @@ def run(name: str, budget: float, every: float, out: Path = RUNS) -> Path:
     resuming = resume.is_file() and bool(records)
     init = None
     if "init" in spec:  # a fine-tuning run: its CPU clock goes on from the model it starts from
-        init = run_dir / "init.ckpt"
-        if not resuming:
-            shutil.copyfile(out / spec["init"] / "resume.ckpt", init)  # the starting model, kept as it was
-            start["pretrained_cpu"] = [json.loads(line) for line in
-                                       (out / spec["init"] / "curve.jsonl").read_text().splitlines()][-1]["cpu_s"]
-        else:
+        if resuming:
             start["pretrained_cpu"] = records[0]["pretrained_cpu_s"]
-    train(training, execution, **sources, resume=resume if resuming else None, init_from=None if resuming else init,
+        else:
+            init = run_dir / "init.ckpt"
+            shutil.copyfile(out / spec["init"] / "resume.ckpt", init)  # the starting model, kept as it was
+            start["pretrained_cpu"] = read_curve(out / spec["init"] / "curve.jsonl")[-1]["cpu_s"]
+    train(training, execution, **sources, resume=resume if resuming else None, init_from=init,
           callbacks=[_callback(curve, test, truth, budget, every, start)])
     return curve
 
@@ -240,7 +244,7 @@ def collect(out: Path = RUNS, results: Path = RESULTS) -> dict[str, Any]:
     """Every run's curve under ``out`` into ``results`` (JSON, committed: the docs regenerate from it)."""
     from bench.machine import machine_info
 
-    runs = {path.parent.name: [json.loads(line) for line in path.read_text().splitlines()]
+    runs = {path.parent.name: read_curve(path)
             for path in sorted(out.glob("*/curve.jsonl"))}
     data = {"case": CASE, "corpora": CORPORA, "threads": THREADS, "machine": machine_info(),
             "configs": {name: CONFIGS[name] for name in runs}, "runs": runs}
