@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ptychodus.api.parameters import StringParameter
 from ptychodus.api.settings import SettingsRegistry
 
 from ptycho_torch.errors import ConfigError
@@ -72,20 +73,16 @@ class PtychoPINNServeSettings:
         """The refinement to run (None: ``RefineIterations`` is 0); raises :class:`ConfigError` on a bad
         algorithm or start."""
         iterations = int(self.refine_iterations.get_value())
-        algorithm = self.refine_algorithm.get_value().strip().casefold()
-        if algorithm not in REFINE_ALGORITHMS:
-            raise ConfigError(f"`[{GROUP}] RefineAlgorithm` must be one of {list(REFINE_ALGORITHMS)}, got {algorithm!r}")
+        algorithm = _choice(self.refine_algorithm, "RefineAlgorithm", REFINE_ALGORITHMS,
+                            f"one of {list(REFINE_ALGORITHMS)}")
         if self.start() == RefineStart.FLAT and iterations == 0:
             raise ConfigError(f"`[{GROUP}] RefineStart` flat needs `RefineIterations` >= 1; set e.g. 20")
         return RefineSettings(iterations=iterations, algorithm=algorithm) if iterations else None  # type: ignore[arg-type]
 
     def start(self) -> str:
         """``network`` or ``flat``; raises :class:`ConfigError` otherwise."""
-        value = self.refine_start.get_value().strip().casefold()
-        if value not in REFINE_STARTS:
-            raise ConfigError(f"`[{GROUP}] RefineStart` must be network or flat, got {value!r}; flat skips the "
-                              "network and refines from a flat object")
-        return value
+        return _choice(self.refine_start, "RefineStart", REFINE_STARTS, "network or flat",
+                       "; flat skips the network and refines from a flat object")
 
     def bundle(self) -> Path | None:
         """The configured bundle (``.zip`` or folder), or None when set to nothing."""
@@ -94,11 +91,8 @@ class PtychoPINNServeSettings:
 
     def policy(self) -> str:
         """``scan`` or ``bundle``; raises :class:`ConfigError` otherwise."""
-        value = self.scale_policy.get_value().strip().casefold()
-        if value not in SCALE_POLICIES:
-            raise ConfigError(f"`[{GROUP}] ScalePolicy` must be scan or bundle, got {value!r}; scan normalises by "
-                              "the scan's own patterns, bundle by the value measured on the training data")
-        return value
+        return _choice(self.scale_policy, "ScalePolicy", SCALE_POLICIES, "scan or bundle",
+                       "; scan normalises by the scan's own patterns, bundle by the value measured on the training data")
 
     def provider_list(self) -> list[str] | None:
         """Providers for :class:`serving.engine.Engine` (None: automatic)."""
@@ -106,3 +100,12 @@ class PtychoPINNServeSettings:
         if value.casefold() in ("", "auto"):
             return None
         return [p.strip() for p in value.split(",") if p.strip()]
+
+
+def _choice(parameter: StringParameter, key: str, allowed: tuple[str, ...], expected: str, hint: str = "") -> str:
+    """A string setting's value (stripped, case-folded) if it is one of ``allowed``; else
+    :class:`ConfigError` "`[GROUP] key` must be {expected}, got 'x'{hint}"."""
+    value = parameter.get_value().strip().casefold()
+    if value not in allowed:
+        raise ConfigError(f"`[{GROUP}] {key}` must be {expected}, got {value!r}{hint}")
+    return value
