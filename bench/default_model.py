@@ -63,7 +63,7 @@ def evaluate(bundle: Path) -> dict[str, Any]:
     _, test = spatial_split(scan, axis="y", fraction=0.5)
     ref = reference()
     with running_server(bundle) as url, Client(url) as client:
-        rec = client.reconstruct(test.diff3d, np.column_stack([test.xcoords, test.ycoords]), probe=test.probeGuess)
+        rec = client.reconstruct(test.diff3d, test.positions, probe=test.probeGuess)
     canvas_box, object_box = covered_box(rec.coverage, rec.origin, shape)
     image = (rec.amplitude * np.exp(1j * rec.phase))[canvas_box]
     region = ref[object_box]

@@ -172,7 +172,7 @@ def http_curves(case: Case, url: str, iterations: tuple[int, ...]
     (``box``: canvas and object windows of the covered region) and data fit, and the last image of
     each method."""
     test = case.test
-    positions = np.column_stack([test.xcoords, test.ycoords])
+    positions = test.positions
     curves: dict[str, list[dict[str, Any]]] = {NETWORK: [], REFINED: [], FLAT: []}
     images: dict[str, np.ndarray] = {}
     geometry: dict[str, Any] = {}

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     scan = load_scan(SCAN, n=64)
     patterns = np.tile(scan.diff3d, (args.repeat, 1, 1))
-    positions = np.tile(np.column_stack([scan.xcoords, scan.ycoords]), (args.repeat, 1))
+    positions = np.tile(scan.positions, (args.repeat, 1))
     machinery = machinery_rate(patterns, positions)
     machinery_line = (f"session machinery alone (no inference, no HTTP): {machinery['wall_fps']:.0f} frames/s, "
                       f"{machinery['cpu_fps']:.0f} frames per CPU-second; {len(patterns)} frames, chunks of {CHUNK}")

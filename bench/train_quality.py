@@ -57,7 +57,7 @@ def reconstruct(ckpt: Path, scan: RawData, batch: int = 64) -> np.ndarray:
 def stitched_region(patches: np.ndarray, scan: RawData, truth: np.ndarray, M: int
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Stitch ``patches``; return (image, reference, coverage) on the fully covered bounding box."""
-    result = stitch_patches(patches, np.column_stack([scan.xcoords, scan.ycoords]), M=M)
+    result = stitch_patches(patches, scan.positions, M=M)
     canvas_box, object_box = covered_box(result.coverage, result.origin, truth.shape)
     return result.canvas[canvas_box], truth[object_box], result.coverage[canvas_box]
 

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         N = client.model_metadata(live.model["name"])["parameters"]["N"]
         scan = load_scan(args.scan, n=N)
         patterns = np.tile(scan.diff3d[: args.frames], (args.repeat, 1, 1))
-        positions = np.tile(np.column_stack([scan.xcoords, scan.ycoords])[: args.frames], (args.repeat, 1))
+        positions = np.tile(scan.positions[: args.frames], (args.repeat, 1))
         log.info("replaying %d frames of %s at %.1f frames/s in chunks of %d into session %s (%s v%s)",
                  len(patterns), args.scan, args.rate, args.chunk, live.id, live.model["name"], live.model["version"])
         figures = replay(client, live, patterns, positions, rate=args.rate, chunk=args.chunk,

@@ -74,7 +74,7 @@ def scan_summary(raw: Any) -> dict[str, Any]:
     from ptycho_torch.normalization import input_scale
 
     counts = np.einsum("shw,shw->s", raw.diff3d, raw.diff3d, dtype=np.float64)
-    points = np.column_stack([raw.xcoords, raw.ycoords])
+    points = raw.positions
     step = cKDTree(points).query(points, k=2)[0][:, 1] if len(raw) > 1 else np.zeros(1)
     probe = raw.probeGuess.reshape(-1, raw.N, raw.N)
     return {

@@ -27,7 +27,7 @@ def test_gridsize_one_is_one_group_per_position(scan):
     assert grouped.diffraction.shape == (60, N, N, 1)
     np.testing.assert_array_equal(grouped.diffraction[..., 0], scan.diff3d)
     np.testing.assert_array_equal(grouped.coords_relative, 0.0)
-    np.testing.assert_array_equal(grouped.coords_offsets[:, 0, :, 0], np.column_stack([scan.xcoords, scan.ycoords]))
+    np.testing.assert_array_equal(grouped.coords_offsets[:, 0, :, 0], scan.positions)
 
 
 def test_offsets_are_consistent_with_positions(scan):
@@ -50,7 +50,7 @@ def test_offsets_are_consistent_with_positions(scan):
 def test_groups_are_distinct_real_k_nearest_neighbours(scan):
     K, C = 6, 4
     nn = group_indices(scan.xcoords, scan.ycoords, gridsize=2, K=K, seed=11)
-    points = np.column_stack([scan.xcoords, scan.ycoords])
+    points = scan.positions
     distance = np.linalg.norm(points[:, None] - points[None], axis=-1)
     np.fill_diagonal(distance, np.inf)
     kth = np.sort(distance, axis=1)[:, K - 1]  # distance to each seed's K-th nearest other position

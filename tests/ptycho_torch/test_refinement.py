@@ -28,7 +28,7 @@ def _scan(nphotons: float = 1e6, *, jitter: float = 0.0, seed: int = 0):
 
 def _model(scan, amplitudes=None, **kwargs) -> tuple[ScanModel, tuple[slice, slice]]:
     """A model on the object's own grid (origin 0), and the window of the object that the scan covers."""
-    positions = np.column_stack([scan.xcoords, scan.ycoords])
+    positions = scan.positions
     model = ScanModel(scan.diff3d if amplitudes is None else amplitudes, positions, scan.probeGuess,
                       shape=scan.objectGuess.shape, origin=(0.0, 0.0), **kwargs)
     lo, hi = int(np.ceil(positions.min())) - 4, int(positions.max()) + 5
@@ -110,7 +110,7 @@ def test_stopping_between_iterations_and_the_time_limit():
 
 def test_grid_grows_to_hold_every_window_and_crops_back():
     scan = _scan()
-    positions = np.column_stack([scan.xcoords, scan.ycoords])
+    positions = scan.positions
     stitcher = Stitcher.from_positions(positions, M=8)  # a network result's canvas: central crops only
     model = ScanModel(scan.diff3d, positions, scan.probeGuess, shape=stitcher.shape, origin=stitcher.origin)
     grown = N // 2 - 8 // 2 - 1  # each side: from the central 8 px of a window to the whole window
@@ -156,7 +156,7 @@ def test_refinement_finds_corrupted_frames_from_a_flat_start():
 def test_bad_inputs_are_refused_with_a_clear_message():
     scan = _scan()
     with pytest.raises(DataContractError, match="`probe` is all zero"):
-        ScanModel(scan.diff3d, np.column_stack([scan.xcoords, scan.ycoords]), np.zeros((N, N), np.complex64),
+        ScanModel(scan.diff3d, scan.positions, np.zeros((N, N), np.complex64),
                   shape=(SIZE, SIZE), origin=(0, 0))
     with pytest.raises(DataContractError, match="`algorithm` must be one of"):
         RefineSettings(algorithm="dm")
@@ -166,7 +166,7 @@ def test_bad_inputs_are_refused_with_a_clear_message():
 
 def test_refining_a_stitched_result_keeps_its_canvas_and_starts_ahead_of_flat():
     scan = _scan()
-    positions = np.column_stack([scan.xcoords, scan.ycoords])
+    positions = scan.positions
     patches = extract_patches(scan.objectGuess, scan.xcoords, scan.ycoords, N)
     noisy = patches * np.exp(0.3j * np.random.default_rng(0).standard_normal(patches.shape)).astype(np.complex64)
     stitched = stitch_patches(0.4 * noisy, positions, M=8)  # any global scale: the refinement finds it

@@ -49,7 +49,7 @@ def test_reconstruct_over_http_writes_the_pipelines_object_for_the_held_out_half
 
     assert code == 0
     written = np.load(tmp_path / "out" / "reconstruction.npz")
-    local = reconstruct(engine, test.diff3d, np.column_stack([test.xcoords, test.ycoords]), probe=test.probeGuess)
+    local = reconstruct(engine, test.diff3d, test.positions, probe=test.probeGuess)
     np.testing.assert_array_equal(written["amplitude"], local.amplitude)
     np.testing.assert_array_equal(written["phase"], local.phase)
     np.testing.assert_array_equal(written["coverage"], local.coverage)
@@ -58,7 +58,7 @@ def test_reconstruct_over_http_writes_the_pipelines_object_for_the_held_out_half
     with h5py.File(tmp_path / "out" / "reconstruction.cxi") as cxi:
         assert cxi["entry_1/process_1/model"][()].decode() == f"oracle at {server.url}"
         assert cxi["entry_1/process_1/model_version"][()] == b"1"
-        np.testing.assert_array_equal(cxi["entry_1/image_1/positions_px"][()], np.column_stack([test.xcoords, test.ycoords]))
+        np.testing.assert_array_equal(cxi["entry_1/image_1/positions_px"][()], test.positions)
 
 
 def test_reconstruct_needs_exactly_one_of_model_and_server(capsys) -> None:
@@ -143,7 +143,7 @@ def test_model_bundle_runs_in_process_without_a_server(engine: Engine, held_out,
     path, test = held_out
     code = cli_main(["reconstruct", "--model", str(bundle), "--data", str(path), "--out", str(tmp_path / "out")])
     assert code == 0
-    local = reconstruct(engine, test.diff3d, np.column_stack([test.xcoords, test.ycoords]), probe=test.probeGuess)
+    local = reconstruct(engine, test.diff3d, test.positions, probe=test.probeGuess)
     written = np.load(tmp_path / "out" / "reconstruction.npz")
     np.testing.assert_array_equal(written["amplitude"], local.amplitude)
     np.testing.assert_array_equal(written["phase"], local.phase)
