@@ -16,7 +16,7 @@ from enum import StrEnum
 from typing import TypeVar
 
 __all__ = ["AmpActivation", "Generator", "LoggerBackend", "LossMode", "ModelType", "RefineAlgorithm", "RefineStart",
-           "Scheduler", "check_table", "parse", "values"]
+           "ScalePolicy", "Scheduler", "Units", "check_table", "parse", "values"]
 
 
 class Generator(StrEnum):
@@ -82,6 +82,22 @@ class RefineStart(StrEnum):
 
     NETWORK = "network"
     FLAT = "flat"
+
+
+class ScalePolicy(StrEnum):
+    """Where the network's ``scale`` input comes from: ``scan``, normalise by the scan's own patterns;
+    ``bundle``, the value measured on the training data; ``explicit``, the request gives ``scale``."""
+
+    SCAN = "scan"
+    BUNDLE = "bundle"
+    EXPLICIT = "explicit"
+
+
+class Units(StrEnum):
+    """What patterns hold: amplitudes (sqrt of counts, the project convention) or raw photon counts."""
+
+    AMPLITUDE = "amplitude"
+    COUNTS = "counts"
 
 
 E = TypeVar("E", bound=StrEnum)

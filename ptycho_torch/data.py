@@ -126,6 +126,11 @@ class RawData:
         """Detector (and patch) size in pixels."""
         return int(self.diff3d.shape[-1])
 
+    @property
+    def positions(self) -> np.ndarray:
+        """``(S, 2)`` float64 ``[x, y]`` patch centres in object pixels, one row per pattern (a new array)."""
+        return np.column_stack([self.xcoords, self.ycoords])
+
     def __len__(self) -> int:
         return int(self.diff3d.shape[0])
 
@@ -358,7 +363,7 @@ def load_scan(path: str | Path, n: int | None = None, *, strict: bool = True) ->
         if n is not None and raw.N != n:
             raise _fail("n", f"the stored pattern size {raw.N} for the contract NPZ {path}", n,
                         "use a model with that N, or simulate/crop the scan at the model's N")
-    scan = prepare_scan(raw.diff3d, np.column_stack([raw.xcoords, raw.ycoords]), units="amplitude",
+    scan = prepare_scan(raw.diff3d, raw.positions, units="amplitude",
                         mask=arrays.get("badPixelMask"), strict=strict)
     raw.diff3d = scan.amplitudes
     raw.metadata["scan_report"] = scan.report.to_json()

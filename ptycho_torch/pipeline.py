@@ -1,14 +1,16 @@
-"""Reconstruct a whole scan: validate -> amplitudes -> scale -> group -> batched inference -> stitch
--> data fit [-> physics refinement].
+"""Reconstruct a whole scan in named, timed stages: validate -> prepare -> scale -> group -> inference
+-> stitch -> data fit [-> refine].
 
 The one reconstruct implementation, behind ``POST /v1/reconstruct``, ``ptychopinn reconstruct`` and
 the Ptychodus reconstructors. It is model-agnostic: a :class:`Runner` brings the model's facts
-(:class:`ModelInfo`, which a :class:`~ptycho_torch.bundle.Bundle` satisfies) and batched inference
-``infer(diffraction, scale)``. Runners live at the edges: the onnxruntime engine and dynamic batcher
-in ``serving``, the remote runner in ``serving.client``. Every result carries its ``data_fit``
-(:mod:`ptycho_torch.data_fit`) against the measured patterns, with the request's probe or else the
-model's; ``refine_iterations`` adds a known-probe refinement (:mod:`ptycho_torch.refinement`) after
-the network, or instead of it with ``refine_start="flat"``. numpy only.
+(:class:`~ptycho_torch.model_facts.ModelFacts`) and batched inference ``infer(diffraction, scale)``.
+Runners live at the edges: the onnxruntime engine and dynamic batcher in ``serving``, the remote
+runner in ``serving.client``, the torch runner in :mod:`ptycho_torch.torch_runner`. What the
+reconstruction will do is decided once, by :func:`~ptycho_torch.plan.resolve`; each stage below
+only carries it out, and its time is reported under its name (``Reconstruction.timings``). Every
+result carries its ``data_fit`` (:mod:`ptycho_torch.data_fit`) against the measured patterns, with
+the request's probe or else the model's; the plan's refinement (:mod:`ptycho_torch.refinement`) runs
+after the network, or instead of it from a flat object. numpy only.
 """
 
 from __future__ import annotations
@@ -16,72 +18,24 @@ from __future__ import annotations
 import collections
 import dataclasses
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from ptycho_torch.choices import RefineAlgorithm, RefineStart, values
-from ptycho_torch.errors import DataContractError, InvalidInput, InvalidValues
+from ptycho_torch.errors import InvalidInput, InvalidValues
 from ptycho_torch.grouping import group_indices
-from ptycho_torch.normalization import input_scale
-from ptycho_torch.pixel_size import check_pixel_size, valid_pixel_size
+from ptycho_torch.model_facts import ModelFacts
+from ptycho_torch.plan import Plan, ReconstructOptions, resolve
 from ptycho_torch.refinement import RefineSettings, refine_stitched
-from ptycho_torch.scan_checks import PreparedScan, bad_pixel_mask, check_network_input, prepare_scan
-from ptycho_torch.stitching import Stitcher, complex_patches
+from ptycho_torch.scan_checks import check_network_input, prepare_scan
+from ptycho_torch.stitching import Stitcher, StitchResult, complex_patches
 
-__all__ = ["MAX_REFINE_ITERATIONS", "ModelInfo", "ReconstructOptions", "Reconstruction", "Runner", "network_scale",
-           "reconstruct", "reconstruct_steps", "require_finite_outputs", "require_non_negative"]
-
-MAX_REFINE_ITERATIONS = 1000
-"""Most refinement iterations one request may ask for (with ``refine_time_limit_s``, bounds its time)."""
-
-
-class ModelInfo(Protocol):
-    """The facts about a model that reconstructing with it needs (a bundle, a served model, a checkpoint)."""
-
-    @property
-    def N(self) -> int: ...  # noqa: N802 - the project-wide name of the patch size
-
-    @property
-    def gridsize(self) -> int: ...
-
-    @property
-    def channels(self) -> int: ...
-
-    @property
-    def stitch_M(self) -> int: ...  # noqa: N802
-
-    @property
-    def neighbor_count(self) -> int:
-        """K nearest neighbours a group's members are drawn from when the request gives none (gridsize > 1):
-        what the model was trained with."""
-        ...
-
-    @property
-    def training_scale(self) -> float:
-        """The normalisation scalar measured on the training data (the ``bundle`` scale policy)."""
-        ...
-
-    @property
-    def default_scale_policy(self) -> str: ...
-
-    @property
-    def probe(self) -> npt.NDArray[np.complex64] | None:
-        """The training probe ``(P, N, N)``, or None when unknown (then no probe check is made)."""
-        ...
-
-    @property
-    def bad_pixels(self) -> npt.NDArray[np.bool_] | None:
-        """The detector's bad-pixel mask ``(N, N)`` (True = bad) masked in every scan, or None."""
-        ...
-
-    @property
-    def pixel_size_m(self) -> float | None:
-        """Object pixel size of the training data in metres, or None when unknown (then no check)."""
-        ...
+__all__ = ["Reconstruction", "Runner", "reconstruct", "reconstruct_steps", "require_finite_outputs",
+           "require_non_negative"]
 
 
 class Runner(Protocol):
@@ -89,90 +43,11 @@ class Runner(Protocol):
     ``(B, C, N, N)`` float32 amplitudes and ``(B,)`` float32 scales -> amplitude, phase ``(B, C, N, N)``."""
 
     @property
-    def model(self) -> ModelInfo: ...
+    def model(self) -> ModelFacts: ...
 
     def infer(
         self, diffraction: npt.NDArray[np.float32], scale: npt.NDArray[np.float32]
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
-
-
-@dataclass(frozen=True, kw_only=True)
-class ReconstructOptions:
-    """Per-request choices; :meth:`from_mapping` builds one from JSON (unknown keys refused)."""
-
-    __pydantic_config__ = {"extra": "forbid"}  # a typed HTTP body field (serving): unknown keys refused there too
-
-    scale_policy: Literal["scan", "bundle"] | None = None
-    """``scan``: normalise by this scan's own patterns; ``bundle``: the training value (streams);
-    None: the bundle's default policy."""
-    units: Literal["amplitude", "counts"] | None = None
-    """What ``patterns`` hold: amplitudes (sqrt of counts, the project convention) or raw counts;
-    None: integer dtypes are counts, floats amplitudes (the rule of every entry point)."""
-    stitch_M: int | None = None
-    """Central crop kept from each patch when stitching; None: the bundle's value."""
-    scale: float | None = None
-    """The network's ``scale`` input, given explicitly (e.g. one value for every chunk of a scan);
-    None: computed by ``scale_policy``."""
-    neighbor_count: int | None = None
-    """K nearest neighbours a group's members are drawn from (gridsize > 1 only); None: the model's
-    (:attr:`ModelInfo.neighbor_count`, what it was trained with)."""
-    seed: int = 0
-    """Seed of the neighbour draw (gridsize > 1 only), so a request is reproducible."""
-    pixel_size_m: float | None = None
-    """The scan's object pixel size in metres; refused when it differs from the model's training
-    pixel size by more than 1 % (:func:`~ptycho_torch.pixel_size.check_pixel_size`). None: unchecked."""
-    refine_iterations: int = 0
-    """Iterations of known-probe object refinement against the measured patterns after the network
-    (:mod:`ptycho_torch.refinement`); 0: none. At most :data:`MAX_REFINE_ITERATIONS`."""
-    refine_algorithm: Literal["er", "rpie"] = "er"
-    """``er``: error reduction over the whole scan at once (fast); ``rpie``: regularised PIE in mini-batches."""
-    refine_start: Literal["network", "flat"] = "network"
-    """``network``: refine the network's stitched object; ``flat``: start from amplitude 1, phase 0 and
-    skip the network (for a scan the model was not trained for)."""
-    refine_time_limit_s: float = 300.0
-    """Refinement stops after the iteration that passes this many seconds (the response says so)."""
-
-    def __post_init__(self) -> None:
-        if self.scale_policy not in (None, "scan", "bundle"):
-            raise InvalidInput(f"`scale_policy` must be 'scan' or 'bundle', got {self.scale_policy!r}")
-        if self.units not in (None, "amplitude", "counts"):
-            raise InvalidInput(f"`units` must be 'amplitude' or 'counts' (or absent), got {self.units!r}")
-        for name in ("stitch_M", "neighbor_count", "seed", "refine_iterations"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-                raise InvalidInput(f"`{name}` must be a non-negative integer, got {value!r}")
-        if self.pixel_size_m is not None:
-            try:
-                valid_pixel_size(self.pixel_size_m, what="`pixel_size_m`")
-            except DataContractError as error:
-                raise InvalidInput(str(error)) from None
-        if self.scale is not None and (isinstance(self.scale, bool) or not isinstance(self.scale, (int, float))
-                                       or not np.isfinite(self.scale) or self.scale <= 0):
-            raise InvalidInput(f"`scale` must be a positive finite number, got {self.scale!r}")
-
-        if self.refine_iterations > MAX_REFINE_ITERATIONS:
-            raise InvalidInput(f"`refine_iterations` must be at most {MAX_REFINE_ITERATIONS}, got "
-                               f"{self.refine_iterations}; 20-50 iterations reach the noise floor on typical scans")
-        if self.refine_algorithm not in values(RefineAlgorithm):
-            raise InvalidInput(f"`refine_algorithm` must be one of {list(values(RefineAlgorithm))}, got "
-                               f"{self.refine_algorithm!r}")
-        if self.refine_start not in values(RefineStart):
-            raise InvalidInput(f"`refine_start` must be 'network' or 'flat', got {self.refine_start!r}")
-        if self.refine_start == RefineStart.FLAT and self.refine_iterations == 0:
-            raise InvalidInput("`refine_start` 'flat' needs `refine_iterations` >= 1 (a flat object explains nothing); "
-                               "ask for e.g. 20 iterations")
-        if (isinstance(self.refine_time_limit_s, bool) or not isinstance(self.refine_time_limit_s, (int, float))
-                or not self.refine_time_limit_s > 0):
-            raise InvalidInput(f"`refine_time_limit_s` must be a positive number, got {self.refine_time_limit_s!r}")
-
-    @classmethod
-    def from_mapping(cls, mapping: Mapping[str, Any]) -> ReconstructOptions:
-        """Options from a JSON object; unknown keys raise :class:`InvalidInput` listing the known ones."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(mapping) - known)
-        if unknown:
-            raise InvalidInput(f"unknown options {unknown}; known options are {sorted(known)}")
-        return cls(**mapping)
 
 
 @dataclass(frozen=True)
@@ -190,10 +65,12 @@ class Reconstruction:
     scale: float
     """The ``scale`` fed to the network."""
     scale_policy: str
+    """The :class:`~ptycho_torch.choices.ScalePolicy` that gave ``scale``: ``scan``, ``bundle`` or ``explicit``."""
     n_patterns: int
     n_groups: int
     timings: dict[str, float] = field(default_factory=dict)
-    """Seconds per stage: validate, scale, group, inference, stitch, data_fit, refine, total."""
+    """Seconds per stage (:class:`StageClock`): validate, prepare, scale, group, inference, stitch, data_fit,
+    refine, and the wall time ``total``."""
     pixel_size_m: float | None = None
     """Object pixel size of the result in metres: the scan's, else the model's; None when neither says."""
     probe_difference: float | None = None
@@ -214,7 +91,50 @@ class Reconstruction:
     ``peak_bytes`` (estimated working memory) when refinement ran."""
 
 
-def _check_patterns(patterns: Any, N: int) -> npt.NDArray[np.float32]:
+class StageClock:
+    """Seconds spent per named stage, and in total since the clock was made."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time the block as stage ``name`` (added to its earlier time, if any)."""
+        begin = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - begin
+
+    def timings(self, **extra: float) -> dict[str, float]:
+        """Every stage's seconds, ``extra`` stages, and ``total`` (wall time since the clock was made)."""
+        return {**self.seconds, **extra, "total": time.perf_counter() - self.start}
+
+
+@dataclass(frozen=True)
+class ScanInput:
+    """A request's arrays after the checks of :func:`check_inputs`."""
+
+    patterns: npt.NDArray[Any]
+    """``(S, N, N)`` real, finite, non-negative (amplitudes or counts, as sent)."""
+    positions: npt.NDArray[np.float64]
+    """``(S, 2)`` ``[x, y]`` object pixels, finite."""
+    probe: npt.NDArray[Any] | None
+    """``(N, N)`` or ``(P, N, N)`` complex, finite; None when none was sent."""
+
+
+def check_inputs(model: ModelFacts, patterns: Any, positions: Any, probe: Any = None) -> ScanInput:
+    """Check a request's arrays against ``model``; raises :class:`InvalidInput` (names, dtypes, shapes)
+    or :class:`InvalidValues` (NaN, inf, negative values) naming the array and the fix."""
+    x = _check_patterns(patterns, model.N)
+    if model.channels > 1 and len(x) <= model.channels:
+        raise InvalidInput(f"`patterns` must hold more than gridsize**2 = {model.channels} patterns for this "
+                           f"model (gridsize {model.gridsize}), got {len(x)}; send the whole scan")
+    return ScanInput(x, _check_positions(positions, len(x)), None if probe is None else _check_probe(probe, model.N))
+
+
+def _check_patterns(patterns: Any, N: int) -> npt.NDArray[Any]:  # noqa: N803
     array = np.asarray(patterns)
     if array.dtype.kind not in "fiu":
         raise InvalidInput(f"`patterns` must be real numbers (float32 amplitudes), got dtype {array.dtype}")
@@ -235,7 +155,7 @@ def _check_patterns(patterns: Any, N: int) -> npt.NDArray[np.float32]:
 
 
 def require_non_negative(array: npt.NDArray[Any], field: str) -> None:
-    """Raise :class:`~serving.errors.InvalidValues` naming the items (first axis) of ``array`` that
+    """Raise :class:`~ptycho_torch.errors.InvalidValues` naming the items (first axis) of ``array`` that
     hold negative values: amplitudes and counts never do."""
     if array.size and array.dtype.kind != "u" and (array < 0).any():  # unsigned counts never are
         rows = np.flatnonzero((array < 0).reshape(len(array), -1).any(axis=1))
@@ -258,38 +178,54 @@ def _check_positions(positions: Any, count: int) -> npt.NDArray[np.float64]:
     return array.astype(np.float64, copy=False)
 
 
-def _probe_difference(probe: Any, model: ModelInfo) -> float | None:
+def _check_probe(probe: Any, N: int) -> npt.NDArray[Any]:  # noqa: N803
     array = np.asarray(probe)
-    N = model.N
     if array.dtype.kind not in "fc" or array.ndim not in (2, 3) or array.shape[-2:] != (N, N):
         raise InvalidInput(f"`probe` must be complex (N, N) or (P, N, N) with N={N}, got {array.dtype} "
-                             f"{list(array.shape)}")
+                           f"{list(array.shape)}")
     if not np.isfinite(array).all():
         raise InvalidValues("`probe` must be finite, got NaN/inf")
-    if model.probe is None:
+    return array
+
+
+def probe_difference(probe: npt.NDArray[Any] | None, model: ModelFacts) -> float | None:
+    """``min_c ||c * probe - model probe|| / ||model probe||`` over the first modes (None when either
+    probe is unknown): how far the scan's probe is from the one the network was trained with."""
+    if probe is None or model.probe is None:
         return None
-    given = array.reshape(-1, N, N)[0].astype(np.complex128).ravel()
+    given = probe.reshape(-1, model.N, model.N)[0].astype(np.complex128).ravel()
     trained = model.probe[0].astype(np.complex128).ravel()
     best = np.vdot(given, trained) / max(np.vdot(given, given).real, np.finfo(float).tiny)  # optimal complex gain
     return float(np.linalg.norm(best * given - trained) / np.linalg.norm(trained))
 
 
-def network_scale(amplitudes: npt.NDArray[np.float32], policy: str, training_scale: float) -> float:
-    """The network's ``scale`` input: ``input_scale(amplitudes)`` for the ``scan`` policy (raises
-    :class:`~ptycho_torch.errors.InvalidValues` when they are all zero), else ``training_scale``."""
-    if policy != "scan":
-        return training_scale
-    if not (amplitudes > 0).any():
-        raise InvalidValues("`patterns` are all zero: the `scan` scale policy needs some signal; send real "
-                            "patterns or use scale_policy='bundle'")
-    return input_scale(amplitudes)
+def group_members(plan: Plan, positions: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
+    """``(B, C)`` pattern indices of each group: every pattern alone at gridsize 1, else a group seeded
+    at every position with members drawn from its ``plan.neighbor_count`` nearest neighbours."""
+    if not plan.grouped:
+        return np.arange(len(positions))[:, None]
+    return group_indices(positions[:, 0], positions[:, 1], gridsize=plan.model.gridsize, K=plan.neighbor_count,
+                         seed=plan.seed)
 
 
-def scan_scale(scan: PreparedScan, policy: str, training_scale: float) -> float:
-    """:func:`network_scale` of a prepared scan: its frames without the too-bright ones
-    (:attr:`~ptycho_torch.scan_checks.PreparedScan.scale_frames`)."""
-    x, frames = scan.amplitudes, scan.scale_frames
-    return network_scale(x if len(frames) == len(x) else x[frames], policy, training_scale)  # usually no copy
+def infer_patches(runner: Runner, plan: Plan, amplitudes: npt.NDArray[np.float32], members: npt.NDArray[np.int64],
+                  scale: float) -> npt.NDArray[np.complex64]:
+    """The network's complex patches ``(B * C, N, N)`` for the groups ``members``; zeros (the canvas
+    and its coverage only) when the plan skips the network."""
+    N = plan.N  # noqa: N806
+    if not plan.run_network:
+        return np.zeros((members.size, N, N), np.complex64)
+    diffraction = amplitudes[:, None] if not plan.grouped else amplitudes[members]
+    amplitude, phase = runner.infer(diffraction, np.full(len(diffraction), scale, np.float32))
+    require_finite_outputs(amplitude, phase)
+    return complex_patches(amplitude, phase).reshape(-1, N, N)
+
+
+def stitch(plan: Plan, patches: npt.NDArray[np.complex64], positions: npt.NDArray[np.float64]) -> StitchResult:
+    """``patches (K, N, N)`` stitched at ``positions (K, 2)`` with the plan's crop."""
+    stitcher = Stitcher.from_positions(positions, M=plan.stitch_M)
+    stitcher.add(patches, positions)
+    return stitcher.result()
 
 
 def reconstruct(
@@ -326,95 +262,55 @@ def reconstruct_steps(
     """:func:`reconstruct` as it goes: the network's result (with its data fit), then the object after
     every refinement iteration; the last state carries the final data fit and every iteration's
     figures. Closing the generator between states stops the refinement (a GUI's Stop)."""
-    options = options or ReconstructOptions()
+    clock = StageClock()
     model = runner.model
-    t0 = time.perf_counter()
-    x = _check_patterns(patterns, model.N)
-    pos = _check_positions(positions, len(x))
-    probe_difference = None if probe is None else _probe_difference(probe, model)
-    M = model.stitch_M if options.stitch_M is None else options.stitch_M
-    if not 1 <= M <= model.N // 2:
-        raise InvalidInput(f"`stitch_M` must be in [1, N/2 = {model.N // 2}], got {M}")
-    if model.channels > 1 and options.neighbor_count is not None and options.neighbor_count < model.channels:
-        raise InvalidInput(f"`neighbor_count` must be >= gridsize**2 = {model.channels} for this model, got "
-                           f"{options.neighbor_count}; omit it for the model's {model.neighbor_count}")
-    if model.channels > 1 and len(x) <= model.channels:
-        raise InvalidInput(f"`patterns` must hold more than gridsize**2 = {model.channels} patterns for this "
-                           f"model (gridsize {model.gridsize}), got {len(x)}; send the whole scan")
-    try:
-        pixel_size_m = check_pixel_size(options.pixel_size_m, model.pixel_size_m, model="the model")
-    except DataContractError as error:
-        raise InvalidInput(str(error)) from None
-    fit_probe, probe_source = (probe, "request") if probe is not None else (model.probe, "model")
-    if fit_probe is None and options.refine_iterations:
-        raise InvalidInput("`refine_iterations` needs the probe the scan was measured with: send `probe` (this "
-                           "model has none)")
-    t1 = time.perf_counter()
-
-    if model.bad_pixels is not None:  # the detector's own mask, always; the request's adds to it
-        mask = model.bad_pixels if mask is None else model.bad_pixels | bad_pixel_mask(mask, model.N)
-    scan = prepare_scan(x, pos, units=options.units, mask=mask)
-    x = scan.amplitudes
-    if options.scale is not None:
-        policy, scale = "explicit", float(options.scale)
-    else:
-        policy = options.scale_policy or model.default_scale_policy
-        scale = scan_scale(scan, policy, model.training_scale)
-    check_network_input(scale, float(x.max()))
-    t2 = time.perf_counter()
-
-    network = options.refine_start == RefineStart.NETWORK
-    if model.channels == 1:
-        members = np.arange(len(x))[:, None]
-        diffraction = x[:, None]
-    else:
-        K = model.neighbor_count if options.neighbor_count is None else options.neighbor_count  # noqa: N806
-        members = group_indices(pos[:, 0], pos[:, 1], gridsize=model.gridsize, K=K, seed=options.seed)
-        diffraction = x[members]
-    t3 = time.perf_counter()
-
-    patch_positions = pos[members.ravel()]
-    if network:
-        amplitude, phase = runner.infer(diffraction, np.full(len(diffraction), scale, np.float32))
-        require_finite_outputs(amplitude, phase)
-        patches = complex_patches(amplitude, phase).reshape(-1, model.N, model.N)
-    else:  # the canvas and its coverage only; the object starts flat
-        patches = np.zeros((len(patch_positions), model.N, model.N), np.complex64)
-    t4 = time.perf_counter()
-
-    stitcher = Stitcher.from_positions(patch_positions, M=M)
-    stitcher.add(patches, patch_positions)
-    stitched = stitcher.result()
-    t5 = time.perf_counter()
-    timings = {"validate": t1 - t0, "scale": t2 - t1, "group": t3 - t2, "inference": t4 - t3, "stitch": t5 - t4}
+    with clock.stage("validate"):
+        given = check_inputs(model, patterns, positions, probe)
+        plan = resolve(model, options, probe_given=given.probe is not None)
+    with clock.stage("prepare"):
+        scan = prepare_scan(given.patterns, given.positions, units=plan.units, mask=plan.bad_pixels(mask))
+    with clock.stage("scale"):
+        scale = plan.network_scale(scan)
+        check_network_input(scale, float(scan.amplitudes.max()))
+    with clock.stage("group"):
+        members = group_members(plan, given.positions)
+    with clock.stage("inference"):
+        patches = infer_patches(runner, plan, scan.amplitudes, members, scale)
+    with clock.stage("stitch"):
+        patch_positions = given.positions[members.ravel()]
+        stitched = stitch(plan, patches, patch_positions)
     result = Reconstruction(
         amplitude=stitched.amplitude, phase=stitched.phase, coverage=stitched.coverage.astype(np.float32),
-        origin=stitched.origin, scale=float(scale), scale_policy=policy, n_patterns=len(x), n_groups=len(members),
-        timings={**timings, "total": t5 - t0}, pixel_size_m=pixel_size_m, probe_difference=probe_difference,
-        scan_report=scan.report.to_json(),
+        origin=stitched.origin, scale=float(scale), scale_policy=str(plan.scale_policy), n_patterns=len(given.patterns),
+        n_groups=len(members), timings=clock.timings(), pixel_size_m=plan.pixel_size_m,
+        probe_difference=probe_difference(given.probe, model), scan_report=scan.report.to_json(),
     )
-    if fit_probe is None:  # nothing to check the result against
+    if plan.probe_source is None:  # nothing to check the result against
         yield result
         return
+    fit_probe = given.probe if given.probe is not None else model.probe
+    yield from _fit_and_refine(plan, result, stitched, scan.amplitudes, given.positions, fit_probe, clock)
 
-    settings = RefineSettings(iterations=options.refine_iterations, algorithm=options.refine_algorithm,
-                              time_limit_s=float(options.refine_time_limit_s))
-    for step in refine_stitched(x, pos, fit_probe, stitched.canvas, stitched.coverage, stitched.origin, settings,
-                                start=options.refine_start):
+
+def _fit_and_refine(plan: Plan, result: Reconstruction, stitched: StitchResult, amplitudes: npt.NDArray[np.float32],
+                    positions: npt.NDArray[np.float64], probe: Any, clock: StageClock) -> Iterator[Reconstruction]:
+    """The data fit of ``result`` (the network's object), then the plan's refinement iteration by iteration."""
+    settings = plan.refinement or RefineSettings(iterations=0)
+    for step in refine_stitched(amplitudes, positions, probe, stitched.canvas, stitched.coverage, stitched.origin,
+                                settings, start=plan.refine_start):
         state = step.state
-        if state.iteration == 0 and not network:
+        if state.iteration == 0 and not plan.run_network:
             continue  # a flat object is not a result
-        stage = {"data_fit": state.history[0]["seconds"],
-                 "refine": state.seconds - state.history[0]["seconds"] if state.iteration else 0.0}
+        fit_s = state.history[0]["seconds"]
         # iteration 0 returns the network's object as stitched (the refinement's copy is rescaled and filled)
         canvas = stitched.canvas if state.iteration == 0 else step.canvas
         yield dataclasses.replace(
             result, amplitude=np.abs(canvas).astype(np.float32), phase=np.angle(canvas).astype(np.float32),
-            timings={**timings, **stage, "total": time.perf_counter() - t0},
+            timings=clock.timings(data_fit=fit_s, refine=state.seconds - fit_s if state.iteration else 0.0),
             data_fit=(None if state.fit is None else
-                      {**state.fit.to_json(), "probe": probe_source, "iterations": state.history}),
-            refinement=None if not options.refine_iterations else {
-                "iterations": state.iteration, "algorithm": options.refine_algorithm, "start": options.refine_start,
+                      {**state.fit.to_json(), "probe": str(plan.probe_source), "iterations": state.history}),
+            refinement=None if plan.refinement is None else {
+                "iterations": state.iteration, "algorithm": str(settings.algorithm), "start": str(plan.refine_start),
                 "stopped": state.stopped, "peak_bytes": step.peak_bytes},
         )
 

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from ptycho_torch.choices import Units, parse
 from ptycho_torch.errors import DataContractError, InvalidInput, InvalidValues
 
 __all__ = [
@@ -40,8 +41,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-Units = Literal["amplitude", "counts"]
 
 HOT_PIXEL_RATIO = 10.0
 """A pixel whose median over frames exceeds this many times the largest of its 8 neighbours' mean
@@ -76,7 +75,7 @@ class ScanReport:
     """What :func:`prepare_scan` saw; ``warnings`` are the probable problems, one line each."""
 
     n_patterns: int
-    units: str
+    units: Units
     """``counts`` (converted with sqrt) or ``amplitude``."""
     masked_pixels: int = 0
     """Detector pixels masked in every frame (caller's mask, hot pixels, sentinel pixels)."""
@@ -127,13 +126,14 @@ class PreparedScan:
     report: ScanReport
 
 
-def to_amplitudes(patterns: npt.NDArray[Any], units: Units | None) -> tuple[npt.NDArray[np.float32], str]:
+def to_amplitudes(patterns: npt.NDArray[Any], units: Units | str | None) -> tuple[npt.NDArray[np.float32], Units]:
     """``(float32 amplitudes, units used)``; the one units rule: ``None`` means integer dtypes are
     photon counts (sqrt taken in float64) and floats are amplitudes."""
-    if units not in (None, "amplitude", "counts"):
-        raise DataContractError(f"`units` must be 'amplitude', 'counts' or None (integers are counts), got {units!r}")
-    used = units or ("counts" if patterns.dtype.kind in "iu" else "amplitude")
-    if used == "counts":
+    if units is None:
+        used = Units.COUNTS if patterns.dtype.kind in "iu" else Units.AMPLITUDE
+    else:
+        used = parse(Units, "units", units, DataContractError)
+    if used == Units.COUNTS:
         return np.sqrt(patterns, dtype=np.float64).astype(np.float32), used
     return patterns.astype(np.float32, copy=False), used
 
@@ -247,7 +247,7 @@ def _hot_pixels(sample: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
     return (median > 0) & (median > HOT_PIXEL_RATIO * _neighbour_max(sample.mean(axis=0, dtype=np.float64)))
 
 
-def prepare_scan(patterns: npt.NDArray[Any], positions: npt.NDArray[np.float64], *, units: Units | None = None,
+def prepare_scan(patterns: npt.NDArray[Any], positions: npt.NDArray[np.float64], *, units: Units | str | None = None,
                  mask: Any = None, strict: bool = True) -> PreparedScan:
     """Validate and prepare one scan: ``patterns`` ``(S, N, N)`` real, finite, non-negative (shape and
     values already checked), ``positions`` ``(S, 2)`` object pixels, ``mask`` ``(N, N)`` bad pixels.
@@ -260,7 +260,7 @@ def prepare_scan(patterns: npt.NDArray[Any], positions: npt.NDArray[np.float64],
     sentinels = _sentinels(patterns)
     amplitudes, used = to_amplitudes(patterns, units)
     report = ScanReport(n_patterns=S, units=used)
-    if units is None and used == "amplitude" and S and amplitudes.max() > 1 and \
+    if units is None and used == Units.AMPLITUDE and S and amplitudes.max() > 1 and \
             not np.any(np.mod(amplitudes[: MAX_DETECTION_FRAMES], 1)):
         report.warn("`patterns` are float but hold only whole numbers: if they are photon counts, send "
                     "units='counts' (or an integer dtype), otherwise they are taken as amplitudes")

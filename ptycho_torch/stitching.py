@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from ptycho_torch.errors import DataContractError
+from ptycho_torch.errors import DataContractError, InvalidInput
 
-__all__ = ["DEFAULT_M", "Rect", "StitchResult", "Stitcher", "TiledStitcher", "canvas_geometry", "complex_patches", "default_stitch_M",
-           "stitch_patches"]
+__all__ = ["DEFAULT_M", "Rect", "StitchResult", "Stitcher", "TiledStitcher", "canvas_geometry", "check_stitch_M",
+           "complex_patches", "default_stitch_M", "stitch_patches"]
 
 DEFAULT_M = 20
 """Default side of the central crop kept from every patch (PtychoPINN's inference default)."""
@@ -74,14 +75,16 @@ class StitchResult:
         return np.angle(self.canvas).astype(np.float32)
 
 
-def _check_M(M: int, N: int | None = None) -> None:
-    if not (isinstance(M, (int, np.integer)) and M >= 1):
-        raise DataContractError(f"`M` must be a positive integer crop size, got {M!r}; the default is {DEFAULT_M}")
-    if N is not None and M > N // 2:
-        raise DataContractError(
-            f"`M` must be at most N/2 = {N // 2} for {N}x{N} patches, got {M}; "
-            f"only the central half of a prediction is well constrained, pass M <= {N // 2}"
-        )
+def check_stitch_M(M: Any, N: int | None = None, *, name: str = "stitch_M") -> None:  # noqa: N802, N803
+    """Refuse a crop ``M`` that is not an integer in ``[1, N/2]`` (``N``: the patch size, None: no upper
+    bound known yet) with :class:`~ptycho_torch.errors.InvalidInput` naming ``name``: the one home of
+    this rule (requests, sessions, manifests and the stitchers all ask it)."""
+    upper = "" if N is None else f", N/2 = {N // 2}"
+    if not (isinstance(M, (int, np.integer)) and not isinstance(M, bool) and 1 <= M <= (M if N is None else N // 2)):
+        got = int(M) if isinstance(M, np.integer) else M
+        raise InvalidInput(f"`{name}` must be in [1{upper}], got {got!r}: the central crop kept from each patch "
+                           f"(only the central half of a prediction is well constrained; the default is "
+                           f"min({DEFAULT_M}, N/2))")
 
 
 def _as_positions(positions: npt.ArrayLike) -> npt.NDArray[np.float64]:
@@ -130,7 +133,7 @@ def _crops(patches: npt.ArrayLike, pos: npt.NDArray[np.float64], M: int) -> np.n
             f"and {len(pos)} positions"
         )
     N = patches.shape[1]
-    _check_M(M, N)
+    check_stitch_M(M, N, name="M")
     start = N // 2 - M // 2
     return patches[:, start:start + M, start:start + M]
 
@@ -140,7 +143,7 @@ def canvas_geometry(
 ) -> tuple[tuple[int, int], tuple[int, int]]:
     """``(origin (x0, y0), shape (H, W))`` of the smallest canvas holding positions in the two ranges;
     computed, not allocated, so callers can bound it first."""
-    _check_M(M)
+    check_stitch_M(M, name="M")
     (x_lo, x_hi), (y_lo, y_hi) = x_range, y_range
     if not (x_lo <= x_hi and y_lo <= y_hi):
         raise DataContractError(f"bounds must be (low, high) with low <= high, got x {x_range!r}, y {y_range!r}")
@@ -162,7 +165,7 @@ class Stitcher:
 
     def __init__(self, *, shape: tuple[int, int], origin: tuple[int, int], M: int = DEFAULT_M) -> None:
         """Canvas of ``shape = (H, W)`` with object ``(0, 0)`` at canvas ``origin = (x0, y0)`` (integers)."""
-        _check_M(M)
+        check_stitch_M(M, name="M")
         H, W = (int(s) for s in shape)
         if H < 1 or W < 1:
             raise DataContractError(f"`shape` must be two positive sizes (H, W), got {shape!r}")
@@ -259,7 +262,7 @@ class TiledStitcher:
     """
 
     def __init__(self, *, M: int = DEFAULT_M, tile: int = 128, max_tiles: int | None = None) -> None:
-        _check_M(M)
+        check_stitch_M(M, name="M")
         if not (isinstance(tile, int) and tile > M):
             raise DataContractError(f"`tile` must be an integer larger than M = {M}, got {tile!r}")
         self.M, self.tile, self.max_tiles = int(M), tile, max_tiles

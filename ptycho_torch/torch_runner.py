@@ -3,13 +3,13 @@ model reconstructs through the same pipeline as an ONNX bundle or a remote serve
 
 ``TorchRunner(generator, training_scale=...)`` answers ``infer(diffraction (B, C, N, N), scale (B,))``
 with ``(amplitude, phase)`` ``(B, C, N, N)`` float32 in batches of ``batch_size`` under
-``torch.inference_mode``; its :attr:`~TorchRunner.model` is the :class:`TorchModel` the pipeline
-reads (N, gridsize, stitch_M, neighbour count, training scale, training probe).
+``torch.inference_mode``; its :attr:`~TorchRunner.model` is the
+:class:`~ptycho_torch.model_facts.ModelFacts` the pipeline reads (N, gridsize, stitch_M, neighbour
+count, training scale, training probe).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,32 +19,10 @@ import torch
 from ptycho_torch.checkpoint import load_generator
 from ptycho_torch.grouping import default_neighbor_count
 from ptycho_torch.model import PtychoPINNGenerator
+from ptycho_torch.model_facts import ModelFacts
 from ptycho_torch.stitching import default_stitch_M
 
-__all__ = ["TorchModel", "TorchRunner"]
-
-
-@dataclass(frozen=True)
-class TorchModel:
-    """A torch generator's facts, as the pipeline reads them (:class:`~ptycho_torch.pipeline.ModelInfo`)."""
-
-    N: int  # noqa: N815 - the project-wide name of the patch size
-    gridsize: int
-    stitch_M: int  # noqa: N815
-    training_scale: float
-    neighbor_count: int
-    """K the generator was trained with: the reconstruct default (gridsize > 1)."""
-    probe: npt.NDArray[np.complex64] | None = None
-    """The training probe ``(P, N, N)``, or None when unknown."""
-    default_scale_policy: str = "scan"
-    pixel_size_m: float | None = None
-    """Object pixel size of the training data in metres, or None when unknown."""
-    bad_pixels: npt.NDArray[np.bool_] | None = field(default=None, compare=False)
-    """The detector's bad-pixel mask ``(N, N)`` the model was trained with, or None."""
-
-    @property
-    def channels(self) -> int:
-        return self.gridsize * self.gridsize
+__all__ = ["TorchRunner"]
 
 
 class TorchRunner:
@@ -53,12 +31,12 @@ class TorchRunner:
     def __init__(self, generator: PtychoPINNGenerator, *, training_scale: float,
                  probe: npt.ArrayLike | None = None, stitch_M: int | None = None,  # noqa: N803
                  neighbor_count: int | None = None, bad_pixels: npt.ArrayLike | None = None,
-                 batch_size: int = 64) -> None:
+                 batch_size: int = 64, name: str = "torch") -> None:
         config = generator.config
         self.generator = generator.eval()
         self.batch_size = batch_size
-        self.model = TorchModel(
-            N=config.N, gridsize=config.gridsize, training_scale=float(training_scale),
+        self.model = ModelFacts(
+            name=name, N=config.N, gridsize=config.gridsize, training_scale=float(training_scale),
             stitch_M=default_stitch_M(config.N) if stitch_M is None else stitch_M,
             neighbor_count=default_neighbor_count(config.channels) if neighbor_count is None else neighbor_count,
             probe=None if probe is None else np.asarray(probe, np.complex64).reshape(-1, config.N, config.N),

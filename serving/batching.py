@@ -31,6 +31,7 @@ from serving.errors import DeadlineExceeded, Overloaded, Unavailable
 
 if TYPE_CHECKING:
     from ptycho_torch.bundle import Bundle
+    from ptycho_torch.model_facts import ModelFacts
 
 __all__ = ["BatchObserver", "DynamicBatcher"]
 
@@ -149,9 +150,9 @@ class DynamicBatcher:
         return self.submit(diffraction, scale).result()
 
     @property
-    def model(self) -> Bundle:
-        """The engine's bundle (the pipeline's :class:`~ptycho_torch.pipeline.ModelInfo`)."""
-        return self.bundle
+    def model(self) -> ModelFacts:
+        """The served model's facts (what the pipeline's :class:`~ptycho_torch.pipeline.Runner` has)."""
+        return self.bundle.facts
 
     @property
     def running(self) -> bool:

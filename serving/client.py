@@ -7,11 +7,10 @@ HTTP; a 500 is a :class:`~serving.errors.ServerError`, not a refusal of the requ
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,13 +19,14 @@ import numpy as np
 import numpy.typing as npt
 
 from ptycho_torch.errors import ConfigError, PtychoError
-from ptycho_torch.grouping import default_neighbor_count
-from ptycho_torch.pipeline import ReconstructOptions, Reconstruction
+from ptycho_torch.model_facts import ModelFacts
+from ptycho_torch.plan import ReconstructOptions
+from ptycho_torch.pipeline import Reconstruction
 from serving.errors import Overloaded, SessionNotFound, Unauthorized, error_for_status
 from serving.npz_wire import RECONSTRUCT_MEDIA_TYPE, decode_reconstruction, encode_arrays, encode_reconstruct_request
 from serving.protocol_v2 import HEADER_LENGTH
 
-__all__ = ["Client", "LiveSession", "RemoteRunner", "ServedModel", "reconstruct_file", "resend_on_503"]
+__all__ = ["Client", "LiveSession", "RemoteRunner", "reconstruct_file", "resend_on_503"]
 
 T = TypeVar("T")
 
@@ -103,6 +103,12 @@ class Client:
         """OIP metadata of ``model`` (``/v2/models/{model}``), including the providers it runs on."""
         return self._request("GET", f"/v2/models/{model}").json()
 
+    def model_facts(self, model: str) -> ModelFacts:
+        """What reconstructing with the served ``model`` needs (its latest version), from its OIP metadata."""
+        metadata = self.model_metadata(model)
+        versions = metadata.get("versions") or [None]
+        return ModelFacts.from_parameters(metadata["name"], metadata["parameters"], version=versions[-1])
+
     def reconstruct(self, patterns: npt.ArrayLike, positions: npt.ArrayLike, *, probe: npt.ArrayLike | None = None,
                     options: ReconstructOptions | dict[str, Any] | None = None, mask: npt.ArrayLike | None = None,
                     compress: bool = False) -> Reconstruction:
@@ -142,7 +148,7 @@ class Client:
         current version. ``options`` as for :meth:`reconstruct` (``scale_policy`` must be ``bundle``, unless
         the option ``scale`` is given: e.g. ``input_scale`` of a whole scan the caller holds)."""
         if isinstance(options, ReconstructOptions):
-            options = {k: v for k, v in dataclasses.asdict(options).items() if v is not None}
+            options = options.to_json()
         body: dict[str, Any] = {"model": model, "options": options or {}, "expected_frames": expected_frames,
                                 "bounds": None if bounds is None else [list(b) for b in bounds]}
         reply = self._request("POST", "/v1/sessions", json=body).json()
@@ -222,45 +228,6 @@ class LiveSession:
 
 
 @dataclass(frozen=True)
-class ServedModel:
-    """A model served elsewhere, as the pipeline sees it (:class:`~ptycho_torch.pipeline.ModelInfo`),
-    read from the server's OIP model metadata."""
-
-    name: str
-    N: int  # noqa: N815 - the project-wide name of the patch size
-    gridsize: int
-    stitch_M: int  # noqa: N815
-    training_scale: float
-    neighbor_count: int
-    """K the served model was trained with (published by the server; max(4, C) for older servers)."""
-    default_scale_policy: str = "scan"
-    pixel_size_m: float | None = None
-    """The training data's object pixel size (metres) the server publishes, or None."""
-    probe: None = None
-    """The server does not publish its training probe, so no probe check is made."""
-    bad_pixels: npt.NDArray[np.bool_] | None = field(default=None, compare=False)
-    """The served bundle's bad-pixel mask (N, N), from the published ``[row, col]`` list, or None."""
-
-    @property
-    def channels(self) -> int:
-        return self.gridsize * self.gridsize
-
-    @classmethod
-    def from_metadata(cls, metadata: dict[str, Any]) -> ServedModel:
-        """From ``GET /v2/models/{name}`` (see :meth:`Client.model_metadata`)."""
-        p = metadata["parameters"]
-        N, gridsize = int(p["N"]), int(p["gridsize"])  # noqa: N806
-        bad_pixels = None
-        if p.get("bad_pixels"):
-            bad_pixels = np.zeros((N, N), bool)
-            bad_pixels[tuple(np.asarray(p["bad_pixels"], dtype=np.intp).T)] = True
-        return cls(name=metadata["name"], N=N, gridsize=gridsize, stitch_M=int(p["stitch_M"]),
-                   training_scale=float(p["training_scale"]), pixel_size_m=p.get("pixel_size_m"),
-                   neighbor_count=int(p.get("neighbor_count") or default_neighbor_count(gridsize**2)),
-                   bad_pixels=bad_pixels)
-
-
-@dataclass(frozen=True)
 class RemoteRunner:
     """A :class:`~ptycho_torch.pipeline.Runner` whose inference is the server's OIP ``infer``: the
     pipeline (validation, scale, grouping, stitching) runs here, the network on the server.
@@ -269,7 +236,8 @@ class RemoteRunner:
     server's request-size limit (256 groups of 64x64 float32 are 4 MiB each way).
     """
 
-    model: ServedModel
+    model: ModelFacts
+    """The served model (:meth:`Client.model_facts`)."""
     client: Client
     batch_size: int = 256
     """Groups per OIP request."""
@@ -318,6 +286,6 @@ def reconstruct_file(url: str, npz_path: str | Path, *, token: str | None = None
     from ptycho_torch.data import load_scan  # numpy-only
 
     scan = load_scan(npz_path, n=n)
-    positions = np.column_stack([scan.xcoords, scan.ycoords])
+    positions = scan.positions
     with Client(url, token=token, timeout_s=timeout_s) as client:
         return client.reconstruct(scan.diff3d, positions, probe=scan.probeGuess, options=options)

@@ -27,6 +27,7 @@ from serving.errors import InvalidRequest
 
 if TYPE_CHECKING:
     from ptycho_torch.bundle import Bundle
+    from ptycho_torch.model_facts import ModelFacts
 
 __all__ = ["AUTO_PROVIDERS", "Engine", "select_providers"]
 
@@ -226,9 +227,9 @@ class Engine:
     """Same as :meth:`run`; the name the pipeline calls on an engine or a batcher."""
 
     @property
-    def model(self) -> Bundle:
-        """The bundle served (the pipeline's :class:`~ptycho_torch.pipeline.ModelInfo`)."""
-        return self.bundle
+    def model(self) -> ModelFacts:
+        """The served model's facts (what the pipeline's :class:`~ptycho_torch.pipeline.Runner` has)."""
+        return self.bundle.facts
 
     def _run_padded(
         self, diffraction: npt.NDArray[np.float32], scale: npt.NDArray[np.float32]

@@ -13,7 +13,6 @@ checked before any array is read.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import zipfile
@@ -23,7 +22,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from serving.errors import InvalidRequest, RequestTooLarge
-from ptycho_torch.pipeline import ReconstructOptions, Reconstruction
+from ptycho_torch.plan import ReconstructOptions
+from ptycho_torch.pipeline import Reconstruction
 from serving.limits import loads_json
 
 __all__ = ["RECONSTRUCT_MEDIA_TYPE", "ReconstructRequest", "decode_arrays", "decode_reconstruct_request",
@@ -60,7 +60,7 @@ def encode_reconstruct_request(patterns: Any, positions: Any, *, probe: Any = No
         arrays["mask"] = np.asarray(mask)
     if options is not None:
         if isinstance(options, ReconstructOptions):
-            options = {k: v for k, v in dataclasses.asdict(options).items() if v is not None}
+            options = options.to_json()
         arrays["options"] = np.array(json.dumps(options))
     return encode_arrays(arrays, compress)
 

@@ -11,6 +11,7 @@ graceful shutdown, on Ctrl+C), and a copy left behind by a killed process is rem
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -33,6 +34,7 @@ from ptycho_torch.bundle.schema import (
 from ptycho_torch.checksums import sha256_file
 from ptycho_torch.errors import BundleError
 from ptycho_torch.grouping import default_neighbor_count
+from ptycho_torch.model_facts import ModelFacts
 
 PICKLE_SUFFIXES: Final = (".pkl", ".pickle", ".pt", ".pth", ".dill", ".joblib", ".ckpt")
 MAX_ZIP_BYTES: Final = 4 << 30
@@ -113,6 +115,15 @@ class Bundle:
     @property
     def onnx_path(self) -> Path:
         return self.root / ONNX_FILE
+
+    @functools.cached_property
+    def facts(self) -> ModelFacts:
+        """What reconstructing with this bundle needs (the pipeline's and the plan's view of it)."""
+        m = self.manifest
+        return ModelFacts(name=m.name, version=str(m.version), N=m.N, gridsize=m.gridsize, stitch_M=m.stitch_M,
+                          training_scale=m.normalization.training_scale, neighbor_count=self.neighbor_count,
+                          default_scale_policy=m.normalization.default_policy, pixel_size_m=m.pixel_size_m,
+                          probe=self.probe, bad_pixels=self.bad_pixels)
 
 
 def load_bundle(path: str | Path, *, trusted_keys: Sequence[str | Path] | None = None) -> Bundle:

@@ -13,8 +13,11 @@ from typing import Annotated, Final, Literal
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
-from ptycho_torch.errors import BundleError
+from ptycho_torch.choices import ScalePolicy
+from ptycho_torch.errors import BundleError, InvalidInput
+from ptycho_torch.stitching import check_stitch_M
 
 FORMAT: Final = "ptychopinn-bundle"
 FORMAT_VERSION: Final = 1
@@ -59,13 +62,26 @@ class TensorSpec(_Strict):
     dtype: str = "float32"
 
 
+_BUNDLE_POLICIES: Final = (ScalePolicy.SCAN.value, ScalePolicy.BUNDLE.value)
+"""The scale policies a bundle may default to (``explicit`` names a scale that only a request can send)."""
+
+
 class Normalization(_Strict):
     """How the host computes the ``scale`` input, and the value measured on the training data."""
 
     rule: str
     training_scale: float
-    default_policy: Literal["scan", "bundle"] = "scan"
-    """``scan``: computed from the request's own patterns; ``bundle``: ``training_scale``."""
+    default_policy: ScalePolicy = ScalePolicy.SCAN
+    """``scan``: computed from the request's own patterns; ``bundle``: ``training_scale`` (never ``explicit``:
+    that names a scale a request sends)."""
+
+    @pydantic.field_validator("default_policy", mode="before")
+    @classmethod
+    def _measured_or_recorded(cls, policy: object) -> object:
+        if policy not in _BUNDLE_POLICIES:
+            raise PydanticCustomError("literal_error", "Input should be {expected}",
+                                      {"expected": " or ".join(map(repr, _BUNDLE_POLICIES))})
+        return policy
 
 
 class Provenance(_Strict):
@@ -200,8 +216,10 @@ class Manifest(_Strict):
         if self.neighbor_count is not None and self.neighbor_count < self.channels:
             raise BundleError(f"{MANIFEST_FILE}: `neighbor_count` must be >= channels = {self.channels}, got "
                               f"{self.neighbor_count}; re-export the bundle")
-        if not 1 <= self.stitch_M <= self.N // 2:
-            raise BundleError(f"{MANIFEST_FILE}: `stitch_M` must be in [1, N/2 = {self.N // 2}], got {self.stitch_M}")
+        try:
+            check_stitch_M(self.stitch_M, self.N)
+        except InvalidInput as error:
+            raise BundleError(f"{MANIFEST_FILE}: {error}; re-export the bundle") from None
         missing = [f for f in (*REQUIRED_FILES, *self.variants.values()) if f not in self.files]
         if missing:
             raise BundleError(f"{MANIFEST_FILE}: `files` must list {list(REQUIRED_FILES)}, missing {missing}; "

@@ -32,7 +32,8 @@ from serving.config import DEFAULTS
 if TYPE_CHECKING:
     from ptycho_torch.data import RawData
     from ptycho_torch.outputs import ProductInfo
-    from ptycho_torch.pipeline import ReconstructOptions, Reconstruction
+    from ptycho_torch.plan import ReconstructOptions
+    from ptycho_torch.pipeline import Reconstruction
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ def _load_scan(args: argparse.Namespace) -> RawData:
 
 
 def _options(args: argparse.Namespace, pixel_size_m: float | None) -> ReconstructOptions:
-    from ptycho_torch.pipeline import ReconstructOptions
+    from ptycho_torch.plan import ReconstructOptions
 
     return ReconstructOptions(scale_policy=args.scale_policy, stitch_M=args.stitch_m, seed=args.seed,
                               pixel_size_m=pixel_size_m, refine_iterations=args.refine,
@@ -156,7 +157,7 @@ def _product_info(args: argparse.Namespace, scan: RawData, *, model: str, pixel_
     extra = {} if result is None else {"scale": result.scale, "scale_policy": result.scale_policy,
                                        "refine_iterations": (result.refinement or {}).get("iterations", 0)}
     return ProductInfo(pixel_size_m=pixel_size_m if result is None else result.pixel_size_m, probe=scan.probeGuess,
-                       positions=np.column_stack([scan.xcoords, scan.ycoords]), model=model, model_version=version,
+                       positions=scan.positions, model=model, model_version=version,
                        source=str(args.data), extra=extra, data_fit=None if result is None else result.data_fit)
 
 
@@ -184,7 +185,7 @@ def _reconstruct_with_bundle(args: argparse.Namespace, scan: RawData,
     _require_patch_size(args, scan, bundle.N)
     engine = Engine(bundle, max_batch_size=args.batch_size)
     logger.info("running %s v%d in this process on %s", bundle.name, bundle.version, ", ".join(engine.providers))
-    result = reconstruct(engine, scan.diff3d, np.column_stack([scan.xcoords, scan.ycoords]), probe=scan.probeGuess,
+    result = reconstruct(engine, scan.diff3d, scan.positions, probe=scan.probeGuess,
                          options=_options(args, pixel_size_m))
     return result, _product_info(args, scan, model=bundle.name, version=str(bundle.version),
                                  pixel_size_m=pixel_size_m, result=result)
@@ -197,7 +198,7 @@ def _reconstruct_remote(args: argparse.Namespace, scan: RawData,
     from ptycho_torch.errors import ConfigError
     from ptycho_torch.pipeline import reconstruct
     from serving.cli import read_token_file
-    from serving.client import Client, RemoteRunner, ServedModel
+    from serving.client import Client, RemoteRunner
     from serving.errors import ModelNotFound
 
     if args.chunk_size < 1:
@@ -205,18 +206,16 @@ def _reconstruct_remote(args: argparse.Namespace, scan: RawData,
     token = read_token_file(args.token_file) if args.token_file is not None else None
     with Client(args.server, token=token, timeout_s=args.timeout) as client:
         try:
-            metadata = client.model_metadata(args.server_model)
+            served = client.model_facts(args.server_model)
         except ModelNotFound as error:
             raise ConfigError(f"`--server-model` must name a model served at {args.server}, got "
                               f"{args.server_model!r} ({error}); `ptychopinn serve` logs the name at start-up") from None
-        served = ServedModel.from_metadata(metadata)
         _require_patch_size(args, scan, served.N)
         runner = RemoteRunner(served, client, batch_size=args.chunk_size,
                               progress=not args.no_progress)
-        result = reconstruct(runner, scan.diff3d, np.column_stack([scan.xcoords, scan.ycoords]),
+        result = reconstruct(runner, scan.diff3d, scan.positions,
                              probe=scan.probeGuess, options=_options(args, pixel_size_m))
-    version = next(iter(metadata.get("versions") or []), None)
-    return result, _product_info(args, scan, model=f"{args.server_model} at {args.server}", version=version,
+    return result, _product_info(args, scan, model=f"{args.server_model} at {args.server}", version=served.version,
                                  pixel_size_m=pixel_size_m, result=result)
 
 
@@ -224,7 +223,9 @@ def _reconstruct_in_process(args: argparse.Namespace, scan: RawData) -> Reconstr
     """The one reconstruct pipeline, with the network run by torch in this process."""
     import numpy as np
 
-    from ptycho_torch.pipeline import ReconstructOptions, reconstruct
+    from ptycho_torch.plan import ReconstructOptions
+
+    from ptycho_torch.pipeline import reconstruct
     from ptycho_torch.torch_runner import TorchRunner
     from ptycho_torch.workflows.components import load_inference_bundle_torch
 
@@ -232,4 +233,4 @@ def _reconstruct_in_process(args: argparse.Namespace, scan: RawData) -> Reconstr
     runner = TorchRunner(generator, training_scale=float(snapshot["input_scale"]),
                          neighbor_count=snapshot.get("neighbor_count"), batch_size=args.batch_size)
     options = ReconstructOptions(scale_policy=args.scale_policy, stitch_M=args.stitch_m, seed=args.seed)
-    return reconstruct(runner, scan.diff3d, np.column_stack([scan.xcoords, scan.ycoords]), options=options)
+    return reconstruct(runner, scan.diff3d, scan.positions, options=options)

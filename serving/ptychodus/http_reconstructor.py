@@ -27,9 +27,11 @@ import numpy as np
 from ptychodus.api.reconstruct import Reconstructor, ReconstructInput, ReconstructOutput
 
 from ptycho_torch.errors import ConfigError
-from ptycho_torch.pipeline import ReconstructOptions, reconstruct, scan_scale
+from ptycho_torch.model_facts import ModelFacts
+from ptycho_torch.plan import ReconstructOptions, resolve
+from ptycho_torch.pipeline import reconstruct
 from ptycho_torch.scan_checks import prepare_scan
-from serving.client import Client, LiveSession, RemoteRunner, ServedModel, ServerUnreachable
+from serving.client import Client, LiveSession, RemoteRunner, ServerUnreachable
 from serving.errors import ModelNotFound, ServingError
 from serving.ptychodus.adapter import ObjectGrid, Scan, check_model_geometry, refine_outputs, scan_from_input
 from serving.ptychodus.reporting import reported
@@ -62,13 +64,13 @@ class HttpReconstructor(Reconstructor):
         token = self._settings.api_token.get_value().strip() or None
         return Client(url, token=token, timeout_s=self._settings.timeout_s.get_value()), url
 
-    def _model(self, client: Client, url: str, name: str) -> ServedModel:
+    def _model(self, client: Client, url: str, name: str) -> ModelFacts:
         """The served model; connection problems become one clear :class:`ConfigError`."""
         if not name:
             raise ConfigError(f"`[{GROUP}] ServerModel` must name the model served at {url}, got nothing; "
                               "`ptychopinn serve` logs it at start-up (the bundle's name)")
         try:
-            return ServedModel.from_metadata(client.model_metadata(name))
+            return client.model_facts(name)
         except ServerUnreachable as error:
             raise ConfigError(f"`[{GROUP}] ServerURL` must reach a running `ptychopinn serve`, got {url}: "
                               f"{error}") from None
@@ -98,7 +100,7 @@ class HttpReconstructor(Reconstructor):
                                  pixel_size_m=model.pixel_size_m)
             # the pipeline's scale rule on the whole scan (glitch frames left out), sent with every chunk
             prepared = prepare_scan(scan.amplitudes, scan.positions, units="amplitude")
-            scale = scan_scale(prepared, self._settings.policy(), model.training_scale)
+            scale = resolve(model, ReconstructOptions(scale_policy=self._settings.policy())).network_scale(prepared)
             if model.gridsize == 1:
                 return (yield from self._stream(client, name, scan, scale, parameters))
             runner = RemoteRunner(model, client)

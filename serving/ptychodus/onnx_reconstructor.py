@@ -21,7 +21,8 @@ from ptychodus.api.reconstruct import ReconstructInput, ReconstructOutput, Train
 from ptycho_torch.errors import ConfigError
 from ptycho_torch.bundle import Bundle, load_bundle
 from serving.engine import Engine
-from ptycho_torch.pipeline import ReconstructOptions, reconstruct
+from ptycho_torch.plan import ReconstructOptions
+from ptycho_torch.pipeline import reconstruct
 from serving.ptychodus.adapter import (
     ObjectGrid,
     Scan,

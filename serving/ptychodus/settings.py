@@ -8,7 +8,7 @@ from ptychodus.api.parameters import StringParameter
 from ptychodus.api.settings import SettingsRegistry
 
 from ptycho_torch.errors import ConfigError
-from ptycho_torch.pipeline import MAX_REFINE_ITERATIONS
+from ptycho_torch.plan import MAX_REFINE_ITERATIONS
 from ptycho_torch.choices import RefineAlgorithm, RefineStart, values
 from ptycho_torch.refinement import RefineSettings
 from serving.cli import DEFAULT_BUNDLE

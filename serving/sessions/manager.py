@@ -24,7 +24,8 @@ from starlette.concurrency import run_in_threadpool
 
 from serving.config import SessionLimits
 from serving.errors import Overloaded, SessionNotFound
-from ptycho_torch.pipeline import ReconstructOptions, Reconstruction
+from ptycho_torch.plan import ReconstructOptions
+from ptycho_torch.pipeline import Reconstruction
 from serving.sessions.session import Receipt, Session, SessionRunner, Work
 
 __all__ = ["SessionLimits", "SessionManager"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import hmac
 from importlib import resources
 from typing import Any
@@ -22,7 +21,8 @@ from starlette.concurrency import run_in_threadpool
 from serving import openapi
 from serving.errors import SessionNotFound
 from serving.npz_wire import RECONSTRUCT_MEDIA_TYPE, decode_arrays, encode_reconstruction
-from ptycho_torch.pipeline import ReconstructOptions, Reconstruction
+from ptycho_torch.plan import ReconstructOptions
+from ptycho_torch.pipeline import Reconstruction
 from serving.sessions.manager import SessionManager
 from serving.sessions.session import Session
 from serving.sessions.wire import encode_update
@@ -72,8 +72,7 @@ def session_routes(manager: SessionManager, read_body: Any, max_uncompressed_byt
 
     @router.post("/v1/sessions", status_code=201)
     async def create(request: CreateSession) -> dict[str, Any]:
-        options = dataclasses.replace(request.options, scale_policy=request.options.scale_policy or "bundle")
-        session = manager.create(request.model, request.version, options=options,
+        session = manager.create(request.model, request.version, options=request.options,
                                  expected_frames=request.expected_frames, bounds=request.bounds)
         return {"session_id": session.id, "model": _model_json(session)}
 

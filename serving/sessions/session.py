@@ -27,8 +27,8 @@ from ptycho_torch.stitching import Rect, TiledStitcher, canvas_geometry
 from ptycho_torch.bundle import Bundle
 from serving.errors import InvalidRequest
 from serving.sessions.scan_table import ScanTable
-from ptycho_torch.pipeline import ReconstructOptions, Reconstruction
-from ptycho_torch.pixel_size import check_pixel_size
+from ptycho_torch.plan import ReconstructOptions, resolve
+from ptycho_torch.pipeline import Reconstruction
 from ptycho_torch.scan_checks import check_network_input, to_amplitudes
 from ptycho_torch.stitching import complex_patches
 
@@ -138,26 +138,8 @@ class Session:
         max_frames: int = 1_000_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        options = options or ReconstructOptions(scale_policy="bundle")
         bundle = runner.bundle
-        if options.scale is None and options.scale_policy != "bundle":
-            raise InvalidRequest(
-                f"`scale_policy` must be 'bundle' for a session, got {options.scale_policy!r}: a stream cannot "
-                "normalise by the whole scan before it has been measured; send options {\"scale_policy\": \"bundle\"}, "
-                "or the scale itself when the client knows it (option `scale`)")
-        if bundle.channels != 1:
-            raise InvalidRequest(
-                f"sessions stream single-pattern models (gridsize 1); model {bundle.name!r} has gridsize "
-                f"{bundle.gridsize}, whose neighbour groups need the whole scan: use POST /v1/reconstruct")
-        if options.refine_iterations:
-            raise InvalidRequest(
-                f"`refine_iterations` is not applied in a session (got {options.refine_iterations}): a live canvas "
-                "shows the network's patches; refine the whole scan with POST /v1/reconstruct "
-                "(refine_iterations) once it is measured, or leave the option out")
-        check_pixel_size(options.pixel_size_m, bundle.pixel_size_m, model=f"model {bundle.name}")
-        M = bundle.stitch_M if options.stitch_M is None else options.stitch_M
-        if not 1 <= M <= bundle.N // 2:
-            raise InvalidRequest(f"`stitch_M` must be in [1, N/2 = {bundle.N // 2}], got {M}")
+        plan = resolve(bundle.facts, options, stream=True)
         if expected_frames is not None and not (isinstance(expected_frames, int)
                                                 and 1 <= expected_frames <= max_frames):
             raise InvalidRequest(f"`expected_frames` must be an integer in [1, {max_frames}], "
@@ -167,15 +149,14 @@ class Session:
         self.id = session_id
         self.runner = runner
         self.bundle = bundle
-        self.options = options
+        self.plan = plan
         self.expected_frames = expected_frames
         self._index_limit = expected_frames or max_frames
         self.bounds = bounds
-        explicit = options.scale is not None
-        self.scale = float(options.scale if explicit else bundle.training_scale)  # `bundle` policy: training value
-        check_network_input(self.scale, 0.0)
-        self.scale_policy = "explicit" if explicit else "bundle"
-        self.stitcher = TiledStitcher(M=M, tile=tile, max_tiles=max_tiles)
+        assert plan.scale is not None  # a stream's scale is known before the first frame
+        self.scale = plan.scale
+        self.scale_policy = str(plan.scale_policy)
+        self.stitcher = TiledStitcher(M=plan.stitch_M, tile=tile, max_tiles=max_tiles)
         self.closed: str | None = None
         """Why the session was closed (``deleted``, ``cancelled``, ``expired``), or None while open."""
         self._clock = clock
@@ -228,7 +209,7 @@ class Session:
         finite = np.isfinite(array).all(axis=(1, 2))
         negative = (array < 0).any(axis=(1, 2)) & finite
         amplitudes = to_amplitudes(np.where(negative[:, None, None], 0, array) if negative.any() else array,
-                                   self.options.units)[0]  # the one units rule: integer frames are counts
+                                   self.plan.units)[0]  # the one units rule: integer frames are counts
         check_network_input(self.scale, float(amplitudes[finite].max()) if finite.any() else 0.0)
         reasons = self._index_problems(index)
         _flag(reasons, ~finite, "pattern holds NaN/inf")
@@ -520,7 +501,7 @@ class Session:
                 "canvas": {"origin": None if geometry is None else list(geometry[0]),
                            "shape": None if geometry is None else list(geometry[1]),
                            "tiles": self.stitcher.n_tiles, "bytes": self.stitcher.nbytes},
-                "options": {"scale_policy": self.scale_policy, "units": self.options.units,
+                "options": {"scale_policy": self.scale_policy, "units": self.plan.units,
                             "stitch_M": self.stitcher.M},
                 "scale": self.scale,
                 "age_s": now - self.created,

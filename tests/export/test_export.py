@@ -296,7 +296,7 @@ def test_torch_and_onnx_runners_give_the_same_object(exported: Exported, scan32:
     from serving.engine import Engine
 
     scan = RawData.from_file(scan32).subset(np.arange(120))
-    positions = np.column_stack([scan.xcoords, scan.ycoords])
+    positions = scan.positions
     bundle = exported.bundle
     onnx = reconstruct(Engine(bundle, providers=["cpu"], warmup=False), scan.diff3d, positions, probe=scan.probeGuess)
     eager = reconstruct(TorchRunner(exported.generator, training_scale=bundle.training_scale, probe=bundle.probe,
@@ -338,7 +338,8 @@ def test_the_trained_neighbor_count_is_recorded_and_is_the_reconstruct_default(s
     it when a request gives none; a bundle written before K was recorded falls back to max(4, C)."""
     from ptycho_torch.bundle import load_bundle
     from ptycho_torch.data import RawData
-    from ptycho_torch.pipeline import ReconstructOptions, reconstruct
+    from ptycho_torch.plan import ReconstructOptions
+    from ptycho_torch.pipeline import reconstruct
     from ptycho_torch.torch_runner import TorchRunner
     from serving.engine import Engine
 
@@ -353,7 +354,7 @@ def test_the_trained_neighbor_count_is_recorded_and_is_the_reconstruct_default(s
     assert TorchRunner.from_checkpoint(checkpoint).model.neighbor_count == 6
 
     scan = RawData.from_file(scan32).subset(np.arange(120))
-    positions = np.column_stack([scan.xcoords, scan.ycoords])
+    positions = scan.positions
     engine = Engine(bundle, providers=["cpu"], warmup=False)
     default = reconstruct(engine, scan.diff3d, positions)
     six = reconstruct(engine, scan.diff3d, positions, options=ReconstructOptions(neighbor_count=6))

@@ -11,12 +11,12 @@ from enum import StrEnum
 import pytest
 
 from ptycho_torch.choices import (
-    AmpActivation, Generator, LoggerBackend, LossMode, ModelType, RefineAlgorithm, RefineStart, Scheduler,
-    check_table, parse, values,
+    AmpActivation, Generator, LoggerBackend, LossMode, ModelType, RefineAlgorithm, RefineStart, ScalePolicy, Scheduler,
+    Units, check_table, parse, values,
 )
 from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig
 from ptycho_torch.errors import ConfigError, DataContractError, InvalidInput
-from ptycho_torch.pipeline import ReconstructOptions
+from ptycho_torch.plan import ReconstructOptions
 from ptycho_torch.refinement import ALGORITHMS, STARTS, RefineSettings
 
 
@@ -67,17 +67,22 @@ def test_bad_config_choices_keep_their_messages(build, message: str) -> None:
 def test_bad_reconstruct_choices_keep_their_messages() -> None:
     with pytest.raises(InvalidInput, match=r"^`refine_algorithm` must be one of \['er', 'rpie'\], got 'dm'$"):
         ReconstructOptions(refine_algorithm="dm")
-    with pytest.raises(InvalidInput, match=r"^`refine_start` must be 'network' or 'flat', got 'zero'$"):
+    with pytest.raises(InvalidInput, match=r"^`refine_start` must be one of \['network', 'flat'\], got 'zero'$"):
         ReconstructOptions(refine_start="zero")
+    with pytest.raises(InvalidInput, match=r"^`scale_policy` must be one of \['scan', 'bundle', 'explicit'\], got 'x'$"):
+        ReconstructOptions(scale_policy="x")
+    assert ReconstructOptions(units="counts", refine_start="flat", refine_iterations=1).units is Units.COUNTS
 
 
 def test_typed_fields_accept_exactly_the_enum_values() -> None:
     """The Literal annotations (published in the OpenAPI schema and the config docs) list the enum's values."""
     fields = {(ModelConfig, "generator"): Generator, (ModelConfig, "model_type"): ModelType,
-              (TrainingConfig, "torch_loss_mode"): LossMode, (ReconstructOptions, "refine_algorithm"): RefineAlgorithm,
-              (ReconstructOptions, "refine_start"): RefineStart}
+              (TrainingConfig, "torch_loss_mode"): LossMode}
     for (cls, name), choice in fields.items():
         assert typing.get_args(typing.get_type_hints(cls)[name]) == values(choice), (cls, name)
+    hints = typing.get_type_hints(ReconstructOptions)
+    assert hints["refine_algorithm"] is RefineAlgorithm and hints["refine_start"] is RefineStart
+    assert hints["scale_policy"] == ScalePolicy | None and hints["units"] == Units | None
 
 
 def test_configs_store_plain_strings() -> None:

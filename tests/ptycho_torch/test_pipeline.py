@@ -11,7 +11,8 @@ from ptycho_torch.stitching import stitch_patches
 from serving.batching import DynamicBatcher
 from serving.engine import Engine
 from ptycho_torch.errors import InvalidInput, InvalidValues
-from ptycho_torch.pipeline import ReconstructOptions, reconstruct
+from ptycho_torch.plan import ReconstructOptions
+from ptycho_torch.pipeline import reconstruct
 
 N = 32
 
@@ -41,7 +42,8 @@ def test_an_explicit_scale_is_fed_to_the_network_unchanged(engine: Engine) -> No
     result = reconstruct(engine, patterns, positions, options=ReconstructOptions(scale=0.3, scale_policy="scan"))
     np.testing.assert_allclose(result.amplitude[result.coverage > 0], 0.8 * 0.3, rtol=1e-5)
     assert (result.scale, result.scale_policy) == (pytest.approx(0.3), "explicit")
-    assert set(result.timings) == {"validate", "scale", "group", "inference", "stitch", "data_fit", "refine", "total"}
+    assert set(result.timings) == {"validate", "prepare", "scale", "group", "inference", "stitch", "data_fit", "refine",
+                                 "total"}
 
 
 def test_counts_are_converted_to_amplitudes(engine: Engine) -> None:
@@ -119,7 +121,7 @@ def test_options_are_strict() -> None:
         ReconstructOptions.from_mapping({"scales": 1})
     with pytest.raises(InvalidInput, match=r"`scale` must be a positive finite number, got nan"):
         ReconstructOptions.from_mapping({"scale": float("nan")})
-    with pytest.raises(InvalidInput, match="`scale_policy` must be 'scan' or 'bundle', got 'stream'"):
+    with pytest.raises(InvalidInput, match=r"`scale_policy` must be one of \['scan', 'bundle', 'explicit'\], got 'stream'"):
         ReconstructOptions.from_mapping({"scale_policy": "stream"})
     with pytest.raises(InvalidInput, match="`seed` must be a non-negative integer, got 1.5"):
         ReconstructOptions.from_mapping({"seed": 1.5})

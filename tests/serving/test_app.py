@@ -20,7 +20,8 @@ from serving.engine import Engine
 from ptycho_torch.errors import InvalidValues
 from serving.errors import InvalidRequest, Overloaded, RequestTooLarge, Unauthorized
 from serving.npz_wire import encode_reconstruct_request
-from ptycho_torch.pipeline import ReconstructOptions, reconstruct
+from ptycho_torch.plan import ReconstructOptions
+from ptycho_torch.pipeline import reconstruct
 from serving.protocol_v2 import HEADER_LENGTH
 
 N = 32
@@ -237,7 +238,7 @@ def test_reconstruct_file_sends_a_real_scan_and_matches_in_process(engine: Engin
     server = serve(create_app(engine))
     remote = reconstruct_file(server.url, path, n=N)
     scan = load_scan(path, n=N)
-    local = reconstruct(engine, scan.diff3d, np.column_stack([scan.xcoords, scan.ycoords]), probe=scan.probeGuess)
+    local = reconstruct(engine, scan.diff3d, scan.positions, probe=scan.probeGuess)
     assert remote.n_patterns == len(scan) == 516
     np.testing.assert_array_equal(remote.amplitude, local.amplitude)
     np.testing.assert_array_equal(remote.phase, local.phase)

@@ -109,7 +109,8 @@ def test_unknown_outputs_are_refused_before_inference(engine: Engine, serve) -> 
 
 
 def test_core_shape_errors_of_a_grouped_model_are_400(oracle_bundle_g2) -> None:  # noqa: ANN001
-    from ptycho_torch.pipeline import ReconstructOptions, reconstruct
+    from ptycho_torch.plan import ReconstructOptions
+    from ptycho_torch.pipeline import reconstruct
 
     engine = Engine(oracle_bundle_g2, providers=["cpu"], warmup=False)
     patterns, positions = np.ones((12, 32, 32), np.float32), np.random.default_rng(0).uniform(20, 60, (12, 2))

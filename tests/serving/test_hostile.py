@@ -261,7 +261,7 @@ def test_a_session_reads_integer_frames_as_counts_like_every_entry_point(engine:
 
 
 def test_a_bundle_default_mask_applies_to_every_scan_in_process_served_and_remote(serve, tmp_path: Path) -> None:
-    from serving.client import RemoteRunner, ServedModel
+    from serving.client import RemoteRunner
 
     mask = np.zeros((N, N), bool)
     mask[15, 14:18] = True  # inside the stitched central crop
@@ -280,7 +280,7 @@ def test_a_bundle_default_mask_applies_to_every_scan_in_process_served_and_remot
     with Client(server.url) as client:
         assert client.model_metadata("oracle")["parameters"]["bad_pixels"] == [[15, 14], [15, 15], [15, 16], [15, 17]]
         np.testing.assert_array_equal(client.reconstruct(patterns, positions).phase, expected.phase)
-        remote = RemoteRunner(ServedModel.from_metadata(client.model_metadata("oracle")), client)
+        remote = RemoteRunner(client.model_facts("oracle"), client)
         np.testing.assert_array_equal(reconstruct(remote, patterns, positions).phase, expected.phase)
 
 

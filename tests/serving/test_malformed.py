@@ -117,7 +117,7 @@ CASES = [
     ("options list", "POST", RECONSTRUCT, _options([1, 2]), {}, 400, "`options` must be a JSON object, got list"),
     ("stitch_M zero", "POST", RECONSTRUCT, _options({"stitch_M": 0}), {}, 400, r"`stitch_M` must be in \[1, N/2"),
     ("stitch_M bool", "POST", RECONSTRUCT, _options({"stitch_M": True}), {}, 400, "`stitch_M` must be"),
-    ("units photons", "POST", RECONSTRUCT, _options({"units": "photons"}), {}, 400, "`units` must be 'amplitude'"),
+    ("units photons", "POST", RECONSTRUCT, _options({"units": "photons"}), {}, 400, r"`units` must be one of \['amplitude', 'counts'\], got 'photons'"),
     ("policy typo", "POST", RECONSTRUCT, _options({"scale_policy": "scna"}), {}, 400,
      "`scale_policy` must be 'scan' or 'bundle'"),
     ("gzip garbage", "POST", RECONSTRUCT, b"\x1f\x8b garbage", {"Content-Encoding": "gzip"}, 400, "not valid gzip"),

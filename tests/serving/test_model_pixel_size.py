@@ -12,9 +12,10 @@ from oracle import write_oracle_bundle
 
 from ptycho_torch.bundle import load_bundle, summarize
 from ptycho_torch.errors import InvalidInput
-from ptycho_torch.pipeline import ReconstructOptions, reconstruct
+from ptycho_torch.plan import ReconstructOptions
+from ptycho_torch.pipeline import reconstruct
 from serving.app import create_app
-from serving.client import Client, RemoteRunner, ServedModel
+from serving.client import Client, RemoteRunner
 from serving.engine import Engine
 from serving.npz_wire import encode_reconstruct_request
 
@@ -51,7 +52,7 @@ def test_over_http_the_metadata_publishes_it_and_a_mismatch_is_a_400(engine_10nm
     server = serve(create_app(engine_10nm))
     patterns, positions = _scan()
     with Client(server.url) as client:
-        model = ServedModel.from_metadata(client.model_metadata("oracle"))
+        model = client.model_facts("oracle")
         assert model.pixel_size_m == PIXEL
         remote = reconstruct(RemoteRunner(model, client), patterns, positions)
         assert remote.pixel_size_m == PIXEL

@@ -12,7 +12,7 @@ import pytest
 from serving.app import create_app
 from serving.client import Client
 from serving.engine import Engine
-from ptycho_torch.pipeline import ReconstructOptions
+from ptycho_torch.plan import ReconstructOptions
 
 pva = pytest.importorskip("pvaccess", reason="the optional `pva` extra (pvapy) is not installed")
 

@@ -15,7 +15,8 @@ import pytest
 from ptycho_torch.errors import InvalidInput
 from ptycho_torch.grouping import extract_patches
 from ptycho_torch.metrics import evaluate_reconstruction
-from ptycho_torch.pipeline import ReconstructOptions, reconstruct, reconstruct_steps
+from ptycho_torch.plan import ReconstructOptions
+from ptycho_torch.pipeline import reconstruct, reconstruct_steps
 from ptycho_torch.simulation import default_probe, make_object, simulate_scan
 from serving.app import create_app
 from serving.client import Client
@@ -35,7 +36,7 @@ def scan():
     centres = np.arange(N / 2, SIZE - N / 2 - 1, 3.0)
     x, y = (v.ravel() for v in np.meshgrid(centres, centres))
     raw = simulate_scan(obj, default_probe(N), x, y, nphotons=1e5, seed=1)
-    return raw.diff3d, np.column_stack([raw.xcoords, raw.ycoords]), raw.probeGuess, obj
+    return raw.diff3d, raw.positions, raw.probeGuess, obj
 
 
 def _ssim(result, obj) -> tuple[float, float]:
@@ -136,7 +137,7 @@ def test_steps_come_one_per_iteration_and_stop_when_closed(engine: Engine, scan)
     ({"refine_iterations": 5000}, "`refine_iterations` must be at most 1000"),
     ({"refine_iterations": -1}, "`refine_iterations` must be a non-negative integer"),
     ({"refine_iterations": 5, "refine_algorithm": "dm"}, r"`refine_algorithm` must be one of \['er', 'rpie'\]"),
-    ({"refine_iterations": 5, "refine_start": "truth"}, "`refine_start` must be 'network' or 'flat'"),
+    ({"refine_iterations": 5, "refine_start": "truth"}, r"`refine_start` must be one of \['network', 'flat'\]"),
     ({"refine_start": "flat"}, "`refine_start` 'flat' needs `refine_iterations` >= 1"),
     ({"refine_iterations": 5, "refine_time_limit_s": 0}, "`refine_time_limit_s` must be a positive number"),
 ])

@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ptycho_torch.model_facts import ModelFacts
 from ptycho_torch.pipeline import reconstruct
 from serving.app import create_app
-from serving.client import Client, RemoteRunner, ServedModel
+from serving.client import Client, RemoteRunner
 from serving.config import Limits
 from serving.engine import Engine
 from serving.errors import RequestTooLarge
@@ -24,7 +25,7 @@ def test_a_scan_over_the_request_limit_goes_out_in_chunks_and_equals_in_process(
     with Client(server.url) as client:
         with pytest.raises(RequestTooLarge, match="413"):
             client.reconstruct(patterns, positions)
-        model = ServedModel.from_metadata(client.model_metadata("oracle"))
+        model = client.model_facts("oracle")
         calls = []
         infer = client.infer
         client.infer = lambda *args: calls.append(len(args[1])) or infer(*args)  # type: ignore[method-assign]
@@ -44,6 +45,6 @@ def test_the_served_model_publishes_its_neighbor_count(oracle_bundle_g2, serve) 
         metadata = client.model_metadata("oracle2")
     assert metadata["parameters"]["neighbor_count"] == oracle_bundle_g2.neighbor_count == 4
     metadata["parameters"]["neighbor_count"] = 7
-    assert ServedModel.from_metadata(metadata).neighbor_count == 7
+    assert ModelFacts.from_parameters("oracle2", metadata["parameters"]).neighbor_count == 7
     del metadata["parameters"]["neighbor_count"]
-    assert ServedModel.from_metadata(metadata).neighbor_count == 4
+    assert ModelFacts.from_parameters("oracle2", metadata["parameters"]).neighbor_count == 4

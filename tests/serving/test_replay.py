@@ -12,7 +12,7 @@ from ptycho_torch.data import load_scan
 from serving.app import create_app
 from serving.client import Client
 from serving.engine import Engine
-from ptycho_torch.pipeline import ReconstructOptions
+from ptycho_torch.plan import ReconstructOptions
 
 SCAN = Path(__file__).resolve().parents[2] / "data" / "siemens-star-small.npz.bz2"
 
@@ -31,6 +31,6 @@ def test_replay_with_delayed_positions_loses_nothing_and_matches_reconstruct(eng
     # the replayed object is the whole-scan reconstruction of the same 120 frames
     scan = load_scan(SCAN, n=32)
     with Client(server.url) as client:
-        whole = client.reconstruct(scan.diff3d[:120], np.column_stack([scan.xcoords, scan.ycoords])[:120],
+        whole = client.reconstruct(scan.diff3d[:120], scan.positions[:120],
                                    options=ReconstructOptions(scale_policy="bundle"))
     assert figures["object_shape"] == list(whole.amplitude.shape)

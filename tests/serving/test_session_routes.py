@@ -16,7 +16,7 @@ from serving.client import Client
 from serving.engine import Engine
 from serving.errors import InvalidRequest, Overloaded, SessionNotFound, Unauthorized
 from serving.npz_wire import encode_arrays
-from ptycho_torch.pipeline import ReconstructOptions
+from ptycho_torch.plan import ReconstructOptions
 from serving.sessions import SessionLimits
 
 N = 32

@@ -11,9 +11,10 @@ from serving.batching import DynamicBatcher
 from serving.engine import Engine
 from oracle import write_oracle_bundle
 from ptycho_torch.bundle import load_bundle
-from ptycho_torch.errors import DataContractError
+from ptycho_torch.errors import InvalidInput
 from serving.errors import InvalidRequest, Overloaded, SessionNotFound
-from ptycho_torch.pipeline import ReconstructOptions, reconstruct
+from ptycho_torch.plan import ReconstructOptions
+from ptycho_torch.pipeline import reconstruct
 from serving.sessions import Session, SessionLimits, SessionManager
 
 N = 32
@@ -149,12 +150,12 @@ def test_positions_that_fit_the_canvas_only_in_part_are_taken_in_order(batcher) 
 
 
 def test_sessions_refuse_the_scan_scale_policy_and_grouped_models(batcher, oracle_bundle_g2) -> None:
-    with pytest.raises(InvalidRequest, match="scale_policy.*'bundle'"):
+    with pytest.raises(InvalidInput, match="scale_policy.*'bundle'"):
         Session("s", batcher, options=ReconstructOptions(scale_policy="scan"))
     engine = Engine(oracle_bundle_g2, max_batch_size=4, providers=["cpu"], intra_op_threads=1)
     grouped = DynamicBatcher(engine)
     try:
-        with pytest.raises(InvalidRequest, match="gridsize 1"):
+        with pytest.raises(InvalidInput, match="gridsize 1"):
             Session("s", grouped)
     finally:
         grouped.close()
@@ -162,14 +163,14 @@ def test_sessions_refuse_the_scan_scale_policy_and_grouped_models(batcher, oracl
 
 def test_sessions_refuse_options_they_would_silently_ignore(batcher, tmp_path) -> None:
     """refine_iterations and a mismatching pixel_size_m were accepted and had no effect."""
-    with pytest.raises(InvalidRequest, match=r"`refine_iterations` is not applied in a session \(got 5\).*POST "
+    with pytest.raises(InvalidInput, match=r"`refine_iterations` is not applied in a session \(got 5\).*POST "
                                              r"/v1/reconstruct"):
         Session("s", batcher, options=ReconstructOptions(scale_policy="bundle", refine_iterations=5))
     sized = Engine(load_bundle(write_oracle_bundle(tmp_path / "b", N=N, pixel_size_m=1e-8)), max_batch_size=4,
                    providers=["cpu"], intra_op_threads=1)
     runner = DynamicBatcher(sized)
     try:
-        with pytest.raises(DataContractError, match=r"2e-08 m differs from model oracle's training pixel "
+        with pytest.raises(InvalidInput, match=r"2e-08 m differs from model oracle's training pixel "
                                                     r"size 1e-08 m"):
             Session("s", runner, options=ReconstructOptions(scale_policy="bundle", pixel_size_m=2e-8))
         assert Session("s", runner, options=ReconstructOptions(scale_policy="bundle", pixel_size_m=1e-8))

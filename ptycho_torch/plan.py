@@ -1,0 +1,273 @@
+"""What one reconstruction will do, decided once: ``resolve(model, options) -> Plan``.
+
+Every path that reconstructs (``POST /v1/reconstruct``, ``ptychopinn reconstruct``, the Ptychodus
+reconstructors, a live session) turns a request's :class:`ReconstructOptions` and the model's
+:class:`~ptycho_torch.model_facts.ModelFacts` into one frozen :class:`Plan` with :func:`resolve`:
+the stitch crop, the neighbour count, where the network's scale comes from, the pixel size, which
+probe the data fit and the refinement use, and the refinement itself. This module is the only home
+of those rules and their errors (:class:`~ptycho_torch.errors.InvalidInput`, HTTP 400). A live
+session resolves with ``stream=True``, which adds only what a stream cannot do. numpy only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from ptycho_torch.choices import RefineAlgorithm, RefineStart, ScalePolicy, Units, parse
+from ptycho_torch.errors import DataContractError, InvalidInput, InvalidValues
+from ptycho_torch.model_facts import ModelFacts
+from ptycho_torch.normalization import input_scale
+from ptycho_torch.pixel_size import check_pixel_size, valid_pixel_size
+from ptycho_torch.refinement import RefineSettings
+from ptycho_torch.scan_checks import PreparedScan, bad_pixel_mask, check_network_input
+from ptycho_torch.stitching import check_stitch_M
+
+__all__ = ["MAX_REFINE_ITERATIONS", "Plan", "ProbeSource", "ReconstructOptions", "resolve"]
+
+MAX_REFINE_ITERATIONS = 1000
+"""Most refinement iterations one request may ask for (with ``refine_time_limit_s``, bounds its time)."""
+
+E = TypeVar("E", bound=StrEnum)
+
+
+class ProbeSource(StrEnum):
+    """Which probe the data fit and the refinement use: the one sent with the scan, else the model's."""
+
+    REQUEST = "request"
+    MODEL = "model"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReconstructOptions:
+    """Per-request choices, each checked on its own here (the rules that need the model are
+    :func:`resolve`'s); :meth:`from_mapping` builds one from JSON (unknown keys refused)."""
+
+    __pydantic_config__ = {"extra": "forbid"}  # a typed HTTP body field (serving): unknown keys refused there too
+
+    scale_policy: ScalePolicy | None = None
+    """``scan``: normalise by this scan's own patterns; ``bundle``: the training value (streams);
+    ``explicit``: the option ``scale``; None: ``explicit`` when ``scale`` is given, else the model's default."""
+    units: Units | None = None
+    """What ``patterns`` hold: amplitudes (sqrt of counts, the project convention) or raw counts;
+    None: integer dtypes are counts, floats amplitudes (the rule of every entry point)."""
+    stitch_M: int | None = None
+    """Central crop kept from each patch when stitching; None: the model's value."""
+    scale: float | None = None
+    """The network's ``scale`` input, given explicitly (e.g. one value for every chunk of a scan);
+    None: computed by ``scale_policy``."""
+    neighbor_count: int | None = None
+    """K nearest neighbours a group's members are drawn from (gridsize > 1 only); None: the model's
+    (:attr:`ModelFacts.neighbor_count`, what it was trained with)."""
+    seed: int = 0
+    """Seed of the neighbour draw (gridsize > 1 only), so a request is reproducible."""
+    pixel_size_m: float | None = None
+    """The scan's object pixel size in metres; refused when it differs from the model's training
+    pixel size by more than 1 % (:func:`~ptycho_torch.pixel_size.check_pixel_size`). None: unchecked."""
+    refine_iterations: int = 0
+    """Iterations of known-probe object refinement against the measured patterns after the network
+    (:mod:`ptycho_torch.refinement`); 0: none. At most :data:`MAX_REFINE_ITERATIONS`."""
+    refine_algorithm: RefineAlgorithm = RefineAlgorithm.ER
+    """``er``: error reduction over the whole scan at once (fast); ``rpie``: regularised PIE in mini-batches."""
+    refine_start: RefineStart = RefineStart.NETWORK
+    """``network``: refine the network's stitched object; ``flat``: start from amplitude 1, phase 0 and
+    skip the network (for a scan the model was not trained for)."""
+    refine_time_limit_s: float = 300.0
+    """Refinement stops after the iteration that passes this many seconds (the response says so)."""
+
+    def __post_init__(self) -> None:
+        for name in ("stitch_M", "neighbor_count", "seed", "refine_iterations"):
+            _require_count(name, getattr(self, name))
+        for name, choice in (("scale_policy", ScalePolicy), ("units", Units), ("refine_algorithm", RefineAlgorithm),
+                             ("refine_start", RefineStart)):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, parse(choice, name, value, InvalidInput))
+        if self.scale is not None:
+            _require_positive("scale", self.scale, "a positive finite number")
+        if self.pixel_size_m is not None:
+            try:
+                valid_pixel_size(self.pixel_size_m, what="`pixel_size_m`")
+            except DataContractError as error:
+                raise InvalidInput(str(error)) from None
+        _require_positive("refine_time_limit_s", self.refine_time_limit_s, "a positive number")
+        self._check_combinations()
+
+    def _check_combinations(self) -> None:
+        if self.scale_policy == ScalePolicy.EXPLICIT and self.scale is None:
+            raise InvalidInput("`scale_policy` 'explicit' needs the option `scale` (the network's scale input); "
+                               "send it, or use 'scan' or 'bundle'")
+        if self.refine_iterations > MAX_REFINE_ITERATIONS:
+            raise InvalidInput(f"`refine_iterations` must be at most {MAX_REFINE_ITERATIONS}, got "
+                               f"{self.refine_iterations}; 20-50 iterations reach the noise floor on typical scans")
+        if self.refine_start == RefineStart.FLAT and self.refine_iterations == 0:
+            raise InvalidInput("`refine_start` 'flat' needs `refine_iterations` >= 1 (a flat object explains nothing); "
+                               "ask for e.g. 20 iterations")
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any]) -> ReconstructOptions:
+        """Options from a JSON object; unknown keys raise :class:`InvalidInput` listing the known ones."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(mapping) - known)
+        if unknown:
+            raise InvalidInput(f"unknown options {unknown}; known options are {sorted(known)}")
+        return cls(**mapping)
+
+    def to_json(self) -> dict[str, Any]:
+        """The options that differ from their defaults, as JSON values (what a client sends)."""
+        defaults = ReconstructOptions()
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)
+                if getattr(self, f.name) != getattr(defaults, f.name)}
+
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, StrEnum) else value
+
+
+def _require_count(name: str, value: Any) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise InvalidInput(f"`{name}` must be a non-negative integer, got {value!r}")
+
+
+def _require_positive(name: str, value: Any, expected: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise InvalidInput(f"`{name}` must be {expected}, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    """What one reconstruction will do (see the module docstring); made by :func:`resolve`."""
+
+    model: ModelFacts
+    stitch_M: int  # noqa: N815 - the project-wide name of the crop
+    """Central crop kept from each patch when stitching, in ``[1, N/2]``."""
+    neighbor_count: int
+    """K nearest neighbours each group's members are drawn from (gridsize > 1; unused at gridsize 1)."""
+    seed: int
+    """Seed of the neighbour draw."""
+    units: Units | None
+    """What the patterns hold; None: the dtype decides (integers are counts)."""
+    scale_policy: ScalePolicy
+    """Where the network's ``scale`` comes from (never None: the model's default filled in)."""
+    scale: float | None
+    """The network's ``scale`` when known before the scan is seen (``bundle``, ``explicit``); None for
+    ``scan``, where :meth:`network_scale` measures it."""
+    pixel_size_m: float | None
+    """Object pixel size of the result in metres: the scan's, else the model's; None when neither says."""
+    probe_source: ProbeSource | None
+    """The probe the data fit and the refinement use; None when neither the request nor the model has one."""
+    run_network: bool
+    """False when refinement starts from a flat object: the network is skipped."""
+    refinement: RefineSettings | None
+    """The refinement after the network (None: none)."""
+    refine_start: RefineStart
+
+    @property
+    def N(self) -> int:  # noqa: N802 - the project-wide name of the patch size
+        return self.model.N
+
+    @property
+    def grouped(self) -> bool:
+        """The model takes groups of ``gridsize**2 > 1`` patterns (drawn from K neighbours)."""
+        return self.model.channels > 1
+
+    def bad_pixels(self, request_mask: Any = None) -> npt.NDArray[np.bool_] | None:
+        """The detector pixels to inpaint: the model's mask always, the request's ``(N, N)`` added to it."""
+        own = self.model.bad_pixels
+        if request_mask is None or own is None:
+            return own if request_mask is None else request_mask
+        return own | bad_pixel_mask(request_mask, self.N)
+
+    def network_scale(self, scan: PreparedScan) -> float:
+        """The network's ``scale`` for a prepared scan: :attr:`scale` when known, else ``input_scale`` of
+        its frames without the too-bright ones; raises :class:`InvalidValues` when they are all zero."""
+        if self.scale is not None:
+            return self.scale
+        x, frames = scan.amplitudes, scan.scale_frames
+        x = x if len(frames) == len(x) else x[frames]  # usually no copy
+        if not (x > 0).any():
+            raise InvalidValues("`patterns` are all zero: the `scan` scale policy needs some signal; send real "
+                                "patterns or use scale_policy='bundle'")
+        return input_scale(x)
+
+
+def resolve(model: ModelFacts, options: ReconstructOptions | None = None, *, probe_given: bool = False,
+            stream: bool = False) -> Plan:
+    """The :class:`Plan` for reconstructing with ``model`` under ``options``; ``probe_given``: the
+    request sends the probe the scan was measured with. ``stream``: a live session, which sees frames
+    as they are measured, so its scale cannot come from the whole scan (the policy defaults to
+    ``bundle``), its patterns cannot be grouped with neighbours not measured yet (gridsize 1 only), and
+    it is not refined. Raises :class:`InvalidInput` naming the option and the fix."""
+    options = options or ReconstructOptions()
+    if stream:
+        _check_streamable(model, options)
+    M = model.stitch_M if options.stitch_M is None else options.stitch_M  # noqa: N806
+    check_stitch_M(M, model.N)
+    policy, scale = _scale(model, options, stream)
+    probe_source = ProbeSource.REQUEST if probe_given else ProbeSource.MODEL if model.probe is not None else None
+    return Plan(model=model, stitch_M=M, neighbor_count=_neighbor_count(model, options), seed=options.seed,
+                units=options.units, scale_policy=policy, scale=scale, pixel_size_m=_pixel_size(model, options),
+                probe_source=probe_source, run_network=options.refine_start == RefineStart.NETWORK,
+                refinement=_refinement(options, probe_source), refine_start=options.refine_start)
+
+
+def _check_streamable(model: ModelFacts, options: ReconstructOptions) -> None:
+    if options.scale_policy == ScalePolicy.SCAN:
+        raise InvalidInput(
+            "`scale_policy` must be 'bundle' for a session, got 'scan': a stream cannot normalise by the whole scan "
+            "before it has been measured; send options {\"scale_policy\": \"bundle\"}, or the scale itself when the "
+            "client knows it (option `scale`)")
+    if model.channels != 1:
+        raise InvalidInput(
+            f"sessions stream single-pattern models (gridsize 1); model {model.name!r} has gridsize "
+            f"{model.gridsize}, whose neighbour groups need the whole scan: use POST /v1/reconstruct")
+    if options.refine_iterations:
+        raise InvalidInput(
+            f"`refine_iterations` is not applied in a session (got {options.refine_iterations}): a live canvas "
+            "shows the network's patches; refine the whole scan with POST /v1/reconstruct "
+            "(refine_iterations) once it is measured, or leave the option out")
+
+
+def _scale(model: ModelFacts, options: ReconstructOptions, stream: bool) -> tuple[ScalePolicy, float | None]:
+    """The scale policy in force and the scale it gives before the scan is seen (None: measured on the scan)."""
+    if options.scale is not None:
+        scale = float(options.scale)
+        check_network_input(scale, 0.0)
+        return ScalePolicy.EXPLICIT, scale
+    policy = options.scale_policy or (ScalePolicy.BUNDLE if stream else model.default_scale_policy)
+    if policy == ScalePolicy.SCAN:
+        return policy, None
+    check_network_input(model.training_scale, 0.0, field="the model's training scale")
+    return policy, float(model.training_scale)
+
+
+def _neighbor_count(model: ModelFacts, options: ReconstructOptions) -> int:
+    K = model.neighbor_count if options.neighbor_count is None else options.neighbor_count  # noqa: N806
+    if model.channels > 1 and K < model.channels:
+        raise InvalidInput(f"`neighbor_count` must be >= gridsize**2 = {model.channels} for this model, got "
+                           f"{K}; omit it for the model's {model.neighbor_count}")
+    return K
+
+
+def _pixel_size(model: ModelFacts, options: ReconstructOptions) -> float | None:
+    try:
+        return check_pixel_size(options.pixel_size_m, model.pixel_size_m, model=f"model {model.name}")
+    except DataContractError as error:
+        raise InvalidInput(str(error)) from None
+
+
+def _refinement(options: ReconstructOptions, probe_source: ProbeSource | None) -> RefineSettings | None:
+    if not options.refine_iterations:
+        return None
+    if probe_source is None:
+        raise InvalidInput("`refine_iterations` needs the probe the scan was measured with: send `probe` (this "
+                           "model has none)")
+    return RefineSettings(iterations=options.refine_iterations, algorithm=options.refine_algorithm,
+                          time_limit_s=float(options.refine_time_limit_s))

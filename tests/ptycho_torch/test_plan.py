@@ -1,0 +1,117 @@
+"""resolve(): one plan per reconstruction, and one home for its rules (the whole-scan pipeline and a
+live session read the same plan, so a rule changed there changes both)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from ptycho_torch import plan as plan_module
+from ptycho_torch.choices import RefineAlgorithm, RefineStart, ScalePolicy, Units
+from ptycho_torch.errors import DataContractError, InvalidInput
+from ptycho_torch.model_facts import ModelFacts
+from ptycho_torch.pipeline import reconstruct
+from ptycho_torch.plan import ProbeSource, ReconstructOptions, resolve
+from serving.batching import DynamicBatcher
+from serving.engine import Engine
+from serving.sessions import Session
+
+N = 32
+MODEL = ModelFacts(name="m", N=N, gridsize=1, stitch_M=12, training_scale=0.25, neighbor_count=4)
+GROUPED = dataclasses.replace(MODEL, name="g", gridsize=2, neighbor_count=6)
+WITH_PROBE = dataclasses.replace(MODEL, probe=np.ones((1, N, N), np.complex64))
+
+
+def test_defaults_come_from_the_model() -> None:
+    plan = resolve(MODEL)
+    assert (plan.stitch_M, plan.neighbor_count, plan.seed, plan.units) == (12, 4, 0, None)
+    assert (plan.scale_policy, plan.scale) == (ScalePolicy.SCAN, None)  # measured on the scan later
+    assert plan.probe_source is None and plan.refinement is None and plan.run_network
+    bundle_default = resolve(dataclasses.replace(MODEL, default_scale_policy=ScalePolicy.BUNDLE))
+    assert (bundle_default.scale_policy, bundle_default.scale) == (ScalePolicy.BUNDLE, 0.25)
+
+
+def test_options_override_the_model_and_an_explicit_scale_wins() -> None:
+    options = ReconstructOptions(stitch_M=5, scale_policy="bundle", units="counts", seed=3, scale=0.5)
+    plan = resolve(GROUPED, options)
+    assert (plan.stitch_M, plan.neighbor_count, plan.seed, plan.units) == (5, 6, 3, Units.COUNTS)
+    assert (plan.scale_policy, plan.scale) == (ScalePolicy.EXPLICIT, 0.5) and plan.grouped
+    with pytest.raises(InvalidInput, match=r"`scale_policy` 'explicit' needs the option `scale`"):
+        ReconstructOptions(scale_policy="explicit")
+
+
+@pytest.mark.parametrize(("model", "options", "message"), [
+    (MODEL, ReconstructOptions(stitch_M=17), r"`stitch_M` must be in \[1, N/2 = 16\], got 17"),
+    (GROUPED, ReconstructOptions(neighbor_count=3), r"`neighbor_count` must be >= gridsize\*\*2 = 4 .* got 3"),
+    (MODEL, ReconstructOptions(refine_iterations=2), r"`refine_iterations` needs the probe .* send `probe`"),
+    (dataclasses.replace(MODEL, pixel_size_m=1e-8), ReconstructOptions(pixel_size_m=2e-8),
+     r"2e-08 m differs from model m's training pixel size 1e-08 m"),
+])
+def test_rules_that_need_the_model_are_refused_with_the_fix(model: ModelFacts, options: ReconstructOptions,
+                                                            message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        resolve(model, options)
+
+
+def test_a_scale_outside_the_network_range_is_refused_before_the_scan_is_read() -> None:
+    with pytest.raises(DataContractError, match=r"`scale` must be in \[1e-30, 1e\+30\], got 1e\+31"):
+        resolve(MODEL, ReconstructOptions(scale=1e31))
+
+
+def test_the_probe_source_and_the_refinement() -> None:
+    assert resolve(MODEL, probe_given=True).probe_source == ProbeSource.REQUEST
+    assert resolve(WITH_PROBE).probe_source == ProbeSource.MODEL
+    options = ReconstructOptions(refine_iterations=7, refine_algorithm="rpie", refine_start="flat",
+                                 refine_time_limit_s=2)
+    plan = resolve(WITH_PROBE, options)
+    assert (plan.refinement.iterations, plan.refinement.algorithm, plan.refinement.time_limit_s) == \
+        (7, RefineAlgorithm.RPIE, 2.0)
+    assert plan.refine_start == RefineStart.FLAT and not plan.run_network
+
+
+def test_a_stream_defaults_to_the_training_scale_and_refuses_what_it_cannot_do() -> None:
+    stream = resolve(MODEL, stream=True)
+    assert (stream.scale_policy, stream.scale) == (ScalePolicy.BUNDLE, 0.25)
+    assert resolve(MODEL, ReconstructOptions(scale=0.5), stream=True).scale == 0.5
+    for model, options, message in [
+        (MODEL, ReconstructOptions(scale_policy="scan"), "`scale_policy` must be 'bundle' for a session"),
+        (GROUPED, ReconstructOptions(), "sessions stream single-pattern models"),
+        (WITH_PROBE, ReconstructOptions(refine_iterations=3), "`refine_iterations` is not applied in a session"),
+    ]:
+        with pytest.raises(InvalidInput, match=message):
+            resolve(model, options, stream=True)
+
+
+def test_options_json_holds_what_differs_from_the_defaults() -> None:
+    options = ReconstructOptions(scale_policy="bundle", refine_iterations=3, refine_algorithm="rpie")
+    assert options.to_json() == {"scale_policy": "bundle", "refine_iterations": 3, "refine_algorithm": "rpie"}
+    assert ReconstructOptions.from_mapping(options.to_json()) == options
+
+
+def test_a_rule_changed_in_the_plan_changes_the_whole_scan_path_and_the_session_path_alike(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both paths resolve the plan: tighten its stitch-crop rule and both refuse the same crop, loosen
+    nothing else, and both still accept a crop the new rule allows."""
+    def at_most_six(M: int, N: int | None = None) -> None:  # noqa: N803
+        if M > 6:
+            raise InvalidInput(f"`stitch_M` must be at most 6 under the changed rule, got {M}")
+
+    monkeypatch.setattr(plan_module, "check_stitch_M", at_most_six)
+    positions = np.stack(np.meshgrid(np.arange(4), np.arange(4)), -1).reshape(-1, 2) * 3.0 + 20
+    patterns = np.full((len(positions), N, N), 0.5, np.float32)
+    batcher = DynamicBatcher(engine, max_queue_delay_us=0)
+    try:
+        for crop in (7, 12):  # both allowed before the change (N/2 = 16)
+            with pytest.raises(InvalidInput, match=f"at most 6 under the changed rule, got {crop}"):
+                reconstruct(engine, patterns, positions, options=ReconstructOptions(stitch_M=crop))
+            with pytest.raises(InvalidInput, match=f"at most 6 under the changed rule, got {crop}"):
+                Session("s", batcher, options=ReconstructOptions(stitch_M=crop))
+        for run in (lambda: reconstruct(engine, patterns, positions), lambda: Session("s", batcher)):
+            with pytest.raises(InvalidInput, match="got 8"):  # the model's own crop (8) breaks the new rule too
+                run()
+        assert reconstruct(engine, patterns, positions, options=ReconstructOptions(stitch_M=6)).n_patterns == 16
+        assert Session("s", batcher, options=ReconstructOptions(stitch_M=6)).stitcher.M == 6
+    finally:
+        batcher.close()
