@@ -120,6 +120,14 @@ class ReconstructOptions:
             raise InvalidInput(f"unknown options {unknown}; known options are {sorted(known)}")
         return cls(**mapping)
 
+    def refinement(self) -> RefineSettings | None:
+        """The refinement these options ask for (None: ``refine_iterations`` is 0); which probe it uses is
+        :func:`resolve`'s question."""
+        if not self.refine_iterations:
+            return None
+        return RefineSettings(iterations=self.refine_iterations, algorithm=self.refine_algorithm,
+                              time_limit_s=float(self.refine_time_limit_s))
+
     def to_json(self) -> dict[str, Any]:
         """The options that differ from their defaults, as JSON values (what a client sends)."""
         defaults = ReconstructOptions()
@@ -264,10 +272,7 @@ def _pixel_size(model: ModelFacts, options: ReconstructOptions) -> float | None:
 
 
 def _refinement(options: ReconstructOptions, probe_source: ProbeSource | None) -> RefineSettings | None:
-    if not options.refine_iterations:
-        return None
-    if probe_source is None:
+    if options.refine_iterations and probe_source is None:
         raise InvalidInput("`refine_iterations` needs the probe the scan was measured with: send `probe` (this "
                            "model has none)")
-    return RefineSettings(iterations=options.refine_iterations, algorithm=options.refine_algorithm,
-                          time_limit_s=float(options.refine_time_limit_s))
+    return options.refinement()

@@ -33,7 +33,8 @@ from ptychodus.api.reconstruct import ReconstructInput, ReconstructOutput
 from ptycho_torch.data import RawData, counts_to_amplitude
 from ptycho_torch.errors import ConfigError, DataContractError
 from ptycho_torch.pixel_size import METADATA_KEY as PIXEL_SIZE_KEY, check_pixel_size
-from ptycho_torch.refinement import RefineSettings, refine_stitched
+from ptycho_torch.plan import ReconstructOptions
+from ptycho_torch.refinement import refine_stitched
 
 __all__ = ["ObjectGrid", "Scan", "check_model_geometry", "raw_data_from_input", "refine_outputs",
            "scan_from_input"]
@@ -209,14 +210,18 @@ class ObjectGrid:
         )
 
 
-def refine_outputs(grid: ObjectGrid, scan: Scan, settings: RefineSettings, *, start: str, progress: int
+def refine_outputs(grid: ObjectGrid, scan: Scan, options: ReconstructOptions, *, progress: int
                    ) -> Iterator[ReconstructOutput]:
-    """Refine the grid's object (or a flat one) against the scan with its probe, in this process; one
-    output per iteration (progress ``progress + iteration``) whose losses are the median Poisson NLL
+    """Refine the grid's object (or a flat one, as ``options.refine_start`` says) against the scan with its
+    probe, in this process, as ``options`` ask (:meth:`~ptycho_torch.plan.ReconstructOptions.refinement`);
+    one output per iteration (progress ``progress + iteration``) whose losses are the median Poisson NLL
     per pixel after each iteration (Ptychodus plots them). Closing the generator stops it."""
+    settings = options.refinement()
+    if settings is None:
+        return
     canvas, coverage = grid.canvas()
     states = refine_stitched(scan.amplitudes, scan.positions, scan.probe, canvas, coverage, (0.0, 0.0), settings,
-                             start=start)  # type: ignore[arg-type]
+                             start=options.refine_start)
     for step in states:
         state = step.state
         if state.iteration == 0:

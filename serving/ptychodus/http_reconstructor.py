@@ -20,12 +20,14 @@ to stop per iteration; ``RefineStart`` flat skips the server altogether.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Iterator
 
 import numpy as np
 from ptychodus.api.reconstruct import Reconstructor, ReconstructInput, ReconstructOutput
 
+from ptycho_torch.choices import RefineStart
 from ptycho_torch.errors import ConfigError
 from ptycho_torch.model_facts import ModelFacts
 from ptycho_torch.plan import ReconstructOptions, resolve
@@ -82,15 +84,15 @@ class HttpReconstructor(Reconstructor):
 
     def _reconstruct(self, parameters: ReconstructInput) -> Iterator[ReconstructOutput]:
         scan = scan_from_input(parameters)
-        refine, start = self._settings.refine_settings(), self._settings.start()
+        options = self._settings.options()
         grid = ObjectGrid(parameters)
         self._chunks = 0  # a flat start sends nothing: its progress is the iterations alone
-        if refine is None or start == "network":
-            grid = yield from self._network(parameters, scan)
-        if refine is not None:
-            yield from refine_outputs(grid, scan, refine, start=start, progress=self._chunks)
+        if options.refine_start == RefineStart.NETWORK:
+            grid = yield from self._network(parameters, scan, options)
+        yield from refine_outputs(grid, scan, options, progress=self._chunks)
 
-    def _network(self, parameters: ReconstructInput, scan: Scan) -> Iterator[ReconstructOutput]:
+    def _network(self, parameters: ReconstructInput, scan: Scan, options: ReconstructOptions
+                 ) -> Iterator[ReconstructOutput]:
         """The network's object, chunk by chunk; returns the final :class:`ObjectGrid`."""
         client, url = self._client()
         with client:
@@ -100,18 +102,19 @@ class HttpReconstructor(Reconstructor):
                                  pixel_size_m=model.pixel_size_m)
             # the pipeline's scale rule on the whole scan (glitch frames left out), sent with every chunk
             prepared = prepare_scan(scan.amplitudes, scan.positions, units="amplitude")
-            scale = resolve(model, ReconstructOptions(scale_policy=self._settings.policy())).network_scale(prepared)
+            plan = resolve(model, dataclasses.replace(options, refine_iterations=0))  # refined here, on the grid
+            scale = plan.network_scale(prepared)
             if model.gridsize == 1:
                 return (yield from self._stream(client, name, scan, scale, parameters))
             runner = RemoteRunner(model, client)
-            options = ReconstructOptions(scale=scale)  # the whole scan's, the same for every chunk
+            per_chunk = ReconstructOptions(scale=scale)  # the whole scan's, the same for every chunk
             size = self._settings.chunk_size.get_value()
             starts = range(0, len(scan.amplitudes), size)
             self._chunks = len(starts)
             grid = ObjectGrid(parameters)
             for k, start in enumerate(starts, 1):
                 chunk = slice(start, start + size)
-                result = reconstruct(runner, scan.amplitudes[chunk], scan.positions[chunk], options=options)
+                result = reconstruct(runner, scan.amplitudes[chunk], scan.positions[chunk], options=per_chunk)
                 grid.add(result.amplitude, result.phase, result.coverage, result.origin)
                 log.info("chunk %d/%d: %d patterns in %.2f s", k, self._chunks, result.n_patterns,
                          result.timings["total"])

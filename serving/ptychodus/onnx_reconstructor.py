@@ -9,6 +9,7 @@ loads the new bundle. Errors are also logged, so they appear in Ptychodus' log p
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import tempfile
@@ -18,6 +19,7 @@ from pathlib import Path
 from ptychodus.api.product import LossValue
 from ptychodus.api.reconstruct import ReconstructInput, ReconstructOutput, TrainableReconstructor, TrainOutput
 
+from ptycho_torch.choices import RefineStart
 from ptycho_torch.errors import ConfigError
 from ptycho_torch.bundle import Bundle, load_bundle
 from serving.engine import Engine
@@ -88,21 +90,20 @@ class OnnxReconstructor(TrainableReconstructor):
 
     def _reconstruct(self, parameters: ReconstructInput) -> Iterator[ReconstructOutput]:
         scan = scan_from_input(parameters)
-        refine, start = self._settings.refine_settings(), self._settings.start()
+        options = self._settings.options()
         grid = ObjectGrid(parameters)
-        if refine is None or start == "network":
-            yield self._network(scan, grid)
-        if refine is not None:
-            yield from refine_outputs(grid, scan, refine, start=start, progress=1)
+        if options.refine_start == RefineStart.NETWORK:
+            yield self._network(scan, grid, options)
+        yield from refine_outputs(grid, scan, options, progress=1)
 
-    def _network(self, scan: Scan, grid: ObjectGrid) -> ReconstructOutput:
+    def _network(self, scan: Scan, grid: ObjectGrid, options: ReconstructOptions) -> ReconstructOutput:
         """The network's object on ``grid``, its data fit (median NLL) as the loss of iteration 0."""
         engine = self.engine()
         bundle: Bundle = engine.bundle
         check_model_geometry(scan, N=bundle.N, gridsize=bundle.gridsize, model=f"{bundle.name} v{bundle.version}",
                              pixel_size_m=bundle.pixel_size_m)
-        options = ReconstructOptions(scale_policy=self._settings.policy())  # type: ignore[arg-type]
-        result = reconstruct(engine, scan.amplitudes, scan.positions, probe=scan.probe, options=options)
+        network_only = dataclasses.replace(options, refine_iterations=0)  # refinement runs on Ptychodus' grid
+        result = reconstruct(engine, scan.amplitudes, scan.positions, probe=scan.probe, options=network_only)
         log.info("reconstructed %d patterns in %.2f s (scale %.4g, %s policy, probe differs from the training "
                  "probe by %.0f%%)", result.n_patterns, result.timings["total"], result.scale, result.scale_policy,
                  100 * (result.probe_difference or 0.0))

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
+from typing import TypeVar
 
 from ptychodus.api.parameters import StringParameter
 from ptychodus.api.settings import SettingsRegistry
 
-from ptycho_torch.errors import ConfigError
-from ptycho_torch.plan import MAX_REFINE_ITERATIONS
-from ptycho_torch.choices import RefineAlgorithm, RefineStart, values
-from ptycho_torch.refinement import RefineSettings
+from ptycho_torch.choices import RefineAlgorithm, RefineStart, ScalePolicy, values
+from ptycho_torch.errors import ConfigError, InvalidInput
+from ptycho_torch.plan import MAX_REFINE_ITERATIONS, ReconstructOptions
 from serving.cli import DEFAULT_BUNDLE
 
 __all__ = ["BUNDLE_FILE_FILTER", "GROUP", "REFINE_ALGORITHMS", "REFINE_STARTS", "SCALE_POLICIES",
            "PtychoPINNServeSettings", "bundle_location"]
 
+E = TypeVar("E", bound=StrEnum)
+
 GROUP = "PtychoPINNServe"
-SCALE_POLICIES = ("scan", "bundle")
+SCALE_POLICIES = (ScalePolicy.SCAN.value, ScalePolicy.BUNDLE.value)
+"""The scale policies a setting may name (``explicit`` is a scale a client sends, not a setting)."""
 REFINE_ALGORITHMS = values(RefineAlgorithm)
 REFINE_STARTS = values(RefineStart)
 MANIFEST = "manifest.json"
@@ -38,7 +42,7 @@ class PtychoPINNServeSettings:
     def __init__(self, registry: SettingsRegistry) -> None:
         group = registry.create_group(GROUP)
         # both
-        self.scale_policy = group.create_string_parameter("ScalePolicy", "scan")
+        self.scale_policy = group.create_string_parameter("ScalePolicy", ScalePolicy.SCAN.value)
         """Input normalisation: ``scan`` (this scan's own patterns) or ``bundle`` (the training value)."""
         # ONNX (in-process)
         self.bundle_path = group.create_path_parameter("BundlePath", DEFAULT_BUNDLE)
@@ -60,39 +64,31 @@ class PtychoPINNServeSettings:
                                                                 maximum=MAX_REFINE_ITERATIONS)
         """Known-probe refinement iterations against the measured patterns after the network (0: none);
         one progress step and one chance to stop per iteration, the data fit shown as the losses."""
-        self.refine_algorithm = group.create_string_parameter("RefineAlgorithm", "er")
+        self.refine_algorithm = group.create_string_parameter("RefineAlgorithm", RefineAlgorithm.ER.value)
         """``er`` (whole scan per update) or ``rpie`` (mini-batches)."""
-        self.refine_start = group.create_string_parameter("RefineStart", "network")
+        self.refine_start = group.create_string_parameter("RefineStart", RefineStart.NETWORK.value)
         """``network`` (refine the network's object) or ``flat`` (skip the network: a scan it was not trained for)."""
         # training (ONNX reconstructor's Train button / `ptychodus -b train`)
         self.train_epochs = group.create_integer_parameter("TrainEpochs", 20, minimum=1)
         self.train_batch_size = group.create_integer_parameter("TrainBatchSize", 16, minimum=1)
         self.train_gridsize = group.create_integer_parameter("TrainGridSize", 1, minimum=1, maximum=4)
 
-    def refine_settings(self) -> RefineSettings | None:
-        """The refinement to run (None: ``RefineIterations`` is 0); raises :class:`ConfigError` on a bad
-        algorithm or start."""
-        iterations = int(self.refine_iterations.get_value())
-        algorithm = _choice(self.refine_algorithm, "RefineAlgorithm", REFINE_ALGORITHMS,
-                            f"one of {list(REFINE_ALGORITHMS)}")
-        if self.start() == RefineStart.FLAT and iterations == 0:
-            raise ConfigError(f"`[{GROUP}] RefineStart` flat needs `RefineIterations` >= 1; set e.g. 20")
-        return RefineSettings(iterations=iterations, algorithm=algorithm) if iterations else None  # type: ignore[arg-type]
-
-    def start(self) -> str:
-        """``network`` or ``flat``; raises :class:`ConfigError` otherwise."""
-        return _choice(self.refine_start, "RefineStart", REFINE_STARTS, "network or flat",
-                       "; flat skips the network and refines from a flat object")
+    def options(self) -> ReconstructOptions:
+        """The reconstruct options these settings ask for (scale policy and refinement; both
+        reconstructors resolve their plan from them); raises :class:`ConfigError` naming the setting."""
+        policy = _choice(self.scale_policy, "ScalePolicy", ScalePolicy, SCALE_POLICIES)
+        try:
+            return ReconstructOptions(scale_policy=policy, refine_iterations=int(self.refine_iterations.get_value()),
+                                      refine_algorithm=_choice(self.refine_algorithm, "RefineAlgorithm",
+                                                               RefineAlgorithm),
+                                      refine_start=_choice(self.refine_start, "RefineStart", RefineStart))
+        except InvalidInput as error:
+            raise ConfigError(f"`[{GROUP}]` settings: {error} (RefineIterations, RefineStart)") from None
 
     def bundle(self) -> Path | None:
         """The configured bundle (``.zip`` or folder), or None when set to nothing."""
         path = self.bundle_path.get_value()
         return None if path == Path() else bundle_location(path)
-
-    def policy(self) -> str:
-        """``scan`` or ``bundle``; raises :class:`ConfigError` otherwise."""
-        return _choice(self.scale_policy, "ScalePolicy", SCALE_POLICIES, "scan or bundle",
-                       "; scan normalises by the scan's own patterns, bundle by the value measured on the training data")
 
     def provider_list(self) -> list[str] | None:
         """Providers for :class:`serving.engine.Engine` (None: automatic)."""
@@ -102,10 +98,11 @@ class PtychoPINNServeSettings:
         return [p.strip() for p in value.split(",") if p.strip()]
 
 
-def _choice(parameter: StringParameter, key: str, allowed: tuple[str, ...], expected: str, hint: str = "") -> str:
-    """A string setting's value (stripped, case-folded) if it is one of ``allowed``; else
-    :class:`ConfigError` "`[GROUP] key` must be {expected}, got 'x'{hint}"."""
+def _choice(parameter: StringParameter, key: str, choice: type[E], allowed: tuple[str, ...] | None = None) -> E:
+    """A string setting's value (stripped, case-folded) as a member of ``choice`` (only ``allowed`` ones when
+    given); else :class:`ConfigError` "`[GROUP] key` must be one of [...], got 'x'"."""
     value = parameter.get_value().strip().casefold()
+    allowed = values(choice) if allowed is None else allowed
     if value not in allowed:
-        raise ConfigError(f"`[{GROUP}] {key}` must be {expected}, got {value!r}{hint}")
-    return value
+        raise ConfigError(f"`[{GROUP}] {key}` must be one of {list(allowed)}, got {value!r}")
+    return choice(value)

@@ -195,7 +195,8 @@ def test_http_leaves_glitch_frames_out_of_the_scale_like_the_pipeline(
 
 @pytest.mark.parametrize(("name", "value", "message"), [
     ("refine_algorithm", "dm", r"`\[PtychoPINNServe\] RefineAlgorithm` must be one of \['er', 'rpie'\]"),
-    ("refine_start", "truth", r"`\[PtychoPINNServe\] RefineStart` must be network or flat"),
+    ("refine_start", "truth", r"`\[PtychoPINNServe\] RefineStart` must be one of \['network', 'flat'\], got 'truth'"),
+    ("scale_policy", "explicit", r"`\[PtychoPINNServe\] ScalePolicy` must be one of \['scan', 'bundle'\], got 'explicit'"),
 ])
 def test_bad_refinement_settings_are_one_line_errors(settings: PtychoPINNServeSettings, name: str, value: str,
                                                      message: str) -> None:
@@ -204,4 +205,23 @@ def test_bad_refinement_settings_are_one_line_errors(settings: PtychoPINNServeSe
     settings.refine_iterations.set_value(3)
     getattr(settings, name).set_value(value)
     with pytest.raises(ConfigError, match=message):
-        settings.refine_settings()
+        settings.options()
+
+
+def test_settings_become_the_reconstruct_options_and_a_flat_start_needs_iterations(
+        settings: PtychoPINNServeSettings) -> None:
+    from ptycho_torch.choices import RefineAlgorithm, RefineStart, ScalePolicy
+    from ptycho_torch.errors import ConfigError
+
+    settings.scale_policy.set_value(" Bundle ")
+    settings.refine_iterations.set_value(4)
+    settings.refine_algorithm.set_value("rpie")
+    options = settings.options()
+    assert (options.scale_policy, options.refine_algorithm, options.refine_start) == \
+        (ScalePolicy.BUNDLE, RefineAlgorithm.RPIE, RefineStart.NETWORK)
+    assert options.refinement().iterations == 4
+    settings.refine_iterations.set_value(0)
+    settings.refine_start.set_value("flat")
+    with pytest.raises(ConfigError, match=r"`\[PtychoPINNServe\]` settings: `refine_start` 'flat' needs "
+                                          r"`refine_iterations` >= 1"):
+        settings.options()
