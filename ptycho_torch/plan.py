@@ -47,8 +47,10 @@ class ProbeSource(StrEnum):
 
 @dataclass(frozen=True, kw_only=True)
 class ReconstructOptions:
-    """Per-request choices, each checked on its own here (the rules that need the model are
-    :func:`resolve`'s); :meth:`from_mapping` builds one from JSON (unknown keys refused)."""
+    """Per-request choices; :meth:`from_mapping` builds one from JSON (unknown keys refused)."""
+
+    # Each option is checked on its own here; the rules that need the model are resolve()'s. This
+    # docstring is published as the schema's description (a typed HTTP body field), so it stays short.
 
     __pydantic_config__ = {"extra": "forbid"}  # a typed HTTP body field (serving): unknown keys refused there too
 
