@@ -4,24 +4,23 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
-from ptycho_torch.errors import ExportError
 from export.options import ExportOptions
-from ptycho_torch.bundle import BATCH_DIM, TensorSpec, triton_config_path, triton_model_path
+from ptycho_torch.bundle import TensorSpec, triton_config_path, triton_model_path
+from ptycho_torch.bundle.triton import tensor_entry
 
-_TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
+
+def _pbtxt_list(values: list[Any]) -> str:
+    return f"[ {', '.join(map(str, values))} ]" if values else "[ ]"
 
 
 def _tensor_block(spec: TensorSpec) -> str:
-    """One ``input``/``output`` entry; the leading batch dim is implicit (``max_batch_size > 0``)."""
-    if spec.shape[0] != BATCH_DIM or BATCH_DIM in spec.shape[1:]:
-        raise ExportError(f"`{spec.name}` may only have a leading dynamic batch dimension for Triton, got "
-                          f"{list(spec.shape)}; fix the tensor specs")
-    dims = list(spec.shape[1:])
-    # A (B,) tensor is declared as dims [1] and reshaped to [] (the Triton idiom for per-sample scalars).
-    reshape = "" if dims else "\n    reshape: { shape: [ ] }"
-    return (f'  {{\n    name: "{spec.name}"\n    data_type: {_TRITON_DTYPES[spec.dtype]}\n'
-            f"    dims: [ {', '.join(str(d) for d in dims or [1])} ]{reshape}\n  }}")
+    """One ``input``/``output`` entry of ``config.pbtxt``: :func:`tensor_entry` as text."""
+    entry = tensor_entry(spec)
+    reshape = f"\n    reshape: {{ shape: {_pbtxt_list(entry['reshape']['shape'])} }}" if "reshape" in entry else ""
+    return (f'  {{\n    name: "{entry["name"]}"\n    data_type: {entry["data_type"]}\n'
+            f"    dims: {_pbtxt_list(entry['dims'])}{reshape}\n  }}")
 
 
 def triton_config(name: str, version: int, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...], *,

@@ -13,7 +13,9 @@ A bundle is a directory, or the same content as one ``.zip``::
     triton/<name>/<version>/model.onnx
 
 ``export`` writes bundles with these models and ``serving``/Ptychodus read them with
-:func:`load_bundle`, so writer and readers share one schema. numpy, pydantic and onnx (plus
+:func:`load_bundle`, so writer and readers share one schema. The manifest's ``inputs``/``outputs``
+(:func:`tensor_specs`) are the graph signature every check, the OIP metadata and the Triton config
+(:mod:`.triton`) are built from; :mod:`.dtypes` is the one table of element types. numpy, pydantic and onnx (plus
 onnxruntime to check it can load the graph, and ``cryptography`` for signatures).
 """
 
@@ -22,13 +24,15 @@ from ptycho_torch.bundle.signing import SIGNATURE_FILE, TRUSTED_KEYS_ENV, genera
 from ptycho_torch.bundle.schema import (
     BAD_PIXELS_FILE, BATCH_DIM, COORDINATE_CONVENTION, FORMAT, FORMAT_VERSION, INPUT_NAMES, MANIFEST_FILE, NORMALIZATION_RULE,
     ONNX_FILE, OUTPUT_NAMES, PARAMS_FILE, PROBE_FILE, REQUIRED_FILES, TORCHSCRIPT_FILE, EngineDeviation, Manifest,
-    Normalization, Provenance, TensorSpec, TrainingRecord, Verification, triton_config_path, triton_model_path,
+    Normalization, Provenance, Signature, TensorSpec, TrainingRecord, Verification, tensor_specs, triton_config_path,
+    triton_model_path,
 )
 
 __all__ = [
     "BAD_PIXELS_FILE", "BATCH_DIM", "COORDINATE_CONVENTION", "FORMAT", "FORMAT_VERSION", "INPUT_NAMES", "MANIFEST_FILE",
     "MAX_ZIP_BYTES", "NORMALIZATION_RULE", "ONNX_FILE", "OUTPUT_NAMES", "PARAMS_FILE", "PICKLE_SUFFIXES",
     "PROBE_FILE", "REQUIRED_FILES", "SIGNATURE_FILE", "TORCHSCRIPT_FILE", "TRUSTED_KEYS_ENV", "Bundle",
-    "EngineDeviation", "Manifest", "Normalization", "Provenance", "TensorSpec", "TrainingRecord", "Verification",
-    "generate_key_pair", "load_bundle", "sign_bundle", "summarize", "triton_config_path", "triton_model_path",
+    "EngineDeviation", "Manifest", "Normalization", "Provenance", "Signature", "TensorSpec", "TrainingRecord",
+    "Verification", "generate_key_pair", "load_bundle", "sign_bundle", "summarize", "tensor_specs", "triton_config_path",
+    "triton_model_path",
 ]

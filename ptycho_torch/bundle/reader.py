@@ -25,6 +25,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from ptycho_torch.bundle.dtypes import by_onnx
 from ptycho_torch.bundle.runtime import DEFAULT_DOMAIN, check_runtime, graph_requirements
 from ptycho_torch.bundle.signing import SIGNATURE_FILE, trusted_keys_from_env, verify_signature
 from ptycho_torch.bundle.schema import (
@@ -40,9 +41,6 @@ PICKLE_SUFFIXES: Final = (".pkl", ".pickle", ".pt", ".pth", ".dill", ".joblib", 
 MAX_ZIP_BYTES: Final = 4 << 30
 EXTRACTION_PREFIX: Final = "ptychopinn-bundle-"
 """Unpacked ``.zip`` bundles live in ``$TMPDIR/ptychopinn-bundle-<pid>-<random>``."""
-
-_ONNX_DTYPES: Final = {1: "float32", 10: "float16", 11: "float64"}
-
 
 @dataclass(frozen=True, eq=False)
 class Bundle:
@@ -263,17 +261,7 @@ def _check_onnx(path: Path, manifest: Manifest) -> None:
     if any(onnx.external_data_helper.uses_external_data(t) for t in model.graph.initializer):
         raise BundleError(f"{rel}: must hold its weights inline, got external data references; "
                           "re-export (the exporter writes external_data=False)")
-    for group, declared, specs in (("inputs", model.graph.input, manifest.inputs),
-                                   ("outputs", model.graph.output, manifest.outputs)):
-        graph = [_onnx_spec(v) for v in declared]
-        if [g.name for g in graph] != [s.name for s in specs]:
-            raise BundleError(f"{rel}: graph {group} must be {[s.name for s in specs]} as in "
-                              f"{MANIFEST_FILE}, got {[g.name for g in graph]}; re-export the bundle")
-        for got, spec in zip(graph, specs):
-            if got != spec:
-                raise BundleError(f"{rel}: shape mismatch for `{spec.name}`, {MANIFEST_FILE} says "
-                                  f"{spec.dtype} {list(spec.shape)}, the graph declares {got.dtype} "
-                                  f"{list(got.shape)}; re-export the bundle")
+    manifest.check_graph(rel, [_onnx_spec(v) for v in model.graph.input], [_onnx_spec(v) for v in model.graph.output])
     check_runtime(model, rel)
     _check_opset(model, rel, manifest.opset)
 
@@ -291,7 +279,8 @@ def _onnx_spec(value: Any) -> TensorSpec:
     tensor = value.type.tensor_type
     dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else BATCH_DIM
                  for d in tensor.shape.dim)
-    return TensorSpec(name=value.name, shape=dims, dtype=_ONNX_DTYPES.get(tensor.elem_type, str(tensor.elem_type)))
+    dtype = by_onnx(tensor.elem_type)
+    return TensorSpec(name=value.name, shape=dims, dtype=str(tensor.elem_type) if dtype is None else dtype.name)
 
 
 def _load_probe(path: Path, N: int) -> np.ndarray:  # noqa: N803

@@ -9,6 +9,7 @@ and non-finite numbers are refused; :meth:`Manifest.from_json` turns the first p
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Annotated, Final, Literal
 
 import pydantic
@@ -60,6 +61,19 @@ class TensorSpec(_Strict):
     name: str
     shape: tuple[Dim, ...]
     dtype: str = "float32"
+
+
+Signature = tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]
+"""A graph's ``(inputs, outputs)``."""
+
+
+def tensor_specs(N: int, channels: int) -> Signature:
+    """The graph signature of every PtychoPINN model, for patch size ``N`` and ``channels`` C: inputs
+    ``diffraction (B, C, N, N)`` and ``scale (B,)``, outputs ``amplitude`` and ``phase (B, C, N, N)``,
+    all float32 (the names are :data:`INPUT_NAMES` and :data:`OUTPUT_NAMES`)."""
+    patches = (BATCH_DIM, channels, N, N)
+    inputs = (TensorSpec(name=INPUT_NAMES[0], shape=patches), TensorSpec(name=INPUT_NAMES[1], shape=(BATCH_DIM,)))
+    return inputs, tuple(TensorSpec(name=name, shape=patches) for name in OUTPUT_NAMES)
 
 
 _BUNDLE_POLICIES: Final = (ScalePolicy.SCAN.value, ScalePolicy.BUNDLE.value)
@@ -193,25 +207,33 @@ class Manifest(_Strict):
         manifest._check_consistent()
         return manifest
 
+    def check_graph(self, rel: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> None:
+        """Raise :class:`BundleError` unless a graph's declared ``inputs`` and ``outputs`` (a dynamic axis
+        as ``"B"``) are this manifest's, in order; ``rel`` names the graph (``model.onnx``). The reader
+        checks each ONNX file with it, the serving engine its onnxruntime session."""
+        for group, declared, specs in (("inputs", inputs, self.inputs), ("outputs", outputs, self.outputs)):
+            if [g.name for g in declared] != [s.name for s in specs]:
+                raise BundleError(f"{rel}: graph {group} must be {[s.name for s in specs]} as in "
+                                  f"{MANIFEST_FILE}, got {[g.name for g in declared]}; re-export the bundle")
+            for got, spec in zip(declared, specs, strict=True):
+                if got != spec:
+                    raise BundleError(f"{rel}: shape mismatch for `{spec.name}`, {MANIFEST_FILE} says "
+                                      f"{spec.dtype} {list(spec.shape)}, the graph declares {got.dtype} "
+                                      f"{list(got.shape)}; re-export the bundle")
+
     def _check_consistent(self) -> None:
-        expected = {
-            "diffraction": (BATCH_DIM, self.channels, self.N, self.N),
-            "scale": (BATCH_DIM,),
-            "amplitude": (BATCH_DIM, self.channels, self.N, self.N),
-            "phase": (BATCH_DIM, self.channels, self.N, self.N),
-        }
         if self.channels != self.gridsize**2:
             raise BundleError(f"{MANIFEST_FILE}: `channels` must be gridsize**2 = {self.gridsize**2}, got "
                               f"{self.channels}; the manifest was edited by hand, re-export the bundle")
-        for group, names in (("inputs", INPUT_NAMES), ("outputs", OUTPUT_NAMES)):
-            specs = getattr(self, group)
-            if tuple(s.name for s in specs) != names:
-                raise BundleError(f"{MANIFEST_FILE}: `{group}` must be named {list(names)}, got "
+        for group, specs, expected in zip(("inputs", "outputs"), (self.inputs, self.outputs),
+                                          tensor_specs(self.N, self.channels), strict=True):
+            if tuple(s.name for s in specs) != tuple(e.name for e in expected):
+                raise BundleError(f"{MANIFEST_FILE}: `{group}` must be named {[e.name for e in expected]}, got "
                                   f"{[s.name for s in specs]}; re-export the bundle")
-            for spec in specs:
-                if spec.shape != expected[spec.name] or spec.dtype != "float32":
-                    raise BundleError(f"{MANIFEST_FILE}: `{group}.{spec.name}` must be float32 "
-                                      f"{list(expected[spec.name])} for N={self.N}, C={self.channels}, got "
+            for spec, want in zip(specs, expected, strict=True):
+                if spec != want:
+                    raise BundleError(f"{MANIFEST_FILE}: `{group}.{spec.name}` must be {want.dtype} "
+                                      f"{list(want.shape)} for N={self.N}, C={self.channels}, got "
                                       f"{spec.dtype} {list(spec.shape)}; re-export the bundle")
         if self.neighbor_count is not None and self.neighbor_count < self.channels:
             raise BundleError(f"{MANIFEST_FILE}: `neighbor_count` must be >= channels = {self.channels}, got "
