@@ -21,7 +21,6 @@ running the same command again continues from there (cumulative CPU time is kept
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shutil
 import sys
@@ -34,8 +33,8 @@ import numpy as np
 from bench.quality import GOLD
 from bench.report import ROOT, cell, finite_or_none, update_docs
 from ptycho_torch.data import RawData, spatial_split
-from ptycho_torch.grouping import extract_patches
 from ptycho_torch.data_fit import data_fit
+from ptycho_torch.grouping import extract_patches
 from ptycho_torch.simulation import far_field_intensity, load_probe, simulate_scan
 
 CASE = {"N": 64, "crop": 176, "step": 4, "nphotons": 1e6, "seed": 0, "centre": (155, 160)}
@@ -212,6 +211,7 @@ def export(name: str, out: Path, runs: Path = RUNS) -> Path:
     that held-out NLL per pixel without the constant log k! (the training loss's convention, at the
     data fit's maximum-likelihood scale), so that it compares with ``ptychopinn train``'s validation loss."""
     import tempfile
+
     from scipy.special import gammaln
 
     from export.bundle_writer import ExportOptions, export_checkpoint
@@ -261,6 +261,8 @@ def _pretrained_cpu(data: dict[str, Any], name: str) -> float:
 def figure(data: dict[str, Any], path: Path = FIGURE) -> Path:
     """Learning curves, one panel per measure, each beside its reference line."""
     from bench.figures import save_figure  # first: it selects the Agg backend
+
+    # isort: split
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.6))

@@ -96,6 +96,8 @@ def held_out_curve(run_dir: Path) -> dict[int, float]:
 def draw_curves(runs: dict[str, Path], results: Path = CURVES, path: Path = CURVES_FIGURE) -> Path:
     """Held-out NLL per epoch of each run (label -> run folder) into ``results`` (JSON) and a PNG."""
     from bench.figures import save_figure  # first: it selects the Agg backend
+
+    # isort: split
     import matplotlib.pyplot as plt
 
     curves = {label: held_out_curve(run_dir) for label, run_dir in runs.items()}

@@ -25,8 +25,8 @@ import torch
 from bench.machine import NO_GPU
 from bench.timing import median_seconds
 from export.bundle_writer import export_bundle
-from export.options import ExportOptions
 from export.default_bundle import REAL_SCAN
+from export.options import ExportOptions
 from export.verify import Run, ort_runner, torch_runner, verification_inputs
 from ptycho_torch.checkpoint import CheckpointRecord
 from ptycho_torch.config import ModelConfig, TrainingConfig

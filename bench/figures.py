@@ -8,12 +8,12 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import NullFormatter  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import NullFormatter
 
-from bench.report import ROOT  # noqa: E402
-from ptycho_torch.metrics import align_phase, normalize_amplitude  # noqa: E402
+from bench.report import ROOT
+from ptycho_torch.metrics import align_phase, normalize_amplitude
 
 
 def _display_path(path: Path) -> str:

@@ -22,10 +22,9 @@ import sys
 import time
 
 import numpy as np
-import torch
-
 import ptychi
 import ptychi.api as api
+import torch
 from ptychi.api.task import PtychographyTask
 
 

@@ -22,8 +22,8 @@ import httpx
 import numpy as np
 
 from bench.server import running_server
-from serving.batching import DynamicBatcher
 from ptycho_torch.bundle import Bundle
+from serving.batching import DynamicBatcher
 from serving.client import Client
 from serving.engine import Engine
 

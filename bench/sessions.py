@@ -20,14 +20,13 @@ import argparse
 import json
 import re
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bench.server import ROOT, running_server
-from ptycho_torch.data import load_scan
 from ptycho_torch.bundle import load_bundle
+from ptycho_torch.data import load_scan
 from serving.cli import DEFAULT_BUNDLE
 from serving.client import Client
 from serving.engine import Engine

@@ -35,7 +35,7 @@ class GroupedScan:
     """``(B, N, N, C)`` float32: raw amplitudes gathered by ``nn_indices``."""
     input_scale: float
     """:func:`~ptycho_torch.normalization.input_scale` of the whole scan (one scalar per scan)."""
-    Y: npt.NDArray[np.complex64] | None  # noqa: N815 - the NPZ contract's name
+    Y: npt.NDArray[np.complex64] | None  # the NPZ contract's name
     """``(B, N, N, C)`` complex64 ground-truth object patches, or None when the scan has no object."""
     coords_nn: npt.NDArray[np.float64]
     """``(B, 1, 2, C)`` float64: each member's absolute position."""
@@ -51,14 +51,14 @@ class GroupedScan:
     """``(B, 1, 2, C)`` float64: ``coords_relative`` from ``x/ycoords_start``."""
     nn_indices: npt.NDArray[np.int64]
     """``(B, C)`` int64: each member's index into the scan's arrays."""
-    objectGuess: npt.NDArray[np.complexfloating] | None = None  # noqa: N815 - the NPZ contract's name
+    objectGuess: npt.NDArray[np.complexfloating] | None = None  # the NPZ contract's name
     """``(H, W)`` the scan's object, passed through (None when it has none)."""
 
     def __len__(self) -> int:
         return len(self.nn_indices)
 
     @property
-    def X_full(self) -> npt.NDArray[np.float32]:  # noqa: N802 - PtychoPINN's name
+    def X_full(self) -> npt.NDArray[np.float32]:  # PtychoPINN's name
         """``(B, N, N, C)`` float32 ``diffraction * input_scale``: the normalised network input (a new array)."""
         return (self.diffraction * np.float32(self.input_scale)).astype(np.float32, copy=False)
 

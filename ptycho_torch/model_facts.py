@@ -30,11 +30,11 @@ class ModelFacts:
 
     name: str
     """The model's name (a bundle's manifest name, a served model's name, ``torch`` in this process)."""
-    N: int  # noqa: N815 - the project-wide name of the patch size
+    N: int  # the project-wide name of the patch size
     """Patch (and detector crop) size in pixels."""
     gridsize: int
     """Patterns per group along one side; the network sees ``gridsize**2`` channels."""
-    stitch_M: int  # noqa: N815
+    stitch_M: int
     """Central crop kept from each patch when stitching, unless a request chooses another."""
     training_scale: float
     """The normalisation scalar measured on the training data (the ``bundle`` scale policy)."""
@@ -69,7 +69,7 @@ class ModelFacts:
         """The facts :meth:`to_parameters` published (``GET /v2/models/{name}``'s ``parameters``). A server
         older than ``neighbor_count`` gets :func:`~ptycho_torch.grouping.default_neighbor_count`, one older
         than ``default_scale_policy`` the ``scan`` policy."""
-        N, gridsize = int(parameters["N"]), int(parameters["gridsize"])  # noqa: N806
+        N, gridsize = int(parameters["N"]), int(parameters["gridsize"])
         bad_pixels = None
         if parameters.get("bad_pixels"):
             bad_pixels = np.zeros((N, N), bool)

@@ -134,7 +134,7 @@ def check_inputs(model: ModelFacts, patterns: Any, positions: Any, probe: Any = 
     return ScanInput(x, _check_positions(positions, len(x)), None if probe is None else _check_probe(probe, model.N))
 
 
-def _check_patterns(patterns: Any, N: int) -> npt.NDArray[Any]:  # noqa: N803
+def _check_patterns(patterns: Any, N: int) -> npt.NDArray[Any]:
     array = np.asarray(patterns)
     if array.dtype.kind not in "fiu":
         raise InvalidInput(f"`patterns` must be real numbers (float32 amplitudes), got dtype {array.dtype}")
@@ -178,7 +178,7 @@ def _check_positions(positions: Any, count: int) -> npt.NDArray[np.float64]:
     return array.astype(np.float64, copy=False)
 
 
-def _check_probe(probe: Any, N: int) -> npt.NDArray[Any]:  # noqa: N803
+def _check_probe(probe: Any, N: int) -> npt.NDArray[Any]:
     array = np.asarray(probe)
     if array.dtype.kind not in "fc" or array.ndim not in (2, 3) or array.shape[-2:] != (N, N):
         raise InvalidInput(f"`probe` must be complex (N, N) or (P, N, N) with N={N}, got {array.dtype} "
@@ -212,7 +212,7 @@ def infer_patches(runner: Runner, plan: Plan, amplitudes: npt.NDArray[np.float32
                   scale: float) -> npt.NDArray[np.complex64]:
     """The network's complex patches ``(B * C, N, N)`` for the groups ``members``; zeros (the canvas
     and its coverage only) when the plan skips the network."""
-    N = plan.N  # noqa: N806
+    N = plan.N
     if not plan.run_network:
         return np.zeros((members.size, N, N), np.complex64)
     diffraction = amplitudes[:, None] if not plan.grouped else amplitudes[members]

@@ -156,7 +156,7 @@ class Plan:
     """What one reconstruction will do (see the module docstring); made by :func:`resolve`."""
 
     model: ModelFacts
-    stitch_M: int  # noqa: N815 - the project-wide name of the crop
+    stitch_M: int  # the project-wide name of the crop
     """Central crop kept from each patch when stitching, in ``[1, N/2]``."""
     neighbor_count: int
     """K nearest neighbours each group's members are drawn from (gridsize > 1; unused at gridsize 1)."""
@@ -180,7 +180,7 @@ class Plan:
     refine_start: RefineStart
 
     @property
-    def N(self) -> int:  # noqa: N802 - the project-wide name of the patch size
+    def N(self) -> int:  # the project-wide name of the patch size
         return self.model.N
 
     @property
@@ -218,7 +218,7 @@ def resolve(model: ModelFacts, options: ReconstructOptions | None = None, *, pro
     options = options or ReconstructOptions()
     if stream:
         _check_streamable(model, options)
-    M = model.stitch_M if options.stitch_M is None else options.stitch_M  # noqa: N806
+    M = model.stitch_M if options.stitch_M is None else options.stitch_M
     check_stitch_M(M, model.N)
     policy, scale = _scale(model, options, stream)
     probe_source = ProbeSource.REQUEST if probe_given else ProbeSource.MODEL if model.probe is not None else None
@@ -259,7 +259,7 @@ def _scale(model: ModelFacts, options: ReconstructOptions, stream: bool) -> tupl
 
 
 def _neighbor_count(model: ModelFacts, options: ReconstructOptions) -> int:
-    K = model.neighbor_count if options.neighbor_count is None else options.neighbor_count  # noqa: N806
+    K = model.neighbor_count if options.neighbor_count is None else options.neighbor_count
     if model.channels > 1 and K < model.channels:
         raise InvalidInput(f"`neighbor_count` must be >= gridsize**2 = {model.channels} for this model, got "
                            f"{K}; omit it for the model's {model.neighbor_count}")

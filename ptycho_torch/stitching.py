@@ -45,7 +45,7 @@ def complex_patches(amplitude: npt.NDArray[np.float32], phase: npt.NDArray[np.fl
     return patches
 
 
-def default_stitch_M(N: int) -> int:  # noqa: N802, N803
+def default_stitch_M(N: int) -> int:
     """The central crop kept from each ``N x N`` patch when none is chosen: ``min(20, N/2)`` (design.md)."""
     return min(DEFAULT_M, N // 2)
 
@@ -75,7 +75,7 @@ class StitchResult:
         return np.angle(self.canvas).astype(np.float32)
 
 
-def check_stitch_M(M: Any, N: int | None = None, *, name: str = "stitch_M") -> None:  # noqa: N802, N803
+def check_stitch_M(M: Any, N: int | None = None, *, name: str = "stitch_M") -> None:
     """Refuse a crop ``M`` that is not an integer in ``[1, N/2]`` (``N``: the patch size, None: no upper
     bound known yet) with :class:`~ptycho_torch.errors.InvalidInput` naming ``name``: the one home of
     this rule (requests, sessions, manifests and the stitchers all ask it)."""

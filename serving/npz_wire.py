@@ -21,9 +21,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from serving.errors import InvalidRequest, RequestTooLarge
-from ptycho_torch.plan import ReconstructOptions
 from ptycho_torch.pipeline import Reconstruction
+from ptycho_torch.plan import ReconstructOptions
+from serving.errors import InvalidRequest, RequestTooLarge
 from serving.limits import loads_json
 
 __all__ = ["RECONSTRUCT_MEDIA_TYPE", "ReconstructRequest", "decode_arrays", "decode_reconstruct_request",

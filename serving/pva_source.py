@@ -115,7 +115,7 @@ class PvaSource:
                 sent = self._send_positions() + self._send_frames(wait=not stopping)
                 if stopping and not sent and self._frames.empty() and self._positions.empty():
                     return
-        except BaseException as error:  # noqa: BLE001 - handed to stop()
+        except BaseException as error:  # handed to stop()
             log.exception("sending to session %s failed", self.live.id)
             self._error = error
 

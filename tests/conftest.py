@@ -11,9 +11,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/oracle.py, for every test folder
 
-from oracle import write_oracle_bundle  # noqa: E402
+from oracle import write_oracle_bundle
 
-from ptycho_torch.bundle import Bundle, load_bundle  # noqa: E402
+from ptycho_torch.bundle import Bundle, load_bundle
 
 if TYPE_CHECKING:
     from serving.engine import Engine

@@ -20,5 +20,5 @@ def register_plugins(registry: object) -> None:
         from serving.ptychodus import install
 
         install()
-    except Exception:  # noqa: BLE001 - Ptychodus must start even if our package is broken
+    except Exception:  # Ptychodus must start even if our package is broken
         logger.exception("ptychopinn-serve: could not add the PtychoPINN-Serve reconstructors to Ptychodus")

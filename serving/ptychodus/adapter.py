@@ -60,11 +60,11 @@ class Scan:
     """Object (= probe) pixel size, square."""
 
     @property
-    def N(self) -> int:  # noqa: N802 - the project-wide name of the patch size
+    def N(self) -> int:  # the project-wide name of the patch size
         return int(self.amplitudes.shape[-1])
 
 
-def _centre_offset(N: int) -> float:  # noqa: N803
+def _centre_offset(N: int) -> float:
     """Project patch centre ``N//2`` minus Ptychodus' ``(N-1)/2``: 0.5 for even N, 0 for odd."""
     return N // 2 - (N - 1) / 2
 
@@ -87,7 +87,7 @@ def _object_pixel_size(parameters: ReconstructInput) -> float:
     return float(obj.width_m)
 
 
-def _positions_px(parameters: ReconstructInput, N: int) -> npt.NDArray[np.float64]:  # noqa: N803
+def _positions_px(parameters: ReconstructInput, N: int) -> npt.NDArray[np.float64]:
     geometry = parameters.product.object_.get_geometry()
     positions = parameters.product.probe_positions
     offset = _centre_offset(N)
@@ -128,7 +128,7 @@ def scan_from_input(parameters: ReconstructInput) -> Scan:
     return Scan(amplitudes, _positions_px(parameters, N), probe.reshape(-1, N, N), _object_pixel_size(parameters))
 
 
-def check_model_geometry(scan: Scan, *, N: int, gridsize: int, model: str,  # noqa: N803
+def check_model_geometry(scan: Scan, *, N: int, gridsize: int, model: str,
                          pixel_size_m: float | None = None) -> None:
     """Raise :class:`ConfigError` unless ``scan`` fits a model of patch size ``N`` and ``gridsize``
     trained at object pixel size ``pixel_size_m`` (metres, None: unknown, not checked)."""

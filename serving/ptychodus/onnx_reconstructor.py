@@ -19,12 +19,12 @@ from pathlib import Path
 from ptychodus.api.product import LossValue
 from ptychodus.api.reconstruct import ReconstructInput, ReconstructOutput, TrainableReconstructor, TrainOutput
 
+from ptycho_torch.bundle import Bundle, load_bundle
 from ptycho_torch.choices import RefineStart
 from ptycho_torch.errors import ConfigError
-from ptycho_torch.bundle import Bundle, load_bundle
-from serving.engine import Engine
-from ptycho_torch.plan import ReconstructOptions
 from ptycho_torch.pipeline import reconstruct
+from ptycho_torch.plan import ReconstructOptions
+from serving.engine import Engine
 from serving.ptychodus.adapter import (
     ObjectGrid,
     Scan,

@@ -222,10 +222,10 @@ def test_cli_reports_a_missing_checkpoint(tmp_path: Path, capsys: pytest.Capture
 
 def test_cli_exports_a_trained_checkpoint(scan32: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                          caplog: pytest.LogCaptureFixture) -> None:
-    from ptycho_torch.config import PyTorchExecutionConfig
-    from ptycho_torch.data import RawData
     from ptycho_torch.bundle import load_bundle
     from ptycho_torch.checksums import sha256_file
+    from ptycho_torch.config import PyTorchExecutionConfig
+    from ptycho_torch.data import RawData
     from training.trainer import train
 
     config = ModelConfig(N=N, gridsize=1, n_filters_scale=1)
@@ -338,8 +338,8 @@ def test_the_trained_neighbor_count_is_recorded_and_is_the_reconstruct_default(s
     it when a request gives none; a bundle written before K was recorded falls back to max(4, C)."""
     from ptycho_torch.bundle import load_bundle
     from ptycho_torch.data import RawData
-    from ptycho_torch.plan import ReconstructOptions
     from ptycho_torch.pipeline import reconstruct
+    from ptycho_torch.plan import ReconstructOptions
     from ptycho_torch.torch_runner import TorchRunner
     from serving.engine import Engine
 

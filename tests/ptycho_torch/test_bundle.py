@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from ptycho_torch.errors import BundleError
-from ptycho_torch.bundle import FORMAT_VERSION, Manifest, TensorSpec, load_bundle, summarize
-
 from oracle import TRAINING_SCALE, read_manifest, rehash, write_oracle_bundle, zip_bundle
+
+from ptycho_torch.bundle import FORMAT_VERSION, Manifest, TensorSpec, load_bundle, summarize
+from ptycho_torch.errors import BundleError
 
 
 @pytest.fixture

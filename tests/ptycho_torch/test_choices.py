@@ -11,8 +11,19 @@ from enum import StrEnum
 import pytest
 
 from ptycho_torch.choices import (
-    AmpActivation, Generator, LoggerBackend, LossMode, ModelType, RefineAlgorithm, RefineStart, ScalePolicy, Scheduler,
-    Units, check_table, parse, values,
+    AmpActivation,
+    Generator,
+    LoggerBackend,
+    LossMode,
+    ModelType,
+    RefineAlgorithm,
+    RefineStart,
+    ScalePolicy,
+    Scheduler,
+    Units,
+    check_table,
+    parse,
+    values,
 )
 from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig
 from ptycho_torch.errors import ConfigError, DataContractError, InvalidInput

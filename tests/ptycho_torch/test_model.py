@@ -10,7 +10,12 @@ import torch
 from ptycho_torch.config import ModelConfig
 from ptycho_torch.errors import ConfigError
 from ptycho_torch.model import (
-    PtychoPINNGenerator, border_mask, combine_complex, decoder_filters, encoder_filters, taper,
+    PtychoPINNGenerator,
+    border_mask,
+    combine_complex,
+    decoder_filters,
+    encoder_filters,
+    taper,
 )
 
 SWISH_MIN = -0.2785  # min of x * sigmoid(x)

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from oracle import PHASE_FACTOR, TRAINING_SCALE, oracle_outputs
 
+from ptycho_torch.errors import InvalidInput, InvalidValues
 from ptycho_torch.normalization import input_scale
+from ptycho_torch.pipeline import reconstruct
+from ptycho_torch.plan import ReconstructOptions
 from ptycho_torch.stitching import stitch_patches
 from serving.batching import DynamicBatcher
 from serving.engine import Engine
-from ptycho_torch.errors import InvalidInput, InvalidValues
-from ptycho_torch.plan import ReconstructOptions
-from ptycho_torch.pipeline import reconstruct
 
 N = 32
 

@@ -94,7 +94,7 @@ def test_a_rule_changed_in_the_plan_changes_the_whole_scan_path_and_the_session_
         engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     """Both paths resolve the plan: tighten its stitch-crop rule and both refuse the same crop, loosen
     nothing else, and both still accept a crop the new rule allows."""
-    def at_most_six(M: int, N: int | None = None) -> None:  # noqa: N803
+    def at_most_six(M: int, N: int | None = None) -> None:
         if M > 6:
             raise InvalidInput(f"`stitch_M` must be at most 6 under the changed rule, got {M}")
 

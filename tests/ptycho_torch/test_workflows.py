@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from ptycho_torch import params
-from ptychopinn.cli import main as cli_main
 from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig
 from ptycho_torch.data import RawData
 from ptycho_torch.errors import DataContractError, ModelArchiveError
@@ -22,6 +21,7 @@ from ptycho_torch.workflows.components import (
     run_cdi_example_torch,
     save_outputs,
 )
+from ptychopinn.cli import main as cli_main
 
 N = 32
 M = 16

@@ -24,7 +24,7 @@ from scans import OracleScan, oracle_bundle_zip, oracle_scan  # noqa: E402
 from serving.ptychodus.settings import PtychoPINNServeSettings  # noqa: E402
 
 
-def _serving_fixtures():  # noqa: ANN202
+def _serving_fixtures():
     spec = importlib.util.spec_from_file_location("serving_test_fixtures", SERVING_TESTS / "conftest.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -76,8 +76,8 @@ def serve() -> Iterator[Callable[[Path], LiveServer]]:
 @pytest.fixture(scope="session")
 def oracle_server(oracle_zip: Path) -> Iterator[LiveServer]:
     """``ptychopinn serve`` of the oracle bundle on a free 127.0.0.1 port (real uvicorn)."""
-    from serving.app import create_app
     from ptycho_torch.bundle import load_bundle
+    from serving.app import create_app
     from serving.engine import Engine
 
     engine = Engine(load_bundle(oracle_zip), providers=["cpu"], max_batch_size=8, intra_op_threads=1)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _pump(app, seconds: float) -> None:  # noqa: ANN001
+def _pump(app, seconds: float) -> None:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         app.processEvents()
@@ -30,8 +30,7 @@ def main(input_dir: Path, manifest: Path, out_dir: Path) -> None:
     from serving.ptychodus.registration import library_for
 
     with ModelCore() as model:
-        from PyQt5.QtWidgets import (QApplication, QComboBox, QLabel, QLineEdit, QPushButton, QStackedWidget,
-                                     QToolButton)
+        from PyQt5.QtWidgets import QApplication, QComboBox, QLabel, QLineEdit, QPushButton, QStackedWidget, QToolButton
 
         app = QApplication(sys.argv[:1])
         from ptychodus.controller import ControllerCore

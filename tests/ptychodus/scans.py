@@ -16,20 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from oracle import PHASE_FACTOR, write_oracle_bundle  # tests/oracle.py, on sys.path through tests/conftest.py
 from ptychodus.api.assemble import AssembledDiffractionData
-from ptychodus.api.geometry import PixelGeometry
+from ptychodus.api.geometry import ImageExtent, PixelGeometry
 from ptychodus.api.interpolate import BarycentricArrayInterpolator
 from ptychodus.api.object import Object, ObjectCenter
 from ptychodus.api.probe import ProbeSequence
 from ptychodus.api.probe_positions import ProbePosition, ProbePositionSequence
 from ptychodus.api.product import Product, ProductMetadata
 from ptychodus.api.propagate import compute_far_field_pixel_geometry
-from ptychodus.api.geometry import ImageExtent
 from ptychodus.api.reconstruct import ReconstructInput, prepare_reconstruct_input
 
 from ptycho_torch.data import load_siemens_star, spatial_split
-
-from oracle import PHASE_FACTOR, write_oracle_bundle  # tests/oracle.py, on sys.path through tests/conftest.py
 
 N = 32
 PIXEL_M = 10e-9

@@ -13,9 +13,9 @@ import numpy as np
 from scans import real_scan
 
 from ptycho_torch.bundle import load_bundle
+from ptycho_torch.pipeline import reconstruct
 from serving.cli import DEFAULT_BUNDLE
 from serving.engine import Engine
-from ptycho_torch.pipeline import reconstruct
 from serving.ptychodus.onnx_reconstructor import OnnxReconstructor
 from serving.ptychodus.settings import PtychoPINNServeSettings
 

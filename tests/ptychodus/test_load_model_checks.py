@@ -8,17 +8,18 @@ from pathlib import Path
 
 import onnx
 import pytest
+from oracle import write_oracle_bundle  # tests/oracle.py, on sys.path through tests/conftest.py
 
 from ptycho_torch.bundle import TRUSTED_KEYS_ENV, generate_key_pair, sign_bundle
 from ptycho_torch.errors import BundleError
 from serving.ptychodus.onnx_reconstructor import OnnxReconstructor
-from oracle import write_oracle_bundle  # tests/oracle.py, on sys.path through tests/conftest.py
 from serving.ptychodus.settings import PtychoPINNServeSettings
+
 
 def test_load_model_refuses_a_too_new_graph_and_an_unsigned_bundle(tmp_path: Path, settings: PtychoPINNServeSettings,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from ptycho_torch.checksums import sha256_file
     from ptycho_torch.bundle import Manifest
+    from ptycho_torch.checksums import sha256_file
 
     reconstructor = OnnxReconstructor(settings)
     good = write_oracle_bundle(tmp_path / "good")

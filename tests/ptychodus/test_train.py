@@ -63,7 +63,7 @@ def test_train_runs_the_project_training_and_export_then_loads_the_new_bundle(
     assert np.isfinite(obj).all() and np.count_nonzero(obj[rows, cols]) == obj[rows, cols].size
 
 
-def _model_core_with_oracle(oracle: OracleScan, tmp_path: Path):  # noqa: ANN202
+def _model_core_with_oracle(oracle: OracleScan, tmp_path: Path):
     from ptychodus.model import ModelCore
 
     install()

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ptychopinn.cli import main
 from ptycho_torch.data import RawData, load_scan
 from ptycho_torch.scan_checks import ImplausibleScan
+from ptychopinn.cli import main
 
 
 def is_png(path) -> bool:

@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # headless.py, hostile_inputs.py
 
-from serving.engine import Engine  # noqa: E402
+from serving.engine import Engine
 
 
 class LiveServer:

@@ -13,15 +13,15 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from ptycho_torch.errors import InvalidValues
+from ptycho_torch.pipeline import reconstruct
+from ptycho_torch.plan import ReconstructOptions
 from serving.app import create_app
 from serving.client import Client
 from serving.config import Limits
 from serving.engine import Engine
-from ptycho_torch.errors import InvalidValues
 from serving.errors import InvalidRequest, Overloaded, RequestTooLarge, Unauthorized
 from serving.npz_wire import encode_reconstruct_request
-from ptycho_torch.plan import ReconstructOptions
-from ptycho_torch.pipeline import reconstruct
 from serving.protocol_v2 import HEADER_LENGTH
 
 N = 32

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import onnx
 import pytest
-
 from oracle import read_manifest, rehash, write_oracle_bundle
+
 from ptycho_torch.bundle import load_bundle
 from ptycho_torch.errors import BundleError
 from ptychopinn.cli import main

@@ -10,10 +10,15 @@ from pathlib import Path
 
 import onnx
 import pytest
-
 from oracle import rehash, write_oracle_bundle, zip_bundle
+
 from ptycho_torch.bundle import (
-    SIGNATURE_FILE, TRUSTED_KEYS_ENV, generate_key_pair, load_bundle, sign_bundle, summarize,
+    SIGNATURE_FILE,
+    TRUSTED_KEYS_ENV,
+    generate_key_pair,
+    load_bundle,
+    sign_bundle,
+    summarize,
 )
 from ptycho_torch.bundle.signing import key_id, read_key
 from ptycho_torch.errors import BundleError, ConfigError

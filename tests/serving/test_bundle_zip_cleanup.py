@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from oracle import write_oracle_bundle, zip_bundle
+
 from ptycho_torch.bundle import load_bundle
 from ptycho_torch.bundle.reader import EXTRACTION_PREFIX, remove_stale_extractions
 

@@ -15,8 +15,16 @@ from serving.batching import DynamicBatcher
 from serving.client import Client
 from serving.engine import Engine
 from serving.errors import (
-    STATUS, DeadlineExceeded, InvalidRequest, Overloaded, ServerError, ServingError, Unauthorized, Unavailable,
-    error_for_status, status_of,
+    STATUS,
+    DeadlineExceeded,
+    InvalidRequest,
+    Overloaded,
+    ServerError,
+    ServingError,
+    Unauthorized,
+    Unavailable,
+    error_for_status,
+    status_of,
 )
 
 
@@ -92,7 +100,7 @@ def test_a_request_past_the_queue_deadline_is_refused_504_without_running(engine
         DynamicBatcher(engine, max_queue_wait_s=0)
 
 
-def test_unknown_outputs_are_refused_before_inference(engine: Engine, serve) -> None:  # noqa: ANN001
+def test_unknown_outputs_are_refused_before_inference(engine: Engine, serve) -> None:
     runs = []
     run = engine.run
     engine.run = lambda d, s: runs.append(len(d)) or run(d, s)  # type: ignore[method-assign]
@@ -108,9 +116,9 @@ def test_unknown_outputs_are_refused_before_inference(engine: Engine, serve) -> 
     assert httpx.post(f"{server.url}/v2/models/oracle/infer", json=body).status_code == 200 and runs == [1]
 
 
-def test_core_shape_errors_of_a_grouped_model_are_400(oracle_bundle_g2) -> None:  # noqa: ANN001
-    from ptycho_torch.plan import ReconstructOptions
+def test_core_shape_errors_of_a_grouped_model_are_400(oracle_bundle_g2) -> None:
     from ptycho_torch.pipeline import reconstruct
+    from ptycho_torch.plan import ReconstructOptions
 
     engine = Engine(oracle_bundle_g2, providers=["cpu"], warmup=False)
     patterns, positions = np.ones((12, 32, 32), np.float32), np.random.default_rng(0).uniform(20, 60, (12, 2))

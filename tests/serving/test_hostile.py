@@ -7,8 +7,6 @@ import gzip
 import io
 import json
 import re
-import socket
-import time
 import zlib
 from pathlib import Path
 

@@ -132,20 +132,20 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def server(oracle_app_server):  # noqa: ANN001, ANN201 - a LiveServer
+def server(oracle_app_server):  # a LiveServer
     # `from conftest import LiveServer` picked tests/training/conftest.py when every folder is collected
     return oracle_app_server
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_each_malformed_request_gets_its_status_and_message(server, case) -> None:  # noqa: ANN001
+def test_each_malformed_request_gets_its_status_and_message(server, case) -> None:
     _, method, path, body, headers, status, message = case
     response = httpx.request(method, f"{server.url}{path}", content=body, headers=headers, timeout=30)
     assert response.status_code == status, response.text
     assert re.search(message, response.json()["error"]), response.json()["error"]
 
 
-def test_after_the_suite_the_server_is_ready_and_counted_no_5xx(server) -> None:  # noqa: ANN001
+def test_after_the_suite_the_server_is_ready_and_counted_no_5xx(server) -> None:
     for _, method, path, body, headers, _, _ in CASES:
         httpx.request(method, f"{server.url}{path}", content=body, headers=headers, timeout=30)
     assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200

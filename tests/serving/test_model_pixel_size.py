@@ -12,8 +12,8 @@ from oracle import write_oracle_bundle
 
 from ptycho_torch.bundle import load_bundle, summarize
 from ptycho_torch.errors import InvalidInput
-from ptycho_torch.plan import ReconstructOptions
 from ptycho_torch.pipeline import reconstruct
+from ptycho_torch.plan import ReconstructOptions
 from serving.app import create_app
 from serving.client import Client, RemoteRunner
 from serving.engine import Engine

@@ -107,7 +107,7 @@ def test_schemathesis_requests_from_the_published_schema_get_no_5xx(engine: Engi
         @settings(max_examples=20, deadline=None, derandomize=True, database=None,
                   phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
         @given(case=operation.as_strategy())
-        def run(case) -> None:  # noqa: ANN001 - schemathesis' Case
+        def run(case) -> None:  # schemathesis' Case
             assert time.monotonic() < deadline, "schemathesis run over its time bound"
             response = case.call(base_url=server.url, timeout=30)
             statuses.add(response.status_code)

@@ -9,10 +9,10 @@ import time
 import numpy as np
 import pytest
 
+from ptycho_torch.plan import ReconstructOptions
 from serving.app import create_app
 from serving.client import Client
 from serving.engine import Engine
-from ptycho_torch.plan import ReconstructOptions
 
 pva = pytest.importorskip("pvaccess", reason="the optional `pva` extra (pvapy) is not installed")
 

@@ -15,8 +15,8 @@ import pytest
 from ptycho_torch.errors import InvalidInput
 from ptycho_torch.grouping import extract_patches
 from ptycho_torch.metrics import evaluate_reconstruction
-from ptycho_torch.plan import ReconstructOptions
 from ptycho_torch.pipeline import reconstruct, reconstruct_steps
+from ptycho_torch.plan import ReconstructOptions
 from ptycho_torch.simulation import default_probe, make_object, simulate_scan
 from serving.app import create_app
 from serving.client import Client

@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
-from ptychopinn.cli import main
 from ptycho_torch.data import load_scan
+from ptycho_torch.plan import ReconstructOptions
+from ptychopinn.cli import main
 from serving.app import create_app
 from serving.client import Client
 from serving.engine import Engine
-from ptycho_torch.plan import ReconstructOptions
 
 SCAN = Path(__file__).resolve().parents[2] / "data" / "siemens-star-small.npz.bz2"
 

@@ -40,13 +40,13 @@ def repository(tmp_path: Path) -> Path:
     return root
 
 
-def _app(root: Path):  # noqa: ANN202
+def _app(root: Path):
     return create_app(_engine(root / "oracle" / "1"), model_repository=root,
                       engine_factory=lambda bundle: Engine(bundle, max_batch_size=8, providers=["cpu"],
                                                            intra_op_threads=1))
 
 
-def _infer(client, model: str, version: str = "") -> tuple[np.ndarray, str]:  # noqa: ANN001
+def _infer(client, model: str, version: str = "") -> tuple[np.ndarray, str]:
     import tritonclient.http as triton
 
     x = np.random.default_rng(0).random((2, 1, N, N), dtype=np.float32)
@@ -217,20 +217,20 @@ def test_a_session_opened_while_its_model_is_reloaded_keeps_the_version_it_resol
     managers: list[SessionManager] = []
 
     class Recorded(SessionManager):
-        def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        def __init__(self, *args, **kwargs) -> None:
             super().__init__(*args, **kwargs)
             managers.append(self)
 
     resolved, go, reaping = threading.Event(), threading.Event(), threading.Event()
     session_runner, reap = serving.app._State.session_runner, ModelRepository.reap
 
-    def paused(self, name, version):  # noqa: ANN001, ANN202 - the session has its runner, not yet registered
+    def paused(self, name, version):  # the session has its runner, not yet registered
         runner = session_runner(self, name, version)
         resolved.set()
         assert go.wait(10)
         return runner
 
-    def reap_signalled(self) -> None:  # noqa: ANN001
+    def reap_signalled(self) -> None:
         reaping.set()
         reap(self)
 

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from oracle import write_oracle_bundle
 
-from serving.app import create_app
 from ptycho_torch.bundle import load_bundle
+from ptycho_torch.plan import ReconstructOptions
+from serving.app import create_app
 from serving.client import Client
 from serving.engine import Engine
 from serving.errors import InvalidRequest, Overloaded, SessionNotFound, Unauthorized
 from serving.npz_wire import encode_arrays
-from ptycho_torch.plan import ReconstructOptions
 from serving.sessions import SessionLimits
 
 N = 32
@@ -167,7 +167,7 @@ def test_sessions_and_their_websocket_need_the_token(engine: Engine, serve) -> N
         header, amplitude, _ = next(updates)
         assert header["counts"]["received"] == 4 and amplitude.size > 0
         updates.close()
-        from websockets.exceptions import InvalidStatus, ConnectionClosed
+        from websockets.exceptions import ConnectionClosed, InvalidStatus
         from websockets.sync.client import connect
         url = server.url.replace("http", "ws") + f"{live.path}/updates"
         with pytest.raises((InvalidStatus, ConnectionClosed)):

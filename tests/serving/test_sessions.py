@@ -6,15 +6,15 @@ import asyncio
 
 import numpy as np
 import pytest
-
-from serving.batching import DynamicBatcher
-from serving.engine import Engine
 from oracle import write_oracle_bundle
+
 from ptycho_torch.bundle import load_bundle
 from ptycho_torch.errors import InvalidInput
-from serving.errors import InvalidRequest, Overloaded, SessionNotFound
-from ptycho_torch.plan import ReconstructOptions
 from ptycho_torch.pipeline import reconstruct
+from ptycho_torch.plan import ReconstructOptions
+from serving.batching import DynamicBatcher
+from serving.engine import Engine
+from serving.errors import InvalidRequest, Overloaded, SessionNotFound
 from serving.sessions import Session, SessionLimits, SessionManager
 
 N = 32

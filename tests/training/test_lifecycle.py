@@ -20,7 +20,6 @@ import torch
 
 import training.trainer
 from ptychopinn.cli import main
-from ptycho_torch.errors import TrainingInterrupted
 from tests.training.conftest import N
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ from ptycho_torch import physics
 from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig
 from ptycho_torch.errors import ConfigError
 from ptycho_torch.model import combine_complex
-from tests.training.conftest import N, NPHOTONS, tiny_scan
+from tests.training.conftest import NPHOTONS, N, tiny_scan
 from training.datamodule import GroupedDataModule
 from training.module import PtychoPINNModule
 

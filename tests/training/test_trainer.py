@@ -8,10 +8,9 @@ import pytest
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from ptychopinn.cli import main
 from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig
 from ptycho_torch.errors import ConfigError, DataContractError
-from tests.training.conftest import N
+from ptychopinn.cli import main
 from training import cli as train_cli
 from training.checkpointing import AtomicCheckpointIO, LastCheckpoint
 from training.trainer import build_trainer, train
