@@ -1,11 +1,10 @@
-"""The live sessions of one server: limits, model pinning, the inference pump and idle expiry.
+"""The live sessions of one server: the registry, model pinning, memory limits and idle expiry.
 
 Memory stays bounded: at most ``max_sessions`` sessions, at most ``max_pending_frames`` frames held
 and not yet stitched over all of them (a message that would go past it is refused whole with 503 +
 Retry-After, so a detector can resend it), and at most ``max_canvas_tiles`` canvas tiles per session.
-Each session's paired frames are pumped through its pinned runner (the server's dynamic batcher, so
-batches merge across sessions and ``/v1/reconstruct`` requests) with up to two batches in flight,
-and stitched in the thread pool.
+A message goes to :meth:`SessionManager.add_frames` (or ``add_positions``), which checks the limit,
+adds it to the session and starts the session's inference pump (:mod:`serving.sessions.pump`).
 """
 
 from __future__ import annotations
@@ -26,14 +25,13 @@ from serving.config import SessionLimits
 from serving.errors import Overloaded, SessionNotFound
 from ptycho_torch.plan import ReconstructOptions
 from ptycho_torch.pipeline import Reconstruction
-from serving.sessions.session import Receipt, Session, SessionRunner, Work
+from serving.sessions.pump import Pumps
+from serving.sessions.session import Receipt, Session, SessionRunner
 
 __all__ = ["SessionLimits", "SessionManager"]
 
 log = logging.getLogger(__name__)
 
-_IN_FLIGHT_BATCHES = 2
-"""Batches of one session in inference at once: the next is queued while the last is stitched."""
 _CLOSED_KEPT = 1000
 """Recently closed session ids remembered, so a late client hears why its session is gone."""
 
@@ -50,7 +48,7 @@ class SessionManager:
         self._clock = clock
         self._sessions: dict[str, Session] = {}
         self._closed: OrderedDict[str, str] = OrderedDict()
-        self._pumps: dict[str, asyncio.Task[None]] = {}
+        self._pumps = Pumps()
         self._lock = threading.Lock()
         self._reaper: asyncio.Task[None] | None = None
         self._closed_totals = {"received": 0, "reconstructed": 0, "rejected": 0}
@@ -105,9 +103,24 @@ class SessionManager:
 
     # ------------------------------------------------------------------ data in
 
-    def add_frames(self, session: Session, indices: npt.ArrayLike, patterns: npt.ArrayLike,
-                   positions: npt.ArrayLike | None = None) -> Receipt:
-        """:meth:`Session.add_frames` under the pending-frames limit (:class:`Overloaded`, nothing kept)."""
+    async def add_frames(self, session: Session, indices: npt.ArrayLike, patterns: npt.ArrayLike,
+                         positions: npt.ArrayLike | None = None) -> Receipt:
+        """:meth:`Session.add_frames` under the pending-frames limit (:class:`Overloaded`, nothing kept),
+        off the event loop; frames it pairs are pumped to inference."""
+        receipt = await run_in_threadpool(self._add_frames_within_limit, session, indices, patterns, positions)
+        if receipt.paired:
+            self._pumps.start(session)
+        return receipt
+
+    async def add_positions(self, session: Session, indices: npt.ArrayLike, positions: npt.ArrayLike) -> Receipt:
+        """:meth:`Session.add_positions` off the event loop; frames it pairs are pumped to inference."""
+        receipt = await run_in_threadpool(session.add_positions, indices, positions)
+        if receipt.paired:
+            self._pumps.start(session)
+        return receipt
+
+    def _add_frames_within_limit(self, session: Session, indices: npt.ArrayLike, patterns: npt.ArrayLike,
+                                 positions: npt.ArrayLike | None) -> Receipt:
         count = len(patterns)  # type: ignore[arg-type]
         with self._lock:
             pending = sum(s.pending for s in self._sessions.values())
@@ -117,57 +130,13 @@ class SessionManager:
                                  "(and send the positions of frames already sent)")
             return session.add_frames(indices, patterns, positions)
 
-    def schedule(self, session: Session) -> None:
-        """Make sure a pump runs for ``session`` (call on the event loop after adding data)."""
-        task = self._pumps.get(session.id)
-        if task is None or task.done():
-            self._pumps[session.id] = asyncio.create_task(self._pump(session), name=f"session-{session.id}")
-
-    async def _pump(self, session: Session) -> None:
-        """Infer and stitch ``session``'s paired frames until none are left (or it closes). Cancelling
-        the pump cancels its queued batches too: the batcher drops them without computing them."""
-        runner, size = session.runner, _batch_items(session.runner)
-        in_flight: list[tuple[Work, asyncio.Future[Any]]] = []
-        try:
-            while True:
-                while len(in_flight) < _IN_FLIGHT_BATCHES and (work := session.take_work(size)) is not None:
-                    try:
-                        future = asyncio.wrap_future(runner.submit(work.diffraction, work.scale))
-                    except Overloaded:
-                        session.requeue(work)
-                        if not in_flight:
-                            await asyncio.sleep(0.02)
-                        break
-                    except Exception as error:  # noqa: BLE001 - recorded as the frames' rejection reason
-                        await run_in_threadpool(session.finish_work, work, error)
-                        continue
-                    in_flight.append((work, future))
-                if not in_flight:
-                    if not session.has_ready:
-                        return
-                    continue  # the inference queue was full: try again
-                work, future = in_flight.pop(0)
-                try:
-                    outputs: Any = await future
-                except asyncio.CancelledError:
-                    raise
-                except Exception as error:  # noqa: BLE001
-                    outputs = error
-                await run_in_threadpool(session.finish_work, work, outputs)
-        finally:
-            for _, future in in_flight:
-                future.cancel()
-
     # ------------------------------------------------------------------ closing
 
     async def close(self, session: Session, *, cancel: bool = False) -> Reconstruction:
         """Close ``session`` and return its final object. Without ``cancel`` the frames already paired
         are inferred and stitched first; with it, queued work is dropped at once."""
         if not cancel:
-            task = self._pumps.get(session.id)
-            while task is not None and not task.done():
-                await asyncio.shield(task)
-                task = self._pumps.get(session.id)
+            await self._pumps.drain(session)
         self._forget(session, "cancelled" if cancel else "deleted")
         return await run_in_threadpool(session.reconstruction)
 
@@ -181,16 +150,14 @@ class SessionManager:
             self._closed[session.id] = reason
             while len(self._closed) > _CLOSED_KEPT:
                 self._closed.popitem(last=False)
-        task = self._pumps.pop(session.id, None)
-        if task is not None and not task.done():
-            task.cancel()
+        self._pumps.stop(session)
         log.info("session %s closed (%s)", session.id, reason)
 
     def expire_idle(self) -> list[str]:
         """Close sessions idle for longer than ``idle_timeout_s``; returns their ids."""
         now = self._clock()
-        idle = [s for s in self.sessions() if now - s.last_activity > self.limits.idle_timeout_s
-                and (self._pumps.get(s.id) is None or self._pumps[s.id].done())]
+        idle = [s for s in self.sessions()
+                if now - s.last_activity > self.limits.idle_timeout_s and not self._pumps.running(s)]
         for session in idle:
             self._forget(session, "expired")
         return [s.id for s in idle]
@@ -216,6 +183,3 @@ class SessionManager:
         if self._reaper is not None:
             self._reaper.cancel()
 
-
-def _batch_items(runner: SessionRunner) -> int:
-    return int(getattr(runner, "max_batch_size", 64))

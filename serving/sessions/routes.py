@@ -86,19 +86,16 @@ def session_routes(manager: SessionManager, read_body: Any, max_uncompressed_byt
     async def frames(session_id: str, request: Request) -> dict[str, Any]:
         session = manager.get(session_id)
         arrays = await read_arrays(request, "frames", required={"indices", "patterns"}, optional={"positions"})
-        receipt = await run_in_threadpool(manager.add_frames, session, arrays["indices"], arrays["patterns"],
-                                          arrays.get("positions"))
-        manager.schedule(session)
-        return {**receipt.to_json(), "counts": session.counts()}
+        receipt = await manager.add_frames(session, arrays["indices"], arrays["patterns"], arrays.get("positions"))
+        return receipt.to_json()
 
     @router.post("/v1/sessions/{session_id}/positions", status_code=202, openapi_extra=openapi.npz_body(
         "`indices` (F,) int frame numbers, `positions` (F, 2) float [x, y] object pixels"))
     async def positions(session_id: str, request: Request) -> dict[str, Any]:
         session = manager.get(session_id)
         arrays = await read_arrays(request, "positions", required={"indices", "positions"})
-        receipt = await run_in_threadpool(session.add_positions, arrays["indices"], arrays["positions"])
-        manager.schedule(session)
-        return {**receipt.to_json(), "counts": session.counts()}
+        receipt = await manager.add_positions(session, arrays["indices"], arrays["positions"])
+        return receipt.to_json()
 
     @router.get("/v1/sessions/{session_id}")
     async def status(session_id: str) -> dict[str, Any]:

@@ -223,9 +223,9 @@ def test_manager_limits_sessions_and_pending_frames_and_expires_idle_ones(batche
     with pytest.raises(Overloaded, match="limit is 2"):
         manager.create()
     patterns, _ = _scan(5, 12)
-    manager.add_frames(first, np.arange(8), patterns[:8])
+    asyncio.run(manager.add_frames(first, np.arange(8), patterns[:8]))
     with pytest.raises(Overloaded, match="limit of 10"):
-        manager.add_frames(first, np.arange(8, 12), patterns[8:])
+        asyncio.run(manager.add_frames(first, np.arange(8, 12), patterns[8:]))
     assert first.status()["frames"]["received"] == 8  # the refused message left nothing behind
     clock.now = 30
     first.add_positions([0], [[0.0, 0.0]])
@@ -247,14 +247,13 @@ def test_manager_pumps_paired_frames_and_close_drains_or_cancels(batcher) -> Non
         manager = SessionManager(lambda model, version: batcher)
         session = manager.create()
         for chunk in np.array_split(np.arange(50), 5):
-            manager.add_frames(session, chunk, patterns[chunk], positions[chunk])
-            manager.schedule(session)
+            await manager.add_frames(session, chunk, patterns[chunk], positions[chunk])
         final = await manager.close(session)
         _assert_same_object(final, whole)
         assert session.closed == "deleted"
 
         cancelled = manager.create()
-        manager.add_frames(cancelled, np.arange(50), patterns)
+        await manager.add_frames(cancelled, np.arange(50), patterns)
         result = await manager.close(cancelled, cancel=True)
         assert result.n_patterns == 0 and cancelled.status()["frames"]["pending"]["waiting_for_position"] == 0
         await manager.shutdown()
@@ -299,8 +298,7 @@ def test_cancelling_a_session_cancels_its_inference_at_once(batcher) -> None:
     async def scenario() -> None:
         manager = SessionManager(lambda model, version: Stalled())
         session = manager.create()
-        manager.add_frames(session, np.arange(12), patterns, positions)
-        manager.schedule(session)
+        await manager.add_frames(session, np.arange(12), patterns, positions)
         await asyncio.sleep(0.05)
         assert len(submitted) == 2 and session.status()["frames"]["pending"]["queued"] == 4
         result = await asyncio.wait_for(manager.close(session, cancel=True), timeout=5)
@@ -335,8 +333,7 @@ def test_a_full_inference_queue_delays_frames_and_a_failed_batch_rejects_them_wi
     async def scenario() -> None:
         manager = SessionManager(lambda model, version: Flaky())
         session = manager.create()
-        manager.add_frames(session, np.arange(10), patterns, positions)
-        manager.schedule(session)
+        await manager.add_frames(session, np.arange(10), patterns, positions)
         final = await manager.close(session)
         status = session.status()
         assert final.n_patterns == 5 and status["frames"]["failed"] == 5 and status["frames"]["rejected"] == 5
