@@ -53,7 +53,7 @@ def output_paths(args: argparse.Namespace, mode: str) -> tuple[Path, Path | None
     else:
         defaults = (report.RESULTS_DIR, report.DOCS, report.DOCS.parent / "figures")
     given = (args.results_dir, args.docs, args.figures_dir)
-    return tuple(value if value is not None else default for value, default in zip(given, defaults))  # type: ignore[return-value]
+    return tuple(value if value is not None else default for value, default in zip(given, defaults, strict=True))  # type: ignore[return-value]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -125,7 +125,8 @@ def table(result: dict[str, Any]) -> str:
         if isinstance(values, str):
             lines.append(f"| {name} | {values} |" + " |" * (len(batches) - 1))
             continue
-        cells = [f"{v:,.1f}" + ("" if name == "torch eager" else f" ({v / e:.2f}x)") for v, e in zip(values, eager)]
+        cells = [f"{v:,.1f}" + ("" if name == "torch eager" else f" ({v / e:.2f}x)")
+                 for v, e in zip(values, eager, strict=True)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     load = "; ".join(f"{name} {ms:.0f} ms" for name, ms in result["session_load_ms"].items())
     return "\n".join(lines) + f"\n\nSession load (median of 3): {load}."

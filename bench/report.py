@@ -112,7 +112,7 @@ def update_docs(doc: Path, blocks: Mapping[str, str]) -> None:
         block = f"{begin}\n{body}\n{end}"
         pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
         if pattern.search(text):
-            text = pattern.sub(lambda _: block, text)
+            text = pattern.sub(lambda _, block=block: block, text)  # a function: the block is no template
         else:
             text = text.rstrip("\n") + f"\n\n{block}\n"
     doc.write_text(text)

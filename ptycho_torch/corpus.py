@@ -86,7 +86,8 @@ class Corpus:
             raise DataContractError(f"`corpus` format must be {FORMAT!r}, got {manifest.get('format')!r} in {root}")
         counts = [int(s["patterns"]) for s in manifest["shards"]]
         starts = np.cumsum([0, *counts[:-1]]).tolist()
-        shards = tuple(Shard(root / s["name"], n, int(start)) for s, n, start in zip(manifest["shards"], counts, starts))
+        shards = tuple(Shard(root / s["name"], n, int(start))
+                       for s, n, start in zip(manifest["shards"], counts, starts, strict=True))
         return cls(root, int(manifest["N"]), shards, manifest)
 
 

@@ -88,7 +88,8 @@ class MeasuredCounts:
         self.amplitudes = root
         constants = [self._constants(root[first:first + CHUNK].astype(np.float64))
                      for first in range(0, len(root), CHUNK)]
-        self._root_sum, self._log_factorial, self._saturated, totals = (np.concatenate(c) for c in zip(*constants))
+        self._root_sum, self._log_factorial, self._saturated, totals = (
+            np.concatenate(c) for c in zip(*constants, strict=True))
         self.total = float(totals.sum())
 
     @staticmethod

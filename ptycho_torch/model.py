@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 from torch import Tensor, nn
@@ -125,7 +126,7 @@ class _Decoder(nn.Module):
             self.register_buffer("taper", taper(N), persistent=False)
         ladder = [f * nf for f in decoder_filters(N)]
         widths = [128 * nf, *ladder]
-        self.base = nn.Sequential(*(_up(a, b, mode) for a, b in zip(widths[:-1], widths[1:])))
+        self.base = nn.Sequential(*(_up(a, b, mode) for a, b in pairwise(widths)))
         features = widths[-1]  # 32 * nf at N/2 x N/2
         border_width = nf * 2048 // N
         self.pad_object = config.pad_object and head.windowed
@@ -202,7 +203,7 @@ class PtychoPINNGenerator(nn.Module):
         nf, C = config.n_filters_scale, config.channels
         ladder = [f * nf for f in encoder_filters(config.N)]
         widths = [C, *ladder]
-        self.encoder = nn.Sequential(*(_down(a, b) for a, b in zip(widths[:-1], widths[1:])))
+        self.encoder = nn.Sequential(*(_down(a, b) for a, b in pairwise(widths)))
         mask = border_mask(config.N)
         self.amplitude = _Decoder(config, AMPLITUDE_ACTIVATIONS[config.amp_activation](), mask, tapered=True)
         self.phase = _Decoder(config, _PhaseActivation(), mask)

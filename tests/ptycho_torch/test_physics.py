@@ -121,7 +121,7 @@ def test_translate_matches_scipy_linear_shift_with_zero_fill():
     images = rng.random((3, 20, 24))
     shifts = np.array([[1.3, -2.6], [-0.4, 0.75], [5.5, 3.25]])  # [dx, dy]
     moved = translate(torch.from_numpy(images), torch.from_numpy(shifts)).numpy()
-    for image, (dx, dy), got in zip(images, shifts, moved):
+    for image, (dx, dy), got in zip(images, shifts, moved, strict=True):
         expected = ndimage.shift(image, (dy, dx), order=1, mode="grid-constant", cval=0.0)  # per-tap zero fill
         np.testing.assert_allclose(got, expected, atol=1e-12)
 

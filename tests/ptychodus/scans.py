@@ -161,7 +161,8 @@ def real_scan(data_dir: Path, n: int = 64) -> RealScan:
     x_m = geometry.center_x_m + (xs - 0.5 - (W - 1) / 2) * PIXEL_M
     y_m = geometry.center_y_m + (ys - 0.5 - (H - 1) / 2) * PIXEL_M
     indexes = np.arange(len(test))
-    positions = ProbePositionSequence([ProbePosition(int(i), float(x), float(y)) for i, x, y in zip(indexes, x_m, y_m)])
+    positions = ProbePositionSequence([ProbePosition(int(i), float(x), float(y))
+                                       for i, x, y in zip(indexes, x_m, y_m, strict=True)])
     product = Product(metadata=metadata("siemens-star"), probe_positions=positions,
                       probes=ProbeSequence(test.probeGuess[None], None, pixel), object_=obj, losses=[])
     counts = (test.diff3d.astype(np.float64) ** 2).astype(np.float32)

@@ -35,7 +35,8 @@ def test_corpus_pretraining_then_self_supervised_fine_tuning(scan_files, tmp_pat
             "--init-from", str(pre / "checkpoints" / "last.ckpt"), *common]
     assert main(args) == 0
     after, _, _ = load_generator(tuned / "checkpoints" / "last.ckpt")
-    moved = [not torch.equal(a, b) for a, b in zip(generator.state_dict().values(), after.state_dict().values())]
+    moved = [not torch.equal(a, b)
+             for a, b in zip(generator.state_dict().values(), after.state_dict().values(), strict=True)]
     assert any(moved)  # trained further from the pretrained weights ...
     assert json.loads((tuned / "summary.json").read_text())["global_step"] == 2  # ... a fresh run: 15 groups / 8
     capsys.readouterr()
