@@ -20,13 +20,34 @@ onnxruntime to check it can load the graph, and ``cryptography`` for signatures)
 """
 
 from ptycho_torch.bundle.reader import MAX_ZIP_BYTES, PICKLE_SUFFIXES, Bundle, load_bundle, summarize
-from ptycho_torch.bundle.signing import SIGNATURE_FILE, TRUSTED_KEYS_ENV, generate_key_pair, sign_bundle
 from ptycho_torch.bundle.schema import (
-    BAD_PIXELS_FILE, BATCH_DIM, COORDINATE_CONVENTION, FORMAT, FORMAT_VERSION, INPUT_NAMES, MANIFEST_FILE, NORMALIZATION_RULE,
-    ONNX_FILE, OUTPUT_NAMES, PARAMS_FILE, PROBE_FILE, REQUIRED_FILES, TORCHSCRIPT_FILE, EngineDeviation, Manifest,
-    Normalization, Provenance, Signature, TensorSpec, TrainingRecord, Verification, tensor_specs, triton_config_path,
+    BAD_PIXELS_FILE,
+    BATCH_DIM,
+    COORDINATE_CONVENTION,
+    FORMAT,
+    FORMAT_VERSION,
+    INPUT_NAMES,
+    MANIFEST_FILE,
+    NORMALIZATION_RULE,
+    ONNX_FILE,
+    OUTPUT_NAMES,
+    PARAMS_FILE,
+    PROBE_FILE,
+    REQUIRED_FILES,
+    TORCHSCRIPT_FILE,
+    EngineDeviation,
+    Manifest,
+    Normalization,
+    Provenance,
+    Signature,
+    TensorSpec,
+    TrainingRecord,
+    Verification,
+    tensor_specs,
+    triton_config_path,
     triton_model_path,
 )
+from ptycho_torch.bundle.signing import SIGNATURE_FILE, TRUSTED_KEYS_ENV, generate_key_pair, sign_bundle
 
 __all__ = [
     "BAD_PIXELS_FILE", "BATCH_DIM", "COORDINATE_CONVENTION", "FORMAT", "FORMAT_VERSION", "INPUT_NAMES", "MANIFEST_FILE",

@@ -27,11 +27,18 @@ import numpy as np
 
 from ptycho_torch.bundle.dtypes import by_onnx
 from ptycho_torch.bundle.runtime import DEFAULT_DOMAIN, check_runtime, graph_requirements
-from ptycho_torch.bundle.signing import SIGNATURE_FILE, trusted_keys_from_env, verify_signature
 from ptycho_torch.bundle.schema import (
-    BAD_PIXELS_FILE, BATCH_DIM, MANIFEST_FILE, ONNX_FILE, PARAMS_FILE, PROBE_FILE, Manifest, TensorSpec,
+    BAD_PIXELS_FILE,
+    BATCH_DIM,
+    MANIFEST_FILE,
+    ONNX_FILE,
+    PARAMS_FILE,
+    PROBE_FILE,
+    Manifest,
+    TensorSpec,
     triton_model_path,
 )
+from ptycho_torch.bundle.signing import SIGNATURE_FILE, trusted_keys_from_env, verify_signature
 from ptycho_torch.checksums import sha256_file
 from ptycho_torch.errors import BundleError
 from ptycho_torch.grouping import default_neighbor_count

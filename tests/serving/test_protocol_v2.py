@@ -1,4 +1,5 @@
-"""OIP v2 decoding/encoding: JSON and binary tensors round-trip exactly; bad bodies name the problem."""
+"""OIP v2 decoding/encoding, both halves: JSON and binary tensors round-trip exactly through the client's
+encode_request/decode_response and the server's decode_request/encode_response; bad bodies name the problem."""
 
 from __future__ import annotations
 
@@ -7,9 +8,18 @@ import json
 import numpy as np
 import pytest
 
-from ptycho_torch.errors import InvalidValues
-from serving.errors import InvalidRequest
-from serving.protocol_v2 import HEADER_LENGTH, TensorMetadata, check_inputs, decode_request, encode_response
+from ptycho_torch.bundle import TensorSpec, tensor_specs
+from ptycho_torch.errors import InvalidInput, InvalidValues
+from serving.errors import InvalidRequest, ServerError
+from serving.protocol_v2 import (
+    HEADER_LENGTH,
+    TensorMetadata,
+    check_inputs,
+    decode_request,
+    decode_response,
+    encode_request,
+    encode_response,
+)
 
 EXPECTED = (TensorMetadata("diffraction", "FP32", (-1, 1, 2, 2)), TensorMetadata("scale", "FP32", (-1,)))
 
@@ -110,3 +120,54 @@ def test_unknown_requested_outputs_are_refused() -> None:
     request = decode_request(json.dumps({"inputs": [GOOD], "outputs": [{"name": "nope"}]}).encode())
     with pytest.raises(InvalidRequest, match=r"requested outputs \['nope'\] do not exist"):
         encode_response("m", "1", request, {"y": np.zeros(1, np.float32)})
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_client_and_server_halves_round_trip_every_tensor_exactly(binary: bool) -> None:
+    rng = np.random.default_rng(3)
+    inputs = {"diffraction": rng.random((2, 1, 3, 3), np.float32), "scale": np.array([0.5, 3.0], ">f4"),
+              "counts": rng.integers(-5, 5, (2, 4)).astype(np.int32), "half": rng.random(3).astype(np.float16)}
+    body, headers = encode_request(inputs, ["amplitude", "phase"], binary=binary, request_id="r7")
+    assert (HEADER_LENGTH in headers) is binary
+    request = decode_request(body, headers.get(HEADER_LENGTH))
+    assert request.id == "r7" and request.outputs == {"amplitude": binary, "phase": binary}
+    for name, array in inputs.items():
+        assert request.inputs[name].dtype == array.dtype.newbyteorder("=")
+        np.testing.assert_array_equal(request.inputs[name], array)
+    outputs = {"amplitude": inputs["diffraction"] * 3, "phase": -inputs["diffraction"]}
+    content, headers = encode_response("m", "1", request, outputs)
+    decoded = decode_response(content, headers.get(HEADER_LENGTH))
+    assert list(decoded) == ["amplitude", "phase"]
+    for name, array in outputs.items():
+        assert decoded[name].dtype == np.float32 and decoded[name].shape == array.shape
+        np.testing.assert_array_equal(decoded[name], array)
+
+
+def test_a_request_without_output_names_asks_for_every_output_in_its_encoding() -> None:
+    body, headers = encode_request({"x": np.ones(2, np.float32)})
+    request = decode_request(body, headers[HEADER_LENGTH])
+    assert request.outputs is None and request.binary_default is True
+    with pytest.raises(InvalidInput, match=r"tensor `z` has dtype complex64, which the OIP cannot carry"):
+        encode_request({"z": np.ones(2, np.complex64)})
+
+
+@pytest.mark.parametrize(("body", "length", "message"), [
+    (b"<html>busy</html>", None, "the JSON header does not parse"),
+    (b'{"error": "x"}', None, "must be a JSON object with an `outputs` list"),
+    (json.dumps({"outputs": [{"name": "y", "shape": [2], "datatype": "FP32", "data": [1]}]}).encode(), None,
+     r"`outputs\[y\].data` must hold 2 values"),
+    (json.dumps({"outputs": [{"name": "y", "shape": [1], "datatype": "FP32",
+                              "parameters": {"binary_data_size": 4}}]}).encode(), None, "needs 4 bytes of binary data"),
+    (b"{}", "9", "must be between 0 and the body length 2, got 9"),
+])
+def test_a_response_the_client_cannot_read_is_a_server_error(body: bytes, length: str | None, message: str) -> None:
+    with pytest.raises(ServerError, match=f"invalid inference response from the server: .*{message}"):
+        decode_response(body, length)
+
+
+def test_oip_metadata_of_a_manifest_tensor() -> None:
+    diffraction, scale = tensor_specs(4, 1)[0]
+    assert TensorMetadata.of(diffraction) == TensorMetadata("diffraction", "FP32", (-1, 1, 4, 4))
+    assert TensorMetadata.of(scale) == TensorMetadata("scale", "FP32", (-1,))
+    with pytest.raises(InvalidInput, match="`p` has dtype complex64, which the OIP cannot carry"):
+        TensorMetadata.of(TensorSpec(name="p", shape=("B",), dtype="complex64"))
