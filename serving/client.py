@@ -7,7 +7,6 @@ HTTP; a 500 is a :class:`~serving.errors.ServerError`, not a refusal of the requ
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,13 +17,14 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
+from ptycho_torch.bundle import INPUT_NAMES, OUTPUT_NAMES
 from ptycho_torch.errors import ConfigError, PtychoError
 from ptycho_torch.model_facts import ModelFacts
-from ptycho_torch.plan import ReconstructOptions
 from ptycho_torch.pipeline import Reconstruction
+from ptycho_torch.plan import ReconstructOptions
 from serving.errors import Overloaded, SessionNotFound, Unauthorized, error_for_status
 from serving.npz_wire import RECONSTRUCT_MEDIA_TYPE, decode_reconstruction, encode_arrays, encode_reconstruct_request
-from serving.protocol_v2 import HEADER_LENGTH
+from serving.protocol_v2 import HEADER_LENGTH, decode_response, encode_request
 
 __all__ = ["Client", "LiveSession", "RemoteRunner", "reconstruct_file", "resend_on_503"]
 
@@ -123,23 +123,13 @@ class Client:
     def infer(self, model: str, diffraction: npt.NDArray[np.float32], scale: npt.NDArray[np.float32]
               ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         """``amplitude, phase`` for one model batch, over OIP with binary tensors both ways."""
-        tensors = {"diffraction": np.ascontiguousarray(diffraction, "<f4"),
-                   "scale": np.ascontiguousarray(scale, "<f4")}
-        header = json.dumps({
-            "inputs": [{"name": name, "shape": list(a.shape), "datatype": "FP32",
-                        "parameters": {"binary_data_size": a.nbytes}} for name, a in tensors.items()],
-            "outputs": [{"name": name, "parameters": {"binary_data": True}} for name in ("amplitude", "phase")],
-        }).encode()
-        response = self._request(
-            "POST", f"/v2/models/{model}/infer", content=b"".join([header, *(a.tobytes() for a in tensors.values())]),
-            headers={"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(header))})
-        length = int(response.headers[HEADER_LENGTH])
-        outputs, offset = {}, length
-        for tensor in json.loads(response.content[:length])["outputs"]:
-            size = tensor["parameters"]["binary_data_size"]
-            outputs[tensor["name"]] = np.frombuffer(response.content, "<f4", size // 4, offset).reshape(tensor["shape"])
-            offset += size
-        return outputs["amplitude"], outputs["phase"]
+        inputs = dict(zip(INPUT_NAMES, (np.asarray(diffraction, np.float32), np.asarray(scale, np.float32)),
+                          strict=True))
+        body, headers = encode_request(inputs, OUTPUT_NAMES)
+        response = self._request("POST", f"/v2/models/{model}/infer", content=body, headers=headers)
+        outputs = decode_response(response.content, response.headers.get(HEADER_LENGTH))
+        amplitude, phase = (outputs[name] for name in OUTPUT_NAMES)
+        return amplitude, phase
 
     def open_session(self, model: str | None = None, *, options: ReconstructOptions | dict[str, Any] | None = None,
                      expected_frames: int | None = None,
