@@ -20,6 +20,8 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from ptycho_torch.bundle import BATCH_DIM, TensorSpec
+from ptycho_torch.bundle.dtypes import by_ort
 from ptycho_torch.bundle.runtime import runtime_version, short_reason
 from ptycho_torch.errors import BundleError, ConfigError
 from serving.config import DEFAULTS, ServingConfig
@@ -151,8 +153,8 @@ class Engine:
     def _provider_options(self, provider: str, cache_dir: str | Path | None) -> dict[str, object]:
         if provider != "TensorrtExecutionProvider":
             return {}
-        C, N = self.bundle.channels, self.bundle.N
-        shapes = {size: f"diffraction:{size}x{C}x{N}x{N},scale:{size}" for size in (1, self.max_batch_size)}
+        shapes = {size: ",".join(f"{spec.name}:{'x'.join(str(size if d == BATCH_DIM else d) for d in spec.shape)}"
+                                 for spec in self.bundle.manifest.inputs) for size in (1, self.max_batch_size)}
         options: dict[str, object] = {
             "trt_profile_min_shapes": shapes[1],
             "trt_profile_opt_shapes": shapes[self.max_batch_size],
@@ -163,23 +165,10 @@ class Engine:
         return options
 
     def _check_io(self) -> None:
-        inputs = {i.name: i for i in self.session.get_inputs()}
-        outputs = {o.name: o for o in self.session.get_outputs()}
-        expected_in, expected_out = {"diffraction", "scale"}, {"amplitude", "phase"}
-        if set(inputs) != expected_in or set(outputs) != expected_out:
-            raise ConfigError(
-                f"`model.onnx` of bundle {self.bundle.root} must have inputs {sorted(expected_in)} and outputs "
-                f"{sorted(expected_out)}, got inputs {sorted(inputs)} and outputs {sorted(outputs)}; re-export it"
-            )
-        for arg in (*inputs.values(), *outputs.values()):
-            if arg.type != "tensor(float)":
-                raise ConfigError(f"`{arg.name}` of model.onnx must be tensor(float), got {arg.type}; re-export it")
-        fixed = inputs["diffraction"].shape[1:]
-        if any(isinstance(d, int) and d != e for d, e in zip(fixed, self.input_shape, strict=True)):
-            raise ConfigError(
-                f"`diffraction` of model.onnx has item shape {fixed} but the manifest says {self.input_shape}; "
-                f"the bundle is inconsistent, re-export it"
-            )
+        """The session's inputs and outputs must be the manifest's (the reader's check, :class:`BundleError`)."""
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        self.bundle.manifest.check_graph(self.bundle.onnx_path.name, [_session_spec(a) for a in inputs],
+                                         [_session_spec(a) for a in outputs])
 
     def warm_up(self) -> float:
         """Run every batch shape once (so no request pays a first-shape cost); returns seconds taken."""
@@ -192,20 +181,17 @@ class Engine:
 
     def check_inputs(self, diffraction: np.ndarray, scale: np.ndarray) -> None:
         """Raise :class:`InvalidRequest` unless ``diffraction`` is ``(B, C, N, N)`` float32 and ``scale`` ``(B,)``."""
+        d, s = (spec.name for spec in self.bundle.manifest.inputs)
         if diffraction.dtype != np.float32 or scale.dtype != np.float32:
-            raise InvalidRequest(
-                f"`diffraction` and `scale` must be float32 (FP32), got {diffraction.dtype} and {scale.dtype}"
-            )
+            raise InvalidRequest(f"`{d}` and `{s}` must be float32 (FP32), got {diffraction.dtype} and {scale.dtype}")
         if diffraction.ndim != 4 or diffraction.shape[1:] != self.input_shape:
             raise InvalidRequest(
-                f"`diffraction` must have shape (B, {', '.join(map(str, self.input_shape))}) for model "
+                f"`{d}` must have shape (B, {', '.join(map(str, self.input_shape))}) for model "
                 f"{self.bundle.name!r}, got {list(diffraction.shape)}"
             )
         if scale.shape != (diffraction.shape[0],):
-            raise InvalidRequest(
-                f"`scale` must have shape ({diffraction.shape[0]},), one value per diffraction item, "
-                f"got {list(scale.shape)}"
-            )
+            raise InvalidRequest(f"`{s}` must have shape ({diffraction.shape[0]},), one value per {d} item, "
+                                 f"got {list(scale.shape)}")
 
     def run(
         self, diffraction: npt.NDArray[np.float32], scale: npt.NDArray[np.float32]
@@ -242,5 +228,14 @@ class Engine:
         if size != B:
             diffraction = np.concatenate([diffraction, np.zeros((size - B, *self.input_shape), np.float32)])
             scale = np.concatenate([scale, np.ones(size - B, np.float32)])
-        amplitude, phase = self.session.run(["amplitude", "phase"], {"diffraction": diffraction, "scale": scale})
+        manifest = self.bundle.manifest
+        feeds = dict(zip((spec.name for spec in manifest.inputs), (diffraction, scale), strict=True))
+        amplitude, phase = self.session.run([spec.name for spec in manifest.outputs], feeds)
         return amplitude[:B], phase[:B]
+
+
+def _session_spec(arg: ort.NodeArg) -> TensorSpec:
+    """An onnxruntime input or output as the manifest writes it (a dynamic axis as ``"B"``)."""
+    dtype = by_ort(arg.type)
+    return TensorSpec(name=arg.name, dtype=arg.type if dtype is None else dtype.name,
+                      shape=tuple(d if isinstance(d, int) and d > 0 else BATCH_DIM for d in arg.shape))

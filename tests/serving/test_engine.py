@@ -1,13 +1,16 @@
-"""Engine: exact outputs for any batch size, fixed warmed-up shapes, explicit providers."""
+"""Engine: exact outputs for any batch size, fixed warmed-up shapes, explicit providers, and a session
+checked against the manifest's signature (the reader's check)."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 from oracle import oracle_outputs
 
-from ptycho_torch.errors import ConfigError
+from ptycho_torch.errors import BundleError, ConfigError
 from serving.engine import Engine, select_providers
 from serving.errors import InvalidRequest
 
@@ -61,3 +64,25 @@ def test_inputs_are_checked_with_a_clear_message(engine: Engine) -> None:
 def test_bad_options_are_refused(oracle_bundle) -> None:
     with pytest.raises(ConfigError, match="`max_batch_size` must be a positive integer, got 0"):
         Engine(oracle_bundle, max_batch_size=0)
+
+
+def test_a_session_that_is_not_the_manifests_signature_is_a_bundle_error(oracle_bundle) -> None:
+    manifest = oracle_bundle.manifest
+    renamed = tuple(spec.model_copy(update={"name": f"{spec.name}_x"}) for spec in manifest.outputs)
+    bundle = dataclasses.replace(oracle_bundle, manifest=manifest.model_copy(update={"outputs": renamed}))
+    with pytest.raises(BundleError, match=r"model\.onnx: graph outputs must be \['amplitude_x', 'phase_x'\] as in "
+                                          r"manifest\.json, got \['amplitude', 'phase'\]; re-export the bundle"):
+        Engine(bundle, providers=["cpu"], warmup=False)
+    wider = tuple(spec.model_copy(update={"shape": ("B", 1, 64, 64)}) if spec.name == "diffraction" else spec
+                  for spec in manifest.inputs)
+    bundle = dataclasses.replace(oracle_bundle, manifest=manifest.model_copy(update={"inputs": wider}))
+    with pytest.raises(BundleError, match=r"shape mismatch for `diffraction`, manifest\.json says float32 \['B', 1, 64, "
+                                          r"64\], the graph declares float32 \['B', 1, 32, 32\]"):
+        Engine(bundle, providers=["cpu"], warmup=False)
+
+
+def test_tensorrt_profiles_name_the_manifests_inputs(engine: Engine) -> None:
+    options = engine._provider_options("TensorrtExecutionProvider", None)
+    assert options["trt_profile_min_shapes"] == "diffraction:1x1x32x32,scale:1"
+    assert options["trt_profile_max_shapes"] == f"diffraction:{engine.max_batch_size}x1x32x32,scale:{engine.max_batch_size}"
+    assert engine._provider_options("CPUExecutionProvider", None) == {}
