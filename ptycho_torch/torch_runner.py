@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from ptycho_torch.checkpoint import load_generator
+from ptycho_torch.checkpoint import CheckpointRecord, load_generator
 from ptycho_torch.grouping import default_neighbor_count
 from ptycho_torch.model import PtychoPINNGenerator
 from ptycho_torch.model_facts import ModelFacts
@@ -43,11 +43,18 @@ class TorchRunner:
             bad_pixels=None if bad_pixels is None else np.asarray(bad_pixels, bool))
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, *, batch_size: int = 64) -> TorchRunner:
-        """A runner for a Lightning checkpoint (see :func:`~ptycho_torch.checkpoint.load_generator`)."""
-        generator, record, probe = load_generator(path)
+    def from_checkpoint(cls, path: str | Path, *, batch_size: int = 64, name: str = "torch") -> TorchRunner:
+        """A runner for a Lightning checkpoint (see :func:`~ptycho_torch.checkpoint.load_generator`),
+        its training probe included. Needs torch, not Lightning; ``params.cfg`` is left as it is."""
+        return cls.from_record(*load_generator(path), batch_size=batch_size, name=name)
+
+    @classmethod
+    def from_record(cls, generator: PtychoPINNGenerator, record: CheckpointRecord, probe: npt.ArrayLike, *,
+                    batch_size: int = 64, name: str = "torch") -> TorchRunner:
+        """A runner for a loaded checkpoint: its generator, its record (training scale, neighbour count)
+        and its normalised training probe ``(P, N, N)`` complex64 (a ``wts.h5.zip`` model loads the same three)."""
         return cls(generator, training_scale=record.training_scale, probe=probe,
-                   neighbor_count=record.training.neighbor_count, batch_size=batch_size)
+                   neighbor_count=record.training.neighbor_count, batch_size=batch_size, name=name)
 
     def infer(self, diffraction: npt.NDArray[np.float32], scale: npt.NDArray[np.float32]
               ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:

@@ -1,19 +1,22 @@
 """``ptychopinn reconstruct``: the stitched object of a scan, written as the files of
 :mod:`ptycho_torch.outputs` (PNGs with colour and scale bars, TIFFs, NPZ, CXI/HDF5).
 
-Three places the network can run, one output format:
+One path for every place the network can run: load the scan, take the source's runner
+(:func:`ptychopinn.runners.runner_for`), build the :class:`~ptycho_torch.plan.ReconstructOptions`
+once from the flags, run :func:`ptycho_torch.pipeline.reconstruct`, log the timings and the data
+fit, write the products. The sources:
 
 * ``--model BUNDLE`` (a folder or ``.zip`` written by ``ptychopinn export``) runs the bundle's ONNX
-  graph in this process with onnxruntime, through the same pipeline as the server: no server, no torch;
-* ``--model`` ``RUN/wts.h5.zip``, a run folder, a ``.ckpt`` or an MLflow ``runs:/`` URI runs the
-  generator with torch (:mod:`ptycho_torch.workflows.components`);
+  graph in this process with onnxruntime: no server, no torch;
+* ``--model`` a run folder, a Lightning ``.ckpt``, a ``wts.h5.zip`` or an MLflow ``runs:/`` URI runs
+  the generator with torch in this process (its training probe included; no Lightning);
 * ``--server URL`` runs the network on a ``ptychopinn serve`` instance: grouping and stitching run
   here, and the scan goes out as Open Inference Protocol requests of at most ``--chunk-size``
   groups (with a progress bar), so a scan of any size stays under the server's request limit.
 
-``--refine N`` adds N iterations of known-probe object refinement after the network (pipeline paths:
-a bundle or a server; the refinement runs in this process, numpy only), and the data fit of the
-result (per-pattern Poisson NLL, R-factor, outliers) is logged and kept in the CXI.
+``--refine N`` adds N iterations of known-probe object refinement after the network, with the
+scan's probe (numpy, in this process, whatever the source), and the data fit of the result
+(per-pattern Poisson NLL, R-factor, outliers) is logged and kept in the CXI.
 
 A scan whose ``_metadata`` records ``pixel_size_m`` is checked against the model's training pixel
 size (:mod:`ptycho_torch.pixel_size`), and the products carry the pixel size.
@@ -23,22 +26,19 @@ from __future__ import annotations
 
 import argparse
 import logging
-import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ptychopinn.runners import DEFAULT_SERVER_MODEL, LoadedRunner, RunnerSettings, runner_for
 from serving.config import DEFAULTS
 
 if TYPE_CHECKING:
     from ptycho_torch.data import RawData
     from ptycho_torch.outputs import ProductInfo
-    from ptycho_torch.plan import ReconstructOptions
     from ptycho_torch.pipeline import Reconstruction
+    from ptycho_torch.plan import ReconstructOptions
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_SERVER_MODEL = "ptychopinn"
-"""The name ``ptychopinn export`` gives a bundle by default (and the shipped default bundle's)."""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -71,7 +71,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar for --server")
     parser.add_argument("--refine", type=int, default=0, metavar="N",
                         help="N iterations of known-probe object refinement after the network, with the scan's "
-                             "probe (--server or a bundle; default 0: the network's result as it is)")
+                             "probe (default 0: the network's result as it is)")
     parser.add_argument("--refine-algorithm", choices=("er", "rpie"), default="er",
                         help="refinement update: 'er' (whole scan at once, default) or 'rpie' (mini-batches)")
     parser.add_argument("--refine-start", choices=("network", "flat"), default="network",
@@ -82,43 +82,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Reconstruct the scan and write the outputs; returns 0."""
-    from ptycho_torch.errors import ConfigError
     from ptycho_torch.outputs import save_outputs
+    from ptycho_torch.pipeline import reconstruct
     from ptycho_torch.pixel_size import scan_pixel_size
 
-    pipeline = bool(args.server) or is_bundle(args.model)
-    if args.refine and not pipeline:
-        raise ConfigError("`--refine` needs a bundle (--model BUNDLE) or --server; a training archive or "
-                          "checkpoint runs without the refinement stage")
     scan = _load_scan(args)
-    pixel_size_m = scan_pixel_size(scan.metadata)
-    if pipeline:
-        run_pipeline = _reconstruct_remote if args.server else _reconstruct_with_bundle
-        result, info = run_pipeline(args, scan, pixel_size_m)
-        logger.info("timings (s): %s", ", ".join(f"{stage} {seconds:.3f}" for stage, seconds in result.timings.items()))
-        _log_data_fit(result)
-    else:
-        result = _reconstruct_in_process(args, scan)
-        info = _product_info(args, scan, model=str(args.model), pixel_size_m=pixel_size_m)
+    options = _options(args, scan_pixel_size(scan.metadata))
+    with runner_for(args.server or args.model, server=bool(args.server), settings=_settings(args)) as loaded:
+        _require_patch_size(args, scan, loaded.runner.model.N)
+        logger.info("running %s", loaded.description)
+        result = reconstruct(loaded.runner, scan.diff3d, scan.positions, probe=scan.probeGuess, options=options)
+    logger.info("timings (s): %s", ", ".join(f"{stage} {seconds:.3f}" for stage, seconds in result.timings.items()))
+    _log_data_fit(result)
     stitch = {"coverage": result.coverage, "origin": result.origin}
-    paths = save_outputs(result.amplitude, result.phase, stitch, args.out, info=info)
+    paths = save_outputs(result.amplitude, result.phase, stitch, args.out,
+                         info=_product_info(args, scan, loaded, result))
     logger.info("reconstructed %d patterns of %s (%s) into a %dx%d object: %s", len(scan), args.data, args.split,
                 *result.amplitude.shape, ", ".join(str(p) for p in paths.values()))
     return 0
-
-
-def is_bundle(path: str) -> bool:
-    """True for a folder or ``.zip`` written by ``ptychopinn export`` (``manifest.json`` and
-    ``model.onnx``), False for training archives, run folders, checkpoints and URIs."""
-    from ptycho_torch.bundle import MANIFEST_FILE, ONNX_FILE
-
-    candidate = Path(path)
-    if candidate.is_dir():
-        return (candidate / MANIFEST_FILE).is_file() and (candidate / ONNX_FILE).is_file()
-    if candidate.is_file() and zipfile.is_zipfile(candidate):
-        with zipfile.ZipFile(candidate) as archive:
-            return {MANIFEST_FILE, ONNX_FILE} <= set(archive.namelist())
-    return False
 
 
 def _load_scan(args: argparse.Namespace) -> RawData:
@@ -129,6 +110,14 @@ def _load_scan(args: argparse.Namespace) -> RawData:
         return scan
     train, test = spatial_split(scan, axis="y", fraction=0.5)
     return train if args.split == "train" else test
+
+
+def _settings(args: argparse.Namespace) -> RunnerSettings:
+    from serving.cli import read_token_file
+
+    return RunnerSettings(batch_size=args.batch_size, server_model=args.server_model, chunk_size=args.chunk_size,
+                          progress=not args.no_progress, timeout_s=args.timeout,
+                          token=None if args.token_file is None else read_token_file(args.token_file))
 
 
 def _options(args: argparse.Namespace, pixel_size_m: float | None) -> ReconstructOptions:
@@ -148,20 +137,18 @@ def _log_data_fit(result: Reconstruction) -> None:
                 fit["n_outliers"], f" {fit['outliers'][:20]}" if fit["outliers"] else "")
 
 
-def _product_info(args: argparse.Namespace, scan: RawData, *, model: str, pixel_size_m: float | None,
-                  version: str | None = None, result: Reconstruction | None = None) -> ProductInfo:
-    import numpy as np
-
+def _product_info(args: argparse.Namespace, scan: RawData, loaded: LoadedRunner,
+                  result: Reconstruction) -> ProductInfo:
     from ptycho_torch.outputs import ProductInfo
 
-    extra = {} if result is None else {"scale": result.scale, "scale_policy": result.scale_policy,
-                                       "refine_iterations": (result.refinement or {}).get("iterations", 0)}
-    return ProductInfo(pixel_size_m=pixel_size_m if result is None else result.pixel_size_m, probe=scan.probeGuess,
-                       positions=scan.positions, model=model, model_version=version,
-                       source=str(args.data), extra=extra, data_fit=None if result is None else result.data_fit)
+    extra = {"scale": result.scale, "scale_policy": result.scale_policy,
+             "refine_iterations": (result.refinement or {}).get("iterations", 0)}
+    return ProductInfo(pixel_size_m=result.pixel_size_m, probe=scan.probeGuess, positions=scan.positions,
+                       model=loaded.label, model_version=loaded.runner.model.version, source=str(args.data),
+                       extra=extra, data_fit=result.data_fit)
 
 
-def _require_patch_size(args: argparse.Namespace, scan: RawData, N: int) -> None:
+def _require_patch_size(args: argparse.Namespace, scan: RawData, N: int) -> None:  # noqa: N803
     """Refuse a scan whose patterns are not the model's ``N x N``, naming the flag that fixes it."""
     from ptycho_torch.errors import ConfigError
 
@@ -171,66 +158,3 @@ def _require_patch_size(args: argparse.Namespace, scan: RawData, N: int) -> None
            f"simulate or crop it at N={N} (`--n` crops only tike-layout scans)")
     raise ConfigError(f"`--data` {args.data} has {scan.N}x{scan.N} patterns but the model takes N={N}: {fix}, "
                       f"or use a model trained at N={scan.N}")
-
-
-def _reconstruct_with_bundle(args: argparse.Namespace, scan: RawData,
-                             pixel_size_m: float | None) -> tuple[Reconstruction, ProductInfo]:
-    import numpy as np
-
-    from ptycho_torch.bundle import load_bundle
-    from ptycho_torch.pipeline import reconstruct
-    from serving.engine import Engine
-
-    bundle = load_bundle(args.model)
-    _require_patch_size(args, scan, bundle.N)
-    engine = Engine(bundle, max_batch_size=args.batch_size)
-    logger.info("running %s v%d in this process on %s", bundle.name, bundle.version, ", ".join(engine.providers))
-    result = reconstruct(engine, scan.diff3d, scan.positions, probe=scan.probeGuess,
-                         options=_options(args, pixel_size_m))
-    return result, _product_info(args, scan, model=bundle.name, version=str(bundle.version),
-                                 pixel_size_m=pixel_size_m, result=result)
-
-
-def _reconstruct_remote(args: argparse.Namespace, scan: RawData,
-                        pixel_size_m: float | None) -> tuple[Reconstruction, ProductInfo]:
-    import numpy as np
-
-    from ptycho_torch.errors import ConfigError
-    from ptycho_torch.pipeline import reconstruct
-    from serving.cli import read_token_file
-    from serving.client import Client, RemoteRunner
-    from serving.errors import ModelNotFound
-
-    if args.chunk_size < 1:
-        raise ConfigError(f"`--chunk-size` must be a positive number of groups, got {args.chunk_size}")
-    token = read_token_file(args.token_file) if args.token_file is not None else None
-    with Client(args.server, token=token, timeout_s=args.timeout) as client:
-        try:
-            served = client.model_facts(args.server_model)
-        except ModelNotFound as error:
-            raise ConfigError(f"`--server-model` must name a model served at {args.server}, got "
-                              f"{args.server_model!r} ({error}); `ptychopinn serve` logs the name at start-up") from None
-        _require_patch_size(args, scan, served.N)
-        runner = RemoteRunner(served, client, batch_size=args.chunk_size,
-                              progress=not args.no_progress)
-        result = reconstruct(runner, scan.diff3d, scan.positions,
-                             probe=scan.probeGuess, options=_options(args, pixel_size_m))
-    return result, _product_info(args, scan, model=f"{args.server_model} at {args.server}", version=served.version,
-                                 pixel_size_m=pixel_size_m, result=result)
-
-
-def _reconstruct_in_process(args: argparse.Namespace, scan: RawData) -> Reconstruction:
-    """The one reconstruct pipeline, with the network run by torch in this process."""
-    import numpy as np
-
-    from ptycho_torch.plan import ReconstructOptions
-
-    from ptycho_torch.pipeline import reconstruct
-    from ptycho_torch.torch_runner import TorchRunner
-    from ptycho_torch.workflows.components import load_inference_bundle_torch
-
-    generator, snapshot = load_inference_bundle_torch(args.model)
-    runner = TorchRunner(generator, training_scale=float(snapshot["input_scale"]),
-                         neighbor_count=snapshot.get("neighbor_count"), batch_size=args.batch_size)
-    options = ReconstructOptions(scale_policy=args.scale_policy, stitch_M=args.stitch_m, seed=args.seed)
-    return reconstruct(runner, scan.diff3d, scan.positions, options=options)

@@ -1,5 +1,6 @@
 """``ptychopinn reconstruct --server`` and ``--model BUNDLE``: the command line writes what the
-pipeline computes, in chunks under the server's request limit, or in-process without a server."""
+pipeline computes, in chunks under the server's request limit, or in-process without a server
+(the torch sources: ``tests/ptychopinn/test_reconstruct_sources.py``)."""
 
 from __future__ import annotations
 
@@ -164,7 +165,7 @@ def test_a_scan_at_another_pixel_size_than_the_bundle_is_a_one_line_error(tmp_pa
     code = cli_main(["reconstruct", "--model", str(bundle), "--data", str(scan.to_file(tmp_path / "scan.npz")),
                      "--out", str(tmp_path / "out")])
     assert code == 2
-    assert "the scan's object pixel size 2e-08 m differs from the model's training pixel size 1e-08 m" in \
+    assert "the scan's object pixel size 2e-08 m differs from model oracle's training pixel size 1e-08 m" in \
         capsys.readouterr().err
 
 
@@ -201,8 +202,14 @@ def test_refine_keeps_the_data_fit_in_the_cxi(engine: Engine, held_out, tmp_path
         assert int(cxi["entry_1/process_1/refine_iterations"][()]) == 3
 
 
-def test_refine_without_the_pipeline_is_a_one_line_error(tiny_scan: Path, tmp_path: Path, capsys) -> None:
-    code = cli_main(["reconstruct", "--model", str(tmp_path / "run"), "--data", str(tiny_scan), "--refine", "3",
-                     "--out", str(tmp_path / "o")])
-    assert code == 2
-    assert "`--refine` needs a bundle (--model BUNDLE) or --server" in capsys.readouterr().err
+def test_a_model_that_is_no_source_names_what_model_accepts(tiny_scan: Path, tmp_path: Path, capsys) -> None:
+    """Every source refines (tests/ptychopinn/test_reconstruct_sources.py); a path that is none is one line."""
+    (tmp_path / "empty").mkdir()
+    for model, what in ((tmp_path / "run", "does not exist"), (tmp_path / "empty", "holds no bundle")):
+        code = cli_main(["reconstruct", "--model", str(model), "--data", str(tiny_scan), "--refine", "3",
+                         "--out", str(tmp_path / "o")])
+        assert code == 2
+        err = capsys.readouterr().err.strip()
+        assert f"`--model` {'folder ' if model.name == 'empty' else ''}{str(model)!r} {what}" in err
+        assert "a run folder of `ptychopinn train`, a .ckpt, a wts.h5.zip or an MLflow runs:/" in err
+        assert "\n" not in err and not (tmp_path / "o").exists()
