@@ -111,10 +111,12 @@ def values(choice: type[StrEnum]) -> tuple[str, ...]:
 
 def parse(choice: type[E], name: str, value: object, error: Callable[[str], Exception]) -> E:
     """``value`` as a member of ``choice``, else raise ``error("`name` must be one of [...], got 'x'")``."""
-    try:
-        return choice(value)
-    except ValueError:
-        raise error(f"`{name}` must be one of {list(values(choice))}, got {value!r}") from None
+    if isinstance(value, str):
+        try:
+            return choice(value)
+        except ValueError:
+            pass
+    raise error(f"`{name}` must be one of {list(values(choice))}, got {value!r}")
 
 
 def check_table(choice: type[E], table: Mapping[E, V]) -> Mapping[E, V]:

@@ -151,8 +151,9 @@ class RawData:
     ) -> RawData:
         """Build a scan whose start positions equal its positions (no position correction)."""
         x, y = np.asarray(xcoords, dtype=np.float64), np.asarray(ycoords, dtype=np.float64)
-        index = np.zeros(x.shape[0], dtype=np.int64) if scan_index is None else scan_index
-        return cls(x, y, x, y, diff3d, probeGuess, index, objectGuess, metadata=dict(metadata or {}))
+        index = np.zeros(x.shape[0], dtype=np.int64) if scan_index is None else np.asarray(scan_index)
+        obj = None if objectGuess is None else np.asarray(objectGuess)
+        return cls(x, y, x, y, np.asarray(diff3d), np.asarray(probeGuess), index, obj, metadata=dict(metadata or {}))
 
     @classmethod
     def from_file(cls, path: str | Path, *, counts: bool | None = None) -> RawData:

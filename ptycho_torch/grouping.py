@@ -127,7 +127,7 @@ def group_indices(
     k = min(K, n_pos - 1)
     points = np.column_stack([x, y])
     _, neighbours = cKDTree(points).query(points[seeds], k=k + 1)
-    neighbours = _drop_self(neighbours, seeds)
+    neighbours = _drop_self(np.asarray(neighbours), seeds)
     choice = np.argsort(rng.random(neighbours.shape), axis=1)[:, :channels]
     return np.take_along_axis(neighbours, choice, axis=1).astype(np.int64)
 

@@ -229,9 +229,8 @@ def register(
     shift, _, _ = phase_cross_correlation(np.abs(r), np.abs(p), upsample_factor=upsample_factor)
     if not np.any(shift):
         return p, r, (0.0, 0.0)  # already aligned: skip the FFT round trip and its rounding
-    shifted = np.fft.ifft2(fourier_shift(np.fft.fft2(p), shift))
-    if not np.iscomplexobj(p):
-        shifted = shifted.real
+    moved = np.fft.ifft2(fourier_shift(np.fft.fft2(p), shift))
+    shifted: np.ndarray = moved if np.iscomplexobj(p) else moved.real
     crop = int(math.ceil(float(np.max(np.abs(shift)))))
     if crop * 2 >= min(p.shape):
         raise DataContractError(
@@ -329,7 +328,7 @@ def evaluate_reconstruction(
 
     curves = (fourier_ring_correlation(amp, ref_amp), fourier_ring_correlation(phase, ref_phase))
     if frc_sigma > 0:
-        curves = tuple(gaussian_filter(c, frc_sigma) for c in curves)
+        curves = (gaussian_filter(curves[0], frc_sigma), gaussian_filter(curves[1], frc_sigma))
     return QualityReport(
         mae=AmplitudePhase(mae(amp, ref_amp), mae(phase, ref_phase)),
         mse=AmplitudePhase(mse(amp, ref_amp), mse(phase, ref_phase)),

@@ -18,7 +18,7 @@ instead of the hard mask (``generator='smooth'``).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -49,6 +49,7 @@ def _conv(in_channels: int, out_channels: int) -> nn.Conv2d:
     """3x3 'same' convolution with Keras' default init (glorot-uniform weights, zero bias)."""
     conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
     nn.init.xavier_uniform_(conv.weight)
+    assert conv.bias is not None  # bias=True above
     nn.init.zeros_(conv.bias)
     return conv
 
@@ -75,7 +76,7 @@ def _up(in_channels: int, out_channels: int, mode: str = "nearest") -> _ConvBloc
     return _ConvBlock(in_channels, out_channels, upsample)
 
 
-AMPLITUDE_ACTIVATIONS: dict[AmpActivation, Callable[[], nn.Module]] = check_table(AmpActivation, {
+AMPLITUDE_ACTIVATIONS: Mapping[AmpActivation, Callable[[], nn.Module]] = check_table(AmpActivation, {
     AmpActivation.SIGMOID: nn.Sigmoid,
     AmpActivation.SWISH: nn.SiLU,
     AmpActivation.SILU: nn.SiLU,
@@ -98,7 +99,7 @@ class Head:
     """Blend the centre head and the border branch by :func:`blend_window` instead of the hard mask."""
 
 
-HEADS: dict[Generator, Head] = check_table(Generator, {
+HEADS: Mapping[Generator, Head] = check_table(Generator, {
     Generator.TF: Head(windowed=True),
     Generator.SMOOTH: Head(windowed=True, blend=True),
     Generator.FULL: Head(windowed=False),
@@ -114,6 +115,12 @@ class _PhaseActivation(nn.Module):
 
 class _Decoder(nn.Module):
     """Decoder base (8x8 -> N/2) and the last stage of one head (amplitude or phase)."""
+
+    taper: Tensor
+    border_mask: Tensor
+    window: Tensor
+    """The buffers its head registers: ``(1, 1, N, N)`` float32 (see :func:`taper`, :func:`border_mask`,
+    :func:`blend_window`)."""
 
     def __init__(self, config: ModelConfig, activation: nn.Module, border_mask: Tensor, *,
                  tapered: bool = False) -> None:

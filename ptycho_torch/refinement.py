@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,7 +53,7 @@ class Algorithm:
     """One update per iteration from the whole scan (else random mini-batches of ``batch_size``)."""
 
 
-ALGORITHMS: dict[RefineAlgorithm, Algorithm] = check_table(RefineAlgorithm, {
+ALGORITHMS: Mapping[RefineAlgorithm, Algorithm] = check_table(RefineAlgorithm, {
     RefineAlgorithm.ER: Algorithm(alpha=1e-3, full_batch=True),
     RefineAlgorithm.RPIE: Algorithm(alpha=0.5, full_batch=False),
 })
@@ -351,7 +351,7 @@ def _network_start(model: ScanModel, canvas: npt.NDArray[np.complexfloating], co
     return model.grow(np.where(covered, canvas, fill), fill)
 
 
-STARTS: dict[RefineStart, Callable[[ScanModel, npt.NDArray[np.complexfloating], npt.NDArray[np.floating]],
+STARTS: Mapping[RefineStart, Callable[[ScanModel, npt.NDArray[np.complexfloating], npt.NDArray[np.floating]],
                                    npt.NDArray[np.complex64]]] = check_table(RefineStart, {
     RefineStart.NETWORK: _network_start,
     RefineStart.FLAT: _flat_start,

@@ -201,7 +201,11 @@ def inpaint(amplitudes: npt.NDArray[np.float32], bad: npt.NDArray[np.bool_]) -> 
 def _box_sum(image: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     padded = np.pad(image, [(0, 0)] * (image.ndim - 2) + [(1, 1), (1, 1)])
     H, W = image.shape[-2:]
-    return sum(padded[..., 1 + i:1 + i + H, 1 + j:1 + j + W] for i in (-1, 0, 1) for j in (-1, 0, 1))
+    total = np.zeros_like(image)
+    for i in (-1, 0, 1):
+        for j in (-1, 0, 1):
+            total += padded[..., 1 + i:1 + i + H, 1 + j:1 + j + W]
+    return total
 
 
 def _check_positions(positions: npt.NDArray[np.float64], N: int, report: ScanReport) -> None:

@@ -13,6 +13,7 @@ each pixel; ``objectGuess`` is the ground-truth object and ``_metadata`` records
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -63,7 +64,7 @@ def grf_object(size: int, rng: np.random.Generator, *, correlation_length: float
 
 def make_object(kind: ObjectKind, size: int, rng: np.random.Generator) -> np.ndarray:
     """Return a ``size x size`` complex64 synthetic object of ``kind`` ('lines' or 'grf')."""
-    builders = {"lines": lines_object, "grf": grf_object}
+    builders: dict[str, Callable[[int, np.random.Generator], np.ndarray]] = {"lines": lines_object, "grf": grf_object}
     if kind not in builders:
         raise DataContractError(f"`object` must be one of {sorted(builders)}, got {kind!r}")
     return builders[kind](size, rng)

@@ -299,7 +299,7 @@ class TiledStitcher:
         return np.stack(np.broadcast_arrays(rows[:, :, None], cols[:, None, :]), axis=-1).reshape(-1, 4, 2)
 
     def _touched(self, base: npt.NDArray[np.int64]) -> set[tuple[int, int]]:
-        return set(map(tuple, self._keys(base).reshape(-1, 2).tolist()))
+        return {(row, col) for row, col in self._keys(base).reshape(-1, 2).tolist()}
 
     def add(self, patches: npt.ArrayLike, positions: npt.ArrayLike) -> Rect | None:
         """Accumulate complex ``patches`` ``(K, N, N)`` centred at ``positions`` ``(K, 2)`` ``[x, y]``.

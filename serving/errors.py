@@ -119,7 +119,7 @@ class ServerError(ServingError):
     """The server failed on a valid request (500): what a client sees of an internal error."""
 
 
-STATUS: Final[dict[type[Exception], int]] = {
+STATUS: Final[dict[type[PtychoError], int]] = {
     InvalidRequest: 400,      # the first class for a status is the one the client raises
     InvalidInput: 400,        # wrong names, dtypes, shapes or options (core and decoding)
     ConfigError: 400,

@@ -17,6 +17,7 @@ import io
 import json
 import zipfile
 import zlib
+from collections.abc import Set as AbstractSet
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -102,7 +103,7 @@ def _open_npz(body: bytes, max_uncompressed_bytes: int, what: str) -> dict[str, 
                              f"pickled objects), got one that does not read: {error}") from None
 
 
-def decode_arrays(body: bytes, *, required: set[str], optional: set[str] = frozenset(), what: str,
+def decode_arrays(body: bytes, *, required: set[str], optional: AbstractSet[str] = frozenset(), what: str,
                   max_uncompressed_bytes: int) -> dict[str, np.ndarray]:
     """The arrays of an NPZ body that must hold ``required`` and may hold ``optional`` (others refused)."""
     arrays = _open_npz(body, max_uncompressed_bytes, what)

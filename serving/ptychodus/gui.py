@@ -45,7 +45,7 @@ class _AfterImport(importlib.abc.MetaPathFinder):
             run(module)
             self.patch(module)
 
-        spec.loader.exec_module = exec_module  # type: ignore[method-assign]  (this spec's own loader)
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]  # this spec's own loader
         return spec
 
 
@@ -79,7 +79,7 @@ def _add_panel(controller_core: ModuleType) -> None:
                 super()._update(observable)
 
     setattr(ProcessingController, _MARK, True)
-    controller_core.ProcessingController = ProcessingController
+    controller_core.ProcessingController = ProcessingController  # type: ignore[attr-defined]  # the monkeypatch
 
 
 def install_panel() -> None:

@@ -70,7 +70,7 @@ def install() -> bool:
     class ProcessingCore(base):  # type: ignore[misc, valid-type]
         __doc__ = base.__doc__
 
-        def __init__(self, task_manager, settings_registry, product_api, algorithm_libraries):  # type: ignore[no-untyped-def]
+        def __init__(self, task_manager, settings_registry, product_api, algorithm_libraries):
             ours = PtychoPINNServeLibrary(settings_registry)
             keep_builtin = upstream_ptycho_torch()
             libraries = [lib for lib in algorithm_libraries if keep_builtin or lib.name != BUILTIN_TORCH_LIBRARY]
@@ -80,7 +80,7 @@ def install() -> bool:
                 self.algorithm_parameter.set_value(DEFAULT_ALGORITHM)
 
     setattr(ProcessingCore, _MARK, True)
-    core.ProcessingCore = ProcessingCore
+    core.ProcessingCore = ProcessingCore  # type: ignore[misc]  # the monkeypatch: ModelCore builds ours
     from serving.ptychodus.gui import install_panel
 
     install_panel()
