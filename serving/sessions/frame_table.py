@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from serving.sessions.messages import FrameMessage, PositionMessage, Reasons, flag
+from serving.sessions.messages import FrameMessage, PositionMessage, Reasons, flag, unflagged
 from serving.sessions.scan_table import ScanTable
 
 __all__ = ["FrameTable", "Taken"]
@@ -87,7 +87,7 @@ class FrameTable:
         """Queue the frames of ``index`` whose frame and position are both known; how many were queued."""
         known = dict.fromkeys(index[self._positions.get(index)[0]].tolist())
         paired = [i for i in known if i in self._waiting]
-        self._ready.extend(zip(paired, map(self._waiting.pop, paired)))
+        self._ready.extend(zip(paired, map(self._waiting.pop, paired), strict=True))
         return len(paired)
 
     def take(self, max_items: int) -> tuple[npt.NDArray[np.int64], list[npt.NDArray[np.float32]],
@@ -117,7 +117,7 @@ class FrameTable:
 
     def _take_frames(self, index: npt.NDArray[np.int64], amplitudes: npt.NDArray[np.float32],
                      reasons: Reasons) -> Taken:
-        fresh = np.equal(reasons, None)
+        fresh = unflagged(reasons)
         digests = np.zeros((len(index), _DIGEST_BYTES), np.uint8)
         frames = list(amplitudes)  # views, not copies
         if fresh.any():  # a C call per frame: a numpy mixing hash of the whole chunk measured 1.5x slower
@@ -130,7 +130,7 @@ class FrameTable:
         new = fresh & ~held
         self._digests.put(index[new], digests[new])
         rows = np.flatnonzero(new)
-        self._waiting.update(zip(index[rows].tolist(), map(frames.__getitem__, rows.tolist())))
+        self._waiting.update(zip(index[rows].tolist(), map(frames.__getitem__, rows.tolist()), strict=True))
         return Taken(len(rows), int(np.count_nonzero(fresh & held & same)), _rejections("frame", index, reasons),
                      index[rows])
 
@@ -138,7 +138,7 @@ class FrameTable:
                         reserve: Reserve) -> Taken | None:
         """None, with nothing changed, when several new positions do not fit the canvas together (the
         caller then takes them one by one)."""
-        fresh = np.equal(reasons, None)
+        fresh = unflagged(reasons)
         held, known = self._positions.get(index)
         same = (known == pos).all(axis=1)
         new = fresh & ~held
@@ -158,9 +158,9 @@ class FrameTable:
 
 def _rejections(what: str, index: npt.NDArray[np.int64], reasons: Reasons) -> list[dict[str, Any]]:
     """``{"what", "index", "reason"}`` of the items of ``index`` that have a reason, in order."""
-    refused = np.flatnonzero(~np.equal(reasons, None))
-    return [{"what": what, "index": i, "reason": reason} for i, reason in zip(index[refused].tolist(),
-                                                                               reasons[refused])]
+    refused = np.flatnonzero(~unflagged(reasons))
+    return [{"what": what, "index": i, "reason": reason}
+            for i, reason in zip(index[refused].tolist(), reasons[refused], strict=True)]
 
 
 def _in_order(index: npt.NDArray[np.int64], take: Callable[[slice], Taken | None]) -> Taken:

@@ -21,10 +21,10 @@ from typing import Any
 import numpy.typing as npt
 from starlette.concurrency import run_in_threadpool
 
+from ptycho_torch.pipeline import Reconstruction
+from ptycho_torch.plan import ReconstructOptions
 from serving.config import SessionLimits
 from serving.errors import Overloaded, SessionNotFound
-from ptycho_torch.plan import ReconstructOptions
-from ptycho_torch.pipeline import Reconstruction
 from serving.sessions.pump import Pumps
 from serving.sessions.session import Receipt, Session, SessionRunner
 

@@ -19,15 +19,21 @@ from ptycho_torch.plan import Plan
 from ptycho_torch.scan_checks import check_network_input, inpaint, to_amplitudes
 from serving.errors import InvalidRequest
 
-__all__ = ["FrameMessage", "IndexRange", "PositionMessage", "Reasons", "flag", "read_frames", "read_positions"]
+__all__ = ["FrameMessage", "IndexRange", "PositionMessage", "Reasons", "flag", "read_frames", "read_positions",
+           "unflagged"]
 
 Reasons = npt.NDArray[np.object_]
 """``(K,)`` the reason each item of a message is refused (str), or None where it is fine so far."""
 
 
+def unflagged(reasons: Reasons) -> npt.NDArray[np.bool_]:
+    """Where ``reasons`` holds no reason yet."""
+    return np.equal(reasons, None)  # type: ignore[call-overload]  # numpy's stubs lack object comparisons
+
+
 def flag(reasons: Reasons, mask: npt.NDArray[np.bool_], reason: str) -> None:
     """Give ``reason`` to the items of ``mask`` that have none yet (an item reports its first problem)."""
-    reasons[mask & np.equal(reasons, None)] = reason
+    reasons[mask & unflagged(reasons)] = reason
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,7 @@ def read_frames(plan: Plan, indices: npt.ArrayLike, patterns: npt.ArrayLike, pos
     finite = np.isfinite(array).all(axis=(1, 2))
     negative = (array < 0).any(axis=(1, 2)) & finite
     amplitudes = _amplitudes(plan, np.where(negative[:, None, None], 0, array) if negative.any() else array)
+    assert plan.scale is not None, "a stream's scale is known before its first frame (resolve(stream=True))"
     check_network_input(plan.scale, float(amplitudes[finite].max()) if finite.any() else 0.0)
     reasons = index_range.problems(index)
     flag(reasons, ~finite, "pattern holds NaN/inf")

@@ -18,11 +18,11 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from ptycho_torch.pipeline import Reconstruction
+from ptycho_torch.plan import ReconstructOptions
 from serving import openapi
 from serving.errors import SessionNotFound
 from serving.npz_wire import RECONSTRUCT_MEDIA_TYPE, decode_arrays, encode_reconstruction
-from ptycho_torch.plan import ReconstructOptions
-from ptycho_torch.pipeline import Reconstruction
 from serving.sessions.manager import SessionManager
 from serving.sessions.session import Session
 from serving.sessions.wire import encode_update

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Generic, TypeVar
+
 import numpy as np
 import numpy.typing as npt
 
@@ -9,18 +11,20 @@ __all__ = ["ScanTable"]
 
 _FIRST_CAPACITY = 1024
 
+T = TypeVar("T", bound=np.generic)
 
-class ScanTable:
+
+class ScanTable(Generic[T]):
     """A value of ``width`` items of ``dtype`` per scan index ``0 <= i < limit``: row ``i`` of a dense
     array, grown (doubling) to the largest index stored, so memory is ``width * itemsize + 1`` bytes
     per index up to that index."""
 
-    def __init__(self, width: int, dtype: npt.DTypeLike, limit: int) -> None:
+    def __init__(self, width: int, dtype: type[T], limit: int) -> None:
         self.limit = limit
-        self._values = np.zeros((min(limit, _FIRST_CAPACITY), width), dtype)
+        self._values: npt.NDArray[T] = np.zeros((min(limit, _FIRST_CAPACITY), width), dtype)
         self._held = np.zeros(len(self._values), bool)
 
-    def get(self, index: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.generic]]:
+    def get(self, index: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.bool_], npt.NDArray[T]]:
         """``(held (K,), values (K, width))`` for ``index (K,)``: whether each index has a value (an
         index outside ``[0, limit)`` has none), and the values (meaningless where not held)."""
         rows = index.clip(0, len(self._held) - 1)

@@ -27,7 +27,7 @@ import numpy.typing as npt
 from ptycho_torch.bundle import Bundle
 from ptycho_torch.pipeline import Reconstruction
 from ptycho_torch.plan import ReconstructOptions, resolve
-from ptycho_torch.stitching import Rect, TiledStitcher
+from ptycho_torch.stitching import Rect, StitchResult, TiledStitcher
 from serving.errors import InvalidRequest
 from serving.sessions.frame_table import FrameTable, Taken
 from serving.sessions.messages import IndexRange, PositionMessage, read_frames, read_positions
@@ -112,6 +112,12 @@ class Session:
         return self.canvas.stitcher
 
     @property
+    def scale(self) -> float:
+        """The network's ``scale`` input for every frame: the plan's (a stream's is known before its first frame)."""
+        assert self.plan.scale is not None, "resolve(stream=True) always gives the scale"
+        return self.plan.scale
+
+    @property
     def pending(self) -> int:
         """Frames held and not yet on the canvas (waiting for a position, queued, or in inference)."""
         return self._table.pending
@@ -166,7 +172,7 @@ class Session:
         if batch is None:
             return None
         indices, amplitudes, positions = batch
-        return Work(indices, np.stack(amplitudes)[:, None], np.full(len(indices), self.plan.scale, np.float32),
+        return Work(indices, np.stack(amplitudes)[:, None], np.full(len(indices), self.scale, np.float32),
                     positions)
 
     def finish_work(self, work: Work, outputs: Outputs | BaseException) -> None:
@@ -209,14 +215,12 @@ class Session:
             stitched = self.canvas.result()
             elapsed = self._clock() - self.created
             count = self._stats.counts.reconstructed
-        made = {"scale": self.plan.scale, "scale_policy": str(self.plan.scale_policy), "timings": {"total": elapsed}}
-        if stitched is None:
-            empty = np.zeros((0, 0), np.float32)
-            return Reconstruction(amplitude=empty, phase=empty.copy(), coverage=empty.copy(), origin=(0.0, 0.0),
-                                  n_patterns=0, n_groups=0, **made)
+        if stitched is None:  # before the first frame lands: 0 x 0 arrays
+            stitched = StitchResult(canvas=np.zeros((0, 0), np.complex64), coverage=np.zeros((0, 0)), origin=(0.0, 0.0))
         return Reconstruction(amplitude=stitched.amplitude, phase=stitched.phase,
                               coverage=stitched.coverage.astype(np.float32), origin=stitched.origin,
-                              n_patterns=count, n_groups=count, **made)
+                              scale=self.scale, scale_policy=str(self.plan.scale_policy), n_patterns=count,
+                              n_groups=count, timings={"total": elapsed})
 
     def counts(self) -> dict[str, int]:
         """Frames received, paired, reconstructed, pending and rejected so far."""
@@ -240,7 +244,7 @@ class Session:
                 "canvas": self.canvas.to_json(),
                 "options": {"scale_policy": str(self.plan.scale_policy), "units": self.plan.units,
                             "stitch_M": self.plan.stitch_M},
-                "scale": self.plan.scale, "age_s": now - self.created, "idle_s": now - self.last_activity,
+                "scale": self.scale, "age_s": now - self.created, "idle_s": now - self.last_activity,
             }
 
     def close(self, reason: str) -> None:

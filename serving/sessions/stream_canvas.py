@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from ptycho_torch.stitching import Rect, StitchResult, TiledStitcher, canvas_geometry, complex_patches
 from serving.errors import InvalidRequest
-from serving.sessions.messages import Reasons
+from serving.sessions.messages import Reasons, unflagged
 
 __all__ = ["Bounds", "StreamCanvas", "Watch", "check_bounds"]
 
@@ -50,7 +50,7 @@ class StreamCanvas:
     """The object of a live scan on ``max_tiles`` tiles of ``tile x tile`` pixels at most, patches
     cropped to ``M``; positions must lie in ``bounds`` when given."""
 
-    def __init__(self, *, M: int, tile: int, max_tiles: int, bounds: Any = None) -> None:  # noqa: N803
+    def __init__(self, *, M: int, tile: int, max_tiles: int, bounds: Any = None) -> None:
         self.stitcher = TiledStitcher(M=M, tile=tile, max_tiles=max_tiles)
         self.tile, self.max_tiles = tile, max_tiles
         self.bounds: Bounds | None = None if bounds is None else check_bounds(bounds)
@@ -67,7 +67,7 @@ class StreamCanvas:
         (x_lo, x_hi), (y_lo, y_hi) = self.bounds
         x, y = pos.T
         outside = ~((x_lo <= x) & (x <= x_hi) & (y_lo <= y) & (y <= y_hi))
-        for row in np.flatnonzero(outside & np.equal(reasons, None)):
+        for row in np.flatnonzero(outside & unflagged(reasons)):
             reasons[row] = f"position {pos[row].tolist()} is outside the canvas bounds {self.bounds} given at creation"
 
     def reserve(self, pos: npt.NDArray[np.float64]) -> str | None:
@@ -76,8 +76,8 @@ class StreamCanvas:
         every position, so that box (not only the tiles touched) must fit the canvas limit: two
         positions far apart would otherwise ask for a canvas of any size."""
         span = _grown(self._span, pos)
-        tiles = self._tiles | set(map(tuple, self.stitcher.tile_keys(pos).reshape(-1, 2).tolist()))
-        (x_range, y_range), T = span, self.tile  # noqa: N806
+        tiles = self._tiles | _tile_set(self.stitcher.tile_keys(pos))
+        (x_range, y_range), T = span, self.tile
         _, (H, W) = canvas_geometry(x_range, y_range, self.stitcher.M)
         limit = self.max_tiles * T ** 2
         if H * W > limit:
@@ -153,6 +153,11 @@ def _grown(span: Bounds | None, points: npt.NDArray[np.float64]) -> Bounds:
         (x_lo, x_hi), (y_lo, y_hi) = span
         lo, hi = [min(x_lo, lo[0]), min(y_lo, lo[1])], [max(x_hi, hi[0]), max(y_hi, hi[1])]
     return (lo[0], hi[0]), (lo[1], hi[1])
+
+
+def _tile_set(keys: npt.NDArray[np.int64]) -> set[tuple[int, int]]:
+    """The ``(tile row, tile column)`` pairs of ``keys (K, 4, 2)``."""
+    return {(row, column) for row, column in keys.reshape(-1, 2).tolist()}
 
 
 def _union(a: Rect | None, b: Rect) -> Rect:

@@ -11,6 +11,7 @@ import pytest
 from oracle import write_oracle_bundle
 
 from ptycho_torch.bundle import load_bundle
+from ptycho_torch.pipeline import reconstruct
 from ptycho_torch.plan import ReconstructOptions
 from serving.app import create_app
 from serving.client import Client
@@ -106,6 +107,27 @@ def test_websocket_pushes_changed_sub_rectangles_that_rebuild_the_object(engine:
         canvas[row:row + header["shape"][0], col:col + header["shape"][1]] = amplitude * np.exp(1j * phase)
     np.testing.assert_allclose(canvas, _complex(final), atol=1e-5)
     assert messages[-1][0]["counts"]["reconstructed"] == 60
+
+
+def test_a_session_inpaints_the_models_bad_pixels_as_reconstruct_does(engine: Engine, serve, tmp_path) -> None:
+    """A bundle with a bad-pixel mask: the session inpaints those pixels in every message, and its object
+    equals /v1/reconstruct's on the same frames, which differs from the object of the raw pixels."""
+    bad = np.zeros((N, N), bool)
+    bad[[15, 16, 18], [16, 17, 12]] = True  # inside the stitched central crop (M = 8 of N = 32)
+    masked = Engine(load_bundle(write_oracle_bundle(tmp_path / "masked", N=N, bad_pixels=bad)), max_batch_size=16,
+                    providers=["cpu"], intra_op_threads=1)
+    server = serve(create_app(masked))
+    patterns, positions = _scan(8, 30)
+    patterns[:, bad] = 0.0  # dead pixels: no rule across the scan (hot pixels, sentinels) would find them
+    with Client(server.url) as client:
+        whole = client.reconstruct(patterns, positions, options=BUNDLE)
+        live = client.open_session()
+        for chunk in np.array_split(np.random.default_rng(3).permutation(30), 3):
+            live.send_frames(chunk, patterns[chunk], positions[chunk])
+        final = live.close()
+    _assert_same_object(final, whole)
+    raw = reconstruct(engine, patterns, positions, options=BUNDLE)  # the same oracle model, no mask
+    assert np.abs(_complex(raw) - _complex(whole)).max() > 0.01 * np.abs(_complex(whole)).max()
 
 
 def test_a_session_stays_on_its_model_through_a_hot_swap(engine: Engine, serve, tmp_path) -> None:
