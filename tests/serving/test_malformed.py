@@ -119,7 +119,7 @@ CASES = [
     ("stitch_M bool", "POST", RECONSTRUCT, _options({"stitch_M": True}), {}, 400, "`stitch_M` must be"),
     ("units photons", "POST", RECONSTRUCT, _options({"units": "photons"}), {}, 400, r"`units` must be one of \['amplitude', 'counts'\], got 'photons'"),
     ("policy typo", "POST", RECONSTRUCT, _options({"scale_policy": "scna"}), {}, 400,
-     "`scale_policy` must be 'scan' or 'bundle'"),
+     r"`scale_policy` must be one of \['scan', 'bundle', 'explicit'\], got 'scna'"),
     ("gzip garbage", "POST", RECONSTRUCT, b"\x1f\x8b garbage", {"Content-Encoding": "gzip"}, 400, "not valid gzip"),
     ("gzip truncated", "POST", RECONSTRUCT, gzip.compress(_npz(patterns=PATTERNS, positions=POSITIONS))[:-20],
      {"Content-Encoding": "gzip"}, 400, "body is truncated"),

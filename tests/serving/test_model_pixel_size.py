@@ -41,7 +41,7 @@ def test_the_manifest_pixel_size_reaches_the_result_and_a_mismatch_is_refused(en
     assert reconstruct(engine_10nm, patterns, positions).pixel_size_m == PIXEL  # the scan does not say: the model's
     same = reconstruct(engine_10nm, patterns, positions, options=ReconstructOptions(pixel_size_m=1.004e-8))
     assert same.pixel_size_m == 1.004e-8  # within 1 %: the scan's own value
-    with pytest.raises(InvalidInput, match=r"scan's object pixel size 2e-08 m differs from the model's training pixel "
+    with pytest.raises(InvalidInput, match=r"scan's object pixel size 2e-08 m differs from model oracle's training pixel "
                                            r"size 1e-08 m \(ratio 2.000\)"):
         reconstruct(engine_10nm, patterns, positions, options=ReconstructOptions(pixel_size_m=2e-8))
     with pytest.raises(InvalidInput, match="`pixel_size_m` must be the object pixel size in metres"):
@@ -60,7 +60,7 @@ def test_over_http_the_metadata_publishes_it_and_a_mismatch_is_a_400(engine_10nm
     body = encode_reconstruct_request(patterns, positions, options={"pixel_size_m": 3e-8})
     response = httpx.post(f"{server.url}/v1/reconstruct", content=body)
     assert response.status_code == 400
-    assert "differs from the model's training pixel size 1e-08 m" in response.json()["error"]
+    assert "differs from model oracle's training pixel size 1e-08 m" in response.json()["error"]
 
 
 def test_a_bundle_without_a_pixel_size_checks_nothing(engine, tmp_path: Path) -> None:
