@@ -13,8 +13,8 @@ import onnx
 import torch
 
 from export.options import DEFAULT_OPSET, MIN_OPSET
-from ptycho_torch.errors import ExportError
 from ptycho_torch.bundle import INPUT_NAMES, OUTPUT_NAMES
+from ptycho_torch.errors import ExportError
 
 MAX_BATCH = 1 << 16
 #: Loggers of the exporter's passes: about 45 INFO/WARNING lines per export (unused-node removal,
@@ -50,7 +50,7 @@ def export_onnx(generator: torch.nn.Module, path: Path, *, opset: int = DEFAULT_
             torch.onnx.export(
                 generator, example_inputs(generator), str(path), dynamo=True, opset_version=opset,
                 input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
-                dynamic_shapes={"diffraction": {0: batch}, "scale": {0: batch}}, external_data=False,
+                dynamic_shapes={name: {0: batch} for name in INPUT_NAMES}, external_data=False,
             )
     except Exception as error:  # the exporter raises many private error types
         raise ExportError(f"torch.onnx.export(dynamo=True, opset={opset}) failed: {error}\n{quiet.getvalue()}") from error

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from export.options import FP16_TOLERANCE, FP32_TOLERANCE
+from ptycho_torch.bundle import INPUT_NAMES, EngineDeviation, Verification
 from ptycho_torch.data import load_scan
 from ptycho_torch.errors import DataContractError, ExportError
 from ptycho_torch.normalization import input_scale
-from ptycho_torch.bundle import EngineDeviation, Verification
 
 BATCH_1_SAMPLES = 4
 
@@ -53,7 +53,7 @@ def torch_runner(module: torch.nn.Module) -> Run:
 
 def ort_runner(session) -> Run:  # noqa: ANN001
     """A :data:`Run` calling an onnxruntime session."""
-    return lambda x, s: session.run(None, {"diffraction": x, "scale": s})
+    return lambda x, s: session.run(None, dict(zip(INPUT_NAMES, (x, s), strict=True)))
 
 
 def _run_batched(run: Run, diffraction: np.ndarray, scale: np.ndarray, batch: int) -> Outputs:

@@ -258,7 +258,8 @@ def check_inputs(inputs: Mapping[str, np.ndarray], expected: Sequence[TensorMeta
         datatype = None if row is None else row.oip
         if datatype != spec.datatype:
             raise _fail(f"input `{spec.name}` must have datatype {spec.datatype}, got {datatype}")
-        if len(array.shape) != len(spec.shape) or any(e not in (-1, d) for e, d in zip(spec.shape, array.shape, strict=True)):
+        shape = array.shape
+        if len(shape) != len(spec.shape) or any(e not in (-1, d) for e, d in zip(spec.shape, shape, strict=True)):
             raise _fail(f"input `{spec.name}` must have shape {list(spec.shape)} (-1: any), got {list(array.shape)}")
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise InvalidValues(f"input `{spec.name}` must be finite, got NaN/inf values")
