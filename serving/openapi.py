@@ -20,6 +20,9 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
+from ptycho_torch.bundle import INPUT_NAMES, OUTPUT_NAMES
+from ptycho_torch.bundle.dtypes import DTYPES
+
 __all__ = ["DESCRIPTION", "ERRORS", "INFER_ROUTE", "METRICS_ROUTE", "NPZ_RESPONSE", "RECONSTRUCT_ROUTE", "install",
            "npz_body"]
 
@@ -38,8 +41,10 @@ DESCRIPTION = (
     "README's reliability section for the limits (body size, per-request memory budget, timeouts)."
 )
 
-Datatype = Literal["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16",
-                   "FP32", "FP64"]
+Datatype = Literal[tuple(d.oip for d in DTYPES)]  # type: ignore[valid-type]
+"""The OIP datatypes of the one dtype table (:mod:`ptycho_torch.bundle.dtypes`)."""
+InputName = Literal[INPUT_NAMES]  # type: ignore[valid-type]
+OutputName = Literal[OUTPUT_NAMES]  # type: ignore[valid-type]
 
 
 class _Model(BaseModel):
@@ -94,7 +99,7 @@ class InputParameters(_Model):
 class RequestInput(BaseModel):
     """One input tensor: JSON ``data`` (flat or nested, row-major) or ``binary_data_size`` bytes after the header."""
 
-    name: Literal["diffraction", "scale"]
+    name: InputName
     shape: list[int] = Field(description="diffraction: [B, C, N, N]; scale: [B]")
     datatype: Datatype = Field(description="FP32 for both inputs")
     parameters: InputParameters | None = None
@@ -107,7 +112,7 @@ class OutputParameters(_Model):
 
 
 class RequestOutput(BaseModel):
-    name: Literal["amplitude", "phase"]
+    name: OutputName
     parameters: OutputParameters | None = None
 
 
@@ -126,7 +131,7 @@ class InferRequest(BaseModel):
 
 
 class ResponseOutput(BaseModel):
-    name: Literal["amplitude", "phase"]
+    name: OutputName
     datatype: Datatype
     shape: list[int]
     data: list[float] | None = None
