@@ -3,15 +3,25 @@
 numpy-free and torch-free: importing this module costs nothing. Every dataclass is frozen and
 keyword-only, checks its own fields in ``__post_init__`` and raises :class:`ConfigError` naming the
 field, the value and what is allowed. Build a changed copy with :func:`dataclasses.replace`.
+
+A string choice is annotated with its :mod:`ptycho_torch.choices` enum (the one list of its values;
+the ``train`` flags read their choices from it) and held as a member: a plain string given by YAML,
+JSON, a flag or a Python caller is parsed in ``__post_init__``. Configurations leave as data through
+:func:`to_primitives` only (checkpoint hyper-parameters, ``config.json``, ``params.cfg``), which
+writes plain strings: ``torch.load(weights_only=True)`` refuses enum members. The fields marked
+:data:`RECIPE` make a bundle's recipe (:meth:`ptycho_torch.checkpoint.CheckpointRecord.recipe`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
+import typing
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
@@ -19,12 +29,8 @@ from ptycho_torch.choices import AmpActivation, Generator, LoggerBackend, LossMo
 from ptycho_torch.errors import ConfigError
 from ptycho_torch.grouping import default_neighbor_count
 
-AMP_ACTIVATIONS: Final = values(AmpActivation)
-GENERATORS: Final = values(Generator)
-MODEL_TYPES: Final = values(ModelType)
-LOSS_MODES: Final = values(LossMode)
-SCHEDULERS: Final = values(Scheduler)
-LOGGERS: Final = values(LoggerBackend)
+RECIPE: Final[Mapping[str, bool]] = {"recipe": True}
+"""Field metadata of the settings that make a bundle's recipe: ``field(..., metadata=RECIPE)``."""
 
 #: dataclass field name -> legacy ``params.cfg`` key (PtychoPINN's KEY_MAPPINGS)
 KEY_MAPPINGS: Final[dict[str, str]] = {
@@ -63,8 +69,27 @@ def _require(ok: bool, name: str, value: Any, expected: str) -> None:
         raise ConfigError(f"{name} must be {expected}, got {value!r}")
 
 
-def _require_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    _require(value in allowed, name, value, f"one of {list(allowed)}")
+@cache
+def _choices(cls: type) -> dict[str, tuple[str, ...] | type[enum.StrEnum]]:
+    """``{field: its StrEnum, or its Literal's values}`` for the string-choice fields of ``cls``."""
+    found: dict[str, tuple[str, ...] | type[enum.StrEnum]] = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        if isinstance(hint, type) and issubclass(hint, enum.StrEnum):
+            found[name] = hint
+        elif typing.get_origin(hint) is Literal:
+            found[name] = typing.get_args(hint)
+    return found
+
+
+def _parse_choices(config: Any) -> None:
+    """Check every string-choice field of ``config`` against its annotation and store an enum field's
+    value as its member (a plain string becomes ``Generator.TF``)."""
+    for name, choice in _choices(type(config)).items():
+        value = getattr(config, name)
+        allowed = choice if isinstance(choice, tuple) else values(choice)
+        _require(value in allowed, name, value, f"one of {list(allowed)}")
+        if not isinstance(choice, tuple):
+            object.__setattr__(config, name, choice(value))
 
 
 def _check_sampling(config: TrainingConfig | InferenceConfig) -> None:
@@ -80,7 +105,6 @@ def _check_sampling(config: TrainingConfig | InferenceConfig) -> None:
         isinstance(config.neighbor_count, int) and config.neighbor_count >= config.model.channels,
         "neighbor_count", config.neighbor_count, f">= gridsize**2 = {config.model.channels}",
     )
-    _require_choice("backend", config.backend, ("pytorch",))
 
 
 def _is_power_of_two(value: int) -> bool:
@@ -91,17 +115,17 @@ def _is_power_of_two(value: int) -> bool:
 class ModelConfig:
     """Network architecture; fixed when a model is built and recorded in every bundle."""
 
-    N: int = 64
+    N: int = field(default=64, metadata=RECIPE)
     """Patch and detector size in pixels; a power of two >= 32."""
-    gridsize: int = 1
+    gridsize: int = field(default=1, metadata=RECIPE)
     """Patterns per group along one side; the network sees ``C = gridsize**2`` channels."""
-    n_filters_scale: int = 2
+    n_filters_scale: int = field(default=2, metadata=RECIPE)
     """Width multiplier of every convolution."""
-    model_type: Literal["pinn", "supervised"] = "pinn"
+    model_type: ModelType = ModelType.PINN
     """``pinn`` (self-supervised through the physics) or ``supervised`` (needs ground truth)."""
     architecture: Literal["cnn"] = "cnn"
     """Generator family; only the CNN generator is implemented."""
-    generator: Literal["tf", "smooth", "full", "taper"] = "tf"
+    generator: Generator = field(default=Generator.TF, metadata=RECIPE)
     """Last decoder stage: ``tf`` (TensorFlow parity), ``smooth``, ``full`` or ``taper``.
 
     ``tf``: TensorFlow parity (the central N/2 window from a sigmoid head,
@@ -112,7 +136,7 @@ class ModelConfig:
     cos^2 roll-off to 0 over N/8): the soft support of ``tf`` without its hard edge.
     ``smooth``: ``tf`` with the centre head and the border branch blended by a cos^2 window over
     the outer N/16 pixels of the N/2 window instead of the hard mask (no seam; same resolution)."""
-    amp_activation: str = "sigmoid"
+    amp_activation: AmpActivation = field(default=AmpActivation.SIGMOID, metadata=RECIPE)
     """Amplitude head activation: sigmoid, swish/silu, softplus or relu."""
     object_big: bool = True
     """Merge the C patches of a group on one canvas in training (overlap constraint)."""
@@ -132,10 +156,7 @@ class ModelConfig:
             isinstance(self.n_filters_scale, int) and self.n_filters_scale >= 1,
             "n_filters_scale", self.n_filters_scale, "an integer >= 1",
         )
-        _require_choice("model_type", self.model_type, MODEL_TYPES)
-        _require_choice("architecture", self.architecture, ("cnn",))
-        _require_choice("generator", self.generator, GENERATORS)
-        _require_choice("amp_activation", self.amp_activation, AMP_ACTIVATIONS)
+        _parse_choices(self)
         _require(self.probe_scale > 0, "probe_scale", self.probe_scale, "> 0")
 
     @property
@@ -149,25 +170,25 @@ class TrainingConfig:
     """What to train on and the loss; bridged into ``params.cfg``."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
-    train_data_file: Path | None = None
+    train_data_file: Path | None = field(default=None, metadata=RECIPE)
     """Training scan: a contract NPZ or the tike Siemens-star file."""
-    test_data_file: Path | None = None
+    test_data_file: Path | None = field(default=None, metadata=RECIPE)
     """Validation scan, also reconstructed held out (None: hold out 5% of the training groups)."""
-    train_corpus: Path | None = None
+    train_corpus: Path | None = field(default=None, metadata=RECIPE)
     """Simulated corpus folder (``ptychopinn corpus``) streamed instead of a training scan (``--train-data``)."""
-    batch_size: int = 16
+    batch_size: int = field(default=16, metadata=RECIPE)
     """Groups per optimisation step; a power of two."""
-    nepochs: int = 50
+    nepochs: int = field(default=50, metadata=RECIPE)
     """Total epochs (a resumed run counts those already done)."""
-    mae_weight: float = 0.0
+    mae_weight: float = field(default=0.0, metadata=RECIPE)
     """Weight of the diffraction-amplitude MAE loss, in [0, 1]."""
-    nll_weight: float = 1.0
+    nll_weight: float = field(default=1.0, metadata=RECIPE)
     """Weight of the Poisson negative log-likelihood loss, in [0, 1]."""
     realspace_mae_weight: float = 0.0
     """PtychoPINN's real-space MAE weight; no effect here (:data:`NO_EFFECT`)."""
     realspace_weight: float = 0.0
     """PtychoPINN's real-space loss weight; no effect here (:data:`NO_EFFECT`)."""
-    nphotons: float = 1e9
+    nphotons: float = field(default=1e9, metadata=RECIPE)
     """Expected photons per pattern; sets the intensity scale of the Poisson model (``ptychopinn train``
     reads it from the training file's ``_metadata`` when it is not given)."""
     n_groups: int | None = None
@@ -190,7 +211,7 @@ class TrainingConfig:
     """PtychoPINN's sequential group sampling; no effect here (:data:`NO_EFFECT`)."""
     backend: Literal["pytorch"] = "pytorch"
     """Training backend; only ``pytorch``."""
-    torch_loss_mode: Literal["poisson", "mae"] = "poisson"
+    torch_loss_mode: LossMode = LossMode.POISSON
     """Main loss, whose weight must be positive: ``poisson`` (``nll_weight``) or ``mae`` (``mae_weight``)."""
 
     def __post_init__(self) -> None:
@@ -206,7 +227,7 @@ class TrainingConfig:
         _require(
             math.isfinite(self.nphotons) and self.nphotons > 0, "nphotons", self.nphotons, "a positive finite number"
         )
-        _require_choice("torch_loss_mode", self.torch_loss_mode, LOSS_MODES)
+        _parse_choices(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -235,6 +256,7 @@ class InferenceConfig:
 
     def __post_init__(self) -> None:
         _check_sampling(self)
+        _parse_choices(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -253,11 +275,11 @@ class PyTorchExecutionConfig:
     """Lightning precision: ``32-true``, ``bf16-mixed``, ``16-mixed``..."""
     deterministic: bool = True
     """Deterministic algorithms (on a GPU: a warning where a kernel has none)."""
-    seed: int = 42
+    seed: int = field(default=42, metadata=RECIPE)
     """Global seed of the weights, the group draw and the shuffling."""
-    learning_rate: float = 1e-3
+    learning_rate: float = field(default=1e-3, metadata=RECIPE)
     """Adam learning rate."""
-    scheduler: str = "Default"
+    scheduler: Scheduler = field(default=Scheduler.DEFAULT, metadata=RECIPE)
     """Learning-rate schedule (PtychoPINN's names; ``Default``: constant)."""
     gradient_clip_val: float | None = None
     """Clip gradients at this value (None: no clipping)."""
@@ -267,9 +289,9 @@ class PyTorchExecutionConfig:
     """Accumulate gradients over this many steps."""
     num_workers: int = 0
     """DataLoader worker processes."""
-    early_stop_patience: int | None = None
+    early_stop_patience: int | None = field(default=None, metadata=RECIPE)
     """Epochs without validation improvement before stopping (None: never stop early)."""
-    logger_backend: str = "csv"
+    logger_backend: LoggerBackend = LoggerBackend.CSV
     """Metrics logger: ``csv``, ``tensorboard``, ``mlflow`` or ``none``."""
     enable_progress_bar: bool = True
     """Show a progress bar (on a terminal only; otherwise a progress line every ``--progress-every`` seconds)."""
@@ -283,15 +305,13 @@ class PyTorchExecutionConfig:
     def __post_init__(self) -> None:
         _require(self.num_nodes >= 1, "num_nodes", self.num_nodes, ">= 1")
         _require(self.learning_rate > 0, "learning_rate", self.learning_rate, "> 0")
-        _require_choice("scheduler", self.scheduler, SCHEDULERS)
-        _require_choice("gradient_clip_algorithm", self.gradient_clip_algorithm, ("norm", "value"))
+        _parse_choices(self)
         _require(self.gradient_clip_val is None or self.gradient_clip_val > 0, "gradient_clip_val",
                  self.gradient_clip_val, "None or > 0")
         _require(self.accumulate_grad_batches >= 1, "accumulate_grad_batches", self.accumulate_grad_batches, ">= 1")
         _require(self.num_workers >= 0, "num_workers", self.num_workers, ">= 0")
         _require(self.early_stop_patience is None or self.early_stop_patience >= 1, "early_stop_patience",
                  self.early_stop_patience, "None or >= 1")
-        _require_choice("logger_backend", self.logger_backend, LOGGERS)
         _require(self.max_steps == -1 or self.max_steps >= 1, "max_steps", self.max_steps, "-1 (no limit) or >= 1")
         _require(self.checkpoint_every_n_steps is None or self.checkpoint_every_n_steps >= 1,
                  "checkpoint_every_n_steps", self.checkpoint_every_n_steps, "None or >= 1")
@@ -325,6 +345,26 @@ def config_from_dict(cls: type[_C], values: Mapping[str, Any]) -> _C:
         raise ConfigError(f"{cls.__name__}: {error}") from error
 
 
+def to_primitives(config: Any) -> dict[str, Any]:
+    """``{field: value}`` of a configuration dataclass as plain data (JSON, YAML, checkpoint
+    hyper-parameters that ``torch.load(weights_only=True)`` reads): a choice as its string, a path as
+    str, a nested configuration (``model``) as its own dict. The one way a configuration leaves as data."""
+    return {f.name: _primitive(getattr(config, f.name)) for f in dataclasses.fields(config)}
+
+
+def _primitive(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_primitives(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    return str(value) if isinstance(value, Path) else value
+
+
+def recipe_fields(cls: type) -> tuple[str, ...]:
+    """The fields of configuration class ``cls`` marked :data:`RECIPE`, in definition order."""
+    return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("recipe"))
+
+
 def no_effect_settings(config: AnyConfig) -> list[str]:
     """One line for each :data:`NO_EFFECT` field of ``config`` set away from its default: the field,
     its value, that it has no effect, and what to use instead."""
@@ -340,14 +380,15 @@ def warn_no_effect(config: AnyConfig, *, stacklevel: int = 2) -> None:
 
 
 def dataclass_to_legacy_dict(config: AnyConfig) -> dict[str, Any]:
-    """Flatten ``config`` (its ``model`` into the top level), rename by KEY_MAPPINGS, paths to str."""
+    """:func:`to_primitives` of ``config``, flattened (its ``model`` into the top level) and renamed by
+    KEY_MAPPINGS."""
     flat: dict[str, Any] = {}
-    for name, value in dataclasses.asdict(config).items():
+    for name, value in to_primitives(config).items():
         if name == "model" and isinstance(value, dict):
             flat.update(value)
         else:
             flat[name] = value
-    return {KEY_MAPPINGS.get(k, k): (str(v) if isinstance(v, Path) else v) for k, v in flat.items()}
+    return {KEY_MAPPINGS.get(k, k): v for k, v in flat.items()}
 
 
 def update_legacy_dict(cfg: dict[str, Any], config: AnyConfig) -> None:

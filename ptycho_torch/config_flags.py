@@ -4,8 +4,9 @@ A field's flag is ``--field-name`` (or a name given in ``rename``); its help is 
 of the field's docstring (the string literal under the field, as Sphinx autodoc and
 ``simple_parsing`` read them) and its default; its type, choices and on/off form come from the
 annotation (``int``, ``float``, ``str``, ``Path``, ``bool`` as ``--x/--no-x``, ``Literal`` or an
-``Enum`` as choices, ``X | None``, ``int | str``). So a new field of :mod:`ptycho_torch.config` gets
-a ``ptychopinn train`` flag and its help without editing the command. Standard library only.
+``Enum`` as choices, ``X | None``, ``int | str``): a choice's values are read from its enum, never
+listed again by a command. So a new field of :mod:`ptycho_torch.config` gets a ``ptychopinn train``
+flag and its help without editing the command. Standard library only.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import re
 import textwrap
 import types
 import typing
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ def _int_or_str(text: str) -> int | str:
     return int(text) if text.lstrip("-").isdigit() else text
 
 
-def _argument(annotation: Any, choices: Sequence[str] | None) -> dict[str, Any] | None:
+def _argument(annotation: Any) -> dict[str, Any] | None:
     """``add_argument`` keywords for a field of type ``annotation`` (None: no flag for this type)."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
@@ -68,7 +69,7 @@ def _argument(annotation: Any, choices: Sequence[str] | None) -> dict[str, Any] 
     if annotation is bool:
         return {"action": argparse.BooleanOptionalAction}
     if annotation in (int, float, str, Path):
-        return {"type": annotation, **({"choices": list(choices)} if choices else {})}
+        return {"type": annotation}
     return None  # a nested configuration
 
 
@@ -94,15 +95,13 @@ def add_flags(
     section: str,
     rename: Mapping[str, str] = {},
     skip: Collection[str] = (),
-    choices: Mapping[str, Sequence[str]] = {},
     notes: Mapping[str, str] = {},
     keep_defaults: bool = False,
 ) -> list[str]:
     """Add a flag for every field of dataclass ``cls`` but those in ``skip``, nested configurations and
     single-valued ``Literal`` fields; returns the options added. Each flag stores into
     ``section.field`` (read back with :func:`flag_values`). ``rename``: field -> flag name without the
-    dashes; ``choices``: allowed values of ``str`` fields whose annotation does not list them;
-    ``notes``: field -> what its help says in brackets instead of the default.
+    dashes; ``notes``: field -> what its help says in brackets instead of the default.
     ``keep_defaults``: a flag not given holds the field's default (else None, so that it overrides
     nothing, e.g. a configuration file)."""
     hints = typing.get_type_hints(cls)
@@ -111,7 +110,7 @@ def add_flags(
     for field in dataclasses.fields(cls):
         if field.name in skip or not field.init:
             continue
-        kwargs = _argument(hints[field.name], choices.get(field.name))
+        kwargs = _argument(hints[field.name])
         if kwargs is None:
             continue
         default = _default(field)

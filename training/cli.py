@@ -15,8 +15,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ptycho_torch.config import (AMP_ACTIVATIONS, GENERATORS, LOGGERS, NO_EFFECT, SCHEDULERS, ModelConfig,
-                                 PyTorchExecutionConfig, TrainingConfig, config_from_dict, no_effect_settings)
+from ptycho_torch.config import (
+    NO_EFFECT,
+    ModelConfig,
+    PyTorchExecutionConfig,
+    TrainingConfig,
+    config_from_dict,
+    no_effect_settings,
+)
 from ptycho_torch.config_flags import add_flags, flag_values
 from ptycho_torch.errors import ConfigError
 
@@ -34,10 +40,6 @@ RENAMED: dict[str, dict[str, str]] = {
                   "enable_progress_bar": "progress-bar"},
 }
 
-#: the allowed values of ``str`` fields (fields annotated ``Literal`` list their own)
-CHOICES: dict[str, tuple[str, ...]] = {"amp_activation": AMP_ACTIVATIONS, "generator": GENERATORS,
-                                       "scheduler": SCHEDULERS, "logger_backend": LOGGERS}
-
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``train`` arguments: ``--config``, ``--resume``, ``--init-from``, and one flag per field of
@@ -54,7 +56,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                           "on the scan to reconstruct); optimiser and step count start afresh")
     for section, cls in SECTIONS.items():
         add_flags(parser.add_argument_group(section), cls, section=section, rename=RENAMED[section],
-                  skip=NO_EFFECT, choices=CHOICES, notes={"output_dir": "required, here or in --config"})
+                  skip=NO_EFFECT, notes={"output_dir": "required, here or in --config"})
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:

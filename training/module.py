@@ -2,7 +2,8 @@
 
 Checkpoint contract (read by ``export`` and ``workflows``): ``self.generator`` is the
 :class:`~ptycho_torch.model.PtychoPINNGenerator`; the (normalised) probe is the complex64 buffer
-``probe`` ``(P, N, N)``; hyper-parameters are JSON-able primitives only, so
+``probe`` ``(P, N, N)``; hyper-parameters are JSON-able primitives only
+(:func:`~ptycho_torch.config.to_primitives`: choices as plain strings, paths as str), so
 ``torch.load(path, weights_only=True)`` reads a checkpoint:
 
 ==================  ========================================================================
@@ -24,10 +25,8 @@ Checkpoint contract (read by ``export`` and ``workflows``): ``self.generator`` i
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -37,7 +36,7 @@ from torch import Tensor
 
 from ptycho_torch import physics
 from ptycho_torch.choices import LossMode, ModelType, Scheduler, check_table
-from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig, config_from_dict
+from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig, config_from_dict, to_primitives
 from ptycho_torch.errors import ConfigError
 from ptycho_torch.model import PtychoPINNGenerator, combine_complex
 
@@ -47,12 +46,6 @@ SUPERVISED_WEIGHTS = (2.0, 4.0)
 PLATEAU = {"factor": 0.5, "patience": 2, "min_lr": 1e-4}
 EXPONENTIAL_GAMMA = 0.95
 WARMUP_FRACTION = 0.05
-
-
-def _primitives(config: Any) -> dict[str, Any]:
-    """A config dataclass as a JSON-able dict (paths as str, the nested model left out)."""
-    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name != "model"}
-    return {name: str(v) if isinstance(v, Path) else v for name, v in values.items()}
 
 
 class PtychoPINNModule(L.LightningModule):
@@ -106,9 +99,9 @@ class PtychoPINNModule(L.LightningModule):
         check_loss_config(training)
         normalised, normaliser = physics.normalize_probe(torch.as_tensor(probe), training.model.probe_scale)
         module = cls(
-            model_config=dataclasses.asdict(training.model),
-            training_config=_primitives(training),
-            execution_config=_primitives(execution),
+            model_config=to_primitives(training.model),
+            training_config={k: v for k, v in to_primitives(training).items() if k != "model"},
+            execution_config=to_primitives(execution),
             input_scale=float(training_scale),
             intensity_scale=physics.intensity_scale(training.nphotons, training.model.N),
             probe_normaliser=normaliser,

@@ -1,12 +1,11 @@
 """String choices: one StrEnum per choice, one implementation table per enum, the same accepted values
-and messages as before, and configurations that still store (and serialise) plain strings."""
+and messages as before; configurations annotate and hold the members and leave as plain strings."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import typing
-from enum import StrEnum
 
 import pytest
 
@@ -85,19 +84,68 @@ def test_bad_reconstruct_choices_keep_their_messages() -> None:
     assert ReconstructOptions(units="counts", refine_start="flat", refine_iterations=1).units is Units.COUNTS
 
 
-def test_typed_fields_accept_exactly_the_enum_values() -> None:
-    """The Literal annotations (published in the OpenAPI schema and the config docs) list the enum's values."""
-    fields = {(ModelConfig, "generator"): Generator, (ModelConfig, "model_type"): ModelType,
-              (TrainingConfig, "torch_loss_mode"): LossMode}
-    for (cls, name), choice in fields.items():
-        assert typing.get_args(typing.get_type_hints(cls)[name]) == values(choice), (cls, name)
+CONFIG_CHOICES = {(ModelConfig, "generator"): Generator, (ModelConfig, "amp_activation"): AmpActivation,
+                  (ModelConfig, "model_type"): ModelType, (TrainingConfig, "torch_loss_mode"): LossMode,
+                  (PyTorchExecutionConfig, "scheduler"): Scheduler,
+                  (PyTorchExecutionConfig, "logger_backend"): LoggerBackend}
+
+
+def test_every_config_choice_is_annotated_with_its_enum_and_no_literal_restates_one() -> None:
+    for (cls, name), choice in CONFIG_CHOICES.items():
+        assert typing.get_type_hints(cls)[name] is choice, (cls, name)
+    enum_values = {frozenset(values(choice)) for choice in CONFIG_CHOICES.values()}
+    for cls in (ModelConfig, TrainingConfig, PyTorchExecutionConfig):
+        for name, hint in typing.get_type_hints(cls).items():
+            if typing.get_origin(hint) is typing.Literal:
+                assert frozenset(typing.get_args(hint)) not in enum_values, (cls, name)
     hints = typing.get_type_hints(ReconstructOptions)
     assert hints["refine_algorithm"] is RefineAlgorithm and hints["refine_start"] is RefineStart
     assert hints["scale_policy"] == ScalePolicy | None and hints["units"] == Units | None
 
 
-def test_configs_store_plain_strings() -> None:
-    """Checkpoints keep JSON-able primitives (``torch.load(weights_only=True)`` refuses enum members)."""
-    config = ModelConfig(generator="taper", amp_activation="relu")
-    assert all(not isinstance(v, StrEnum) for v in dataclasses.asdict(config).values())
-    assert json.loads(json.dumps(dataclasses.asdict(config)))["generator"] == "taper"
+def test_plain_strings_become_members_and_the_train_flags_list_the_enum_values() -> None:
+    import argparse
+
+    from training.cli import configure
+
+    config = PyTorchExecutionConfig(scheduler="WarmupCosine", logger_backend="none")
+    assert config.scheduler is Scheduler.WARMUP_COSINE and config.logger_backend is LoggerBackend.NONE
+    assert ModelConfig(generator="taper", amp_activation="relu").generator is Generator.TAPER
+    assert dataclasses.replace(ModelConfig(), generator=Generator.FULL) == ModelConfig(generator="full")
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    actions = {action.dest: action for action in parser._actions}
+    for (cls, name), choice in CONFIG_CHOICES.items():
+        section = {ModelConfig: "model", TrainingConfig: "training", PyTorchExecutionConfig: "execution"}[cls]
+        assert list(actions[f"{section}.{name}"].choices) == list(values(choice)), name
+
+
+def test_configs_leave_as_plain_strings_and_checkpoints_load_with_weights_only(tmp_path) -> None:
+    """``to_primitives`` is the one boundary: hyper-parameters, config.json and params.cfg hold plain
+    strings, which ``torch.load(weights_only=True)`` reads (it refuses enum members)."""
+    import pickle
+
+    import torch
+    import yaml
+
+    from ptycho_torch.checkpoint import load_generator
+    from ptycho_torch.config import to_primitives
+    from ptycho_torch.simulation import default_probe
+    from training.module import PtychoPINNModule
+
+    with pytest.raises(pickle.UnpicklingError):  # why the boundary exists
+        torch.save({"generator": Generator.TAPER}, tmp_path / "member.pt")
+        torch.load(tmp_path / "member.pt", weights_only=True)
+    model = ModelConfig(N=32, n_filters_scale=1, generator="taper", amp_activation="relu")
+    training = TrainingConfig(model=model, nll_weight=0.0, mae_weight=1.0, torch_loss_mode="mae")
+    execution = PyTorchExecutionConfig(scheduler="Exponential", logger_backend="none")
+    module = PtychoPINNModule.from_configs(training, execution, probe=default_probe(32), training_scale=0.5)
+    hparams = dict(module.hparams)
+    assert type(hparams["model_config"]["generator"]) is str and type(hparams["execution_config"]["scheduler"]) is str
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams}, tmp_path / "x.ckpt")
+    _, record, _ = load_generator(tmp_path / "x.ckpt")
+    assert record.model == model and record.model.generator is Generator.TAPER
+    assert record.training.torch_loss_mode is LossMode.MAE and record.execution["scheduler"] == "Exponential"
+    snapshot = record.params_snapshot()
+    assert type(snapshot["amp_activation"]) is str and json.loads(json.dumps(snapshot))["amp_activation"] == "relu"
+    assert yaml.safe_load(yaml.safe_dump(to_primitives(execution)))["logger_backend"] == "none"

@@ -73,16 +73,18 @@ def test_a_new_dataclass_gets_one_typed_flag_per_field_with_its_docstring() -> N
     assert "usage" in parser.format_help() and "1e9" in parser.format_help()
 
 
-def test_defaults_kept_skips_notes_and_choices() -> None:
-    parser, added = _parser(skip={"rate"}, keep_defaults=True, notes={"where": "required"},
-                            choices={"name": ("x", "y")})
+def test_defaults_kept_skips_notes_and_enum_choices() -> None:
+    parser, added = _parser(skip={"rate"}, keep_defaults=True, notes={"where": "required"})
     assert "--rate" not in added
     values = flag_values(parser.parse_args([]), "knobs", given_only=False)
     defaults = {f.name: getattr(Knobs(), f.name) for f in dataclasses.fields(Knobs) if f.name in values}
     assert values == defaults
-    assert {a.dest: a.help for a in parser._actions}["knobs.where"] == "Output folder (default: the current one). (required)"
+    actions = {a.dest: a for a in parser._actions}
+    assert actions["knobs.where"].help == "Output folder (default: the current one). (required)"
+    assert actions["knobs.colour"].choices == ["red", "blue"]  # read from the enum, listed nowhere else
+    assert actions["knobs.colour"].help == "Paint. (default red)" and actions["knobs.name"].choices is None
     with pytest.raises(SystemExit):
-        parser.parse_args(["--name", "z"])
+        parser.parse_args(["--colour", "green"])
 
 
 def test_field_docs_and_help_text() -> None:
