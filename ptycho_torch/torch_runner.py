@@ -5,7 +5,9 @@ model reconstructs through the same pipeline as an ONNX bundle or a remote serve
 with ``(amplitude, phase)`` ``(B, C, N, N)`` float32 in batches of ``batch_size`` under
 ``torch.inference_mode``; its :attr:`~TorchRunner.model` is the
 :class:`~ptycho_torch.model_facts.ModelFacts` the pipeline reads (N, gridsize, stitch_M, neighbour
-count, training scale, training probe).
+count, training scale, training probe). :meth:`TorchRunner.from_checkpoint` (a ``.ckpt``) and
+:meth:`TorchRunner.from_record` (the generator, record and probe a ``wts.h5.zip`` loads) fill those
+facts from the checkpoint, probe included, without Lightning and without touching ``params.cfg``.
 """
 
 from __future__ import annotations
