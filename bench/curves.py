@@ -216,8 +216,9 @@ def export(name: str, out: Path, runs: Path = RUNS) -> Path:
 
     from export.bundle_writer import ExportOptions, export_checkpoint
     from ptycho_torch.checkpoint import load_generator
+    from ptycho_torch.run_layout import RunLayout
 
-    checkpoint = runs / name / "train" / "checkpoints" / "last.ckpt"
+    checkpoint = RunLayout(runs / name / "train").last_checkpoint
     train_scan, test, truth = gold_scan()
     scores = evaluate(load_generator(checkpoint)[0].eval(), test, truth)
     print(json.dumps({k: scores[k] for k in ("nll", "nll_floor", "model_ssim_amplitude", "model_ssim_phase",

@@ -130,7 +130,7 @@ def train_bundle(scan: RawData, size: dict[str, Any], workdir: Path) -> tuple[Pa
     fitted = train(training, execution, train_data=scan)
     checkpoint = fitted.best_checkpoint or fitted.last_checkpoint
     bundle = export_checkpoint(checkpoint, workdir / "bundle", data=scan.to_file(workdir / "train.npz"))
-    return bundle.source, {"wall_s": fitted.summary["wall_s"], "steps": fitted.summary["global_step"],
+    return bundle.source, {"wall_s": fitted.summary.wall_s, "steps": fitted.summary.global_step,
                            "train_positions": len(scan), "epochs": size["epochs"]}
 
 

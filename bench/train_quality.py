@@ -94,11 +94,11 @@ def run(mode: str) -> dict[str, Any]:
         "setup": {"object": "lines", "scan": "raster", "N": size["n"], "nphotons": NPHOTONS,
                   "positions": size["positions"], "train_positions": len(train_scan),
                   "held_out_positions": len(held_out), "epochs": size["epochs"], "batch_size": size["batch_size"],
-                  "n_filters_scale": size["n_filters_scale"], "accelerator": result.summary["accelerator"],
+                  "n_filters_scale": size["n_filters_scale"], "accelerator": result.summary.accelerator,
                   "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine()},
-        "training": {"wall_s_total": round(wall, 1), "wall_s_fit": result.summary["wall_s"],
-                     "samples_per_s": result.summary["samples_per_s"], "steps": result.summary["global_step"],
-                     "best_val_loss": result.summary["best_val_loss"]},
+        "training": {"wall_s_total": round(wall, 1), "wall_s_fit": result.summary.wall_s,
+                     "samples_per_s": result.summary.samples_per_s, "steps": result.summary.global_step,
+                     "best_val_loss": result.summary.best_val_loss},
         "quality": score(patches, held_out, scan.objectGuess, default_stitch_M(size["n"])),
     }
 

@@ -9,7 +9,6 @@ import subprocess
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -20,18 +19,32 @@ from export.options import ExportOptions
 from export.torchscript import export_torchscript
 from export.triton import write_triton_repository
 from export.verify import verification_inputs, verify_exports
+from ptycho_torch.bundle import (
+    BAD_PIXELS_FILE,
+    MANIFEST_FILE,
+    NORMALIZATION_RULE,
+    ONNX_FILE,
+    PARAMS_FILE,
+    PROBE_FILE,
+    TORCHSCRIPT_FILE,
+    Bundle,
+    Manifest,
+    Normalization,
+    Provenance,
+    TrainingRecord,
+    load_bundle,
+    sign_bundle,
+    tensor_specs,
+)
 from ptycho_torch.checkpoint import CheckpointRecord, load_generator
+from ptycho_torch.checksums import sha256_file
 from ptycho_torch.config import ModelConfig
 from ptycho_torch.data import scan_metadata
 from ptycho_torch.errors import DataContractError, ExportError
 from ptycho_torch.pixel_size import check_pixel_size, scan_pixel_size
+from ptycho_torch.run_layout import RunLayout
 from ptycho_torch.scan_checks import bad_pixel_mask
 from ptycho_torch.stitching import default_stitch_M
-from ptycho_torch.bundle import (
-    BAD_PIXELS_FILE, MANIFEST_FILE, NORMALIZATION_RULE, ONNX_FILE, PARAMS_FILE, PROBE_FILE, TORCHSCRIPT_FILE, Bundle,
-    Manifest, Normalization, Provenance, TrainingRecord, load_bundle, sign_bundle, tensor_specs,
-)
-from ptycho_torch.checksums import sha256_file
 
 FP16_FILE = "model.fp16.onnx"
 
@@ -102,7 +115,7 @@ def export_bundle(generator: torch.nn.Module, out: Path, *, record: CheckpointRe
     return load_bundle(out)
 
 
-def _read_bad_pixels(path: Path, N: int) -> np.ndarray:  # noqa: N803
+def _read_bad_pixels(path: Path, N: int) -> np.ndarray:
     """The mask in ``path`` as (N, N) bool; :class:`ExportError` naming the problem otherwise."""
     try:
         return bad_pixel_mask(np.load(path, allow_pickle=False), N)
@@ -158,33 +171,19 @@ def export_checkpoint(checkpoint: Path, out: Path, *, data: Path | None = None,
                          training=training_record(checkpoint, record, held_out_nll))
 
 
-#: training_config / model_config fields that make up a bundle's recipe
-RECIPE_FIELDS = {"model_config": ("generator", "N", "gridsize", "n_filters_scale", "amp_activation"),
-                 "training_config": ("train_data_file", "train_corpus", "test_data_file", "nepochs", "batch_size",
-                                     "nphotons", "nll_weight", "mae_weight"),
-                 "execution_config": ("learning_rate", "scheduler", "early_stop_patience", "seed")}
-
-
 def training_record(checkpoint: Path, record: CheckpointRecord, held_out_nll: float | None = None
                     ) -> TrainingRecord | None:
-    """The record of the run that wrote ``checkpoint`` (RUN/checkpoints/x.ckpt), from its hyper-parameters
-    and RUN/summary.json (its validation loss, unless ``held_out_nll`` is given); None when that run
-    left no summary (e.g. a checkpoint copied elsewhere)."""
-    summary_path = checkpoint.parent.parent / "summary.json"
-    if not summary_path.is_file():
+    """The record of the run that wrote ``checkpoint`` (``RunLayout.of_checkpoint``): the checkpoint's
+    recipe (:meth:`CheckpointRecord.recipe`, plus ``init_from``) and the run's :class:`RunSummary` (its
+    validation loss, unless ``held_out_nll`` is given); None when that run left no summary (e.g. a
+    checkpoint copied elsewhere)."""
+    layout = RunLayout.of_checkpoint(checkpoint)
+    summary = None if layout is None else layout.read_summary()
+    if summary is None:
         return None
-    summary = json.loads(summary_path.read_text())
-    sections = {"model_config": vars(record.model), "training_config": vars(record.training),
-                "execution_config": record.execution}
-    recipe = {f"{section.split('_')[0]}.{name}": _json_scalar(sections[section].get(name))
-              for section, names in RECIPE_FIELDS.items() for name in names}
-    recipe["init_from"] = summary.get("init_from")
-    is_best = summary.get("best_checkpoint") and Path(summary["best_checkpoint"]).name == checkpoint.name
-    nll = held_out_nll if held_out_nll is not None else summary.get("best_val_loss") if is_best \
-        else summary.get("final_metrics", {}).get("val_loss")
-    return TrainingRecord(recipe={k: v for k, v in recipe.items() if v is not None}, steps=int(summary["global_step"]),
-                          wall_s=float(summary["wall_s"]), held_out_nll=None if nll is None else float(nll))
-
-
-def _json_scalar(value: Any) -> Any:
-    return str(value) if isinstance(value, Path) else value
+    recipe = {**record.recipe(), "init_from": None if summary.init_from is None else str(summary.init_from)}
+    is_best = summary.best_checkpoint is not None and summary.best_checkpoint.name == Path(checkpoint).name
+    nll = held_out_nll if held_out_nll is not None else summary.best_val_loss if is_best \
+        else summary.final_metrics.get("val_loss")
+    return TrainingRecord(recipe={k: v for k, v in recipe.items() if v is not None}, steps=summary.global_step,
+                          wall_s=summary.wall_s, held_out_nll=None if nll is None else float(nll))

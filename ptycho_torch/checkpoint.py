@@ -9,7 +9,8 @@ and hyper-parameters that are JSON-able primitives only (``training.module`` wri
     probe_modes         P                           train_data_sha256 sha256 of the training data file
 
 :class:`CheckpointRecord` is that dictionary as one typed object, with the one
-:meth:`~CheckpointRecord.params_snapshot` (the ``params.cfg`` a bundle or ``wts.h5.zip`` stores);
+:meth:`~CheckpointRecord.params_snapshot` (the ``params.cfg`` a bundle or ``wts.h5.zip`` stores) and
+the one :meth:`~CheckpointRecord.recipe` (the settings a bundle's training record lists);
 :func:`load_generator` reads a checkpoint safely (``weights_only=True``, no Lightning needed).
 The record is numpy-only; :func:`load_generator` imports torch when called.
 """
@@ -22,7 +23,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ptycho_torch import params
-from ptycho_torch.config import ModelConfig, TrainingConfig, config_from_dict, update_legacy_dict
+from ptycho_torch.config import (
+    ModelConfig,
+    PyTorchExecutionConfig,
+    TrainingConfig,
+    config_from_dict,
+    recipe_fields,
+    to_primitives,
+    update_legacy_dict,
+)
 from ptycho_torch.errors import ConfigError, ModelArchiveError
 
 if TYPE_CHECKING:
@@ -78,6 +87,17 @@ class CheckpointRecord:
         update_legacy_dict(cfg, self.training)
         cfg.update(input_scale=self.training_scale, intensity_scale=self.intensity_scale)
         return cfg
+
+    def recipe(self) -> dict[str, Any]:
+        """The settings that made this model: every configuration field marked
+        :data:`~ptycho_torch.config.RECIPE`, as ``section.field`` (``model.generator``,
+        ``training.nepochs``, ``execution.learning_rate``, ...) -> its plain value; unset (None) ones left out."""
+        sections = {"model": (ModelConfig, to_primitives(self.model)),
+                    "training": (TrainingConfig, to_primitives(self.training)),
+                    "execution": (PyTorchExecutionConfig, self.execution)}
+        recipe = {f"{section}.{name}": values.get(name) for section, (cls, values) in sections.items()
+                  for name in recipe_fields(cls)}
+        return {key: value for key, value in recipe.items() if value is not None}
 
 
 def load_generator(path: str | Path) -> tuple[PtychoPINNGenerator, CheckpointRecord, np.ndarray]:

@@ -32,10 +32,10 @@ from ptycho_torch import params
 from ptycho_torch.checkpoint import CheckpointRecord, load_generator
 from ptycho_torch.errors import ModelArchiveError
 from ptycho_torch.model import PtychoPINNGenerator
+from ptycho_torch.run_layout import ARCHIVE_NAME, RunLayout
 
-__all__ = ["ARCHIVE_NAME", "DEFAULT_MODEL", "FORMAT_VERSION", "LoadedModel", "TorchModelManager"]
+__all__ = ["DEFAULT_MODEL", "FORMAT_VERSION", "LoadedModel", "TorchModelManager"]
 
-ARCHIVE_NAME: Final = "wts.h5.zip"
 MANIFEST: Final = "manifest.json"
 FORMAT_VERSION: Final = "1.0"
 BACKEND: Final = "pytorch"
@@ -83,7 +83,7 @@ def _sha256(data: bytes) -> str:
 
 def _archive_path(target: str | Path) -> Path:
     target = Path(target)
-    return target if target.suffix == ".zip" else target / ARCHIVE_NAME
+    return target if target.suffix == ".zip" else RunLayout(target).archive
 
 
 class TorchModelManager:

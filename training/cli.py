@@ -2,14 +2,14 @@
 
 Settings come from (lowest to highest precedence) the dataclass defaults, the training file's
 ``_metadata`` (``nphotons`` only), ``--config`` (YAML or JSON with optional ``model``, ``training``
-and ``execution`` sections), and the command-line flags. Module level stays light: torch and
+and ``execution`` sections), and the command-line flags. This module only parses: :func:`run` hands
+the configurations to :func:`training.run.train_from_config`. Module level stays light: torch and
 lightning are imported inside :func:`run`.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -91,9 +91,6 @@ def build_configs(args: argparse.Namespace) -> tuple[TrainingConfig, PyTorchExec
             sections[name].update(values)
     for section in SECTIONS:
         sections[section].update(flag_values(args, section))
-    if (sections["training"].get("train_data_file") is None) == (sections["training"].get("train_corpus") is None):
-        raise ConfigError("exactly one of `train_data_file` and `train_corpus` must be given; pass --train-data "
-                          "or --train-corpus (or set one in --config)")
     if sections["training"].get("output_dir") is None:
         raise ConfigError("`output_dir` must be given, got nothing; pass --output-dir (or set it in --config)")
     model = config_from_dict(ModelConfig, sections["model"])
@@ -104,44 +101,13 @@ def build_configs(args: argparse.Namespace) -> tuple[TrainingConfig, PyTorchExec
     return training, execution, {"nphotons": "nphotons" in sections["training"]}
 
 
-def _resume_path(resume: Path | None, output_dir: Path) -> Path | None:
-    """``--resume``: a checkpoint path, or ``auto`` for ``output_dir``'s last.ckpt when it exists."""
-    if resume is None or str(resume) != "auto":
-        return resume
-    from training.trainer import last_checkpoint_path
-
-    last = last_checkpoint_path(output_dir)
-    if last.is_file():
-        logger.info("resuming from %s", last)
-        return last
-    logger.info("no %s yet: starting a new run", last)
-    return None
-
-
 def run(args: argparse.Namespace) -> int:
-    """Train; print where the checkpoints are and the run summary."""
+    """Train (:func:`training.run.train_from_config`); print the run summary."""
     training, execution, explicit = build_configs(args)
-    from ptycho_torch.checksums import sha256_file
-    from training.trainer import train
+    from training.run import train_from_config
 
-    from ptycho_torch.data import load_scan  # contract NPZ at N, or the tike Siemens-star file cropped to N
-
-    N = training.model.N
-    test_raw = None if training.test_data_file is None else load_scan(training.test_data_file, n=N)
-    if training.train_corpus is not None:
-        from ptycho_torch.corpus import MANIFEST, Corpus
-
-        sources = {"corpus": Corpus.open(training.train_corpus)}
-        sha256 = sha256_file(training.train_corpus / MANIFEST)
-    else:
-        train_raw = load_scan(training.train_data_file, n=N)
-        if not explicit["nphotons"] and "nphotons" in train_raw.metadata:
-            training = dataclasses.replace(training, nphotons=float(train_raw.metadata["nphotons"]))
-            logger.info("nphotons = %g from %s metadata", training.nphotons, training.train_data_file)
-        sources = {"train_data": train_raw}
-        sha256 = sha256_file(training.train_data_file)
-    result = train(training, execution, **sources, test_data=test_raw, train_data_sha256=sha256,
-                   resume=_resume_path(args.resume, training.output_dir), init_from=args.init_from)
+    result = train_from_config(training, execution, nphotons_from_scan=not explicit["nphotons"], resume=args.resume,
+                               init_from=args.init_from)
     if result.module.global_rank == 0:
-        print(json.dumps(result.summary, indent=2))
+        print(json.dumps(result.summary.to_json(), indent=2))
     return 0

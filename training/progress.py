@@ -1,10 +1,11 @@
-"""``progress.jsonl``: one JSON line per finished epoch in the run directory, for programs that watch a run.
+"""``RUN/progress.jsonl``: one JSON line per finished epoch, for programs that watch a run.
 
 A front end that starts ``ptychopinn train`` as a subprocess (Ptychodus' Train button, a scheduler's
 dashboard) reads it to show epochs, losses and an ETA without parsing logs or Lightning's CSV (which
 is flushed only every 100 steps). Each line: ``epoch`` (1-based, finished), ``max_epochs``,
 ``global_step``, ``train_loss``, ``val_loss`` (null when not measured) and ``wall_s`` since the start.
-:class:`training.report.RunReport` appends the lines, on the same clock as ``summary.json``.
+:class:`training.report.RunReport` appends the lines (to :attr:`~ptycho_torch.run_layout.RunLayout.progress`),
+on the same clock as ``summary.json``.
 """
 
 from __future__ import annotations
@@ -16,9 +17,7 @@ from typing import Any
 
 import lightning as L
 
-__all__ = ["PROGRESS_FILE", "append_epoch", "scalar"]
-
-PROGRESS_FILE = "progress.jsonl"
+__all__ = ["append_epoch", "scalar"]
 
 
 def scalar(value: Any) -> float | None:

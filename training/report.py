@@ -6,15 +6,15 @@ Progress lines are for batch jobs and redirected output, where no progress bar i
     epoch 3/50 step 120/2000 (6%) loss 0.01234 312.4 samples/s ETA 0:04:12
     epoch 3/50 done: train_loss 0.01198 val_loss 0.01502 (best 0.01490) in 9.8 s
 
-``summary.json`` is written however the run ends: ``status`` is ``completed``, ``max_steps``,
-``early_stopped``, ``interrupted`` (a stop signal; ``signal`` names it) or ``failed`` (``error``
-holds the one-line reason), beside the step counts, throughput and checkpoint paths.
+``summary.json`` (:class:`~ptycho_torch.run_layout.RunSummary`) is written however the run ends:
+``status`` is ``completed``, ``max_steps``, ``early_stopped``, ``interrupted`` (a stop signal;
+``signal`` names it) or ``failed`` (``error`` holds the one-line reason), beside the step counts,
+throughput and checkpoint paths. The files' paths come from :class:`~ptycho_torch.run_layout.RunLayout`.
 """
 
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import math
 import time
@@ -24,7 +24,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import EarlyStopping
 
-from training.progress import PROGRESS_FILE, append_epoch, scalar
+from ptycho_torch.run_layout import RunLayout, RunStatus, RunSummary
+from training.progress import append_epoch, scalar
 
 logger = logging.getLogger("training.progress")
 
@@ -35,20 +36,18 @@ def _eta(seconds: float) -> str:
 
 class RunReport(L.Callback):
     """Log progress every ``progress_every_s`` seconds (None: never), append a line per epoch to
-    ``progress.jsonl`` and write ``summary.json``.
+    ``layout.progress`` and write ``layout.summary``.
 
-    ``monitor`` is the validation metric reported as ``best_val_loss``; ``last_checkpoint`` is the
-    path :class:`~training.checkpointing.LastCheckpoint` writes. The trainer calls :meth:`write`
+    ``monitor`` is the validation metric reported as ``best_val_loss``; ``layout.last_checkpoint`` is
+    the path :class:`~training.checkpointing.LastCheckpoint` writes. The trainer calls :meth:`write`
     once the run has ended, however it ended.
     """
 
-    def __init__(self, output_dir: Path, *, monitor: str, last_checkpoint: Path,
-                 progress_every_s: float | None = None) -> None:
-        self.output_dir = output_dir
+    def __init__(self, layout: RunLayout, *, monitor: str, progress_every_s: float | None = None) -> None:
+        self.layout = layout
         self.monitor = monitor
-        self.last_checkpoint = last_checkpoint
         self.progress_every_s = progress_every_s
-        self.summary: dict[str, Any] = {}
+        self.summary: RunSummary | None = None
         self._start = self._last_line = self._epoch_start = time.perf_counter()
         self._start_step = 0
         self._samples = self._last_samples = 0
@@ -89,7 +88,7 @@ class RunReport(L.Callback):
         if not trainer.is_global_zero:
             return
         if not trainer.sanity_checking:
-            append_epoch(self.output_dir / PROGRESS_FILE, trainer, time.perf_counter() - self._start)
+            append_epoch(self.layout.progress, trainer, time.perf_counter() - self._start)
         if self.progress_every_s is None:
             return
         metrics = trainer.callback_metrics
@@ -103,50 +102,44 @@ class RunReport(L.Callback):
 
     # summary ----------------------------------------------------------------------------------------
     @staticmethod
-    def finished_status(trainer: L.Trainer) -> str:
+    def finished_status(trainer: L.Trainer) -> RunStatus:
         """``early_stopped``, ``max_steps`` or ``completed``: why a run that returned normally ended."""
         if any(isinstance(c, EarlyStopping) and c.stopped_epoch > 0 for c in trainer.callbacks):
-            return "early_stopped"
+            return RunStatus.EARLY_STOPPED
         if trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps:
-            return "max_steps"
-        return "completed"
+            return RunStatus.MAX_STEPS
+        return RunStatus.COMPLETED
 
-    def write(self, trainer: L.Trainer, status: str, **details: Any) -> dict[str, Any]:
+    def write(self, trainer: L.Trainer, status: RunStatus, *, signal: str | None = None, error: str | None = None,
+              init_from: str | Path | None = None) -> RunSummary:
         """Write ``summary.json`` (rank 0) and log its one-line digest; returns the summary.
 
-        Called once the run has ended and its last checkpoint is on disk; ``details`` (``signal``,
-        ``error``) go into the summary beside ``status``.
+        Called once the run has ended and its last checkpoint is on disk; ``signal`` (interrupted),
+        ``error`` (failed) and ``init_from`` (finished) as in :class:`RunSummary`.
         """
         wall = time.perf_counter() - self._start
-        samples = self._samples
         checkpoint = trainer.checkpoint_callback
-        best_score = scalar(getattr(checkpoint, "best_model_score", None))
-        metrics = {k: v for k, v in ((k, scalar(v)) for k, v in trainer.callback_metrics.items()) if v is not None}
-        self.summary = {
-            "status": status,
-            **details,
-            "epochs": trainer.current_epoch,
-            "global_step": trainer.global_step,
-            "steps_this_run": trainer.global_step - self._start_step,
-            "train_samples": samples,
-            "wall_s": round(wall, 3),
-            "samples_per_s": round(samples / wall, 2) if wall > 0 else None,
-            "world_size": trainer.world_size,
-            "accelerator": type(trainer.accelerator).__name__,
-            "best_val_loss": best_score,
-            "best_checkpoint": getattr(checkpoint, "best_model_path", "") or None,
-            "last_checkpoint": str(self.last_checkpoint) if self.last_checkpoint.is_file() else None,
-            "final_metrics": metrics,
-        }
+        last = self.layout.last_checkpoint
+        self.summary = summary = RunSummary(
+            status=status, signal=signal, error=error, init_from=init_from, epochs=trainer.current_epoch,
+            global_step=trainer.global_step, steps_this_run=trainer.global_step - self._start_step,
+            train_samples=self._samples, wall_s=round(wall, 3),
+            samples_per_s=round(self._samples / wall, 2) if wall > 0 else None, world_size=trainer.world_size,
+            accelerator=type(trainer.accelerator).__name__,
+            best_val_loss=scalar(getattr(checkpoint, "best_model_score", None)),
+            best_checkpoint=getattr(checkpoint, "best_model_path", "") or None,
+            last_checkpoint=last if last.is_file() else None,
+            final_metrics={k: v for k, v in ((k, scalar(v)) for k, v in trainer.callback_metrics.items())
+                           if v is not None},
+        )
         if trainer.is_global_zero:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "summary.json").write_text(json.dumps(self.summary, indent=2))
+            summary.write(self.layout.summary)
             logger.info(
                 "training %s: %d epochs, %d steps, %d samples in %.1f s (%.1f samples/s); best %s = %s; "
-                "checkpoints in %s", status, self.summary["epochs"], self.summary["global_step"], samples, wall,
-                self.summary["samples_per_s"] or 0.0, self.monitor, _format(best_score), self.last_checkpoint.parent,
+                "checkpoints in %s", status, summary.epochs, summary.global_step, summary.train_samples, wall,
+                summary.samples_per_s or 0.0, self.monitor, _format(summary.best_val_loss), last.parent,
             )
-        return self.summary
+        return summary
 
 
 def _format(value: float | None) -> str:

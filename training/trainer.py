@@ -1,10 +1,10 @@
 """Build a Lightning ``Trainer`` from :class:`PyTorchExecutionConfig` and run a training job.
 
-A run directory holds ``checkpoints/best.ckpt`` (lowest ``val_loss``), ``checkpoints/last.ckpt``
-(end of every epoch, every ``checkpoint_every_n_steps`` steps, on a stop signal, at the end), the
-logger's files (``logs/`` CSV by default, ``tensorboard/``, ``mlruns/``), ``summary.json`` and
-``progress.jsonl`` (a line per epoch, :mod:`training.progress`), both written by
-:class:`~training.report.RunReport`.
+A run directory (:class:`~ptycho_torch.run_layout.RunLayout`) holds ``checkpoints/best.ckpt`` (lowest
+``val_loss``), ``checkpoints/last.ckpt`` (end of every epoch, every ``checkpoint_every_n_steps`` steps,
+on a stop signal, at the end), ``config.json`` (the resolved settings), the logger's files (``logs/``
+CSV by default, ``tensorboard/``, ``mlruns/``), ``summary.json`` and ``progress.jsonl`` (a line per
+epoch, :mod:`training.progress`), both written by :class:`~training.report.RunReport`.
 Every setting is checked when the trainer is built, before data are grouped or a step is taken.
 SIGTERM, SIGUSR1 and Ctrl+C stop between two batches with a checkpoint and raise
 :class:`~ptycho_torch.errors.TrainingInterrupted`; resuming continues at the exact batch.
@@ -36,15 +36,16 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from ptycho_torch.checkpoint import load_generator
 from ptycho_torch.choices import LoggerBackend, check_table
 from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig
-from ptycho_torch.data import RawData
 from ptycho_torch.corpus import Corpus
+from ptycho_torch.data import RawData
 from ptycho_torch.errors import ConfigError, DataContractError, TrainingInterrupted
+from ptycho_torch.run_layout import RunLayout, RunStatus, RunSummary
 from training.checkpointing import AtomicCheckpointIO, LastCheckpoint
 from training.datamodule import GroupedDataModule, GroupedDataset, group_scan
 from training.interruption import SignalStop
-from training.streaming import CorpusDataModule
 from training.module import PtychoPINNModule, check_loss_config
 from training.report import RunReport
+from training.streaming import CorpusDataModule
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +53,6 @@ logger = logging.getLogger(__name__)
 # Lightning only looks for a resumable DataLoader and would warn of "unreliable results".
 warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
-CHECKPOINT_DIR = "checkpoints"
-BEST = "best"
-LAST = "last"
 MONITOR = "val_loss"
 
 
@@ -85,11 +83,6 @@ LOGGERS: dict[LoggerBackend, Callable[[Path], Logger | bool]] = check_table(Logg
 """``logger_backend`` -> ``(run directory) ->`` the Trainer's ``logger`` argument (False: none)."""
 
 
-def last_checkpoint_path(output_dir: str | Path) -> Path:
-    """``output_dir/checkpoints/last.ckpt``: the checkpoint to resume a run from."""
-    return Path(output_dir) / CHECKPOINT_DIR / f"{LAST}.ckpt"
-
-
 def show_progress_bar(execution: PyTorchExecutionConfig) -> bool:
     """The bar only on an interactive terminal; redirected output (SLURM, files) gets log lines."""
     return execution.enable_progress_bar and sys.stderr.isatty()
@@ -105,12 +98,12 @@ def build_trainer(
     Invalid combinations (unknown strategy or precision, a GPU that is not there, ...) raise
     :class:`ConfigError` here, before any training.
     """
-    output_dir = Path(output_dir)
+    layout = RunLayout(output_dir)
     best = ModelCheckpoint(
-        dirpath=output_dir / CHECKPOINT_DIR, filename=BEST, monitor=MONITOR, mode="min", save_top_k=1,
-        enable_version_counter=False, auto_insert_metric_name=False,
+        dirpath=layout.best_checkpoint.parent, filename=layout.best_checkpoint.stem, monitor=MONITOR, mode="min",
+        save_top_k=1, enable_version_counter=False, auto_insert_metric_name=False,
     )
-    last = LastCheckpoint(last_checkpoint_path(output_dir), every_n_steps=execution.checkpoint_every_n_steps)
+    last = LastCheckpoint(layout.last_checkpoint, every_n_steps=execution.checkpoint_every_n_steps)
     extra: list[L.Callback] = [best, last, *callbacks]
     if execution.early_stop_patience is not None:
         extra.append(EarlyStopping(monitor=MONITOR, mode="min", patience=execution.early_stop_patience))
@@ -131,14 +124,14 @@ def build_trainer(
             gradient_clip_algorithm=execution.gradient_clip_algorithm,
             accumulate_grad_batches=execution.accumulate_grad_batches,
             enable_progress_bar=show_progress_bar(execution),
-            logger=LOGGERS[execution.logger_backend](output_dir),
+            logger=LOGGERS[execution.logger_backend](layout.root),
             callbacks=extra,
             # AtomicCheckpointIO: no partial checkpoint wherever $TMPDIR is. SLURM: SIGUSR1 stops
             # with a checkpoint (training.interruption) instead of Lightning's in-job requeue.
             plugins=[AtomicCheckpointIO(), *([SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect()
                                              else [])],
             use_distributed_sampler=False,  # GroupedDataModule's samplers split the data between ranks
-            default_root_dir=output_dir,
+            default_root_dir=layout.root,
             log_every_n_steps=1,
             enable_model_summary=False,
         )
@@ -150,16 +143,13 @@ def build_trainer(
         ) from error
 
 
-RESOLVED_CONFIG_FILE = "config.json"
-
-
 def write_resolved_config(output_dir: Path, hparams: Any) -> Path:
     """Write ``output_dir/config.json``: the model, training and execution settings the run resolved
     (defaults, ``--config``, flags and data metadata merged; e.g. the neighbour count chosen for C),
     in the sections ``ptychopinn train --config`` reads, so the run can be repeated from it."""
     sections = {"model": dict(hparams["model_config"]), "training": dict(hparams["training_config"]),
                 "execution": dict(hparams["execution_config"])}
-    path = Path(output_dir) / RESOLVED_CONFIG_FILE
+    path = RunLayout(output_dir).config
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(sections, indent=2, sort_keys=True) + "\n")
     return path
@@ -202,8 +192,70 @@ class TrainResult:
     output_dir: Path
     best_checkpoint: Path | None
     last_checkpoint: Path
-    summary: dict[str, Any]
+    summary: RunSummary
     module: PtychoPINNModule
+
+
+def _check_arguments(training: TrainingConfig, train_data: RawData | None, corpus: Corpus | None,
+                   resume: str | Path | None, init_from: str | Path | None) -> None:
+    """Refuse what cannot train before anything is built: the loss settings, not exactly one data
+    source, both ``resume`` and ``init_from``, or a checkpoint of another model."""
+    check_loss_config(training)
+    if (train_data is None) == (corpus is None):
+        raise ConfigError("exactly one of `train_data` and `corpus` must be given; pass --train-data or --train-corpus")
+    if resume is not None and init_from is not None:
+        raise ConfigError("`resume` and `init_from` must not both be given; resume continues a run, "
+                          "init_from starts a new one from its weights")
+    for name, checkpoint in (("resume", resume), ("init_from", init_from)):
+        if checkpoint is not None:
+            _check_resume(Path(checkpoint), training.model, name)
+
+
+def _data_and_module(training: TrainingConfig, execution: PyTorchExecutionConfig, *, train_data: RawData | None,
+                     test_data: RawData | None, corpus: Corpus | None, train_data_sha256: str,
+                     init_from: str | Path | None) -> tuple[L.LightningDataModule, PtychoPINNModule]:
+    """The data module (grouped scan or streamed corpus) and a fresh module, with ``init_from``'s
+    generator weights when given."""
+    if corpus is None:
+        data = GroupedDataModule(train_data, test_data, training, seed=execution.seed,
+                                 num_workers=execution.num_workers)
+        probe, scale = data.probe, data.training_scale
+    else:
+        data, probe, scale = corpus_data(corpus, test_data, training, execution)
+    module = PtychoPINNModule.from_configs(training, execution, probe=probe, training_scale=scale,
+                                           train_data_sha256=train_data_sha256)
+    if init_from is not None:
+        generator, _, _ = load_generator(init_from)
+        module.generator.load_state_dict(generator.state_dict())
+    return data, module
+
+
+def _fit(trainer: L.Trainer, module: PtychoPINNModule, data: L.LightningDataModule, *, resume: str | Path | None,
+         report: RunReport, stop: SignalStop) -> None:
+    """``trainer.fit``; a run that stops on a signal or fails writes its summary first, then raises
+    :class:`TrainingInterrupted` (signal) or the error."""
+    last = report.layout.last_checkpoint
+    try:
+        with warnings.catch_warnings():
+            if isinstance(data, GroupedDataModule):  # it resumes at the exact batch; Lightning cannot tell
+                warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
+            trainer.fit(module, datamodule=data, ckpt_path=None if resume is None else str(resume))
+    except SIGTERMException:
+        name = stop.stop_signal.name
+        report.write(trainer, RunStatus.INTERRUPTED, signal=name)
+        raise TrainingInterrupted(
+            f"stopped by {name} at step {trainer.global_step} (epoch {trainer.current_epoch + 1}); "
+            f"saved {last}; continue with --resume {last}", signum=stop.stop_signal,
+        ) from None
+    except SystemExit as error:  # Lightning's answer to KeyboardInterrupt (a second Ctrl+C): sys.exit(1)
+        report.write(trainer, RunStatus.INTERRUPTED, signal="SIGINT")
+        raise TrainingInterrupted(
+            f"interrupted by a second Ctrl+C at step {trainer.global_step} without a new checkpoint; "
+            f"continue from the previous one with --resume {last}", signum=signal.SIGINT,
+        ) from error
+    except Exception as error:
+        report.write(trainer, RunStatus.FAILED, error=f"{type(error).__name__}: {error}")
+        raise
 
 
 def train(
@@ -226,68 +278,30 @@ def train(
     further epochs. ``init_from`` starts a new run from a checkpoint's generator weights
     (fine-tuning: e.g. a model pretrained on a simulated corpus, adapted self-supervised to the scan
     it will reconstruct); the optimiser, step count and schedule start afresh. ``summary.json`` is
-    written however the run ends.
+    written however the run ends. (:func:`training.run.train_from_config` loads the data named in
+    ``training`` and calls this.)
 
     Raises :class:`TrainingInterrupted` (after writing ``last.ckpt``) when SIGTERM, SIGUSR1 or Ctrl+C
     stopped the run, and :class:`ConfigError` for settings that cannot train.
     """
-    output_dir = Path(training.output_dir)
-    check_loss_config(training)
-    if (train_data is None) == (corpus is None):
-        raise ConfigError("exactly one of `train_data` and `corpus` must be given; pass --train-data or --train-corpus")
-    if resume is not None and init_from is not None:
-        raise ConfigError("`resume` and `init_from` must not both be given; resume continues a run, "
-                          "init_from starts a new one from its weights")
-    for name, checkpoint in (("resume", resume), ("init_from", init_from)):
-        if checkpoint is not None:
-            _check_resume(Path(checkpoint), training.model, name)
-    last = last_checkpoint_path(output_dir)
+    _check_arguments(training, train_data, corpus, resume, init_from)
+    layout = RunLayout(training.output_dir)
     progress_every = None if show_progress_bar(execution) else execution.progress_every_s
-    report = RunReport(output_dir, monitor=MONITOR, last_checkpoint=last, progress_every_s=progress_every)
+    report = RunReport(layout, monitor=MONITOR, progress_every_s=progress_every)
     stop = SignalStop()
-    trainer = build_trainer(execution, output_dir=output_dir, max_epochs=training.nepochs,
+    trainer = build_trainer(execution, output_dir=layout.root, max_epochs=training.nepochs,
                             callbacks=[report, stop, *callbacks])
     L.seed_everything(execution.seed, workers=True, verbose=False)
-    if corpus is None:
-        data = GroupedDataModule(train_data, test_data, training, seed=execution.seed,
-                                 num_workers=execution.num_workers)
-        probe, scale = data.probe, data.training_scale
-    else:
-        data, probe, scale = corpus_data(corpus, test_data, training, execution)
-    module = PtychoPINNModule.from_configs(training, execution, probe=probe, training_scale=scale,
-                                           train_data_sha256=train_data_sha256)
-    if init_from is not None:
-        generator, _, _ = load_generator(init_from)
-        module.generator.load_state_dict(generator.state_dict())
+    data, module = _data_and_module(training, execution, train_data=train_data, test_data=test_data, corpus=corpus,
+                                    train_data_sha256=train_data_sha256, init_from=init_from)
     if trainer.is_global_zero:
-        write_resolved_config(output_dir, module.hparams)
-    try:
-        with warnings.catch_warnings():
-            if isinstance(data, GroupedDataModule):  # it resumes at the exact batch; Lightning cannot tell
-                warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
-            trainer.fit(module, datamodule=data, ckpt_path=None if resume is None else str(resume))
-    except SIGTERMException:
-        name = stop.stop_signal.name
-        report.write(trainer, "interrupted", signal=name)
-        raise TrainingInterrupted(
-            f"stopped by {name} at step {trainer.global_step} (epoch {trainer.current_epoch + 1}); "
-            f"saved {last}; continue with --resume {last}", signum=stop.stop_signal,
-        ) from None
-    except SystemExit as error:  # Lightning's answer to KeyboardInterrupt (a second Ctrl+C): sys.exit(1)
-        report.write(trainer, "interrupted", signal="SIGINT")
-        raise TrainingInterrupted(
-            f"interrupted by a second Ctrl+C at step {trainer.global_step} without a new checkpoint; "
-            f"continue from the previous one with --resume {last}", signum=signal.SIGINT,
-        ) from error
-    except Exception as error:
-        report.write(trainer, "failed", error=f"{type(error).__name__}: {error}")
-        raise
+        write_resolved_config(layout.root, module.hparams)
+    _fit(trainer, module, data, resume=resume, report=report, stop=stop)
     best = trainer.checkpoint_callback.best_model_path
     return TrainResult(
-        output_dir=output_dir,
+        output_dir=layout.root,
         best_checkpoint=Path(best) if best else None,
-        last_checkpoint=last,
-        summary=report.write(trainer, RunReport.finished_status(trainer),
-                             init_from=None if init_from is None else str(init_from)),
+        last_checkpoint=layout.last_checkpoint,
+        summary=report.write(trainer, RunReport.finished_status(trainer), init_from=init_from),
         module=module,
     )

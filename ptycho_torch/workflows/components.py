@@ -40,8 +40,9 @@ from ptycho_torch.data import RawData
 from ptycho_torch.errors import DataContractError, ModelArchiveError
 from ptycho_torch.grouping import GroupedScan
 from ptycho_torch.model import PtychoPINNGenerator
-from ptycho_torch.model_manager import ARCHIVE_NAME, DEFAULT_MODEL, TorchModelManager
+from ptycho_torch.model_manager import DEFAULT_MODEL, TorchModelManager
 from ptycho_torch.outputs import save_outputs
+from ptycho_torch.run_layout import ARCHIVE_NAME, RunLayout
 from ptycho_torch.stitching import DEFAULT_M, StitchResult, complex_patches, stitch_patches
 from ptycho_torch.torch_runner import TorchRunner
 
@@ -93,7 +94,8 @@ def train_cdi_model_torch(
     ``checkpoint`` (best checkpoint path, else the last), ``last_checkpoint``, ``backend='pytorch'``,
     ``intensity_scale``, ``input_scale`` (training normalisation), ``models``
     (``{'diffraction_to_obj': generator}``), ``train_container`` and ``test_container``
-    (:class:`~ptycho_torch.grouping.GroupedScan`, every position a group seed; ``None`` without test data) and ``summary``.
+    (:class:`~ptycho_torch.grouping.GroupedScan`, every position a group seed; ``None`` without test data) and
+    ``summary`` (the run's :class:`~ptycho_torch.run_layout.RunSummary`).
     """
     from training.datamodule import group_scan
     from training.trainer import train
@@ -270,9 +272,9 @@ def load_inference_bundle_torch(
         return _load_from_mlflow(str(model_dir), model_name, tracking_uri)
     path = Path(model_dir)
     if path.is_dir():
-        for candidate in (path / ARCHIVE_NAME, path / "checkpoints" / "best.ckpt", path / "checkpoints" / "last.ckpt"):
-            if candidate.is_file():
-                return load_inference_bundle_torch(candidate, model_name)
+        model_file = RunLayout(path).model_file()
+        if model_file is not None:
+            return load_inference_bundle_torch(model_file, model_name)
         raise ModelArchiveError(
             f"`model_dir` {str(path)!r} holds neither {ARCHIVE_NAME} nor checkpoints/best.ckpt or last.ckpt; "
             "pass a run folder written by `ptychopinn train`, a wts.h5.zip or a .ckpt"

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -252,12 +253,20 @@ def test_cli_exports_a_trained_checkpoint(scan32: Path, tmp_path: Path, capsys: 
     assert bundle.params == checkpoint.params_snapshot()
     assert bundle.manifest.provenance.train_data_sha256 == sha256_file(scan32)
     record = bundle.manifest.training  # recipe, effort and held-out fit, from the run's summary.json
-    assert record.steps == 2 and record.wall_s == result.summary["wall_s"] > 0
-    assert record.recipe["model.generator"] == "tf" and record.recipe["training.train_data_file"] == str(scan32)
-    assert record.held_out_nll == pytest.approx(result.summary["final_metrics"]["val_loss"])
+    assert record.steps == 2 and record.wall_s == result.summary.wall_s > 0
+    assert record.recipe == {  # the config fields marked RECIPE, keyed and valued as the manifest always had them
+        "model.N": N, "model.gridsize": 1, "model.n_filters_scale": 1, "model.generator": "tf",
+        "model.amp_activation": "sigmoid", "training.train_data_file": str(scan32), "training.batch_size": 16,
+        "training.nepochs": 1, "training.mae_weight": 0.0, "training.nll_weight": 1.0, "training.nphotons": 1e9,
+        "execution.seed": 42, "execution.learning_rate": 1e-3, "execution.scheduler": "Default"}
+    assert record.held_out_nll == pytest.approx(result.summary.final_metrics["val_loss"])
     from export.bundle_writer import training_record  # a run validated outside Lightning states its own
 
     assert training_record(result.last_checkpoint, checkpoint, held_out_nll=1.25).held_out_nll == 1.25
+    copied = tmp_path / "elsewhere" / "last.ckpt"  # outside its run: no summary to read
+    copied.parent.mkdir()
+    shutil.copyfile(result.last_checkpoint, copied)
+    assert training_record(copied, checkpoint) is None
     np.testing.assert_array_equal(bundle.probe, probe)
     import onnxruntime as ort
 

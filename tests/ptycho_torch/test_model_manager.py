@@ -14,7 +14,8 @@ from ptycho_torch import params
 from ptycho_torch.checkpoint import load_generator
 from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig
 from ptycho_torch.errors import ModelArchiveError
-from ptycho_torch.model_manager import ARCHIVE_NAME, TorchModelManager
+from ptycho_torch.model_manager import TorchModelManager
+from ptycho_torch.run_layout import ARCHIVE_NAME
 from ptycho_torch.simulation import default_probe
 from training.module import PtychoPINNModule
 

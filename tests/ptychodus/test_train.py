@@ -29,9 +29,9 @@ ALGORITHM = "ptychopinn-serve_onnx"
 
 
 def test_progress_file_name_is_the_trainers() -> None:
-    from training.progress import PROGRESS_FILE as TRAINER_PROGRESS_FILE
+    from ptycho_torch.run_layout import RunLayout
 
-    assert PROGRESS_FILE == TRAINER_PROGRESS_FILE  # serving cannot import it (torch): same literal, checked here
+    assert PROGRESS_FILE == RunLayout("run").progress.name  # the trainer writes RunLayout.progress
 
 
 def test_train_runs_the_project_training_and_export_then_loads_the_new_bundle(

@@ -18,6 +18,7 @@ import lightning as L
 import pytest
 import torch
 
+import training.run
 import training.trainer
 from ptychopinn.cli import main
 from tests.training.conftest import N
@@ -57,7 +58,7 @@ def _assert_same_training_state(a: Path, b: Path) -> None:
 
 def _with_callbacks(monkeypatch, *callbacks: L.Callback) -> None:
     """Make `ptychopinn train` (in-process) add ``callbacks`` to its Trainer."""
-    monkeypatch.setattr(training.trainer, "train", functools.partial(training.trainer.train, callbacks=list(callbacks)))
+    monkeypatch.setattr(training.run, "train", functools.partial(training.trainer.train, callbacks=list(callbacks)))
 
 
 @pytest.fixture(scope="module")

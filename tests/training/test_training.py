@@ -14,6 +14,7 @@ from ptycho_torch.checksums import sha256_file
 from ptycho_torch.data import RawData
 from ptycho_torch.errors import ModelArchiveError
 from ptycho_torch.model import PtychoPINNGenerator
+from ptycho_torch.run_layout import RunLayout, RunStatus
 from ptychopinn.cli import main
 from tests.training.conftest import N
 from training.datamodule import GroupedDataset, group_scan
@@ -59,6 +60,12 @@ def test_training_lowers_the_loss_and_writes_best_and_last(trained_run, scan_fil
     checkpoints = trained_run / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["best.ckpt", "last.ckpt"]
     summary = json.loads((trained_run / "summary.json").read_text())
+    assert list(summary) == ["status", "init_from", "epochs", "global_step", "steps_this_run", "train_samples",
+                             "wall_s", "samples_per_s", "world_size", "accelerator", "best_val_loss",
+                             "best_checkpoint", "last_checkpoint", "final_metrics"]  # what readers of the file get
+    typed = RunLayout(trained_run).read_summary()
+    assert typed.status is RunStatus.COMPLETED and typed.to_json() == summary
+    assert typed.last_checkpoint == RunLayout(trained_run).last_checkpoint and typed.init_from is None
     assert summary["global_step"] == EPOCHS * STEPS_PER_EPOCH and summary["train_samples"] == EPOCHS * 32
     assert summary["samples_per_s"] > 0 and summary["best_checkpoint"].endswith("best.ckpt")
     metrics = (trained_run / "logs" / "version_0" / "metrics.csv").read_text().splitlines()
