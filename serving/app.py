@@ -38,17 +38,24 @@ from ptycho_torch.errors import ConfigError, PtychoError
 from ptycho_torch.pipeline import reconstruct, require_finite_outputs, require_non_negative
 from ptycho_torch.scan_checks import check_network_input
 from serving import openapi
+from serving.access_log import AccessLog
 from serving.batching import DynamicBatcher
 from serving.config import DEFAULTS, ServingConfig
 from serving.engine import Engine
 from serving.errors import ClientGone, Unauthorized, status_of
 from serving.guards import LOOPBACK_HOSTS, AccessGuard, Admission, CancellableRunner, cancel_on_disconnect
 from serving.limits import Limits, check_reconstruct_budget, read_body
-from serving.access_log import AccessLog
 from serving.metrics import ServiceMetrics, TritonCollector
 from serving.npz_wire import RECONSTRUCT_MEDIA_TYPE, decode_reconstruct_request, encode_reconstruction
-from serving.protocol_v2 import HEADER_LENGTH, check_inputs, check_outputs, decode_request, encode_response
-from serving.repository import InferenceStats, ModelRepository, ServedModel
+from serving.protocol_v2 import (
+    HEADER_LENGTH,
+    InferRequest,
+    check_inputs,
+    check_outputs,
+    decode_request,
+    encode_response,
+)
+from serving.repository import InferenceStats, ModelRepository, ModelVersion
 from serving.repository_routes import repository_routes
 from serving.sessions import SessionManager
 from serving.sessions.metrics import SessionCollector
@@ -65,7 +72,8 @@ EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository", "
 class _State:
     """What the endpoints share: the model repository (engines, batchers), metrics and limits."""
 
-    def __init__(self, repository: ModelRepository, metrics: ServiceMetrics, config: ServingConfig) -> None:
+    def __init__(self, repository: ModelRepository, metrics: ServiceMetrics, config: ServingConfig,
+                 serve_engine: Callable[[Engine], ModelVersion]) -> None:
         self.repository = repository
         self.metrics = metrics
         self.token = config.token
@@ -73,8 +81,8 @@ class _State:
         self.infer_admission = Admission("infer", config.max_queue_size, "--max-queue-size")
         self.reconstruct_admission = Admission("reconstruct", config.max_concurrent_reconstructs,
                                                "--max-concurrent-reconstructs")
-        self.serve_engine: Callable[[Engine], ServedModel]
-        """Wrap an engine as a served model with this app's batching knobs and metrics (set by create_app)."""
+        self.serve_engine = serve_engine
+        """Wrap an engine as a served version with this app's batching knobs and metrics."""
 
     def metadata(self, name: str, version: str | None) -> dict[str, Any]:
         """The OIP model metadata of ``name`` (all served versions) or of one version."""
@@ -150,68 +158,103 @@ def create_app(
     nor the engine's; ``max_queue_size`` also bounds infer requests in progress, checked before a body
     is read. The app owns the batchers and closes them at shutdown. Raises
     :class:`~ptycho_torch.errors.ConfigError` naming a knob that is out of range or unknown."""
-    unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(ServingConfig)})
-    if unknown:
-        raise ConfigError(f"unknown serving settings {unknown}; the fields of ServingConfig are "
-                          f"{[f.name for f in dataclasses.fields(ServingConfig)]}")
-    config = dataclasses.replace(config or DEFAULTS, **changes)
-    metrics = ServiceMetrics(engine.bundle.name, min(config.max_batch_size, engine.max_batch_size))
-    make_engine = engine_factory or (lambda bundle: Engine(bundle, providers=engine.providers,
-                                                           max_batch_size=engine.max_batch_size))
+    config = _with_changes(config or DEFAULTS, changes)
+    state, sessions = _serve_models(engine, config, engine_factory)
 
-    def serve(name: str, version: str, served: Engine, source: Path) -> ServedModel:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
+        yield
+        await sessions.shutdown()
+        await run_in_threadpool(state.repository.close)
+
+    app = FastAPI(title=SERVER_NAME, version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description=openapi.DESCRIPTION)
+    app.state.serving = state
+    _install_middleware(app, config, state.metrics)
+    _install_error_handlers(app)
+    guarded = [Depends(_auth(state))]
+    app.include_router(_health_routes(state))
+    app.include_router(repository_routes(state.repository, state.read_body), dependencies=guarded)
+    app.include_router(_model_routes(state), dependencies=guarded)
+    app.include_router(_infer_routes(state), dependencies=guarded)
+    app.include_router(_reconstruct_routes(state), dependencies=guarded)
+    app.include_router(session_routes(sessions, state.read_body, config.limits.max_request_memory_bytes),
+                       dependencies=guarded)
+    app.include_router(viewer_routes(sessions, state.token))
+    openapi.install(app)
+    return app
+
+
+def _with_changes(config: ServingConfig, changes: dict[str, Any]) -> ServingConfig:
+    """``config`` with the fields in ``changes`` replaced; :class:`ConfigError` naming unknown ones."""
+    fields = [f.name for f in dataclasses.fields(ServingConfig)]
+    unknown = sorted(set(changes) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown serving settings {unknown}; the fields of ServingConfig are {fields}")
+    return dataclasses.replace(config, **changes)
+
+
+ServeVersion = Callable[[str, str, Engine, Path], ModelVersion]
+"""``serve(name, version, engine, source)`` -> the served version."""
+
+
+def _version_builder(config: ServingConfig, metrics: ServiceMetrics) -> ServeVersion:
+    """``serve(name, version, engine, source)``: the engine behind its own batcher (``config``'s knobs),
+    its batches counted in its statistics and in ``metrics``."""
+    def serve(name: str, version: str, engine: Engine, source: Path) -> ModelVersion:
         stats = InferenceStats()
 
         def observe(size: int, queue_s: list[float], compute_s: float) -> None:
             stats.observe_batch(size, queue_s, compute_s)
             metrics.observe_batch(size, queue_s, compute_s, model=name)
 
-        batcher = DynamicBatcher.from_config(served, config, observer=observe)
-        return ServedModel.create(name, version, source, served, batcher, stats)
+        batcher = DynamicBatcher.from_config(engine, config, observer=observe)
+        return ModelVersion.create(name, version, source, engine, batcher, stats)
+    return serve
+
+
+def _serve_models(engine: Engine, config: ServingConfig, engine_factory: Callable[[Bundle], Engine] | None
+                  ) -> tuple[_State, SessionManager]:
+    """The repository serving ``engine`` (and the repository folder's models), its metrics and live sessions."""
+    metrics = ServiceMetrics(engine.bundle.name, min(config.max_batch_size, engine.max_batch_size))
+    make_engine = engine_factory or (lambda bundle: Engine(bundle, providers=engine.providers,
+                                                           max_batch_size=engine.max_batch_size))
+    serve = _version_builder(config, metrics)
+
+    def serve_engine(served: Engine) -> ModelVersion:
+        return serve(served.bundle.name, str(served.bundle.version), served, served.bundle.source)
 
     sessions: SessionManager
     repository = ModelRepository(
         lambda name, version, bundle: serve(name, version, make_engine(bundle), bundle.source),
-        [serve(engine.bundle.name, str(engine.bundle.version), engine, engine.bundle.source)],
-        root=config.model_repository,
+        [serve_engine(engine)], root=config.model_repository,
         in_use=lambda model: any(s.runner is model.batcher for s in sessions.sessions()))
-    state = _State(repository, metrics, config)
-    state.serve_engine = lambda served: serve(served.bundle.name, str(served.bundle.version), served,
-                                              served.bundle.source)
+    state = _State(repository, metrics, config, serve_engine)
     sessions = SessionManager(state.session_runner, config.sessions)
     repository.load_all()
     metrics.registry.register(SessionCollector(sessions))
     metrics.registry.register(TritonCollector(repository))
-    allowed_hosts = LOOPBACK_HOSTS if config.allowed_hosts is None and config.token is None else config.allowed_hosts
+    return state, sessions
 
-    @asynccontextmanager
-    async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
-        yield
-        await sessions.shutdown()
-        await run_in_threadpool(repository.close)
 
-    app = FastAPI(title=SERVER_NAME, version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description=openapi.DESCRIPTION)
-    app.state.serving = state
+def _install_middleware(app: FastAPI, config: ServingConfig, metrics: ServiceMetrics) -> None:
+    """CORS (when origins are given), the access guard (token / loopback / Host) and the access log."""
     if config.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["*"])
+    loopback_only = config.allowed_hosts is None and config.token is None
     app.add_middleware(AccessGuard, allow_remote=config.allow_remote or config.token is not None,
-                       allowed_hosts=allowed_hosts)
+                       allowed_hosts=LOOPBACK_HOSTS if loopback_only else config.allowed_hosts)
     app.add_middleware(AccessLog, observe=metrics.observe_request)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every refusal answers ``{"error": message}`` with its status (see the module docstring)."""
     app.add_exception_handler(ClientDisconnect, _client_disconnect)
     app.add_exception_handler(PtychoError, _refusal)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _internal_error)
-    app.include_router(_health_routes(state))
-    app.include_router(repository_routes(repository, state.read_body), dependencies=[Depends(_auth(state))])
-    app.include_router(_protected_routes(state), dependencies=[Depends(_auth(state))])
-    app.include_router(session_routes(sessions, state.read_body, config.limits.max_request_memory_bytes),
-                       dependencies=[Depends(_auth(state))])
-    app.include_router(viewer_routes(sessions, state.token))
-    openapi.install(app)
-    return app
 
 
 def _auth(state: _State) -> Callable[[Request], Awaitable[None]]:
@@ -244,11 +287,12 @@ def _is_ready(state: _State) -> bool:
     return all(_model_ready(model) for model in state.repository.all())
 
 
-def _model_ready(model: ServedModel) -> bool:
+def _model_ready(model: ModelVersion) -> bool:
     return model.engine.warmup_s is not None and model.batcher.running
 
 
-def _protected_routes(state: _State) -> APIRouter:
+def _model_routes(state: _State) -> APIRouter:
+    """OIP server and model metadata, model readiness."""
     router = APIRouter()
 
     @router.get("/v2", response_model=openapi.ServerMetadata, responses=openapi.ERRORS)
@@ -268,6 +312,13 @@ def _protected_routes(state: _State) -> APIRouter:
         ready = _model_ready(state.repository.get(name, version))
         return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
 
+    return router
+
+
+def _infer_routes(state: _State) -> APIRouter:
+    """OIP infer on one model version, through its dynamic batcher."""
+    router = APIRouter()
+
     @router.post("/v2/models/{name}/infer", **openapi.INFER_ROUTE)
     @router.post("/v2/models/{name}/versions/{version}/infer", **openapi.INFER_ROUTE)
     async def infer(name: str, request: Request, version: str | None = None) -> Response:
@@ -278,20 +329,34 @@ def _protected_routes(state: _State) -> APIRouter:
                 body = await read_body(request, state.limits)
                 decoded = await run_in_threadpool(decode_request, body, request.headers.get(HEADER_LENGTH),
                                                   max_json_bytes=state.limits.max_json_bytes)
-                check_inputs(decoded.inputs, model.inputs)
-                check_outputs(decoded, [t.name for t in model.outputs])
-                diffraction, scale = decoded.inputs["diffraction"], decoded.inputs["scale"]
-                check_network_input(scale, float(diffraction.max()) if diffraction.size else 0.0)
-                require_non_negative(diffraction, "diffraction")
-                amplitude, phase = await cancel_on_disconnect(
-                    request, asyncio.wrap_future(model.batcher.submit(diffraction, scale)))
-                require_finite_outputs(amplitude, phase)
-                content, headers = await run_in_threadpool(
-                    encode_response, model.name, model.version, decoded, {"amplitude": amplitude, "phase": phase})
+                content, headers = await _infer(request, model, decoded)
                 ok = True
             finally:
                 model.stats.observe_request(ok, time.perf_counter() - start)
         return Response(content, headers=headers)
+
+    return router
+
+
+async def _infer(request: Request, model: ModelVersion, decoded: InferRequest) -> tuple[bytes, dict[str, str]]:
+    """Check ``decoded`` against the model's signature, run it on the batcher (cancelled if the client
+    hangs up) and encode the outputs it asked for."""
+    check_inputs(decoded.inputs, model.inputs)
+    check_outputs(decoded, [t.name for t in model.outputs])
+    diffraction_name, scale_name = (t.name for t in model.inputs)
+    diffraction, scale = decoded.inputs[diffraction_name], decoded.inputs[scale_name]
+    check_network_input(scale, float(diffraction.max()) if diffraction.size else 0.0, field=scale_name)
+    require_non_negative(diffraction, diffraction_name)
+    amplitude, phase = await cancel_on_disconnect(
+        request, asyncio.wrap_future(model.batcher.submit(diffraction, scale)))
+    require_finite_outputs(amplitude, phase)
+    outputs = dict(zip((t.name for t in model.outputs), (amplitude, phase), strict=True))
+    return await run_in_threadpool(encode_response, model.name, model.version, decoded, outputs)
+
+
+def _reconstruct_routes(state: _State) -> APIRouter:
+    """``/v1/reconstruct`` on the default model, and the Prometheus ``/metrics``."""
+    router = APIRouter()
 
     @router.post("/v1/reconstruct", **openapi.RECONSTRUCT_ROUTE)
     async def reconstruct_scan(request: Request) -> Response:
@@ -312,7 +377,7 @@ def _protected_routes(state: _State) -> APIRouter:
     return router
 
 
-def _reconstruct(limits: Limits, metrics: ServiceMetrics, model: ServedModel, runner: CancellableRunner,
+def _reconstruct(limits: Limits, metrics: ServiceMetrics, model: ModelVersion, runner: CancellableRunner,
                  body: bytes) -> bytes:
     request = decode_reconstruct_request(body, max_uncompressed_bytes=limits.max_request_memory_bytes)
     decoded = sum(a.nbytes for a in (request.patterns, request.positions, request.probe, request.mask) if a is not None)

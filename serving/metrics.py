@@ -9,10 +9,13 @@ Average batch size = ``nv_inference_count / nv_inference_exec_count``.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import Metric
+
+if TYPE_CHECKING:
+    from serving.repository import ModelRepository
 
 __all__ = ["ServiceMetrics", "TritonCollector"]
 
@@ -103,11 +106,12 @@ TRITON_METRICS = (
 
 
 class TritonCollector:
-    """Triton's per-model metrics (``nv_inference_*`` with labels ``model`` and ``version``), read from
-    the repository's statistics at scrape time, so Triton dashboards work unchanged. Exposed untyped
-    under Triton's exact names: prometheus_client would append ``_total`` to a typed counter."""
+    """Triton's per-model metrics (``nv_inference_*`` with labels ``model`` and ``version``), read from the
+    statistics of each :class:`~serving.repository.ModelVersion` at scrape time, so Triton dashboards
+    work unchanged. Exposed untyped under Triton's exact names: prometheus_client would append
+    ``_total`` to a typed counter."""
 
-    def __init__(self, repository: Any) -> None:
+    def __init__(self, repository: ModelRepository) -> None:
         self.repository = repository
 
     def collect(self) -> Iterator[Metric]:

@@ -88,8 +88,10 @@ class ModelMetadata(BaseModel):
     platform: str
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
-    parameters: dict[str, Any] = Field(description="providers, max_batch_size, N, gridsize, stitch_M, neighbor_count "
-                                                   "(the reconstruct default K), training_scale, pixel_size_m (the training object pixel size in metres, or null)")
+    parameters: dict[str, Any] = Field(description=(
+        "providers, max_batch_size, N, gridsize, stitch_M, neighbor_count (the reconstruct default K), "
+        "training_scale, pixel_size_m (the training object pixel size in metres, or null), default_scale_policy "
+        "(the scale policy of a request that names none), bad_pixels ([row, col] of each masked detector pixel)"))
 
 
 class InputParameters(_Model):

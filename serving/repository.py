@@ -9,7 +9,7 @@ fails. If anything in the new set fails to load, nothing is swapped: the old ver
 and the error says which file was wrong. Without a root (``ptychopinn serve --bundle``), the one
 bundle's own path is what ``load`` reads again.
 
-A :class:`ServedModel` is immutable once built. Requests and live sessions hold a lease on the one
+A :class:`ModelVersion` is immutable once built. Requests and live sessions hold a lease on the one
 they started with; a replaced or unloaded version stops taking new requests at once and its batcher
 is closed when the last lease ends (:meth:`ModelRepository.reap`).
 """
@@ -25,20 +25,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ptycho_torch.bundle import Bundle, load_bundle
+from ptycho_torch.bundle.triton import tensor_entry
 from ptycho_torch.errors import PtychoError
 from serving.batching import DynamicBatcher
 from serving.engine import Engine
 from serving.errors import InvalidRequest, ModelNotFound
 from serving.protocol_v2 import TensorMetadata
 
-__all__ = ["InferenceStats", "ModelLoadError", "ModelRepository", "ServedModel", "bundle_versions"]
+__all__ = ["InferenceStats", "ModelLoadError", "ModelRepository", "ModelVersion", "bundle_versions"]
 
 log = logging.getLogger(__name__)
 
-BuildModel = Callable[[str, str, Bundle], "ServedModel"]
+BuildModel = Callable[[str, str, Bundle], "ModelVersion"]
 
 
 class ModelLoadError(InvalidRequest):
@@ -104,8 +103,8 @@ class InferenceStats:
 
 
 @dataclass(frozen=True, eq=False)
-class ServedModel:
-    """One served version: its engine, batcher, statistics and the metadata built once at load."""
+class ModelVersion:
+    """One served version of a model: its engine, batcher, statistics and the metadata built once at load."""
 
     name: str
     version: str
@@ -116,25 +115,23 @@ class ServedModel:
     inputs: tuple[TensorMetadata, ...]
     outputs: tuple[TensorMetadata, ...]
     parameters: dict[str, Any]
-    """OIP metadata ``parameters`` (providers, batch size, N, gridsize, ...)."""
+    """OIP metadata ``parameters``: providers, max_batch_size and :meth:`ModelFacts.to_parameters`
+    (N, gridsize, stitch_M, ...)."""
     _leases: list[int] = field(default_factory=lambda: [0], repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def create(cls, name: str, version: str, source: Path, engine: Engine, batcher: DynamicBatcher,
-               stats: InferenceStats) -> ServedModel:
-        """Describe ``engine`` (served through ``batcher``) as model ``name`` version ``version``."""
-        bundle = engine.bundle
-        shape = (-1, *engine.input_shape)
+               stats: InferenceStats) -> ModelVersion:
+        """Describe ``engine`` (served through ``batcher``) as model ``name`` version ``version``: the OIP
+        tensors are the manifest's, the ``parameters`` the serving knobs plus the model's facts."""
+        manifest = engine.bundle.manifest
         return cls(
             name=name, version=version, source=Path(source), engine=engine, batcher=batcher, stats=stats,
-            inputs=(TensorMetadata("diffraction", "FP32", shape), TensorMetadata("scale", "FP32", (-1,))),
-            outputs=(TensorMetadata("amplitude", "FP32", shape), TensorMetadata("phase", "FP32", shape)),
-            parameters={"providers": engine.providers, "max_batch_size": batcher.max_batch_size, "N": bundle.N,
-                        "gridsize": bundle.gridsize, "stitch_M": bundle.stitch_M,
-                        "neighbor_count": bundle.neighbor_count,
-                        "training_scale": bundle.training_scale, "pixel_size_m": bundle.pixel_size_m,
-                        "bad_pixels": [] if bundle.bad_pixels is None else np.argwhere(bundle.bad_pixels).tolist()},
+            inputs=tuple(map(TensorMetadata.of, manifest.inputs)),
+            outputs=tuple(map(TensorMetadata.of, manifest.outputs)),
+            parameters={"providers": engine.providers, "max_batch_size": batcher.max_batch_size,
+                        **engine.bundle.facts.to_parameters()},
         )
 
     @property
@@ -148,19 +145,14 @@ class ServedModel:
                 "parameters": self.parameters}
 
     def config(self, versions: list[str]) -> dict[str, Any]:
-        """Triton's model configuration (JSON form of ``config.pbtxt``) as served here."""
-        def tensor(spec: TensorMetadata) -> dict[str, Any]:
-            dims = list(spec.shape[1:])
-            entry: dict[str, Any] = {"name": spec.name, "data_type": f"TYPE_{spec.datatype}", "dims": dims or [1]}
-            if not dims:  # a (B,) tensor: dims [1] reshaped to [] (the Triton idiom for per-sample scalars)
-                entry["reshape"] = {"shape": []}
-            return entry
+        """Triton's model configuration (JSON form of ``config.pbtxt``, the same tensor entries) as served here."""
+        manifest = self.bundle.manifest
         gpu = any(p != "CPUExecutionProvider" for p in self.engine.providers[:1])
         return {
             "name": self.name, "platform": "onnxruntime_onnx", "backend": "onnxruntime",
             "max_batch_size": self.batcher.max_batch_size,
             "version_policy": {"specific": {"versions": [int(v) for v in versions]}},
-            "input": [tensor(t) for t in self.inputs], "output": [tensor(t) for t in self.outputs],
+            "input": [tensor_entry(t) for t in manifest.inputs], "output": [tensor_entry(t) for t in manifest.outputs],
             "dynamic_batching": {"max_queue_delay_microseconds": round(self.batcher.max_queue_delay_s * 1e6),
                                  "default_queue_policy": {"max_queue_size": self.batcher.max_queue_size}},
             "instance_group": [{"name": self.name, "kind": "KIND_GPU" if gpu else "KIND_CPU", "count": 1}],
@@ -187,30 +179,30 @@ def bundle_versions(model_dir: Path) -> dict[str, Path]:
     return found
 
 
-def _by_version(versions: dict[str, ServedModel]) -> list[str]:
+def _by_version(versions: dict[str, ModelVersion]) -> list[str]:
     return sorted(versions, key=int)
 
 
 class ModelRepository:
-    """Served models by name and version. ``build(name, version, bundle)`` makes a :class:`ServedModel`;
+    """Served models by name and version. ``build(name, version, bundle)`` makes a :class:`ModelVersion`;
     ``root`` is the repository folder (None: only the models given in ``models``, reloaded from their
     own paths). ``in_use(model)`` tells whether something outside HTTP requests (a live session) still
     runs on a retired model."""
 
-    def __init__(self, build: BuildModel, models: list[ServedModel], *, root: Path | None = None,
-                 in_use: Callable[[ServedModel], bool] = lambda model: False) -> None:
+    def __init__(self, build: BuildModel, models: list[ModelVersion], *, root: Path | None = None,
+                 in_use: Callable[[ModelVersion], bool] = lambda model: False) -> None:
         if not models:
             raise InvalidRequest("a model repository needs at least one model to serve at start")
         self._build = build
         self.root = root
         self._in_use = in_use
-        self._served: dict[str, dict[str, ServedModel]] = {}
+        self._served: dict[str, dict[str, ModelVersion]] = {}
         for model in models:
             self._served.setdefault(model.name, {})[model.version] = model
         self.default_name = models[0].name
         """The model ``/v1/reconstruct`` and live sessions use when none is named."""
         self._sources = {m.name: {m.version: m.source} for m in models}
-        self._retired: list[ServedModel] = []
+        self._retired: list[ModelVersion] = []
         self._load_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._reasons: dict[str, str] = {}
@@ -223,7 +215,7 @@ class ModelRepository:
     def versions(self, name: str) -> list[str]:
         return _by_version(self._served.get(name, {}))
 
-    def get(self, name: str, version: str | None = None) -> ServedModel:
+    def get(self, name: str, version: str | None = None) -> ModelVersion:
         """The served model (latest version when ``version`` is None); :class:`ModelNotFound` otherwise."""
         versions = self._served.get(name)  # one read of the current mapping: a swap replaces it whole
         if not versions:
@@ -236,13 +228,13 @@ class ModelRepository:
             raise ModelNotFound(f"model `{name}` has no version `{version}`; served versions: "
                                 f"{_by_version(versions)}") from None
 
-    def models(self, name: str) -> list[ServedModel]:
+    def models(self, name: str) -> list[ModelVersion]:
         """Every served version of ``name``, oldest first; :class:`ModelNotFound` if none is."""
         latest = self.get(name)
         versions = self._served.get(name, {latest.version: latest})
         return [versions[v] for v in _by_version(versions)]
 
-    def default(self) -> ServedModel:
+    def default(self) -> ModelVersion:
         """The first model served at start, or (once it is unloaded) the first by name."""
         if self.default_name in self._served:
             return self.get(self.default_name)
@@ -251,12 +243,12 @@ class ModelRepository:
             raise ModelNotFound("no model is loaded; load one with POST /v2/repository/models/{name}/load")
         return served[0]
 
-    def all(self) -> list[ServedModel]:
+    def all(self) -> list[ModelVersion]:
         served = self._served
         return [served[name][v] for name in sorted(served) for v in _by_version(served[name])]
 
     @contextmanager
-    def lease(self, name: str | None, version: str | None = None) -> Iterator[ServedModel]:
+    def lease(self, name: str | None, version: str | None = None) -> Iterator[ModelVersion]:
         """The model a request runs on, kept open (not closed by a swap) until the block ends."""
         with self._state_lock:
             model = self.default() if name is None else self.get(name, version)
@@ -309,7 +301,7 @@ class ModelRepository:
         """(Re)load every version of ``name``; returns them. On failure the served versions stay."""
         with self._load_lock:
             sources = self._find(name)
-            fresh: dict[str, ServedModel] = {}
+            fresh: dict[str, ModelVersion] = {}
             try:
                 for version, path in sources.items():
                     fresh[version] = self._build(name, version, load_bundle(path))
@@ -325,7 +317,7 @@ class ModelRepository:
             self._sources[name] = dict(sources)
         return _by_version(fresh)
 
-    def swap(self, name: str, fresh: dict[str, ServedModel]) -> None:
+    def swap(self, name: str, fresh: dict[str, ModelVersion]) -> None:
         """Serve ``fresh`` (version -> model) as ``name`` from now on, in one step; the versions served
         before retire (closed once no request or session uses them)."""
         with self._state_lock:
