@@ -17,10 +17,7 @@ channel's patch is stitched at its own scan position.
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +36,7 @@ from ptycho_torch.config import (
 from ptycho_torch.data import RawData
 from ptycho_torch.errors import DataContractError, ModelArchiveError
 from ptycho_torch.grouping import GroupedScan
+from ptycho_torch.mlflow_store import download_model, file_store_allowed, is_mlflow_uri
 from ptycho_torch.model import PtychoPINNGenerator
 from ptycho_torch.model_manager import DEFAULT_MODEL, TorchModelManager
 from ptycho_torch.outputs import save_outputs
@@ -61,7 +59,6 @@ logger = logging.getLogger(__name__)
 MLFLOW_EXPERIMENT = "ptychopinn"
 MLFLOW_ARTIFACT_PATH = "model"
 """Artifact folder of the archive in an MLflow run: load it back with ``runs:/<run_id>/model``."""
-_ALLOW_FILE_STORE = "MLFLOW_ALLOW_FILE_STORE"
 
 
 class _History(L.Callback):
@@ -220,18 +217,6 @@ def mlflow_tracking_uri(output_dir: str | Path) -> str:
     return (Path(output_dir) / "mlruns").resolve().as_uri()
 
 
-@contextmanager
-def _file_store_allowed() -> Iterator[None]:
-    """MLflow >= 3.7 refuses file stores unless ``MLFLOW_ALLOW_FILE_STORE`` is set; set it for this call only."""
-    previous = os.environ.get(_ALLOW_FILE_STORE)
-    os.environ[_ALLOW_FILE_STORE] = "true" if previous is None else previous
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(_ALLOW_FILE_STORE, None)
-
-
 def _track_with_mlflow(config: TrainingConfig, results: dict[str, Any]) -> str:
     try:
         from mlflow.entities import Metric, Param
@@ -239,7 +224,7 @@ def _track_with_mlflow(config: TrainingConfig, results: dict[str, Any]) -> str:
     except ImportError as error:
         raise ModelArchiveError("`enable_mlflow` needs MLflow, which is not installed; "
                                 "pip install 'ptychopinn-serve[mlflow]' or pass enable_mlflow=False") from error
-    with _file_store_allowed():
+    with file_store_allowed():
         client = MlflowClient(tracking_uri=mlflow_tracking_uri(config.output_dir))
         experiment = client.get_experiment_by_name(MLFLOW_EXPERIMENT)
         experiment_id = experiment.experiment_id if experiment else client.create_experiment(MLFLOW_EXPERIMENT)
@@ -268,8 +253,10 @@ def load_inference_bundle_torch(
     ``tracking_uri``, default MLflow's own setting). ``params.cfg`` is updated from the snapshot,
     as PtychoPINN's loader does.
     """
-    if str(model_dir).startswith("runs:/"):
-        return _load_from_mlflow(str(model_dir), model_name, tracking_uri)
+    if is_mlflow_uri(model_dir):
+        with tempfile.TemporaryDirectory(prefix="ptychopinn-mlflow-") as tmp:
+            return load_inference_bundle_torch(download_model(str(model_dir), tmp, tracking_uri=tracking_uri),
+                                               model_name)
     path = Path(model_dir)
     if path.is_dir():
         model_file = RunLayout(path).model_file()
@@ -286,21 +273,3 @@ def load_inference_bundle_torch(
         return generator, snapshot
     loaded = TorchModelManager.load(path, model_name)
     return loaded.generator, dict(loaded.params)
-
-
-def _load_from_mlflow(uri: str, model_name: str, tracking_uri: str | None) -> tuple[PtychoPINNGenerator, dict[str, Any]]:
-    try:
-        import mlflow.artifacts
-    except ImportError as error:
-        raise ModelArchiveError(f"loading {uri!r} needs MLflow, which is not installed; "
-                                "pip install 'ptychopinn-serve[mlflow]' or pass the wts.h5.zip path") from error
-    with tempfile.TemporaryDirectory(prefix="ptychopinn-mlflow-") as tmp:
-        try:
-            with _file_store_allowed():
-                local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp, tracking_uri=tracking_uri)
-        except Exception as error:  # MlflowException and OSError: unknown run, missing artifact, no store
-            raise ModelArchiveError(
-                f"MLflow URI {uri!r} could not be resolved ({error}); check the run id and pass the tracking "
-                "store as tracking_uri (e.g. file:///RUN/mlruns)"
-            ) from error
-        return load_inference_bundle_torch(local, model_name)
