@@ -211,30 +211,19 @@ class Manifest(_Strict):
         """Raise :class:`BundleError` unless a graph's declared ``inputs`` and ``outputs`` (a dynamic axis
         as ``"B"``) are this manifest's, in order; ``rel`` names the graph (``model.onnx``). The reader
         checks each ONNX file with it, the serving engine its onnxruntime session."""
-        for group, declared, specs in (("inputs", inputs, self.inputs), ("outputs", outputs, self.outputs)):
-            if [g.name for g in declared] != [s.name for s in specs]:
-                raise BundleError(f"{rel}: graph {group} must be {[s.name for s in specs]} as in "
-                                  f"{MANIFEST_FILE}, got {[g.name for g in declared]}; re-export the bundle")
-            for got, spec in zip(declared, specs, strict=True):
-                if got != spec:
-                    raise BundleError(f"{rel}: shape mismatch for `{spec.name}`, {MANIFEST_FILE} says "
-                                      f"{spec.dtype} {list(spec.shape)}, the graph declares {got.dtype} "
-                                      f"{list(got.shape)}; re-export the bundle")
+        graph = (tuple(inputs), tuple(outputs))
+        difference = _difference(graph, (self.inputs, self.outputs), f" as in {MANIFEST_FILE}")
+        if difference:
+            raise BundleError(f"{rel}: graph {difference}; re-export the bundle")
 
     def _check_consistent(self) -> None:
         if self.channels != self.gridsize**2:
             raise BundleError(f"{MANIFEST_FILE}: `channels` must be gridsize**2 = {self.gridsize**2}, got "
                               f"{self.channels}; the manifest was edited by hand, re-export the bundle")
-        for group, specs, expected in zip(("inputs", "outputs"), (self.inputs, self.outputs),
-                                          tensor_specs(self.N, self.channels), strict=True):
-            if tuple(s.name for s in specs) != tuple(e.name for e in expected):
-                raise BundleError(f"{MANIFEST_FILE}: `{group}` must be named {[e.name for e in expected]}, got "
-                                  f"{[s.name for s in specs]}; re-export the bundle")
-            for spec, want in zip(specs, expected, strict=True):
-                if spec != want:
-                    raise BundleError(f"{MANIFEST_FILE}: `{group}.{spec.name}` must be {want.dtype} "
-                                      f"{list(want.shape)} for N={self.N}, C={self.channels}, got "
-                                      f"{spec.dtype} {list(spec.shape)}; re-export the bundle")
+        difference = _difference((self.inputs, self.outputs), tensor_specs(self.N, self.channels),
+                                 f" for N={self.N}, C={self.channels}")
+        if difference:
+            raise BundleError(f"{MANIFEST_FILE}: {difference}; re-export the bundle")
         if self.neighbor_count is not None and self.neighbor_count < self.channels:
             raise BundleError(f"{MANIFEST_FILE}: `neighbor_count` must be >= channels = {self.channels}, got "
                               f"{self.neighbor_count}; re-export the bundle")
@@ -246,6 +235,18 @@ class Manifest(_Strict):
         if missing:
             raise BundleError(f"{MANIFEST_FILE}: `files` must list {list(REQUIRED_FILES)}, missing {missing}; "
                               "re-export the bundle")
+
+
+def _difference(declared: Signature, expected: Signature, context: str) -> str | None:
+    """The first way ``declared`` differs from ``expected``, in words (``context`` says where the expected
+    signature comes from), or None when they are the same."""
+    for group, got, want in zip(("inputs", "outputs"), declared, expected, strict=True):
+        if [g.name for g in got] != [w.name for w in want]:
+            return f"`{group}` must be named {[w.name for w in want]}{context}, got {[g.name for g in got]}"
+        for g, w in zip(got, want, strict=True):
+            if g != w:
+                return f"`{group}.{w.name}` must be {w.dtype} {list(w.shape)}{context}, got {g.dtype} {list(g.shape)}"
+    return None
 
 
 def _describe(error: pydantic.ValidationError) -> str:

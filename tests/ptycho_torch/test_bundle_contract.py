@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from oracle import read_manifest, write_oracle_bundle
 
-from ptycho_torch.bundle import INPUT_NAMES, OUTPUT_NAMES, TensorSpec, tensor_specs
+from ptycho_torch.bundle import INPUT_NAMES, OUTPUT_NAMES, Manifest, TensorSpec, tensor_specs
 from ptycho_torch.bundle.dtypes import DTYPES, by_name, by_numpy, by_oip, by_onnx, by_ort
 from ptycho_torch.bundle.triton import tensor_entry
-from ptycho_torch.errors import InvalidInput
+from ptycho_torch.errors import BundleError, InvalidInput
 
 
 @pytest.mark.parametrize("row", DTYPES, ids=lambda d: d.name)
@@ -43,3 +44,16 @@ def test_triton_entry_drops_the_batch_axis_and_reshapes_per_item_scalars() -> No
         tensor_entry(TensorSpec(name="x", shape=(4, "B")))
     with pytest.raises(InvalidInput, match=r"numeric dtype for Triton, got complex64 \['B'\]"):
         tensor_entry(TensorSpec(name="x", shape=("B",), dtype="complex64"))
+
+
+def test_a_manifest_whose_tensors_are_not_the_signature_of_its_n_and_c_is_refused(tmp_path) -> None:
+    manifest = read_manifest(write_oracle_bundle(tmp_path / "b", N=32, gridsize=2))
+    scale, diffraction = manifest.inputs[1], manifest.inputs[0]
+    swapped = manifest.model_copy(update={"inputs": (scale, diffraction)}).to_json()
+    with pytest.raises(BundleError, match=r"manifest\.json: `inputs` must be named \['diffraction', 'scale'\] for N=32, "
+                                          r"C=4, got \['scale', 'diffraction'\]; re-export the bundle"):
+        Manifest.from_json(swapped)
+    half = diffraction.model_copy(update={"dtype": "float16"})
+    with pytest.raises(BundleError, match=r"`inputs\.diffraction` must be float32 \['B', 4, 32, 32\] for N=32, C=4, "
+                                          r"got float16 \['B', 4, 32, 32\]"):
+        Manifest.from_json(manifest.model_copy(update={"inputs": (half, scale)}).to_json())
