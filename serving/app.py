@@ -18,7 +18,7 @@ import dataclasses
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -162,7 +162,7 @@ def create_app(
     state, sessions = _serve_models(engine, config, engine_factory)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         await sessions.shutdown()
         await run_in_threadpool(state.repository.close)

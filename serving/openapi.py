@@ -10,7 +10,7 @@ from a CDN, so they render on a beamline network with no internet access.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import fastapi_offline
 from fastapi import FastAPI
@@ -41,10 +41,15 @@ DESCRIPTION = (
     "README's reliability section for the limits (body size, per-request memory budget, timeouts)."
 )
 
-Datatype = Literal[tuple(d.oip for d in DTYPES)]  # type: ignore[valid-type]
-"""The OIP datatypes of the one dtype table (:mod:`ptycho_torch.bundle.dtypes`)."""
-InputName = Literal[INPUT_NAMES]  # type: ignore[valid-type]
-OutputName = Literal[OUTPUT_NAMES]  # type: ignore[valid-type]
+if TYPE_CHECKING:  # the enums below are built at run time, from the one table and the schema's names
+    Datatype: TypeAlias = str
+    InputName: TypeAlias = str
+    OutputName: TypeAlias = str
+else:
+    Datatype = Literal[tuple(d.oip for d in DTYPES)]
+    """The OIP datatypes of the one dtype table (:mod:`ptycho_torch.bundle.dtypes`)."""
+    InputName = Literal[INPUT_NAMES]
+    OutputName = Literal[OUTPUT_NAMES]
 
 
 class _Model(BaseModel):

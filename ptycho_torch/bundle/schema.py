@@ -32,7 +32,7 @@ BAD_PIXELS_FILE: Final = "bad_pixels.npy"
 REQUIRED_FILES: Final = (ONNX_FILE, PARAMS_FILE, PROBE_FILE)
 INPUT_NAMES: Final = ("diffraction", "scale")
 OUTPUT_NAMES: Final = ("amplitude", "phase")
-BATCH_DIM: Final = "B"
+BATCH_DIM: Final[Literal["B"]] = "B"
 NORMALIZATION_RULE: Final = "x_norm = x * sqrt((N/2)^2 / mean_over_scan sum_hw x^2)"
 COORDINATE_CONVENTION: Final = "object pixels, patch centre, x = column, y = row, float"
 
@@ -71,7 +71,7 @@ def tensor_specs(N: int, channels: int) -> Signature:
     """The graph signature of every PtychoPINN model, for patch size ``N`` and ``channels`` C: inputs
     ``diffraction (B, C, N, N)`` and ``scale (B,)``, outputs ``amplitude`` and ``phase (B, C, N, N)``,
     all float32 (the names are :data:`INPUT_NAMES` and :data:`OUTPUT_NAMES`)."""
-    patches = (BATCH_DIM, channels, N, N)
+    patches: tuple[Dim, ...] = (BATCH_DIM, channels, N, N)
     inputs = (TensorSpec(name=INPUT_NAMES[0], shape=patches), TensorSpec(name=INPUT_NAMES[1], shape=(BATCH_DIM,)))
     return inputs, tuple(TensorSpec(name=name, shape=patches) for name in OUTPUT_NAMES)
 
