@@ -153,8 +153,7 @@ class Engine:
     def _provider_options(self, provider: str, cache_dir: str | Path | None) -> dict[str, object]:
         if provider != "TensorrtExecutionProvider":
             return {}
-        shapes = {size: ",".join(f"{spec.name}:{'x'.join(str(size if d == BATCH_DIM else d) for d in spec.shape)}"
-                                 for spec in self.bundle.manifest.inputs) for size in (1, self.max_batch_size)}
+        shapes = {size: _trt_shapes(self.bundle.manifest.inputs, size) for size in (1, self.max_batch_size)}
         options: dict[str, object] = {
             "trt_profile_min_shapes": shapes[1],
             "trt_profile_opt_shapes": shapes[self.max_batch_size],
@@ -181,17 +180,18 @@ class Engine:
 
     def check_inputs(self, diffraction: np.ndarray, scale: np.ndarray) -> None:
         """Raise :class:`InvalidRequest` unless ``diffraction`` is ``(B, C, N, N)`` float32 and ``scale`` ``(B,)``."""
-        d, s = (spec.name for spec in self.bundle.manifest.inputs)
+        diffraction_name, scale_name = (spec.name for spec in self.bundle.manifest.inputs)
         if diffraction.dtype != np.float32 or scale.dtype != np.float32:
-            raise InvalidRequest(f"`{d}` and `{s}` must be float32 (FP32), got {diffraction.dtype} and {scale.dtype}")
+            raise InvalidRequest(f"`{diffraction_name}` and `{scale_name}` must be float32 (FP32), got "
+                                 f"{diffraction.dtype} and {scale.dtype}")
         if diffraction.ndim != 4 or diffraction.shape[1:] != self.input_shape:
             raise InvalidRequest(
-                f"`{d}` must have shape (B, {', '.join(map(str, self.input_shape))}) for model "
+                f"`{diffraction_name}` must have shape (B, {', '.join(map(str, self.input_shape))}) for model "
                 f"{self.bundle.name!r}, got {list(diffraction.shape)}"
             )
         if scale.shape != (diffraction.shape[0],):
-            raise InvalidRequest(f"`{s}` must have shape ({diffraction.shape[0]},), one value per {d} item, "
-                                 f"got {list(scale.shape)}")
+            raise InvalidRequest(f"`{scale_name}` must have shape ({diffraction.shape[0]},), one value per "
+                                 f"{diffraction_name} item, got {list(scale.shape)}")
 
     def run(
         self, diffraction: npt.NDArray[np.float32], scale: npt.NDArray[np.float32]
@@ -232,6 +232,12 @@ class Engine:
         feeds = dict(zip((spec.name for spec in manifest.inputs), (diffraction, scale), strict=True))
         amplitude, phase = self.session.run([spec.name for spec in manifest.outputs], feeds)
         return amplitude[:B], phase[:B]
+
+
+def _trt_shapes(specs: Sequence[TensorSpec], size: int) -> str:
+    """TensorRT's profile shapes of ``specs`` at batch ``size``: ``diffraction:8x1x64x64,scale:8``."""
+    return ",".join(f"{spec.name}:" + "x".join(str(size if d == BATCH_DIM else d) for d in spec.shape)
+                    for spec in specs)
 
 
 def _session_spec(arg: ort.NodeArg) -> TensorSpec:
