@@ -81,10 +81,11 @@ def _choices(cls: type) -> dict[str, tuple[str, ...] | type[enum.StrEnum]]:
     return found
 
 
-def _parse_choices(config: Any) -> None:
+def _parse_choices(config: object) -> None:
     """Check every string-choice field of ``config`` against its annotation and store an enum field's
     value as its member (a plain string becomes ``Generator.TF``)."""
-    for name, choice in _choices(type(config)).items():
+    cls: type = type(config)
+    for name, choice in _choices(cls).items():
         value = getattr(config, name)
         allowed = choice if isinstance(choice, tuple) else values(choice)
         _require(value in allowed, name, value, f"one of {list(allowed)}")

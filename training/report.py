@@ -121,13 +121,14 @@ class RunReport(L.Callback):
         checkpoint = trainer.checkpoint_callback
         last = self.layout.last_checkpoint
         self.summary = summary = RunSummary(
-            status=status, signal=signal, error=error, init_from=init_from, epochs=trainer.current_epoch,
+            status=status, signal=signal, error=error, init_from=None if init_from is None else Path(init_from),
+            epochs=trainer.current_epoch,
             global_step=trainer.global_step, steps_this_run=trainer.global_step - self._start_step,
             train_samples=self._samples, wall_s=round(wall, 3),
             samples_per_s=round(self._samples / wall, 2) if wall > 0 else None, world_size=trainer.world_size,
             accelerator=type(trainer.accelerator).__name__,
             best_val_loss=scalar(getattr(checkpoint, "best_model_score", None)),
-            best_checkpoint=getattr(checkpoint, "best_model_path", "") or None,
+            best_checkpoint=Path(best) if (best := getattr(checkpoint, "best_model_path", "")) else None,
             last_checkpoint=last if last.is_file() else None,
             final_metrics={k: v for k, v in ((k, scalar(v)) for k, v in trainer.callback_metrics.items())
                            if v is not None},

@@ -63,20 +63,19 @@ def train_from_config(
     :data:`AUTO`; ``init_from`` as in :func:`~training.trainer.train`. Raises :class:`ConfigError`
     unless exactly one of ``train_data_file`` and ``train_corpus`` is set.
     """
-    if (training.train_data_file is None) == (training.train_corpus is None):
+    data_file, corpus_dir, N = training.train_data_file, training.train_corpus, training.model.N
+    scan: RawData | None = None
+    corpus: Corpus | None = None
+    if data_file is not None and corpus_dir is None:
+        scan, hashed = load_scan(data_file, n=N), data_file
+        training = _with_scan_nphotons(training, scan) if nphotons_from_scan else training
+    elif corpus_dir is not None and data_file is None:
+        corpus, hashed = Corpus.open(corpus_dir), corpus_dir / MANIFEST
+    else:
         raise ConfigError("exactly one of `train_data_file` and `train_corpus` must be given; pass --train-data "
                           "or --train-corpus (or set one in --config)")
-    N = training.model.N
     test = None if training.test_data_file is None else load_scan(training.test_data_file, n=N)
-    if training.train_corpus is not None:
-        sources = {"corpus": Corpus.open(training.train_corpus)}
-        sha256 = sha256_file(training.train_corpus / MANIFEST)
-    else:
-        scan = load_scan(training.train_data_file, n=N)
-        training = _with_scan_nphotons(training, scan) if nphotons_from_scan else training
-        sources = {"train_data": scan}
-        sha256 = sha256_file(training.train_data_file)
     if resume is not None and str(resume) == AUTO:
         resume = auto_resume(RunLayout(training.output_dir))
-    return train(training, execution, **sources, test_data=test, train_data_sha256=sha256, resume=resume,
-                 init_from=init_from)
+    return train(training, execution, train_data=scan, corpus=corpus, test_data=test,
+                 train_data_sha256=sha256_file(hashed), resume=resume, init_from=init_from)

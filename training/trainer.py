@@ -98,7 +98,7 @@ def build_trainer(
     Invalid combinations (unknown strategy or precision, a GPU that is not there, ...) raise
     :class:`ConfigError` here, before any training.
     """
-    layout = RunLayout(output_dir)
+    layout = RunLayout(Path(output_dir))
     best = ModelCheckpoint(
         dirpath=layout.best_checkpoint.parent, filename=layout.best_checkpoint.stem, monitor=MONITOR, mode="min",
         save_top_k=1, enable_version_counter=False, auto_insert_metric_name=False,
