@@ -9,11 +9,17 @@ packages below it:
     serving       ptycho_torch                      (never training, export, torch or lightning)
     training      ptycho_torch
     ptycho_torch  nothing above it, except the declared facade of the TensorFlow mirror
+
+and the core's third parties are the ones docs/architecture.md states: numpy, scipy, pydantic, onnx;
+torch only in ``model``, ``physics``, ``torch_runner``, ``model_manager`` and inside
+``checkpoint.load_generator``; Lightning only in ``workflows``.
 """
 
 from __future__ import annotations
 
 import ast
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,26 +44,74 @@ workflow trains with Lightning. (``model_manager`` needs no exception: checkpoin
 :func:`ptycho_torch.checkpoint.load_generator`.)"""
 
 
-def imported_modules(path: Path, module: str) -> list[tuple[int, str]]:
-    """``(line, absolute module name)`` of every import in the file at ``path`` (module ``module``)."""
+CORE_THIRD_PARTY = frozenset({"numpy", "scipy", "pydantic", "onnx"})
+"""What any module of the core may import besides the standard library and the project's packages."""
+
+CORE_ONLY_IN: dict[str, frozenset[str]] = {
+    "torch": frozenset({"ptycho_torch.model", "ptycho_torch.physics", "ptycho_torch.torch_runner",
+                        "ptycho_torch.model_manager", "ptycho_torch.checkpoint.load_generator"}),
+    "lightning": frozenset({"ptycho_torch.workflows"}),
+    "pytorch_lightning": frozenset({"ptycho_torch.workflows"}),
+}
+"""Third parties only some places of the core may import: a package, a module or a function (its lazy
+imports), by dotted name."""
+
+UNDECLARED: dict[tuple[str, str], str] = {
+    ("ptycho_torch.bundle.runtime", "onnxruntime"): "lazy: runs a bundle's graph for its checks",
+    ("ptycho_torch.bundle.schema", "pydantic_core"): "PydanticCustomError, from pydantic's own core",
+    ("ptycho_torch.bundle.signing", "cryptography"): "lazy: Ed25519 bundle signatures",
+    ("ptycho_torch.metrics", "skimage"): "SSIM and sub-pixel registration",
+    ("ptycho_torch.mlflow_store", "mlflow"): "lazy: runs:/ model URIs",
+    ("ptycho_torch.model_manager", "lightning"): "lazy: Lightning's version in the archive's metadata",
+    ("ptycho_torch.outputs", "h5py"): "lazy: the CXI product",
+    ("ptycho_torch.outputs", "matplotlib"): "lazy: the PNG figures",
+    ("ptycho_torch.outputs", "mpl_toolkits"): "lazy: the PNG figures' scale bar",
+    ("ptycho_torch.outputs", "tifffile"): "lazy: the TIFF images",
+    ("ptycho_torch.workflows.components", "mlflow"): "lazy: MLflow tracking of a training run",
+}
+"""``(module, third party)`` imports of the core that docs/architecture.md does not state (issue 20,
+reported to the lead): the doc or the code must change. The table may only shrink: an import not in it
+fails :func:`test_the_core_imports_only_its_stated_third_parties`, an entry no longer imported fails
+:func:`test_each_undeclared_import_is_still_there`."""
+
+
+def _imports(node: ast.AST, package: list[str], place: str) -> Iterator[tuple[int, str, str]]:
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.Import):
+            yield from ((child.lineno, alias.name, place) for alias in child.names)
+        elif isinstance(child, ast.ImportFrom):
+            base = package[: len(package) - child.level + 1] if child.level else []
+            yield child.lineno, ".".join([*base, *([child.module] if child.module else [])]), place
+        elif isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            yield from _imports(child, package, f"{place}.{child.name}")
+        else:
+            yield from _imports(child, package, place)
+
+
+def placed_imports(path: Path, module: str) -> list[tuple[int, str, str]]:
+    """``(line, absolute module name, place)`` of every import in the file at ``path`` (module ``module``),
+    by line; ``place`` is the module, or the dotted function (or class) the import is inside."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
-    found = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found += [(node.lineno, alias.name) for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = package[: len(package) - node.level + 1] if node.level else []
-            found.append((node.lineno, ".".join([*base, *([node.module] if node.module else [])])))
-    return found
+    return sorted(_imports(tree, package, module))
+
+
+def imported_modules(path: Path, module: str) -> list[tuple[int, str]]:
+    """``(line, absolute module name)`` of every import in the file at ``path`` (module ``module``)."""
+    return [(line, name) for line, name, _ in placed_imports(path, module)]
+
+
+def _modules(root: Path, package: str) -> Iterator[tuple[Path, str]]:
+    """``(path, dotted module name)`` of every module of ``package`` under ``root``, sorted."""
+    for path in sorted((root / package).rglob("*.py")):
+        yield path, ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
 
 
 def layering_violations(root: Path) -> list[str]:
     """One line per import against the direction, for the packages under ``root``."""
     violations = []
     for package in PACKAGES:
-        for path in sorted((root / package).rglob("*.py")):
-            module = ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+        for path, module in _modules(root, package):
             forbidden = FORBIDDEN[package] - FACADES.get(module, frozenset())
             for line, name in imported_modules(path, module):
                 if name.split(".")[0] in forbidden:
@@ -65,8 +119,59 @@ def layering_violations(root: Path) -> list[str]:
     return violations
 
 
+def _stated(name: str, place: str) -> bool:
+    """Whether docs/architecture.md lets the core import the top-level ``name`` at ``place``."""
+    if name in sys.stdlib_module_names or name in PACKAGES or name in CORE_THIRD_PARTY:
+        return True
+    return any(place == where or place.startswith(f"{where}.") for where in CORE_ONLY_IN.get(name, ()))
+
+
+def core_third_party_imports(root: Path) -> dict[tuple[str, str], list[str]]:
+    """The core's imports against its stated third parties: ``(module, third party)`` -> one line each."""
+    found: dict[tuple[str, str], list[str]] = {}
+    for path, module in _modules(root, "ptycho_torch"):
+        for line, name, place in placed_imports(path, module):
+            top = name.split(".")[0]
+            if not _stated(top, place):
+                found.setdefault((module, top), []).append(
+                    f"{path.relative_to(root)}:{line}: {place} must not import {name}")
+    return found
+
+
 def test_packages_import_only_downwards() -> None:
     assert layering_violations(PROJECT_ROOT) == []
+
+
+def test_the_core_imports_only_its_stated_third_parties() -> None:
+    found = core_third_party_imports(PROJECT_ROOT)
+    assert [line for key, lines in found.items() if key not in UNDECLARED for line in lines] == []
+
+
+def test_each_undeclared_import_is_still_there() -> None:
+    assert sorted(set(UNDECLARED) - set(core_third_party_imports(PROJECT_ROOT))) == []
+
+
+@pytest.mark.parametrize(("module", "source", "expected"), [
+    ("model", "import torch\nimport scipy.fft\n", []),
+    ("checkpoint", "def load_generator():\n    import torch\n", []),
+    ("workflows/components", "import lightning as L\n", []),
+    ("checkpoint", "import torch\n", ["ptycho_torch/checkpoint.py:1: ptycho_torch.checkpoint must not import torch"]),
+    ("data", "class A:\n    def f(self):\n        from torch import nn\n",
+     ["ptycho_torch/data.py:3: ptycho_torch.data.A.f must not import torch"]),
+    ("model", "import lightning\n", ["ptycho_torch/model.py:1: ptycho_torch.model must not import lightning"]),
+    ("model_manager", "from pytorch_lightning import Trainer\n",
+     ["ptycho_torch/model_manager.py:1: ptycho_torch.model_manager must not import pytorch_lightning"]),
+    ("outputs", "import numpy\nimport h5py.h5f\n",
+     ["ptycho_torch/outputs.py:2: ptycho_torch.outputs must not import h5py.h5f"]),
+    ("bundle/runtime", "from .. import model\nimport onnxruntime\n",
+     ["ptycho_torch/bundle/runtime.py:2: ptycho_torch.bundle.runtime must not import onnxruntime"]),
+])
+def test_a_third_party_against_the_doc_is_reported(tmp_path: Path, module: str, source: str,
+                                                    expected: list[str]) -> None:
+    path = tmp_path / "ptycho_torch" / f"{module}.py"
+    path.parent.mkdir(parents=True)
+    path.write_text(source)
+    assert [line for lines in core_third_party_imports(tmp_path).values() for line in lines] == expected
 
 
 @pytest.mark.parametrize(("package", "source", "line", "name"), [
