@@ -20,6 +20,7 @@ import json
 import logging
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -81,71 +82,96 @@ def replay(client: Any, live: Any, patterns: Any, positions: Any, *, rate: float
            positions_delay: float | None, timeout_s: float) -> dict[str, Any]:
     """Stream ``patterns (S, N, N)`` and ``positions (S, 2)`` into ``live`` (a
     :class:`~serving.client.LiveSession`); returns the figures (see the module docstring)."""
-    import numpy as np
+    detector = _Detector(client, live, patterns, positions, rate=rate, chunk=chunk, positions_delay=positions_delay)
+    sent_s = detector.send_all()
+    status = live.wait_stitched(len(patterns), timeout_s=timeout_s, poll_s=0.01)
+    done_s = time.perf_counter() - detector.t0
+    return detector.figures(status, live.close(), sent_s=sent_s, done_s=done_s)
 
-    from serving.client import Client, resend_on_503
 
-    S = len(patterns)
-    chunks = [np.arange(start, min(start + chunk, S)) for start in range(0, S, chunk)]
-    round_trips: list[float] = []
-    refusals: list[Exception] = []
-    errors: list[str] = []
+@dataclass
+class _Detector:
+    """The sending side of :func:`replay`: chunks on a fixed clock from ``t0``, one thread per stream
+    (frames; positions too with ``positions_delay``), and what the sends met."""
 
-    def timed(send_one: Any, *arrays: Any) -> None:
+    client: Any
+    live: Any
+    patterns: Any
+    positions: Any
+    rate: float
+    chunk: int
+    positions_delay: float | None
+    round_trips: list[float] = field(default_factory=list)
+    refusals: list[Exception] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    t0: float = 0.0
+
+    def send_all(self) -> float:
+        """Send every chunk of every stream; returns the seconds from the first send to the last."""
+        import numpy as np
+
+        S = len(self.patterns)
+        chunks = [np.arange(start, min(start + self.chunk, S)) for start in range(0, S, self.chunk)]
+        self.t0 = time.perf_counter()
+        threads = [threading.Thread(target=self._stream, args=("frames", 0.0, chunks))]
+        if self.positions_delay is not None:
+            threads.append(threading.Thread(target=self._stream, args=("positions", self.positions_delay, chunks)))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return time.perf_counter() - self.t0
+
+    def _timed(self, send_one: Any, *arrays: Any) -> None:
         started = time.perf_counter()
         send_one(*arrays)
-        round_trips.append(time.perf_counter() - started)
+        self.round_trips.append(time.perf_counter() - started)
 
-    def stream(kind: str, delay: float) -> None:
+    def _stream(self, kind: str, delay: float, chunks: list[Any]) -> None:
+        from serving.client import Client, resend_on_503
+
         # each thread speaks through its own connection pool
-        with Client(client.url, token=client.token) as own:
-            session = type(live)(own, live.id, live.model)
+        with Client(self.client.url, token=self.client.token) as own:
+            session = type(self.live)(own, self.live.id, self.live.model)
             for k, index in enumerate(chunks):
-                due = t0 + delay + k * chunk / rate
+                due = self.t0 + delay + k * self.chunk / self.rate
                 time.sleep(max(0.0, due - time.perf_counter()))
                 try:
                     if kind == "frames":
-                        resend_on_503(timed, session.send_frames, index, patterns[index],
-                                      None if positions_delay is not None else positions[index],
-                                      on_retry=refusals.append)
+                        resend_on_503(self._timed, session.send_frames, index, self.patterns[index],
+                                      None if self.positions_delay is not None else self.positions[index],
+                                      on_retry=self.refusals.append)
                     else:
-                        resend_on_503(timed, session.send_positions, index, positions[index],
-                                      on_retry=refusals.append)
+                        resend_on_503(self._timed, session.send_positions, index, self.positions[index],
+                                      on_retry=self.refusals.append)
                 except Exception as error:  # noqa: BLE001 - reported, and counted as lost frames
-                    errors.append(f"{kind} chunk {k}: {error}")
+                    self.errors.append(f"{kind} chunk {k}: {error}")
 
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=stream, args=("frames", 0.0))]
-    if positions_delay is not None:
-        threads.append(threading.Thread(target=stream, args=("positions", positions_delay)))
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    sent_s = time.perf_counter() - t0
-    status = live.wait_stitched(S, timeout_s=timeout_s, poll_s=0.01)
-    done_s = time.perf_counter() - t0
-    final = live.close()
-    latency = status["latency_s"]
-    trips = np.asarray(round_trips) if round_trips else np.zeros(1)
-    return {
-        "frames_sent": S,
-        "frames_on_canvas": final.n_patterns,
-        "frames_lost": S - final.n_patterns,
-        "rejected": status["frames"]["rejected"],
-        "rejections": status["rejections"][:5],
-        "errors": errors[:5],
-        "retries_503": len(refusals),
-        "requested_rate_fps": rate,
-        "send_rate_fps": S / sent_s,
-        "sustained_fps": final.n_patterns / done_s,
-        "elapsed_s": done_s,
-        "latency_p50_s": latency["p50"],
-        "latency_p99_s": latency["p99"],
-        "round_trip_p50_s": float(np.percentile(trips, 50)),
-        "round_trip_p99_s": float(np.percentile(trips, 99)),
-        "object_shape": list(final.amplitude.shape),
-    }
+    def figures(self, status: dict[str, Any], final: Any, *, sent_s: float, done_s: float) -> dict[str, Any]:
+        """The figures of the module docstring, from the session's last status and its closing object."""
+        import numpy as np
+
+        S = len(self.patterns)
+        latency = status["latency_s"]
+        trips = np.asarray(self.round_trips) if self.round_trips else np.zeros(1)
+        return {
+            "frames_sent": S,
+            "frames_on_canvas": final.n_patterns,
+            "frames_lost": S - final.n_patterns,
+            "rejected": status["frames"]["rejected"],
+            "rejections": status["rejections"][:5],
+            "errors": self.errors[:5],
+            "retries_503": len(self.refusals),
+            "requested_rate_fps": self.rate,
+            "send_rate_fps": S / sent_s,
+            "sustained_fps": final.n_patterns / done_s,
+            "elapsed_s": done_s,
+            "latency_p50_s": latency["p50"],
+            "latency_p99_s": latency["p99"],
+            "round_trip_p50_s": float(np.percentile(trips, 50)),
+            "round_trip_p99_s": float(np.percentile(trips, 99)),
+            "object_shape": list(final.amplitude.shape),
+        }
 
 
 def format_figures(figures: dict[str, Any]) -> str:
