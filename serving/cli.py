@@ -33,7 +33,14 @@ def read_token_file(path: Path) -> str:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``serve`` arguments; their defaults are :data:`serving.config.DEFAULTS`."""
-    d, limits, sessions = DEFAULTS, DEFAULTS.limits, DEFAULTS.sessions
+    _model_and_engine_flags(parser)
+    _access_and_request_flags(parser)
+    _session_and_trust_flags(parser)
+
+
+def _model_and_engine_flags(parser: argparse.ArgumentParser) -> None:
+    """What is served, where, and how onnxruntime batches it."""
+    d = DEFAULTS
     parser.add_argument("--bundle", type=Path, default=d.bundle,
                         help=f"bundle directory or .zip from `ptychopinn export` (default: the shipped model, "
                              f"{DEFAULT_BUNDLE.name})")
@@ -59,6 +66,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "(default: TensorRT, CUDA, CPU, whichever this onnxruntime build has)")
     parser.add_argument("--intra-op-threads", type=int, default=d.intra_op_threads,
                         help="onnxruntime intra-op threads (default: one per physical core)")
+
+
+def _access_and_request_flags(parser: argparse.ArgumentParser) -> None:
+    """Who may call, and the size and time limits of one request."""
+    d, limits = DEFAULTS, DEFAULTS.limits
     parser.add_argument("--token-file", type=Path, default=None,
                         help="file holding a bearer token that clients must send (default: no token)")
     parser.add_argument("--max-request-mb", type=float, default=limits.max_body_bytes / MiB,
@@ -82,6 +94,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "names without a token, any with one)")
     parser.add_argument("--cors-origins", default=",".join(d.cors_origins),
                         help="comma-separated browser origins allowed to call the API (default none: CORS off)")
+
+
+def _session_and_trust_flags(parser: argparse.ArgumentParser) -> None:
+    """Live sessions' limits, and which bundle signatures are trusted."""
+    sessions = DEFAULTS.sessions
     parser.add_argument("--max-sessions", type=int, default=sessions.max_sessions,
                         help=f"live scan sessions open at once; more get 503 (default {sessions.max_sessions})")
     parser.add_argument("--max-pending-frames", type=int, default=sessions.max_pending_frames,
