@@ -128,6 +128,32 @@ def scan_object(kind: str, size: int, rng: np.random.Generator, gold_source: np.
     return _remap(texture, contrast, phase_range, rng)
 
 
+def _simulate_corpus_scan(rng: np.random.Generator, index: int, kind: str, modes: np.ndarray, size: int,
+                          positions_per_scan: int, doses: Sequence[float],
+                          gold_source: np.ndarray | None) -> tuple[dict[str, np.ndarray], float]:
+    """Scan ``index`` of a corpus: its object, random positions, dose and Poisson patterns, all drawn from
+    ``rng``; returns its shard arrays (the keys of :data:`ARRAYS`, one row per pattern) and its dose."""
+    obj = scan_object(kind, size, rng, gold_source)
+    x, y = scan_positions(positions_per_scan, size, modes.shape[-1], "random", rng)
+    dose = float(doses[int(rng.integers(len(doses)))])
+    raw = simulate_scan(obj, modes, x, y, nphotons=dose, seed=int(rng.integers(2**32)))
+    return {
+        "diffraction": raw.diff3d.astype(np.float32),
+        "positions": np.column_stack([x, y]),
+        "scan": np.full(len(x), index, np.int32),
+        "scale": np.full(len(x), input_scale(raw.diff3d), np.float32),
+        "nphotons": np.full(len(x), dose, np.float32),
+    }, dose
+
+
+def _write_shard(folder: Path, parts: dict[str, list[np.ndarray]]) -> dict[str, Any]:
+    """Write each array of ``parts`` (its scans concatenated) as ``folder/<key>.npy``; the manifest's entry."""
+    folder.mkdir(exist_ok=True)
+    for key, values in parts.items():
+        np.save(folder / f"{key}.npy", np.concatenate(values))
+    return {"name": folder.name, "patterns": int(sum(len(v) for v in parts["scan"]))}
+
+
 def write_corpus(
     out: str | Path,
     *,
@@ -164,23 +190,13 @@ def write_corpus(
     for first in range(0, scans, scans_per_shard):
         parts: dict[str, list[np.ndarray]] = {name: [] for name in ARRAYS}
         for index in range(first, min(first + scans_per_shard, scans)):
-            rng = np.random.default_rng([seed, index])
             kind = objects[index % len(objects)]
-            obj = scan_object(kind, size, rng, gold_source)
-            x, y = scan_positions(positions_per_scan, size, N, "random", rng)
-            dose = float(doses[int(rng.integers(len(doses)))])
-            raw = simulate_scan(obj, modes, x, y, nphotons=dose, seed=int(rng.integers(2**32)))
-            parts["diffraction"].append(raw.diff3d.astype(np.float32))
-            parts["positions"].append(np.column_stack([x, y]))
-            parts["scan"].append(np.full(len(x), index, np.int32))
-            parts["scale"].append(np.full(len(x), input_scale(raw.diff3d), np.float32))
-            parts["nphotons"].append(np.full(len(x), dose, np.float32))
+            arrays, dose = _simulate_corpus_scan(np.random.default_rng([seed, index]), index, kind, modes, size,
+                                                 positions_per_scan, doses, gold_source)
+            for key, value in arrays.items():
+                parts[key].append(value)
             scan_records.append({"scan": index, "object": kind, "nphotons": dose})
-        name = f"shard-{first // scans_per_shard:05d}"
-        (out / name).mkdir(exist_ok=True)
-        for key, values in parts.items():
-            np.save(out / name / f"{key}.npy", np.concatenate(values))
-        shards.append({"name": name, "patterns": int(sum(len(v) for v in parts["scan"]))})
+        shards.append(_write_shard(out / f"shard-{first // scans_per_shard:05d}", parts))
     manifest = {
         "format": FORMAT, "N": N, "probe": probe_origin, "seed": seed, "scans": scans,
         "positions_per_scan": positions_per_scan, "doses": [float(d) for d in doses], "objects": list(objects),
