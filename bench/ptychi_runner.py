@@ -28,16 +28,9 @@ import torch
 from ptychi.api.task import PtychographyTask
 
 
-def reconstruct(counts: np.ndarray, x: np.ndarray, y: np.ndarray, probe: np.ndarray,
-                object_shape: tuple[int, int], settings: dict) -> dict:
-    """LSQML (pty-chi's own test settings: SGD, step size 1, Gaussian noise model) until the displayed
-    loss improves by less than ``settings['tolerance']`` (relative) over the last ``settings['chunk']``
-    epochs, or ``settings['max_epochs']``; checked (and the object kept) every
-    ``settings['snapshot_every']`` epochs (default: ``chunk``)."""
-    torch.set_num_threads(int(settings["threads"]))
-    N = counts.shape[-1]
-    pad = N  # object buffer margin so every probe window lies inside it
-    height, width = object_shape
+def _lsqml_options(settings: dict) -> api.LSQMLOptions:
+    """pty-chi's LSQML options for :func:`reconstruct`: SGD with step size 1 on the object (and the probe
+    when ``settings['optimize_probe']``), fixed positions, Gaussian noise, CPU."""
     options = api.LSQMLOptions()
     options.data_options.fft_shift = True  # our patterns have the DC at the centre
     options.object_options.optimizable = True
@@ -55,6 +48,20 @@ def reconstruct(counts: np.ndarray, x: np.ndarray, y: np.ndarray, probe: np.ndar
     options.reconstructor_options.default_device = api.Devices.CPU
     options.reconstructor_options.random_seed = int(settings["seed"])
     options.reconstructor_options.rescale_probe_intensity_in_first_epoch = bool(settings["optimize_probe"])
+    return options
+
+
+def reconstruct(counts: np.ndarray, x: np.ndarray, y: np.ndarray, probe: np.ndarray,
+                object_shape: tuple[int, int], settings: dict) -> dict:
+    """LSQML (pty-chi's own test settings: SGD, step size 1, Gaussian noise model) until the displayed
+    loss improves by less than ``settings['tolerance']`` (relative) over the last ``settings['chunk']``
+    epochs, or ``settings['max_epochs']``; checked (and the object kept) every
+    ``settings['snapshot_every']`` epochs (default: ``chunk``)."""
+    torch.set_num_threads(int(settings["threads"]))
+    N = counts.shape[-1]
+    pad = N  # object buffer margin so every probe window lies inside it
+    height, width = object_shape
+    options = _lsqml_options(settings)
 
     start = time.perf_counter()
     task = PtychographyTask(
