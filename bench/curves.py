@@ -267,7 +267,7 @@ def figure(data: dict[str, Any], path: Path = FIGURE) -> Path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.6))
-    for ax, (key, ref, title, ref_label) in zip(axes, PANELS):
+    for ax, (key, ref, title, ref_label) in zip(axes, PANELS, strict=True):
         for name, records in data["runs"].items():
             offset = _pretrained_cpu(data, name)  # a fine-tuning run continues its starting model's clock
             ax.plot([offset + r["cpu_s"] for r in records], [r[key] for r in records], marker=".", label=name)

@@ -265,7 +265,7 @@ def run_case(case: Case, url: str, size: dict[str, Any], batch_size: int | None,
         curves[PTYCHI] = [{"seconds": float(s), "epochs": int(e), **{k: v for k, v in score(o[object_box], ref).items()
                                                                       if k.startswith(("ssim", "psnr"))}}
                           for o, e, s in zip(ptychi_result.snapshots, ptychi_result.snapshot_epochs,
-                                             ptychi_result.snapshot_s)]
+                                             ptychi_result.snapshot_s, strict=True)]
         images[f"pty-chi ({ptychi_result.epochs} epochs)"] = ptychi_result.object[object_box]
         result["ptychi"] = {"algorithm": "LSQML", "versions": ptychi_result.versions, "batch_size": batch_size,
                             "optimize_probe": optimize_probe, "epochs": ptychi_result.epochs,
@@ -309,65 +309,86 @@ def tune_ptychi_batch(case: Case, size: dict[str, Any]) -> tuple[int, list[dict[
     return int(best["batch_size"]), trials
 
 
+def _gold_cases(size: dict[str, Any], workdir: Path, bundles: dict[str, Path],
+                training: dict[str, Any]) -> list[Case]:
+    """The gold-ball cases of each dose (dense, and sparse when the mode has them); each one's network is
+    added to ``bundles`` (trained in ``workdir`` when the mode trains, its record then in ``training``)."""
+    N = size["N"]
+    cases: list[Case] = []
+    for dose in size["doses"]:
+        tag = f"{dose:.0e}".replace("+0", "")
+        scan, obj = gold_scan(N, size["dense_crop"], 4.0, dose)
+        train_part, test_part = spatial_split(scan, axis="y", fraction=0.5)
+        if size["epochs"]:
+            key = f"gold {tag} (trained on the dense top half)"
+            bundles[key], training[key] = train_bundle(train_part, size, workdir / f"gold_{tag}")
+        elif (GOLD_BUNDLE / "manifest.json").is_file() and N == 64:
+            key = GOLD_MODEL
+            bundles[key] = GOLD_BUNDLE
+        else:  # no gold-ball model: the shipped model of another instrument (the Siemens star)
+            key = SHIPPED
+            bundles[key] = DEFAULT_BUNDLE
+        cases.append(Case(f"gold_{tag}_dense", f"gold balls, {tag} photons, 4 px step", test_part, obj.shape,
+                          key, truth=obj))
+        if size["sparse_crop"]:
+            sparse, sparse_obj = gold_scan(N, size["sparse_crop"], N / 2, dose, seed=1)
+            cases.append(Case(f"gold_{tag}_sparse", f"gold balls, {tag} photons, {N // 2} px step",
+                              spatial_split(sparse, axis="y", fraction=0.5)[1], sparse_obj.shape, key,
+                              truth=sparse_obj))
+    return cases
+
+
+def _cases(size: dict[str, Any], workdir: Path) -> tuple[list[Case], dict[str, Path], dict[str, Any]]:
+    """Every case of a mode, cheap ones first; the bundle of each network; the training records."""
+    bundles: dict[str, Path] = {}
+    training: dict[str, Any] = {}
+    cases = _gold_cases(size, workdir, bundles, training)
+    if size["siemens"]:
+        scan, shape = siemens_scan(size["N"])
+        bundles[SHIPPED] = DEFAULT_BUNDLE
+        cases.append(Case("siemens", "real Siemens star (APS Velociprobe)",
+                          spatial_split(scan, axis="y", fraction=0.5)[1], shape, SHIPPED, full_scan=scan))
+    if size["unseen"] and all(c.network != SHIPPED for c in cases if c.truth is not None):
+        # the gold balls served by the shipped model too: a model of another instrument
+        key = SHIPPED
+        bundles[key] = DEFAULT_BUNDLE
+        dense = next(c for c in cases if c.name.endswith("1e6_dense"))
+        cases.append(Case("gold_1e6_unseen_instrument", "gold balls, 1e6 photons, 4 px step, served by a model "
+                          "trained on another instrument (the Siemens star)", dense.test, dense.object_shape, key,
+                          truth=dense.truth))
+    # cheap cases first, so a run stopped early on a loaded machine still has them
+    cases.sort(key=lambda case: (case.name == "siemens", case.name.endswith("1e4_dense")))
+    return cases, bundles, training
+
+
+def _serve_cases(cases: list[Case], bundles: dict[str, Path], size: dict[str, Any], batch_size: int | None,
+                 tuning: list[Any], figures_dir: Path | None, stamp: str) -> dict[str, Any]:
+    """Each case against a server of its network's bundle (a failed case is recorded, the run goes on);
+    what is done so far is written to :data:`PARTIAL` after each case."""
+    results: dict[str, Any] = {}
+    for key, bundle in bundles.items():
+        with running_server(bundle, intra_op_threads=THREADS) as url:
+            for case in (case for case in cases if case.network == key):
+                try:
+                    results[case.name] = run_case(case, url, size, batch_size, figures_dir, stamp)
+                except (ServingError, ServerUnreachable, RuntimeError, OSError) as error:  # the run goes on
+                    results[case.name] = {"label": case.label, "reference": f"failed: {error}"}
+                PARTIAL.parent.mkdir(parents=True, exist_ok=True)  # what is done so far, case by case
+                PARTIAL.write_text(json.dumps(finite_or_none({"ptychi_batch_tuning": tuning,
+                                                              "ptychi_batch_size": batch_size,
+                                                              "cases": results}), default=str))
+    return results
+
+
 def run(mode: str, *, figures_dir: Path | None = None, stamp: str = "") -> dict[str, Any]:
     """Every case of ``mode``; ``figures_dir`` receives the time-to-quality figure."""
     size = SIZES[mode]
-    N = size["N"]
-    cases: list[Case] = []
-    training: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        bundles: dict[str, Path] = {}
-        for dose in size["doses"]:
-            tag = f"{dose:.0e}".replace("+0", "")
-            scan, obj = gold_scan(N, size["dense_crop"], 4.0, dose)
-            train_part, test_part = spatial_split(scan, axis="y", fraction=0.5)
-            if size["epochs"]:
-                key = f"gold {tag} (trained on the dense top half)"
-                bundles[key], training[key] = train_bundle(train_part, size, Path(tmp) / f"gold_{tag}")
-            elif (GOLD_BUNDLE / "manifest.json").is_file() and N == 64:
-                key = GOLD_MODEL
-                bundles[key] = GOLD_BUNDLE
-            else:  # no gold-ball model: the shipped model of another instrument (the Siemens star)
-                key = SHIPPED
-                bundles[key] = DEFAULT_BUNDLE
-            cases.append(Case(f"gold_{tag}_dense", f"gold balls, {tag} photons, 4 px step", test_part, obj.shape,
-                              key, truth=obj))
-            if size["sparse_crop"]:
-                sparse, sparse_obj = gold_scan(N, size["sparse_crop"], N / 2, dose, seed=1)
-                cases.append(Case(f"gold_{tag}_sparse", f"gold balls, {tag} photons, {N // 2} px step",
-                                  spatial_split(sparse, axis="y", fraction=0.5)[1], sparse_obj.shape, key,
-                                  truth=sparse_obj))
-        if size["siemens"]:
-            scan, shape = siemens_scan(N)
-            bundles[SHIPPED] = DEFAULT_BUNDLE
-            cases.append(Case("siemens", "real Siemens star (APS Velociprobe)",
-                              spatial_split(scan, axis="y", fraction=0.5)[1], shape, SHIPPED, full_scan=scan))
-        if size["unseen"] and all(c.network != SHIPPED for c in cases if c.truth is not None):
-            # the gold balls served by the shipped model too: a model of another instrument
-            key = SHIPPED
-            bundles[key] = DEFAULT_BUNDLE
-            dense = next(c for c in cases if c.name.endswith("1e6_dense"))
-            cases.append(Case("gold_1e6_unseen_instrument", "gold balls, 1e6 photons, 4 px step, served by a model "
-                              "trained on another instrument (the Siemens star)", dense.test, dense.object_shape, key,
-                              truth=dense.truth))
-        # cheap cases first, so a run stopped early on a loaded machine still has them
-        cases.sort(key=lambda case: (case.name == "siemens", case.name.endswith("1e4_dense")))
+        cases, bundles, training = _cases(size, Path(tmp))
         batch_size, tuning = None, []
         if size["ptychi"] is not None and ptychi.available():
             batch_size, tuning = tune_ptychi_batch(next(c for c in cases if c.name.endswith("1e6_dense")), size)
-        results: dict[str, Any] = {}
-        for key, bundle in bundles.items():
-            with running_server(bundle, intra_op_threads=THREADS) as url:
-                for case in cases:
-                    if case.network == key:
-                        try:
-                            results[case.name] = run_case(case, url, size, batch_size, figures_dir, stamp)
-                        except (ServingError, ServerUnreachable, RuntimeError, OSError) as error:  # the run goes on
-                            results[case.name] = {"label": case.label, "reference": f"failed: {error}"}
-                        PARTIAL.parent.mkdir(parents=True, exist_ok=True)  # what is done so far, case by case
-                        PARTIAL.write_text(json.dumps(finite_or_none({"ptychi_batch_tuning": tuning,
-                                                                      "ptychi_batch_size": batch_size,
-                                                                      "cases": results}), default=str))
+        results = _serve_cases(cases, bundles, size, batch_size, tuning, figures_dir, stamp)
     setup = {k: (list(v) if isinstance(v, tuple) else v) for k, v in size.items()}
     out = {"setup": setup, "training": training, "ptychi_batch_tuning": tuning, "ptychi_batch_size": batch_size,
            "cases": results}
