@@ -169,7 +169,7 @@ def test_triton_config_parses_and_names_the_graph_tensors(exported: Exported) ->
     assert config.HasField("dynamic_batching") and list(config.version_policy.specific.versions) == [1]
     for declared, onnx_values in ((config.input, graph.input), (config.output, graph.output)):
         assert [t.name for t in declared] == [v.name for v in onnx_values]
-        for tensor, value in zip(declared, onnx_values):
+        for tensor, value in zip(declared, onnx_values, strict=True):
             graph_dims = [d.dim_value for d in value.type.tensor_type.shape.dim][1:]  # minus the batch axis
             assert tensor.data_type == model_config_pb2.TYPE_FP32
             if graph_dims:
@@ -185,7 +185,7 @@ def test_torchscript_loads_and_matches_eager(exported: Exported) -> None:
         scale = np.full(batch, 0.5, np.float32)
         with torch.no_grad():
             got = [t.numpy() for t in scripted(torch.from_numpy(diffraction), torch.from_numpy(scale))]
-        for g, want in zip(got, _eager(exported.generator, diffraction, scale)):
+        for g, want in zip(got, _eager(exported.generator, diffraction, scale), strict=True):
             assert g.shape == want.shape and np.abs(g - want).max() <= FP32_TOLERANCE
 
 
@@ -274,7 +274,7 @@ def test_cli_exports_a_trained_checkpoint(scan32: Path, tmp_path: Path, capsys: 
     scale = np.full(8, checkpoint.training_scale, np.float32)
     session = ort.InferenceSession(str(bundle.onnx_path), providers=["CPUExecutionProvider"])
     for got, want in zip(session.run(None, {"diffraction": diffraction, "scale": scale}),
-                         _eager(generator, diffraction, scale)):
+                         _eager(generator, diffraction, scale), strict=True):
         assert np.abs(got - want).max() <= FP32_TOLERANCE
 
 

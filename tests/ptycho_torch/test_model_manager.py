@@ -60,7 +60,7 @@ def test_load_restores_params_and_predicts_identically(archive, checkpoint):
     x = torch.rand(3, 1, N, N) * 5
     scale = torch.full((3,), 0.37)
     with torch.no_grad():
-        for a, b in zip(original(x, scale), loaded.generator(x, scale)):
+        for a, b in zip(original(x, scale), loaded.generator(x, scale), strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
     np.testing.assert_array_equal(loaded.probe, probe)
     assert loaded.record.training_scale == pytest.approx(0.37)

@@ -10,12 +10,12 @@ import h5py
 import numpy as np
 import pytest
 
-from ptychopinn.cli import main as cli_main
 from ptycho_torch.data import load_scan, spatial_split
+from ptycho_torch.pipeline import reconstruct
+from ptychopinn.cli import main as cli_main
 from serving.app import create_app
 from serving.config import Limits
 from serving.engine import Engine
-from ptycho_torch.pipeline import reconstruct
 
 N = 32  # the oracle bundle's (tests/serving/conftest.py); `conftest` is ambiguous with tests/ptychodus collected too
 
