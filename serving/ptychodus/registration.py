@@ -29,6 +29,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ptychodus.api.reconstruct import ReconstructorLibrary
+    from ptychodus.api.settings import SettingsRegistry
+    from ptychodus.model.product.api import ProductAPI
+    from ptychodus.model.task_manager import TaskManager
+
     from serving.ptychodus.library import PtychoPINNServeLibrary
 
 __all__ = ["install", "library_for", "main"]
@@ -70,7 +75,8 @@ def install() -> bool:
     class ProcessingCore(base):  # type: ignore[misc, valid-type]
         __doc__ = base.__doc__
 
-        def __init__(self, task_manager, settings_registry, product_api, algorithm_libraries):
+        def __init__(self, task_manager: TaskManager, settings_registry: SettingsRegistry, product_api: ProductAPI,
+                     algorithm_libraries: Sequence[ReconstructorLibrary]) -> None:
             ours = PtychoPINNServeLibrary(settings_registry)
             keep_builtin = upstream_ptycho_torch()
             libraries = [lib for lib in algorithm_libraries if keep_builtin or lib.name != BUILTIN_TORCH_LIBRARY]
