@@ -15,8 +15,27 @@ from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import TypeVar
 
-__all__ = ["AmpActivation", "Generator", "LoggerBackend", "LossMode", "ModelType", "RefineAlgorithm", "RefineStart",
+__all__ = ["AmpActivation", "Architecture", "Backend", "Generator", "GradientClipAlgorithm", "LoggerBackend", "LossMode", "ModelType", "RefineAlgorithm", "RefineStart",
            "ScalePolicy", "Scheduler", "Units", "check_table", "parse", "values"]
+
+
+class Architecture(StrEnum):
+    """The generator family (PtychoPINN's ``architecture``)."""
+
+    CNN = "cnn"
+
+
+class Backend(StrEnum):
+    """The framework a configuration runs on (PtychoPINN's ``backend``; this implementation is torch only)."""
+
+    PYTORCH = "pytorch"
+
+
+class GradientClipAlgorithm(StrEnum):
+    """What gradient clipping bounds (Lightning's ``gradient_clip_algorithm``): the gradients' norm or each value."""
+
+    NORM = "norm"
+    VALUE = "value"
 
 
 class Generator(StrEnum):

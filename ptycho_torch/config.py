@@ -23,9 +23,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, TypeVar
 
-from ptycho_torch.choices import AmpActivation, Generator, LoggerBackend, LossMode, ModelType, Scheduler, values
+from ptycho_torch.choices import (
+    AmpActivation,
+    Architecture,
+    Backend,
+    Generator,
+    GradientClipAlgorithm,
+    LoggerBackend,
+    LossMode,
+    ModelType,
+    Scheduler,
+    values,
+)
 from ptycho_torch.errors import ConfigError
 from ptycho_torch.grouping import default_neighbor_count
 
@@ -70,27 +81,19 @@ def _require(ok: bool, name: str, value: Any, expected: str) -> None:
 
 
 @cache
-def _choices(cls: type) -> dict[str, tuple[str, ...] | type[enum.StrEnum]]:
-    """``{field: its StrEnum, or its Literal's values}`` for the string-choice fields of ``cls``."""
-    found: dict[str, tuple[str, ...] | type[enum.StrEnum]] = {}
-    for name, hint in typing.get_type_hints(cls).items():
-        if isinstance(hint, type) and issubclass(hint, enum.StrEnum):
-            found[name] = hint
-        elif typing.get_origin(hint) is Literal:
-            found[name] = typing.get_args(hint)
-    return found
+def _choices(cls: type) -> dict[str, type[enum.StrEnum]]:
+    """``{field: its StrEnum}`` for the string-choice fields of ``cls``."""
+    return {name: hint for name, hint in typing.get_type_hints(cls).items()
+            if isinstance(hint, type) and issubclass(hint, enum.StrEnum)}
 
 
 def _parse_choices(config: object) -> None:
-    """Check every string-choice field of ``config`` against its annotation and store an enum field's
-    value as its member (a plain string becomes ``Generator.TF``)."""
-    cls: type = type(config)
-    for name, choice in _choices(cls).items():
+    """Check every string-choice field of ``config`` against its enum and store the member (a plain
+    string becomes ``Generator.TF``)."""
+    for name, choice in _choices(type(config)).items():
         value = getattr(config, name)
-        allowed = choice if isinstance(choice, tuple) else values(choice)
-        _require(value in allowed, name, value, f"one of {list(allowed)}")
-        if not isinstance(choice, tuple):
-            object.__setattr__(config, name, choice(value))
+        _require(value in values(choice), name, value, f"one of {list(values(choice))}")
+        object.__setattr__(config, name, choice(value))
 
 
 def _check_sampling(config: TrainingConfig | InferenceConfig) -> None:
@@ -124,7 +127,7 @@ class ModelConfig:
     """Width multiplier of every convolution."""
     model_type: ModelType = ModelType.PINN
     """``pinn`` (self-supervised through the physics) or ``supervised`` (needs ground truth)."""
-    architecture: Literal["cnn"] = "cnn"
+    architecture: Architecture = Architecture.CNN
     """Generator family; only the CNN generator is implemented."""
     generator: Generator = field(default=Generator.TF, metadata=RECIPE)
     """Last decoder stage: ``tf`` (TensorFlow parity), ``smooth``, ``full`` or ``taper``.
@@ -210,7 +213,7 @@ class TrainingConfig:
     """Run directory: checkpoints/, logs/, config.json and summary.json."""
     sequential_sampling: bool = False
     """PtychoPINN's sequential group sampling; no effect here (:data:`NO_EFFECT`)."""
-    backend: Literal["pytorch"] = "pytorch"
+    backend: Backend = Backend.PYTORCH
     """Training backend; only ``pytorch``."""
     torch_loss_mode: LossMode = LossMode.POISSON
     """Main loss, whose weight must be positive: ``poisson`` (``nll_weight``) or ``mae`` (``mae_weight``)."""
@@ -252,7 +255,7 @@ class InferenceConfig:
     """PtychoPINN's debug switch; no effect here (:data:`NO_EFFECT`)."""
     output_dir: Path = Path("inference_outputs")
     """Folder for the reconstruction's files."""
-    backend: Literal["pytorch"] = "pytorch"
+    backend: Backend = Backend.PYTORCH
     """Inference backend; only ``pytorch``."""
 
     def __post_init__(self) -> None:
@@ -284,7 +287,7 @@ class PyTorchExecutionConfig:
     """Learning-rate schedule (PtychoPINN's names; ``Default``: constant)."""
     gradient_clip_val: float | None = None
     """Clip gradients at this value (None: no clipping)."""
-    gradient_clip_algorithm: Literal["norm", "value"] = "norm"
+    gradient_clip_algorithm: GradientClipAlgorithm = GradientClipAlgorithm.NORM
     """Clip the gradients' ``norm`` or each ``value``."""
     accumulate_grad_batches: int = 1
     """Accumulate gradients over this many steps."""

@@ -63,9 +63,13 @@ def _argument(annotation: Any) -> dict[str, Any] | None:
             return None
         annotation, args = args[0], list(typing.get_args(args[0]))
     if typing.get_origin(annotation) is typing.Literal:
-        return {"choices": list(args)} if len(args) > 1 else None  # one value: nothing to choose
-    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-        return {"choices": [m.value for m in annotation]}
+        args = list(args)
+    elif isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        args = [m.value for m in annotation]
+    else:
+        args = []
+    if args:
+        return {"choices": args} if len(args) > 1 else None  # one value: nothing to choose
     if annotation is bool:
         return {"action": argparse.BooleanOptionalAction}
     if annotation in (int, float, str, Path):

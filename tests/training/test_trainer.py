@@ -145,6 +145,7 @@ OLD_TRAIN_FLAGS = {  # the flags of `ptychopinn train` before they were generate
 def test_every_config_field_has_a_train_flag_with_its_docstring_help():
     import argparse
     import dataclasses
+    import enum
     import typing
 
     from ptycho_torch.config import NO_EFFECT
@@ -157,7 +158,8 @@ def test_every_config_field_has_a_train_flag_with_its_docstring_help():
     for section, cls in train_cli.SECTIONS.items():
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            fixed = typing.get_origin(hints[f.name]) is typing.Literal and len(typing.get_args(hints[f.name])) == 1
+            hint = hints[f.name]
+            fixed = isinstance(hint, type) and issubclass(hint, enum.Enum) and len(hint) == 1  # e.g. Backend
             if f.name == "model" or f.name in NO_EFFECT or fixed:  # nested, legacy without effect, one value
                 assert f"{section}.{f.name}" not in actions
                 continue
