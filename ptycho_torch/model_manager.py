@@ -16,6 +16,7 @@ This is the training-side archive; the deployment artifact is the bundle (design
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import tempfile
 import zipfile
@@ -179,13 +180,20 @@ class TorchModelManager:
 
 
 def _versions() -> dict[str, str]:
-    import lightning
     import torch
 
     from ptycho_torch import __version__
 
-    return {"torch_version": torch.__version__, "lightning_version": lightning.__version__,
+    return {"torch_version": torch.__version__, "lightning_version": _installed("lightning"),
             "package_version": __version__}
+
+
+def _installed(distribution: str) -> str:
+    """The installed version of ``distribution`` (read from its metadata, not by importing it), or ``unknown``."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _open(path: Path) -> zipfile.ZipFile:

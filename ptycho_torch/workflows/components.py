@@ -36,7 +36,7 @@ from ptycho_torch.config import (
 from ptycho_torch.data import RawData
 from ptycho_torch.errors import DataContractError, ModelArchiveError
 from ptycho_torch.grouping import GroupedScan
-from ptycho_torch.mlflow_store import download_model, file_store_allowed, is_mlflow_uri
+from ptycho_torch.mlflow_store import download_model, is_mlflow_uri, log_training_run, model_uri
 from ptycho_torch.model import PtychoPINNGenerator
 from ptycho_torch.model_manager import DEFAULT_MODEL, TorchModelManager
 from ptycho_torch.outputs import save_outputs
@@ -55,11 +55,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-MLFLOW_EXPERIMENT = "ptychopinn"
-MLFLOW_ARTIFACT_PATH = "model"
-"""Artifact folder of the archive in an MLflow run: load it back with ``runs:/<run_id>/model``."""
-
 
 class _History(L.Callback):
     """Per-epoch scalar metrics as a Keras-style ``history`` (dict of lists)."""
@@ -105,6 +100,7 @@ def train_cdi_model_torch(
         history.history["loss"] = history.history["train_loss"]
     checkpoint = run.best_checkpoint or run.last_checkpoint
     generator = run.module.generator.eval()
+    assert config.neighbor_count is not None  # resolved by TrainingConfig.__post_init__
     return {
         "history": history.history,
         "history_epochs": list(range(1, len(next(iter(history.history.values()), [])) + 1)),
@@ -207,37 +203,11 @@ def run_cdi_example_torch(
         )
         results.update(reassembly)
     if enable_mlflow:
-        results["run_id"] = _track_with_mlflow(config, results)
-        results["model_uri"] = f"runs:/{results['run_id']}/{MLFLOW_ARTIFACT_PATH}"
+        metrics = {**results["history"], **{name: [float(results[name])] for name in ("intensity_scale", "input_scale")}}
+        results["run_id"] = log_training_run(config.output_dir, dataclass_to_legacy_dict(config), metrics,
+                                             results["archive"])
+        results["model_uri"] = model_uri(results["run_id"])
     return amplitude, phase, results
-
-
-def mlflow_tracking_uri(output_dir: str | Path) -> str:
-    """The local MLflow file store of a run directory (``output_dir/mlruns``)."""
-    return (Path(output_dir) / "mlruns").resolve().as_uri()
-
-
-def _track_with_mlflow(config: TrainingConfig, results: dict[str, Any]) -> str:
-    try:
-        from mlflow.entities import Metric, Param
-        from mlflow.tracking import MlflowClient
-    except ImportError as error:
-        raise ModelArchiveError("`enable_mlflow` needs MLflow, which is not installed; "
-                                "pip install 'ptychopinn-serve[mlflow]' or pass enable_mlflow=False") from error
-    with file_store_allowed():
-        client = MlflowClient(tracking_uri=mlflow_tracking_uri(config.output_dir))
-        experiment = client.get_experiment_by_name(MLFLOW_EXPERIMENT)
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(MLFLOW_EXPERIMENT)
-        run_id = client.create_run(experiment_id, tags={"backend": "pytorch"}).info.run_id
-        legacy = dataclass_to_legacy_dict(config)
-        client.log_batch(run_id, params=[Param(k, str(v)[:500]) for k, v in sorted(legacy.items())])
-        metrics = [Metric(name, value, 0, step) for name, values in results["history"].items()
-                   for step, value in enumerate(values)]
-        metrics += [Metric(name, float(results[name]), 0, 0) for name in ("intensity_scale", "input_scale")]
-        client.log_batch(run_id, metrics=metrics)
-        client.log_artifact(run_id, str(results["archive"]), artifact_path=MLFLOW_ARTIFACT_PATH)
-        client.set_terminated(run_id)
-    return run_id
 
 
 def load_inference_bundle_torch(

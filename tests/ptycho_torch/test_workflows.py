@@ -11,11 +11,11 @@ from ptycho_torch import params
 from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig
 from ptycho_torch.data import RawData
 from ptycho_torch.errors import DataContractError, ModelArchiveError
+from ptycho_torch.mlflow_store import tracking_uri
 from ptycho_torch.simulation import simulate
 from ptycho_torch.stitching import StitchResult
 from ptycho_torch.workflows.components import (
     load_inference_bundle_torch,
-    mlflow_tracking_uri,
     predict_patches,
     reassemble_torch,
     run_cdi_example_torch,
@@ -85,7 +85,7 @@ def test_archive_and_checkpoint_and_mlflow_reload_predict_identically(example):
         generator, snapshot = load_inference_bundle_torch(source)
         np.testing.assert_array_equal(predict_patches(generator, diffraction, scale), expected)
         assert snapshot["N"] == N and snapshot["input_scale"] == pytest.approx(results["input_scale"])
-    tracking = mlflow_tracking_uri(results["archive"].parent)
+    tracking = tracking_uri(results["archive"].parent)
     generator, snapshot = load_inference_bundle_torch(results["model_uri"], tracking_uri=tracking)
     np.testing.assert_array_equal(predict_patches(generator, diffraction, scale), expected)
     assert params.cfg["N"] == N  # the loader restores params.cfg from the snapshot
@@ -96,7 +96,7 @@ def test_mlflow_run_records_history_and_the_archive(example, monkeypatch):
 
     _, _, results = example
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    client = MlflowClient(tracking_uri=mlflow_tracking_uri(results["archive"].parent))
+    client = MlflowClient(tracking_uri=tracking_uri(results["archive"].parent))
     run = client.get_run(results["run_id"])
     assert run.info.status == "FINISHED" and run.data.params["N"] == str(N)
     assert [m.value for m in client.get_metric_history(results["run_id"], "train_loss")] == pytest.approx(
