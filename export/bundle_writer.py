@@ -15,7 +15,7 @@ import onnx
 import torch
 
 from export.onnx import convert_fp16, export_onnx
-from export.options import ExportOptions
+from export.options import DEFAULTS, ExportOptions
 from export.torchscript import export_torchscript
 from export.triton import write_triton_repository
 from export.verify import verification_inputs, verify_exports
@@ -41,6 +41,7 @@ from ptycho_torch.checksums import sha256_file
 from ptycho_torch.config import ModelConfig
 from ptycho_torch.data import scan_metadata
 from ptycho_torch.errors import DataContractError, ExportError
+from ptycho_torch.model import PtychoPINNGenerator
 from ptycho_torch.pixel_size import check_pixel_size, scan_pixel_size
 from ptycho_torch.run_layout import RunLayout
 from ptycho_torch.scan_checks import bad_pixel_mask
@@ -65,8 +66,8 @@ def _package_version() -> str:
         return "0+unknown"
 
 
-def export_bundle(generator: torch.nn.Module, out: Path, *, record: CheckpointRecord, probe: np.ndarray,
-                  diffraction: np.ndarray, inputs_label: str, options: ExportOptions = ExportOptions(),
+def export_bundle(generator: PtychoPINNGenerator, out: Path, *, record: CheckpointRecord, probe: np.ndarray,
+                  diffraction: np.ndarray, inputs_label: str, options: ExportOptions = DEFAULTS,
                   checkpoint: str | None = None, training: TrainingRecord | None = None) -> Bundle:
     """Write the bundle of design.md section 4 to ``out`` (a new or empty directory) and load it back.
 
@@ -148,7 +149,7 @@ def training_pixel_size(given: float | None, train_scan: str | Path | None) -> f
 
 
 def export_checkpoint(checkpoint: Path, out: Path, *, data: Path | None = None,
-                      options: ExportOptions = ExportOptions(), held_out_nll: float | None = None) -> Bundle:
+                      options: ExportOptions = DEFAULTS, held_out_nll: float | None = None) -> Bundle:
     """Export a Lightning checkpoint: load its generator, verify on ``data`` (default: the training
     scan recorded in the checkpoint) and write the bundle to ``out``. ``held_out_nll`` replaces the
     training record's held-out NLL (for runs validated outside Lightning, e.g. ``bench.curves``)."""

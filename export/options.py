@@ -65,3 +65,7 @@ class ExportOptions:
             from ptycho_torch.bundle.signing import read_key
 
             read_key(self.sign_key, "private")  # a bad key fails before the export, not after
+
+
+DEFAULTS = ExportOptions()
+"""Every export option at its default (what ``ptychopinn export`` does without flags)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from ptycho_torch.data import load_scan
 from ptycho_torch.errors import DataContractError, ExportError
 from ptycho_torch.normalization import input_scale
 
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
 BATCH_1_SAMPLES = 4
 
 Outputs = tuple[np.ndarray, np.ndarray]
@@ -28,7 +31,7 @@ Run = Callable[[np.ndarray, np.ndarray], Sequence[Any]]
 """One engine call: ``(diffraction, scale)`` -> ``(amplitude, phase)`` (tensors or arrays)."""
 
 
-def verification_inputs(scan: Path, N: int, gridsize: int, n_groups: int = 64, seed: int = 0) -> np.ndarray:  # noqa: N803
+def verification_inputs(scan: Path, N: int, gridsize: int, n_groups: int = 64, seed: int = 0) -> np.ndarray:
     """Real verification inputs ``(B, C, N, N)`` float32: groups of a scan file's own patterns.
 
     A tike-layout scan with a larger detector is centrally cropped to ``N`` (see ``load_scan``).
@@ -51,7 +54,7 @@ def torch_runner(module: torch.nn.Module) -> Run:
     return run
 
 
-def ort_runner(session) -> Run:  # noqa: ANN001
+def ort_runner(session: ort.InferenceSession) -> Run:
     """A :data:`Run` calling an onnxruntime session."""
     return lambda x, s: session.run(None, dict(zip(INPUT_NAMES, (x, s), strict=True)))
 
@@ -79,7 +82,7 @@ def verify_exports(generator: torch.nn.Module, diffraction: np.ndarray, *, onnx_
     scale = np.full(len(diffraction), input_scale(diffraction), dtype=np.float32)
     generator = generator.eval()
 
-    def session(path: Path):  # noqa: ANN202
+    def session(path: Path) -> ort.InferenceSession:
         return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
     eager_run, onnx_run = torch_runner(generator), ort_runner(session(onnx_path))

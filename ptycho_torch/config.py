@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from ptycho_torch.choices import (
     AmpActivation,
@@ -39,6 +39,9 @@ from ptycho_torch.choices import (
 )
 from ptycho_torch.errors import ConfigError
 from ptycho_torch.grouping import default_neighbor_count
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 RECIPE: Final[Mapping[str, bool]] = {"recipe": True}
 """Field metadata of the settings that make a bundle's recipe: ``field(..., metadata=RECIPE)``."""
@@ -90,7 +93,8 @@ def _choices(cls: type) -> dict[str, type[enum.StrEnum]]:
 def _parse_choices(config: object) -> None:
     """Check every string-choice field of ``config`` against its enum and store the member (a plain
     string becomes ``Generator.TF``)."""
-    for name, choice in _choices(type(config)).items():
+    cls: type = type(config)
+    for name, choice in _choices(cls).items():
         value = getattr(config, name)
         _require(value in values(choice), name, value, f"one of {list(values(choice))}")
         object.__setattr__(config, name, choice(value))
@@ -324,7 +328,7 @@ class PyTorchExecutionConfig:
 
 AnyConfig = TrainingConfig | InferenceConfig | ModelConfig
 
-_C = TypeVar("_C")
+_C = TypeVar("_C", bound="DataclassInstance")
 
 
 def config_from_dict(cls: type[_C], values: Mapping[str, Any]) -> _C:

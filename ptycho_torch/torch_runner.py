@@ -31,7 +31,7 @@ class TorchRunner:
     """Batched inference of a :class:`PtychoPINNGenerator` on its own device (eval mode, no autograd)."""
 
     def __init__(self, generator: PtychoPINNGenerator, *, training_scale: float,
-                 probe: npt.ArrayLike | None = None, stitch_M: int | None = None,  # noqa: N803
+                 probe: npt.ArrayLike | None = None, stitch_M: int | None = None,
                  neighbor_count: int | None = None, bad_pixels: npt.ArrayLike | None = None,
                  batch_size: int = 64, name: str = "torch") -> None:
         config = generator.config

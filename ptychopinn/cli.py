@@ -101,10 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ptychopinn {args.command}: error: {message}", file=sys.stderr)
         return getattr(error, "exit_code", 2)
     except ModuleNotFoundError as error:
-        message = missing_extra_message(error)
-        if message is None:
+        missing = missing_extra_message(error)
+        if missing is None:
             raise
-        print(f"ptychopinn {args.command}: error: {message}", file=sys.stderr)
+        print(f"ptychopinn {args.command}: error: {missing}", file=sys.stderr)
         return 2
 
 

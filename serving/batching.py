@@ -30,7 +30,6 @@ from serving.engine import Engine
 from serving.errors import DeadlineExceeded, Overloaded, Unavailable
 
 if TYPE_CHECKING:
-    from ptycho_torch.bundle import Bundle
     from ptycho_torch.model_facts import ModelFacts
 
 __all__ = ["BatchObserver", "DynamicBatcher"]
@@ -229,7 +228,7 @@ class DynamicBatcher:
             scale = np.concatenate([r.scale[a:b] for r, a, b in slices])
         try:
             amplitude, phase = self.engine.run(diffraction, scale)
-        except Exception as error:  # noqa: BLE001 - delivered to every waiting caller
+        except Exception as error:
             log.exception("batch of %d items failed", len(scale))
             for request, _, _ in slices:
                 _deliver(request.future, error=error)
@@ -256,5 +255,5 @@ class DynamicBatcher:
         if self.observer is not None:
             try:
                 self.observer(len(scale), queue_s, compute_s)
-            except Exception:  # noqa: BLE001 - a broken observer must not stop the batcher
+            except Exception:
                 log.exception("batch observer failed")

@@ -71,14 +71,14 @@ class Client:
                 message = response.json()["error"]
             except (ValueError, KeyError, TypeError):
                 message = response.text[:500]
-            error = error_for_status(response.status_code)
+            refusal = error_for_status(response.status_code)
             if response.status_code == 404 and path.startswith("/v1/sessions/"):
-                error = SessionNotFound
-            if error is Overloaded:
+                refusal = SessionNotFound
+            if refusal is Overloaded:
                 raise Overloaded(message, retry_after_s=int(response.headers.get("retry-after", "1")))
-            if error is Unauthorized:
+            if refusal is Unauthorized:
                 raise Unauthorized(message)
-            raise error(f"HTTP {response.status_code} from {response.request.url}: {message}")
+            raise refusal(f"HTTP {response.status_code} from {response.request.url}: {message}")
         return response
 
     def ready(self) -> bool:

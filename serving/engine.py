@@ -123,7 +123,7 @@ class Engine:
                 str(bundle.onnx_path), sess_options=options,
                 providers=[(p, self._provider_options(p, cache_dir)) for p in requested],
             )
-        except Exception as error:  # onnxruntime's pybind errors: one line, never its C++ trace
+        except Exception as error:  # noqa: BLE001 - onnxruntime's pybind errors: one line, never its C++ trace
             raise BundleError(f"{bundle.onnx_path.name}: the installed {runtime_version()} cannot load the graph "
                               f"({short_reason(str(error))}); check the bundle with `ptychopinn inspect`, "
                               "upgrade onnxruntime or re-export the bundle") from None

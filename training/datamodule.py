@@ -15,6 +15,8 @@ Groups are built once, before training; the arrays are shared with torch without
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import lightning as L
 import numpy as np
 import torch
@@ -89,7 +91,7 @@ class ResumableSampler(DistributedSampler):
         """Skip the first ``batches`` batches the next time ``epoch`` is iterated."""
         self._resume = (epoch, batches)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[int]:
         indices = list(super().__iter__())
         if self._resume is not None and self._resume[0] == self.epoch:
             indices = indices[self._resume[1] * self.batch_size:]
@@ -169,7 +171,7 @@ class GroupedDataModule(L.LightningDataModule):
         if trainer is None:
             return {}
         return {"epoch": trainer.current_epoch,
-                "batches_done": trainer.fit_loop.epoch_loop.batch_progress.current.processed}
+                "batches_done": trainer.fit_loop.epoch_loop.batch_progress.current.processed}  # type: ignore[attr-defined]  # Lightning types `current` as its base tracker
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Resume the training shuffle of ``state["epoch"]`` after its first ``batches_done`` batches."""

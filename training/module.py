@@ -26,7 +26,7 @@ Checkpoint contract (read by ``export`` and ``workflows``): ``self.generator`` i
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning as L
@@ -43,7 +43,8 @@ from ptycho_torch.model import PtychoPINNGenerator, combine_complex
 #: supervised loss weights on amplitude and phase (PtychoPINN's torch supervised mode)
 SUPERVISED_WEIGHTS = (2.0, 4.0)
 #: ReduceLROnPlateau settings of the TensorFlow reference (hoidn/PtychoPINN)
-PLATEAU = {"factor": 0.5, "patience": 2, "min_lr": 1e-4}
+PLATEAU_FACTOR, PLATEAU_PATIENCE, PLATEAU_MIN_LR = 0.5, 2, 1e-4
+"""ReduceLROnPlateau: halve the learning rate after 2 epochs without a better validation loss, down to 1e-4."""
 EXPONENTIAL_GAMMA = 0.95
 WARMUP_FRACTION = 0.05
 
@@ -57,6 +58,11 @@ class PtychoPINNModule(L.LightningModule):
     ``nphotons (B,)`` (a simulated corpus mixes doses; the Poisson intensity scale is then per item).
     Build one with :meth:`from_configs`; the constructor takes the saved hyper-parameters.
     """
+
+    probe: Tensor
+    """The normalised training probe ``(P, N, N)`` complex64 (a buffer: saved in the checkpoint)."""
+    probe_mask: Tensor
+    """A disk of radius N/4 ``(N, N)`` (a buffer, not saved) for ``probe_mask``."""
 
     def __init__(
         self,
@@ -167,7 +173,7 @@ class PtychoPINNModule(L.LightningModule):
 
 
 LossFunction = Callable[[PtychoPINNModule, dict[str, Tensor], Tensor, Tensor], dict[str, Tensor]]
-LOSSES: dict[ModelType, LossFunction] = check_table(ModelType, {
+LOSSES: Mapping[ModelType, LossFunction] = check_table(ModelType, {
     ModelType.PINN: PtychoPINNModule._physics_losses,
     ModelType.SUPERVISED: PtychoPINNModule._supervised_losses,
 })
@@ -184,7 +190,8 @@ def _exponential(optimizer: torch.optim.Optimizer, module: L.LightningModule) ->
 
 
 def _plateau(optimizer: torch.optim.Optimizer, module: L.LightningModule) -> Any:
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", **PLATEAU)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=PLATEAU_FACTOR,
+                                                           patience=PLATEAU_PATIENCE, min_lr=PLATEAU_MIN_LR)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"}}
 
 
@@ -201,7 +208,7 @@ def _warmup_cosine(optimizer: torch.optim.Optimizer, module: L.LightningModule) 
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-SCHEDULERS: dict[Scheduler, Callable[[torch.optim.Optimizer, L.LightningModule], Any]] = check_table(Scheduler, {
+SCHEDULERS: Mapping[Scheduler, Callable[[torch.optim.Optimizer, L.LightningModule], Any]] = check_table(Scheduler, {
     Scheduler.DEFAULT: _constant,
     Scheduler.EXPONENTIAL: _exponential,
     Scheduler.REDUCE_LR_ON_PLATEAU: _plateau,
@@ -209,7 +216,7 @@ SCHEDULERS: dict[Scheduler, Callable[[torch.optim.Optimizer, L.LightningModule],
 })
 """``scheduler`` -> ``(optimizer, module) ->`` what ``configure_optimizers`` returns."""
 
-LOSS_WEIGHTS: dict[LossMode, tuple[str, str]] = check_table(LossMode, {
+LOSS_WEIGHTS: Mapping[LossMode, tuple[str, str]] = check_table(LossMode, {
     LossMode.POISSON: ("nll_weight", "set nll_weight or use torch_loss_mode 'mae'"),
     LossMode.MAE: ("mae_weight", "set mae_weight (e.g. 1) or use torch_loss_mode 'poisson'"),
 })

@@ -104,7 +104,7 @@ class RunReport(L.Callback):
     @staticmethod
     def finished_status(trainer: L.Trainer) -> RunStatus:
         """``early_stopped``, ``max_steps`` or ``completed``: why a run that returned normally ended."""
-        if any(isinstance(c, EarlyStopping) and c.stopped_epoch > 0 for c in trainer.callbacks):
+        if any(isinstance(c, EarlyStopping) and c.stopped_epoch > 0 for c in trainer.early_stopping_callbacks):
             return RunStatus.EARLY_STOPPED
         if trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps:
             return RunStatus.MAX_STEPS

@@ -16,6 +16,7 @@ first member) plus ``nphotons`` (the scan's dose: the Poisson model's intensity 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 import lightning as L
@@ -123,10 +124,10 @@ class CorpusDataModule(L.LightningDataModule):
         if val is None and len(corpus.shards) < 2:
             raise DataContractError(f"`corpus` {corpus.root} needs at least 2 shards to hold one out for validation, "
                                     f"got {len(corpus.shards)}; pass a validation scan or write more shards")
-        common = {"gridsize": gridsize, "neighbor_count": neighbor_count, "batch_size": batch_size, "seed": seed}
-        self.stream = CorpusStream(corpus, shards=train_shards, **common)
-        self.val_set = val if val is not None else CorpusStream(corpus, shards=corpus.shards[-1:], shuffle=False,
-                                                                split_ranks=False, **common)
+        stream = functools.partial(CorpusStream, corpus, gridsize=gridsize, neighbor_count=neighbor_count,
+                                   batch_size=batch_size, seed=seed)
+        self.stream = stream(shards=train_shards)
+        self.val_set = val if val is not None else stream(shards=corpus.shards[-1:], shuffle=False, split_ranks=False)
         self.batch_size = batch_size
         self.num_workers = num_workers
 

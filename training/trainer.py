@@ -19,10 +19,10 @@ import logging
 import signal
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -74,7 +74,7 @@ def _mlflow_logger(output_dir: Path) -> Logger:
     return MLFlowLogger(experiment_name="ptychopinn", tracking_uri=(output_dir / "mlruns").resolve().as_uri())
 
 
-LOGGERS: dict[LoggerBackend, Callable[[Path], Logger | bool]] = check_table(LoggerBackend, {
+LOGGERS: Mapping[LoggerBackend, Callable[[Path], Logger | bool]] = check_table(LoggerBackend, {
     LoggerBackend.CSV: lambda output_dir: CSVLogger(save_dir=output_dir, name="logs"),
     LoggerBackend.TENSORBOARD: _tensorboard_logger,
     LoggerBackend.MLFLOW: _mlflow_logger,
@@ -89,7 +89,7 @@ def show_progress_bar(execution: PyTorchExecutionConfig) -> bool:
 
 
 def build_trainer(
-    execution: PyTorchExecutionConfig, *, output_dir: str | Path, max_epochs: int, callbacks: list[L.Callback] = ()
+    execution: PyTorchExecutionConfig, *, output_dir: str | Path, max_epochs: int, callbacks: Sequence[L.Callback] = ()
 ) -> L.Trainer:
     """A Trainer with ``best.ckpt`` (lowest ``val_loss``) and ``last.ckpt`` in ``output_dir/checkpoints``
     written atomically, the chosen logger, optional early stopping, and every hardware/precision/
@@ -107,7 +107,7 @@ def build_trainer(
     extra: list[L.Callback] = [best, last, *callbacks]
     if execution.early_stop_patience is not None:
         extra.append(EarlyStopping(monitor=MONITOR, mode="min", patience=execution.early_stop_patience))
-    deterministic: bool | str = execution.deterministic
+    deterministic: bool | Literal["warn"] = execution.deterministic
     if deterministic and execution.accelerator not in ("cpu",) and torch.cuda.is_available():
         deterministic = "warn"  # max-pool/upsample backward have no deterministic CUDA kernels
     try:
@@ -116,7 +116,7 @@ def build_trainer(
             devices=execution.devices,
             num_nodes=execution.num_nodes,
             strategy=execution.strategy,
-            precision=execution.precision,
+            precision=execution.precision,  # type: ignore[arg-type]  # any string: Lightning checks it (ConfigError below)
             deterministic=deterministic,
             max_epochs=max_epochs,
             max_steps=execution.max_steps,
@@ -178,6 +178,7 @@ def corpus_data(corpus: Corpus, test_data: RawData | None, training: TrainingCon
     val = None
     if test_data is not None:
         val = GroupedDataset(group_scan(test_data, training, seed=execution.seed + 1), with_labels=False)
+    assert training.neighbor_count is not None  # resolved by TrainingConfig.__post_init__
     data = CorpusDataModule(corpus, gridsize=training.model.gridsize, neighbor_count=training.neighbor_count,
                             batch_size=training.batch_size, seed=execution.seed, num_workers=execution.num_workers,
                             val=val)
@@ -216,7 +217,9 @@ def _data_and_module(training: TrainingConfig, execution: PyTorchExecutionConfig
                      init_from: str | Path | None) -> tuple[L.LightningDataModule, PtychoPINNModule]:
     """The data module (grouped scan or streamed corpus) and a fresh module, with ``init_from``'s
     generator weights when given."""
+    data: L.LightningDataModule
     if corpus is None:
+        assert train_data is not None  # exactly one of the two (_check_arguments)
         data = GroupedDataModule(train_data, test_data, training, seed=execution.seed,
                                  num_workers=execution.num_workers)
         probe, scale = data.probe, data.training_scale
@@ -268,7 +271,7 @@ def train(
     train_data_sha256: str = "",
     resume: str | Path | None = None,
     init_from: str | Path | None = None,
-    callbacks: list[L.Callback] = (),
+    callbacks: Sequence[L.Callback] = (),
 ) -> TrainResult:
     """Train on ``train_data`` or a simulated ``corpus`` (validating on ``test_data``; a corpus
     without it validates on its last shard) into ``training.output_dir``.
@@ -297,7 +300,8 @@ def train(
     if trainer.is_global_zero:
         write_resolved_config(layout.root, module.hparams)
     _fit(trainer, module, data, resume=resume, report=report, stop=stop)
-    best = trainer.checkpoint_callback.best_model_path
+    checkpoint = trainer.checkpoint_callback
+    best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
     return TrainResult(
         output_dir=layout.root,
         best_checkpoint=Path(best) if best else None,

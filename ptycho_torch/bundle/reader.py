@@ -77,7 +77,7 @@ class Bundle:
         return self.manifest.version
 
     @property
-    def N(self) -> int:  # noqa: N802 - the project-wide name of the patch size
+    def N(self) -> int:  # the project-wide name of the patch size
         return self.manifest.N
 
     @property
@@ -102,7 +102,7 @@ class Bundle:
         return self.manifest.intensity_scale
 
     @property
-    def stitch_M(self) -> int:  # noqa: N802
+    def stitch_M(self) -> int:
         return self.manifest.stitch_M
 
     @property
@@ -226,7 +226,7 @@ def _load_dir(root: Path, source: Path, trusted_keys: tuple[str | Path, ...]) ->
 
 def _present_files(root: Path) -> set[str]:
     """Bundle-relative paths of every file under ``root``; a symbolic link anywhere is refused."""
-    present = set()
+    present: set[str] = set()
     for folder, dirs, files in os.walk(root):
         for name in (*dirs, *files):
             path = Path(folder, name)
@@ -263,7 +263,7 @@ def _check_onnx(path: Path, manifest: Manifest) -> None:
     rel = path.name
     try:
         model = onnx.load(str(path), load_external_data=False)
-    except Exception as error:  # onnx raises DecodeError and friends
+    except Exception as error:  # noqa: BLE001 - onnx raises DecodeError and friends, no common base
         raise BundleError(f"{rel}: cannot be parsed as ONNX ({error}); re-export the bundle") from None
     if any(onnx.external_data_helper.uses_external_data(t) for t in model.graph.initializer):
         raise BundleError(f"{rel}: must hold its weights inline, got external data references; "
@@ -290,7 +290,7 @@ def _onnx_spec(value: Any) -> TensorSpec:
     return TensorSpec(name=value.name, shape=dims, dtype=str(tensor.elem_type) if dtype is None else dtype.name)
 
 
-def _load_probe(path: Path, N: int) -> np.ndarray:  # noqa: N803
+def _load_probe(path: Path, N: int) -> np.ndarray:
     try:
         probe = np.load(path, allow_pickle=False)
     except ValueError as error:
@@ -304,7 +304,7 @@ def _load_probe(path: Path, N: int) -> np.ndarray:  # noqa: N803
     return probe.reshape((-1, N, N))
 
 
-def _load_bad_pixels(path: Path, N: int) -> np.ndarray:  # noqa: N803
+def _load_bad_pixels(path: Path, N: int) -> np.ndarray:
     try:
         mask = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as error:

@@ -14,8 +14,12 @@ from __future__ import annotations
 import functools
 import re
 from importlib import metadata
+from typing import TYPE_CHECKING
 
 from ptycho_torch.errors import BundleError
+
+if TYPE_CHECKING:
+    import onnx
 
 DEFAULT_DOMAIN = "ai.onnx"
 
@@ -33,7 +37,7 @@ def runtime_version() -> str:
     return "onnxruntime (version unknown)"
 
 
-def graph_requirements(model) -> tuple[int, tuple[tuple[str, int], ...]]:
+def graph_requirements(model: onnx.ModelProto) -> tuple[int, tuple[tuple[str, int], ...]]:
     """``(ir_version, ((domain, opset), ...))`` that an ``onnx.ModelProto`` is stamped with."""
     opsets = tuple(sorted((o.domain or DEFAULT_DOMAIN, int(o.version)) for o in model.opset_import))
     return int(model.ir_version), opsets
@@ -65,7 +69,7 @@ def runtime_refusal(ir_version: int, opsets: tuple[tuple[str, int], ...]) -> str
     probe.ir_version = ir_version
     try:
         ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    except Exception as error:  # onnxruntime's pybind Fail/InvalidGraph/...: its text is all we get
+    except Exception as error:  # noqa: BLE001 - onnxruntime's pybind Fail/InvalidGraph/...: its text is all we get
         return short_reason(str(error))
     return None
 
@@ -81,7 +85,7 @@ def short_reason(message: str) -> str:
     return re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : \S+ \S+\(.*?\) ", "", last)[:300]
 
 
-def check_runtime(model, rel: str) -> None:
+def check_runtime(model: onnx.ModelProto, rel: str) -> None:
     """Raise :class:`BundleError` (one line) if the installed onnxruntime cannot load ``model``."""
     ir_version, opsets = graph_requirements(model)
     reason = runtime_refusal(ir_version, opsets)

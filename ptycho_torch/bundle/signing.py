@@ -19,16 +19,19 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final, Literal, overload
 
 from ptycho_torch.errors import BundleError, ConfigError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 SIGNATURE_FILE: Final = "manifest.json.sig"
 TRUSTED_KEYS_ENV: Final = "PTYCHOPINN_TRUSTED_KEYS"
 ALGORITHM: Final = "ed25519"
 
 
-def key_id(public_key) -> str:
+def key_id(public_key: Ed25519PublicKey) -> str:
     """A short fingerprint of a public key: the first 16 hex digits of sha256 of its raw bytes."""
     from cryptography.hazmat.primitives import serialization
 
@@ -58,7 +61,11 @@ def generate_key_pair(private_path: str | Path) -> tuple[Path, Path]:
     return private_path, public_path
 
 
-def read_key(path: Path, kind: str):
+@overload
+def read_key(path: Path, kind: Literal["private"]) -> Ed25519PrivateKey: ...
+@overload
+def read_key(path: Path, kind: Literal["public"]) -> Ed25519PublicKey: ...
+def read_key(path: Path, kind: Literal["private", "public"]) -> Ed25519PrivateKey | Ed25519PublicKey:
     """The Ed25519 ``kind`` ("private" or "public") key in the PEM file ``path``; ConfigError if it is not one."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -95,7 +102,7 @@ def trusted_keys_from_env() -> tuple[Path, ...]:
     return tuple(Path(p) for p in os.environ.get(TRUSTED_KEYS_ENV, "").split(os.pathsep) if p.strip())
 
 
-def load_public_keys(paths: Sequence[str | Path]) -> dict[str, object]:
+def load_public_keys(paths: Sequence[str | Path]) -> dict[str, Ed25519PublicKey]:
     """``{key_id: public key}`` of the given PEM files; a missing or foreign file is a ConfigError."""
     keys = [read_key(Path(p), "public") for p in paths]
     return {key_id(k): k for k in keys}

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +32,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
-def _gold_source(path: str | None, rows: str | None):
+def _gold_source(path: str | None, rows: str | None) -> np.ndarray | None:
     import numpy as np
 
     from ptycho_torch.errors import DataContractError

@@ -75,7 +75,10 @@ def scan_summary(raw: Any) -> dict[str, Any]:
 
     counts = np.einsum("shw,shw->s", raw.diff3d, raw.diff3d, dtype=np.float64)
     points = raw.positions
-    step = cKDTree(points).query(points, k=2)[0][:, 1] if len(raw) > 1 else np.zeros(1)
+    step = np.zeros(1)  # a single position has no neighbour
+    if len(raw) > 1:
+        distances, _ = cKDTree(points).query(points, k=2)
+        step = np.asarray(distances)[:, 1]
     probe = raw.probeGuess.reshape(-1, raw.N, raw.N)
     return {
         "patterns": f"{len(raw)} x {raw.N} x {raw.N} {raw.diff3d.dtype} amplitudes (sqrt counts, fftshifted)",

@@ -148,7 +148,7 @@ def _product_info(args: argparse.Namespace, scan: RawData, loaded: LoadedRunner,
                        extra=extra, data_fit=result.data_fit)
 
 
-def _require_patch_size(args: argparse.Namespace, scan: RawData, N: int) -> None:  # noqa: N803
+def _require_patch_size(args: argparse.Namespace, scan: RawData, N: int) -> None:
     """Refuse a scan whose patterns are not the model's ``N x N``, naming the flag that fixes it."""
     from ptycho_torch.errors import ConfigError
 

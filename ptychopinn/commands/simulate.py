@@ -39,5 +39,5 @@ def run(args: argparse.Namespace) -> int:
     path = raw.to_file(args.out)
     counts = float((raw.diff3d.astype("float64") ** 2).sum(axis=(1, 2)).mean())
     logger.info("wrote %s: %d patterns %dx%d, object %s, mean %.4g photons per pattern",
-                path, len(raw), raw.N, raw.N, raw.objectGuess.shape, counts)
+                path, len(raw), raw.N, raw.N, None if raw.objectGuess is None else raw.objectGuess.shape, counts)
     return 0

@@ -22,16 +22,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 import numpy as np
-from ptychodus.api.reconstruct import Reconstructor, ReconstructInput, ReconstructOutput
+from ptychodus.api.reconstruct import ReconstructInput, Reconstructor, ReconstructOutput
 
 from ptycho_torch.choices import RefineStart
 from ptycho_torch.errors import ConfigError
 from ptycho_torch.model_facts import ModelFacts
-from ptycho_torch.plan import ReconstructOptions, resolve
 from ptycho_torch.pipeline import reconstruct
+from ptycho_torch.plan import ReconstructOptions, resolve
 from ptycho_torch.scan_checks import prepare_scan
 from serving.client import Client, LiveSession, RemoteRunner, ServerUnreachable
 from serving.errors import ModelNotFound, ServingError
@@ -92,7 +92,7 @@ class HttpReconstructor(Reconstructor):
         yield from refine_outputs(grid, scan, options, progress=self._chunks)
 
     def _network(self, parameters: ReconstructInput, scan: Scan, options: ReconstructOptions
-                 ) -> Iterator[ReconstructOutput]:
+                 ) -> Generator[ReconstructOutput, None, ObjectGrid]:
         """The network's object, chunk by chunk; returns the final :class:`ObjectGrid`."""
         client, url = self._client()
         with client:
@@ -122,7 +122,7 @@ class HttpReconstructor(Reconstructor):
         return grid
 
     def _stream(self, client: Client, name: str, scan: Scan, scale: float,
-                parameters: ReconstructInput) -> Iterator[ReconstructOutput]:
+                parameters: ReconstructInput) -> Generator[ReconstructOutput, None, ObjectGrid]:
         """Send the scan chunk by chunk into a live session; yield the object after each chunk and
         return the last :class:`ObjectGrid`."""
         S = len(scan.amplitudes)

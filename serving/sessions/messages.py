@@ -146,5 +146,5 @@ def _position_array(positions: npt.ArrayLike, count: int) -> npt.NDArray[np.floa
 def _position_message(index: npt.NDArray[np.int64], pos: npt.NDArray[np.float64],
                       index_range: IndexRange) -> PositionMessage:
     reasons = index_range.problems(index)
-    flag(reasons, ~np.isfinite(pos).all(axis=1), "position holds NaN/inf")
+    flag(reasons, ~np.asarray(np.isfinite(pos).all(axis=1)), "position holds NaN/inf")
     return PositionMessage(index, pos, reasons)

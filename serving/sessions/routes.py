@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+from collections.abc import Set as AbstractSet
 from importlib import resources
 from typing import Any
 
@@ -64,7 +65,7 @@ def session_routes(manager: SessionManager, read_body: Any, max_uncompressed_byt
     router = APIRouter()
 
     async def read_arrays(request: Request, what: str, *, required: set[str],
-                          optional: set[str] = frozenset()) -> dict[str, Any]:
+                          optional: AbstractSet[str] = frozenset()) -> dict[str, Any]:
         """The NPZ body's arrays (``decode_arrays``' checks), read under the size limit, decoded off the loop."""
         body = await read_body(request)
         return await run_in_threadpool(decode_arrays, body, required=required, optional=optional, what=what,
