@@ -3,7 +3,7 @@
 Subprocesses keep torch out of the Ptychodus process (``serving`` never imports it) and let a
 training crash surface as a message instead of taking the GUI down. The run is followed while it
 runs: the trainer appends a line per finished epoch to ``RUN/progress.jsonl``
-(:mod:`training.progress`), which :func:`train_bundle` polls and yields as Ptychodus
+(:class:`~ptycho_torch.run_layout.RunLayout`, torch-free), which :func:`train_bundle` polls and yields as Ptychodus
 ``TrainOutput`` (progress = finished epochs; losses for the plot). Ptychodus checks its Stop button
 between yields and then closes the generator: the training process is sent SIGTERM (killed if it
 has not exited after :data:`STOP_GRACE_S`), and its checkpoints stay in ``RUN/checkpoints``.
@@ -26,17 +26,16 @@ from ptychodus.api.reconstruct import TrainOutput
 
 from ptycho_torch.data import RawData
 from ptycho_torch.errors import ConfigError, PtychoError
+from ptycho_torch.run_layout import RunLayout
 from serving.ptychodus.settings import PtychoPINNServeSettings
 
-__all__ = ["PROGRESS_FILE", "TRAIN_FILE", "train_bundle"]
+__all__ = ["TRAIN_FILE", "train_bundle"]
 
 log = logging.getLogger(__name__)
 
 TRAIN_FILE = "train_data.npz"
 """What ``train`` looks for in an input directory (Export Training Data writes this format)."""
 TEST_FILE = "test_data.npz"
-PROGRESS_FILE = "progress.jsonl"
-"""``training.progress.PROGRESS_FILE`` (not imported: that module needs torch)."""
 POLL_S = 0.5
 """How often the run is polled, and so how soon Stop takes effect."""
 STOP_GRACE_S = 60.0
@@ -118,20 +117,20 @@ def train_bundle(input_path: Path, output_path: Path, settings: PtychoPINNServeS
                           "`ptychopinn train` and load the exported bundle with Load Model")
     train, test = _training_files(input_path)
     n = RawData.from_file(train).N
-    run = output_path / "run"
+    run = RunLayout(output_path / "run")
     epochs = settings.train_epochs.get_value()
-    args = ["train", "--train-data", str(train), "--output-dir", str(run), "--n", str(n), "--no-progress-bar",
+    args = ["train", "--train-data", str(train), "--output-dir", str(run.root), "--n", str(n), "--no-progress-bar",
             "--epochs", str(epochs), "--batch-size", str(settings.train_batch_size.get_value()),
             "--gridsize", str(settings.train_gridsize.get_value())]
     if test is not None:
         args += ["--test-data", str(test)]
-    run.mkdir(parents=True, exist_ok=True)
-    (run / PROGRESS_FILE).unlink(missing_ok=True)  # a previous run's epochs are not this run's
+    run.root.mkdir(parents=True, exist_ok=True)
+    run.progress.unlink(missing_ok=True)  # a previous run's epochs are not this run's
     log_path = output_path / "train.log"
     log.info("training %d epochs on %s; log: %s", epochs, train, log_path)
     with log_path.open("wb") as stream:
         process = subprocess.Popen(_command(*args), stdout=stream, stderr=subprocess.STDOUT)
-    epochs_done = _EpochReader(run / PROGRESS_FILE)
+    epochs_done = _EpochReader(run.progress)
     try:
         while process.poll() is None:
             epochs_done.read()
@@ -141,15 +140,17 @@ def train_bundle(input_path: Path, output_path: Path, settings: PtychoPINNServeS
     finally:
         if process.poll() is None:  # Stop pressed (the generator was closed), or an error in this loop
             _stop(process)
-            last = run / "checkpoints" / "last.ckpt"
+            last = run.last_checkpoint
             kept = (f"checkpoint kept: {last} (continue with `ptychopinn train --resume {last}`)" if last.is_file()
                     else "no checkpoint yet (stopped before the first epoch finished)")
             log.warning("training stopped after %d of %d epochs; %s", epochs_done.epochs, epochs, kept)
     if process.returncode != 0:
         raise PtychoError(f"`ptychopinn train` failed (exit {process.returncode}): {_tail(log_path)}")
     yield epochs_done.output()
-    summary = json.loads((run / "summary.json").read_text())
-    checkpoint = summary.get("best_checkpoint") or summary["last_checkpoint"]
+    summary = run.read_summary()
+    checkpoint = None if summary is None else summary.best_checkpoint or summary.last_checkpoint
+    if checkpoint is None:
+        raise PtychoError(f"`ptychopinn train` exited without a checkpoint in {run.summary}: {_tail(log_path)}")
     bundle = output_path / "bundle"
     done = subprocess.run(_command("export", "--checkpoint", str(checkpoint), "--out", str(bundle), "--zip"),
                           capture_output=True, text=True, check=False)

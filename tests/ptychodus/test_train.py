@@ -19,19 +19,14 @@ from scans import N, OracleScan
 
 from ptycho_torch.bundle import load_bundle
 from ptycho_torch.checksums import sha256_file
+from ptycho_torch.run_layout import RunLayout
 from serving.ptychodus import install
 from serving.ptychodus.onnx_reconstructor import OnnxReconstructor
 from serving.ptychodus.registration import library_for
 from serving.ptychodus.settings import PtychoPINNServeSettings
-from serving.ptychodus.training import PROGRESS_FILE, TEST_FILE, TRAIN_FILE
+from serving.ptychodus.training import TEST_FILE, TRAIN_FILE
 
 ALGORITHM = "ptychopinn-serve_onnx"
-
-
-def test_progress_file_name_is_the_trainers() -> None:
-    from ptycho_torch.run_layout import RunLayout
-
-    assert PROGRESS_FILE == RunLayout("run").progress.name  # the trainer writes RunLayout.progress
 
 
 def test_train_runs_the_project_training_and_export_then_loads_the_new_bundle(
@@ -51,7 +46,7 @@ def test_train_runs_the_project_training_and_export_then_loads_the_new_bundle(
     assert progress == sorted(progress) and progress[-1] == 3 and 2 in progress
     assert [loss.epoch for loss in outputs[-1].training_loss] == [1, 2]
     assert all(math.isfinite(loss.value) for loss in [*outputs[-1].training_loss, *outputs[-1].validation_loss])
-    epochs = [json.loads(line) for line in (tmp_path / "outputs" / "run" / PROGRESS_FILE).read_text().splitlines()]
+    epochs = [json.loads(line) for line in RunLayout(tmp_path / "outputs" / "run").progress.read_text().splitlines()]
     assert [e["epoch"] for e in epochs] == [1, 2] and epochs[-1]["max_epochs"] == 2
     bundle_path = settings.bundle()
     assert bundle_path == tmp_path / "outputs" / "bundle.zip" and bundle_path.is_file()
