@@ -29,7 +29,7 @@ import numpy.typing as npt
 from ptycho_torch.errors import InvalidInput, InvalidValues
 from ptycho_torch.grouping import group_indices
 from ptycho_torch.model_facts import ModelFacts
-from ptycho_torch.plan import Plan, ReconstructOptions, resolve
+from ptycho_torch.plan import Plan, ProbeSource, ReconstructOptions, resolve
 from ptycho_torch.refinement import RefineSettings, refine_stitched
 from ptycho_torch.scan_checks import check_network_input, prepare_scan
 from ptycho_torch.stitching import Stitcher, StitchResult, complex_patches
@@ -288,7 +288,7 @@ def reconstruct_steps(
     if plan.probe_source is None:  # nothing to check the result against
         yield result
         return
-    fit_probe = given.probe if given.probe is not None else model.probe
+    fit_probe = given.probe if plan.probe_source == ProbeSource.REQUEST else model.probe
     yield from _fit_and_refine(plan, result, stitched, scan.amplitudes, given.positions, fit_probe, clock)
 
 
@@ -316,7 +316,7 @@ def _fit_and_refine(plan: Plan, result: Reconstruction, stitched: StitchResult, 
 
 
 def require_finite_outputs(amplitude: npt.NDArray[np.float32], phase: npt.NDArray[np.float32]) -> None:
-    """Raise :class:`~serving.errors.InvalidValues` if the model returned NaN or inf: never in a result."""
+    """Raise :class:`~ptycho_torch.errors.InvalidValues` if the model returned NaN or inf: never in a result."""
     bad = ~(np.isfinite(amplitude).all(axis=tuple(range(1, amplitude.ndim)))
             & np.isfinite(phase).all(axis=tuple(range(1, phase.ndim))))
     if bad.any():

@@ -16,7 +16,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -27,16 +27,13 @@ from ptycho_torch.model_facts import ModelFacts
 from ptycho_torch.normalization import input_scale
 from ptycho_torch.pixel_size import check_pixel_size, valid_pixel_size
 from ptycho_torch.refinement import RefineSettings
-from ptycho_torch.scan_checks import PreparedScan, bad_pixel_mask, check_network_input
+from ptycho_torch.scan_checks import SCALE_RANGE, PreparedScan, bad_pixel_mask
 from ptycho_torch.stitching import check_stitch_M
 
 __all__ = ["MAX_REFINE_ITERATIONS", "Plan", "ProbeSource", "ReconstructOptions", "resolve"]
 
 MAX_REFINE_ITERATIONS = 1000
 """Most refinement iterations one request may ask for (with ``refine_time_limit_s``, bounds its time)."""
-
-E = TypeVar("E", bound=StrEnum)
-
 
 class ProbeSource(StrEnum):
     """Which probe the data fit and the refinement use: the one sent with the scan, else the model's."""
@@ -56,15 +53,16 @@ class ReconstructOptions:
 
     scale_policy: ScalePolicy | None = None
     """``scan``: normalise by this scan's own patterns; ``bundle``: the training value (streams);
-    ``explicit``: the option ``scale``; None: ``explicit`` when ``scale`` is given, else the model's default."""
+    ``explicit``: the option ``scale``; None: ``explicit`` when ``scale`` is given, else the model's default.
+    ``scan`` or ``bundle`` together with ``scale`` is refused (which one was meant?)."""
     units: Units | None = None
     """What ``patterns`` hold: amplitudes (sqrt of counts, the project convention) or raw counts;
     None: integer dtypes are counts, floats amplitudes (the rule of every entry point)."""
     stitch_M: int | None = None
     """Central crop kept from each patch when stitching; None: the model's value."""
     scale: float | None = None
-    """The network's ``scale`` input, given explicitly (e.g. one value for every chunk of a scan);
-    None: computed by ``scale_policy``."""
+    """The network's ``scale`` input, given explicitly (e.g. one value for every chunk of a scan), in
+    ``[1e-30, 1e30]``; None: computed by ``scale_policy``."""
     neighbor_count: int | None = None
     """K nearest neighbours a group's members are drawn from (gridsize > 1 only); None: the model's
     (:attr:`ModelFacts.neighbor_count`, what it was trained with)."""
@@ -94,6 +92,10 @@ class ReconstructOptions:
                 object.__setattr__(self, name, parse(choice, name, value, InvalidInput))
         if self.scale is not None:
             _require_positive("scale", self.scale, "a positive finite number")
+            low, high = SCALE_RANGE
+            if not low <= self.scale <= high:  # well formed, but no network input is that far out: 422
+                raise InvalidValues(f"`scale` must be in [{low:g}, {high:g}], got {self.scale!r}: the network's input "
+                                    "is patterns * scale; leave it out to normalise by the scan")
         if self.pixel_size_m is not None:
             try:
                 valid_pixel_size(self.pixel_size_m, what="`pixel_size_m`")
@@ -106,6 +108,9 @@ class ReconstructOptions:
         if self.scale_policy == ScalePolicy.EXPLICIT and self.scale is None:
             raise InvalidInput("`scale_policy` 'explicit' needs the option `scale` (the network's scale input); "
                                "send it, or use 'scan' or 'bundle'")
+        if self.scale is not None and self.scale_policy not in (None, ScalePolicy.EXPLICIT):
+            raise InvalidInput(f"`scale` and `scale_policy` {str(self.scale_policy)!r} contradict each other: a given "
+                               "scale is the 'explicit' policy; send one of them")
         if self.refine_iterations > MAX_REFINE_ITERATIONS:
             raise InvalidInput(f"`refine_iterations` must be at most {MAX_REFINE_ITERATIONS}, got "
                                f"{self.refine_iterations}; 20-50 iterations reach the noise floor on typical scans")
@@ -178,6 +183,7 @@ class Plan:
     refinement: RefineSettings | None
     """The refinement after the network (None: none)."""
     refine_start: RefineStart
+    """Where the refinement starts: the network's object, or a flat one (then the network is skipped)."""
 
     @property
     def N(self) -> int:  # the project-wide name of the patch size
@@ -247,15 +253,10 @@ def _check_streamable(model: ModelFacts, options: ReconstructOptions) -> None:
 
 def _scale(model: ModelFacts, options: ReconstructOptions, stream: bool) -> tuple[ScalePolicy, float | None]:
     """The scale policy in force and the scale it gives before the scan is seen (None: measured on the scan)."""
-    if options.scale is not None:
-        scale = float(options.scale)
-        check_network_input(scale, 0.0)
-        return ScalePolicy.EXPLICIT, scale
+    if options.scale is not None:  # in range (ReconstructOptions); checked against the patterns when they come
+        return ScalePolicy.EXPLICIT, float(options.scale)
     policy = options.scale_policy or (ScalePolicy.BUNDLE if stream else model.default_scale_policy)
-    if policy == ScalePolicy.SCAN:
-        return policy, None
-    check_network_input(model.training_scale, 0.0, field="the model's training scale")
-    return policy, float(model.training_scale)
+    return policy, None if policy == ScalePolicy.SCAN else float(model.training_scale)
 
 
 def _neighbor_count(model: ModelFacts, options: ReconstructOptions) -> int:

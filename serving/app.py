@@ -99,8 +99,9 @@ class _State:
         return old.batcher
 
     def session_runner(self, name: str | None, version: str | None) -> DynamicBatcher:
-        """The runner a new live session pins: the model served now (a later swap does not reach it)."""
-        return (self.repository.default() if name is None else self.repository.get(name, version)).batcher
+        """The runner a new live session pins: the model served now (a later swap does not reach it); no
+        ``name`` means the default model, in ``version`` when one is given."""
+        return self.repository.get(name or self.repository.default().name, version).batcher
 
     async def read_body(self, request: Request) -> bytes:
         """The body within this server's limits (see :func:`serving.limits.read_body`)."""

@@ -18,7 +18,9 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from ptycho_torch.plan import ReconstructOptions
 
 from ptycho_torch.bundle import INPUT_NAMES, OUTPUT_NAMES
 from ptycho_torch.bundle.dtypes import DTYPES
@@ -225,8 +227,15 @@ METRICS_ROUTE: dict[str, Any] = {
                         "description": "Prometheus text exposition format"}, **ERRORS},
 }
 
-_BODY_MODELS = (InferRequest,)
-"""Models referenced only from ``openapi_extra`` (bodies the endpoints read themselves)."""
+_BODY_MODELS: tuple[type, ...] = (InferRequest, ReconstructOptions)
+"""Types referenced only by ``$ref`` (:func:`schema_ref`): bodies the endpoints read themselves, and the
+reconstruct options, which every path checks with :meth:`ReconstructOptions.from_mapping` itself."""
+
+
+def schema_ref(model: type) -> dict[str, Any]:
+    """A schema that is ``model``'s (one of :data:`_BODY_MODELS`, added by :func:`install`): ``allOf`` one
+    ``$ref``, because pydantic resolves a bare ``$ref`` in a field's schema against its own definitions."""
+    return {"allOf": [{"$ref": f"#/components/schemas/{model.__name__}"}]}
 
 
 def _document_errors(document: dict[str, Any], components: dict[str, Any]) -> None:
@@ -253,7 +262,7 @@ def install(app: FastAPI) -> None:
             components = document.setdefault("components", {}).setdefault("schemas", {})
             _document_errors(document, components)
             for model in _BODY_MODELS:
-                model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                model_schema = TypeAdapter(model).json_schema(ref_template="#/components/schemas/{model}")
                 components.update(model_schema.pop("$defs", {}))
                 components[model.__name__] = model_schema
             app.openapi_schema = document

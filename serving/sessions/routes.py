@@ -12,11 +12,11 @@ import contextlib
 import hmac
 from collections.abc import Set as AbstractSet
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, WebSocket, WebSocketDisconnect
 from fastapi.responses import HTMLResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from starlette.concurrency import run_in_threadpool
 
 from ptycho_torch.pipeline import Reconstruction
@@ -42,9 +42,10 @@ class CreateSession(BaseModel):
     """Model name (None: the served default)."""
     version: str | None = None
     """Model version (None: the current one); the session keeps it for its whole life."""
-    options: ReconstructOptions = Field(default_factory=ReconstructOptions)
-    """As for /v1/reconstruct (published as their typed schema); ``scale_policy`` defaults to (and must be)
-    ``bundle`` unless ``scale`` is given."""
+    options: Annotated[dict[str, Any], WithJsonSchema(openapi.schema_ref(ReconstructOptions))] = Field(
+        default_factory=dict)
+    """As for /v1/reconstruct, checked by the same :meth:`ReconstructOptions.from_mapping` (published as
+    their typed schema); ``scale_policy`` defaults to ``bundle`` and ``scan`` is refused."""
     expected_frames: int | None = None
     bounds: list[list[float]] | None = None
     """``[[x_lo, x_hi], [y_lo, y_hi]]`` object pixels every position lies in."""
@@ -73,7 +74,8 @@ def session_routes(manager: SessionManager, read_body: Any, max_uncompressed_byt
 
     @router.post("/v1/sessions", status_code=201)
     async def create(request: CreateSession) -> dict[str, Any]:
-        session = manager.create(request.model, request.version, options=request.options,
+        options = ReconstructOptions.from_mapping(request.options)
+        session = manager.create(request.model, request.version, options=options,
                                  expected_frames=request.expected_frames, bounds=request.bounds)
         return {"session_id": session.id, "model": _model_json(session)}
 

@@ -39,7 +39,7 @@ def test_constant_patterns_give_the_known_object(engine: Engine, policy: str, ex
 def test_an_explicit_scale_is_fed_to_the_network_unchanged(engine: Engine) -> None:
     positions = _raster(5)
     patterns = np.full((len(positions), N, N), 0.8, np.float32)
-    result = reconstruct(engine, patterns, positions, options=ReconstructOptions(scale=0.3, scale_policy="scan"))
+    result = reconstruct(engine, patterns, positions, options=ReconstructOptions(scale=0.3))
     np.testing.assert_allclose(result.amplitude[result.coverage > 0], 0.8 * 0.3, rtol=1e-5)
     assert (result.scale, result.scale_policy) == (pytest.approx(0.3), "explicit")
     assert set(result.timings) == {"validate", "prepare", "scale", "group", "inference", "stitch", "data_fit", "refine",

@@ -4,13 +4,14 @@ live session read the same plan, so a rule changed there changes both)."""
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
 
 from ptycho_torch import plan as plan_module
 from ptycho_torch.choices import RefineAlgorithm, RefineStart, ScalePolicy, Units
-from ptycho_torch.errors import DataContractError, InvalidInput
+from ptycho_torch.errors import InvalidInput, InvalidValues
 from ptycho_torch.model_facts import ModelFacts
 from ptycho_torch.pipeline import reconstruct
 from ptycho_torch.plan import ProbeSource, ReconstructOptions, resolve
@@ -34,12 +35,16 @@ def test_defaults_come_from_the_model() -> None:
 
 
 def test_options_override_the_model_and_an_explicit_scale_wins() -> None:
-    options = ReconstructOptions(stitch_M=5, scale_policy="bundle", units="counts", seed=3, scale=0.5)
+    options = ReconstructOptions(stitch_M=5, units="counts", seed=3, scale=0.5)
     plan = resolve(GROUPED, options)
     assert (plan.stitch_M, plan.neighbor_count, plan.seed, plan.units) == (5, 6, 3, Units.COUNTS)
     assert (plan.scale_policy, plan.scale) == (ScalePolicy.EXPLICIT, 0.5) and plan.grouped
+    assert resolve(GROUPED, ReconstructOptions(scale=0.5, scale_policy="explicit")).scale == 0.5
     with pytest.raises(InvalidInput, match=r"`scale_policy` 'explicit' needs the option `scale`"):
         ReconstructOptions(scale_policy="explicit")
+    for policy in ("scan", "bundle"):  # which one was meant? (it used to be the scale, silently)
+        with pytest.raises(InvalidInput, match=f"`scale` and `scale_policy` '{policy}' contradict each other"):
+            ReconstructOptions(scale=0.5, scale_policy=policy)
 
 
 @pytest.mark.parametrize(("model", "options", "message"), [
@@ -55,9 +60,11 @@ def test_rules_that_need_the_model_are_refused_with_the_fix(model: ModelFacts, o
         resolve(model, options)
 
 
-def test_a_scale_outside_the_network_range_is_refused_before_the_scan_is_read() -> None:
-    with pytest.raises(DataContractError, match=r"`scale` must be in \[1e-30, 1e\+30\], got 1e\+31"):
-        resolve(MODEL, ReconstructOptions(scale=1e31))
+def test_a_scale_outside_the_network_range_is_refused_with_no_word_about_patterns() -> None:
+    for scale in (1e31, 1e-35):  # the message once claimed the patterns' largest value was 0
+        with pytest.raises(InvalidValues, match=r"^`scale` must be in \[1e-30, 1e\+30\], got " + re.escape(repr(scale))
+                                                + r": the network's input is patterns \* scale; leave it out"):
+            ReconstructOptions(scale=scale)
 
 
 def test_the_probe_source_and_the_refinement() -> None:

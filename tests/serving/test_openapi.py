@@ -45,7 +45,7 @@ def test_every_body_is_described(schema: dict) -> None:
                    "`scan_report`"):
         assert member in reconstruct["description"], member
     options = components["CreateSession"]["properties"]["options"]  # typed like /v1/reconstruct's, not a free dict
-    assert options["$ref"] == "#/components/schemas/ReconstructOptions"
+    assert options["allOf"] == [{"$ref": "#/components/schemas/ReconstructOptions"}]
     typed = components["ReconstructOptions"]
     assert typed["additionalProperties"] is False
     choice = typed["properties"]["refine_algorithm"]["$ref"].rpartition("/")[2]  # each choice is its named enum
