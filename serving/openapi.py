@@ -20,10 +20,9 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from ptycho_torch.plan import ReconstructOptions
-
 from ptycho_torch.bundle import INPUT_NAMES, OUTPUT_NAMES
 from ptycho_torch.bundle.dtypes import DTYPES
+from ptycho_torch.plan import ReconstructOptions
 
 __all__ = ["DESCRIPTION", "ERRORS", "INFER_ROUTE", "METRICS_ROUTE", "NPZ_RESPONSE", "RECONSTRUCT_ROUTE", "install",
            "npz_body"]
