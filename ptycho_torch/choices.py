@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from enum import StrEnum
-from typing import TypeVar
+from typing import Final, TypeVar
 
-__all__ = ["AmpActivation", "Architecture", "Backend", "Generator", "GradientClipAlgorithm", "LoggerBackend", "LossMode", "ModelType", "RefineAlgorithm", "RefineStart",
-           "ScalePolicy", "Scheduler", "Units", "check_table", "parse", "values"]
+__all__ = ["NAMED_SCALE_POLICIES", "AmpActivation", "Architecture", "Backend", "Generator", "GradientClipAlgorithm",
+           "LoggerBackend", "LossMode", "ModelType", "RefineAlgorithm", "RefineStart", "ScalePolicy", "Scheduler", "Units",
+           "check_table", "parse", "values"]
 
 
 class Architecture(StrEnum):
@@ -110,6 +111,11 @@ class ScalePolicy(StrEnum):
     SCAN = "scan"
     BUNDLE = "bundle"
     EXPLICIT = "explicit"
+
+
+NAMED_SCALE_POLICIES: Final = (ScalePolicy.SCAN.value, ScalePolicy.BUNDLE.value)
+"""The scale policies chosen by name (a flag, a setting, a bundle's default); ``explicit`` is what sending
+a ``scale`` means."""
 
 
 class Units(StrEnum):

@@ -21,6 +21,7 @@ Lightning or writes the global ``params.cfg``.
 
 from __future__ import annotations
 
+import json
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -58,6 +59,15 @@ class RunnerSettings:
     timeout_s: float = 300.0
     """HTTP timeout for a server, in seconds."""
 
+    def __post_init__(self) -> None:
+        from ptycho_torch.errors import ConfigError
+
+        for flag, value in (("--batch-size", self.batch_size), ("--chunk-size", self.chunk_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"`{flag}` must be a positive number of groups, got {value!r}")
+        if not self.timeout_s > 0:
+            raise ConfigError(f"`--timeout` must be a positive number of seconds, got {self.timeout_s!r}")
+
 
 @dataclass(frozen=True)
 class LoadedRunner:
@@ -87,17 +97,32 @@ def runner_for(source: str, *, server: bool = False,
 
 
 def is_bundle(path: str | Path) -> bool:
-    """True for a folder or ``.zip`` written by ``ptychopinn export`` (``manifest.json`` and
-    ``model.onnx``), False for training archives, run folders, checkpoints and URIs."""
-    from ptycho_torch.bundle import MANIFEST_FILE, ONNX_FILE
+    """True for a folder or ``.zip`` written by ``ptychopinn export``, whole or damaged (its
+    ``manifest.json`` beside ``model.onnx``, or one that says it is a bundle's), so the bundle reader names
+    what is wrong with it; False for training archives (whose manifest is not a bundle's), run folders,
+    checkpoints and URIs."""
+    from ptycho_torch.bundle import FORMAT, MANIFEST_FILE, ONNX_FILE
 
-    candidate = Path(path)
-    if candidate.is_dir():
-        return (candidate / MANIFEST_FILE).is_file() and (candidate / ONNX_FILE).is_file()
-    if candidate.is_file() and zipfile.is_zipfile(candidate):
-        with zipfile.ZipFile(candidate) as archive:
-            return {MANIFEST_FILE, ONNX_FILE} <= set(archive.namelist())
-    return False
+    names, manifest = _top_files(Path(path), MANIFEST_FILE)
+    if manifest is None:
+        return False
+    try:
+        return ONNX_FILE in names or json.loads(manifest).get("format") == FORMAT
+    except (ValueError, AttributeError):  # not JSON, or not an object: not a bundle's manifest
+        return False
+
+
+def _top_files(path: Path, wanted: str) -> tuple[set[str], bytes | None]:
+    """The names at the top of a folder or zip at ``path``, and the bytes of its file ``wanted`` (None when
+    it has none, or ``path`` is neither)."""
+    if path.is_dir():
+        names = {p.name for p in path.iterdir()}
+        return names, (path / wanted).read_bytes() if wanted in names else None
+    if path.is_file() and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            return names, archive.read(wanted) if wanted in names else None
+    return set(), None
 
 
 def _bundle(path: str, settings: RunnerSettings) -> LoadedRunner:
@@ -116,8 +141,6 @@ def _remote(url: str, settings: RunnerSettings) -> Iterator[LoadedRunner]:
     from serving.client import Client, RemoteRunner
     from serving.errors import ModelNotFound
 
-    if settings.chunk_size < 1:
-        raise ConfigError(f"`--chunk-size` must be a positive number of groups, got {settings.chunk_size}")
     with Client(url, token=settings.token, timeout_s=settings.timeout_s) as client:
         try:
             facts = client.model_facts(settings.server_model)
@@ -169,11 +192,16 @@ def _model_file(path: Path) -> Path:
 
 def _load_torch(path: Path, name: str, batch_size: int) -> TorchRunner:
     """A ``.ckpt`` or a ``wts.h5.zip`` as a torch runner named ``name``, with the training probe it holds."""
+    from ptycho_torch.errors import ConfigError
+    from ptycho_torch.run_layout import ARCHIVE_NAME
     from ptycho_torch.torch_runner import TorchRunner
 
     if path.suffix == ".ckpt":
         return TorchRunner.from_checkpoint(path, batch_size=batch_size, name=name)
-    from ptycho_torch.model_manager import TorchModelManager
+    from ptycho_torch.model_manager import MANIFEST, TorchModelManager
 
+    if zipfile.is_zipfile(path) and _top_files(path, MANIFEST)[1] is None:  # e.g. a scan's .npz
+        raise ConfigError(f"`--model` {str(path)!r} is a zip but neither a bundle nor a {ARCHIVE_NAME} (it has no "
+                          f"{MANIFEST}): pass what `ptychopinn export` or `ptychopinn train` wrote")
     model = TorchModelManager.load(path, restore_params=False)
     return TorchRunner.from_record(model.generator, model.record, model.probe, batch_size=batch_size, name=name)

@@ -16,7 +16,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
-from ptycho_torch.choices import ScalePolicy
+from ptycho_torch.choices import NAMED_SCALE_POLICIES, ScalePolicy
 from ptycho_torch.errors import BundleError, InvalidInput
 from ptycho_torch.stitching import check_stitch_M
 
@@ -76,10 +76,6 @@ def tensor_specs(N: int, channels: int) -> Signature:
     return inputs, tuple(TensorSpec(name=name, shape=patches) for name in OUTPUT_NAMES)
 
 
-_BUNDLE_POLICIES: Final = (ScalePolicy.SCAN.value, ScalePolicy.BUNDLE.value)
-"""The scale policies a bundle may default to (``explicit`` names a scale that only a request can send)."""
-
-
 class Normalization(_Strict):
     """How the host computes the ``scale`` input, and the value measured on the training data."""
 
@@ -92,9 +88,9 @@ class Normalization(_Strict):
     @pydantic.field_validator("default_policy", mode="before")
     @classmethod
     def _measured_or_recorded(cls, policy: object) -> object:
-        if policy not in _BUNDLE_POLICIES:
+        if policy not in NAMED_SCALE_POLICIES:
             raise PydanticCustomError("literal_error", "Input should be {expected}",
-                                      {"expected": " or ".join(map(repr, _BUNDLE_POLICIES))})
+                                      {"expected": " or ".join(map(repr, NAMED_SCALE_POLICIES))})
         return policy
 
 

@@ -29,6 +29,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ptycho_torch.choices import NAMED_SCALE_POLICIES, RefineAlgorithm, RefineStart, values
 from ptychopinn.runners import DEFAULT_SERVER_MODEL, LoadedRunner, RunnerSettings, runner_for
 from serving.config import DEFAULTS
 
@@ -58,9 +59,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "(train = top half, test = bottom half; default all)")
     parser.add_argument("--stitch-m", type=int, default=None,
                         help="central crop kept from each patch (default: the model's, min(20, N/2))")
-    parser.add_argument("--scale-policy", choices=("scan", "bundle"), default="scan",
-                        help="input normalisation: 'scan' (from this scan's patterns, default) or 'bundle' "
-                             "(the training value)")
+    parser.add_argument("--scale-policy", choices=NAMED_SCALE_POLICIES, default=None,
+                        help="input normalisation: 'scan' (from this scan's patterns) or 'bundle' (the training "
+                             "value); default: the model's own (a bundle's manifest says which, usually scan)")
     parser.add_argument("--batch-size", type=int, default=DEFAULTS.max_batch_size,
                         help=f"groups per inference batch in this process (--model; default {DEFAULTS.max_batch_size})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the neighbour draw at gridsize > 1 (default 0)")
@@ -72,9 +73,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refine", type=int, default=0, metavar="N",
                         help="N iterations of known-probe object refinement after the network, with the scan's "
                              "probe (default 0: the network's result as it is)")
-    parser.add_argument("--refine-algorithm", choices=("er", "rpie"), default="er",
+    parser.add_argument("--refine-algorithm", choices=values(RefineAlgorithm), default=RefineAlgorithm.ER.value,
                         help="refinement update: 'er' (whole scan at once, default) or 'rpie' (mini-batches)")
-    parser.add_argument("--refine-start", choices=("network", "flat"), default="network",
+    parser.add_argument("--refine-start", choices=values(RefineStart), default=RefineStart.NETWORK.value,
                         help="refine the network's object (default) or start from a flat object without the network")
     parser.add_argument("--token-file", type=Path, default=None, help="bearer token for --server (a file)")
     parser.add_argument("--timeout", type=float, default=300.0, help="HTTP timeout in seconds for --server")

@@ -11,8 +11,9 @@ from ptychodus.controller.parameters import ParameterViewBuilder
 from ptychodus.controller.processing import ReconstructorViewControllerFactory
 from PyQt5.QtWidgets import QWidget
 
+from ptycho_torch.choices import NAMED_SCALE_POLICIES
 from serving.ptychodus.library import LIBRARY_NAME, PtychoPINNServeLibrary
-from serving.ptychodus.settings import BUNDLE_FILE_FILTER, REFINE_ALGORITHMS, REFINE_STARTS, SCALE_POLICIES
+from serving.ptychodus.settings import BUNDLE_FILE_FILTER, REFINE_ALGORITHMS, REFINE_STARTS
 
 __all__ = ["PtychoPINNServeViewControllerFactory"]
 
@@ -57,7 +58,7 @@ class PtychoPINNServeViewControllerFactory(ReconstructorViewControllerFactory):
             builder.add_spin_box(settings.train_epochs, "Epochs:", group=training)
             builder.add_spin_box(settings.train_batch_size, "Batch Size:", group=training)
             builder.add_spin_box(settings.train_gridsize, "Grid Size:", group=training)
-        builder.add_combo_box(settings.scale_policy, SCALE_POLICIES, "Scale Policy:", tool_tip=SCALE_TIP,
+        builder.add_combo_box(settings.scale_policy, NAMED_SCALE_POLICIES, "Scale Policy:", tool_tip=SCALE_TIP,
                               group="Normalisation")
         refinement = "Physics Refinement"
         builder.add_spin_box(settings.refine_iterations, "Iterations:", group=refinement,

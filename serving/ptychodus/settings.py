@@ -9,19 +9,17 @@ from typing import TypeVar
 from ptychodus.api.parameters import StringParameter
 from ptychodus.api.settings import SettingsRegistry
 
-from ptycho_torch.choices import RefineAlgorithm, RefineStart, ScalePolicy, values
+from ptycho_torch.choices import NAMED_SCALE_POLICIES, RefineAlgorithm, RefineStart, ScalePolicy, values
 from ptycho_torch.errors import ConfigError, InvalidInput
 from ptycho_torch.plan import MAX_REFINE_ITERATIONS, ReconstructOptions
 from serving.cli import DEFAULT_BUNDLE
 
-__all__ = ["BUNDLE_FILE_FILTER", "GROUP", "REFINE_ALGORITHMS", "REFINE_STARTS", "SCALE_POLICIES",
+__all__ = ["BUNDLE_FILE_FILTER", "GROUP", "REFINE_ALGORITHMS", "REFINE_STARTS", 
            "PtychoPINNServeSettings", "bundle_location"]
 
 E = TypeVar("E", bound=StrEnum)
 
 GROUP = "PtychoPINNServe"
-SCALE_POLICIES = (ScalePolicy.SCAN.value, ScalePolicy.BUNDLE.value)
-"""The scale policies a setting may name (``explicit`` is a scale a client sends, not a setting)."""
 REFINE_ALGORITHMS = values(RefineAlgorithm)
 REFINE_STARTS = values(RefineStart)
 MANIFEST = "manifest.json"
@@ -76,7 +74,7 @@ class PtychoPINNServeSettings:
     def options(self) -> ReconstructOptions:
         """The reconstruct options these settings ask for (scale policy and refinement; both
         reconstructors resolve their plan from them); raises :class:`ConfigError` naming the setting."""
-        policy = _choice(self.scale_policy, "ScalePolicy", ScalePolicy, SCALE_POLICIES)
+        policy = _choice(self.scale_policy, "ScalePolicy", ScalePolicy, NAMED_SCALE_POLICIES)
         try:
             return ReconstructOptions(scale_policy=policy, refine_iterations=int(self.refine_iterations.get_value()),
                                       refine_algorithm=_choice(self.refine_algorithm, "RefineAlgorithm",

@@ -213,3 +213,55 @@ def test_a_model_that_is_no_source_names_what_model_accepts(tiny_scan: Path, tmp
         assert f"`--model` {'folder ' if model.name == 'empty' else ''}{str(model)!r} {what}" in err
         assert "a run folder of `ptychopinn train`, a .ckpt, a wts.h5.zip or an MLflow runs:/" in err
         assert "\n" not in err and not (tmp_path / "o").exists()
+
+
+def test_the_scale_policy_defaults_to_the_models_own(held_out, tmp_path: Path) -> None:
+    """A bundle whose manifest defaults to the training scale gets it from the command line too (the flag
+    used to default to 'scan' whatever the model said); the flag still overrides it."""
+    import json
+
+    from oracle import write_oracle_bundle
+
+    bundle = write_oracle_bundle(tmp_path / "bundle", N=N)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["normalization"]["default_policy"] = "bundle"
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    path, _ = held_out
+    for flags, expected in (([], b"bundle"), (["--scale-policy", "scan"], b"scan")):
+        out = tmp_path / f"out{len(flags)}"
+        assert cli_main(["reconstruct", "--model", str(bundle), "--data", str(path), "--out", str(out), *flags]) == 0
+        with h5py.File(out / "reconstruction.cxi") as cxi:
+            assert cxi["entry_1/process_1/scale_policy"][()] == expected
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--batch-size", "0"], "`--batch-size` must be a positive number of groups, got 0"),
+    (["--batch-size", "-3"], "`--batch-size` must be a positive number of groups, got -3"),
+    (["--chunk-size", "0"], "`--chunk-size` must be a positive number of groups, got 0"),
+    (["--timeout", "-1"], "`--timeout` must be a positive number of seconds, got -1.0"),
+])
+def test_bad_runner_flags_are_one_line_errors_for_every_source(engine: Engine, tiny_scan: Path, tmp_path: Path,
+                                                               capsys, flags: list[str], message: str) -> None:
+    """--batch-size 0 was a traceback on a torch source and -3 wrote an object from uninitialised memory."""
+    code = cli_main(["reconstruct", "--model", str(engine.bundle.root), "--data", str(tiny_scan),
+                     "--out", str(tmp_path / "o"), *flags])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and "\n" not in err and not (tmp_path / "o").exists()
+
+
+def test_a_damaged_bundle_is_named_by_the_bundle_reader_not_the_torch_loader(engine: Engine, tiny_scan: Path,
+                                                                            tmp_path: Path, capsys) -> None:
+    import zipfile
+
+    partial = tmp_path / "partial.zip"  # a bundle zip without its graph
+    with zipfile.ZipFile(partial, "w") as archive:
+        for name in ("manifest.json", "probe.npy", "params.json"):
+            archive.write(engine.bundle.root / name, name)
+    truncated = tmp_path / "truncated.zip"
+    truncated.write_bytes(partial.read_bytes()[:100])
+    for model, expected in ((partial, "model.onnx: missing file listed in manifest.json"),
+                            (truncated, "is not a readable zip archive"),
+                            (tiny_scan, "is a zip but neither a bundle nor a wts.h5.zip (it has no manifest.json)")):
+        code = cli_main(["reconstruct", "--model", str(model), "--data", str(tiny_scan), "--out", str(tmp_path / "o")])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and expected in err and "\n" not in err, err
