@@ -40,12 +40,12 @@ from ptycho_torch.checkpoint import CheckpointRecord, load_generator
 from ptycho_torch.checksums import sha256_file
 from ptycho_torch.config import ModelConfig
 from ptycho_torch.data import scan_metadata
-from ptycho_torch.errors import DataContractError, ExportError
+from ptycho_torch.errors import DataContractError, ExportError, InvalidInput
 from ptycho_torch.model import PtychoPINNGenerator
 from ptycho_torch.pixel_size import check_pixel_size, scan_pixel_size
 from ptycho_torch.run_layout import RunLayout
 from ptycho_torch.scan_checks import bad_pixel_mask
-from ptycho_torch.stitching import default_stitch_M
+from ptycho_torch.stitching import check_stitch_M, default_stitch_M
 
 FP16_FILE = "model.fp16.onnx"
 
@@ -75,6 +75,11 @@ def export_bundle(generator: PtychoPINNGenerator, out: Path, *, record: Checkpoi
     ``(B, C, N, N)`` are the real patterns the exported graphs are verified on. Returns the validated bundle.
     """
     config: ModelConfig = generator.config
+    stitch_M = default_stitch_M(config.N) if options.stitch_M is None else options.stitch_M
+    try:
+        check_stitch_M(stitch_M, config.N, name="--stitch-m")  # before anything is written
+    except InvalidInput as error:
+        raise ExportError(str(error)) from None
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"`--out` must be a new or empty directory, got {out} with content; choose another path")
@@ -98,7 +103,7 @@ def export_bundle(generator: PtychoPINNGenerator, out: Path, *, record: Checkpoi
         channels=config.channels, opset=options.opset, inputs=inputs, outputs=outputs,
         normalization=Normalization(rule=NORMALIZATION_RULE, training_scale=record.training_scale),
         intensity_scale=record.intensity_scale,
-        stitch_M=options.stitch_M or default_stitch_M(config.N), neighbor_count=record.training.neighbor_count,
+        stitch_M=stitch_M, neighbor_count=record.training.neighbor_count,
         provenance=Provenance(
             package_version=_package_version(), torch_version=torch.__version__, onnx_version=onnx.__version__,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"), git_commit=_git_commit(),
@@ -134,11 +139,12 @@ def write_zip(directory: Path, archive: Path) -> Path:
 
 
 
-def training_pixel_size(given: float | None, train_scan: str | Path | None) -> float | None:
-    """The pixel size to record: ``given`` (``--pixel-size-m``), else what the training scan's
-    ``_metadata`` records; raises :class:`ExportError` when both are known and disagree."""
-    recorded = None
-    if train_scan is not None and Path(train_scan).is_file():
+def training_pixel_size(given: float | None, record: CheckpointRecord) -> float | None:
+    """The pixel size to record: ``given`` (``--pixel-size-m``), else the training scan's (what the
+    checkpoint recorded, or for older checkpoints the scan file's ``_metadata`` when it is at hand);
+    raises :class:`ExportError` when both are known and disagree."""
+    recorded, train_scan = record.pixel_size_m, record.training.train_data_file
+    if recorded is None and train_scan is not None and Path(train_scan).is_file():
         recorded = scan_pixel_size(scan_metadata(train_scan))
     try:
         check_pixel_size(given, recorded, model=f"the training scan {Path(str(train_scan)).name}",
@@ -159,7 +165,7 @@ def export_checkpoint(checkpoint: Path, out: Path, *, data: Path | None = None,
                           "point it at RUN/checkpoints/best.ckpt written by `ptychopinn train`")
     generator, record, probe = load_generator(checkpoint)
     train_scan = record.training.train_data_file
-    options = dataclasses.replace(options, pixel_size_m=training_pixel_size(options.pixel_size_m, train_scan))
+    options = dataclasses.replace(options, pixel_size_m=training_pixel_size(options.pixel_size_m, record))
     scan = data or train_scan
     if scan is None or not Path(scan).is_file():
         raise ExportError(f"verification needs real patterns: the training scan {scan!r} is not available; "

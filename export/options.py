@@ -7,8 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ptycho_torch.errors import DataContractError, ExportError
+from ptycho_torch.errors import DataContractError, ExportError, InvalidInput
 from ptycho_torch.pixel_size import valid_pixel_size
+from ptycho_torch.stitching import check_stitch_M
 
 __all__ = ["DEFAULT_OPSET", "FP16_TOLERANCE", "FP32_TOLERANCE", "MIN_OPSET", "ExportOptions"]
 
@@ -59,7 +60,9 @@ class ExportOptions:
             raise ExportError(f"`version` must be an integer >= 1 (a Triton version folder), got {self.version}")
         try:
             valid_pixel_size(self.pixel_size_m, what="`--pixel-size-m`")
-        except DataContractError as error:
+            if self.stitch_M is not None:
+                check_stitch_M(self.stitch_M, name="--stitch-m")  # N/2 is checked once the model is known
+        except (DataContractError, InvalidInput) as error:
             raise ExportError(str(error)) from None
         if self.sign_key is not None:
             from ptycho_torch.bundle.signing import read_key

@@ -79,10 +79,10 @@ def check_stitch_M(M: Any, N: int | None = None, *, name: str = "stitch_M") -> N
     """Refuse a crop ``M`` that is not an integer in ``[1, N/2]`` (``N``: the patch size, None: no upper
     bound known yet) with :class:`~ptycho_torch.errors.InvalidInput` naming ``name``: the one home of
     this rule (requests, sessions, manifests and the stitchers all ask it)."""
-    upper = "" if N is None else f", N/2 = {N // 2}"
+    allowed = "a positive integer (at most N/2)" if N is None else f"in [1, N/2 = {N // 2}]"
     if not (isinstance(M, (int, np.integer)) and not isinstance(M, bool) and 1 <= M <= (M if N is None else N // 2)):
         got = int(M) if isinstance(M, np.integer) else M
-        raise InvalidInput(f"`{name}` must be in [1{upper}], got {got!r}: the central crop kept from each patch "
+        raise InvalidInput(f"`{name}` must be {allowed}, got {got!r}: the central crop kept from each patch "
                            f"(only the central half of a prediction is well constrained; the default is "
                            f"min({DEFAULT_M}, N/2))")
 

@@ -216,6 +216,20 @@ def test_export_refuses_bad_output_dir_and_options(exported: Exported) -> None:
         ExportOptions(name="a/b")
 
 
+def test_a_stitch_crop_out_of_range_is_refused_before_anything_is_written(exported: Exported, tmp_path: Path) -> None:
+    """``--stitch-m 0`` was silently replaced by the default; a crop over N/2 failed only after the whole
+    export, leaving an unloadable bundle behind."""
+    with pytest.raises(ExportError, match=r"`--stitch-m` must be a positive integer \(at most N/2\), got 0"):
+        ExportOptions(stitch_M=0)
+    record = CheckpointRecord(training=TrainingConfig(model=exported.generator.config), training_scale=1.0,
+                              intensity_scale=1.0)
+    out = tmp_path / "bundle"
+    with pytest.raises(ExportError, match=rf"`--stitch-m` must be in \[1, N/2 = {N // 2}\], got 99"):
+        export_bundle(exported.generator, out, record=record, probe=exported.bundle.probe,
+                      diffraction=exported.diffraction, inputs_label="x", options=ExportOptions(stitch_M=99))
+    assert not out.exists()
+
+
 def test_cli_reports_a_missing_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["export", "--checkpoint", str(tmp_path / "none.ckpt"), "--out", str(tmp_path / "b")]) == 2
     assert "`--checkpoint` must be an existing .ckpt file" in capsys.readouterr().err
@@ -286,12 +300,19 @@ def test_the_pixel_size_comes_from_the_flag_or_the_training_scan_and_they_must_a
     scan = load_siemens_star(data_dir / "siemens-star-small.npz.bz2", N)
     scan.metadata["pixel_size_m"] = 1e-8
     path = scan.to_file(tmp_path / "scan.npz")
-    assert training_pixel_size(None, path) == 1e-8
-    assert training_pixel_size(1.001e-8, path) == 1.001e-8
-    assert training_pixel_size(3e-8, None) == 3e-8 and training_pixel_size(None, tmp_path / "gone.npz") is None
+
+    def record(train_data_file: Path | None, pixel_size_m: float | None = None) -> CheckpointRecord:
+        return CheckpointRecord(training=TrainingConfig(model=ModelConfig(N=N), train_data_file=train_data_file),
+                                training_scale=1.0, intensity_scale=1.0, pixel_size_m=pixel_size_m)
+
+    assert training_pixel_size(None, record(path)) == 1e-8  # an older checkpoint: the scan file says
+    assert training_pixel_size(None, record(tmp_path / "gone.npz", 1e-8)) == 1e-8  # the checkpoint says
+    assert training_pixel_size(1.001e-8, record(path)) == 1.001e-8
+    assert training_pixel_size(3e-8, record(None)) == 3e-8
+    assert training_pixel_size(None, record(tmp_path / "gone.npz")) is None
     with pytest.raises(ExportError, match=r"`--pixel-size-m`: the given pixel size 3e-08 m differs from the "
                                           r"training scan scan.npz's training pixel size 1e-08 m"):
-        training_pixel_size(3e-8, path)
+        training_pixel_size(3e-8, record(path))
     with pytest.raises(ExportError, match="`--pixel-size-m` must be the object pixel size in metres"):
         ExportOptions(pixel_size_m=0.0)
 
