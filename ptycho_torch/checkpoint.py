@@ -7,6 +7,7 @@ and hyper-parameters that are JSON-able primitives only (``training.module`` wri
     execution_config    PyTorchExecutionConfig      input_scale       the training scan's normalisation
     intensity_scale     sqrt(nphotons) / (N/2)      probe_normaliser  the probe was divided by it
     probe_modes         P                           train_data_sha256 sha256 of the training data file
+    pixel_size_m        the training scan's object pixel size in metres (None: unknown, or older checkpoints)
 
 :class:`CheckpointRecord` is that dictionary as one typed object, with the one
 :meth:`~CheckpointRecord.params_snapshot` (the ``params.cfg`` a bundle or ``wts.h5.zip`` stores) and
@@ -32,7 +33,8 @@ from ptycho_torch.config import (
     to_primitives,
     update_legacy_dict,
 )
-from ptycho_torch.errors import ConfigError, ModelArchiveError
+from ptycho_torch.errors import ConfigError, DataContractError, ModelArchiveError
+from ptycho_torch.pixel_size import valid_pixel_size
 
 if TYPE_CHECKING:
     import numpy as np
@@ -58,6 +60,8 @@ class CheckpointRecord:
     probe_modes: int = 1
     train_data_sha256: str = ""
     """sha256 of the training data file ('' when the run was built from arrays)."""
+    pixel_size_m: float | None = None
+    """Object pixel size of the training scan in metres (its ``_metadata``); None when it did not say."""
 
     @property
     def model(self) -> ModelConfig:
@@ -75,8 +79,9 @@ class CheckpointRecord:
                        execution=dict(hparams.get("execution_config") or {}),
                        probe_normaliser=float(hparams.get("probe_normaliser", 1.0)),
                        probe_modes=int(hparams.get("probe_modes", 1)),
-                       train_data_sha256=str(hparams.get("train_data_sha256") or ""))
-        except (KeyError, TypeError, ValueError, ConfigError) as error:
+                       train_data_sha256=str(hparams.get("train_data_sha256") or ""),
+                       pixel_size_m=valid_pixel_size(hparams.get("pixel_size_m"), what="`pixel_size_m`"))
+        except (KeyError, TypeError, ValueError, ConfigError, DataContractError) as error:
             raise ModelArchiveError(f"checkpoint hyper-parameters must be PtychoPINN's (model_config, "
                                     f"input_scale, intensity_scale...), got {sorted(hparams)} ({error})") from None
 

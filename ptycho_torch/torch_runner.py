@@ -33,7 +33,7 @@ class TorchRunner:
     def __init__(self, generator: PtychoPINNGenerator, *, training_scale: float,
                  probe: npt.ArrayLike | None = None, stitch_M: int | None = None,
                  neighbor_count: int | None = None, bad_pixels: npt.ArrayLike | None = None,
-                 batch_size: int = 64, name: str = "torch") -> None:
+                 pixel_size_m: float | None = None, batch_size: int = 64, name: str = "torch") -> None:
         config = generator.config
         self.generator = generator.eval()
         self.batch_size = batch_size
@@ -42,7 +42,7 @@ class TorchRunner:
             stitch_M=default_stitch_M(config.N) if stitch_M is None else stitch_M,
             neighbor_count=default_neighbor_count(config.channels) if neighbor_count is None else neighbor_count,
             probe=None if probe is None else np.asarray(probe, np.complex64).reshape(-1, config.N, config.N),
-            bad_pixels=None if bad_pixels is None else np.asarray(bad_pixels, bool))
+            bad_pixels=None if bad_pixels is None else np.asarray(bad_pixels, bool), pixel_size_m=pixel_size_m)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, batch_size: int = 64, name: str = "torch") -> TorchRunner:
@@ -56,7 +56,8 @@ class TorchRunner:
         """A runner for a loaded checkpoint: its generator, its record (training scale, neighbour count)
         and its normalised training probe ``(P, N, N)`` complex64 (a ``wts.h5.zip`` model loads the same three)."""
         return cls(generator, training_scale=record.training_scale, probe=probe,
-                   neighbor_count=record.training.neighbor_count, batch_size=batch_size, name=name)
+                   neighbor_count=record.training.neighbor_count, pixel_size_m=record.pixel_size_m,
+                   batch_size=batch_size, name=name)
 
     def infer(self, diffraction: npt.NDArray[np.float32], scale: npt.NDArray[np.float32]
               ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:

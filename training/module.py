@@ -17,6 +17,7 @@ Checkpoint contract (read by ``export`` and ``workflows``): ``self.generator`` i
 ``probe_normaliser`` float, the probe was divided by it (as hoidn/PtychoPINN does)
 ``probe_modes``     int, ``P``
 ``train_data_sha256`` str, sha256 of the training data file ('' when built from arrays)
+``pixel_size_m``    float or None, the training scan's object pixel size in metres (its ``_metadata``)
 ==================  ========================================================================
 
 :func:`ptycho_torch.checkpoint.load_generator` turns a checkpoint back into ``(generator, record, probe)``
@@ -75,6 +76,7 @@ class PtychoPINNModule(L.LightningModule):
         probe_normaliser: float,
         probe_modes: int,
         train_data_sha256: str = "",
+        pixel_size_m: float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -98,6 +100,7 @@ class PtychoPINNModule(L.LightningModule):
         probe: np.ndarray,
         training_scale: float,
         train_data_sha256: str = "",
+        pixel_size_m: float | None = None,
     ) -> PtychoPINNModule:
         """Build a fresh module: normalise ``probe`` ((N, N) or (P, N, N)) and record the scales
         (``training_scale``, the training scan's input normalisation, under the checkpoint's legacy
@@ -113,6 +116,7 @@ class PtychoPINNModule(L.LightningModule):
             probe_normaliser=normaliser,
             probe_modes=int(normalised.shape[0]),
             train_data_sha256=train_data_sha256,
+            pixel_size_m=pixel_size_m,
         )
         module.probe.copy_(normalised)
         return module

@@ -39,6 +39,7 @@ from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingCon
 from ptycho_torch.corpus import Corpus
 from ptycho_torch.data import RawData
 from ptycho_torch.errors import ConfigError, DataContractError, TrainingInterrupted
+from ptycho_torch.pixel_size import scan_pixel_size
 from ptycho_torch.run_layout import RunLayout, RunStatus, RunSummary
 from training.checkpointing import AtomicCheckpointIO, LastCheckpoint
 from training.datamodule import GroupedDataModule, GroupedDataset, group_scan
@@ -225,8 +226,9 @@ def _data_and_module(training: TrainingConfig, execution: PyTorchExecutionConfig
         probe, scale = data.probe, data.training_scale
     else:
         data, probe, scale = corpus_data(corpus, test_data, training, execution)
+    pixel_size_m = None if train_data is None else scan_pixel_size(train_data.metadata)
     module = PtychoPINNModule.from_configs(training, execution, probe=probe, training_scale=scale,
-                                           train_data_sha256=train_data_sha256)
+                                           train_data_sha256=train_data_sha256, pixel_size_m=pixel_size_m)
     if init_from is not None:
         generator, _, _ = load_generator(init_from)
         module.generator.load_state_dict(generator.state_dict())

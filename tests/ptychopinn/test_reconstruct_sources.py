@@ -23,6 +23,7 @@ from ptycho_torch.simulation import simulate
 from ptychopinn.cli import main as cli_main
 
 N = 32
+PIXEL_SIZE_M = 1e-8
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -44,6 +45,7 @@ class Trained:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     root = tmp_path_factory.mktemp("sources")
     scan = simulate(object_kind="lines", N=N, n_positions=56, nphotons=1e6, object_size=3 * N, seed=0)
+    scan.metadata["pixel_size_m"] = PIXEL_SIZE_M  # recorded by the training run, and by the export
     train = scan.subset(np.arange(32)).to_file(root / "train.npz")
     test = scan.subset(np.arange(32, 56)).to_file(root / "test.npz")
     run = root / "run"
@@ -165,3 +167,21 @@ def test_a_source_needs_only_what_it_runs_with(trained: Trained, tmp_path: Path,
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == imported
     assert (tmp_path / "out" / "reconstruction.cxi").stat().st_size > 0
+
+
+def test_every_source_refuses_a_scan_at_another_pixel_size_alike(trained: Trained, tmp_path: Path, capsys) -> None:
+    """The checkpoint records the training scan's pixel size, so a torch source checks it as a bundle does
+    (it used to know none and reconstructed at the wrong scale without a word)."""
+    from ptycho_torch.data import RawData
+
+    scan = RawData.from_file(trained.scan)
+    scan.metadata["pixel_size_m"] = 2 * PIXEL_SIZE_M
+    other = scan.to_file(tmp_path / "other.npz")
+    messages = set()
+    for model in (trained.run, trained.checkpoint, trained.bundle):
+        code = cli_main(["reconstruct", "--model", str(model), "--data", str(other), "--out", str(tmp_path / "o")])
+        err = capsys.readouterr().err
+        assert code == 2 and "the scan's object pixel size 2e-08 m differs from model" in err, err
+        messages.add(err.split("training pixel size", 1)[1])
+    assert messages == {" 1e-08 m (ratio 2.000); the network only works at its training scale: crop or bin the "
+                        "detector so the pixel sizes match, or use a model trained at this pixel size\n"}
