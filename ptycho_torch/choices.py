@@ -3,10 +3,12 @@
 Each enum is the one list of the accepted values; the code that implements a choice keeps one table
 from member to implementation beside it (``model.HEADS``, ``model.AMPLITUDE_ACTIVATIONS``,
 ``training.module.SCHEDULERS``, ``training.module.LOSS_WEIGHTS``, ``training.trainer.LOGGERS``,
-``refinement.ALGORITHMS``, ``refinement.STARTS``). Members compare and hash like their values, so a
-table answers a plain string (``HEADS["tf"]``) and configurations keep storing plain strings (they are
-written to checkpoints, which ``torch.load(weights_only=True)`` reads, and to YAML/JSON files).
-Dependency-free: importing this module costs nothing.
+``refinement.ALGORITHMS``, ``refinement.STARTS``). Every configuration field and reconstruct option
+that is a choice is annotated with its enum and holds the member (a plain string is parsed on
+construction); members compare and hash like their values, so a table answers a plain string
+(``HEADS["tf"]``), and they leave as plain strings through ``ptycho_torch.config.to_primitives``
+(checkpoints, which ``torch.load(weights_only=True)`` reads, YAML/JSON files). Dependency-free:
+importing this module costs nothing.
 """
 
 from __future__ import annotations

@@ -135,9 +135,15 @@ def check(findings: list[Finding], path: Path = BASELINE, *, update: bool = Fals
         print(f"lint: {path.name} shrunk ({fixed} counts lowered)")
     elif fixed:
         print(f"lint: the baseline can shrink ({fixed} counts): run `python scripts/lint.py --update`")
-    print(f"lint: {len(findings)} findings (ruff and mypy), {len(new)} file/code counts above the baseline")
+    print(f"lint: {_count(len(findings), 'finding')} (ruff and mypy), {_count(len(new), 'file/code count')} above "
+          "the baseline")
     return 1 if new else 0
 
+
+
+def _count(number: int, noun: str) -> str:
+    """``1 finding``, ``2 findings``."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
