@@ -13,13 +13,15 @@ importing this module costs nothing.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable, Mapping
 from enum import StrEnum
+from functools import cache
 from typing import Final, TypeVar
 
 __all__ = ["NAMED_SCALE_POLICIES", "AmpActivation", "Architecture", "Backend", "Generator", "GradientClipAlgorithm",
            "LoggerBackend", "LossMode", "ModelType", "RefineAlgorithm", "RefineStart", "ScalePolicy", "Scheduler", "Units",
-           "check_table", "parse", "values"]
+           "check_table", "choice_fields", "parse", "values"]
 
 
 class Architecture(StrEnum):
@@ -144,6 +146,18 @@ def parse(choice: type[E], name: str, value: object, error: Callable[[str], Exce
         except ValueError:
             pass
     raise error(f"`{name}` must be one of {list(values(choice))}, got {value!r}")
+
+
+@cache
+def choice_fields(cls: type) -> dict[str, type[StrEnum]]:
+    """``{field: its StrEnum}`` for the fields of dataclass ``cls`` annotated with a choice (``E`` or
+    ``E | None``), in definition order: what configurations and options parse on construction."""
+    found = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        members = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+        if len(members) == 1 and isinstance(members[0], type) and issubclass(members[0], StrEnum):
+            found[name] = members[0]
+    return found
 
 
 def check_table(choice: type[E], table: Mapping[E, V]) -> Mapping[E, V]:

@@ -17,11 +17,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-import typing
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -35,6 +33,7 @@ from ptycho_torch.choices import (
     LossMode,
     ModelType,
     Scheduler,
+    choice_fields,
     values,
 )
 from ptycho_torch.errors import ConfigError
@@ -83,18 +82,11 @@ def _require(ok: bool, name: str, value: Any, expected: str) -> None:
         raise ConfigError(f"{name} must be {expected}, got {value!r}")
 
 
-@cache
-def _choices(cls: type) -> dict[str, type[enum.StrEnum]]:
-    """``{field: its StrEnum}`` for the string-choice fields of ``cls``."""
-    return {name: hint for name, hint in typing.get_type_hints(cls).items()
-            if isinstance(hint, type) and issubclass(hint, enum.StrEnum)}
-
-
 def _parse_choices(config: object) -> None:
     """Check every string-choice field of ``config`` against its enum and store the member (a plain
     string becomes ``Generator.TF``)."""
     cls: type = type(config)
-    for name, choice in _choices(cls).items():
+    for name, choice in choice_fields(cls).items():
         value = getattr(config, name)
         _require(value in values(choice), name, value, f"one of {list(values(choice))}")
         object.__setattr__(config, name, choice(value))

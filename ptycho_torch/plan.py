@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ptycho_torch.choices import RefineAlgorithm, RefineStart, ScalePolicy, Units, parse
+from ptycho_torch.choices import RefineAlgorithm, RefineStart, ScalePolicy, Units, choice_fields, parse
+from ptycho_torch.config import to_primitives
 from ptycho_torch.errors import DataContractError, InvalidInput, InvalidValues
 from ptycho_torch.model_facts import ModelFacts
 from ptycho_torch.normalization import input_scale
@@ -85,8 +86,7 @@ class ReconstructOptions:
     def __post_init__(self) -> None:
         for name in ("stitch_M", "neighbor_count", "seed", "refine_iterations"):
             _require_count(name, getattr(self, name))
-        for name, choice in (("scale_policy", ScalePolicy), ("units", Units), ("refine_algorithm", RefineAlgorithm),
-                             ("refine_start", RefineStart)):
+        for name, choice in choice_fields(ReconstructOptions).items():
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, parse(choice, name, value, InvalidInput))
@@ -137,13 +137,8 @@ class ReconstructOptions:
 
     def to_json(self) -> dict[str, Any]:
         """The options that differ from their defaults, as JSON values (what a client sends)."""
-        defaults = ReconstructOptions()
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)
-                if getattr(self, f.name) != getattr(defaults, f.name)}
-
-
-def _plain(value: Any) -> Any:
-    return value.value if isinstance(value, StrEnum) else value
+        defaults = to_primitives(ReconstructOptions())
+        return {name: value for name, value in to_primitives(self).items() if value != defaults[name]}
 
 
 def _require_count(name: str, value: Any) -> None:
@@ -178,8 +173,6 @@ class Plan:
     """Object pixel size of the result in metres: the scan's, else the model's; None when neither says."""
     probe_source: ProbeSource | None
     """The probe the data fit and the refinement use; None when neither the request nor the model has one."""
-    run_network: bool
-    """False when refinement starts from a flat object: the network is skipped."""
     refinement: RefineSettings | None
     """The refinement after the network (None: none)."""
     refine_start: RefineStart
@@ -188,6 +181,11 @@ class Plan:
     @property
     def N(self) -> int:  # the project-wide name of the patch size
         return self.model.N
+
+    @property
+    def run_network(self) -> bool:
+        """False when refinement starts from a flat object: the network is skipped."""
+        return self.refine_start == RefineStart.NETWORK
 
     @property
     def grouped(self) -> bool:
@@ -230,8 +228,7 @@ def resolve(model: ModelFacts, options: ReconstructOptions | None = None, *, pro
     probe_source = ProbeSource.REQUEST if probe_given else ProbeSource.MODEL if model.probe is not None else None
     return Plan(model=model, stitch_M=M, neighbor_count=_neighbor_count(model, options), seed=options.seed,
                 units=options.units, scale_policy=policy, scale=scale, pixel_size_m=_pixel_size(model, options),
-                probe_source=probe_source, run_network=options.refine_start == RefineStart.NETWORK,
-                refinement=_refinement(options, probe_source), refine_start=options.refine_start)
+                probe_source=probe_source, refinement=_refinement(options, probe_source), refine_start=options.refine_start)
 
 
 def _check_streamable(model: ModelFacts, options: ReconstructOptions) -> None:

@@ -40,7 +40,6 @@ from ptycho_torch.bundle.schema import (
 )
 from ptycho_torch.bundle.signing import SIGNATURE_FILE, trusted_keys_from_env, verify_signature
 from ptycho_torch.checksums import sha256_file
-from ptycho_torch.choices import ScalePolicy
 from ptycho_torch.errors import BundleError
 from ptycho_torch.grouping import default_neighbor_count
 from ptycho_torch.model_facts import ModelFacts
@@ -93,10 +92,6 @@ class Bundle:
     def training_scale(self) -> float:
         """The normalisation scalar measured on the training data (the ``bundle`` policy)."""
         return self.manifest.normalization.training_scale
-
-    @property
-    def default_scale_policy(self) -> ScalePolicy:
-        return self.manifest.normalization.default_policy
 
     @property
     def intensity_scale(self) -> float:
