@@ -23,7 +23,6 @@ from pathlib import Path
 from ptycho_torch.choices import Generator, Scheduler, values
 from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig
 from ptycho_torch.data import load_siemens_star, spatial_split
-from ptycho_torch.run_layout import RunLayout
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 REAL_SCAN = PROJECT_ROOT / "data" / "siemens-star-small.npz.bz2"
@@ -55,9 +54,7 @@ def build_default_bundle(out: Path = DEFAULT_OUT, *, run_dir: Path, scan: Path =
     the manifest records the recipe, steps, wall time and that NLL."""
     from export.bundle_writer import export_checkpoint
     from export.options import ExportOptions
-    from ptycho_torch.checksums import sha256_file
-    from training.run import auto_resume
-    from training.trainer import train
+    from training.run import AUTO, train_from_config
 
     config = model(generator)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -65,8 +62,7 @@ def build_default_bundle(out: Path = DEFAULT_OUT, *, run_dir: Path, scan: Path =
     train_file, test_file = train_raw.to_file(run_dir / "train.npz"), test_raw.to_file(run_dir / "test.npz")
     training = TrainingConfig(model=config, train_data_file=train_file, test_data_file=test_file, nepochs=epochs,
                               nphotons=float(train_raw.metadata["nphotons"]), output_dir=run_dir)
-    result = train(training, EXECUTION, train_data=train_raw, test_data=test_raw,
-                   train_data_sha256=sha256_file(train_file), resume=auto_resume(RunLayout(run_dir)))
+    result = train_from_config(training, EXECUTION, resume=AUTO)
     logger.info("trained: %s", result.summary.to_json())
     if out.exists():
         shutil.rmtree(out)

@@ -19,6 +19,7 @@ import numpy.typing as npt
 import torch
 
 from ptycho_torch.checkpoint import CheckpointRecord, load_generator
+from ptycho_torch.errors import ConfigError
 from ptycho_torch.grouping import default_neighbor_count
 from ptycho_torch.model import PtychoPINNGenerator
 from ptycho_torch.model_facts import ModelFacts
@@ -34,6 +35,8 @@ class TorchRunner:
                  probe: npt.ArrayLike | None = None, stitch_M: int | None = None,
                  neighbor_count: int | None = None, bad_pixels: npt.ArrayLike | None = None,
                  pixel_size_m: float | None = None, batch_size: int = 64, name: str = "torch") -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"`batch_size` must be a positive integer, got {batch_size!r}")
         config = generator.config
         self.generator = generator.eval()
         self.batch_size = batch_size

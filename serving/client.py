@@ -234,6 +234,10 @@ class RemoteRunner:
     progress: bool = False
     """Show a progress bar (tqdm, on stderr; only when stderr is a terminal)."""
 
+    def __post_init__(self) -> None:
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"`batch_size` must be a positive integer, got {self.batch_size!r}")
+
     def infer(self, diffraction: npt.NDArray[np.float32], scale: npt.NDArray[np.float32]
               ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         """``amplitude, phase`` ``(B, C, N, N)`` for ``diffraction`` ``(B, C, N, N)``, request by request."""

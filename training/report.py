@@ -47,7 +47,6 @@ class RunReport(L.Callback):
         self.layout = layout
         self.monitor = monitor
         self.progress_every_s = progress_every_s
-        self.summary: RunSummary | None = None
         self._start = self._last_line = self._epoch_start = time.perf_counter()
         self._start_step = 0
         self._samples = self._last_samples = 0
@@ -120,7 +119,7 @@ class RunReport(L.Callback):
         wall = time.perf_counter() - self._start
         checkpoint = trainer.checkpoint_callback
         last = self.layout.last_checkpoint
-        self.summary = summary = RunSummary(
+        summary = RunSummary(
             status=status, signal=signal, error=error, init_from=None if init_from is None else Path(init_from),
             epochs=trainer.current_epoch,
             global_step=trainer.global_step, steps_this_run=trainer.global_step - self._start_step,

@@ -302,12 +302,6 @@ def train(
     if trainer.is_global_zero:
         write_resolved_config(layout.root, module.hparams)
     _fit(trainer, module, data, resume=resume, report=report, stop=stop)
-    checkpoint = trainer.checkpoint_callback
-    best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
-    return TrainResult(
-        output_dir=layout.root,
-        best_checkpoint=Path(best) if best else None,
-        last_checkpoint=layout.last_checkpoint,
-        summary=report.write(trainer, RunReport.finished_status(trainer), init_from=init_from),
-        module=module,
-    )
+    summary = report.write(trainer, RunReport.finished_status(trainer), init_from=init_from)
+    return TrainResult(output_dir=layout.root, best_checkpoint=summary.best_checkpoint,
+                       last_checkpoint=layout.last_checkpoint, summary=summary, module=module)

@@ -30,8 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ptycho_torch.choices import NAMED_SCALE_POLICIES, RefineAlgorithm, RefineStart, values
-from ptychopinn.runners import DEFAULT_SERVER_MODEL, LoadedRunner, RunnerSettings, runner_for
-from serving.config import DEFAULTS
+from ptychopinn.runners import LoadedRunner, RunnerSettings, runner_for
 
 if TYPE_CHECKING:
     from ptycho_torch.data import RawData
@@ -62,13 +61,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale-policy", choices=NAMED_SCALE_POLICIES, default=None,
                         help="input normalisation: 'scan' (from this scan's patterns) or 'bundle' (the training "
                              "value); default: the model's own (a bundle's manifest says which, usually scan)")
-    parser.add_argument("--batch-size", type=int, default=DEFAULTS.max_batch_size,
-                        help=f"groups per inference batch in this process (--model; default {DEFAULTS.max_batch_size})")
+    parser.add_argument("--batch-size", type=int, default=RunnerSettings.batch_size,
+                        help=f"groups per inference batch in this process (--model; default {RunnerSettings.batch_size})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the neighbour draw at gridsize > 1 (default 0)")
-    parser.add_argument("--server-model", default=DEFAULT_SERVER_MODEL,
-                        help=f"model name on --server (default {DEFAULT_SERVER_MODEL}; `ptychopinn serve` logs it)")
-    parser.add_argument("--chunk-size", type=int, default=256,
-                        help="groups per request to --server (default 256: 4 MiB at N=64)")
+    parser.add_argument("--server-model", default=RunnerSettings.server_model,
+                        help=f"model name on --server (default {RunnerSettings.server_model}; `ptychopinn serve` logs it)")
+    parser.add_argument("--chunk-size", type=int, default=RunnerSettings.chunk_size,
+                        help=f"groups per request to --server (default {RunnerSettings.chunk_size}: 4 MiB at N=64)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar for --server")
     parser.add_argument("--refine", type=int, default=0, metavar="N",
                         help="N iterations of known-probe object refinement after the network, with the scan's "
@@ -78,7 +77,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refine-start", choices=values(RefineStart), default=RefineStart.NETWORK.value,
                         help="refine the network's object (default) or start from a flat object without the network")
     parser.add_argument("--token-file", type=Path, default=None, help="bearer token for --server (a file)")
-    parser.add_argument("--timeout", type=float, default=300.0, help="HTTP timeout in seconds for --server")
+    parser.add_argument("--timeout", type=float, default=RunnerSettings.timeout_s,
+                        help="HTTP timeout in seconds for --server")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -400,3 +400,12 @@ def test_the_trained_neighbor_count_is_recorded_and_is_the_reconstruct_default(s
     (bundle.root / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match=r"`neighbor_count` must be >= channels = 4, got 3"):
         load_bundle(bundle.root)
+
+
+@pytest.mark.parametrize("batch_size", [0, -3])
+def test_the_torch_runner_refuses_a_batch_size_that_is_no_positive_integer(exported: Exported, batch_size: int) -> None:
+    from ptycho_torch.errors import ConfigError
+    from ptycho_torch.torch_runner import TorchRunner
+
+    with pytest.raises(ConfigError, match=f"`batch_size` must be a positive integer, got {batch_size}"):
+        TorchRunner(exported.generator, training_scale=1.0, batch_size=batch_size)

@@ -48,3 +48,13 @@ def test_the_served_model_publishes_its_neighbor_count(oracle_bundle_g2, serve) 
     assert ModelFacts.from_parameters("oracle2", metadata["parameters"]).neighbor_count == 7
     del metadata["parameters"]["neighbor_count"]
     assert ModelFacts.from_parameters("oracle2", metadata["parameters"]).neighbor_count == 4
+
+
+@pytest.mark.parametrize("batch_size", [0, -3, True])
+def test_a_runner_refuses_a_batch_size_that_is_no_positive_integer(batch_size: object) -> None:
+    """-3 ran no request and returned uninitialised memory as the object (the CLI checked its flag only)."""
+    from ptycho_torch.errors import ConfigError
+
+    model = ModelFacts(name="m", N=N, gridsize=1, stitch_M=8, training_scale=1.0, neighbor_count=4)
+    with Client("http://127.0.0.1:9") as client, pytest.raises(ConfigError, match="`batch_size` must be a positive"):
+        RemoteRunner(model, client, batch_size=batch_size)  # type: ignore[arg-type]
