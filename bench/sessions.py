@@ -17,9 +17,11 @@ process waits for the cores, the CPU figure is the one to compare between code v
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -58,20 +60,26 @@ def _engine_totals(client: Client) -> tuple[float, float]:
     return items, seconds
 
 
-def machinery_rate(patterns: np.ndarray, positions: np.ndarray, repeat: int = 5) -> dict[str, float]:
+def machinery_rate(patterns: np.ndarray, positions: np.ndarray, repeat: int = 5,
+                   bad_pixels: int = 0) -> dict[str, float]:
     """Frames/s through a :class:`~serving.sessions.Session` without inference or HTTP (chunks of
-    ``CHUNK``, positions with the frames): pairing, duplicate hashing, batching and stitching.
-    ``{"wall_fps", "cpu_fps"}``: medians over ``repeat`` fresh sessions of frames per wall second
-    and per CPU second of this process."""
+    ``CHUNK``, positions with the frames): pairing, duplicate hashing, bad-pixel inpainting, batching
+    and stitching. ``bad_pixels``: give the model a detector mask of that many pixels (seeded), as a
+    bundle exported with ``--bad-pixel-mask`` has. ``{"wall_fps", "cpu_fps"}``: medians over
+    ``repeat`` fresh sessions of frames per wall second and per CPU second of this process."""
     from serving.sessions import Session
 
-    class _NoInference:
-        bundle = load_bundle(DEFAULT_BUNDLE)
+    bundle = load_bundle(DEFAULT_BUNDLE)
+    if bad_pixels:
+        mask = np.zeros(bundle.N * bundle.N, bool)
+        mask[np.random.default_rng(0).choice(mask.size, bad_pixels, replace=False)] = True
+        bundle = dataclasses.replace(bundle, bad_pixels=mask.reshape(bundle.N, bundle.N))
+    no_inference = SimpleNamespace(bundle=bundle)  # what a Session reads of its runner besides submit
 
     outputs = np.ones((CHUNK, 1, *patterns.shape[1:]), np.float32)
     wall, cpu = [], []
     for _ in range(repeat):
-        session = Session("bench", _NoInference(), expected_frames=len(patterns))  # type: ignore[arg-type]
+        session = Session("bench", no_inference, expected_frames=len(patterns))  # type: ignore[arg-type]
         start, start_cpu = time.perf_counter(), time.process_time()
         for first in range(0, len(patterns), CHUNK):
             index = np.arange(first, min(first + CHUNK, len(patterns)))
@@ -89,13 +97,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeat", type=int, default=1, help="replay the 516-frame scan this many times")
     parser.add_argument("--machinery-only", action="store_true",
                         help="measure the session machinery alone (no engine, no server)")
+    parser.add_argument("--bad-pixels", type=int, default=0,
+                        help="with --machinery-only: a model whose detector mask has this many pixels (inpainted)")
     args = parser.parse_args(argv)
     scan = load_scan(SCAN, n=64)
     patterns = np.tile(scan.diff3d, (args.repeat, 1, 1))
     positions = np.tile(scan.positions, (args.repeat, 1))
-    machinery = machinery_rate(patterns, positions)
+    machinery = machinery_rate(patterns, positions, bad_pixels=args.bad_pixels)
     machinery_line = (f"session machinery alone (no inference, no HTTP): {machinery['wall_fps']:.0f} frames/s, "
-                      f"{machinery['cpu_fps']:.0f} frames per CPU-second; {len(patterns)} frames, chunks of {CHUNK}")
+                      f"{machinery['cpu_fps']:.0f} frames per CPU-second; {len(patterns)} frames, chunks of {CHUNK}"
+                      + (f", {args.bad_pixels} bad pixels" if args.bad_pixels else ""))
     if args.machinery_only:
         print(machinery_line)
         return {"machinery": machinery, "frames": len(patterns), "chunk": CHUNK}

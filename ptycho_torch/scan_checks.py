@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -180,7 +180,14 @@ def _neighbour_max(image: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
 
 def inpaint(amplitudes: npt.NDArray[np.float32], bad: npt.NDArray[np.bool_]) -> None:
     """Replace ``amplitudes[bad]`` in place by the mean of their good 3x3 neighbours, growing inwards
-    until every bad pixel has one. ``bad`` is ``(N, N)`` (same pixels every frame) or ``(S, N, N)``."""
+    until every bad pixel has one. ``bad`` is ``(N, N)`` (same pixels every frame) or ``(S, N, N)``.
+
+    With an ``(N, N)`` mask which pixels fill in which round, and from which neighbours, is the same in
+    every frame: it is worked out once on the mask (:func:`_fill_rounds`) and only the bad pixels are
+    computed, with the same additions in the same order as the whole-frame rounds (equal bit for bit)."""
+    if bad.ndim == 2 and bad.shape == amplitudes.shape[-2:]:
+        _inpaint_fixed(amplitudes, bad)
+        return
     good = ~np.broadcast_to(bad, amplitudes.shape)
     if good.all():
         return
@@ -196,6 +203,55 @@ def inpaint(amplitudes: npt.NDArray[np.float32], bad: npt.NDArray[np.bool_]) -> 
         weight[fill] = 1.0
         todo &= ~fill
     amplitudes[~good] = values[~good]
+
+
+_OFFSETS: Final = tuple((i, j) for i in (-1, 0, 1) for j in (-1, 0, 1))
+"""The 3x3 neighbourhood in :func:`_box_sum`'s order (the order of the additions)."""
+
+
+def _fill_rounds(bad: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.intp], list[tuple[npt.NDArray[np.intp], ...]]]:
+    """The bad pixels ``(T, 2)`` [row, col], and per round of :func:`inpaint` the slots it fills and, per
+    offset of :data:`_OFFSETS`, the neighbour each reads: its slot among the bad pixels, or -1 for a good
+    pixel, -2 for none (outside the frame, or not filled yet: weight 0)."""
+    H, W = bad.shape
+    targets = np.argwhere(bad)
+    slot = np.full((H, W), -1, np.intp)
+    slot[bad] = np.arange(len(targets))
+    known = ~bad
+    rounds = []
+    for _ in range(max(H, W)):
+        todo = np.flatnonzero(~known[targets[:, 0], targets[:, 1]])
+        reads = []
+        for i, j in _OFFSETS:
+            r, c = targets[todo, 0] + i, targets[todo, 1] + j
+            inside = (r >= 0) & (r < H) & (c >= 0) & (c < W)
+            r, c = np.where(inside, r, 0), np.where(inside, c, 0)
+            reads.append(np.where(inside & known[r, c], slot[r, c], -2))
+        fill = (np.stack(reads) != -2).any(axis=0)
+        if not fill.any():
+            break
+        rounds.append((todo[fill], *(read[fill] for read in reads)))
+        known[targets[todo[fill], 0], targets[todo[fill], 1]] = True
+    return targets, rounds
+
+
+def _inpaint_fixed(amplitudes: npt.NDArray[np.float32], bad: npt.NDArray[np.bool_]) -> None:
+    """:func:`inpaint` for one ``(N, N)`` mask shared by every frame: the bad pixels only."""
+    targets, rounds = _fill_rounds(bad)
+    if not len(targets):
+        return
+    rows, cols = targets[:, 0], targets[:, 1]
+    filled = np.zeros((*amplitudes.shape[:-2], len(targets)), np.float64)  # 0 where no round reaches
+    for fills, *reads in rounds:
+        total = np.zeros((*amplitudes.shape[:-2], len(fills)), np.float64)
+        count = np.zeros(len(fills), np.float64)
+        for (i, j), read in zip(_OFFSETS, reads, strict=True):
+            good, earlier = read == -1, read >= 0
+            total[..., good] += amplitudes[..., rows[fills[good]] + i, cols[fills[good]] + j]
+            total[..., earlier] += filled[..., read[earlier]]
+            count += good | earlier
+        filled[..., fills] = total / count
+    amplitudes[..., rows, cols] = filled
 
 
 def _box_sum(image: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

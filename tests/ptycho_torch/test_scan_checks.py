@@ -196,3 +196,30 @@ def test_a_scale_that_overflows_the_network_input_is_refused() -> None:
     check_network_input(np.array([1e10]), peak=1e4)
     with pytest.raises(DataContractError, match=r"float32 would overflow"):
         check_network_input(np.array([1e20]), peak=1e4)
+
+
+def _masks(N: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(3)
+    band, edges, block = (np.zeros((N, N), bool) for _ in range(3))
+    band[20:24] = True
+    edges[0], edges[:, -1] = True, True
+    edges[30:36, 30:36] = True
+    block[10:40, 10:40] = True
+    scattered = np.zeros((N, N), bool)
+    scattered[[3, 40, 63], [5, 60, 0]] = True
+    return {"scattered": scattered, "band": band, "random 5 %": rng.random((N, N)) < 0.05,
+            "random 40 %": rng.random((N, N)) < 0.4, "edges and a block": edges, "30x30 block": block}
+
+
+@pytest.mark.parametrize("name", list(_masks(64)))
+def test_one_mask_for_every_frame_is_inpainted_exactly_as_the_whole_frame_rounds(name: str) -> None:
+    """An (N, N) mask fills only the bad pixels (the rounds worked out once on the mask); the same mask
+    broadcast to (S, N, N) takes the whole-frame rounds: the two agree bit for bit."""
+    mask = _masks(64)[name]
+    frames = np.random.default_rng(4).gamma(2.0, 3.0, (7, 64, 64)).astype(np.float32)
+    fast, whole = frames.copy(), frames.copy()
+    inpaint(fast, mask)
+    inpaint(whole, np.broadcast_to(mask, frames.shape))
+    np.testing.assert_array_equal(fast.view(np.uint32), whole.view(np.uint32))
+    np.testing.assert_array_equal(fast[:, ~mask], frames[:, ~mask])  # good pixels untouched
+    assert not np.array_equal(fast[:, mask], frames[:, mask])
