@@ -19,6 +19,7 @@ finite and ``patterns * scale`` stays far from float32 overflow, so no NaN or in
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -209,11 +210,21 @@ _OFFSETS: Final = tuple((i, j) for i in (-1, 0, 1) for j in (-1, 0, 1))
 """The 3x3 neighbourhood in :func:`_box_sum`'s order (the order of the additions)."""
 
 
-def _fill_rounds(bad: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.intp], list[tuple[npt.NDArray[np.intp], ...]]]:
+FillRounds = tuple[npt.NDArray[np.intp], list[tuple[npt.NDArray[np.intp], ...]]]
+
+
+def _fill_rounds(bad: npt.NDArray[np.bool_]) -> FillRounds:
     """The bad pixels ``(T, 2)`` [row, col], and per round of :func:`inpaint` the slots it fills and, per
     offset of :data:`_OFFSETS`, the neighbour each reads: its slot among the bad pixels, or -1 for a good
-    pixel, -2 for none (outside the frame, or not filled yet: weight 0)."""
-    H, W = bad.shape
+    pixel, -2 for none (outside the frame, or not filled yet: weight 0). Worked out once per mask (a
+    model's, reused by every message of a live session), never changed by the caller."""
+    return _rounds_of(bad.shape, np.packbits(bad).tobytes())
+
+
+@functools.lru_cache(maxsize=16)
+def _rounds_of(shape: tuple[int, ...], packed: bytes) -> FillRounds:
+    H, W = shape
+    bad = np.unpackbits(np.frombuffer(packed, np.uint8), count=H * W).astype(bool).reshape(H, W)
     targets = np.argwhere(bad)
     slot = np.full((H, W), -1, np.intp)
     slot[bad] = np.arange(len(targets))
