@@ -31,7 +31,7 @@ from ptycho_torch.grouping import group_indices
 from ptycho_torch.model_facts import ModelFacts
 from ptycho_torch.plan import Plan, ProbeSource, ReconstructOptions, resolve
 from ptycho_torch.refinement import RefineSettings, refine_stitched
-from ptycho_torch.scan_checks import check_network_input, prepare_scan
+from ptycho_torch.scan_checks import check_network_input
 from ptycho_torch.stitching import Stitcher, StitchResult, complex_patches
 
 __all__ = ["Reconstruction", "Runner", "reconstruct", "reconstruct_steps", "require_finite_outputs",
@@ -268,7 +268,7 @@ def reconstruct_steps(
         given = check_inputs(model, patterns, positions, probe)
         plan = resolve(model, options, probe_given=given.probe is not None)
     with clock.stage("prepare"):
-        scan = prepare_scan(given.patterns, given.positions, units=plan.units, mask=plan.bad_pixels(mask))
+        scan = plan.prepare(given.patterns, given.positions, mask)
     with clock.stage("scale"):
         scale = plan.network_scale(scan)
         check_network_input(scale, float(scan.amplitudes.max()))

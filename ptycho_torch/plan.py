@@ -28,7 +28,7 @@ from ptycho_torch.model_facts import ModelFacts
 from ptycho_torch.normalization import input_scale
 from ptycho_torch.pixel_size import check_pixel_size, valid_pixel_size
 from ptycho_torch.refinement import RefineSettings
-from ptycho_torch.scan_checks import SCALE_RANGE, PreparedScan, bad_pixel_mask
+from ptycho_torch.scan_checks import SCALE_RANGE, PreparedScan, bad_pixel_mask, prepare_scan
 from ptycho_torch.stitching import check_stitch_M
 
 __all__ = ["MAX_REFINE_ITERATIONS", "Plan", "ProbeSource", "ReconstructOptions", "resolve"]
@@ -198,6 +198,12 @@ class Plan:
         if request_mask is None or own is None:
             return own if request_mask is None else request_mask
         return own | bad_pixel_mask(request_mask, self.N)
+
+    def prepare(self, patterns: npt.NDArray[Any], positions: npt.NDArray[np.float64],
+                mask: Any = None) -> PreparedScan:
+        """:func:`~ptycho_torch.scan_checks.prepare_scan` under this plan: its units, the model's bad
+        pixels and the request's ``mask`` inpainted (what :meth:`network_scale` and the network see)."""
+        return prepare_scan(patterns, positions, units=self.units, mask=self.bad_pixels(mask))
 
     def network_scale(self, scan: PreparedScan) -> float:
         """The network's ``scale`` for a prepared scan: :attr:`scale` when known, else ``input_scale`` of

@@ -108,6 +108,10 @@ class Engine:
         self.batch_sizes = _batch_sizes(max_batch_size)
         self.input_shape = (bundle.channels, bundle.N, bundle.N)
         """Shape of one item of ``diffraction``: ``(C, N, N)``."""
+        self.input_names = tuple(spec.name for spec in bundle.manifest.inputs)
+        """The graph's inputs ``(diffraction, scale)`` by the manifest's names (the signature)."""
+        self.output_names = [spec.name for spec in bundle.manifest.outputs]
+        """The graph's outputs ``[amplitude, phase]`` by the manifest's names."""
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -180,7 +184,7 @@ class Engine:
 
     def check_inputs(self, diffraction: np.ndarray, scale: np.ndarray) -> None:
         """Raise :class:`InvalidRequest` unless ``diffraction`` is ``(B, C, N, N)`` float32 and ``scale`` ``(B,)``."""
-        diffraction_name, scale_name = (spec.name for spec in self.bundle.manifest.inputs)
+        diffraction_name, scale_name = self.input_names
         if diffraction.dtype != np.float32 or scale.dtype != np.float32:
             raise InvalidRequest(f"`{diffraction_name}` and `{scale_name}` must be float32 (FP32), got "
                                  f"{diffraction.dtype} and {scale.dtype}")
@@ -228,9 +232,8 @@ class Engine:
         if size != B:
             diffraction = np.concatenate([diffraction, np.zeros((size - B, *self.input_shape), np.float32)])
             scale = np.concatenate([scale, np.ones(size - B, np.float32)])
-        manifest = self.bundle.manifest
-        feeds = dict(zip((spec.name for spec in manifest.inputs), (diffraction, scale), strict=True))
-        amplitude, phase = self.session.run([spec.name for spec in manifest.outputs], feeds)
+        feeds = dict(zip(self.input_names, (diffraction, scale), strict=True))
+        amplitude, phase = self.session.run(self.output_names, feeds)
         return amplitude[:B], phase[:B]
 
 

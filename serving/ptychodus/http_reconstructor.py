@@ -32,7 +32,6 @@ from ptycho_torch.errors import ConfigError
 from ptycho_torch.model_facts import ModelFacts
 from ptycho_torch.pipeline import reconstruct
 from ptycho_torch.plan import ReconstructOptions, resolve
-from ptycho_torch.scan_checks import prepare_scan
 from serving.client import Client, LiveSession, RemoteRunner, ServerUnreachable
 from serving.errors import ModelNotFound, ServingError
 from serving.ptychodus.adapter import ObjectGrid, Scan, check_model_geometry, refine_outputs, scan_from_input
@@ -100,10 +99,10 @@ class HttpReconstructor(Reconstructor):
             model = self._model(client, url, name)
             check_model_geometry(scan, N=model.N, gridsize=model.gridsize, model=f"{name} at {url}",
                                  pixel_size_m=model.pixel_size_m)
-            # the pipeline's scale rule on the whole scan (glitch frames left out), sent with every chunk
-            prepared = prepare_scan(scan.amplitudes, scan.positions, units="amplitude")
-            plan = resolve(model, dataclasses.replace(options, refine_iterations=0))  # refined here, on the grid
-            scale = plan.network_scale(prepared)
+            # the pipeline's scale rule on the whole scan (the model's bad pixels inpainted, glitch frames left
+            # out), sent with every chunk; refinement runs here, on the grid
+            plan = resolve(model, dataclasses.replace(options, refine_iterations=0))
+            scale = plan.network_scale(plan.prepare(scan.amplitudes, scan.positions))
             if model.gridsize == 1:
                 return (yield from self._stream(client, name, scan, scale, parameters))
             runner = RemoteRunner(model, client)

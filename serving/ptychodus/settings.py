@@ -9,7 +9,7 @@ from typing import TypeVar
 from ptychodus.api.parameters import StringParameter
 from ptychodus.api.settings import SettingsRegistry
 
-from ptycho_torch.choices import NAMED_SCALE_POLICIES, RefineAlgorithm, RefineStart, ScalePolicy, values
+from ptycho_torch.choices import NAMED_SCALE_POLICIES, RefineAlgorithm, RefineStart, ScalePolicy, parse, values
 from ptycho_torch.errors import ConfigError, InvalidInput
 from ptycho_torch.plan import MAX_REFINE_ITERATIONS, ReconstructOptions
 from serving.cli import DEFAULT_BUNDLE
@@ -100,7 +100,6 @@ def _choice(parameter: StringParameter, key: str, choice: type[E], allowed: tupl
     """A string setting's value (stripped, case-folded) as a member of ``choice`` (only ``allowed`` ones when
     given); else :class:`ConfigError` "`[GROUP] key` must be one of [...], got 'x'"."""
     value = parameter.get_value().strip().casefold()
-    allowed = values(choice) if allowed is None else allowed
-    if value not in allowed:
+    if allowed is not None and value not in allowed:
         raise ConfigError(f"`[{GROUP}] {key}` must be one of {list(allowed)}, got {value!r}")
-    return choice(value)
+    return parse(choice, f"[{GROUP}] {key}", value, ConfigError)

@@ -52,7 +52,6 @@ class StreamCanvas:
 
     def __init__(self, *, M: int, tile: int, max_tiles: int, bounds: Any = None) -> None:
         self.stitcher = TiledStitcher(M=M, tile=tile, max_tiles=max_tiles)
-        self.tile, self.max_tiles = tile, max_tiles
         self.bounds: Bounds | None = None if bounds is None else check_bounds(bounds)
         self.version = 0
         """Incremented by every stitched batch."""
@@ -77,15 +76,16 @@ class StreamCanvas:
         positions far apart would otherwise ask for a canvas of any size."""
         span = _grown(self._span, pos)
         tiles = self._tiles | _tile_set(self.stitcher.tile_keys(pos))
-        (x_range, y_range), T = span, self.tile
+        (x_range, y_range), T, max_tiles = span, self.stitcher.tile, self.stitcher.max_tiles
+        assert max_tiles is not None  # a stream's canvas is always bounded (__init__)
         _, (H, W) = canvas_geometry(x_range, y_range, self.stitcher.M)
-        limit = self.max_tiles * T ** 2
+        limit = max_tiles * T ** 2
         if H * W > limit:
             return (f"would make the object {H:.3g} x {W:.3g} px (the bounding box of the session's positions), "
-                    f"over the canvas limit of {limit:,} px ({self.max_tiles} tiles of {T}x{T}); check the "
+                    f"over the canvas limit of {limit:,} px ({max_tiles} tiles of {T}x{T}); check the "
                     "position units (object pixels)")
-        if len(tiles) > self.max_tiles:
-            return (f"would grow the canvas past its limit of {self.max_tiles} tiles of {T}x{T} pixels; "
+        if len(tiles) > max_tiles:
+            return (f"would grow the canvas past its limit of {max_tiles} tiles of {T}x{T} pixels; "
                     "check the position units (object pixels)")
         self._span, self._tiles = span, tiles
         return None
