@@ -20,7 +20,7 @@ from functools import cache
 from typing import Final, TypeVar
 
 __all__ = ["NAMED_SCALE_POLICIES", "AmpActivation", "Architecture", "Backend", "Generator", "GradientClipAlgorithm",
-           "LoggerBackend", "LossMode", "ModelType", "RefineAlgorithm", "RefineStart", "ScalePolicy", "Scheduler", "Units",
+           "ArrayBackendName", "LoggerBackend", "LossMode", "ModelType", "RefineAlgorithm", "RefineStart", "ScalePolicy", "Scheduler", "StopReason", "Units",
            "check_table", "choice_fields", "parse", "values"]
 
 
@@ -95,10 +95,28 @@ class LoggerBackend(StrEnum):
 
 
 class RefineAlgorithm(StrEnum):
-    """Known-probe refinement: ``er`` error reduction over the whole scan, ``rpie`` regularised PIE in mini-batches."""
+    """Iterative refinement's update rule: ``er`` error reduction over the whole scan, ``rpie`` regularised
+    PIE in mini-batches, ``mpie`` rPIE with momentum between epochs (see :mod:`ptycho_torch.refinement`)."""
 
     ER = "er"
     RPIE = "rpie"
+    MPIE = "mpie"
+
+
+class StopReason(StrEnum):
+    """Why a refinement ended: the requested ``iterations`` were done, the data fit ``converged``
+    (``iterations="auto"``), or the ``time_limit`` was reached."""
+
+    ITERATIONS = "iterations"
+    CONVERGED = "converged"
+    TIME_LIMIT = "time_limit"
+
+
+class ArrayBackendName(StrEnum):
+    """The array library the iterative solver runs on: ``numpy`` (CPU) or ``cupy`` (GPU, the ``gpu`` extra)."""
+
+    NUMPY = "numpy"
+    CUPY = "cupy"
 
 
 class RefineStart(StrEnum):

@@ -55,7 +55,7 @@ def test_a_table_missing_a_member_fails_at_import() -> None:
 
 def test_parse_names_the_field_and_the_accepted_values() -> None:
     assert parse(RefineAlgorithm, "algorithm", "rpie", DataContractError) is RefineAlgorithm.RPIE
-    with pytest.raises(DataContractError, match=r"^`algorithm` must be one of \['er', 'rpie'\], got 'ePIE'$"):
+    with pytest.raises(DataContractError, match=r"^`algorithm` must be one of \['er', 'rpie', 'mpie'\], got 'ePIE'$"):
         parse(RefineAlgorithm, "algorithm", "ePIE", DataContractError)
     assert RefineSettings(algorithm="rpie").algorithm is RefineAlgorithm.RPIE
 
@@ -78,7 +78,7 @@ def test_bad_config_choices_keep_their_messages(build, message: str) -> None:
 
 
 def test_bad_reconstruct_choices_keep_their_messages() -> None:
-    with pytest.raises(InvalidInput, match=r"^`refine_algorithm` must be one of \['er', 'rpie'\], got 'dm'$"):
+    with pytest.raises(InvalidInput, match=r"^`refine_algorithm` must be one of \['er', 'rpie', 'mpie'\], got 'dm'$"):
         ReconstructOptions(refine_algorithm="dm")
     with pytest.raises(InvalidInput, match=r"^`refine_start` must be one of \['network', 'flat'\], got 'zero'$"):
         ReconstructOptions(refine_start="zero")

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
+from ptycho_torch.choices import StopReason
 from ptycho_torch.data_fit import MeasuredCounts, data_fit
 from ptycho_torch.errors import DataContractError
 from ptycho_torch.grouping import extract_patches
 from ptycho_torch.metrics import evaluate_reconstruction
-from ptycho_torch.refinement import RefineSettings, ScanModel, refine, refine_stitched
+from ptycho_torch.refinement import RefineSettings, ScanModel, correction_warning, refine, refine_stitched, scan_model
+from ptycho_torch.refinement.probe_modes import orthogonalise, with_modes
 from ptycho_torch.simulation import default_probe, far_field_intensity, make_object, simulate_scan
 from ptycho_torch.stitching import Stitcher, stitch_patches
 
@@ -26,12 +30,13 @@ def _scan(nphotons: float = 1e6, *, jitter: float = 0.0, seed: int = 0):
     return simulate_scan(obj, default_probe(N), x, y, nphotons=nphotons, seed=seed)
 
 
-def _model(scan, amplitudes=None, **kwargs) -> tuple[ScanModel, tuple[slice, slice]]:
+def _model(scan, amplitudes=None, *, positions=None, probe=None, **kwargs) -> tuple[ScanModel, tuple[slice, slice]]:
     """A model on the object's own grid (origin 0), and the window of the object that the scan covers."""
-    positions = scan.positions
-    model = ScanModel(scan.diff3d if amplitudes is None else amplitudes, positions, scan.probeGuess,
+    model = ScanModel(scan.diff3d if amplitudes is None else amplitudes,
+                      scan.positions if positions is None else positions,
+                      scan.probeGuess if probe is None else probe,
                       shape=scan.objectGuess.shape, origin=(0.0, 0.0), **kwargs)
-    lo, hi = int(np.ceil(positions.min())) - 4, int(positions.max()) + 5
+    lo, hi = int(np.ceil(scan.positions.min())) - 4, int(scan.positions.max()) + 5
     return model, (slice(lo, hi), slice(lo, hi))
 
 
@@ -71,9 +76,12 @@ def test_refinement_from_flat_recovers_the_object(algorithm, iterations, amp_min
     assert amplitude >= amp_min and phase >= phase_min, (amplitude, phase, flat)
     assert flat[0] < 0.3 and flat[1] < 0.5  # the flat object scores far below: the bar is not trivially met
     assert [s.iteration for s in states] == list(range(iterations + 1))
-    nll = [entry["nll_median"] for entry in final.history]
-    assert len(nll) == iterations + 1 and nll[-1] < 0.5 * nll[0]
-    assert final.fit is not None and final.fit.summary()["nll_median"] == pytest.approx(nll[-1])
+    errors = [entry["amplitude_error"] for entry in final.history]
+    assert len(errors) == iterations + 1 and errors[-1] < 0.05 * errors[0]
+    assert final.history[-1]["nll_median"] < 0.5 * final.history[0]["nll_median"]
+    assert final.fit is not None and final.fit.summary()["nll_median"] == final.history[-1]["nll_median"]
+    assert final.stop_reason == StopReason.ITERATIONS and final.stopped == f"completed the {iterations} requested iterations"
+    assert all(s.stop_reason is None and s.stopped is None for s in states[:-1])
 
 
 def test_refinement_handles_subpixel_positions():
@@ -84,16 +92,20 @@ def test_refinement_handles_subpixel_positions():
     assert amplitude >= 0.93 and phase >= 0.96
 
 
-def test_full_batch_result_does_not_depend_on_the_memory_bound():
-    scan = _scan()
+@pytest.mark.parametrize("refine_probe", [False, True])
+def test_result_does_not_depend_on_threads_chunks_or_the_probe_cache(monkeypatch, refine_probe):
+    scan = _scan(jitter=0.5)
     results = []
-    for max_bytes in (1 << 30, 2 << 20):
-        model, _ = _model(scan, max_bytes=max_bytes)
-        results.append((model.chunk, list(refine(model, np.ones(model.shape, np.complex64),
-                                                 RefineSettings(iterations=3, workers=1)))[-1].object))
-    (big, first), (small, second) = results
-    assert big == len(scan.diff3d) and small < big / 4
-    np.testing.assert_allclose(second, first, rtol=0, atol=1e-5 * np.abs(first).max())
+    for workers, cache_bytes, max_bytes in ((1, 1 << 30, 1 << 30), (2, 64 << 10, 1 << 10)):
+        monkeypatch.setattr(scan_model, "CACHE_BYTES", cache_bytes)
+        model, _ = _model(scan, max_bytes=max_bytes, workers=workers)
+        state = list(refine(model, np.ones(model.shape, np.complex64),
+                            RefineSettings(iterations=3, workers=workers, refine_probe=refine_probe)))[-1]
+        results.append((model.chunk, model.threads, state))
+    (big, one, first), (small, two, second) = results
+    assert (big, one) == (len(scan.diff3d), 1) and small < big / 4 and two == 2
+    np.testing.assert_allclose(second.object, first.object, rtol=0, atol=1e-4 * np.abs(first.object).max())
+    np.testing.assert_allclose(second.probe, first.probe, rtol=0, atol=1e-4 * np.abs(first.probe).max())
 
 
 def test_stopping_between_iterations_and_the_time_limit():
@@ -106,6 +118,7 @@ def test_stopping_between_iterations_and_the_time_limit():
     timed = list(refine(model, np.ones(model.shape, np.complex64),
                         RefineSettings(iterations=1000, time_limit_s=0.2, workers=1)))
     assert timed[-1].iteration < 1000 and "time limit" in timed[-1].stopped and timed[-1].fit is not None
+    assert timed[-1].stop_reason == StopReason.TIME_LIMIT
 
 
 def test_grid_grows_to_hold_every_window_and_crops_back():
@@ -153,13 +166,21 @@ def test_refinement_finds_corrupted_frames_from_a_flat_start():
     np.testing.assert_array_equal(final.fit.outliers, corrupted)
 
 
-def test_bad_inputs_are_refused_with_a_clear_message():
+def test_bad_inputs_are_refused_with_a_clear_message(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)  # as on a machine without the gpu extra
     scan = _scan()
     with pytest.raises(DataContractError, match="`probe` is all zero"):
         ScanModel(scan.diff3d, scan.positions, np.zeros((N, N), np.complex64),
                   shape=(SIZE, SIZE), origin=(0, 0))
     with pytest.raises(DataContractError, match="`algorithm` must be one of"):
         RefineSettings(algorithm="dm")
+    with pytest.raises(DataContractError, match="`iterations` must be a non-negative integer or 'auto'"):
+        RefineSettings(iterations="forever")
+    with pytest.raises(DataContractError, match="backend 'cupy' needs CuPy: pip install"):
+        ScanModel(scan.diff3d, scan.positions, scan.probeGuess, shape=(SIZE, SIZE), origin=(0, 0), backend="cupy")
+    with pytest.raises(DataContractError, match="`positions` contain NaN"):
+        ScanModel(scan.diff3d, np.full_like(scan.positions, np.nan), scan.probeGuess, shape=(SIZE, SIZE),
+                  origin=(0, 0))
     with pytest.raises(DataContractError, match="predicts no photons"):
         MeasuredCounts(np.ones((2, 4, 4))).fit(np.zeros((2, 4, 4)))
 
@@ -179,3 +200,82 @@ def test_refining_a_stitched_result_keeps_its_canvas_and_starts_ahead_of_flat():
     network, flat = (final[k].state.history for k in ("network", "flat"))
     assert network[0]["nll_median"] < 0.5 * flat[0]["nll_median"]
     assert network[-1]["nll_median"] < flat[-1]["nll_median"]
+
+
+def _defocused(probe: np.ndarray, radians: float) -> np.ndarray:
+    """``probe`` with a quadratic phase of ``radians`` at the window's edge (a focus error), half the power."""
+    yy, xx = np.mgrid[:N, :N] - N / 2
+    return (0.5 * probe * np.exp(1j * radians * (xx**2 + yy**2) / (N / 2) ** 2)).astype(np.complex64)
+
+
+def _probe_correlation(probe: np.ndarray, truth: np.ndarray) -> float:
+    return float(abs(np.vdot(probe, truth)) / np.linalg.norm(probe) / np.linalg.norm(truth))
+
+
+@pytest.mark.parametrize(("algorithm", "iterations", "amp_min"), [("er", 120, 0.8), ("rpie", 40, 0.9), ("mpie", 40, 0.9)])
+def test_probe_refinement_recovers_a_defocused_probe(algorithm, iterations, amp_min):
+    scan = _scan()
+    model, window = _model(scan, probe=_defocused(scan.probeGuess, 12.0))
+    truth = scan.objectGuess[window]
+    given = _probe_correlation(model.probe[0], scan.probeGuess)
+    fixed = list(refine(model, np.ones(model.shape, np.complex64),
+                        RefineSettings(iterations=iterations, algorithm=algorithm, workers=1)))[-1]
+    model, _ = _model(scan, probe=_defocused(scan.probeGuess, 12.0))
+    refined = list(refine(model, np.ones(model.shape, np.complex64),
+                          RefineSettings(iterations=iterations, algorithm=algorithm, workers=1, refine_probe=True)))[-1]
+    assert given < 0.8 and _probe_correlation(refined.probe[0], scan.probeGuess) > 0.94
+    held, better = (_ssim(model.crop(s.object)[window], truth) for s in (fixed, refined))
+    assert better[0] > amp_min and better[1] > 0.93 and better[0] > held[0] + 0.1, (held, better)
+    assert refined.history[-1]["amplitude_error"] < 0.2 * fixed.history[-1]["amplitude_error"]
+    # the probe carries the data's scale once refined: its power follows the counts, the object's mean stays ~1
+    assert np.abs(model.crop(refined.object)[window]).mean() == pytest.approx(1.0, abs=0.15)
+
+
+def test_added_probe_modes_are_orthogonal_and_keep_the_far_field():
+    rng = np.random.default_rng(0)
+    modes = (rng.standard_normal((3, N, N)) + 1j * rng.standard_normal((3, N, N))).astype(np.complex64)
+    mixed = orthogonalise(modes, np)
+    gram = np.einsum("aij,bij->ab", mixed.conj(), mixed)
+    np.testing.assert_allclose(gram - np.diag(np.diag(gram)), 0, atol=1e-3 * np.abs(gram).max())
+    assert np.all(np.diff(np.diag(gram).real) <= 0)  # sorted by power
+    obj = np.exp(1j * rng.standard_normal((N, N))).astype(np.complex64)
+    far = [(np.abs(np.fft.fft2(m * obj)) ** 2).sum(axis=0) for m in (modes, mixed)]
+    np.testing.assert_allclose(far[1], far[0], rtol=1e-3)
+    grown = with_modes(modes[:1], 3, np)
+    assert grown.shape == (3, N, N)
+    np.testing.assert_allclose((np.abs(grown[1:]) ** 2).sum(axis=(1, 2)) / (np.abs(grown[0]) ** 2).sum(), 0.05, rtol=1e-3)
+
+
+@pytest.mark.parametrize(("algorithm", "rms_max"), [("rpie", 0.4), ("mpie", 0.3)])
+def test_position_correction_undoes_two_pixel_errors(algorithm, rms_max):
+    scan = _scan()
+    rng = np.random.default_rng(1)
+    given = scan.positions + rng.uniform(-2, 2, scan.positions.shape)
+    model, window = _model(scan, positions=given, margin=8)
+    truth = scan.objectGuess[window]
+    final = list(refine(model, np.ones(model.shape, np.complex64),
+                        RefineSettings(iterations=60, algorithm=algorithm, workers=1, refine_positions=True)))[-1]
+    before, after = (p - scan.positions for p in (given, final.positions))
+    rms = [float(np.sqrt(((e - e.mean(axis=0)) ** 2).sum(axis=1).mean())) for e in (before, after)]
+    assert rms[0] > 1.5 and rms[1] < rms_max, rms
+    assert min(_ssim(model.crop(final.object)[window], truth)) > 0.98
+    assert np.abs(after - before).max() <= 8 + 1e-9  # never past the margin
+    warning = correction_warning(final.positions - given)
+    assert warning is not None and "positions were corrected by" in warning
+    assert correction_warning(np.full((10, 2), 0.2)) is None
+
+
+def test_auto_stops_when_the_fit_stops_improving_and_says_so():
+    scan = _scan()
+    model, window = _model(scan)
+    states = list(refine(model, np.ones(model.shape, np.complex64),
+                         RefineSettings(iterations="auto", algorithm="mpie", workers=1)))
+    final = states[-1]
+    assert final.stop_reason == StopReason.CONVERGED and final.stopped.startswith("converged after")
+    errors = [h["amplitude_error"] for h in final.history]
+    # the rule, on the entries measured before the last (exact) fit: < 1 % better over 10 iterations, not before
+    assert errors[-12] - errors[-2] < 0.01 * errors[-12] and errors[-13] - errors[-3] >= 0.01 * errors[-13]
+    assert 15 < final.iteration < 200 and min(_ssim(model.crop(final.object)[window], scan.objectGuess[window])) > 0.98
+    capped = list(refine(model, np.ones(model.shape, np.complex64),
+                         RefineSettings(iterations="auto", max_iterations=5, workers=1)))[-1]
+    assert capped.iteration == 5 and capped.stop_reason == StopReason.ITERATIONS and "max_iterations=5" in capped.stopped

@@ -1,0 +1,112 @@
+"""The array library the solver runs on: numpy + ``scipy.fft`` on the CPU, CuPy on a GPU.
+
+The solver's arithmetic is written once against ``backend.xp`` (numpy's API, which CuPy mirrors); the
+few operations whose fastest form differs between a CPU and a GPU live here: gathering the ``N x N``
+windows of an object, adding windows back onto it, and the FFTs. CuPy comes with the ``gpu`` extra
+(``pip install 'ptychopinn-serve[gpu]' cupy-cuda12x``); nothing imports it unless ``backend="cupy"``
+is asked for.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import scipy.fft
+
+from ptycho_torch.choices import ArrayBackendName, check_table, parse
+from ptycho_torch.errors import DataContractError
+
+__all__ = ["ArrayBackend", "array_backend", "cpu_threads"]
+
+
+def cpu_threads(workers: int) -> int:
+    """``workers`` threads, -1: every CPU this process may use."""
+    if workers > 0:
+        return workers
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class ArrayBackend:
+    """One array library's ``xp`` namespace and the solver's library-specific kernels."""
+
+    name: ArrayBackendName
+    xp: ModuleType
+    fft2: Callable[..., Any]
+    """``fft2(a, norm="ortho", overwrite_x=..., workers=...)`` over the last two axes."""
+    ifft2: Callable[..., Any]
+    gather: Callable[[Any, Any, Any, int], Any]
+    """``gather(obj, rows, cols, n)``: the ``(b, n, n)`` windows of 2-D ``obj`` whose top-left corners are
+    ``(rows[j], cols[j])`` (a copy)."""
+    scatter_add: Callable[[Any, Any, Any, Any], None]
+    """``scatter_add(grid, rows, cols, values)``: ``grid[r:r+n, c:c+n] += values[j]`` for every ``j``,
+    overlapping windows summed."""
+    to_numpy: Callable[[Any], np.ndarray]
+    parallel: bool
+    """True when independent chunks of patterns are worth running on CPU threads."""
+
+
+def _numpy_gather(obj: np.ndarray, rows: np.ndarray, cols: np.ndarray, n: int) -> np.ndarray:
+    return np.lib.stride_tricks.sliding_window_view(obj, (n, n))[rows, cols]
+
+
+def _numpy_scatter_add(grid: np.ndarray, rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> None:
+    # one slice add per window: contiguous rows, no index arrays (faster than np.add.at or bincount here)
+    n = values.shape[-1]
+    for r, c, v in zip(rows.tolist(), cols.tolist(), values, strict=True):
+        grid[r:r + n, c:c + n] += v
+
+
+def _numpy() -> ArrayBackend:
+    return ArrayBackend(ArrayBackendName.NUMPY, np, scipy.fft.fft2, scipy.fft.ifft2, _numpy_gather, _numpy_scatter_add,
+                        np.asarray, parallel=True)
+
+
+def _cupy() -> ArrayBackend:
+    try:
+        import cupy  # type: ignore[import-not-found]
+        import cupyx  # type: ignore[import-not-found]
+        import cupyx.scipy.fft as cufft  # type: ignore[import-not-found]
+    except ImportError as error:
+        raise DataContractError("backend 'cupy' needs CuPy: pip install 'ptychopinn-serve[gpu]' cupy-cuda12x "
+                                f"(CUDA 12), or use backend 'numpy' ({error})") from None
+
+    def window_index(obj: Any, rows: Any, cols: Any, n: int) -> Any:
+        offsets = (cupy.arange(n)[:, None] * obj.shape[1] + cupy.arange(n)[None, :]).ravel()
+        starts = cupy.asarray(rows) * obj.shape[1] + cupy.asarray(cols)
+        return starts[:, None] + offsets[None, :]
+
+    def gather(obj: Any, rows: Any, cols: Any, n: int) -> Any:
+        return obj.ravel()[window_index(obj, rows, cols, n)].reshape(len(rows), n, n)
+
+    def scatter_add(grid: Any, rows: Any, cols: Any, values: Any) -> None:
+        n = values.shape[-1]
+        cupyx.scatter_add(grid.ravel(), window_index(grid, rows, cols, n).ravel(), values.ravel())
+
+    def fft(function: Callable[..., Any]) -> Callable[..., Any]:
+        def run(a: Any, *, norm: str | None = None, overwrite_x: bool = False, workers: int | None = None) -> Any:
+            return function(a, norm=norm, overwrite_x=overwrite_x)
+        return run
+
+    return ArrayBackend(ArrayBackendName.CUPY, cupy, fft(cufft.fft2), fft(cufft.ifft2), gather, scatter_add,
+                        cupy.asnumpy, parallel=False)
+
+
+_BACKENDS: Mapping[ArrayBackendName, Callable[[], ArrayBackend]] = check_table(ArrayBackendName, {
+    ArrayBackendName.NUMPY: _numpy,
+    ArrayBackendName.CUPY: _cupy,
+})
+
+
+def array_backend(name: ArrayBackendName | str) -> ArrayBackend:
+    """The backend called ``name`` (``numpy`` or ``cupy``); :class:`DataContractError` naming the fix if
+    its library is not installed."""
+    return _BACKENDS[parse(ArrayBackendName, "backend", name, DataContractError)]()
