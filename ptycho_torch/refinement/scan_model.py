@@ -139,6 +139,7 @@ class ScanModel:
         xp = self.be.xp
         self.probe = xp.asarray(probe, dtype=xp.complex64).reshape(-1, self.N, self.N)
         self._spectrum = self.be.fft2(self.probe)
+        self._power = None
         self._illumination_cache = None
         self._shifted = None
         if self._fraction is not None and self._per_position_probe_bytes <= self._max_bytes // 2:
@@ -182,6 +183,15 @@ class ScanModel:
             return self.probe[None]
         return self._shifted[rows] if self._shifted is not None else self._shift_probes(rows)
 
+    def probe_power(self, rows: npt.NDArray[np.int64]) -> Any:
+        """``(b or 1, N, N)`` float32 ``sum_m |P_jm|**2`` of patterns ``rows``."""
+        if self._fraction is None:
+            if self._power is None:
+                self._power = (self.probe.real ** 2 + self.probe.imag ** 2).sum(axis=0)[None]
+            return self._power
+        probes = self.probes(rows)
+        return (probes.real ** 2 + probes.imag ** 2).sum(axis=1)
+
     # ---- grids ----
 
     def crop(self, obj: Any) -> Any:
@@ -210,22 +220,30 @@ class ScanModel:
 
     # ---- the forward model ----
 
-    def _far_field(self, obj: Any, rows: npt.NDArray[np.int64], border: int = 0) -> tuple[Any, Any, Any, Any]:
-        """Windows (with ``border`` extra pixels each side), probes, spectra ``(b, P, N, N)`` and intensities."""
+    def _far_field(self, obj: Any, rows: npt.NDArray[np.int64], border: int = 0) -> tuple[Any, Any, Any]:
+        """Windows (with ``border`` extra pixels each side), probes and spectra ``(b, P, N, N)``."""
         n = self.N + 2 * border
         windows = self.be.gather(obj, self._rows[rows] - border, self._cols[rows] - border, n)
         patch = windows[:, border:n - border, border:n - border] if border else windows
         probes = self.probes(rows)
         spectrum = self.be.fft2(probes * patch[:, None], norm="ortho", overwrite_x=True, workers=self.fft_workers)
+        return windows, probes, spectrum
+
+    def _model_amplitude(self, spectrum: Any) -> Any:
+        """``sqrt(sum_m |spectrum_m|**2)`` ``(b, N, N)`` float32 (one pass for a single mode)."""
+        xp = self.be.xp
+        if spectrum.shape[1] == 1:
+            return xp.abs(spectrum[:, 0])
         intensity = spectrum[:, 0].real ** 2 + spectrum[:, 0].imag ** 2
         for m in range(1, spectrum.shape[1]):
             intensity += spectrum[:, m].real ** 2 + spectrum[:, m].imag ** 2
-        return windows, probes, spectrum, intensity
+        return xp.sqrt(intensity, out=intensity)
 
     def intensity(self, obj: Any) -> npt.NDArray[np.float32]:
         """Model intensities ``(S, N, N)`` (numpy float32) of ``obj`` (grown grid) in FFT layout (DC at ``[0, 0]``)."""
         parts = self.chunks(np.arange(len(self)))
-        return np.concatenate([self.be.to_numpy(i) for i in self._map(lambda r: self._far_field(obj, r)[3], parts)])
+        amplitudes = self._map(lambda r: self._model_amplitude(self._far_field(obj, r)[2]), parts)
+        return np.concatenate([np.square(self.be.to_numpy(a)) for a in amplitudes])
 
     def fit(self, obj: Any) -> DataFit:
         """Data fit of ``obj`` (grown grid) to the measured patterns."""
@@ -242,10 +260,8 @@ class ScanModel:
             xp = self.be.xp
             total = xp.zeros(self.shape, xp.float32)
             for part in self.chunks(np.arange(len(self))):
-                probes = self.probes(part)
-                power = (probes.real ** 2 + probes.imag ** 2).sum(axis=1)
                 self.be.scatter_add(total, self._rows[part], self._cols[part],
-                                    xp.broadcast_to(power, (len(part), self.N, self.N)))
+                                    xp.broadcast_to(self.probe_power(part), (len(part), self.N, self.N)))
             self._illumination_cache = total
         return self._illumination_cache
 
@@ -259,18 +275,27 @@ class ScanModel:
         full = len(rows) == len(self)
 
         def one_chunk(part: npt.NDArray[np.int64]) -> dict[str, Any]:
-            windows, probes, spectrum, intensity = self._far_field(obj, part, border)
+            windows, probes, spectrum = self._far_field(obj, part, border)
             patch = windows[:, border:self.N + border, border:self.N + border] if border else windows
             measured = self.amplitudes[part]
-            model = xp.sqrt(intensity)
-            out: dict[str, Any] = {"error": float(xp.square(model - measured).sum(dtype=xp.float64))}
-            spectrum *= (measured / xp.maximum(model, xp.float32(1e-12)))[:, None]
-            dpsi = self.be.ifft2(spectrum, norm="ortho", overwrite_x=True, workers=self.fft_workers)
-            dpsi -= probes * patch[:, None]
-            out["object"] = (xp.conj(probes) * dpsi).sum(axis=1)
+            model = self._model_amplitude(spectrum)
+            residual = (model - measured).ravel()
+            out: dict[str, Any] = {"error": float(xp.dot(residual, residual))}
+            ratio = xp.divide(measured, xp.maximum(model, xp.float32(1e-12), out=model), out=model)
+            spectrum *= ratio[:, None]
+            projected = self.be.ifft2(spectrum, norm="ortho", overwrite_x=True, workers=self.fft_workers)
+            power = self.probe_power(part)
+            # sum_m conj(P_m) (psi'_m - P_m O) without forming psi' - psi: two passes fewer
+            step = xp.conj(probes[:, 0]) * projected[:, 0]
+            for m in range(1, projected.shape[1]):
+                step += xp.conj(probes[:, m]) * projected[:, m]
+            step -= power * patch
+            out["object"] = step
+            if probe or positions:
+                dpsi = projected
+                dpsi -= probes * patch[:, None]
             if not full:
-                out["power"] = xp.broadcast_to((probes.real ** 2 + probes.imag ** 2).sum(axis=1),
-                                               (len(part), self.N, self.N))
+                out["power"] = xp.broadcast_to(power, (len(part), self.N, self.N))
             if probe:
                 weighted = xp.conj(patch)[:, None] * dpsi
                 if self._fraction is not None:  # back to the probe's own frame: the adjoint of the shift
