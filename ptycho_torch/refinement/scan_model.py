@@ -22,6 +22,7 @@ does not depend on the thread count.
 
 from __future__ import annotations
 
+import functools
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -57,6 +58,12 @@ class PassResult:
     """``(len(rows), 2)`` least-squares position steps ``[dx, dy]`` in pixels (None unless asked for)."""
     squared_error: float = 0.0
     """``sum (sqrt(I) - sqrt(k))**2`` of the object the pass started from."""
+
+
+@functools.cache
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """One pool per thread count for every model of the process (a pool per pass costs more than a small pass)."""
+    return ThreadPoolExecutor(threads, thread_name_prefix="refinement")
 
 
 class ScanModel:
@@ -215,8 +222,7 @@ class ScanModel:
     def _map(self, function: Any, parts: list[npt.NDArray[np.int64]]) -> list[Any]:
         if self.threads == 1 or len(parts) == 1:
             return [function(part) for part in parts]
-        with ThreadPoolExecutor(self.threads) as pool:
-            return list(pool.map(function, parts))
+        return list(_pool(self.threads).map(function, parts))
 
     # ---- the forward model ----
 
