@@ -123,10 +123,14 @@ class ScanModel:
         self._per_position_probe_bytes = S * P * N * N * 8
         self._max_bytes = max_bytes
         self._illumination_cache: Any = None
-        self._shifted: Any = None
         self.positions = pos.copy()
         self._set_geometry(pos)
         self.set_probe(modes)
+        # the given probe on every position's sub-pixel offset, if it fits: a fixed-probe refinement
+        # then never shifts a probe again (a probe or position update drops it: the next would too)
+        self._shifted: Any = None
+        if self._fraction is not None and self._per_position_probe_bytes <= self._max_bytes // 2:
+            self._shifted = self._shift_probes(np.arange(S))
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -149,8 +153,6 @@ class ScanModel:
         self._power = None
         self._illumination_cache = None
         self._shifted = None
-        if self._fraction is not None and self._per_position_probe_bytes <= self._max_bytes // 2:
-            self._shifted = self._shift_probes(np.arange(len(self)))
 
     def set_positions(self, positions: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         """Move the patterns to ``positions`` ``(S, 2)``, each kept within ``margin`` pixels of where it

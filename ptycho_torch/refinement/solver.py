@@ -18,8 +18,9 @@ and differs in how many patterns one update sees, and what happens between epoch
 After a probe update the modes are orthogonalised and their power is held at the power the start fit
 gave them (the global scale of the data is carried by the probe once it is refined, by the object
 otherwise). ``iterations="auto"`` stops when the amplitude error fell by less than
-:data:`AUTO_TOLERANCE` of itself over the last :data:`AUTO_WINDOW` iterations, and always at
-``time_limit_s`` or ``max_iterations``; the last state says which.
+:data:`AUTO_TOLERANCE` of itself over the last :data:`AUTO_WINDOW` iterations (and, when positions are
+refined, they moved less than :data:`AUTO_POSITION_TOLERANCE_PX` rms over them: they keep improving after
+the error has flattened), and always at ``time_limit_s`` or ``max_iterations``; the last state says which.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ AUTO_WINDOW = 10
 """Iterations over which ``auto`` measures the improvement."""
 AUTO_TOLERANCE = 0.01
 """``auto`` stops when the amplitude error fell by less than this fraction over :data:`AUTO_WINDOW` iterations."""
+AUTO_POSITION_TOLERANCE_PX = 0.05
+"""... and, when positions are refined, they moved less than this (rms, pixels) over those iterations."""
 PROBE_START = 2
 """First iteration that updates the probe (the object gets one update from the given probe first)."""
 POSITION_START = 10
@@ -266,20 +269,29 @@ class _Run:
                           history, seconds, stopped, reason)
 
 
-def _converged(history: list[dict[str, Any]], iteration: int, settings: RefineSettings) -> bool:
+def _converged(history: list[dict[str, Any]], positions: list[npt.NDArray[np.float64]], iteration: int,
+               settings: RefineSettings) -> bool:
+    """The ``auto`` rule of the module docstring; ``positions[i]``: the positions after iteration ``i``."""
     if settings.iterations != AUTO:
         return False
     first_useful = POSITION_START if settings.refine_positions else PROBE_START if settings.refine_probe else 1
     if iteration < first_useful + AUTO_WINDOW or len(history) <= AUTO_WINDOW:
         return False
     before, now = history[-1 - AUTO_WINDOW]["amplitude_error"], history[-1]["amplitude_error"]
-    return bool(before - now < AUTO_TOLERANCE * before)
+    if not before - now < AUTO_TOLERANCE * before:
+        return False
+    if not settings.refine_positions:
+        return True
+    moved = positions[-1] - positions[-1 - AUTO_WINDOW]
+    return float(np.sqrt(np.mean(np.sum(moved ** 2, axis=1)))) < AUTO_POSITION_TOLERANCE_PX
 
 
 def _why(reason: StopReason, iteration: int, settings: RefineSettings) -> str:
     if reason == StopReason.CONVERGED:
+        moved = (f" and the positions moved less than {AUTO_POSITION_TOLERANCE_PX} px rms"
+                 if settings.refine_positions else "")
         return (f"converged after {iteration} iterations: the amplitude error fell by less than "
-                f"{AUTO_TOLERANCE:.0%} over the last {AUTO_WINDOW}")
+                f"{AUTO_TOLERANCE:.0%}{moved} over the last {AUTO_WINDOW}")
     if reason == StopReason.TIME_LIMIT:
         return f"time limit of {settings.time_limit_s} s reached after {iteration} iterations"
     if settings.iterations == AUTO:
@@ -309,12 +321,14 @@ def refine(model: ScanModel, start: npt.NDArray[np.complexfloating], settings: R
                         _why(StopReason.ITERATIONS, 0, settings))
         return
     yield run.state(0, fit, history, time.perf_counter() - t0)
+    trail = [model.positions]  # positions after each iteration, for the auto rule
     for iteration in range(1, settings.iteration_cap + 1):
         error = run.epoch(iteration)
+        trail = [*trail[-AUTO_WINDOW:], model.positions]
         seconds = time.perf_counter() - t0
         if iteration > 1:  # this pass measured the state the previous iteration left
             history.append({"amplitude_error": error, "seconds": seconds})
-        reason = (StopReason.CONVERGED if _converged(history, iteration, settings)
+        reason = (StopReason.CONVERGED if _converged(history, trail, iteration, settings)
                   else StopReason.TIME_LIMIT if settings.time_limit_s is not None and seconds > settings.time_limit_s
                   else StopReason.ITERATIONS if iteration == settings.iteration_cap else None)
         if reason is None:
