@@ -21,7 +21,7 @@ import scipy.fft
 from ptycho_torch.choices import ArrayBackendName, check_table, parse
 from ptycho_torch.errors import DataContractError
 
-__all__ = ["ArrayBackend", "array_backend", "cpu_threads"]
+__all__ = ["ArrayBackend", "array_backend", "cpu_threads", "flat_index_kernels"]
 
 
 def cpu_threads(workers: int) -> int:
@@ -70,6 +70,26 @@ def _numpy() -> ArrayBackend:
                         np.asarray, parallel=True)
 
 
+def flat_index_kernels(xp: ModuleType, scatter_add: Callable[[Any, Any, Any], None]
+                       ) -> tuple[Callable[[Any, Any, Any, int], Any], Callable[[Any, Any, Any, Any], None]]:
+    """``gather`` and ``scatter_add`` through flat pixel indices (one kernel each, what a GPU wants), given
+    the library's unbuffered ``scatter_add(flat, index, values)`` (``cupyx.scatter_add``, ``np.add.at``)."""
+
+    def window_index(obj: Any, rows: Any, cols: Any, n: int) -> Any:
+        offsets = (xp.arange(n)[:, None] * obj.shape[1] + xp.arange(n)[None, :]).ravel()
+        starts = xp.asarray(rows) * obj.shape[1] + xp.asarray(cols)
+        return starts[:, None] + offsets[None, :]
+
+    def gather(obj: Any, rows: Any, cols: Any, n: int) -> Any:
+        return obj.ravel()[window_index(obj, rows, cols, n)].reshape(len(rows), n, n)
+
+    def add_windows(grid: Any, rows: Any, cols: Any, values: Any) -> None:
+        n = values.shape[-1]
+        scatter_add(grid.reshape(-1), window_index(grid, rows, cols, n).ravel(), values.reshape(-1))
+
+    return gather, add_windows
+
+
 def _cupy() -> ArrayBackend:
     try:
         import cupy  # type: ignore[import-not-found]
@@ -79,23 +99,12 @@ def _cupy() -> ArrayBackend:
         raise DataContractError("backend 'cupy' needs CuPy: pip install 'ptychopinn-serve[gpu]' cupy-cuda12x "
                                 f"(CUDA 12), or use backend 'numpy' ({error})") from None
 
-    def window_index(obj: Any, rows: Any, cols: Any, n: int) -> Any:
-        offsets = (cupy.arange(n)[:, None] * obj.shape[1] + cupy.arange(n)[None, :]).ravel()
-        starts = cupy.asarray(rows) * obj.shape[1] + cupy.asarray(cols)
-        return starts[:, None] + offsets[None, :]
-
-    def gather(obj: Any, rows: Any, cols: Any, n: int) -> Any:
-        return obj.ravel()[window_index(obj, rows, cols, n)].reshape(len(rows), n, n)
-
-    def scatter_add(grid: Any, rows: Any, cols: Any, values: Any) -> None:
-        n = values.shape[-1]
-        cupyx.scatter_add(grid.ravel(), window_index(grid, rows, cols, n).ravel(), values.ravel())
-
     def fft(function: Callable[..., Any]) -> Callable[..., Any]:
         def run(a: Any, *, norm: str | None = None, overwrite_x: bool = False, workers: int | None = None) -> Any:
             return function(a, norm=norm, overwrite_x=overwrite_x)
         return run
 
+    gather, scatter_add = flat_index_kernels(cupy, cupyx.scatter_add)
     return ArrayBackend(ArrayBackendName.CUPY, cupy, fft(cufft.fft2), fft(cufft.ifft2), gather, scatter_add,
                         cupy.asnumpy, parallel=False)
 

@@ -91,8 +91,9 @@ class RefineSettings:
 
     iterations: int | Literal["auto"] = 20
     """Epochs over the scan, or ``"auto"``: until the data fit stops improving (see the module docstring)."""
-    algorithm: RefineAlgorithm = RefineAlgorithm.ER
-    """The update rule (:data:`ALGORITHMS`)."""
+    algorithm: RefineAlgorithm = RefineAlgorithm.RPIE
+    """The update rule (:data:`ALGORITHMS`); ``rpie`` reached the best object soonest or nearly so on every
+    case measured (docs/benchmarks.md, "Solver"), ``er`` is slow once the probe is refined."""
     alpha: float | None = None
     """Weight of ``max D`` in the object update's denominator, in ``[0, 1]``; None: the algorithm's."""
     batch_size: int | None = None

@@ -279,3 +279,27 @@ def test_auto_stops_when_the_fit_stops_improving_and_says_so():
     capped = list(refine(model, np.ones(model.shape, np.complex64),
                          RefineSettings(iterations="auto", max_iterations=5, workers=1)))[-1]
     assert capped.iteration == 5 and capped.stop_reason == StopReason.ITERATIONS and "max_iterations=5" in capped.stopped
+
+
+def test_the_gpu_backend_kernels_give_the_numpy_result(monkeypatch):
+    """CuPy's code path (flat-index gather and scatter, one chunk at a time, no threads) run on numpy."""
+    import dataclasses
+
+    from ptycho_torch.refinement import backend
+
+    gather, scatter_add = backend.flat_index_kernels(np, np.add.at)
+    emulated = dataclasses.replace(backend.array_backend("numpy"), gather=gather, scatter_add=scatter_add,
+                                   parallel=False)
+    scan = _scan(jitter=0.5)
+    given = scan.positions + np.random.default_rng(2).uniform(-1, 1, scan.positions.shape)
+    settings = RefineSettings(iterations=12, algorithm="rpie", refine_probe=True, refine_positions=True, workers=2)
+    finals = []
+    for be in (None, emulated):
+        if be is not None:
+            monkeypatch.setattr(scan_model, "array_backend", lambda name, be=be: be)
+        model, _ = _model(scan, positions=given, margin=8, workers=2)
+        finals.append((model.threads, list(refine(model, np.ones(model.shape, np.complex64), settings))[-1]))
+    (threads, cpu), (one, gpu_path) = finals
+    assert threads == 2 and one == 1
+    np.testing.assert_allclose(gpu_path.object, cpu.object, rtol=0, atol=1e-3 * np.abs(cpu.object).max())
+    np.testing.assert_allclose(gpu_path.positions, cpu.positions, rtol=0, atol=1e-3)
