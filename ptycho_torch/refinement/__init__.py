@@ -17,9 +17,10 @@ from ptycho_torch.refinement.solver import (
     Refinement,
     RefineSettings,
     correction_warning,
+    default_algorithm,
     refine,
 )
 from ptycho_torch.refinement.stitched import STARTS, StitchedRefinement, refine_stitched
 
 __all__ = ["ALGORITHMS", "AUTO", "STARTS", "RefineSettings", "Refinement", "ScanModel", "StitchedRefinement",
-           "StopReason", "correction_warning", "refine", "refine_stitched"]
+           "StopReason", "correction_warning", "default_algorithm", "refine", "refine_stitched"]

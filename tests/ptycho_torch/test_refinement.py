@@ -162,8 +162,11 @@ def test_refinement_finds_corrupted_frames_from_a_flat_start():
     amplitudes[corrupted[0]] = amplitudes[corrupted[0]].T[::-1]
     amplitudes[corrupted[1], N // 2:] *= 3
     model, _ = _model(scan, amplitudes)
-    final = list(refine(model, np.ones(model.shape, np.complex64), RefineSettings(iterations=20, workers=1)))[-1]
+    settings = RefineSettings(iterations=20, workers=1)
+    assert settings.algorithm == "er"  # the default for the object alone: it keeps the damage to the frame
+    final = list(refine(model, np.ones(model.shape, np.complex64), settings))[-1]
     np.testing.assert_array_equal(final.fit.outliers, corrupted)
+    assert RefineSettings(refine_probe=True).algorithm == RefineSettings(refine_positions=True).algorithm == "rpie"
 
 
 def test_bad_inputs_are_refused_with_a_clear_message(monkeypatch):
