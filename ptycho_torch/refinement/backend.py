@@ -3,7 +3,7 @@
 The solver's arithmetic is written once against ``backend.xp`` (numpy's API, which CuPy mirrors); the
 few operations whose fastest form differs between a CPU and a GPU live here: gathering the ``N x N``
 windows of an object, adding windows back onto it, and the FFTs. CuPy comes with the ``gpu`` extra
-(``pip install 'ptychopinn-serve[gpu]' cupy-cuda12x``); nothing imports it unless ``backend="cupy"``
+(``pip install 'ptychopinn-serve[gpu]'``, CUDA 12); nothing imports it unless ``backend="cupy"``
 is asked for.
 """
 
@@ -96,7 +96,7 @@ def _cupy() -> ArrayBackend:
         import cupyx  # type: ignore[import-not-found]
         import cupyx.scipy.fft as cufft  # type: ignore[import-not-found]
     except ImportError as error:
-        raise DataContractError("backend 'cupy' needs CuPy: pip install 'ptychopinn-serve[gpu]' cupy-cuda12x "
+        raise DataContractError("backend 'cupy' needs CuPy: pip install 'ptychopinn-serve[gpu]' "
                                 f"(CUDA 12), or use backend 'numpy' ({error})") from None
 
     def fft(function: Callable[..., Any]) -> Callable[..., Any]:
