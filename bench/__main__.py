@@ -1,4 +1,4 @@
-"""``python -m bench all|stitch|engines|serve|train|quality|refine_speed [--quick|--smoke]``.
+"""``python -m bench all|stitch|engines|serve|train|quality|refine_speed|solver [--quick|--smoke]``.
 
 Each run merges its parts into ``bench/results/<date>.json`` (``<date>-quick.json`` for
 ``--quick``), with the machine it ran on, and regenerates the tables of ``docs/benchmarks.md`` from
@@ -19,9 +19,10 @@ from pathlib import Path
 from bench import report
 from bench.machine import machine_info
 
-PARTS = ("stitch", "engines", "serve", "train", "quality", "refine_speed")
+PARTS = ("stitch", "engines", "serve", "train", "quality", "refine_speed", "solver")
 MODULES = {"stitch": "bench.stitch", "engines": "bench.engines", "serve": "bench.serve",
-           "train": "bench.train_quality", "quality": "bench.quality", "refine_speed": "bench.refine_speed"}
+           "train": "bench.train_quality", "quality": "bench.quality", "refine_speed": "bench.refine_speed",
+           "solver": "bench.solver"}
 
 
 SMOKE_DIR = report.ROOT / "out" / "bench-smoke"

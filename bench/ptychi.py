@@ -42,6 +42,12 @@ class PtychiResult:
     """(K, H, W) the object after ``snapshot_epochs`` epochs, ``snapshot_s`` seconds into the reconstruction."""
     snapshot_epochs: np.ndarray
     snapshot_s: np.ndarray
+    positions: np.ndarray
+    """(S, 2) [x, y] the final positions (corrected when position correction ran)."""
+    snapshot_positions: np.ndarray
+    """(K, S, 2) the positions at each snapshot."""
+    options: dict[str, Any]
+    """pty-chi's own dump of every option the run used."""
 
 
 def available() -> bool:
@@ -76,4 +82,6 @@ def reconstruct(counts: np.ndarray, x: np.ndarray, y: np.ndarray, probe: np.ndar
                         converged=bool(out["converged"]),
                         reconstruction_s=float(out["build_s"] + out["run_s"]), process_s=process_s,
                         versions=json.loads(str(out["versions"])), snapshots=out["snapshots"],
-                        snapshot_epochs=out["snapshot_epochs"], snapshot_s=out["snapshot_s"])
+                        snapshot_epochs=out["snapshot_epochs"], snapshot_s=out["snapshot_s"],
+                        positions=out["positions"], snapshot_positions=out["snapshot_positions"],
+                        options=json.loads(str(out["options"])))

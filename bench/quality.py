@@ -40,13 +40,13 @@ from typing import Any
 import numpy as np
 
 from bench import ptychi
+from bench.cases import siemens_scan
 from bench.report import ROOT, cell, finite_or_none
+from bench.scoring import TARGET, score, time_to_quality
 from bench.server import running_server
 from export.bundle_writer import export_checkpoint
 from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig
-from ptycho_torch.data import RawData, load_siemens_star, spatial_split
-from ptycho_torch.errors import DataContractError
-from ptycho_torch.metrics import evaluate_reconstruction
+from ptycho_torch.data import RawData, spatial_split
 from ptycho_torch.simulation import load_probe, simulate_scan
 from serving.client import Client, ServerUnreachable
 from serving.errors import ServingError
@@ -54,14 +54,11 @@ from training.trainer import train
 
 DATA = ROOT / "data"
 GOLD = DATA / "gold_balls_from_pickle.npz"
-SIEMENS = DATA / "siemens-star-small.npz.bz2"
 DEFAULT_BUNDLE = ROOT / "serving" / "default_bundle"
 GOLD_BUNDLE = ROOT / "bench" / "models" / "gold_balls"
 """The gold-ball network of the benchmark (bench/models/gold_balls/README.md says how it was trained)."""
 GOLD_CENTRE = (155, 160)
 """Row, column of the centre of the well-reconstructed part of the gold-ball object."""
-TARGET = 0.95
-"""Fraction of the best SSIM of a case that counts as 'reached the quality'."""
 
 SIZES: dict[str, dict[str, Any]] = {
     "smoke": {"N": 32, "epochs": 1, "dense_crop": 72, "sparse_crop": 0, "doses": (1e6,), "siemens": False,
@@ -76,7 +73,6 @@ SIZES: dict[str, dict[str, Any]] = {
                         "batch_sizes": (96,)}},
 }
 THREADS = 2
-MAX_SHIFT_PX = 3.0
 PARTIAL = ROOT / "out" / "bench-quality-partial.json"
 """The cases finished so far, rewritten after each one (a long run that is stopped keeps them)."""
 NETWORK, REFINED, FLAT, PTYCHI = "network only", "network + k iterations", "refinement from flat", "pty-chi LSQML"
@@ -114,13 +110,6 @@ def gold_scan(N: int, crop: int, step: float, nphotons: float, seed: int = 0) ->
     return scan, obj
 
 
-def siemens_scan(N: int) -> tuple[RawData, tuple[int, int]]:
-    """The real Siemens-star scan, detector cropped to N (its own measured dose), and its object grid."""
-    scan = load_siemens_star(SIEMENS, n=N)
-    shape = (int(np.ceil(scan.ycoords.max() + N / 2)) + 2, int(np.ceil(scan.xcoords.max() + N / 2)) + 2)
-    return scan, shape
-
-
 def train_bundle(scan: RawData, size: dict[str, Any], workdir: Path) -> tuple[Path, dict[str, Any]]:
     """Train on ``scan`` (a training half), export; the bundle directory and training figures."""
     training = TrainingConfig(model=ModelConfig(N=size["N"], n_filters_scale=1), batch_size=16,
@@ -144,24 +133,6 @@ def covered_box(coverage: np.ndarray, origin: tuple[float, float], object_shape:
     bottom, right = min(r1 - y0, object_shape[0]), min(c1 - x0, object_shape[1])
     return ((slice(top + y0, bottom + y0), slice(left + x0, right + x0)),
             (slice(top, bottom), slice(left, right)))
-
-
-def score(image: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
-    """SSIM, PSNR, FRC50 (amplitude, phase). Sub-pixel registration is applied when it finds a shift of
-    at most :data:`MAX_SHIFT_PX` (a poor reconstruction can pull the cross-correlation peak anywhere);
-    otherwise the images are compared as placed (positions are shared, so they align)."""
-    try:
-        metrics = evaluate_reconstruction(image, reference, register_first=True)
-    except DataContractError:  # the registration shift left no overlap
-        metrics = None
-    registered = metrics is not None and max(abs(v) for v in metrics.shift) <= MAX_SHIFT_PX
-    if not registered:
-        metrics = evaluate_reconstruction(image, reference, register_first=False)
-    out: dict[str, Any] = metrics.scores()
-    out["registered_shift_px"] = [float(v) for v in metrics.shift] if registered else None
-    out["frc_curves"] = {"amplitude": np.round(metrics.frc[0], 4).tolist(),
-                         "phase": np.round(metrics.frc[1], 4).tolist()}
-    return out
 
 
 def http_curves(case: Case, url: str, iterations: tuple[int, ...]
@@ -210,21 +181,6 @@ def run_ptychi(scan: RawData, object_shape: tuple[int, int], settings: dict[str,
         _PTYCHI_RUNS[key] = ptychi.reconstruct(scan.diff3d.astype(np.float64) ** 2, scan.xcoords, scan.ycoords,
                                                scan.probeGuess, object_shape, options)
     return _PTYCHI_RUNS[key]
-
-
-def time_to_quality(curves: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Targets (``TARGET`` x the best SSIM of any method, amplitude and phase) and, per method, the
-    first time at which both are reached (None: never)."""
-    best = {part: max(p[f"ssim_{part}"] for points in curves.values() for p in points)
-            for part in ("amplitude", "phase")}
-    target = {part: TARGET * value for part, value in best.items()}
-    reached = {}
-    for method, points in curves.items():
-        hits = [p for p in sorted(points, key=lambda p: p["seconds"])
-                if p["ssim_amplitude"] >= target["amplitude"] and p["ssim_phase"] >= target["phase"]]
-        reached[method] = ({"seconds": hits[0]["seconds"], "iterations": hits[0].get("iterations"),
-                            "epochs": hits[0].get("epochs")} if hits else None)
-    return {"best": best, "target": target, "reached": reached}
 
 
 def run_case(case: Case, url: str, size: dict[str, Any], batch_size: int | None, figures_dir: Path | None,

@@ -1,0 +1,62 @@
+"""How the quality benchmarks score an image and find a method's time to quality (shared by
+:mod:`bench.quality` and :mod:`bench.solver`; numpy and the project's metrics only, no torch)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ptycho_torch.errors import DataContractError
+from ptycho_torch.metrics import align_phase, evaluate_reconstruction, register
+
+TARGET = 0.95
+"""Fraction of the best SSIM of a case that counts as 'reached the quality'."""
+MAX_SHIFT_PX = 3.0
+"""Largest registration shift accepted (a poor reconstruction can pull the cross-correlation peak anywhere)."""
+
+
+def score(image: np.ndarray, reference: np.ndarray, *, frc_curves: bool = True) -> dict[str, Any]:
+    """SSIM, PSNR, FRC50 (amplitude, phase) and the phase correlation. Sub-pixel registration is
+    applied when it finds a shift of at most :data:`MAX_SHIFT_PX`; otherwise the images are compared
+    as placed (positions are shared, so they align)."""
+    try:
+        metrics = evaluate_reconstruction(image, reference, register_first=True)
+    except DataContractError:  # the registration shift left no overlap
+        metrics = None
+    registered = metrics is not None and max(abs(v) for v in metrics.shift) <= MAX_SHIFT_PX
+    if metrics is None or not registered:
+        metrics = evaluate_reconstruction(image, reference, register_first=False)
+    out: dict[str, Any] = metrics.scores()
+    out["registered_shift_px"] = [float(v) for v in metrics.shift] if registered else None
+    out["phase_correlation"] = phase_correlation(image, reference, register_first=registered)
+    if frc_curves:
+        out["frc_curves"] = {"amplitude": np.round(metrics.frc[0], 4).tolist(),
+                             "phase": np.round(metrics.frc[1], 4).tolist()}
+    return out
+
+
+def phase_correlation(image: np.ndarray, reference: np.ndarray, *, register_first: bool = True) -> float:
+    """Pearson correlation of the two phases after the same registration, offset and ramp removal as
+    :func:`evaluate_reconstruction` (the phase SSIM, on ``(phi + pi) / 2 pi``, hardly moves for a
+    phase range of a few tenths of a radian; the correlation does)."""
+    p, r = (register(image, reference)[:2] if register_first else (np.asarray(image), np.asarray(reference)))
+    a, b = align_phase(np.angle(p)).ravel(), align_phase(np.angle(r)).ravel()
+    a, b = a - a.mean(), b - b.mean()
+    denominator = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / denominator) if denominator > 0 else 0.0
+
+
+def time_to_quality(curves: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Targets (``TARGET`` x the best SSIM of any method, amplitude and phase) and, per method, the
+    first time at which both are reached (None: never)."""
+    best = {part: max(p[f"ssim_{part}"] for points in curves.values() for p in points)
+            for part in ("amplitude", "phase")}
+    target = {part: TARGET * value for part, value in best.items()}
+    reached = {}
+    for method, points in curves.items():
+        hits = [p for p in sorted(points, key=lambda p: p["seconds"])
+                if p["ssim_amplitude"] >= target["amplitude"] and p["ssim_phase"] >= target["phase"]]
+        reached[method] = ({"seconds": hits[0]["seconds"], "iterations": hits[0].get("iterations"),
+                            "epochs": hits[0].get("epochs")} if hits else None)
+    return {"best": best, "target": target, "reached": reached}
