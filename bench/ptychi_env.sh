@@ -21,6 +21,8 @@ fi
 "$python" -m venv "$venv"
 "$venv/bin/pip" install --quiet --upgrade pip
 "$venv/bin/pip" install torch==2.14.1 torchvision==0.29.1
-"$venv/bin/pip" install ptychi
+# ptychi unpinned: the current PyPI release (2.2.0 when this was checked on 2026-12-07); every
+# benchmark run records the version it ran (`versions` in bench/results/*.json)
+"$venv/bin/pip" install --upgrade ptychi
 "$venv/bin/python" -c "import ptychi, torch; print('pty-chi', ptychi.__version__ if hasattr(ptychi, '__version__') else '?', 'torch', torch.__version__)"
 echo "ready: $venv"
