@@ -18,7 +18,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -26,16 +26,17 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from ptycho_torch.choices import RefineStart
 from ptycho_torch.errors import InvalidInput, InvalidValues
 from ptycho_torch.grouping import group_indices
 from ptycho_torch.model_facts import ModelFacts
 from ptycho_torch.plan import Plan, ProbeSource, ReconstructOptions, resolve
-from ptycho_torch.refinement import RefineSettings, refine_stitched
+from ptycho_torch.refinement import RefineSettings, StitchedRefinement, correction_warning, refine_stitched
 from ptycho_torch.scan_checks import check_network_input
 from ptycho_torch.stitching import Stitcher, StitchResult, complex_patches
 
-__all__ = ["Reconstruction", "Runner", "reconstruct", "reconstruct_steps", "require_finite_outputs",
-           "require_non_negative"]
+__all__ = ["Reconstruction", "Runner", "describe_refinement", "reconstruct", "reconstruct_steps", "refinement_summary",
+           "require_finite_outputs", "require_non_negative"]
 
 
 class Runner(Protocol):
@@ -83,12 +84,21 @@ class Reconstruction:
     data_fit: dict[str, Any] | None = None
     """How well this object explains each measured pattern (:meth:`~ptycho_torch.data_fit.DataFit.to_json`:
     per-pattern ``nll`` and ``r_factor``, their ``*_median`` and ``*_p95``, ``outliers``), plus ``probe``
-    (``request`` or ``model``: which probe the figures use) and ``iterations`` (the summary figures after
-    each refinement iteration, 0 = the start object). None when neither the request nor the model has
+    (``request`` or ``model``: which probe the figures use) and ``iterations`` (one entry per refinement
+    iteration, 0 = the start object: ``amplitude_error`` and ``seconds`` in each, the summary figures
+    ``nll_median``, ... in the first and the last). None when neither the request nor the model has
     a probe, and in the states of :func:`reconstruct_steps` between the first and the last iteration."""
     refinement: dict[str, Any] | None = None
-    """``iterations`` done, ``algorithm``, ``start``, ``stopped`` (why it ended early, else None) and
-    ``peak_bytes`` (estimated working memory) when refinement ran."""
+    """When refinement ran (:func:`refinement_summary`): ``iterations`` done, ``algorithm``, ``start``,
+    ``refine_probe``, ``refine_positions``, ``peak_bytes`` (estimated working memory), ``stop_reason``
+    (:class:`~ptycho_torch.choices.StopReason`: ``iterations``, ``converged`` or ``time_limit``) and
+    ``stopped`` (a sentence saying why it stopped; both None before the last state), ``warnings`` (list of
+    str), and with ``refine_positions`` ``position_correction_px`` ``{"rms", "max"}`` (pixels)."""
+    probe: npt.NDArray[np.complex64] | None = None
+    """``(P, N, N)`` complex64: the refined probe modes (``refine_probe``), else None."""
+    positions: npt.NDArray[np.float64] | None = None
+    """``(S, 2)`` float64 ``[x, y]``: the corrected scan positions (``refine_positions``), in the request's
+    coordinates and unit (object pixels, patch centres, one row per pattern as sent), else None."""
 
 
 class StageClock:
@@ -309,10 +319,39 @@ def _fit_and_refine(plan: Plan, result: Reconstruction, stitched: StitchResult, 
             timings=clock.timings(data_fit=fit_s, refine=state.seconds - fit_s if state.iteration else 0.0),
             data_fit=(None if state.fit is None else
                       {**state.fit.to_json(), "probe": str(plan.probe_source), "iterations": state.history}),
-            refinement=None if plan.refinement is None else {
-                "iterations": state.iteration, "algorithm": str(settings.algorithm), "start": str(plan.refine_start),
-                "stopped": state.stopped, "peak_bytes": step.peak_bytes},
+            refinement=None if plan.refinement is None else refinement_summary(settings, plan.refine_start, step,
+                                                                                positions),
+            probe=np.array(state.probe, np.complex64) if settings.refine_probe else None,  # copies: the solver
+            positions=np.array(state.positions, np.float64) if settings.refine_positions else None,  # goes on
         )
+
+
+def refinement_summary(settings: RefineSettings, start: RefineStart, step: StitchedRefinement,
+                       given_positions: npt.NDArray[np.float64]) -> dict[str, Any]:
+    """:attr:`Reconstruction.refinement` of one state of a refinement under ``settings`` from ``start``, whose
+    positions were ``given_positions`` ``(S, 2)`` (plain JSON values; every path that refines reports this)."""
+    state = step.state
+    summary: dict[str, Any] = {
+        "iterations": state.iteration, "algorithm": str(settings.algorithm), "start": str(start),
+        "refine_probe": settings.refine_probe, "refine_positions": settings.refine_positions,
+        "stop_reason": None if state.stop_reason is None else str(state.stop_reason), "stopped": state.stopped,
+        "peak_bytes": step.peak_bytes, "warnings": []}
+    if settings.refine_positions:
+        shift = np.asarray(state.positions, np.float64) - given_positions  # (S, 2) [dx, dy] object pixels
+        length = np.hypot(shift[:, 0], shift[:, 1])
+        summary["position_correction_px"] = {"rms": float(np.sqrt(np.mean(length ** 2))), "max": float(length.max())}
+        warning = correction_warning(shift)
+        summary["warnings"] += [] if warning is None else [warning]
+    return summary
+
+
+def describe_refinement(summary: Mapping[str, Any]) -> str:
+    """One line for a log from a refinement summary (:func:`refinement_summary`): what ran, why it stopped,
+    how far the positions moved; its ``warnings`` are for the caller to log as warnings."""
+    line = (f"refinement ({summary['algorithm']} from the {summary['start']} object): {summary['iterations']} "
+            f"iterations, stopped ({summary['stop_reason']}): {summary['stopped']}")
+    moved = summary.get("position_correction_px")
+    return line if moved is None else f"{line}; positions corrected by {moved['rms']:.3g} px rms (max {moved['max']:.3g} px)"
 
 
 def require_finite_outputs(amplitude: npt.NDArray[np.float32], phase: npt.NDArray[np.float32]) -> None:

@@ -16,7 +16,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -27,14 +27,21 @@ from ptycho_torch.errors import DataContractError, InvalidInput, InvalidValues
 from ptycho_torch.model_facts import ModelFacts
 from ptycho_torch.normalization import input_scale
 from ptycho_torch.pixel_size import check_pixel_size, valid_pixel_size
-from ptycho_torch.refinement import RefineSettings
+from ptycho_torch.refinement import AUTO, RefineSettings
 from ptycho_torch.scan_checks import SCALE_RANGE, PreparedScan, bad_pixel_mask, prepare_scan
 from ptycho_torch.stitching import check_stitch_M
 
-__all__ = ["MAX_REFINE_ITERATIONS", "Plan", "ProbeSource", "ReconstructOptions", "resolve"]
+__all__ = ["MAX_REFINE_ITERATIONS", "Plan", "ProbeSource", "ReconstructOptions", "RefineIterations", "resolve"]
 
 MAX_REFINE_ITERATIONS = 1000
 """Most refinement iterations one request may ask for (with ``refine_time_limit_s``, bounds its time)."""
+
+RefineIterations = int | Literal["auto"]
+"""A count of refinement iterations, or ``"auto"`` (:data:`~ptycho_torch.refinement.AUTO`): until the data
+fit stops improving."""
+
+_ITERATIONS_EXPECTED = (f"a whole number of iterations in [0, {MAX_REFINE_ITERATIONS}] or {AUTO!r} (refine until the "
+                        "data fit stops improving, within `refine_time_limit_s`)")
 
 class ProbeSource(StrEnum):
     """Which probe the data fit and the refinement use: the one sent with the scan, else the model's."""
@@ -72,11 +79,17 @@ class ReconstructOptions:
     pixel_size_m: float | None = None
     """The scan's object pixel size in metres; refused when it differs from the model's training
     pixel size by more than 1 % (:func:`~ptycho_torch.pixel_size.check_pixel_size`). None: unchecked."""
-    refine_iterations: int = 0
-    """Iterations of known-probe object refinement against the measured patterns after the network
-    (:mod:`ptycho_torch.refinement`); 0: none. At most :data:`MAX_REFINE_ITERATIONS`."""
+    refine_iterations: RefineIterations = 0
+    """Iterations of refinement against the measured patterns after the network
+    (:mod:`ptycho_torch.refinement`), at most :data:`MAX_REFINE_ITERATIONS`; ``"auto"``: until the data
+    fit stops improving, within ``refine_time_limit_s``; 0: none."""
     refine_algorithm: RefineAlgorithm = RefineAlgorithm.ER
-    """``er``: error reduction over the whole scan at once (fast); ``rpie``: regularised PIE in mini-batches."""
+    """The update rule: ``er`` error reduction over the whole scan at once, ``rpie`` regularised PIE in
+    mini-batches, ``mpie`` rPIE with momentum."""
+    refine_probe: bool = False
+    """Refine the probe (its incoherent modes) with the object; the response carries it (``probe``)."""
+    refine_positions: bool = False
+    """Correct each scan position with the object; the response carries them (``positions``)."""
     refine_start: RefineStart = RefineStart.NETWORK
     """``network``: refine the network's stitched object; ``flat``: start from amplitude 1, phase 0 and
     skip the network (for a scan the model was not trained for)."""
@@ -84,8 +97,12 @@ class ReconstructOptions:
     """Refinement stops after the iteration that passes this many seconds (the response says so)."""
 
     def __post_init__(self) -> None:
-        for name in ("stitch_M", "neighbor_count", "seed", "refine_iterations"):
+        for name in ("stitch_M", "neighbor_count", "seed"):
             _require_count(name, getattr(self, name))
+        _require_iterations(self.refine_iterations)
+        for name in ("refine_probe", "refine_positions"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidInput(f"`{name}` must be true or false, got {getattr(self, name)!r}")
         for name, choice in choice_fields(ReconstructOptions).items():
             value = getattr(self, name)
             if value is not None:
@@ -111,12 +128,14 @@ class ReconstructOptions:
         if self.scale is not None and self.scale_policy not in (None, ScalePolicy.EXPLICIT):
             raise InvalidInput(f"`scale` and `scale_policy` {str(self.scale_policy)!r} contradict each other: a given "
                                "scale is the 'explicit' policy; send one of them")
-        if self.refine_iterations > MAX_REFINE_ITERATIONS:
-            raise InvalidInput(f"`refine_iterations` must be at most {MAX_REFINE_ITERATIONS}, got "
-                               f"{self.refine_iterations}; 20-50 iterations reach the noise floor on typical scans")
         if self.refine_start == RefineStart.FLAT and self.refine_iterations == 0:
             raise InvalidInput("`refine_start` 'flat' needs `refine_iterations` >= 1 (a flat object explains nothing); "
-                               "ask for e.g. 20 iterations")
+                               f"ask for {AUTO!r} (until the data fit stops improving) or a number of iterations")
+        for name, what in (("refine_probe", "the probe is refined with the object"),
+                           ("refine_positions", "the positions are corrected with the object")):
+            if getattr(self, name) and self.refine_iterations == 0:
+                raise InvalidInput(f"`{name}` needs `refine_iterations` >= 1 or {AUTO!r} ({what}, iteration by "
+                                   f"iteration); ask for {AUTO!r}, or leave `{name}` out")
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any]) -> ReconstructOptions:
@@ -130,15 +149,36 @@ class ReconstructOptions:
     def refinement(self) -> RefineSettings | None:
         """The refinement these options ask for (None: ``refine_iterations`` is 0); which probe it uses is
         :func:`resolve`'s question."""
-        if not self.refine_iterations:
+        if self.refine_iterations == 0:
             return None
         return RefineSettings(iterations=self.refine_iterations, algorithm=self.refine_algorithm,
-                              time_limit_s=float(self.refine_time_limit_s))
+                              time_limit_s=float(self.refine_time_limit_s), refine_probe=self.refine_probe,
+                              refine_positions=self.refine_positions)
+
+    def network_only(self) -> ReconstructOptions:
+        """These options without any refinement (every ``refine_*`` option at its default): for a path that
+        runs the network through the pipeline and refines elsewhere (the Ptychodus reconstructors)."""
+        defaults = ReconstructOptions()
+        return dataclasses.replace(self, **{name: getattr(defaults, name) for name in _REFINE_OPTIONS})
 
     def to_json(self) -> dict[str, Any]:
         """The options that differ from their defaults, as JSON values (what a client sends)."""
         defaults = to_primitives(ReconstructOptions())
         return {name: value for name, value in to_primitives(self).items() if value != defaults[name]}
+
+
+_REFINE_OPTIONS = tuple(f.name for f in dataclasses.fields(ReconstructOptions) if f.name.startswith("refine_"))
+
+
+def _require_iterations(value: Any) -> None:
+    if isinstance(value, str) and value == AUTO:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidInput(f"`refine_iterations` must be {_ITERATIONS_EXPECTED}, got {value!r}")
+    if value > MAX_REFINE_ITERATIONS:
+        raise InvalidInput(f"`refine_iterations` must be at most {MAX_REFINE_ITERATIONS}, got {value}; ask for "
+                           f"fewer, or for {AUTO!r} to refine until the data fit stops improving (within "
+                           "`refine_time_limit_s`)")
 
 
 def _require_count(name: str, value: Any) -> None:
@@ -247,11 +287,11 @@ def _check_streamable(model: ModelFacts, options: ReconstructOptions) -> None:
         raise InvalidInput(
             f"sessions stream single-pattern models (gridsize 1); model {model.name!r} has gridsize "
             f"{model.gridsize}, whose neighbour groups need the whole scan: use POST /v1/reconstruct")
-    if options.refine_iterations:
+    if options.refine_iterations != 0:
         raise InvalidInput(
-            f"`refine_iterations` is not applied in a session (got {options.refine_iterations}): a live canvas "
-            "shows the network's patches; refine the whole scan with POST /v1/reconstruct "
-            "(refine_iterations) once it is measured, or leave the option out")
+            f"`refine_iterations` is not applied in a session (got {options.refine_iterations!r}): a live canvas "
+            "shows the network's patches; refine the whole scan with POST /v1/reconstruct (`refine_iterations`, "
+            "`refine_probe`, `refine_positions`) once it is measured, or leave the option out")
 
 
 def _scale(model: ModelFacts, options: ReconstructOptions, stream: bool) -> tuple[ScalePolicy, float | None]:
@@ -278,7 +318,7 @@ def _pixel_size(model: ModelFacts, options: ReconstructOptions) -> float | None:
 
 
 def _refinement(options: ReconstructOptions, probe_source: ProbeSource | None) -> RefineSettings | None:
-    if options.refine_iterations and probe_source is None:
+    if options.refine_iterations != 0 and probe_source is None:
         raise InvalidInput("`refine_iterations` needs the probe the scan was measured with: send `probe` (this "
                            "model has none)")
     return options.refinement()

@@ -3,10 +3,12 @@
 Request arrays: ``patterns`` (S, N, N) real, ``positions`` (S, 2) ``[x, y]`` object pixels, optional
 ``probe`` (N, N) or (P, N, N) complex, optional ``mask`` (N, N) bool bad detector pixels, optional
 ``options`` (a 0-d string array holding a JSON object, see
-:class:`~ptycho_torch.pipeline.ReconstructOptions`). Response arrays: ``amplitude``,
-``phase``, ``coverage`` (H, W) float32, ``origin`` (2,) float64 ``[x0, y0]``, and ``metadata`` (a
+:class:`~ptycho_torch.plan.ReconstructOptions`). Response arrays: ``amplitude``,
+``phase``, ``coverage`` (H, W) float32, ``origin`` (2,) float64 ``[x0, y0]``, ``metadata`` (a
 0-d JSON string: scale, policy, counts, timings, probe difference, scan report with warnings,
-``data_fit`` and ``refinement``; see :class:`~ptycho_torch.pipeline.Reconstruction`).
+``data_fit`` and ``refinement`` with its ``stop_reason``; see :class:`~ptycho_torch.pipeline.Reconstruction`),
+and when they were refined ``probe`` (P, N, N) complex64 (``refine_probe``) and ``positions`` (S, 2)
+float64 ``[x, y]`` object pixels (``refine_positions``).
 Nothing is ever unpickled, and the uncompressed size and every ``.npy`` header's declared shape are
 checked before any array is read.
 """
@@ -31,6 +33,9 @@ __all__ = ["RECONSTRUCT_MEDIA_TYPE", "ReconstructRequest", "decode_arrays", "dec
            "decode_reconstruction", "encode_arrays", "encode_reconstruct_request", "encode_reconstruction"]
 
 RECONSTRUCT_MEDIA_TYPE = "application/x-npz"
+
+REFINED_ARRAYS = ("probe", "positions")
+"""Response arrays sent only when the refinement changed them (:attr:`Reconstruction.probe`, ``.positions``)."""
 
 
 class ReconstructRequest(NamedTuple):
@@ -141,9 +146,10 @@ def encode_reconstruction(result: Reconstruction, extra: dict[str, Any] | None =
                 "probe_difference": result.probe_difference, "scan_report": result.scan_report,
                 "pixel_size_m": result.pixel_size_m, "data_fit": result.data_fit, "refinement": result.refinement,
                 **(extra or {})}
-    return encode_arrays({"amplitude": result.amplitude, "phase": result.phase, "coverage": result.coverage,
-                      "origin": np.asarray(result.origin, np.float64), "metadata": np.array(json.dumps(metadata))},
-                     compress=False)
+    arrays = {"amplitude": result.amplitude, "phase": result.phase, "coverage": result.coverage,
+              "origin": np.asarray(result.origin, np.float64), "metadata": np.array(json.dumps(metadata))}
+    refined = {name: getattr(result, name) for name in REFINED_ARRAYS if getattr(result, name) is not None}
+    return encode_arrays({**arrays, **refined}, compress=False)
 
 
 def decode_reconstruction(body: bytes) -> tuple[Reconstruction, dict[str, Any]]:
@@ -158,5 +164,6 @@ def decode_reconstruction(body: bytes) -> tuple[Reconstruction, dict[str, Any]]:
         timings=metadata["timings"], probe_difference=metadata["probe_difference"],
         scan_report=metadata.get("scan_report", {}), pixel_size_m=metadata.get("pixel_size_m"),
         data_fit=metadata.get("data_fit"), refinement=metadata.get("refinement"),
+        probe=arrays.get("probe"), positions=arrays.get("positions"),
     )
     return result, metadata

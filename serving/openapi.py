@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from ptycho_torch.bundle import INPUT_NAMES, OUTPUT_NAMES
 from ptycho_torch.bundle.dtypes import DTYPES
+from ptycho_torch.choices import RefineAlgorithm, StopReason, values
 from ptycho_torch.plan import ReconstructOptions
 
 __all__ = ["DESCRIPTION", "ERRORS", "INFER_ROUTE", "METRICS_ROUTE", "NPZ_RESPONSE", "RECONSTRUCT_ROUTE", "install",
@@ -197,6 +198,8 @@ NPZ_RESPONSE: dict[int | str, dict[str, Any]] = {
           "description": "the stitched object: NPZ with amplitude, phase, coverage, origin and metadata"}}
 """``responses=`` of a route that answers with a reconstruction NPZ."""
 
+_ALGORITHMS, _STOP_REASONS = ("|".join(map(repr, values(choice))) for choice in (RefineAlgorithm, StopReason))
+
 RECONSTRUCT_ROUTE: dict[str, Any] = {
     "summary": "Reconstruct a whole scan (NPZ in, stitched object NPZ out)",
     "description": (
@@ -207,14 +210,19 @@ RECONSTRUCT_ROUTE: dict[str, Any] = {
         "bad detector pixel; optional `options`: a 0-d string array holding a JSON object with `scale_policy` "
         "('scan'|'bundle'), `units` ('amplitude'|'counts'), `stitch_M` (1..N/2), `neighbor_count`, `seed`, "
         "`pixel_size_m` (the scan's object pixel size in metres: 400 when it differs from the model's by over 1 %), "
-        "`refine_iterations` (0..1000: known-probe object refinement after the network), `refine_algorithm` "
-        "('er'|'rpie'), `refine_start` ('network'|'flat': flat skips the network), `refine_time_limit_s`.\n\n"
-        "Response: an NPZ with `amplitude`, `phase`, `coverage` (H, W) float32, `origin` (2,) float64 and "
+        "`refine_iterations` (0..1000 iterations of refinement against the patterns after the network, or 'auto': "
+        f"until the data fit stops improving, within `refine_time_limit_s`), `refine_algorithm` ({_ALGORITHMS}), "
+        "`refine_start` ('network'|'flat': flat skips the network), `refine_time_limit_s`, `refine_probe` and "
+        "`refine_positions` (true|false: refine the probe, correct the positions; need `refine_iterations`).\n\n"
+        "Response: an NPZ with `amplitude`, `phase`, `coverage` (H, W) float32, `origin` (2,) float64, "
         "`metadata` (0-d JSON string: scale, timings, probe_difference, pixel_size_m, `scan_report` with `warnings` about "
         "what is probably wrong: unusual energy layout, hot pixels, sentinels, bright frames; `data_fit`: per-pattern "
         "Poisson NLL per pixel and R-factor of the returned object against the measured patterns, their median and "
         "95th percentile, `outliers` (patterns it does not explain) and the figures per refinement iteration; "
-        "`refinement`: iterations done, algorithm, start, why it stopped early, peak working memory)."),
+        f"`refinement`: iterations done, algorithm, start, `stop_reason` ({_STOP_REASONS}) and "
+        "`stopped` (why, in words), peak working memory, with `refine_positions` `position_correction_px` {rms, max} "
+        "and `warnings` when the corrections are large), and when refined `probe` (P, N, N) complex64 "
+        "(`refine_probe`) and `positions` (S, 2) float64 [x, y] object pixels (`refine_positions`)."),
     "responses": {200: {"content": {"application/x-npz": _BINARY}, "description": "the stitched object (NPZ)"},
                   **ERRORS},
     "openapi_extra": {"requestBody": {"required": True, "content": {"application/x-npz": _BINARY}}},

@@ -8,8 +8,9 @@ from oracle import PHASE_FACTOR, TRAINING_SCALE, oracle_outputs
 
 from ptycho_torch.errors import InvalidInput, InvalidValues
 from ptycho_torch.normalization import input_scale
-from ptycho_torch.pipeline import reconstruct
+from ptycho_torch.pipeline import reconstruct, reconstruct_steps
 from ptycho_torch.plan import ReconstructOptions
+from ptycho_torch.simulation import default_probe, make_object, simulate_scan
 from ptycho_torch.stitching import stitch_patches
 from serving.batching import DynamicBatcher
 from serving.engine import Engine
@@ -86,6 +87,31 @@ def test_gridsize_2_groups_neighbours_and_stitches_every_channel(oracle_bundle_g
     assert result.coverage.sum() == pytest.approx(25 * 4 * 8 * 8)
     again = reconstruct(engine, patterns, positions)
     np.testing.assert_array_equal(again.coverage, result.coverage)  # seeded grouping: reproducible
+
+
+def test_refined_positions_are_one_per_pattern_in_the_requests_order_at_gridsize_2(oracle_bundle_g2) -> None:
+    """The network sees groups of neighbours (B * C patches); the refinement returns the scan's own S
+    positions and the probe's modes, in every state, each state its own copy."""
+    engine = Engine(oracle_bundle_g2, max_batch_size=8, providers=["cpu"])
+    obj = make_object("grf", 64, np.random.default_rng(0))
+    centres = np.arange(N / 2, 64 - N / 2 - 1, 4.0)
+    x, y = (v.ravel() for v in np.meshgrid(centres, centres))
+    raw = simulate_scan(obj, default_probe(N), x, y, nphotons=1e5, seed=1)
+    order = np.random.default_rng(2).permutation(len(x))  # any order: row k is pattern k's
+    patterns, positions = raw.diff3d[order], raw.positions[order]
+    options = ReconstructOptions(refine_iterations=12, refine_probe=True, refine_positions=True)
+    states = list(reconstruct_steps(engine, patterns, positions, probe=raw.probeGuess, options=options))
+    assert [state.refinement["iterations"] for state in states] == list(range(13))
+    assert all(state.positions.shape == (len(x), 2) and state.probe.shape == (1, N, N) for state in states)
+    final = states[-1]
+    assert 0.01 < np.abs(final.positions - positions).max() < 3  # corrected, not another scan's positions
+    assert final.refinement["position_correction_px"]["max"] == pytest.approx(
+        float(np.hypot(*(final.positions - positions).T).max()))
+    assert final.refinement["stop_reason"] == "iterations" and states[0].refinement["stop_reason"] is None
+    assert states[0].probe is not states[-1].probe and states[0].positions is not states[-1].positions
+    plain = reconstruct(engine, patterns, positions, probe=raw.probeGuess, options=ReconstructOptions(
+        refine_iterations=3))
+    assert plain.probe is None and plain.positions is None  # neither was asked for
 
 
 def test_a_probe_is_compared_with_the_training_probe(engine: Engine) -> None:

@@ -4,6 +4,7 @@ live session read the same plan, so a rule changed there changes both)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 
 import numpy as np
@@ -15,6 +16,7 @@ from ptycho_torch.errors import InvalidInput, InvalidValues
 from ptycho_torch.model_facts import ModelFacts
 from ptycho_torch.pipeline import reconstruct
 from ptycho_torch.plan import ProbeSource, ReconstructOptions, resolve
+from ptycho_torch.refinement import AUTO
 from serving.batching import DynamicBatcher
 from serving.engine import Engine
 from serving.sessions import Session
@@ -86,6 +88,9 @@ def test_a_stream_defaults_to_the_training_scale_and_refuses_what_it_cannot_do()
         (MODEL, ReconstructOptions(scale_policy="scan"), "`scale_policy` must be 'bundle' for a session"),
         (GROUPED, ReconstructOptions(), "sessions stream single-pattern models"),
         (WITH_PROBE, ReconstructOptions(refine_iterations=3), "`refine_iterations` is not applied in a session"),
+        (WITH_PROBE, ReconstructOptions(refine_iterations="auto", refine_probe=True),
+         r"`refine_iterations` is not applied in a session \(got 'auto'\): .* POST /v1/reconstruct "
+         r"\(`refine_iterations`, `refine_probe`, `refine_positions`\)"),
     ]:
         with pytest.raises(InvalidInput, match=message):
             resolve(model, options, stream=True)
@@ -95,6 +100,43 @@ def test_options_json_holds_what_differs_from_the_defaults() -> None:
     options = ReconstructOptions(scale_policy="bundle", refine_iterations=3, refine_algorithm="rpie")
     assert options.to_json() == {"scale_policy": "bundle", "refine_iterations": 3, "refine_algorithm": "rpie"}
     assert ReconstructOptions.from_mapping(options.to_json()) == options
+
+
+def test_auto_iterations_and_probe_and_position_refinement_round_trip_into_the_solver_settings() -> None:
+    options = ReconstructOptions(refine_iterations="auto", refine_probe=True, refine_positions=True,
+                                 refine_time_limit_s=12)
+    sent = json.loads(json.dumps(options.to_json()))  # what a client sends
+    assert sent == {"refine_iterations": "auto", "refine_probe": True, "refine_positions": True,
+                    "refine_time_limit_s": 12}
+    assert ReconstructOptions.from_mapping(sent) == options
+    settings = resolve(WITH_PROBE, options).refinement
+    assert (settings.iterations, settings.refine_probe, settings.refine_positions, settings.time_limit_s) == \
+        (AUTO, True, True, 12.0)
+    assert resolve(WITH_PROBE, ReconstructOptions(refine_iterations=4)).refinement.refine_probe is False
+    plain = options.network_only()  # what the Ptychodus reconstructors send the network
+    assert plain == ReconstructOptions(refine_time_limit_s=300.0) and plain.refinement() is None
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"refine_iterations": "autoo"}, r"`refine_iterations` must be a whole number of iterations in \[0, 1000\] or "
+                                     r"'auto' \(refine until the data fit stops improving, within "
+                                     r"`refine_time_limit_s`\), got 'autoo'$"),
+    ({"refine_iterations": -1}, r"`refine_iterations` must be a whole number .* got -1$"),
+    ({"refine_iterations": 2.5}, r"`refine_iterations` must be a whole number .* got 2.5$"),
+    ({"refine_iterations": True}, r"`refine_iterations` must be a whole number .* got True$"),
+    ({"refine_iterations": "20"}, r"`refine_iterations` must be a whole number .* got '20'$"),
+    ({"refine_iterations": 1001}, r"`refine_iterations` must be at most 1000, got 1001; ask for fewer, or for 'auto'"),
+    ({"refine_iterations": 5, "refine_probe": "yes"}, r"`refine_probe` must be true or false, got 'yes'$"),
+    ({"refine_iterations": 5, "refine_positions": 1}, r"`refine_positions` must be true or false, got 1$"),
+    ({"refine_probe": True}, r"`refine_probe` needs `refine_iterations` >= 1 or 'auto' .* ask for 'auto', or leave "
+                             r"`refine_probe` out$"),
+    ({"refine_positions": True, "refine_iterations": 0}, r"`refine_positions` needs `refine_iterations` >= 1 or "
+                                                         r"'auto'"),
+])
+def test_bad_refine_values_say_what_is_wrong_and_how_to_fix_it(options: dict, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message) as refused:
+        ReconstructOptions.from_mapping(options)
+    assert "noise floor" not in str(refused.value)  # the old, untrue claim
 
 
 def test_a_rule_changed_in_the_plan_changes_the_whole_scan_path_and_the_session_path_alike(

@@ -49,8 +49,14 @@ def test_every_body_is_described(schema: dict) -> None:
     typed = components["ReconstructOptions"]
     assert typed["additionalProperties"] is False
     choice = typed["properties"]["refine_algorithm"]["$ref"].rpartition("/")[2]  # each choice is its named enum
-    assert (choice, components[choice]["enum"]) == ("RefineAlgorithm", ["er", "rpie"])
+    assert (choice, components[choice]["enum"]) == ("RefineAlgorithm", ["er", "rpie", "mpie"])
     assert {"scale_policy", "units", "stitch_M", "scale", "pixel_size_m"} <= typed["properties"].keys()
+    assert typed["properties"]["refine_iterations"]["anyOf"] == [{"type": "integer"},
+                                                                 {"const": "auto", "type": "string"}]
+    assert typed["properties"]["refine_probe"]["type"] == typed["properties"]["refine_positions"]["type"] == "boolean"
+    for member in ("'auto'", "`refine_probe`", "`refine_positions`", "`stop_reason`", "`probe` (P, N, N)",
+                   "`positions` (S, 2)"):
+        assert member in reconstruct["description"], member
     assert "HTTPValidationError" not in components  # validation errors are 400 {"error": ...} like the rest
 
 

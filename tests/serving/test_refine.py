@@ -6,6 +6,7 @@ fair stand-in for a poor model: the data fit must say so, and refinement must re
 
 from __future__ import annotations
 
+import io
 import re
 
 import httpx
@@ -17,12 +18,13 @@ from ptycho_torch.grouping import extract_patches
 from ptycho_torch.metrics import evaluate_reconstruction
 from ptycho_torch.pipeline import reconstruct, reconstruct_steps
 from ptycho_torch.plan import ReconstructOptions
+from ptycho_torch.refinement import correction_warning
 from ptycho_torch.simulation import default_probe, make_object, simulate_scan
 from serving.app import create_app
 from serving.client import Client
 from serving.engine import Engine
 from serving.errors import InvalidRequest
-from serving.npz_wire import encode_reconstruct_request
+from serving.npz_wire import decode_reconstruction, encode_reconstruct_request
 
 N = 32
 SIZE = 80
@@ -77,8 +79,12 @@ def test_refinement_from_flat_recovers_the_object_the_network_missed(engine: Eng
     history = refined.data_fit["iterations"]
     assert len(history) == 21 and history[-1]["nll_median"] < 0.9 * network.data_fit["nll_median"]
     assert refined.data_fit["r_factor_median"] < 0.3 < network.data_fit["r_factor_median"]
-    assert refined.refinement == {"iterations": 20, "algorithm": "er", "start": "flat", "stopped": None,
+    assert refined.refinement == {"iterations": 20, "algorithm": "er", "start": "flat", "refine_probe": False,
+                                  "refine_positions": False, "stop_reason": "iterations",
+                                  "stopped": refined.refinement["stopped"], "warnings": [],
                                   "peak_bytes": refined.refinement["peak_bytes"]}
+    assert isinstance(refined.refinement["stopped"], str) and refined.refinement["stopped"]  # a sentence
+    assert refined.probe is None and refined.positions is None  # neither was refined
     assert 0 < refined.refinement["peak_bytes"] < 256 << 20 and refined.timings["refine"] > 0
     assert refined.timings["inference"] < network.timings["inference"]
 
@@ -129,14 +135,15 @@ def test_steps_come_one_per_iteration_and_stop_when_closed(engine: Engine, scan)
     assert first.data_fit is not None and second.data_fit is None  # measured by the next pass
     timed = reconstruct(engine, patterns, positions, probe=probe,
                         options=ReconstructOptions(refine_iterations=1000, refine_time_limit_s=0.3))
-    assert timed.refinement["iterations"] < 1000 and "time limit" in timed.refinement["stopped"]
+    assert timed.refinement["iterations"] < 1000 and timed.refinement["stop_reason"] == "time_limit"
+    assert first.refinement["stop_reason"] is None and first.refinement["stopped"] is None  # not the last state
     assert len(timed.data_fit["iterations"]) == timed.refinement["iterations"] + 1
 
 
 @pytest.mark.parametrize(("options", "message"), [
     ({"refine_iterations": 5000}, "`refine_iterations` must be at most 1000"),
-    ({"refine_iterations": -1}, "`refine_iterations` must be a non-negative integer"),
-    ({"refine_iterations": 5, "refine_algorithm": "dm"}, r"`refine_algorithm` must be one of \['er', 'rpie'\]"),
+    ({"refine_iterations": -1}, "`refine_iterations` must be a whole number of iterations in \\[0, 1000\\] or 'auto'"),
+    ({"refine_iterations": 5, "refine_algorithm": "dm"}, r"`refine_algorithm` must be one of \['er', 'rpie', 'mpie'\]"),
     ({"refine_iterations": 5, "refine_start": "truth"}, r"`refine_start` must be one of \['network', 'flat'\]"),
     ({"refine_start": "flat"}, "`refine_start` 'flat' needs `refine_iterations` >= 1"),
     ({"refine_iterations": 5, "refine_time_limit_s": 0}, "`refine_time_limit_s` must be a positive number"),
@@ -177,3 +184,87 @@ def test_a_request_without_options_still_gets_the_data_fit_over_http(engine: Eng
     with Client(server.url) as client:
         result = client.reconstruct(patterns, positions)
     assert result.data_fit["probe"] == "model" and len(result.data_fit["nll"]) == len(patterns)
+
+
+PROBE_AND_POSITIONS = {"refine_iterations": 12, "refine_start": "flat", "refine_probe": True, "refine_positions": True}
+"""Enough iterations for the positions to move (the solver starts moving them after the object has structure)."""
+
+
+def test_the_refined_probe_and_positions_reach_the_npz_response(engine: Engine, oracle_app_server, scan) -> None:
+    patterns, positions, probe, _ = scan
+    local = reconstruct(engine, patterns, positions, probe=probe,
+                        options=ReconstructOptions.from_mapping(PROBE_AND_POSITIONS))
+    body = encode_reconstruct_request(patterns, positions, probe=probe, options=PROBE_AND_POSITIONS)
+    response = httpx.post(f"{oracle_app_server.url}/v1/reconstruct", content=body, timeout=60)
+    assert response.status_code == 200, response.text
+    with np.load(io.BytesIO(response.content)) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    remote = decode_reconstruction(response.content)[0]
+    assert arrays["probe"].dtype == np.complex64 and arrays["probe"].shape == (1, N, N)  # (N, N) sent: one mode
+    assert arrays["positions"].dtype == np.float64 and arrays["positions"].shape == (len(positions), 2)
+    np.testing.assert_allclose(remote.probe, local.probe, rtol=1e-5, atol=1e-6 * np.abs(local.probe).max())
+    np.testing.assert_allclose(remote.positions, local.positions, atol=1e-6)
+    assert not np.allclose(local.probe[0], probe)  # refined, not the probe sent back
+    moved = np.hypot(*(local.positions - positions).T)
+    assert 0.01 < moved.max() < 8  # corrected, within the solver's margin
+    summary = remote.refinement
+    assert (summary["refine_probe"], summary["refine_positions"], summary["stop_reason"]) == (True, True, "iterations")
+    assert summary["position_correction_px"] == pytest.approx(
+        {"rms": float(np.sqrt(np.mean(moved ** 2))), "max": float(moved.max())})
+    warning = correction_warning(local.positions - positions)
+    assert summary["warnings"] == ([] if warning is None else [warning]) and isinstance(summary["stopped"], str)
+
+
+def test_refined_positions_come_back_in_the_requests_coordinates(engine: Engine, scan) -> None:
+    patterns, positions, probe, _ = scan
+    options = ReconstructOptions.from_mapping(PROBE_AND_POSITIONS)
+    here = reconstruct(engine, patterns, positions, probe=probe, options=options)
+    offset = np.array([100.0, 37.0])  # the same scan, its positions counted from another origin
+    there = reconstruct(engine, patterns, positions + offset, probe=probe, options=options)
+    np.testing.assert_allclose(there.positions - offset, here.positions, atol=1e-4)
+    np.testing.assert_allclose(there.probe, here.probe, rtol=1e-4, atol=1e-5 * np.abs(here.probe).max())
+    assert there.refinement["position_correction_px"] == pytest.approx(here.refinement["position_correction_px"],
+                                                                       abs=1e-4)
+
+
+def test_auto_refines_until_converged_and_moves_wrong_positions_towards_the_truth(oracle_app_server, scan) -> None:
+    patterns, positions, probe, _ = scan
+    error = np.random.default_rng(5).uniform(-1, 1, positions.shape)  # a scan whose encoders are off by up to 1 px
+    with Client(oracle_app_server.url) as client:
+        result = client.reconstruct(patterns, positions + error, probe=probe, options={
+            "refine_iterations": "auto", "refine_start": "flat", "refine_positions": True, "refine_time_limit_s": 120})
+    summary, history = result.refinement, result.data_fit["iterations"]
+    assert summary["stop_reason"] == "converged" and 1 <= summary["iterations"] < 1000, summary
+    assert summary["stopped"].startswith(f"converged after {summary['iterations']} iterations")
+    assert len(history) == summary["iterations"] + 1 and all("amplitude_error" in entry for entry in history)
+    assert "nll_median" in history[0] and history[-1]["nll_median"] == pytest.approx(result.data_fit["nll_median"])
+    assert history[-1]["amplitude_error"] < history[1]["amplitude_error"]
+
+    def off(found: np.ndarray) -> float:  # rms distance to the true positions, up to a common shift (the object's)
+        miss = found - positions
+        return float(np.sqrt(np.mean(np.sum((miss - miss.mean(axis=0)) ** 2, axis=1))))
+
+    assert off(result.positions) < 0.6 * off(positions + error), (off(result.positions), off(positions + error))
+    assert result.probe is None  # not asked for
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"refine_iterations": "autoo"}, "`refine_iterations` must be a whole number of iterations in [0, 1000] or 'auto'"),
+    ({"refine_iterations": -1}, "got -1"),
+    ({"refine_iterations": 3, "refine_probe": "yes"}, "`refine_probe` must be true or false, got 'yes'"),
+    ({"refine_positions": True}, "`refine_positions` needs `refine_iterations` >= 1 or 'auto'"),
+])
+def test_bad_refine_values_over_http_are_400_with_the_fix(oracle_app_server, scan, options: dict,
+                                                           message: str) -> None:
+    patterns, positions, probe, _ = scan
+    body = encode_reconstruct_request(patterns[:20], positions[:20], probe=probe, options=options)
+    response = httpx.post(f"{oracle_app_server.url}/v1/reconstruct", content=body)
+    assert response.status_code == 400 and message in response.json()["error"], response.text
+
+
+def test_a_session_still_refuses_refinement_naming_the_whole_scan_route(oracle_app_server) -> None:
+    response = httpx.post(f"{oracle_app_server.url}/v1/sessions",
+                          json={"options": {"scale_policy": "bundle", "refine_iterations": "auto"}})
+    assert response.status_code == 400
+    assert "`refine_iterations` is not applied in a session (got 'auto')" in response.json()["error"]
+    assert "POST /v1/reconstruct" in response.json()["error"]
