@@ -8,7 +8,8 @@ Shared by the in-process workflow (:mod:`ptycho_torch.workflows.components`) and
 ``reconstructed_phase.png``     phase in radians, colour bar and scale bar (twilight, -pi..pi)
 ``reconstructed_amplitude.tif`` float32 amplitude; ImageJ calibration when the pixel size is known
 ``reconstructed_phase.tif``     float32 phase in radians; same calibration
-``reconstruction.npz``          ``amplitude``, ``phase``, ``coverage``, ``origin``, ``pixel_size_m``
+``reconstruction.npz``          ``amplitude``, ``phase``, ``coverage``, ``origin``, ``pixel_size_m``,
+                                ``probe`` (P, N, N), ``positions`` (S, 2) ``[x, y]`` object pixels
 ``reconstruction.cxi``          CXI/HDF5 product, layout below
 =============================== =============================================================
 
@@ -22,10 +23,16 @@ CXI layout (CXI 1.5 names where one exists, https://www.cxidb.org/cxi.html)::
     /entry_1/image_1/coverage                  (H, W) float32 summed stitching weights (0 = no patch)
     /entry_1/image_1/origin                    [x0, y0]: object-pixel position of canvas pixel (0, 0)
     /entry_1/image_1/positions_px              (S, 2) [x, y] scan positions, object pixels, patch centres
+                                               (attribute ``refined``: corrected by the refinement)
     /entry_1/image_2/data                      (P, N, N) complex64 probe modes, data_type "probe"
+                                               (attribute ``refined``: refined with the object)
     /entry_1/sample_1/geometry_1/translation   (S, 3) metres [x, y, 0] (only when the pixel size is known)
     /entry_1/data_1                            soft link to image_1 (CXI's default plottable data)
-    /entry_1/process_1/                        model, model_version, source, command; data_fit/ (figures)
+    /entry_1/process_1/                        model, model_version, source, command; data_fit/ (figures);
+                                               refinement/ (iterations, stop_reason, stopped, ...)
+
+The probe and positions are those of the result: refined when the reconstruction refined them (as
+``ProductInfo.refinement`` says), else the scan's.
 """
 
 from __future__ import annotations
@@ -66,6 +73,13 @@ class ProductInfo:
     """Data-fit figures (``DataFit.to_json()``: NLL, R-factor, outliers) when the path computed them."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Further scalars for ``/entry_1/process_1`` (e.g. the input scale used, timings)."""
+    refinement: Mapping[str, Any] | None = None
+    """What the refinement did (:attr:`~ptycho_torch.pipeline.Reconstruction.refinement`) when it ran; its
+    ``refine_probe``/``refine_positions`` say whether :attr:`probe`/:attr:`positions` are refined ones."""
+
+    def refined(self, what: str) -> bool:
+        """Whether ``what`` (``probe`` or ``positions``) was refined (``refine_<what>`` in :attr:`refinement`)."""
+        return bool((self.refinement or {}).get(f"refine_{what}", False))
 
 
 def save_outputs(
@@ -107,6 +121,10 @@ def save_outputs(
         arrays["origin"] = np.asarray(origin, dtype=np.float64)
     if pixel is not None:
         arrays["pixel_size_m"] = np.float64(pixel)
+    if info.probe is not None:
+        arrays["probe"] = _probe_modes(info.probe)
+    if info.positions is not None:
+        arrays["positions"] = np.asarray(info.positions, np.float64)
     np.savez(paths["npz"], **arrays)
     write_cxi(paths["cxi"], amplitude, phase, info, coverage=arrays.get("coverage"), origin=arrays.get("origin"))
     return paths
@@ -198,12 +216,14 @@ def write_cxi(path: Path, amplitude: np.ndarray, phase: np.ndarray, info: Produc
             positions = np.asarray(info.positions, np.float64)
             image["positions_px"] = positions
             image["positions_px"].attrs["description"] = "[x, y] object pixels, patch centres, x = column"
+            image["positions_px"].attrs["refined"] = info.refined("positions")
             if info.pixel_size_m is not None:
                 translation = np.column_stack([positions * info.pixel_size_m, np.zeros(len(positions))])
                 entry.create_group("sample_1/geometry_1")["translation"] = translation
         if info.probe is not None:
             probe_group = entry.create_group("image_2")
-            probe_group["data"] = np.asarray(info.probe, np.complex64).reshape(-1, *np.shape(info.probe)[-2:])
+            probe_group["data"] = _probe_modes(info.probe)
+            probe_group["data"].attrs["refined"] = info.refined("probe")
             probe_group["data_type"], probe_group["data_space"] = "probe", "real"
         entry["data_1"] = h5py.SoftLink("/entry_1/image_1")
         process = entry.create_group("process_1")
@@ -211,11 +231,22 @@ def write_cxi(path: Path, amplitude: np.ndarray, phase: np.ndarray, info: Produc
                            **info.extra}.items():
             if value is not None:
                 process[key] = value if isinstance(value, (int, float)) else str(value)
-        if info.data_fit is not None:
-            fit = process.create_group("data_fit")
-            for key, value in info.data_fit.items():  # arrays of numbers as datasets, the rest (per-iteration records) as JSON
-                numeric = isinstance(value, (int, float)) or (isinstance(value, list) and all(
-                    isinstance(v, (int, float)) for v in value))
-                fit[key] = np.asarray(value, dtype=np.float64 if isinstance(value, list) else None) if numeric \
-                    else json.dumps(value)
+        for name, figures in (("data_fit", info.data_fit), ("refinement", info.refinement)):
+            if figures is not None:
+                _write_figures(process.create_group(name), figures)
     return path
+
+
+def _probe_modes(probe: npt.ArrayLike) -> npt.NDArray[np.complex64]:
+    """``(N, N)`` or ``(P, N, N)`` -> ``(P, N, N)`` complex64."""
+    array = np.asarray(probe, np.complex64)
+    return array.reshape(-1, *array.shape[-2:])
+
+
+def _write_figures(group: Any, figures: Mapping[str, Any]) -> None:
+    """Numbers and lists of numbers as datasets, the rest (strings, None, records) as JSON text."""
+    for key, value in figures.items():
+        numeric = isinstance(value, (int, float)) or (isinstance(value, list) and all(
+            isinstance(v, (int, float)) for v in value))
+        group[key] = np.asarray(value, dtype=np.float64 if isinstance(value, list) else None) if numeric \
+            else json.dumps(value)

@@ -14,9 +14,13 @@ fit, write the products. The sources:
   here, and the scan goes out as Open Inference Protocol requests of at most ``--chunk-size``
   groups (with a progress bar), so a scan of any size stays under the server's request limit.
 
-``--refine N`` adds N iterations of known-probe object refinement after the network, with the
-scan's probe (numpy, in this process, whatever the source), and the data fit of the result
-(per-pattern Poisson NLL, R-factor, outliers) is logged and kept in the CXI.
+``--refine N`` adds N iterations of refinement against the measured patterns after the network,
+with the scan's probe (numpy, in this process, whatever the source); ``--refine auto`` refines until
+the data fit stops improving (or the time limit). ``--refine-probe`` refines the probe with the object
+and ``--refine-positions`` corrects the scan positions; the products then carry the refined probe
+and positions (NPZ ``probe``/``positions``, CXI ``image_2`` and ``positions_px``). Why the
+refinement stopped and the data fit of the result (per-pattern Poisson NLL, R-factor, outliers) are
+logged and kept in the CXI.
 
 A scan whose ``_metadata`` records ``pixel_size_m`` is checked against the model's training pixel
 size (:mod:`ptycho_torch.pixel_size`), and the products carry the pixel size.
@@ -36,9 +40,22 @@ if TYPE_CHECKING:
     from ptycho_torch.data import RawData
     from ptycho_torch.outputs import ProductInfo
     from ptycho_torch.pipeline import Reconstruction
-    from ptycho_torch.plan import ReconstructOptions
+    from ptycho_torch.plan import ReconstructOptions, RefineIterations
 
 logger = logging.getLogger(__name__)
+
+
+def refine_iterations(text: str) -> RefineIterations:
+    """``--refine``'s value: a whole number of iterations, or ``auto`` (the options check the range)."""
+    from ptycho_torch.refinement import AUTO
+
+    if text.strip().casefold() == AUTO:
+        return AUTO
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of iterations or {AUTO!r} (until the data fit "
+                                         f"stops improving), got {text!r}") from None
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -69,13 +86,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunk-size", type=int, default=RunnerSettings.chunk_size,
                         help=f"groups per request to --server (default {RunnerSettings.chunk_size}: 4 MiB at N=64)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar for --server")
-    parser.add_argument("--refine", type=int, default=0, metavar="N",
-                        help="N iterations of known-probe object refinement after the network, with the scan's "
-                             "probe (default 0: the network's result as it is)")
+    parser.add_argument("--refine", type=refine_iterations, default=0, metavar="N|auto",
+                        help="N iterations of refinement against the measured patterns after the network, with the "
+                             "scan's probe, or 'auto': until the data fit stops improving (default 0: the network's "
+                             "result as it is)")
     parser.add_argument("--refine-algorithm", choices=values(RefineAlgorithm), default=RefineAlgorithm.ER.value,
-                        help="refinement update: 'er' (whole scan at once, default) or 'rpie' (mini-batches)")
+                        help="refinement update: 'er' (whole scan at once, default), 'rpie' (mini-batches) or "
+                             "'mpie' (rPIE with momentum)")
     parser.add_argument("--refine-start", choices=values(RefineStart), default=RefineStart.NETWORK.value,
                         help="refine the network's object (default) or start from a flat object without the network")
+    parser.add_argument("--refine-probe", action="store_true",
+                        help="refine the probe with the object (needs --refine); the products carry the refined probe")
+    parser.add_argument("--refine-positions", action="store_true",
+                        help="correct the scan positions with the object (needs --refine); the products carry them")
     parser.add_argument("--token-file", type=Path, default=None, help="bearer token for --server (a file)")
     parser.add_argument("--timeout", type=float, default=RunnerSettings.timeout_s,
                         help="HTTP timeout in seconds for --server")
@@ -94,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         logger.info("running %s", loaded.description)
         result = reconstruct(loaded.runner, scan.diff3d, scan.positions, probe=scan.probeGuess, options=options)
     logger.info("timings (s): %s", ", ".join(f"{stage} {seconds:.3f}" for stage, seconds in result.timings.items()))
+    _log_refinement(result)
     _log_data_fit(result)
     stitch = {"coverage": result.coverage, "origin": result.origin}
     paths = save_outputs(result.amplitude, result.phase, stitch, args.out,
@@ -126,7 +150,18 @@ def _options(args: argparse.Namespace, pixel_size_m: float | None) -> Reconstruc
 
     return ReconstructOptions(scale_policy=args.scale_policy, stitch_M=args.stitch_m, seed=args.seed,
                               pixel_size_m=pixel_size_m, refine_iterations=args.refine,
-                              refine_algorithm=args.refine_algorithm, refine_start=args.refine_start)
+                              refine_algorithm=args.refine_algorithm, refine_start=args.refine_start,
+                              refine_probe=args.refine_probe, refine_positions=args.refine_positions)
+
+
+def _log_refinement(result: Reconstruction) -> None:
+    from ptycho_torch.pipeline import describe_refinement
+
+    if result.refinement is None:
+        return
+    logger.info("%s", describe_refinement(result.refinement))
+    for warning in result.refinement["warnings"]:
+        logger.warning("%s", warning)
 
 
 def _log_data_fit(result: Reconstruction) -> None:
@@ -144,9 +179,11 @@ def _product_info(args: argparse.Namespace, scan: RawData, loaded: LoadedRunner,
 
     extra = {"scale": result.scale, "scale_policy": result.scale_policy,
              "refine_iterations": (result.refinement or {}).get("iterations", 0)}
-    return ProductInfo(pixel_size_m=result.pixel_size_m, probe=scan.probeGuess, positions=scan.positions,
+    return ProductInfo(pixel_size_m=result.pixel_size_m,
+                       probe=scan.probeGuess if result.probe is None else result.probe,
+                       positions=scan.positions if result.positions is None else result.positions,
                        model=loaded.label, model_version=loaded.runner.model.version, source=str(args.data),
-                       extra=extra, data_fit=result.data_fit)
+                       extra=extra, data_fit=result.data_fit, refinement=result.refinement)
 
 
 def _require_patch_size(args: argparse.Namespace, scan: RawData, N: int) -> None:

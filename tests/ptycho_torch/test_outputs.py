@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import h5py
@@ -69,6 +71,31 @@ def test_tiff_and_npz_hold_the_same_images_with_the_calibration(product) -> None
         assert npz["pixel_size_m"] == PIXEL
     for kind in ("amplitude_png", "phase_png"):
         assert paths[kind].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_npz_holds_the_probe_and_positions_and_the_cxi_says_whether_they_were_refined(
+        product, tmp_path: Path) -> None:
+    paths, want = product
+    info = want["info"]
+    with np.load(paths["npz"]) as npz:
+        np.testing.assert_array_equal(npz["probe"], info.probe)
+        np.testing.assert_array_equal(npz["positions"], info.positions)
+    with h5py.File(paths["cxi"]) as f:  # no refinement: the scan's own probe and positions
+        assert not f["entry_1/image_2/data"].attrs["refined"] and not f["entry_1/image_1/positions_px"].attrs["refined"]
+        assert "refinement" not in f["entry_1/process_1"]
+    refinement = {"iterations": 40, "stop_reason": "converged", "stopped": "the data fit stopped improving",
+                  "refine_probe": True, "refine_positions": False, "warnings": [],
+                  "position_correction_px": {"rms": 0.5, "max": 1.5}}
+    refined = dataclasses.replace(info, probe=info.probe[0], refinement=refinement)
+    paths = save_outputs(want["amplitude"], want["phase"], None, tmp_path / "refined", info=refined)
+    with h5py.File(paths["cxi"]) as f:
+        assert f["entry_1/image_2/data"].shape == (1, 16, 16) and f["entry_1/image_2/data"].attrs["refined"]
+        assert not f["entry_1/image_1/positions_px"].attrs["refined"]
+        written = f["entry_1/process_1/refinement"]
+        assert written["iterations"][()] == 40 and json.loads(written["stop_reason"][()]) == "converged"
+        assert json.loads(written["position_correction_px"][()]) == {"rms": 0.5, "max": 1.5}
+    with np.load(paths["npz"]) as npz:
+        assert npz["probe"].shape == (1, 16, 16) and npz["probe"].dtype == np.complex64
 
 
 def test_without_a_pixel_size_the_product_says_nothing_physical(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from ptycho_torch.data import load_scan, spatial_split
 from ptycho_torch.pipeline import reconstruct
+from ptycho_torch.plan import ReconstructOptions
 from ptychopinn.cli import main as cli_main
 from serving.app import create_app
 from serving.config import Limits
@@ -200,6 +201,49 @@ def test_refine_keeps_the_data_fit_in_the_cxi(engine: Engine, held_out, tmp_path
         assert float(fit["nll_median"][()]) == pytest.approx(np.median(fit["nll"][()]), rel=1e-5)
         assert len(json.loads(fit["iterations"][()])) == 4  # the network's object and 3 iterations
         assert int(cxi["entry_1/process_1/refine_iterations"][()]) == 3
+
+
+def test_the_refined_probe_and_positions_reach_the_npz_and_the_cxi(engine: Engine, held_out, tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    import json
+    import logging
+
+    path, test = held_out
+    flags = ["--refine", "12", "--refine-start", "flat", "--refine-probe", "--refine-positions"]  # positions move
+    with caplog.at_level(logging.INFO):
+        code = cli_main(["reconstruct", "--model", str(engine.bundle.root), "--data", str(path), *flags,
+                         "--out", str(tmp_path / "out")])
+    assert code == 0
+    local = reconstruct(engine, test.diff3d, test.positions, probe=test.probeGuess, options=ReconstructOptions(
+        refine_iterations=12, refine_start="flat", refine_probe=True, refine_positions=True))
+    assert not np.allclose(local.probe.reshape(test.probeGuess.shape), test.probeGuess)  # refined, not passed on
+    assert np.abs(local.positions - test.positions).max() > 0.01
+    with np.load(tmp_path / "out" / "reconstruction.npz") as npz:
+        np.testing.assert_allclose(npz["probe"], local.probe, rtol=1e-5, atol=1e-6 * np.abs(local.probe).max())
+        np.testing.assert_allclose(npz["positions"], local.positions, atol=1e-6)
+    with h5py.File(tmp_path / "out" / "reconstruction.cxi") as cxi:
+        probe, positions = cxi["entry_1/image_2/data"], cxi["entry_1/image_1/positions_px"]
+        np.testing.assert_allclose(probe[()], local.probe, rtol=1e-5, atol=1e-6 * np.abs(local.probe).max())
+        np.testing.assert_allclose(positions[()], local.positions, atol=1e-6)
+        assert probe.attrs["refined"] and positions.attrs["refined"]
+        refinement = cxi["entry_1/process_1/refinement"]
+        assert json.loads(refinement["stop_reason"][()]) == "iterations" and int(refinement["iterations"][()]) == 12
+        assert json.loads(refinement["position_correction_px"][()]) == pytest.approx(
+            local.refinement["position_correction_px"], abs=1e-6)
+    assert "refinement (er from the flat object): 12 iterations, stopped (iterations): completed" in caplog.text
+    assert "positions corrected by" in caplog.text and "data fit: Poisson NLL per pixel median" in caplog.text
+
+
+@pytest.mark.parametrize(("value", "message"), [("autoo", "must be a whole number of iterations or 'auto'"),
+                                                ("1001", "`refine_iterations` must be at most 1000")])
+def test_a_bad_refine_value_is_one_line(tiny_scan: Path, tmp_path: Path, capsys, value: str, message: str) -> None:
+    try:
+        code = cli_main(["reconstruct", "--model", str(tmp_path / "m"), "--data", str(tiny_scan), "--refine", value,
+                         "--out", str(tmp_path / "o")])
+    except SystemExit as exit_:  # argparse refuses what is no number
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err, err
 
 
 def test_a_model_that_is_no_source_names_what_model_accepts(tiny_scan: Path, tmp_path: Path, capsys) -> None:
