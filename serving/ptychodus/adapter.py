@@ -13,8 +13,11 @@ Into the project (``scan_from_input``):
 - the probe modes ``(P, N, N)`` (OPR mode 0), and the object pixel size.
 
 Back to Ptychodus (:class:`ObjectGrid`): the stitched canvas is pasted onto the input object's own
-pixel grid (same shape, pixel size and centre; uncovered pixels are 0); metadata, probe and
-positions are passed through unchanged.
+pixel grid (same shape, pixel size and centre; uncovered pixels are 0); metadata is passed through
+unchanged, and so are the probe and positions unless the refinement refined them: a refined probe
+replaces the probe without OPR (mode 0 of the OPR axis, what went in), and a corrected position moves
+its probe position by the correction in pixels times the object pixel size (the map into pixels is
+linear), keeping its index and photon count.
 """
 
 from __future__ import annotations
@@ -22,22 +25,26 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from ptychodus.api.object import Object
 from ptychodus.api.preprocess.diffraction import inpaint_bad_pixels
+from ptychodus.api.probe import ProbeSequence
+from ptychodus.api.probe_positions import ProbePosition, ProbePositionSequence
 from ptychodus.api.product import LossValue, Product
 from ptychodus.api.reconstruct import ReconstructInput, ReconstructOutput
 
 from ptycho_torch.data import RawData, counts_to_amplitude
 from ptycho_torch.errors import ConfigError, DataContractError
+from ptycho_torch.pipeline import describe_refinement, refinement_summary
 from ptycho_torch.pixel_size import METADATA_KEY as PIXEL_SIZE_KEY, check_pixel_size
 from ptycho_torch.plan import ReconstructOptions
 from ptycho_torch.refinement import refine_stitched
 
-__all__ = ["ObjectGrid", "Scan", "check_model_geometry", "raw_data_from_input", "refine_outputs",
-           "scan_from_input"]
+__all__ = ["ObjectGrid", "Scan", "check_model_geometry", "moved_positions", "raw_data_from_input", "refine_outputs",
+           "refined_probes", "scan_from_input"]
 
 log = logging.getLogger(__name__)
 
@@ -193,29 +200,65 @@ class ObjectGrid:
         return array, self._coverage
 
     def product(self, array: npt.NDArray[np.complexfloating] | None = None,
-                losses: list[LossValue] | None = None) -> Product:
+                losses: list[LossValue] | None = None, *, probe: npt.NDArray[np.complexfloating] | None = None,
+                shift_px: npt.NDArray[np.floating] | None = None) -> Product:
         """The input product with its object replaced by the merged results, or by ``array`` (same
-        grid, pixel size and centre), and ``losses``; metadata, probe and positions unchanged."""
+        grid, pixel size and centre), and ``losses``; metadata unchanged. ``probe`` ``(P, N, N)``: a
+        refined probe (:func:`refined_probes`); ``shift_px`` ``(S, 2)`` ``[dx, dy]`` object pixels: position
+        corrections (:func:`moved_positions`); None: the input's probe and positions, unchanged."""
         product = self._parameters.product
         obj = product.object_
         if obj.num_layers > 1:
             log.warning("the input object has %d layers; PtychoPINN reconstructs one thin layer", obj.num_layers)
         merged = self.canvas()[0] if array is None else array
+        pixels = obj.get_pixel_geometry()
         return Product(
             metadata=product.metadata,
-            probe_positions=product.probe_positions,
-            probes=product.probes,
-            object_=Object(merged.astype(obj.get_array().dtype), obj.get_pixel_geometry(), obj.get_center()),
+            probe_positions=(product.probe_positions if shift_px is None else
+                             moved_positions(product.probe_positions, shift_px, pixels.width_m, pixels.height_m)),
+            probes=product.probes if probe is None else refined_probes(product.probes, probe),
+            object_=Object(merged.astype(obj.get_array().dtype), pixels, obj.get_center()),
             losses=losses or [],
         )
+
+
+def refined_probes(probes: ProbeSequence, modes: npt.NDArray[np.complexfloating]) -> ProbeSequence:
+    """``probes`` with the probe that went into the refinement (OPR mode 0, its incoherent modes) replaced
+    by the refined ``modes`` ``(P, N, N)``, in the input's dtype and pixel geometry; the OPR weights and
+    modes are kept when the incoherent mode count is unchanged, else dropped (with a log line)."""
+    array = probes.get_array()  # (OPR modes, incoherent modes, N, N)
+    refined = np.asarray(modes).astype(array.dtype)
+    if refined.shape == array.shape[1:]:
+        replaced = array.copy()
+        replaced[0] = refined
+        return ProbeSequence(replaced, probes.get_opr_weights_or_none(), probes.get_pixel_geometry())
+    if array.shape[0] > 1:
+        log.warning("the refined probe has %d incoherent modes, the input %d: its OPR modes are dropped",
+                    len(refined), array.shape[1])
+    return ProbeSequence(refined, None, probes.get_pixel_geometry())
+
+
+def moved_positions(positions: ProbePositionSequence, shift_px: npt.NDArray[np.floating], pixel_width_m: float,
+                    pixel_height_m: float) -> ProbePositionSequence:
+    """``positions`` (metres) moved by ``shift_px`` ``(S, 2)`` ``[dx, dy]`` object pixels of
+    ``pixel_width_m`` x ``pixel_height_m`` (Ptychodus' metres -> pixels map is linear, so a shift in
+    pixels is the shift in metres over the pixel size); indexes and photon counts kept."""
+    shift = np.asarray(shift_px, np.float64)
+    x_m = positions.get_coordinates_x_m() + shift[:, 0] * pixel_width_m
+    y_m = positions.get_coordinates_y_m() + shift[:, 1] * pixel_height_m
+    counts = positions.get_probe_photon_counts()
+    return ProbePositionSequence([
+        ProbePosition(int(index), float(x), float(y), None if counts is None else float(counts[k]))
+        for k, (index, x, y) in enumerate(zip(positions.get_indexes(), x_m, y_m, strict=True))])
 
 
 def refine_outputs(grid: ObjectGrid, scan: Scan, options: ReconstructOptions, *, progress: int
                    ) -> Iterator[ReconstructOutput]:
     """Refine the grid's object (or a flat one, as ``options.refine_start`` says) against the scan with its
     probe, in this process, as ``options`` ask (:meth:`~ptycho_torch.plan.ReconstructOptions.refinement`);
-    one output per iteration (progress ``progress + iteration``) whose losses are the median Poisson NLL
-    per pixel after each iteration (Ptychodus plots them). Closing the generator stops it."""
+    one output per iteration (progress ``progress + iteration``) whose losses are the amplitude error
+    after each iteration (Ptychodus plots them), carrying the refined probe and the corrected positions
+    when ``refine_probe`` and ``refine_positions`` ask for them. Closing the generator stops it."""
     settings = options.refinement()
     if settings is None:
         return
@@ -226,12 +269,22 @@ def refine_outputs(grid: ObjectGrid, scan: Scan, options: ReconstructOptions, *,
         state = step.state
         if state.iteration == 0:
             continue
-        losses = [LossValue(epoch=i, value=entry["nll_median"]) for i, entry in enumerate(state.history)]
-        log.info("refinement iteration %d/%d: median NLL %.4g", state.iteration, settings.iterations,
-                 state.history[-1]["nll_median"])
-        yield ReconstructOutput(grid.product(step.canvas, losses), progress=progress + state.iteration)
-        if state.stopped:
-            log.warning("refinement stopped: %s", state.stopped)
+        losses = [LossValue(epoch=i, value=entry["amplitude_error"]) for i, entry in enumerate(state.history)]
+        log.info("refinement iteration %d/%s: amplitude error %.4g", state.iteration, settings.iterations,
+                 state.history[-1]["amplitude_error"])
+        if state.stop_reason is not None:  # the last state
+            _log_stop(refinement_summary(settings, options.refine_start, step, scan.positions), state.history[-1])
+        product = grid.product(step.canvas, losses, probe=state.probe if settings.refine_probe else None,
+                               shift_px=state.positions - scan.positions if settings.refine_positions else None)
+        yield ReconstructOutput(product, progress=progress + state.iteration)
+
+
+def _log_stop(summary: dict[str, Any], final: dict[str, Any]) -> None:
+    """Why the refinement stopped, its final data fit and its warnings, in Ptychodus' log."""
+    log.info("%s; final data fit: median Poisson NLL per pixel %.4g, R-factor %.3f", describe_refinement(summary),
+             final["nll_median"], final["r_factor_median"])
+    for warning in summary["warnings"]:
+        log.warning("%s", warning)
 
 
 def raw_data_from_input(parameters: ReconstructInput) -> RawData:

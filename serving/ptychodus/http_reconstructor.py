@@ -12,15 +12,16 @@ model batches sent to the server's Open Inference Protocol ``infer`` endpoint an
 scale; chunks are merged on the object grid by their coverage weights and neighbour groups are drawn
 within a chunk. After every chunk the object so far is yielded, so Ptychodus can stop between chunks.
 
-With ``RefineIterations`` > 0 the object is then refined against the scan with its probe in this
-process (numpy, :func:`~serving.ptychodus.adapter.refine_outputs`), one progress step and one chance
-to stop per iteration; ``RefineStart`` flat skips the server altogether.
+With ``RefineIterations`` (a number, or ``auto``: until the data fit stops improving) the object is then
+refined against the scan with its probe in this process (numpy,
+:func:`~serving.ptychodus.adapter.refine_outputs`), one progress step and one chance to stop per
+iteration, with the probe (``RefineProbe``) and the positions (``RefinePositions``) when asked;
+``RefineStart`` flat skips the server altogether.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 from collections.abc import Generator, Iterator
 
@@ -55,7 +56,7 @@ class HttpReconstructor(Reconstructor):
         return "HTTP"
 
     def get_progress_goal(self) -> int:
-        return self._chunks + int(self._settings.refine_iterations.get_value())
+        return self._chunks + self._settings.refine_steps()
 
     def _client(self) -> tuple[Client, str]:
         url = self._settings.server_url.get_value().strip()
@@ -101,7 +102,7 @@ class HttpReconstructor(Reconstructor):
                                  pixel_size_m=model.pixel_size_m)
             # the pipeline's scale rule on the whole scan (the model's bad pixels inpainted, glitch frames left
             # out), sent with every chunk; refinement runs here, on the grid
-            plan = resolve(model, dataclasses.replace(options, refine_iterations=0))
+            plan = resolve(model, options.network_only())
             scale = plan.network_scale(plan.prepare(scan.amplitudes, scan.positions))
             if model.gridsize == 1:
                 return (yield from self._stream(client, name, scan, scale, parameters))

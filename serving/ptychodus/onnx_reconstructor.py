@@ -9,7 +9,6 @@ loads the new bundle. Errors are also logged, so they appear in Ptychodus' log p
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import shutil
 import tempfile
@@ -60,7 +59,7 @@ class OnnxReconstructor(TrainableReconstructor):
         (the epochs, then the export)."""
         if self._training_goal is not None:
             return self._training_goal
-        return 1 + int(self._settings.refine_iterations.get_value())
+        return 1 + self._settings.refine_steps()
 
     def _bundle_path(self) -> Path:
         path = self._settings.bundle()
@@ -83,8 +82,9 @@ class OnnxReconstructor(TrainableReconstructor):
         return self._engine
 
     def reconstruct(self, parameters: ReconstructInput) -> Iterator[ReconstructOutput]:
-        """The network's object (progress 1), then with ``RefineIterations`` > 0 one refined object per
-        iteration (``RefineStart`` flat skips the network). Errors are also logged (Ptychodus' log panel)."""
+        """The network's object (progress 1), then with ``RefineIterations`` (a number or ``auto``) one refined
+        object per iteration, with the refined probe and positions when ``RefineProbe``/``RefinePositions`` ask
+        (``RefineStart`` flat skips the network). Errors are also logged (Ptychodus' log panel)."""
         self._training_goal = None
         return reported(self._reconstruct(parameters), "Reconstruction")
 
@@ -97,20 +97,20 @@ class OnnxReconstructor(TrainableReconstructor):
         yield from refine_outputs(grid, scan, options, progress=1)
 
     def _network(self, scan: Scan, grid: ObjectGrid, options: ReconstructOptions) -> ReconstructOutput:
-        """The network's object on ``grid``, its data fit (median NLL) as the loss of iteration 0."""
+        """The network's object on ``grid``, its amplitude error (the refinement's loss) as the loss of iteration 0."""
         engine = self.engine()
         bundle: Bundle = engine.bundle
         check_model_geometry(scan, N=bundle.N, gridsize=bundle.gridsize, model=f"{bundle.name} v{bundle.version}",
                              pixel_size_m=bundle.pixel_size_m)
-        network_only = dataclasses.replace(options, refine_iterations=0)  # refinement runs on Ptychodus' grid
-        result = reconstruct(engine, scan.amplitudes, scan.positions, probe=scan.probe, options=network_only)
+        result = reconstruct(engine, scan.amplitudes, scan.positions, probe=scan.probe,
+                             options=options.network_only())  # refinement runs on Ptychodus' grid
         log.info("reconstructed %d patterns in %.2f s (scale %.4g, %s policy, probe differs from the training "
                  "probe by %.0f%%)", result.n_patterns, result.timings["total"], result.scale, result.scale_policy,
                  100 * (result.probe_difference or 0.0))
         grid.add(result.amplitude, result.phase, result.coverage, result.origin)
         fit = result.data_fit
-        return ReconstructOutput(grid.product(losses=[LossValue(epoch=0, value=fit["nll_median"])] if fit else None),
-                                 progress=1)
+        losses = [LossValue(epoch=0, value=fit["iterations"][0]["amplitude_error"])] if fit else None
+        return ReconstructOutput(grid.product(losses=losses), progress=1)
 
     # --- trainable -------------------------------------------------------------------------------
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from ptychodus.controller.data import FileDialogFactory
 from ptychodus.controller.parameters import ParameterViewBuilder
 from ptychodus.controller.processing import ReconstructorViewControllerFactory
+from PyQt5.QtCore import QRegularExpression
+from PyQt5.QtGui import QRegularExpressionValidator
 from PyQt5.QtWidgets import QWidget
 
 from ptycho_torch.choices import NAMED_SCALE_POLICIES
@@ -17,6 +19,8 @@ from serving.ptychodus.settings import BUNDLE_FILE_FILTER, REFINE_ALGORITHMS, RE
 
 __all__ = ["PtychoPINNServeViewControllerFactory"]
 
+ITERATIONS_PATTERN = "[0-9]{1,4}|[Aa][Uu][Tt][Oo]"
+"""What the Iterations box takes while typing: a number or auto (the settings check the range)."""
 SCALE_TIP = "scan: normalise by this scan's own patterns; bundle: by the value measured on the training data"
 
 
@@ -61,11 +65,17 @@ class PtychoPINNServeViewControllerFactory(ReconstructorViewControllerFactory):
         builder.add_combo_box(settings.scale_policy, NAMED_SCALE_POLICIES, "Scale Policy:", tool_tip=SCALE_TIP,
                               group="Normalisation")
         refinement = "Physics Refinement"
-        builder.add_spin_box(settings.refine_iterations, "Iterations:", group=refinement,
-                             tool_tip="known-probe refinement after the network, with the scan's probe (0: none); "
-                                      "the data fit per iteration is shown as the losses")
+        builder.add_line_edit(settings.refine_iterations, "Iterations:", group=refinement,
+                              validator=QRegularExpressionValidator(QRegularExpression(ITERATIONS_PATTERN)),
+                              tool_tip="refinement after the network, with the scan's probe: a number of iterations "
+                                       "(0: none) or auto (until the data fit stops improving); the amplitude error "
+                                       "per iteration is shown as the losses")
         builder.add_combo_box(settings.refine_algorithm, REFINE_ALGORITHMS, "Algorithm:", group=refinement,
-                              tool_tip="er: whole scan per update (fast); rpie: mini-batches")
+                              tool_tip="er: whole scan per update (fast); rpie: mini-batches; mpie: rpie with momentum")
         builder.add_combo_box(settings.refine_start, REFINE_STARTS, "Start:", group=refinement,
                               tool_tip="network: refine the network's object; flat: skip the network")
+        builder.add_check_box(settings.refine_probe, "Refine Probe", group=refinement,
+                              tool_tip="refine the probe with the object; the product gets the refined probe")
+        builder.add_check_box(settings.refine_positions, "Refine Positions", group=refinement,
+                              tool_tip="correct the scan positions with the object; the product gets them")
         return builder.build_widget()

@@ -11,11 +11,12 @@ from ptychodus.api.settings import SettingsRegistry
 
 from ptycho_torch.choices import NAMED_SCALE_POLICIES, RefineAlgorithm, RefineStart, ScalePolicy, parse, values
 from ptycho_torch.errors import ConfigError, InvalidInput
-from ptycho_torch.plan import MAX_REFINE_ITERATIONS, ReconstructOptions
+from ptycho_torch.plan import MAX_REFINE_ITERATIONS, ReconstructOptions, RefineIterations
+from ptycho_torch.refinement import AUTO
 from serving.cli import DEFAULT_BUNDLE
 
-__all__ = ["BUNDLE_FILE_FILTER", "GROUP", "REFINE_ALGORITHMS", "REFINE_STARTS", 
-           "PtychoPINNServeSettings", "bundle_location"]
+__all__ = ["BUNDLE_FILE_FILTER", "GROUP", "REFINE_ALGORITHMS", "REFINE_STARTS", "PtychoPINNServeSettings",
+           "bundle_location"]
 
 E = TypeVar("E", bound=StrEnum)
 
@@ -58,14 +59,18 @@ class PtychoPINNServeSettings:
         self.chunk_size = group.create_integer_parameter("ChunkSize", 256, minimum=1)
         """Patterns per request; one progress step (and one chance to stop) per chunk."""
         # physics refinement after the network (both reconstructors; runs in this process, numpy only)
-        self.refine_iterations = group.create_integer_parameter("RefineIterations", 0, minimum=0,
-                                                                maximum=MAX_REFINE_ITERATIONS)
-        """Known-probe refinement iterations against the measured patterns after the network (0: none);
-        one progress step and one chance to stop per iteration, the data fit shown as the losses."""
+        self.refine_iterations = group.create_string_parameter("RefineIterations", "0")
+        """Refinement iterations against the measured patterns after the network: a whole number (0: none,
+        at most :data:`MAX_REFINE_ITERATIONS`) or ``auto`` (until the data fit stops improving); one progress
+        step and one chance to stop per iteration, the amplitude error shown as the losses."""
         self.refine_algorithm = group.create_string_parameter("RefineAlgorithm", RefineAlgorithm.ER.value)
-        """``er`` (whole scan per update) or ``rpie`` (mini-batches)."""
+        """``er`` (whole scan per update), ``rpie`` (mini-batches) or ``mpie`` (rPIE with momentum)."""
         self.refine_start = group.create_string_parameter("RefineStart", RefineStart.NETWORK.value)
         """``network`` (refine the network's object) or ``flat`` (skip the network: a scan it was not trained for)."""
+        self.refine_probe = group.create_boolean_parameter("RefineProbe", False)
+        """Refine the probe with the object; the product returned carries the refined probe."""
+        self.refine_positions = group.create_boolean_parameter("RefinePositions", False)
+        """Correct the scan positions with the object; the product returned carries the corrected positions."""
         # training (ONNX reconstructor's Train button / `ptychodus -b train`)
         self.train_epochs = group.create_integer_parameter("TrainEpochs", 20, minimum=1)
         self.train_batch_size = group.create_integer_parameter("TrainBatchSize", 16, minimum=1)
@@ -76,12 +81,37 @@ class PtychoPINNServeSettings:
         reconstructors resolve their plan from them); raises :class:`ConfigError` naming the setting."""
         policy = _choice(self.scale_policy, "ScalePolicy", ScalePolicy, NAMED_SCALE_POLICIES)
         try:
-            return ReconstructOptions(scale_policy=policy, refine_iterations=int(self.refine_iterations.get_value()),
+            return ReconstructOptions(scale_policy=policy, refine_iterations=self.iterations(),
                                       refine_algorithm=_choice(self.refine_algorithm, "RefineAlgorithm",
                                                                RefineAlgorithm),
-                                      refine_start=_choice(self.refine_start, "RefineStart", RefineStart))
+                                      refine_start=_choice(self.refine_start, "RefineStart", RefineStart),
+                                      refine_probe=self.refine_probe.get_value(),
+                                      refine_positions=self.refine_positions.get_value())
         except InvalidInput as error:
-            raise ConfigError(f"`[{GROUP}]` settings: {error} (RefineIterations, RefineStart)") from None
+            raise ConfigError(f"`[{GROUP}]` settings: {error} (RefineIterations, RefineStart, RefineProbe, "
+                              "RefinePositions)") from None
+
+    def iterations(self) -> RefineIterations:
+        """``RefineIterations`` as the option ``refine_iterations``: a whole number or ``auto``; raises
+        :class:`ConfigError` for anything else (the options check the range)."""
+        value = str(self.refine_iterations.get_value()).strip().casefold()
+        if value == AUTO:
+            return AUTO
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"`[{GROUP}] RefineIterations` must be a whole number of iterations in "
+                              f"[0, {MAX_REFINE_ITERATIONS}] or {AUTO!r} (until the data fit stops improving), "
+                              f"got {value!r}") from None
+
+    def refine_steps(self) -> int:
+        """Progress steps the refinement may take: its iterations, the cap of ``auto`` (it usually stops
+        sooner); 0 when none is asked for or the settings are wrong (reconstructing says how)."""
+        try:
+            refinement = self.options().refinement()
+        except ConfigError:
+            return 0
+        return 0 if refinement is None else refinement.iteration_cap
 
     def bundle(self) -> Path | None:
         """The configured bundle (``.zip`` or folder), or None when set to nothing."""

@@ -136,15 +136,15 @@ def test_refinement_iterations_are_progress_steps_with_the_data_fit_as_losses(
         oracle: OracleScan, oracle_zip: Path, settings: PtychoPINNServeSettings) -> None:
     parameters = prepare_reconstruct_input(oracle.data, oracle.product)
     settings.bundle_path.set_value(oracle_zip)
-    settings.refine_iterations.set_value(4)
+    settings.refine_iterations.set_value("4")
     reconstructor = OnnxReconstructor(settings)
     assert reconstructor.get_progress_goal() == 5
     outputs = list(reconstructor.reconstruct(parameters))
     assert [o.progress for o in outputs] == [1, 2, 3, 4, 5]
     _check_oracle(outputs[0].product.object_.get_layer(0), oracle)  # the network's object comes first
     losses = [[loss.value for loss in o.product.losses] for o in outputs]
-    assert [len(values) for values in losses] == [1, 1, 2, 3, 5]  # the network's fit, then one per iteration
-    assert losses[-1][-1] < 0.5 * losses[-1][0]  # refinement explains the patterns far better
+    assert [len(values) for values in losses] == [1, 1, 2, 3, 5]  # the network's, then one per iteration
+    assert losses[-1][-1] < 0.5 * losses[-1][0]  # refinement explains the patterns far better (amplitude error)
     refined = outputs[-1].product.object_
     assert refined.get_geometry() == oracle.product.object_.get_geometry()
     assert not np.allclose(refined.get_layer(0), outputs[0].product.object_.get_layer(0))
@@ -162,7 +162,7 @@ def test_http_refines_after_the_chunks_and_a_flat_start_skips_the_server(
     settings.server_model.set_value("oracle")
     settings.api_token.set_value("s3cret")
     settings.chunk_size.set_value(10)
-    settings.refine_iterations.set_value(2)
+    settings.refine_iterations.set_value("2")
     reconstructor = HttpReconstructor(settings)
     assert [o.progress for o in reconstructor.reconstruct(parameters)] == [1, 2, 3, 4, 5, 6]
     assert reconstructor.get_progress_goal() == 6
@@ -194,7 +194,10 @@ def test_http_leaves_glitch_frames_out_of_the_scale_like_the_pipeline(
 
 
 @pytest.mark.parametrize(("name", "value", "message"), [
-    ("refine_algorithm", "dm", r"`\[PtychoPINNServe\] RefineAlgorithm` must be one of \['er', 'rpie'\]"),
+    ("refine_algorithm", "dm", r"`\[PtychoPINNServe\] RefineAlgorithm` must be one of \['er', 'rpie', 'mpie'\]"),
+    ("refine_iterations", "autoo", r"`\[PtychoPINNServe\] RefineIterations` must be a whole number of iterations in "
+                                   r"\[0, 1000\] or 'auto' \(until the data fit stops improving\), got 'autoo'$"),
+    ("refine_iterations", "1001", r"`\[PtychoPINNServe\]` settings: `refine_iterations` must be at most 1000"),
     ("refine_start", "truth", r"`\[PtychoPINNServe\] RefineStart` must be one of \['network', 'flat'\], got 'truth'"),
     ("scale_policy", "explicit", r"`\[PtychoPINNServe\] ScalePolicy` must be one of \['scan', 'bundle'\], got 'explicit'"),
 ])
@@ -202,7 +205,7 @@ def test_bad_refinement_settings_are_one_line_errors(settings: PtychoPINNServeSe
                                                      message: str) -> None:
     from ptycho_torch.errors import ConfigError
 
-    settings.refine_iterations.set_value(3)
+    settings.refine_iterations.set_value("3")
     getattr(settings, name).set_value(value)
     with pytest.raises(ConfigError, match=message):
         settings.options()
@@ -214,14 +217,80 @@ def test_settings_become_the_reconstruct_options_and_a_flat_start_needs_iteratio
     from ptycho_torch.errors import ConfigError
 
     settings.scale_policy.set_value(" Bundle ")
-    settings.refine_iterations.set_value(4)
+    settings.refine_iterations.set_value("4")
     settings.refine_algorithm.set_value("rpie")
     options = settings.options()
     assert (options.scale_policy, options.refine_algorithm, options.refine_start) == \
         (ScalePolicy.BUNDLE, RefineAlgorithm.RPIE, RefineStart.NETWORK)
     assert options.refinement().iterations == 4
-    settings.refine_iterations.set_value(0)
+    settings.refine_iterations.set_value("0")
     settings.refine_start.set_value("flat")
     with pytest.raises(ConfigError, match=r"`\[PtychoPINNServe\]` settings: `refine_start` 'flat' needs "
                                           r"`refine_iterations` >= 1"):
         settings.options()
+
+
+def test_auto_iterations_and_the_probe_and_position_settings_become_the_options(
+        settings: PtychoPINNServeSettings) -> None:
+    from ptycho_torch.errors import ConfigError
+    from ptycho_torch.refinement import AUTO, RefineSettings
+
+    settings.refine_iterations.set_value(" Auto ")
+    settings.refine_probe.set_value(True)
+    settings.refine_positions.set_value(True)
+    options = settings.options()
+    assert (options.refine_iterations, options.refine_probe, options.refine_positions) == (AUTO, True, True)
+    assert settings.refine_steps() == RefineSettings().max_iterations  # auto: at most the solver's cap
+    assert OnnxReconstructor(settings).get_progress_goal() == 1 + RefineSettings().max_iterations
+    settings.refine_iterations.set_value("0")
+    with pytest.raises(ConfigError, match=r"`\[PtychoPINNServe\]` settings: `refine_probe` needs `refine_iterations` "
+                                          r">= 1 or 'auto' .* \(RefineIterations, RefineStart, RefineProbe, "
+                                          r"RefinePositions\)$"):
+        settings.options()
+    assert settings.refine_steps() == 0 and OnnxReconstructor(settings).get_progress_goal() == 1
+
+
+def test_a_position_correction_moves_the_probe_position_by_pixels_times_the_pixel_size(oracle: OracleScan) -> None:
+    from ptychodus.api.probe_positions import ProbePositionSequence
+
+    from serving.ptychodus.adapter import moved_positions
+
+    given = oracle.product.probe_positions
+    geometry = oracle.product.object_.get_geometry()
+    shift = np.random.default_rng(4).uniform(-2, 2, (len(given), 2))
+    moved = moved_positions(given, shift, geometry.pixel_width_m, geometry.pixel_height_m)
+    assert isinstance(moved, ProbePositionSequence)
+    np.testing.assert_array_equal(moved.get_indexes(), given.get_indexes())  # scan indexes pair the patterns
+    for axis, to_px in ((0, geometry.map_probe_positions_to_object_x_px),
+                        (1, geometry.map_probe_positions_to_object_y_px)):
+        np.testing.assert_allclose(to_px(moved) - to_px(given), shift[:, axis], atol=1e-9)
+
+
+def test_the_refined_probe_and_positions_reach_ptychodus_product(oracle: OracleScan, engine,
+                                                                 settings: PtychoPINNServeSettings) -> None:
+    """What Ptychodus gets is what /v1/reconstruct computes for the same scan and options, in its own terms."""
+    from ptycho_torch.pipeline import reconstruct
+    from serving.ptychodus.adapter import scan_from_input
+
+    parameters = prepare_reconstruct_input(oracle.data, oracle.product)
+    for name, value in (("refine_iterations", "12"), ("refine_start", "flat"), ("refine_probe", True),
+                        ("refine_positions", True)):  # 12: enough for the positions to move
+        getattr(settings, name).set_value(value)
+    outputs = list(OnnxReconstructor(settings).reconstruct(parameters))
+    assert [o.progress for o in outputs] == list(range(2, 14))  # a flat start skips the network's step
+    scan = scan_from_input(parameters)
+    expected = reconstruct(engine, scan.amplitudes, scan.positions, probe=scan.probe, options=settings.options())
+
+    product, given = outputs[-1].product, parameters.product
+    probes = product.probes.get_array()
+    assert probes.shape == given.probes.get_array().shape == (1, 2, N, N) and probes.dtype == np.complex64
+    np.testing.assert_allclose(probes[0], expected.probe, rtol=1e-3, atol=1e-4 * np.abs(expected.probe).max())
+    assert not np.allclose(probes, given.probes.get_array())
+    assert product.probes.get_pixel_geometry() == given.probes.get_pixel_geometry()
+    geometry = product.object_.get_geometry()
+    back_px = np.column_stack([geometry.map_probe_positions_to_object_x_px(product.probe_positions),
+                               geometry.map_probe_positions_to_object_y_px(product.probe_positions)]) + 0.5
+    np.testing.assert_allclose(back_px, expected.positions, atol=1e-3)  # in Ptychodus' metres, back to pixels
+    assert np.abs(back_px - scan.positions).max() > 0.01  # and they did move
+    np.testing.assert_array_equal(product.probe_positions.get_indexes(), given.probe_positions.get_indexes())
+    assert all(o.product.probes is not given.probes for o in outputs)  # every iteration shows its own state
