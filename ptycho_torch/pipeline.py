@@ -32,6 +32,7 @@ from ptycho_torch.grouping import group_indices
 from ptycho_torch.model_facts import ModelFacts
 from ptycho_torch.plan import Plan, ProbeSource, ReconstructOptions, resolve
 from ptycho_torch.refinement import RefineSettings, StitchedRefinement, correction_warning, refine_stitched
+from ptycho_torch.refinement.solver import POSITION_START, PROBE_START
 from ptycho_torch.scan_checks import check_network_input
 from ptycho_torch.stitching import Stitcher, StitchResult, complex_patches
 
@@ -342,7 +343,18 @@ def refinement_summary(settings: RefineSettings, start: RefineStart, step: Stitc
         summary["position_correction_px"] = {"rms": float(np.sqrt(np.mean(length ** 2))), "max": float(length.max())}
         warning = correction_warning(shift)
         summary["warnings"] += [] if warning is None else [warning]
+    if state.stop_reason is not None:
+        summary["warnings"] += _too_short(settings, state.iteration)
     return summary
+
+
+def _too_short(settings: RefineSettings, iterations: int) -> list[str]:
+    """A warning per asked-for update the solver never made: it moves the probe from iteration
+    ``PROBE_START`` and the positions from ``POSITION_START`` on."""
+    return [f"`refine_{what}` had no effect: the solver updates the {what} from iteration {first} on and stopped "
+            f"after {iterations}; ask for more iterations, or 'auto'"
+            for what, first in (("probe", PROBE_START), ("positions", POSITION_START))
+            if getattr(settings, f"refine_{what}") and iterations < first]
 
 
 def describe_refinement(summary: Mapping[str, Any]) -> str:

@@ -227,6 +227,18 @@ def test_refined_positions_come_back_in_the_requests_coordinates(engine: Engine,
                                                                        abs=1e-4)
 
 
+def test_too_few_iterations_for_the_positions_say_so_instead_of_returning_them_silently(engine: Engine,
+                                                                                       scan) -> None:
+    patterns, positions, probe, _ = scan
+    result = reconstruct(engine, patterns, positions, probe=probe, options=ReconstructOptions(
+        refine_iterations=3, refine_start="flat", refine_probe=True, refine_positions=True))
+    np.testing.assert_array_equal(result.positions, positions)  # the solver moves positions later
+    assert result.refinement["position_correction_px"] == {"rms": 0.0, "max": 0.0}
+    [warning] = result.refinement["warnings"]
+    assert warning.startswith("`refine_positions` had no effect: the solver updates the positions from iteration ")
+    assert warning.endswith("and stopped after 3; ask for more iterations, or 'auto'")
+
+
 def test_auto_refines_until_converged_and_moves_wrong_positions_towards_the_truth(oracle_app_server, scan) -> None:
     patterns, positions, probe, _ = scan
     error = np.random.default_rng(5).uniform(-1, 1, positions.shape)  # a scan whose encoders are off by up to 1 px
