@@ -60,6 +60,8 @@ CORE_ONLY_IN: dict[str, frozenset[str]] = {
     "matplotlib": frozenset({"ptycho_torch.outputs"}),
     "mpl_toolkits": frozenset({"ptycho_torch.outputs"}),
     "tifffile": frozenset({"ptycho_torch.outputs"}),
+    "cupy": frozenset({"ptycho_torch.refinement.backend._cupy"}),
+    "cupyx": frozenset({"ptycho_torch.refinement.backend._cupy"}),
 }
 """Third parties only some places of the core may import: a package, a module or a function (its lazy
 imports), by dotted name (docs/architecture.md states the same)."""
