@@ -3,9 +3,11 @@
 A :class:`~ptycho_torch.stitching.TiledStitcher` holds the object (its result on the positions seen
 equals the whole-scan stitcher's). Positions are admitted before their frames are inferred: inside
 the ``bounds`` given at creation, and only while the object's bounding box and the tiles it needs
-stay under the canvas limit. Every viewer (:class:`Watch`) collects the rectangle changed since its
-last look, which the WebSocket sends as a delta. Not thread-safe: the
-:class:`~serving.sessions.session.Session` holds the lock.
+stay under the canvas limit. A session that refines shows its latest refined object over the
+network's patches (:class:`RefinedLayer`, where its round covered the canvas); patches stitched
+since show through elsewhere. Every viewer (:class:`Watch`) collects the rectangle changed since its
+last look (stitched patches or a refined layer), which the WebSocket sends as a delta. Not
+thread-safe: the :class:`~serving.sessions.session.Session` holds the lock.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from ptycho_torch.stitching import Rect, StitchResult, TiledStitcher, canvas_geo
 from serving.errors import InvalidRequest
 from serving.sessions.messages import Reasons, unflagged
 
-__all__ = ["Bounds", "StreamCanvas", "Watch", "check_bounds"]
+__all__ = ["Bounds", "RefinedLayer", "StreamCanvas", "Watch", "check_bounds"]
 
 Bounds = tuple[tuple[float, float], tuple[float, float]]
 """``((x_lo, x_hi), (y_lo, y_hi))`` object pixels."""
@@ -33,6 +35,16 @@ class Watch:
 
     dirty: Rect | None = None
     event: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(frozen=True)
+class RefinedLayer:
+    """A refined object shown over the network's patches: ``object (h, w)`` complex64 on the grid
+    rectangle ``rect`` ``(x, y, w, h)``, shown where ``shown (h, w)`` is True."""
+
+    rect: Rect
+    object: npt.NDArray[np.complex64]
+    shown: npt.NDArray[np.bool_]
 
 
 def check_bounds(bounds: Any) -> Bounds:
@@ -54,7 +66,9 @@ class StreamCanvas:
         self.stitcher = TiledStitcher(M=M, tile=tile, max_tiles=max_tiles)
         self.bounds: Bounds | None = None if bounds is None else check_bounds(bounds)
         self.version = 0
-        """Incremented by every stitched batch."""
+        """Incremented by every stitched batch and every refined layer shown."""
+        self.refined: RefinedLayer | None = None
+        """The latest refined object shown over the patches (None: the network's patches only)."""
         self._span: Bounds | None = None  # x, y range of the positions admitted
         self._tiles: set[tuple[int, int]] = set()  # tiles the admitted positions will need
         self._watches: list[Watch] = []
@@ -96,6 +110,14 @@ class StreamCanvas:
         and mark the changed rectangle for every viewer."""
         rect = self.stitcher.add(complex_patches(amplitude[:, 0], phase[:, 0]), positions)
         assert rect is not None
+        self._changed(rect)
+
+    def show_refined(self, layer: RefinedLayer) -> None:
+        """Show ``layer`` over the patches from now on (replacing the last one) and mark it for every viewer."""
+        self.refined = layer
+        self._changed(layer.rect)
+
+    def _changed(self, rect: Rect) -> None:
         self.version += 1
         for watch in self._watches:
             watch.dirty = _union(watch.dirty, rect)
@@ -129,13 +151,24 @@ class StreamCanvas:
         if rect is None:
             return None
         canvas, _ = self.stitcher.region(rect)
+        _overlay(canvas, rect, self.refined)
         (x0, y0), (H, W) = self.stitcher.geometry  # type: ignore[misc]
         header = {"x": rect[0], "y": rect[1], "offset": [rect[0] + x0, rect[1] + y0],
                   "origin": [float(x0), float(y0)], "canvas_shape": [H, W], "version": self.version}
         return rect, canvas, header
 
     def result(self) -> StitchResult | None:
-        """The object so far, as the whole-scan stitcher gives it; None before the first patch."""
+        """The object so far: the network's patches as the whole-scan stitcher gives them, the refined
+        layer over them; None before the first patch."""
+        stitched = self.network()
+        if stitched is not None:
+            x0, y0 = (int(v) for v in stitched.origin)
+            H, W = stitched.canvas.shape
+            _overlay(stitched.canvas, (-x0, -y0, W, H), self.refined)
+        return stitched
+
+    def network(self) -> StitchResult | None:
+        """The network's patches only, as the whole-scan stitcher gives them; None before the first patch."""
         return None if self.stitcher.count == 0 else self.stitcher.result()
 
     def to_json(self) -> dict[str, Any]:
@@ -158,6 +191,18 @@ def _grown(span: Bounds | None, points: npt.NDArray[np.float64]) -> Bounds:
 def _tile_set(keys: npt.NDArray[np.int64]) -> set[tuple[int, int]]:
     """The ``(tile row, tile column)`` pairs of ``keys (K, 4, 2)``."""
     return {(row, column) for row, column in keys.reshape(-1, 2).tolist()}
+
+
+def _overlay(canvas: npt.NDArray[np.complex64], rect: Rect, layer: RefinedLayer | None) -> None:
+    """Write ``layer``'s shown pixels into ``canvas`` ``(h, w)``, which holds grid rectangle ``rect``."""
+    if layer is None:
+        return
+    (x, y, w, h), (lx, ly, lw, lh) = rect, layer.rect
+    c0, c1, r0, r1 = max(x, lx), min(x + w, lx + lw), max(y, ly), min(y + h, ly + lh)
+    if c0 >= c1 or r0 >= r1:
+        return
+    shown = layer.shown[r0 - ly:r1 - ly, c0 - lx:c1 - lx]
+    canvas[r0 - y:r1 - y, c0 - x:c1 - x][shown] = layer.object[r0 - ly:r1 - ly, c0 - lx:c1 - lx][shown]
 
 
 def _union(a: Rect | None, b: Rect) -> Rect:
