@@ -264,7 +264,8 @@ def resolve(model: ModelFacts, options: ReconstructOptions | None = None, *, pro
     request sends the probe the scan was measured with. ``stream``: a live session, which sees frames
     as they are measured, so its scale cannot come from the whole scan (the policy defaults to
     ``bundle``), its patterns cannot be grouped with neighbours not measured yet (gridsize 1 only), and
-    it is not refined. Raises :class:`InvalidInput` naming the option and the fix."""
+    it refines (when asked) with the model's probe, the only one it has. Raises :class:`InvalidInput`
+    naming the option and the fix."""
     options = options or ReconstructOptions()
     if stream:
         _check_streamable(model, options)
@@ -287,11 +288,11 @@ def _check_streamable(model: ModelFacts, options: ReconstructOptions) -> None:
         raise InvalidInput(
             f"sessions stream single-pattern models (gridsize 1); model {model.name!r} has gridsize "
             f"{model.gridsize}, whose neighbour groups need the whole scan: use POST /v1/reconstruct")
-    if options.refine_iterations != 0:
+    if options.refine_iterations != 0 and model.probe is None:
         raise InvalidInput(
-            f"`refine_iterations` is not applied in a session (got {options.refine_iterations!r}): a live canvas "
-            "shows the network's patches; refine the whole scan with POST /v1/reconstruct (`refine_iterations`, "
-            "`refine_probe`, `refine_positions`) once it is measured, or leave the option out")
+            f"`refine_iterations` in a session refines with the model's probe, and model {model.name!r} has none: "
+            "refine the whole scan with POST /v1/reconstruct and its `probe` once it is measured, or leave the "
+            "option out")
 
 
 def _scale(model: ModelFacts, options: ReconstructOptions, stream: bool) -> tuple[ScalePolicy, float | None]:

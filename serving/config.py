@@ -72,9 +72,15 @@ class SessionLimits:
     max_scan_frames: int = 1_000_000
     """Largest scan index + 1 a session takes when it was not told ``expected_frames`` (bounds the
     per-index bookkeeping: 34 bytes per index up to the largest index received)."""
+    refine_workers: int = 1
+    """CPU threads each refining session's refinement uses (it runs on one thread of its own)."""
+    max_refine_bytes: int = 1 << 30
+    """Frames a refining session keeps for its refinement, in bytes (``4 N**2 + 24`` per frame: 65,536
+    frames of 64x64); its refinement rounds need about as much again while they run."""
 
     def __post_init__(self) -> None:
-        for name in ("max_sessions", "max_pending_frames", "max_canvas_tiles", "max_scan_frames"):
+        for name in ("max_sessions", "max_pending_frames", "max_canvas_tiles", "max_scan_frames", "refine_workers",
+                     "max_refine_bytes"):
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 1):
                 raise ConfigError(f"`{name}` must be a positive integer, got {value!r}")

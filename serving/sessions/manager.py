@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 _CLOSED_KEPT = 1000
 """Recently closed session ids remembered, so a late client hears why its session is gone."""
+_REFINER_JOIN_S = 10.0
+"""How long a server shutdown waits for cancelled refinements to stop (each stops at its next iteration)."""
 
 
 class SessionManager:
@@ -70,7 +72,8 @@ class SessionManager:
                                  retry_after_s=5)
             session = Session(secrets.token_hex(8), runner, options=options, expected_frames=expected_frames,
                               bounds=bounds, max_tiles=self.limits.max_canvas_tiles,
-                              max_frames=self.limits.max_scan_frames, clock=self._clock)
+                              max_frames=self.limits.max_scan_frames, refine_workers=self.limits.refine_workers,
+                              max_refine_bytes=self.limits.max_refine_bytes, clock=self._clock)
             self._sessions[session.id] = session
         log.info("session %s opened on %s v%s", session.id, session.bundle.name, session.bundle.version)
         self._start_reaper()
@@ -133,31 +136,42 @@ class SessionManager:
     # ------------------------------------------------------------------ closing
 
     async def close(self, session: Session, *, cancel: bool = False) -> Reconstruction:
-        """Close ``session`` and return its final object. Without ``cancel`` the frames already paired
-        are inferred and stitched first; with it, queued work is dropped at once."""
-        if not cancel:
-            await self._pumps.drain(session)
-        self._forget(session, "cancelled" if cancel else "deleted")
+        """Close ``session`` and return its final object. Without ``cancel`` further messages are refused,
+        the frames already paired are inferred and stitched, and a refining session runs its final
+        refinement round; with it (or when this coroutine is cancelled), queued work is dropped and the
+        refinement stopped at once."""
+        reason = "cancelled"
+        try:
+            if not cancel:
+                session.stop_intake()
+                await self._pumps.drain(session)
+                await asyncio.wrap_future(session.finish_refinement())
+                reason = "deleted"
+        finally:
+            self._forget(session, reason)
         return await run_in_threadpool(session.reconstruction)
 
     def _forget(self, session: Session, reason: str) -> None:
+        """Close ``session`` for ``reason`` and drop it from the registry (once: a session closed already,
+        e.g. by a shutdown while its close ran, keeps its first reason)."""
         session.close(reason)
         counts = session.counts()
         with self._lock:
-            if self._sessions.pop(session.id, None) is not None:
-                for key in self._closed_totals:
-                    self._closed_totals[key] += counts[key]
-            self._closed[session.id] = reason
+            if self._sessions.pop(session.id, None) is None:
+                return
+            for key in self._closed_totals:
+                self._closed_totals[key] += counts[key]
+            self._closed[session.id] = session.closed or reason
             while len(self._closed) > _CLOSED_KEPT:
                 self._closed.popitem(last=False)
         self._pumps.stop(session)
-        log.info("session %s closed (%s)", session.id, reason)
+        log.info("session %s closed (%s)", session.id, session.closed)
 
     def expire_idle(self) -> list[str]:
         """Close sessions idle for longer than ``idle_timeout_s``; returns their ids."""
         now = self._clock()
-        idle = [s for s in self.sessions()
-                if now - s.last_activity > self.limits.idle_timeout_s and not self._pumps.running(s)]
+        idle = [s for s in self.sessions()  # a closing session is finishing its last frames and refinement
+                if now - s.last_activity > self.limits.idle_timeout_s and not self._pumps.running(s) and not s.closing]
         for session in idle:
             self._forget(session, "expired")
         return [s.id for s in idle]
@@ -177,9 +191,20 @@ class SessionManager:
             self.expire_idle()
 
     async def shutdown(self) -> None:
-        """Cancel every session (server shutdown)."""
-        for session in self.sessions():
+        """Cancel every session (server shutdown) and wait (at most :data:`_REFINER_JOIN_S`) for their
+        refinement threads to stop."""
+        sessions = self.sessions()
+        for session in sessions:
             self._forget(session, "cancelled at server shutdown")
         if self._reaper is not None:
             self._reaper.cancel()
+        await run_in_threadpool(_join_refiners, sessions, _REFINER_JOIN_S)
+
+
+def _join_refiners(sessions: list[Session], timeout_s: float) -> None:
+    """Wait for the refinement threads of ``sessions`` (cancelled) to end, ``timeout_s`` in all."""
+    deadline = time.monotonic() + timeout_s
+    for session in sessions:
+        if session.refiner is not None and not session.refiner.join(max(0.0, deadline - time.monotonic())):
+            log.warning("session %s: its refinement did not stop within %.0f s", session.id, timeout_s)
 

@@ -5,7 +5,8 @@ One asyncio task per session, started when a message pairs frames and ending whe
 merge across sessions and ``/v1/reconstruct`` requests) with up to two in flight, and are stitched
 in the thread pool. A full inference queue puts the batch back at the head of the session's queue;
 a failed batch rejects its frames with the reason. Cancelling a pump cancels its queued batches
-too: the batcher drops them without computing them.
+too: the batcher drops them without computing them. A session whose plan refines from a flat object
+skips the network (as a whole-scan request does): its batches are stitched as flat patches.
 """
 
 from __future__ import annotations
@@ -79,6 +80,9 @@ async def _submit(session: Session, size: int, in_flight: list[tuple[Work, async
     """Hand batches of up to ``size`` paired frames to inference until ``_IN_FLIGHT_BATCHES`` are in flight,
     none are ready, or the inference queue is full."""
     while len(in_flight) < _IN_FLIGHT_BATCHES and (work := session.take_work(size)) is not None:
+        if not session.plan.run_network:
+            await run_in_threadpool(session.finish_work, work, work.flat_outputs())
+            continue
         try:
             future = asyncio.wrap_future(session.runner.submit(work.diffraction, work.scale))
         except Overloaded:

@@ -6,14 +6,20 @@ under one lock: the message checks (:mod:`~serving.sessions.messages`), the
 :class:`~serving.sessions.frame_table.FrameTable` (pairing by index, resends, the queue of paired
 frames), the :class:`~serving.sessions.stream_canvas.StreamCanvas` (stitching, viewers' changed
 regions) and the :class:`~serving.sessions.statistics.SessionStats` (counts, rates, latencies).
-What the session does with the frames (scale, crop, units, bad pixels) is its
+What the session does with the frames (scale, crop, units, bad pixels, refinement) is its
 :class:`~ptycho_torch.plan.Plan`, resolved once here. Paired frames are inferred by the runner the
 session was created with (the model is pinned: a later model swap on the server does not reach it).
-numpy only; thread-safe.
+
+When the plan refines, the session keeps every stitched frame (:mod:`~serving.sessions.kept_frames`)
+and its :class:`~serving.sessions.refiner.Refiner` refines them on its own thread while frames
+arrive: it takes a snapshot under the lock, runs a round without it, and hands the result back under
+the lock, where the canvas shows it to the viewers. Nothing here waits for a round: the lock is only
+ever held for bookkeeping and copies. numpy only; thread-safe.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -30,7 +36,10 @@ from ptycho_torch.plan import ReconstructOptions, resolve
 from ptycho_torch.stitching import Rect, StitchResult, TiledStitcher
 from serving.errors import InvalidRequest
 from serving.sessions.frame_table import FrameTable, Taken
+from serving.sessions.kept_frames import KeptFrames, bytes_per_frame
+from serving.sessions.live_refinement import LiveRefinement, RoundInput, RoundResult
 from serving.sessions.messages import IndexRange, PositionMessage, read_frames, read_positions
+from serving.sessions.refiner import Refiner
 from serving.sessions.statistics import SessionStats
 from serving.sessions.stream_canvas import Bounds, StreamCanvas, Watch
 
@@ -77,6 +86,11 @@ class Work:
     scale: npt.NDArray[np.float32]
     positions: npt.NDArray[np.float64]
 
+    def flat_outputs(self) -> Outputs:
+        """A flat object's patches, amplitude 1 and phase 0 ``(K, 1, N, N)``: what a plan that refines from a
+        flat start stitches instead of the network's (the canvas then marks where the frames landed)."""
+        return np.ones_like(self.diffraction), np.zeros_like(self.diffraction)
+
 
 class Session:
     """A live scan reconstructed while it is measured.
@@ -87,19 +101,36 @@ class Session:
     ``[0, max_frames)``. ``bounds``: ``((x_lo, x_hi), (y_lo, y_hi))`` object pixels that every
     position must lie in, when given. ``max_tiles``: canvas memory limit (tiles of ``tile**2`` pixels,
     24 bytes each). Malformed messages raise :class:`InvalidRequest`; bad items are rejected one by
-    one with a reason in the :class:`Receipt`.
+    one with a reason in the :class:`Receipt`. When the options refine: ``refine_workers`` CPU threads
+    refine (on one thread of the session's own), and the frames kept take at most ``max_refine_bytes``
+    (:func:`~serving.sessions.kept_frames.bytes_per_frame` each), which bounds the scan indices taken.
     """
 
     def __init__(self, session_id: str, runner: SessionRunner, *, options: ReconstructOptions | None = None,
                  expected_frames: int | None = None, bounds: Bounds | None = None, max_tiles: int = 256,
-                 tile: int = 128, max_frames: int = 1_000_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 tile: int = 128, max_frames: int = 1_000_000, refine_workers: int = 1,
+                 max_refine_bytes: int = 1 << 30, clock: Callable[[], float] = time.monotonic) -> None:
         self.plan = resolve(runner.bundle.facts, options, stream=True)
+        if self.plan.refinement is not None:
+            max_frames = _refined_frames(self.plan.N, expected_frames, max_frames, max_refine_bytes)
         self._range = IndexRange.of(expected_frames, max_frames)
         self.canvas = StreamCanvas(M=self.plan.stitch_M, tile=tile, max_tiles=max_tiles, bounds=bounds)
         self.id, self.runner, self.bundle = session_id, runner, runner.bundle
         self.closed: str | None = None
         """Why the session was closed (``deleted``, ``cancelled``, ``expired``), or None while open."""
+        self.closing = False
+        """Its close was asked for (:meth:`stop_intake`): messages are refused while it finishes."""
+        self._kept: KeptFrames | None = None
+        self._shown: RoundResult | None = None  # the refinement state the canvas shows
+        self.refiner: Refiner | None = None
+        """The session's refinement (None when its plan does not refine)."""
+        if self.plan.refinement is not None:
+            settings = dataclasses.replace(self.plan.refinement, workers=refine_workers)
+            probe = self.bundle.facts.probe
+            assert probe is not None, "resolve(stream=True) refuses refinement without the model's probe"
+            live = LiveRefinement(probe, settings, self.plan.refine_start)
+            self._kept = KeptFrames(self.plan.N, max_frames)
+            self.refiner = Refiner(live, self._round_input, self._show_round, name=session_id)
         self._table = FrameTable(self._range.limit)
         self._stats = SessionStats(self._range.limit)
         self._clock = clock
@@ -163,6 +194,8 @@ class Session:
     def _touch(self, now: float) -> None:
         if self.closed is not None:
             raise InvalidRequest(f"session {self.id} is closed ({self.closed}); create a new one")
+        if self.closing:
+            raise InvalidRequest(f"session {self.id} is closing (its close was asked for); create a new one")
         self.last_activity = now
 
     def take_work(self, max_items: int) -> Work | None:
@@ -187,6 +220,24 @@ class Session:
             self.canvas.add(*outputs, work.positions)
             self.last_activity = self._clock()
             self._stats.stitched(work.indices, self.last_activity)
+            if self._kept is not None and self.refiner is not None:
+                self._kept.add(work.indices, work.diffraction[:, 0], work.positions)
+                self.refiner.notify()
+
+    def _round_input(self) -> RoundInput | None:
+        """The refiner's snapshot: the frames kept and the network canvas of exactly those (None once closed)."""
+        with self._lock:
+            if self.closed is not None or self._kept is None or (network := self.canvas.network()) is None:
+                return None
+            return RoundInput(self._kept.snapshot(), network)
+
+    def _show_round(self, result: RoundResult) -> None:
+        """Show a refinement state on the canvas (the viewers get it as a delta) and in the results."""
+        layer = result.layer()
+        with self._lock:
+            if self.closed is None:
+                self.canvas.show_refined(layer)
+                self._shown = result
 
     def requeue(self, work: Work) -> None:
         """Put ``work`` back at the head of the queue (the inference queue was full)."""
@@ -210,17 +261,24 @@ class Session:
             return None if update is None else (update[0], update[1], {**update[2], "counts": self._count_fields()})
 
     def reconstruction(self) -> Reconstruction:
-        """The object so far, in ``/v1/reconstruct``'s form (0 x 0 arrays before the first frame lands)."""
+        """The object so far, in ``/v1/reconstruct``'s form (0 x 0 arrays before the first frame lands).
+        When the session refines: the refined object where the last round's canvas was covered, that round's
+        ``refinement`` (:meth:`RoundResult.summary`), ``data_fit``, ``probe`` and ``positions`` (rows in
+        scan-index order); after a close without ``cancel``, those of the final round."""
         with self._lock:
             stitched = self.canvas.result()
             elapsed = self._clock() - self.created
             count = self._stats.counts.reconstructed
+            shown = self._shown
         if stitched is None:  # before the first frame lands: 0 x 0 arrays
             stitched = StitchResult(canvas=np.zeros((0, 0), np.complex64), coverage=np.zeros((0, 0)), origin=(0.0, 0.0))
+        refined: dict[str, Any] = {} if shown is None else {
+            "refinement": shown.summary(), "data_fit": shown.data_fit(str(self.plan.probe_source)),
+            "probe": shown.probe(), "positions": shown.positions()}
         return Reconstruction(amplitude=stitched.amplitude, phase=stitched.phase,
                               coverage=stitched.coverage.astype(np.float32), origin=stitched.origin,
                               scale=self.scale, scale_policy=str(self.plan.scale_policy), n_patterns=count,
-                              n_groups=count, timings={"total": elapsed})
+                              n_groups=count, timings={"total": elapsed}, **refined)
 
     def counts(self) -> dict[str, int]:
         """Frames received, paired, reconstructed, pending and rejected so far."""
@@ -231,11 +289,12 @@ class Session:
         return self._stats.count_fields(self._table.pending)
 
     def status(self) -> dict[str, Any]:
-        """JSON status: counts, pending work, rejections with reasons, rates, latency, model, canvas."""
+        """JSON status: counts, pending work, rejections with reasons, rates, latency, model, canvas, refinement."""
         with self._lock:
             now, stats, table = self._clock(), self._stats, self._table
             return {
-                "session_id": self.id, "state": "open" if self.closed is None else self.closed,
+                "session_id": self.id,
+                "state": self.closed if self.closed is not None else "closing" if self.closing else "open",
                 "model": {"name": self.bundle.name, "version": str(self.bundle.version)},
                 "expected_frames": self._range.expected_frames,
                 "frames": stats.frames_json(table.waiting, table.queued, table.in_flight),
@@ -245,12 +304,55 @@ class Session:
                 "options": {"scale_policy": str(self.plan.scale_policy), "units": self.plan.units,
                             "stitch_M": self.plan.stitch_M},
                 "scale": self.scale, "age_s": now - self.created, "idle_s": now - self.last_activity,
+                "refinement": self._refinement_json(),
             }
 
+    def _refinement_json(self) -> dict[str, Any] | None:
+        """The status's ``refinement`` part (None when the plan does not refine): the refiner's progress,
+        the frames kept and their bytes, the settings, and the frames and amplitude error of the round
+        the canvas shows."""
+        if self.refiner is None or self._kept is None:
+            return None
+        settings, shown = self.refiner.live.settings, self._shown
+        return {**self.refiner.progress(), "frames_kept": len(self._kept), "kept_bytes": self._kept.nbytes,
+                "frames_shown": None if shown is None else len(shown.indices),
+                "iterations_asked": settings.iterations, "algorithm": str(settings.algorithm),
+                "start": str(self.plan.refine_start), "refine_probe": settings.refine_probe,
+                "refine_positions": settings.refine_positions,
+                "amplitude_error": None if shown is None else shown.state.history[-1]["amplitude_error"]}
+
+    def stop_intake(self) -> None:
+        """Refuse further messages (a close was asked for); frames already paired are still stitched."""
+        with self._lock:
+            self.closing = True
+
+    def finish_refinement(self) -> Future[RoundResult | None]:
+        """Run the final refinement round (the plan's settings over every frame stitched, warm-started; the
+        canvas shows it when done); the future gives it, or None when the session does not refine."""
+        if self.refiner is None:
+            done: Future[RoundResult | None] = Future()
+            done.set_result(None)
+            return done
+        return self.refiner.finish()
+
     def close(self, reason: str) -> None:
-        """Close: drop queued and waiting frames (in-flight results are discarded), wake the viewers."""
+        """Close: drop queued and waiting frames (in-flight results are discarded), stop the refinement at its
+        next iteration, wake the viewers."""
         with self._lock:
             if self.closed is None:
                 self.closed = reason
             self._table.clear()
+            if self.refiner is not None:
+                self.refiner.cancel()
             self.canvas.wake_all()
+
+
+def _refined_frames(N: int, expected_frames: int | None, max_frames: int, max_refine_bytes: int) -> int:
+    """The most frames a refining session takes: ``max_frames``, and no more than ``max_refine_bytes`` keep;
+    raises :class:`InvalidRequest` when ``expected_frames`` asks for more."""
+    most = min(max_frames, max(1, max_refine_bytes // bytes_per_frame(N)))
+    if expected_frames is not None and isinstance(expected_frames, int) and expected_frames > most:
+        raise InvalidRequest(f"`expected_frames` must be at most {most} for a session that refines: it keeps every "
+                             f"frame ({bytes_per_frame(N)} bytes each at N={N}) and this server gives it "
+                             f"{max_refine_bytes} bytes; reconstruct a larger scan with POST /v1/reconstruct")
+    return most

@@ -80,20 +80,24 @@ def test_the_probe_source_and_the_refinement() -> None:
     assert plan.refine_start == RefineStart.FLAT and not plan.run_network
 
 
-def test_a_stream_defaults_to_the_training_scale_and_refuses_what_it_cannot_do() -> None:
+def test_a_stream_defaults_to_the_training_scale_refuses_what_it_cannot_do_and_refines_with_the_models_probe(
+) -> None:
     stream = resolve(MODEL, stream=True)
     assert (stream.scale_policy, stream.scale) == (ScalePolicy.BUNDLE, 0.25)
     assert resolve(MODEL, ReconstructOptions(scale=0.5), stream=True).scale == 0.5
     for model, options, message in [
         (MODEL, ReconstructOptions(scale_policy="scan"), "`scale_policy` must be 'bundle' for a session"),
         (GROUPED, ReconstructOptions(), "sessions stream single-pattern models"),
-        (WITH_PROBE, ReconstructOptions(refine_iterations=3), "`refine_iterations` is not applied in a session"),
-        (WITH_PROBE, ReconstructOptions(refine_iterations="auto", refine_probe=True),
-         r"`refine_iterations` is not applied in a session \(got 'auto'\): .* POST /v1/reconstruct "
-         r"\(`refine_iterations`, `refine_probe`, `refine_positions`\)"),
+        (MODEL, ReconstructOptions(refine_iterations="auto"),
+         r"`refine_iterations` in a session refines with the model's probe, and model 'm' has none: .* POST "
+         r"/v1/reconstruct and its `probe`"),
     ]:
         with pytest.raises(InvalidInput, match=message):
             resolve(model, options, stream=True)
+    refined = resolve(WITH_PROBE, ReconstructOptions(refine_iterations="auto", refine_probe=True), stream=True)
+    assert refined.probe_source == ProbeSource.MODEL  # a session refines with the model's probe
+    assert refined.refinement is not None and (refined.refinement.iterations, refined.refinement.refine_probe) == (
+        AUTO, True)
 
 
 def test_options_json_holds_what_differs_from_the_defaults() -> None:

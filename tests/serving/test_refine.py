@@ -274,9 +274,14 @@ def test_bad_refine_values_over_http_are_400_with_the_fix(oracle_app_server, sca
     assert response.status_code == 400 and message in response.json()["error"], response.text
 
 
-def test_a_session_still_refuses_refinement_naming_the_whole_scan_route(oracle_app_server) -> None:
-    response = httpx.post(f"{oracle_app_server.url}/v1/sessions",
-                          json={"options": {"scale_policy": "bundle", "refine_iterations": "auto"}})
-    assert response.status_code == 400
-    assert "`refine_iterations` is not applied in a session (got 'auto')" in response.json()["error"]
-    assert "POST /v1/reconstruct" in response.json()["error"]
+def test_a_session_takes_the_refinement_options_as_reconstruct_does(oracle_app_server) -> None:
+    """Sessions refine live (tests/serving/test_session_refinement.py); they read the options alike."""
+    response = httpx.post(f"{oracle_app_server.url}/v1/sessions", json={"options": {
+        "scale_policy": "bundle", "refine_iterations": "auto", "refine_probe": True}})
+    assert response.status_code == 201, response.text
+    path = f"{oracle_app_server.url}/v1/sessions/{response.json()['session_id']}"
+    refinement = httpx.get(path).json()["refinement"]
+    assert (refinement["iterations_asked"], refinement["refine_probe"], refinement["state"]) == ("auto", True, "waiting")
+    assert httpx.delete(path).status_code == 200
+    bad = httpx.post(f"{oracle_app_server.url}/v1/sessions", json={"options": {"refine_iterations": 5000}})
+    assert bad.status_code == 400 and "`refine_iterations` must be at most 1000" in bad.json()["error"]

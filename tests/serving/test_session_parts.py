@@ -106,7 +106,9 @@ def test_status_receipt_and_update_keep_their_fields(oracle_bundle) -> None:
     assert list(header) == ["x", "y", "offset", "origin", "canvas_shape", "version", "counts"]
     status = session.status()
     assert list(status) == ["session_id", "state", "model", "expected_frames", "frames", "positions", "rejections",
-                            "rates_per_s", "latency_s", "canvas", "options", "scale", "age_s", "idle_s"]
+                            "rates_per_s", "latency_s", "canvas", "options", "scale", "age_s", "idle_s",
+                            "refinement"]
+    assert status["refinement"] is None  # its plan does not refine (tests/serving/test_session_refinement.py)
     assert status["frames"] == {"received": 2, "duplicates": 0, "paired": 2, "reconstructed": 2, "rejected": 0,
                                 "failed": 0, "pending": {"waiting_for_position": 0, "queued": 0, "in_flight": 0}}
     assert status["positions"] == {"received": 2, "duplicates": 0, "without_frame": 0}
