@@ -47,16 +47,17 @@ def phase_correlation(image: np.ndarray, reference: np.ndarray, *, register_firs
     return float((a * b).sum() / denominator) if denominator > 0 else 0.0
 
 
-def time_to_quality(curves: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+def time_to_quality(curves: dict[str, list[dict[str, Any]]],
+                    parts: tuple[str, ...] = ("amplitude", "phase")) -> dict[str, Any]:
     """Targets (``TARGET`` x the best SSIM of any method, amplitude and phase) and, per method, the
-    first time at which both are reached (None: never)."""
+    first time at which the targets of ``parts`` are all reached (None: never)."""
     best = {part: max(p[f"ssim_{part}"] for points in curves.values() for p in points)
             for part in ("amplitude", "phase")}
     target = {part: TARGET * value for part, value in best.items()}
     reached = {}
     for method, points in curves.items():
         hits = [p for p in sorted(points, key=lambda p: p["seconds"])
-                if p["ssim_amplitude"] >= target["amplitude"] and p["ssim_phase"] >= target["phase"]]
+                if all(p[f"ssim_{part}"] >= target[part] for part in parts)]
         reached[method] = ({"seconds": hits[0]["seconds"], "iterations": hits[0].get("iterations"),
                             "epochs": hits[0].get("epochs")} if hits else None)
-    return {"best": best, "target": target, "reached": reached}
+    return {"best": best, "target": target, "parts": list(parts), "reached": reached}
