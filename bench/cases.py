@@ -15,8 +15,8 @@ correction and more than a handful of iterations.
   pattern (:func:`simulate_subpixel`: ``simulate_scan``'s scaling and noise, but a sub-pixel position
   moves the probe by a Fourier shift over the integer object window, the forward model of both
   solvers, instead of interpolating the object bilinearly, which blurs each pattern's object by a
-  different amount and left pty-chi's position correction 0.55 px rms away from the true positions
-  it started from). Variants: the solver is given the true
+  different amount: a model error of a few per cent of this object's contrast that neither solver
+  has). Variants: the solver is given the true
   positions, or the true positions plus uniform random errors of up to +-2 px per axis at N = 64
   (+-1 px at N = 32: lengths scale with N; the scan is always simulated at the true positions). The solver starts from the true probe (the issue's "true
   probe sent in the request") and, when the case says so, refines it.
