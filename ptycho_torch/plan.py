@@ -83,9 +83,11 @@ class ReconstructOptions:
     """Iterations of refinement against the measured patterns after the network
     (:mod:`ptycho_torch.refinement`), at most :data:`MAX_REFINE_ITERATIONS`; ``"auto"``: until the data
     fit stops improving, within ``refine_time_limit_s``; 0: none."""
-    refine_algorithm: RefineAlgorithm = RefineAlgorithm.ER
+    refine_algorithm: RefineAlgorithm | None = None
     """The update rule: ``er`` error reduction over the whole scan at once, ``rpie`` regularised PIE in
-    mini-batches, ``mpie`` rPIE with momentum."""
+    mini-batches, ``mpie`` rPIE with momentum; None: chosen per case
+    (:func:`~ptycho_torch.refinement.default_algorithm`: ``er`` for the object alone, ``rpie`` when the probe
+    or the positions are refined too)."""
     refine_probe: bool = False
     """Refine the probe (its incoherent modes) with the object; the response carries it (``probe``)."""
     refine_positions: bool = False

@@ -90,9 +90,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="N iterations of refinement against the measured patterns after the network, with the "
                              "scan's probe, or 'auto': until the data fit stops improving (default 0: the network's "
                              "result as it is)")
-    parser.add_argument("--refine-algorithm", choices=values(RefineAlgorithm), default=RefineAlgorithm.ER.value,
-                        help="refinement update: 'er' (whole scan at once, default), 'rpie' (mini-batches) or "
-                             "'mpie' (rPIE with momentum)")
+    parser.add_argument("--refine-algorithm", choices=values(RefineAlgorithm), default=None,
+                        help="refinement update: 'er' (whole scan at once), 'rpie' (mini-batches) or 'mpie' (rPIE "
+                             "with momentum); default: er for the object alone, rpie with --refine-probe or "
+                             "--refine-positions")
     parser.add_argument("--refine-start", choices=values(RefineStart), default=RefineStart.NETWORK.value,
                         help="refine the network's object (default) or start from a flat object without the network")
     parser.add_argument("--refine-probe", action="store_true",

@@ -71,7 +71,8 @@ class PtychoPINNServeViewControllerFactory(ReconstructorViewControllerFactory):
                                        "(0: none) or auto (until the data fit stops improving); the amplitude error "
                                        "per iteration is shown as the losses")
         builder.add_combo_box(settings.refine_algorithm, REFINE_ALGORITHMS, "Algorithm:", group=refinement,
-                              tool_tip="er: whole scan per update (fast); rpie: mini-batches; mpie: rpie with momentum")
+                              tool_tip="default: er for the object alone, rpie with the probe or positions refined; er: "
+                                       "whole scan per update; rpie: mini-batches; mpie: rpie with momentum")
         builder.add_combo_box(settings.refine_start, REFINE_STARTS, "Start:", group=refinement,
                               tool_tip="network: refine the network's object; flat: skip the network")
         builder.add_check_box(settings.refine_probe, "Refine Probe", group=refinement,

@@ -15,13 +15,16 @@ from ptycho_torch.plan import MAX_REFINE_ITERATIONS, ReconstructOptions, RefineI
 from ptycho_torch.refinement import AUTO
 from serving.cli import DEFAULT_BUNDLE
 
-__all__ = ["BUNDLE_FILE_FILTER", "GROUP", "REFINE_ALGORITHMS", "REFINE_STARTS", "PtychoPINNServeSettings",
+__all__ = ["BUNDLE_FILE_FILTER", "GROUP", "PER_CASE", "REFINE_ALGORITHMS", "REFINE_STARTS", "PtychoPINNServeSettings",
            "bundle_location"]
 
 E = TypeVar("E", bound=StrEnum)
 
 GROUP = "PtychoPINNServe"
-REFINE_ALGORITHMS = values(RefineAlgorithm)
+PER_CASE = "default"
+"""The ``RefineAlgorithm`` setting's value for the solver's per-case default (``er`` for the object alone,
+``rpie`` with the probe or positions refined)."""
+REFINE_ALGORITHMS = (PER_CASE, *values(RefineAlgorithm))
 REFINE_STARTS = values(RefineStart)
 MANIFEST = "manifest.json"
 BUNDLE_FILE_FILTER = f"PtychoPINN bundle: a .zip, or a bundle folder's {MANIFEST} (*.zip {MANIFEST})"
@@ -63,7 +66,7 @@ class PtychoPINNServeSettings:
         """Refinement iterations against the measured patterns after the network: a whole number (0: none,
         at most :data:`MAX_REFINE_ITERATIONS`) or ``auto`` (until the data fit stops improving); one progress
         step and one chance to stop per iteration, the amplitude error shown as the losses."""
-        self.refine_algorithm = group.create_string_parameter("RefineAlgorithm", RefineAlgorithm.ER.value)
+        self.refine_algorithm = group.create_string_parameter("RefineAlgorithm", PER_CASE)
         """``er`` (whole scan per update), ``rpie`` (mini-batches) or ``mpie`` (rPIE with momentum)."""
         self.refine_start = group.create_string_parameter("RefineStart", RefineStart.NETWORK.value)
         """``network`` (refine the network's object) or ``flat`` (skip the network: a scan it was not trained for)."""
@@ -82,14 +85,20 @@ class PtychoPINNServeSettings:
         policy = _choice(self.scale_policy, "ScalePolicy", ScalePolicy, NAMED_SCALE_POLICIES)
         try:
             return ReconstructOptions(scale_policy=policy, refine_iterations=self.iterations(),
-                                      refine_algorithm=_choice(self.refine_algorithm, "RefineAlgorithm",
-                                                               RefineAlgorithm),
+                                      refine_algorithm=self.algorithm(),
                                       refine_start=_choice(self.refine_start, "RefineStart", RefineStart),
                                       refine_probe=self.refine_probe.get_value(),
                                       refine_positions=self.refine_positions.get_value())
         except InvalidInput as error:
             raise ConfigError(f"`[{GROUP}]` settings: {error} (RefineIterations, RefineStart, RefineProbe, "
                               "RefinePositions)") from None
+
+    def algorithm(self) -> RefineAlgorithm | None:
+        """``RefineAlgorithm`` as the option ``refine_algorithm``: None for :data:`PER_CASE`; raises
+        :class:`ConfigError` naming the accepted values for anything else."""
+        if self.refine_algorithm.get_value().strip().casefold() == PER_CASE:
+            return None
+        return _choice(self.refine_algorithm, "RefineAlgorithm", RefineAlgorithm, REFINE_ALGORITHMS)
 
     def iterations(self) -> RefineIterations:
         """``RefineIterations`` as the option ``refine_iterations``: a whole number or ``auto``; raises

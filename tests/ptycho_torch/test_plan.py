@@ -78,6 +78,9 @@ def test_the_probe_source_and_the_refinement() -> None:
     assert (plan.refinement.iterations, plan.refinement.algorithm, plan.refinement.time_limit_s) == \
         (7, RefineAlgorithm.RPIE, 2.0)
     assert plan.refine_start == RefineStart.FLAT and not plan.run_network
+    # no algorithm asked for: the solver's rule for the case (er for the object alone, rpie with the probe)
+    assert ReconstructOptions(refine_iterations=3).refinement().algorithm == RefineAlgorithm.ER
+    assert ReconstructOptions(refine_iterations=3, refine_probe=True).refinement().algorithm == RefineAlgorithm.RPIE
 
 
 def test_a_stream_defaults_to_the_training_scale_refuses_what_it_cannot_do_and_refines_with_the_models_probe(

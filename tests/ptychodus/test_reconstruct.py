@@ -194,7 +194,7 @@ def test_http_leaves_glitch_frames_out_of_the_scale_like_the_pipeline(
 
 
 @pytest.mark.parametrize(("name", "value", "message"), [
-    ("refine_algorithm", "dm", r"`\[PtychoPINNServe\] RefineAlgorithm` must be one of \['er', 'rpie', 'mpie'\]"),
+    ("refine_algorithm", "dm", r"`\[PtychoPINNServe\] RefineAlgorithm` must be one of \['default', 'er', 'rpie', 'mpie'\]"),
     ("refine_iterations", "autoo", r"`\[PtychoPINNServe\] RefineIterations` must be a whole number of iterations in "
                                    r"\[0, 1000\] or 'auto' \(until the data fit stops improving\), got 'autoo'$"),
     ("refine_iterations", "1001", r"`\[PtychoPINNServe\]` settings: `refine_iterations` must be at most 1000"),
@@ -223,6 +223,10 @@ def test_settings_become_the_reconstruct_options_and_a_flat_start_needs_iteratio
     assert (options.scale_policy, options.refine_algorithm, options.refine_start) == \
         (ScalePolicy.BUNDLE, RefineAlgorithm.RPIE, RefineStart.NETWORK)
     assert options.refinement().iterations == 4
+    settings.refine_algorithm.set_value("Default")  # the solver's per-case rule, as with the setting's default
+    settings.refine_probe.set_value(True)
+    assert settings.options().refine_algorithm is None and settings.options().refinement().algorithm == "rpie"
+    settings.refine_probe.set_value(False)
     settings.refine_iterations.set_value("0")
     settings.refine_start.set_value("flat")
     with pytest.raises(ConfigError, match=r"`\[PtychoPINNServe\]` settings: `refine_start` 'flat' needs "

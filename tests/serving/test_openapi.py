@@ -48,8 +48,11 @@ def test_every_body_is_described(schema: dict) -> None:
     assert options["allOf"] == [{"$ref": "#/components/schemas/ReconstructOptions"}]
     typed = components["ReconstructOptions"]
     assert typed["additionalProperties"] is False
-    choice = typed["properties"]["refine_algorithm"]["$ref"].rpartition("/")[2]  # each choice is its named enum
-    assert (choice, components[choice]["enum"]) == ("RefineAlgorithm", ["er", "rpie", "mpie"])
+    choice = typed["properties"]["scale_policy"]["anyOf"][0]["$ref"].rpartition("/")[2]  # each choice: a named enum
+    assert (choice, components[choice]["enum"]) == ("ScalePolicy", ["scan", "bundle", "explicit"])
+    algorithm = typed["properties"]["refine_algorithm"]["anyOf"]  # optional: null is the solver's per-case rule
+    assert algorithm[1] == {"type": "null"}
+    assert components[algorithm[0]["$ref"].rpartition("/")[2]]["enum"] == ["er", "rpie", "mpie"]
     assert {"scale_policy", "units", "stitch_M", "scale", "pixel_size_m"} <= typed["properties"].keys()
     assert typed["properties"]["refine_iterations"]["anyOf"] == [{"type": "integer"},
                                                                  {"const": "auto", "type": "string"}]

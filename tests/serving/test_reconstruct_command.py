@@ -230,7 +230,7 @@ def test_the_refined_probe_and_positions_reach_the_npz_and_the_cxi(engine: Engin
         assert json.loads(refinement["stop_reason"][()]) == "iterations" and int(refinement["iterations"][()]) == 12
         assert json.loads(refinement["position_correction_px"][()]) == pytest.approx(
             local.refinement["position_correction_px"], abs=1e-6)
-    assert "refinement (er from the flat object): 12 iterations, stopped (iterations): completed" in caplog.text
+    assert "refinement (rpie from the flat object): 12 iterations, stopped (iterations): completed" in caplog.text
     assert "positions corrected by" in caplog.text and "data fit: Poisson NLL per pixel median" in caplog.text
 
 
