@@ -20,7 +20,7 @@ from ptycho_torch.refinement.solver import (
     default_algorithm,
     refine,
 )
-from ptycho_torch.refinement.stitched import STARTS, StitchedRefinement, refine_stitched
+from ptycho_torch.refinement.stitched import STARTS, StitchedRefinement, canvas_model, refine_stitched
 
 __all__ = ["ALGORITHMS", "AUTO", "STARTS", "RefineSettings", "Refinement", "ScanModel", "StitchedRefinement",
-           "StopReason", "correction_warning", "default_algorithm", "refine", "refine_stitched"]
+           "StopReason", "canvas_model", "correction_warning", "default_algorithm", "refine", "refine_stitched"]

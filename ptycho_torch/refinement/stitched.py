@@ -13,7 +13,7 @@ from ptycho_torch.errors import DataContractError
 from ptycho_torch.refinement.scan_model import ScanModel
 from ptycho_torch.refinement.solver import POSITION_MARGIN_PX, Refinement, RefineSettings, refine
 
-__all__ = ["STARTS", "StitchedRefinement", "refine_stitched"]
+__all__ = ["STARTS", "StitchedRefinement", "canvas_model", "refine_stitched"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,15 @@ STARTS: Mapping[RefineStart, Callable[[ScanModel, npt.NDArray[np.complexfloating
 """``start`` -> ``(model, stitched canvas, coverage) ->`` the object refinement starts from, on the grown grid."""
 
 
+def canvas_model(amplitudes: npt.ArrayLike, positions: npt.ArrayLike, probe: npt.ArrayLike,
+                 canvas_shape: tuple[int, int], origin: tuple[float, float], settings: RefineSettings) -> ScanModel:
+    """The :class:`ScanModel` that refines a scan on a stitched canvas of ``canvas_shape`` under ``settings``
+    (its memory bound, threads, backend, and the margin refined positions may move within)."""
+    return ScanModel(amplitudes, positions, probe, shape=canvas_shape, origin=origin, max_bytes=settings.max_bytes,
+                     workers=settings.workers, backend=settings.backend,
+                     margin=POSITION_MARGIN_PX if settings.refine_positions else 0)
+
+
 def refine_stitched(amplitudes: npt.ArrayLike, positions: npt.ArrayLike, probe: npt.ArrayLike,
                     canvas: npt.NDArray[np.complexfloating], coverage: npt.NDArray[np.floating],
                     origin: tuple[float, float], settings: RefineSettings, *, start: RefineStart | str
@@ -59,8 +68,6 @@ def refine_stitched(amplitudes: npt.ArrayLike, positions: npt.ArrayLike, probe: 
     is cut back to the canvas; the refinement itself runs on the grown grid (see :class:`ScanModel`).
     """
     initialise = STARTS[parse(RefineStart, "start", start, DataContractError)]
-    model = ScanModel(amplitudes, positions, probe, shape=canvas.shape, origin=origin, max_bytes=settings.max_bytes,
-                      workers=settings.workers, backend=settings.backend,
-                      margin=POSITION_MARGIN_PX if settings.refine_positions else 0)
+    model = canvas_model(amplitudes, positions, probe, canvas.shape, origin, settings)
     for state in refine(model, initialise(model, canvas, coverage), settings):
         yield StitchedRefinement(model.crop(state.object).copy(), state, model.peak_bytes)

@@ -31,8 +31,15 @@ import numpy.typing as npt
 
 from ptycho_torch.choices import RefineStart
 from ptycho_torch.pipeline import refinement_summary
-from ptycho_torch.refinement import STARTS, Refinement, RefineSettings, ScanModel, StitchedRefinement, refine
-from ptycho_torch.refinement.solver import POSITION_MARGIN_PX
+from ptycho_torch.refinement import (
+    STARTS,
+    Refinement,
+    RefineSettings,
+    ScanModel,
+    StitchedRefinement,
+    canvas_model,
+    refine,
+)
 from ptycho_torch.stitching import StitchResult
 from serving.sessions.kept_frames import ScanFrames
 from serving.sessions.stream_canvas import RefinedLayer
@@ -188,9 +195,8 @@ class LiveRefinement:
         frames, warm = given.frames.by_index(), self._warm
         settings = self.settings if final else self.live_settings
         canvas = given.canvas
-        model = ScanModel(frames.amplitudes, frames.positions, self._probe, shape=canvas.canvas.shape,
-                          origin=canvas.origin, max_bytes=settings.max_bytes, workers=settings.workers,
-                          backend=settings.backend, margin=POSITION_MARGIN_PX if settings.refine_positions else 0)
+        model = canvas_model(frames.amplitudes, frames.positions, self._probe, canvas.canvas.shape, canvas.origin,
+                             settings)
         start = np.asarray(model.be.to_numpy(STARTS[self.start](model, canvas.canvas, canvas.coverage)), np.complex64)
         if warm is not None:
             warm.paste(start, model.origin)
