@@ -221,6 +221,13 @@ def test_the_refined_probe_and_positions_reach_the_npz_and_the_cxi(engine: Engin
     with np.load(tmp_path / "out" / "reconstruction.npz") as npz:
         np.testing.assert_allclose(npz["probe"], local.probe, rtol=1e-5, atol=1e-6 * np.abs(local.probe).max())
         np.testing.assert_allclose(npz["positions"], local.positions, atol=1e-6)
+    # the refined probe feeds training data: `ptychopinn simulate/corpus --probe reconstruction.npz` reads it
+    from ptycho_torch.simulation import load_probe
+
+    N = test.diff3d.shape[-1]
+    fed = load_probe(tmp_path / "out" / "reconstruction.npz", N)
+    np.testing.assert_allclose(fed.reshape(local.probe.shape), local.probe, rtol=1e-5,
+                               atol=1e-6 * np.abs(local.probe).max())
     with h5py.File(tmp_path / "out" / "reconstruction.cxi") as cxi:
         probe, positions = cxi["entry_1/image_2/data"], cxi["entry_1/image_1/positions_px"]
         np.testing.assert_allclose(probe[()], local.probe, rtol=1e-5, atol=1e-6 * np.abs(local.probe).max())
