@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         stamp = datetime.now().astimezone().isoformat(timespec="seconds")
         print(f"[bench] {name} ({mode}) ...", flush=True)
         start = time.perf_counter()
-        part = (module.run(mode, figures_dir=figures_dir, stamp=stamp) if name == "quality"
+        part = (module.run(mode, figures_dir=figures_dir, stamp=stamp) if name in ("quality", "solver")
                 else module.run(mode))
         part.update(started=stamp, wall_s=round(time.perf_counter() - start, 1),
                     results_file=path.relative_to(report.ROOT).as_posix() if path.is_relative_to(report.ROOT)

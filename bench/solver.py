@@ -41,6 +41,7 @@ import json
 import os
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -170,7 +171,7 @@ def ptychi_summary(case: SolverCase, result: ptychi.PtychiResult, settings: dict
     return {"algorithm": "LSQML", "versions": result.versions, "epochs": result.epochs,
             "converged": result.converged, "seconds": result.reconstruction_s, "process_s": result.process_s,
             "positions_rms_px": position_rms(result.positions, case.true_positions),
-            "settings": {k: v for k, v in settings.items() if k != "threads"} | {"threads": settings["threads"]},
+            "settings": dict(settings),
             "options": {"batch_size": options.get("reconstructor_options", {}).get("batch_size"),
                         "noise_model": options.get("reconstructor_options", {}).get("noise_model"),
                         "object": {k: options.get("object_options", {}).get(k)
@@ -316,8 +317,9 @@ def _compare_to_true_positions(results: dict[str, Any]) -> None:
             for method, points in case["curves"].items() if method in base["curves"]}
 
 
-def run(mode: str) -> dict[str, Any]:
-    """Every case of ``mode``, ours (every algorithm) and pty-chi's."""
+def run(mode: str, *, figures_dir: Path | None = None, stamp: str = "") -> dict[str, Any]:
+    """Every case of ``mode``, ours (every algorithm) and pty-chi's; ``figures_dir`` receives the
+    SSIM-against-time figure (``solver_time_to_quality.png``)."""
     from ptycho_torch.refinement import ALGORITHMS
 
     size = SIZES[mode]
@@ -340,8 +342,13 @@ def run(mode: str) -> dict[str, Any]:
         "batch_size": tuning["batch_size"], "position_step": tuning["position_step"],
         "batch_trials": [{k: v for k, v in t.items() if k != "result"} for t in tuning["batch_trials"]],
         "position_trials": [{k: v for k, v in t.items() if k != "result"} for t in tuning["position_trials"]]}
-    return {"setup": setup, "algorithms": algorithms, "threads": THREADS, "ptychi_tuning": public_tuning,
-            "cases": results}
+    out = {"setup": setup, "algorithms": algorithms, "threads": THREADS, "ptychi_tuning": public_tuning,
+           "cases": results}
+    if figures_dir is not None:
+        from bench.figures import time_to_quality_figure
+
+        out["figure"] = time_to_quality_figure(figures_dir / "solver_time_to_quality.png", results, stamp)
+    return out
 
 
 def _at(hit: dict[str, Any] | None) -> str:
@@ -400,4 +407,6 @@ def table(result: dict[str, Any]) -> str:
                 f"{t['step_size']:g}: {t['positions_rms_px']:.2f} px rms after {t['epochs']} epochs"
                 for t in tuning["position_trials"]) + "; " if tuning["position_trials"] else "") +
             f"used {tuning['position_step']}.")
+    if str(result.get("figure", "")).startswith("docs/"):
+        notes.append(f"![solver_time_to_quality]({Path(result['figure']).relative_to('docs').as_posix()})")
     return "\n\n".join(["\n".join(lines), *notes])

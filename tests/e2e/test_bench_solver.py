@@ -21,7 +21,7 @@ def test_solver_smoke_run_scores_every_algorithm(tmp_path: Path) -> None:
     doc.write_text("# Benchmarks\n")
     done = subprocess.run(
         [sys.executable, "-m", "bench", "solver", "--smoke", "--results-dir", str(tmp_path / "results"),
-         "--docs", str(doc)],
+         "--docs", str(doc), "--figures-dir", str(tmp_path / "figures")],
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
         env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
     )
@@ -42,6 +42,7 @@ def test_solver_smoke_run_scores_every_algorithm(tmp_path: Path) -> None:
             assert case["refine_positions"] and "vs_true_positions" in case
             assert all(r["given_positions_rms_px"] > 0.5 for r in case["runs"].values())  # +-1 px at N = 32
     assert "<!-- bench:solver:begin -->" in doc.read_text()
+    assert (tmp_path / "figures" / "solver_time_to_quality.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_weak_contrast_case_is_what_it_says() -> None:
