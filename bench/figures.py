@@ -65,25 +65,31 @@ def quality_figure(path: Path, label: str, stamp: str, reference_name: str, refe
     return _display_path(path)
 
 
-def time_to_quality_figure(path: Path, cases: dict[str, dict[str, Any]], stamp: str) -> str:
-    """SSIM (amplitude, phase) against wall time per method, one row per case, the 0.95 x best target
-    dashed and the flat-object SSIM dotted; returns the written path."""
+def time_to_quality_figure(path: Path, cases: dict[str, dict[str, Any]], stamp: str,
+                           columns: tuple[str, ...] = ("ssim_amplitude", "ssim_phase")) -> str:
+    """A score (each of ``columns``: SSIM amplitude and phase, or e.g. ``phase_correlation``) against
+    wall time per method, one row per case, the 0.95 x best SSIM target dashed and the flat object's
+    score dotted; returns the written path."""
     scored = {name: case for name, case in cases.items() if "curves" in case}
-    fig, axes = plt.subplots(max(len(scored), 1), 2, figsize=(10, 3.0 * max(len(scored), 1)), squeeze=False)
+    rows = max(len(scored), 1)
+    fig, axes = plt.subplots(rows, len(columns), figsize=(5 * len(columns), 3.0 * rows), squeeze=False)
     for row, (name, case) in enumerate(scored.items()):
-        for column, part in enumerate(("amplitude", "phase")):
+        for column, key in enumerate(columns):
             ax = axes[row, column]
             for method, points in case["curves"].items():
                 points = sorted(points, key=lambda p: p["seconds"])
-                ax.plot([p["seconds"] for p in points], [p[f"ssim_{part}"] for p in points], marker="o", ms=3,
-                        label=method)
-            ax.axhline(case["time_to_quality"]["target"][part], color="gray", lw=0.8, ls="--", label="0.95 x best")
-            ax.axhline(case["flat"][f"ssim_{part}"], color="black", lw=0.8, ls=":", label="flat object")
+                ax.plot([p["seconds"] for p in points], [p[key] for p in points], marker="o", ms=3, label=method)
+            if key.startswith("ssim_"):
+                ax.axhline(case["time_to_quality"]["target"][key.removeprefix("ssim_")], color="gray", lw=0.8,
+                           ls="--", label="0.95 x best")
+            if key in case["flat"]:
+                ax.axhline(case["flat"][key], color="black", lw=0.8, ls=":", label="flat object")
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks overlap on short ranges
             ax.set_xlabel("wall time (s)")
-            ax.set_ylabel(f"SSIM {part}")
-            ax.set_title(f"{name}: {part} vs {case['reference']}", fontsize=9)
+            label = key.replace("ssim_", "SSIM ").replace("_", " ")
+            ax.set_ylabel(label)
+            ax.set_title(f"{name}: {label} vs {case['reference']}", fontsize=9)
             if row == 0 and column == 0:
                 ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(f"time to quality — run {stamp}", fontsize=10)
