@@ -47,17 +47,20 @@ def phase_correlation(image: np.ndarray, reference: np.ndarray, *, register_firs
     return float((a * b).sum() / denominator) if denominator > 0 else 0.0
 
 
-def time_to_quality(curves: dict[str, list[dict[str, Any]]],
-                    parts: tuple[str, ...] = ("amplitude", "phase")) -> dict[str, Any]:
+def time_to_quality(curves: dict[str, list[dict[str, Any]]], parts: tuple[str, ...] = ("amplitude", "phase"),
+                    *, kept: bool = False) -> dict[str, Any]:
     """Targets (``TARGET`` x the best SSIM of any method, amplitude and phase) and, per method, the
-    first time at which the targets of ``parts`` are all reached (None: never)."""
+    first time at which the targets of ``parts`` are all reached (None: never). ``kept``: the first
+    time from which every later point of the method stays at the targets (a run that passes the
+    target and then leaves it, as its user gets its last state, has not reached it there)."""
     best = {part: max(p[f"ssim_{part}"] for points in curves.values() for p in points)
             for part in ("amplitude", "phase")}
     target = {part: TARGET * value for part, value in best.items()}
     reached = {}
     for method, points in curves.items():
-        hits = [p for p in sorted(points, key=lambda p: p["seconds"])
-                if all(p[f"ssim_{part}"] >= target[part] for part in parts)]
+        ordered = sorted(points, key=lambda p: p["seconds"])
+        ok = [all(p[f"ssim_{part}"] >= target[part] for part in parts) for p in ordered]
+        hits = [p for i, p in enumerate(ordered) if ok[i] and (not kept or all(ok[i:]))]
         reached[method] = ({"seconds": hits[0]["seconds"], "iterations": hits[0].get("iterations"),
                             "epochs": hits[0].get("epochs")} if hits else None)
-    return {"best": best, "target": target, "parts": list(parts), "reached": reached}
+    return {"best": best, "target": target, "parts": list(parts), "kept": kept, "reached": reached}

@@ -25,8 +25,9 @@ Scoring (:func:`bench.scoring.score`, ``ptycho_torch.metrics.evaluate_reconstruc
 :mod:`bench.quality`): the case's box (the bounding box of the true patch centres), sub-pixel
 registration of at most 3 px, amplitude scaled to the reference mean, phase offset and ramp removed;
 plus the phase correlation (the phase SSIM of a +-0.15 rad object hardly moves). The target is 0.95 x
-the best SSIM any method reaches on the case (amplitude and phase); time to quality is a method's
-first scored point at or above both. Positions: rms over patterns of the distance between the solver's
+the best SSIM any method reaches on the case (amplitude and phase; the star: phase only); time to
+quality is a method's first scored point from which it stays at or above the targets to its last
+(its user gets the last state). Positions: rms over patterns of the distance between the solver's
 positions and the true ones after removing their mean offset (a common shift is a shift of the object).
 
     python -m bench solver [--quick|--smoke]
@@ -292,7 +293,7 @@ def run_case(case: SolverCase, mode: str, size: dict[str, Any], tuning: dict[str
     reference = references[primary][case.box]
     curves = {method: _points(images, reference) for method, images in raw.items()}
     flat = score(np.ones_like(reference), reference, frc_curves=False)
-    result.update(runs=runs, curves=curves, time_to_quality=time_to_quality(curves, case.quality_parts),
+    result.update(runs=runs, curves=curves, time_to_quality=time_to_quality(curves, case.quality_parts, kept=True),
                   flat={k: flat[k] for k in ("ssim_amplitude", "ssim_phase", "phase_correlation")})
     others = {name: ref[case.box] for name, ref in references.items() if name != primary}
     if others:  # the last point of every method against the other reference, and the references against each other
