@@ -89,6 +89,11 @@ def star_probe(N: int) -> np.ndarray:
 
     ``load_siemens_star`` applies ``fourier_resample_probe`` to the file's probe for a
     detector cropped to N; its scale does not matter here (:func:`simulate_subpixel` sets the dose)."""
+    return _star_probe(N).copy()
+
+
+@functools.lru_cache(maxsize=4)
+def _star_probe(N: int) -> np.ndarray:  # the star file is read once per N (bz2: about a second)
     return np.asarray(siemens_scan(N)[0].probeGuess, np.complex64).reshape(N, N)
 
 
@@ -208,7 +213,6 @@ def weak_contrast_cases(N: int = 64, side: int = 20, *, nphotons: float = 1e6, s
     return cases
 
 
-@functools.lru_cache(maxsize=2)
 def siemens_scan(N: int) -> tuple[RawData, tuple[int, int]]:
     """The real Siemens-star scan, detector cropped to N (its own measured dose), and its object grid."""
     scan = load_siemens_star(SIEMENS, n=N)
