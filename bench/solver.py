@@ -60,8 +60,8 @@ PTYCHI_BASE = {"chunk": 10, "tolerance": 0.01, "snapshot_every": 2}
 """pty-chi's stopping rule and snapshots (as in :mod:`bench.quality`)."""
 REFERENCE_ITERATIONS = {"smoke": 60, "quick": 200, "full": 400}
 """Iterations of our full-scan star reference (ER, probe refined): far past where ``auto`` stops."""
-PTYCHI_REFERENCE = {"max_epochs": 400, "chunk": 20, "tolerance": 0.002, "snapshot_every": 50}
-"""pty-chi's full-scan star reference: until its loss improves by less than 0.2 % over 20 epochs."""
+PTYCHI_REFERENCE = {"max_epochs": 400, "chunk": 20, "tolerance": 0.002, "snapshot_every": 20}
+"""pty-chi's full-scan star reference: until its loss improves by less than 0.2 % over 20 epochs (checked every 20)."""
 
 SIZES: dict[str, dict[str, Any]] = {
     "smoke": {"N": 32, "side": 8, "siemens": False, "max_iterations": 40, "time_limit_s": 20.0, "ptychi": None},
