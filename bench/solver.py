@@ -9,7 +9,8 @@ probe, refined), scored against a full-scan reconstruction with probe refinement
 **Ours**: ``refine`` on a :class:`~ptycho_torch.refinement.ScanModel` from a flat object (amplitude 1,
 phase 0) with ``RefineSettings(iterations="auto", algorithm=..., refine_probe=True,
 refine_positions=<case>)``, every other setting at its default, one run per algorithm of
-:data:`~ptycho_torch.refinement.ALGORITHMS`. Its time is the model's construction plus the time spent
+:data:`~ptycho_torch.refinement.ALGORITHMS` (the one ``default_algorithm`` picks for the case is
+marked ``default``). Its time is the model's construction plus the time spent
 inside the generator (copying the states that are scored is not counted); the object is kept at
 iterations 0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, ... (about 1.25x apart) and at the last
 state, and scored after the run.
@@ -97,6 +98,14 @@ def _points(images: list[tuple[dict[str, Any], np.ndarray]], reference: np.ndarr
         scores = score(image, reference, frc_curves=False)
         out.append({**point, **{k: v for k, v in scores.items() if k.startswith(("ssim", "psnr", "frc50", "phase_"))}})
     return out
+
+
+def ours_label(algorithm: str, case: SolverCase) -> str:
+    """``ours ALG (auto)``, with ``, default`` for the rule the solver picks itself on this case."""
+    from ptycho_torch.refinement import default_algorithm
+
+    chosen = str(default_algorithm(case.refine_probe, case.refine_positions)) == algorithm
+    return f"ours {algorithm} (auto{', default' if chosen else ''})"
 
 
 def run_ours(case: SolverCase, algorithm: str, size: dict[str, Any], *, iterations: int | str = "auto",
@@ -232,8 +241,7 @@ def _tuned_run(tuning: dict[str, Any], case: SolverCase) -> tuple[ptychi.PtychiR
     return None
 
 
-def star_references(case: SolverCase, mode: str, size: dict[str, Any], algorithms: list[str]
-                    ) -> dict[str, dict[str, Any]]:
+def star_references(case: SolverCase, mode: str, size: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Full-scan reconstructions of the star with the probe refined, run to convergence: ours (ER,
     :data:`REFERENCE_ITERATIONS`) and pty-chi's (:data:`PTYCHI_REFERENCE`) when it is installed."""
     full = case.full_scan
@@ -245,8 +253,7 @@ def star_references(case: SolverCase, mode: str, size: dict[str, Any], algorithm
         references["pty-chi full scan"] = {"object": result.object, "epochs": result.epochs,
                                            "converged": result.converged, "seconds": result.reconstruction_s,
                                            "settings": {k: v for k, v in settings.items()}}
-    _, summary, obj = run_ours(full, algorithms[0], {**size, "time_limit_s": None},
-                               iterations=REFERENCE_ITERATIONS[mode])
+    _, summary, obj = run_ours(full, "er", {**size, "time_limit_s": None}, iterations=REFERENCE_ITERATIONS[mode])
     errors = [e for e in summary["amplitude_error"] if e is not None]
     references["ours full scan"] = {"object": obj, "iterations": summary["iterations"], "seconds": summary["seconds"],
                                     "algorithm": summary["algorithm"],
@@ -266,7 +273,7 @@ def run_case(case: SolverCase, mode: str, size: dict[str, Any], tuning: dict[str
     if case.truth is not None:
         references["ground truth"] = case.truth
     else:
-        refs = star_references(case, mode, size, algorithms)
+        refs = star_references(case, mode, size)
         references = {name: ref.pop("object") for name, ref in refs.items()}
         result["reference_runs"] = refs
     primary = "ground truth" if case.truth is not None else next(iter(references))
@@ -274,7 +281,7 @@ def run_case(case: SolverCase, mode: str, size: dict[str, Any], tuning: dict[str
     raw: dict[str, list[tuple[dict[str, Any], np.ndarray]]] = {}
     runs: dict[str, Any] = {}
     for algorithm in algorithms:
-        method = f"ours {algorithm} (auto)"
+        method = ours_label(algorithm, case)
         raw[method], runs[method], _ = run_ours(case, algorithm, size)
     if size["ptychi"] is None:
         result["ptychi"] = "skipped in smoke mode"
