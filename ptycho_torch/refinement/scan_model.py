@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +60,27 @@ class PassResult:
     """``(len(rows), 2)`` least-squares position steps ``[dx, dy]`` in pixels (None unless asked for)."""
     squared_error: float = 0.0
     """``sum (sqrt(I) - sqrt(k))**2`` of the object the pass started from."""
+
+
+class _Scratch(threading.local):
+    """Per-thread work arrays reused chunk after chunk: a pass's temporaries have the same few shapes every
+    time, and a fresh multi-megabyte array per temporary costs its page faults again (one 100-pattern
+    chunk at N=64: 10.4 ms with fresh temporaries, 5.7 ms reused, of which 2.9 ms are its FFTs). Each pool
+    thread keeps at most one array per name, as large as the largest chunk it has seen."""
+
+    def __init__(self) -> None:
+        self.arrays: dict[str, Any] = {}
+
+    def take(self, name: str, shape: tuple[int, ...], dtype: Any, xp: Any) -> Any:
+        """A ``shape`` array of ``dtype`` (contents undefined) that stays this thread's until ``name`` is taken again."""
+        size = math.prod(shape)
+        array = self.arrays.get(name)
+        if array is None or array.size < size or array.dtype != dtype or not isinstance(array, xp.ndarray):
+            array = self.arrays[name] = xp.empty(size, dtype)
+        return array[:size].reshape(shape)
+
+
+_scratch = _Scratch()
 
 
 @functools.cache
@@ -117,7 +140,9 @@ class ScanModel:
         self.start_positions = pos.copy()
 
         P = len(modes.reshape(-1, N, N))
-        self.chunk = max(1, min(S, CACHE_BYTES // (P * N * N * 8), math.ceil(S / self.threads)))
+        # as many chunks as fit the cache, rounded up to a multiple of the threads so none waits for another
+        chunks = max(1, math.ceil(S * P * N * N * 8 / CACHE_BYTES))
+        self.chunk = math.ceil(S / (math.ceil(chunks / self.threads) * self.threads))
         # per pattern in flight: exit waves and spectrum (P modes), probes, gradients, counts
         self.bytes_per_pattern = N * N * (3 * 8 * P + 4 * 8 + 4 * 4)
         self._per_position_probe_bytes = S * P * N * N * 8
@@ -221,10 +246,11 @@ class ScanModel:
         """``rows`` cut into the chunks one thread works on at a time."""
         return [rows[first:first + self.chunk] for first in range(0, len(rows), self.chunk)]
 
-    def _map(self, function: Any, parts: list[npt.NDArray[np.int64]]) -> list[Any]:
+    def _map(self, function: Any, parts: list[npt.NDArray[np.int64]]) -> Iterator[Any]:
+        """``function(part)`` for every part, in order, as they finish (on the pool's threads)."""
         if self.threads == 1 or len(parts) == 1:
-            return [function(part) for part in parts]
-        return list(_pool(self.threads).map(function, parts))
+            return (function(part) for part in parts)
+        return _pool(self.threads).map(function, parts)
 
     # ---- the forward model ----
 
@@ -234,24 +260,32 @@ class ScanModel:
         windows = self.be.gather(obj, self._rows[rows] - border, self._cols[rows] - border, n)
         patch = windows[:, border:n - border, border:n - border] if border else windows
         probes = self.probes(rows)
-        spectrum = self.be.fft2(probes * patch[:, None], norm="ortho", overwrite_x=True, workers=self.fft_workers)
+        xp = self.be.xp
+        exit_waves = xp.multiply(probes, patch[:, None], out=_scratch.take(
+            "exit_waves", (len(rows), len(self.probe), self.N, self.N), xp.complex64, xp))
+        spectrum = self.be.fft2(exit_waves, norm="ortho", overwrite_x=True, workers=self.fft_workers)
         return windows, probes, spectrum
 
     def _model_amplitude(self, spectrum: Any) -> Any:
-        """``sqrt(sum_m |spectrum_m|**2)`` ``(b, N, N)`` float32 (one pass for a single mode)."""
+        """``sqrt(sum_m |spectrum_m|**2)`` ``(b, N, N)`` float32 (one pass for a single mode), in this
+        thread's scratch array ``model``."""
         xp = self.be.xp
+        shape = (len(spectrum), self.N, self.N)
+        out = _scratch.take("model", shape, xp.float32, xp)
         if spectrum.shape[1] == 1:
-            return xp.abs(spectrum[:, 0])
-        intensity = spectrum[:, 0].real ** 2 + spectrum[:, 0].imag ** 2
-        for m in range(1, spectrum.shape[1]):
-            intensity += spectrum[:, m].real ** 2 + spectrum[:, m].imag ** 2
-        return xp.sqrt(intensity, out=intensity)
+            return xp.abs(spectrum[:, 0], out=out)
+        square = _scratch.take("square", shape, xp.float32, xp)
+        xp.square(spectrum[:, 0].real, out=out)
+        for m in range(spectrum.shape[1]):
+            for part in ((spectrum[:, m].imag,) if m == 0 else (spectrum[:, m].real, spectrum[:, m].imag)):
+                out += xp.square(part, out=square)
+        return xp.sqrt(out, out=out)
 
     def intensity(self, obj: Any) -> npt.NDArray[np.float32]:
         """Model intensities ``(S, N, N)`` (numpy float32) of ``obj`` (grown grid) in FFT layout (DC at ``[0, 0]``)."""
         parts = self.chunks(np.arange(len(self)))
-        amplitudes = self._map(lambda r: self._model_amplitude(self._far_field(obj, r)[2]), parts)
-        return np.concatenate([np.square(self.be.to_numpy(a)) for a in amplitudes])
+        intensities = self._map(lambda r: self.be.xp.square(self._model_amplitude(self._far_field(obj, r)[2])), parts)
+        return np.concatenate([self.be.to_numpy(i) for i in intensities])
 
     def fit(self, obj: Any) -> DataFit:
         """Data fit of ``obj`` (grown grid) to the measured patterns."""
@@ -281,30 +315,29 @@ class ScanModel:
         xp = self.be.xp
         border = 1 if positions else 0
         full = len(rows) == len(self)
+        need_illumination = not full or self._illumination_cache is None
 
         def one_chunk(part: npt.NDArray[np.int64]) -> dict[str, Any]:
             windows, probes, spectrum = self._far_field(obj, part, border)
             patch = windows[:, border:self.N + border, border:self.N + border] if border else windows
             measured = self.amplitudes[part]
             model = self._model_amplitude(spectrum)
-            residual = (model - measured).ravel()
+            residual = xp.subtract(model, measured, out=_scratch.take("residual", model.shape, xp.float32, xp)).ravel()
             out: dict[str, Any] = {"error": float(xp.dot(residual, residual))}
             ratio = xp.divide(measured, xp.maximum(model, xp.float32(1e-12), out=model), out=model)
             spectrum *= ratio[:, None]
             projected = self.be.ifft2(spectrum, norm="ortho", overwrite_x=True, workers=self.fft_workers)
-            power = self.probe_power(part)
-            # sum_m conj(P_m) (psi'_m - P_m O) without forming psi' - psi: two passes fewer
-            step = xp.conj(probes[:, 0]) * projected[:, 0]
+            power = self.probe_power(part) if self._fraction is None else (probes.real ** 2 + probes.imag ** 2).sum(axis=1)
+            # sum_m conj(P_m) psi'_m here; its "- |P_m|^2 O" part summed over windows is D O, taken once on the grid
+            projected_sum = xp.conj(probes[:, 0]) * projected[:, 0]
             for m in range(1, projected.shape[1]):
-                step += xp.conj(probes[:, m]) * projected[:, m]
-            step -= power * patch
-            out["object"] = step
-            if probe or positions:
-                dpsi = projected
-                dpsi -= probes * patch[:, None]
-            if not full:
+                projected_sum += xp.conj(probes[:, m]) * projected[:, m]
+            out["object"] = projected_sum
+            if need_illumination:
                 out["power"] = xp.broadcast_to(power, (len(part), self.N, self.N))
             if probe:
+                dpsi = projected
+                dpsi -= probes * patch[:, None]
                 weighted = xp.conj(patch)[:, None] * dpsi
                 if self._fraction is not None:  # back to the probe's own frame: the adjoint of the shift
                     spectrum = self.be.fft2(weighted, overwrite_x=True, workers=self.fft_workers)
@@ -312,27 +345,30 @@ class ScanModel:
                 else:
                     out["probe"] = weighted.sum(axis=0)
                 out["object_power"] = (patch.real ** 2 + patch.imag ** 2).sum(axis=0)
-            if positions:
+            if positions:  # Re<P dO, dpsi> = Re<dO, sum_m conj(P_m) dpsi_m>
+                step = projected_sum - power * patch
                 c = slice(1, self.N + 1)
-                dx = 0.5 * (windows[:, c, 2:] - windows[:, c, :-2])
-                dy = 0.5 * (windows[:, 2:, c] - windows[:, :-2, c])
                 steps = []
-                for gradient in (dx, dy):
-                    q = probes * gradient[:, None]
-                    numerator = (xp.conj(q) * dpsi).real.sum(axis=(1, 2, 3))
-                    denominator = (q.real ** 2 + q.imag ** 2).sum(axis=(1, 2, 3))
+                for gradient in (0.5 * (windows[:, c, 2:] - windows[:, c, :-2]),
+                                 0.5 * (windows[:, 2:, c] - windows[:, :-2, c])):
+                    numerator = (xp.conj(gradient) * step).real.sum(axis=(1, 2))
+                    denominator = ((gradient.real ** 2 + gradient.imag ** 2) * power).sum(axis=(1, 2))
                     steps.append(numerator / xp.maximum(denominator, xp.float32(1e-12)))
                 out["shift"] = self.be.to_numpy(xp.stack(steps, axis=1)).astype(np.float64)
             return out
 
         parts = self.chunks(rows)
-        results = self._map(one_chunk, parts)
+        results = []
         object_step = xp.zeros(self.shape, xp.complex64)
-        illumination = self.illumination() if full else xp.zeros(self.shape, xp.float32)
-        for part, result in zip(parts, results, strict=True):
+        illumination = xp.zeros(self.shape, xp.float32) if need_illumination else self._illumination_cache
+        for part, result in zip(parts, self._map(one_chunk, parts), strict=True):  # adds while later chunks run
+            results.append(result)
             self.be.scatter_add(object_step, self._rows[part], self._cols[part], result["object"])
-            if not full:
+            if need_illumination:
                 self.be.scatter_add(illumination, self._rows[part], self._cols[part], result["power"])
+        if full:
+            self._illumination_cache = illumination
+        object_step -= illumination * obj
         out = PassResult(rows=rows, object_step=object_step, illumination=illumination,
                          squared_error=sum(r["error"] for r in results))
         if probe:
