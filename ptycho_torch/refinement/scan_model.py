@@ -246,7 +246,7 @@ class ScanModel:
         """``rows`` cut into the chunks one thread works on at a time."""
         return [rows[first:first + self.chunk] for first in range(0, len(rows), self.chunk)]
 
-    def _map(self, function: Any, parts: list[npt.NDArray[np.int64]]) -> Iterator[Any]:
+    def _map(self, function: Any, parts: list[Any]) -> Iterator[Any]:
         """``function(part)`` for every part, in order, as they finish (on the pool's threads)."""
         if self.threads == 1 or len(parts) == 1:
             return (function(part) for part in parts)
@@ -358,14 +358,26 @@ class ScanModel:
             return out
 
         parts = self.chunks(rows)
-        results = []
         object_step = xp.zeros(self.shape, xp.complex64)
         illumination = xp.zeros(self.shape, xp.float32) if need_illumination else self._illumination_cache
-        for part, result in zip(parts, self._map(one_chunk, parts), strict=True):  # adds while later chunks run
-            results.append(result)
-            self.be.scatter_add(object_step, self._rows[part], self._cols[part], result["object"])
-            if need_illumination:
-                self.be.scatter_add(illumination, self._rows[part], self._cols[part], result["power"])
+        added = [threading.Event() for _ in parts]
+
+        def compute_and_add(k: int) -> dict[str, Any]:
+            """Chunk ``k``'s sums, added to the grids right after chunk ``k - 1``'s (the same order, so the
+            same result, on any number of threads; a pool thread adds while the others compute)."""
+            try:
+                result = one_chunk(parts[k])
+                if k:
+                    added[k - 1].wait()
+                rows_k, cols_k = self._rows[parts[k]], self._cols[parts[k]]
+                self.be.scatter_add(object_step, rows_k, cols_k, result.pop("object"))
+                if need_illumination:
+                    self.be.scatter_add(illumination, rows_k, cols_k, result.pop("power"))
+                return result
+            finally:
+                added[k].set()  # also on an error, so no later chunk waits forever (map raises it)
+
+        results = list(self._map(compute_and_add, list(range(len(parts)))))
         if full:
             self._illumination_cache = illumination
         object_step -= illumination * obj
