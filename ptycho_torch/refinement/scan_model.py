@@ -243,8 +243,11 @@ class ScanModel:
         return out
 
     def chunks(self, rows: npt.NDArray[np.int64]) -> list[npt.NDArray[np.int64]]:
-        """``rows`` cut into the chunks one thread works on at a time."""
-        return [rows[first:first + self.chunk] for first in range(0, len(rows), self.chunk)]
+        """``rows`` cut into the chunks one thread works on at a time: at most :attr:`chunk` patterns each,
+        and a multiple of the threads in number (a mini-batch smaller than a chunk still uses every thread)."""
+        count = math.ceil(math.ceil(len(rows) / self.chunk) / self.threads) * self.threads
+        size = max(1, math.ceil(len(rows) / count))
+        return [rows[first:first + size] for first in range(0, len(rows), size)]
 
     def _map(self, function: Any, parts: list[Any]) -> Iterator[Any]:
         """``function(part)`` for every part, in order, as they finish (on the pool's threads)."""
