@@ -11,7 +11,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from ptycho_torch.errors import ConfigError
+from ptycho_torch.choices import ArrayBackendName, values
+from ptycho_torch.errors import ConfigError, DataContractError
 from serving.config import DEFAULTS, Limits, MiB, ServingConfig, SessionLimits
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,9 @@ def _session_and_trust_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trusted-key", type=Path, action="append", default=None, metavar="PUBLIC_KEY",
                         help="accept only bundles signed by this Ed25519 public key (`ptychopinn keygen`; "
                              "repeat for several; default: the keys in $PTYCHOPINN_TRUSTED_KEYS, else any bundle)")
+    parser.add_argument("--refine-backend", choices=values(ArrayBackendName), default=None,
+                        help="where refinements run: numpy (CPU threads) or cupy (this host's GPU; the gpu extra); "
+                             "default: $PTYCHOPINN_REFINE_BACKEND, else numpy")
     parser.add_argument("--session-idle-s", type=float, default=sessions.idle_timeout_s,
                         help=f"close a live session after this many seconds without requests (default "
                              f"{sessions.idle_timeout_s:g})")
@@ -132,6 +136,7 @@ def config_from_args(args: argparse.Namespace) -> ServingConfig:
                                      body_timeout_s=args.body_timeout_s),
         sessions=SessionLimits(max_sessions=args.max_sessions, max_pending_frames=args.max_pending_frames,
                                idle_timeout_s=args.session_idle_s),
+        refine_backend=args.refine_backend,
     )
 
 
@@ -149,6 +154,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"`--bundle` must be given: no default model is shipped at {DEFAULT_BUNDLE}; "
                           "pass the folder written by `ptychopinn export`")
     require_signatures(list(config.trusted_keys))
+    if config.refine_backend is not None:
+        require_refine_backend(config.refine_backend)
 
     def make_engine(bundle: Bundle) -> Engine:
         return Engine.from_config(bundle, config)
@@ -164,6 +171,20 @@ def run(args: argparse.Namespace) -> int:
     exit_on_stop_signals()
     uvicorn.run(app, host=config.host, port=config.port, log_level="info", access_log=False)
     return 0
+
+
+def require_refine_backend(name: str) -> None:
+    """Every refinement of this process runs on ``name`` (``--refine-backend``): checked to load here, in one
+    line, then put in ``$PTYCHOPINN_REFINE_BACKEND``, which :class:`~ptycho_torch.refinement.RefineSettings` reads."""
+    import os
+
+    from ptycho_torch.refinement.backend import ENVIRONMENT, array_backend
+
+    try:
+        array_backend(name)
+    except DataContractError as error:
+        raise ConfigError(f"`--refine-backend {name}`: {error}") from None
+    os.environ[ENVIRONMENT] = name
 
 
 def require_signatures(keys: list[Path] | None) -> None:

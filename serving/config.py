@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ptycho_torch.choices import ArrayBackendName
 from ptycho_torch.errors import ConfigError
 
 __all__ = ["DEFAULTS", "JSON_EXPANSION", "MiB", "Limits", "ServingConfig", "SessionLimits"]
@@ -139,6 +140,9 @@ class ServingConfig:
     """Per-request size, memory and time limits."""
     sessions: SessionLimits = field(default_factory=SessionLimits)
     """Bounds on live scan sessions."""
+    refine_backend: ArrayBackendName | None = None
+    """Where refinements run (``--refine-backend``): ``numpy`` on CPU threads or ``cupy`` on the GPU; None:
+    ``$PTYCHOPINN_REFINE_BACKEND``, else numpy. ``ptychopinn serve`` checks it loads at start."""
 
     def __post_init__(self) -> None:
         for name in ("providers", "allowed_hosts", "cors_origins"):  # lists welcome, stored as tuples

@@ -21,7 +21,12 @@ import scipy.fft
 from ptycho_torch.choices import ArrayBackendName, check_table, parse
 from ptycho_torch.errors import DataContractError
 
-__all__ = ["ArrayBackend", "array_backend", "cpu_threads", "flat_index_kernels"]
+__all__ = ["ENVIRONMENT", "ArrayBackend", "array_backend", "cpu_threads", "default_backend", "flat_index_kernels"]
+
+ENVIRONMENT = "PTYCHOPINN_REFINE_BACKEND"
+"""Environment variable naming the process's default backend (``numpy`` when unset; ``ptychopinn serve
+--refine-backend`` sets it): how a GPU host's server, Ptychodus or ``ptychopinn reconstruct`` refine on
+the GPU without a per-request setting (where to compute is the host's choice, not the client's)."""
 
 
 def cpu_threads(workers: int) -> int:
@@ -113,6 +118,11 @@ _BACKENDS: Mapping[ArrayBackendName, Callable[[], ArrayBackend]] = check_table(A
     ArrayBackendName.NUMPY: _numpy,
     ArrayBackendName.CUPY: _cupy,
 })
+
+
+def default_backend() -> ArrayBackendName:
+    """The backend a refinement uses unless told: ``$PTYCHOPINN_REFINE_BACKEND``, else ``numpy``."""
+    return parse(ArrayBackendName, f"${ENVIRONMENT}", os.environ.get(ENVIRONMENT, "numpy"), DataContractError)
 
 
 def array_backend(name: ArrayBackendName | str) -> ArrayBackend:

@@ -35,7 +35,7 @@ import numpy.typing as npt
 
 from ptycho_torch.data_fit import DataFit, MeasuredCounts
 from ptycho_torch.errors import DataContractError
-from ptycho_torch.refinement.backend import ArrayBackend, array_backend, cpu_threads
+from ptycho_torch.refinement.backend import ArrayBackend, array_backend, cpu_threads, default_backend
 
 __all__ = ["CACHE_BYTES", "PassResult", "ScanModel"]
 
@@ -103,7 +103,7 @@ class ScanModel:
 
     def __init__(self, amplitudes: npt.ArrayLike, positions: npt.ArrayLike, probe: npt.ArrayLike, *,
                  shape: tuple[int, int], origin: tuple[float, float], max_bytes: int = 512 << 20,
-                 workers: int = -1, backend: str = "numpy", margin: int = 0) -> None:
+                 workers: int = -1, backend: str | None = None, margin: int = 0) -> None:
         amps = np.asarray(amplitudes, dtype=np.float32)
         pos = np.asarray(positions, dtype=np.float64)
         modes = np.asarray(probe)
@@ -118,7 +118,7 @@ class ScanModel:
             raise DataContractError(f"`probe` must be (N, N) or (P, N, N) with N={N}, got shape {modes.shape}")
         if not (np.abs(modes) > 0).any():
             raise DataContractError("`probe` is all zero; send the probe the scan was measured with")
-        self.be: ArrayBackend = array_backend(backend)
+        self.be: ArrayBackend = array_backend(default_backend() if backend is None else backend)
         xp = self.be.xp
         self.N, self.margin = N, int(margin)
         self.threads = cpu_threads(workers) if self.be.parallel else 1
@@ -332,7 +332,9 @@ class ScanModel:
             projected = self.be.ifft2(spectrum, norm="ortho", overwrite_x=True, workers=self.fft_workers)
             power = self.probe_power(part) if self._fraction is None else (probes.real ** 2 + probes.imag ** 2).sum(axis=1)
             # sum_m conj(P_m) psi'_m here; its "- |P_m|^2 O" part summed over windows is D O, taken once on the grid
-            projected_sum = xp.conj(probes[:, 0]) * projected[:, 0]
+            # (scratch: this thread adds it to the grid before it takes the next chunk)
+            projected_sum = xp.multiply(xp.conj(probes[:, 0]), projected[:, 0], out=_scratch.take(
+                "projected_sum", model.shape, xp.complex64, xp))
             for m in range(1, projected.shape[1]):
                 projected_sum += xp.conj(probes[:, m]) * projected[:, m]
             out["object"] = projected_sum

@@ -37,6 +37,7 @@ import numpy.typing as npt
 from ptycho_torch.choices import ArrayBackendName, RefineAlgorithm, StopReason, check_table, parse
 from ptycho_torch.data_fit import DataFit
 from ptycho_torch.errors import DataContractError
+from ptycho_torch.refinement.backend import default_backend
 from ptycho_torch.refinement.probe_modes import orthogonalise, power, with_modes
 from ptycho_torch.refinement.scan_model import PassResult, ScanModel
 
@@ -127,8 +128,9 @@ class RefineSettings:
     """Correct each pattern's position (bounded steps; at most :data:`POSITION_MARGIN_PX` in all)."""
     max_iterations: int = 1000
     """The most iterations ``"auto"`` runs."""
-    backend: ArrayBackendName = ArrayBackendName.NUMPY
-    """``numpy`` (CPU threads) or ``cupy`` (a GPU; the ``gpu`` extra)."""
+    backend: ArrayBackendName | None = None
+    """``numpy`` (CPU threads) or ``cupy`` (a GPU; the ``gpu`` extra); None: the process's default
+    (:func:`~ptycho_torch.refinement.backend.default_backend`)."""
 
     def __post_init__(self) -> None:
         if self.iterations != AUTO and (not isinstance(self.iterations, int) or isinstance(self.iterations, bool)
@@ -137,7 +139,8 @@ class RefineSettings:
         algorithm = (default_algorithm(self.refine_probe, self.refine_positions) if self.algorithm is None
                      else parse(RefineAlgorithm, "algorithm", self.algorithm, DataContractError))
         object.__setattr__(self, "algorithm", algorithm)
-        object.__setattr__(self, "backend", parse(ArrayBackendName, "backend", self.backend, DataContractError))
+        object.__setattr__(self, "backend", default_backend() if self.backend is None
+                           else parse(ArrayBackendName, "backend", self.backend, DataContractError))
         if self.alpha is not None and not 0.0 <= self.alpha <= 1.0:
             raise DataContractError(f"`alpha` must be in [0, 1], got {self.alpha!r}")
         if self.batch_size is not None and self.batch_size < 1:

@@ -181,6 +181,10 @@ def test_bad_inputs_are_refused_with_a_clear_message(monkeypatch):
         RefineSettings(iterations="forever")
     with pytest.raises(DataContractError, match="backend 'cupy' needs CuPy: pip install"):
         ScanModel(scan.diff3d, scan.positions, scan.probeGuess, shape=(SIZE, SIZE), origin=(0, 0), backend="cupy")
+    monkeypatch.setenv("PTYCHOPINN_REFINE_BACKEND", "gpu")
+    with pytest.raises(DataContractError, match=r"`\$PTYCHOPINN_REFINE_BACKEND` must be one of \['numpy', 'cupy'\]"):
+        RefineSettings()
+    monkeypatch.delenv("PTYCHOPINN_REFINE_BACKEND")
     with pytest.raises(DataContractError, match="`positions` contain NaN"):
         ScanModel(scan.diff3d, np.full_like(scan.positions, np.nan), scan.probeGuess, shape=(SIZE, SIZE),
                   origin=(0, 0))

@@ -39,7 +39,7 @@ def test_every_serve_flag_reaches_its_field(tmp_path: Path) -> None:
         "--max-request-mb", "3", "--max-request-memory-mb", "40", "--max-concurrent-reconstructs", "2",
         "--body-timeout-s", "600", "--allow-remote", "--allowed-hosts", "a.example,b.example",
         "--cors-origins", "http://v.example", "--max-sessions", "3", "--max-pending-frames", "99",
-        "--trusted-key", "k1.pem", "--trusted-key", "k2.pem", "--session-idle-s", "60",
+        "--trusted-key", "k1.pem", "--trusted-key", "k2.pem", "--session-idle-s", "60", "--refine-backend", "cupy",
     ])
     assert config == ServingConfig(
         bundle=Path("b"), model_repository=Path("repo"), host="0.0.0.0", port=9001, max_batch_size=8,
@@ -49,8 +49,27 @@ def test_every_serve_flag_reaches_its_field(tmp_path: Path) -> None:
         trusted_keys=(Path("k1.pem"), Path("k2.pem")),
         limits=Limits(max_body_bytes=3 * MiB, max_request_memory_bytes=40 * MiB, body_timeout_s=600.0,
                       body_idle_timeout_s=30.0),  # a tenth of 600 s, at most the default 30 s
-        sessions=SessionLimits(max_sessions=3, max_pending_frames=99, idle_timeout_s=60.0),
+        sessions=SessionLimits(max_sessions=3, max_pending_frames=99, idle_timeout_s=60.0), refine_backend="cupy",
     )
+
+
+def test_the_refine_backend_is_checked_at_start_and_set_for_the_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import sys
+
+    from ptycho_torch.refinement import RefineSettings
+    from ptycho_torch.refinement.backend import ENVIRONMENT
+
+    monkeypatch.setitem(sys.modules, "cupy", None)  # a host without the gpu extra
+    monkeypatch.setenv(ENVIRONMENT, "numpy")  # recorded, so whatever the test sets is undone after it
+    monkeypatch.delenv(ENVIRONMENT)
+    with pytest.raises(ConfigError, match=r"^`--refine-backend cupy`: backend 'cupy' needs CuPy: pip install "):
+        serve_cli.require_refine_backend("cupy")
+    assert ENVIRONMENT not in os.environ and RefineSettings().backend == "numpy"
+    serve_cli.require_refine_backend("numpy")
+    assert os.environ[ENVIRONMENT] == "numpy" and RefineSettings().backend == "numpy"
+    monkeypatch.setenv(ENVIRONMENT, "cupy")  # what a GPU host's Ptychodus or CLI is given
+    assert RefineSettings().backend == "cupy" and RefineSettings(backend="numpy").backend == "numpy"
 
 
 def test_engine_and_batcher_defaults_are_the_config_defaults(engine: Engine) -> None:
