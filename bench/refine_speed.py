@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from bench.report import cell
+from ptycho_torch.errors import DataContractError
 from ptycho_torch.refinement import RefineSettings, ScanModel, refine
 from ptycho_torch.refinement.backend import array_backend
 
@@ -95,7 +96,20 @@ def iteration_seconds(backend: str, scan: dict[str, Any], iterations: int, updat
 
 
 def run(mode: str, backend: str = "numpy") -> dict[str, Any]:
-    """Every case's iteration time beside its FFT pair."""
+    """Every case's iteration time beside its FFT pair on ``backend``; from ``python -m bench`` (numpy) also
+    the same on CuPy when this machine has it and a GPU (``gpu``: its result, or why it was not measured)."""
+    part = _run(mode, backend)
+    if backend == "numpy":
+        try:
+            part["gpu"] = _run(mode, "cupy")
+        except DataContractError as error:  # no CuPy here
+            part["gpu"] = f"not measured: {error}"
+        except Exception as error:  # noqa: BLE001 - CuPy without a usable GPU raises its own CUDA errors
+            part["gpu"] = f"not measured: {type(error).__name__}: {error}"
+    return part
+
+
+def _run(mode: str, backend: str) -> dict[str, Any]:
     size = SIZES[mode]
     rows = []
     for label, modes, subpixel in GEOMETRIES:
@@ -117,7 +131,13 @@ def run(mode: str, backend: str = "numpy") -> dict[str, Any]:
 
 
 def table(part: dict[str, Any]) -> str:
-    """The markdown table of :func:`run`'s result."""
+    """The markdown table of :func:`run`'s result (and of its GPU run, when there was one)."""
+    gpu = part.get("gpu")
+    own = _table(part)
+    return own if not isinstance(gpu, dict) else f"{own}\n\n{_table(gpu)}"
+
+
+def _table(part: dict[str, Any]) -> str:
     lines = [f"Backend: {part['backend']}.", "",
              "| case | update | rule | threads | iteration (ms) | FFT pair (ms) | pattern-iterations/s | "
              "fraction of FFT bound |",
@@ -136,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", default="quick", choices=tuple(SIZES))
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = parser.parse_args(argv)
-    part = run(args.mode, args.backend)
+    part = _run(args.mode, args.backend)
     print(table(part))
     if args.json is not None:
         args.json.write_text(json.dumps(part, indent=2))

@@ -78,7 +78,8 @@ def gpu_table(results: dict[str, Any]) -> str:
     machine = results["machine"]
     rows = ["| figure | value |", "|---|---|"]
     if not machine["gpus"]:
-        for name in ("training samples/s (GPU)", "onnxruntime CUDA patterns/s", "end-to-end reconstruct time (GPU)"):
+        for name in ("training samples/s (GPU)", "onnxruntime CUDA patterns/s", "end-to-end reconstruct time (GPU)",
+                     "refinement iteration, CuPy (`python -m bench refine_speed`)"):
             rows.append(f"| {name} | {NO_GPU} |")
         return "\n".join(rows)
     train = parts.get("train", {})
@@ -89,7 +90,16 @@ def gpu_table(results: dict[str, Any]) -> str:
     for name, case in parts.get("quality", {}).get("cases", {}).items():
         for point in case.get("curves", {}).get("network only", []):
             rows.append(f"| end-to-end reconstruct time, {name} (s) | {point['seconds']:.3f} |")
+    rows.extend(_refinement_gpu_rows(parts.get("refine_speed", {}).get("gpu", "not run")))
     return "\n".join(rows)
+
+
+def _refinement_gpu_rows(gpu: dict[str, Any] | str) -> list[str]:
+    """One row per ``bench refine_speed`` case on CuPy: ms per iteration and the fraction of its FFT bound."""
+    if not isinstance(gpu, dict):
+        return [f"| refinement iteration, CuPy | {gpu} |"]
+    return [f"| refinement iteration, CuPy, {row['case']}, {row['update']} (ms; fraction of FFT bound) | "
+            f"{row['iteration_ms']:.2f}; {row['fraction_of_fft_bound']:.2f} |" for row in gpu["rows"]]
 
 
 def render(results: dict[str, Any], tables: Mapping[str, Callable[[dict[str, Any]], str]]) -> dict[str, str]:
