@@ -105,7 +105,7 @@ def test_every_config_choice_is_annotated_with_its_enum_and_no_literal_spells_on
                 (cls, name)
     assert PyTorchExecutionConfig(gradient_clip_algorithm="value").gradient_clip_algorithm is GradientClipAlgorithm.VALUE
     hints = typing.get_type_hints(ReconstructOptions)
-    assert hints["refine_algorithm"] is RefineAlgorithm and hints["refine_start"] is RefineStart
+    assert hints["refine_algorithm"] == RefineAlgorithm | None and hints["refine_start"] is RefineStart
     assert hints["scale_policy"] == ScalePolicy | None and hints["units"] == Units | None
 
 
