@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from ptycho_torch.choices import RefineStart
+from ptycho_torch.choices import ArrayBackendName, RefineStart
 from ptycho_torch.errors import InvalidInput, InvalidValues
 from ptycho_torch.grouping import group_indices
 from ptycho_torch.model_facts import ModelFacts
@@ -306,7 +306,8 @@ def reconstruct_steps(
 def _fit_and_refine(plan: Plan, result: Reconstruction, stitched: StitchResult, amplitudes: npt.NDArray[np.float32],
                     positions: npt.NDArray[np.float64], probe: Any, clock: StageClock) -> Iterator[Reconstruction]:
     """The data fit of ``result`` (the network's object), then the plan's refinement iteration by iteration."""
-    settings = plan.refinement or RefineSettings(iterations=0)
+    # no refinement: the data fit alone, one forward pass on the CPU (never the host's refine backend)
+    settings = plan.refinement or RefineSettings(iterations=0, backend=ArrayBackendName.NUMPY)
     for step in refine_stitched(amplitudes, positions, probe, stitched.canvas, stitched.coverage, stitched.origin,
                                 settings, start=plan.refine_start):
         state = step.state

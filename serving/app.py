@@ -42,7 +42,7 @@ from serving.access_log import AccessLog
 from serving.batching import DynamicBatcher
 from serving.config import DEFAULTS, ServingConfig
 from serving.engine import Engine
-from serving.errors import ClientGone, Unauthorized, status_of
+from serving.errors import ClientGone, ServerError, Unauthorized, status_of
 from serving.guards import LOOPBACK_HOSTS, AccessGuard, Admission, CancellableRunner, cancel_on_disconnect
 from serving.limits import Limits, check_reconstruct_budget, read_body
 from serving.metrics import ServiceMetrics, TritonCollector
@@ -378,12 +378,25 @@ def _reconstruct_routes(state: _State) -> APIRouter:
     return router
 
 
+def _require_refine_backend() -> None:
+    """A refining request on a host whose refine backend cannot run (``ptychopinn serve`` checks it at start;
+    an app built otherwise may not have): 500, the host's to fix, never a refusal of the request."""
+    from serving.cli import refine_backend_problem
+
+    problem = refine_backend_problem()
+    if problem is not None:
+        log.error("refinement refused: %s", problem)
+        raise ServerError(f"this server cannot refine: {problem}")
+
+
 def _reconstruct(limits: Limits, metrics: ServiceMetrics, model: ModelVersion, runner: CancellableRunner,
                  body: bytes) -> bytes:
     request = decode_reconstruct_request(body, max_uncompressed_bytes=limits.max_request_memory_bytes)
     decoded = sum(a.nbytes for a in (request.patterns, request.positions, request.probe, request.mask) if a is not None)
     check_reconstruct_budget(request.patterns, request.positions, N=model.bundle.N, channels=model.bundle.channels,
                              decoded_bytes=decoded, limits=limits)
+    if request.options.refine_iterations != 0:
+        _require_refine_backend()
     result = reconstruct(runner, request.patterns, request.positions, probe=request.probe,
                          options=request.options, mask=request.mask)
     metrics.observe_data_fit(result.data_fit, result.n_patterns,

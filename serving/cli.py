@@ -154,8 +154,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"`--bundle` must be given: no default model is shipped at {DEFAULT_BUNDLE}; "
                           "pass the folder written by `ptychopinn export`")
     require_signatures(list(config.trusted_keys))
-    if config.refine_backend is not None:
-        require_refine_backend(config.refine_backend)
+    require_refine_backend(config.refine_backend)  # the flag, else $PTYCHOPINN_REFINE_BACKEND: before ready
 
     def make_engine(bundle: Bundle) -> Engine:
         return Engine.from_config(bundle, config)
@@ -173,18 +172,44 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def require_refine_backend(name: str) -> None:
-    """Every refinement of this process runs on ``name`` (``--refine-backend``): checked to load here, in one
-    line, then put in ``$PTYCHOPINN_REFINE_BACKEND``, which :class:`~ptycho_torch.refinement.RefineSettings` reads."""
+def require_refine_backend(name: str | None) -> None:
+    """Every refinement of this process runs on ``name`` (``--refine-backend``; None: the one
+    ``$PTYCHOPINN_REFINE_BACKEND`` names, unset or empty for numpy): checked to load here, in one line naming
+    the fix, then put in ``$PTYCHOPINN_REFINE_BACKEND``, which :class:`~ptycho_torch.refinement.RefineSettings`
+    reads. ``ptychopinn serve`` calls it before it reports ready, ``ptychopinn reconstruct --refine`` before
+    it loads the model."""
+    import os
+
+    from ptycho_torch.refinement.backend import ENVIRONMENT
+
+    problem = refine_backend_problem(name)
+    if problem is not None:
+        raise ConfigError(problem)
+    if name is not None:
+        os.environ[ENVIRONMENT] = name
+
+
+def refine_backend_problem(name: str | None = None) -> str | None:
+    """Why refinements cannot run on ``name`` (None: on ``$PTYCHOPINN_REFINE_BACKEND``), in one line naming
+    the fix; None when they can."""
     import os
 
     from ptycho_torch.refinement.backend import ENVIRONMENT, array_backend
 
+    given = name if name is not None else os.environ.get(ENVIRONMENT) or None
+    if given is None:  # unset or empty: numpy, always there
+        return None
+    where = f"`--refine-backend {given}`" if name is not None else f"`${ENVIRONMENT}={given}`"
+    fix = ("" if name is not None else
+           f"; unset ${ENVIRONMENT} or set it to numpy (CPU threads), or install the gpu extra for cupy "
+           "(pip install 'ptychopinn-serve[gpu]')")
+    if given not in values(ArrayBackendName):
+        return f"{where}: refinements run on one of {list(values(ArrayBackendName))}, got {given!r}{fix}"
     try:
-        array_backend(name)
+        array_backend(given)
     except DataContractError as error:
-        raise ConfigError(f"`--refine-backend {name}`: {error}") from None
-    os.environ[ENVIRONMENT] = name
+        return f"{where}: {error}{fix}"
+    return None
 
 
 def require_signatures(keys: list[Path] | None) -> None:

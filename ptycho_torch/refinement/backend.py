@@ -121,8 +121,8 @@ _BACKENDS: Mapping[ArrayBackendName, Callable[[], ArrayBackend]] = check_table(A
 
 
 def default_backend() -> ArrayBackendName:
-    """The backend a refinement uses unless told: ``$PTYCHOPINN_REFINE_BACKEND``, else ``numpy``."""
-    return parse(ArrayBackendName, f"${ENVIRONMENT}", os.environ.get(ENVIRONMENT, "numpy"), DataContractError)
+    """The backend a refinement uses unless told: ``$PTYCHOPINN_REFINE_BACKEND``, else (unset or empty) ``numpy``."""
+    return parse(ArrayBackendName, f"${ENVIRONMENT}", os.environ.get(ENVIRONMENT) or "numpy", DataContractError)
 
 
 def array_backend(name: ArrayBackendName | str) -> ArrayBackend:

@@ -72,6 +72,45 @@ def test_the_refine_backend_is_checked_at_start_and_set_for_the_process(monkeypa
     assert RefineSettings().backend == "cupy" and RefineSettings(backend="numpy").backend == "numpy"
 
 
+_FIX = ("; unset $PTYCHOPINN_REFINE_BACKEND or set it to numpy (CPU threads), or install the gpu extra for cupy "
+        "(pip install 'ptychopinn-serve[gpu]')")
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("gpu", "`$PTYCHOPINN_REFINE_BACKEND=gpu`: refinements run on one of ['numpy', 'cupy'], got 'gpu'" + _FIX),
+    ("cupy", "`$PTYCHOPINN_REFINE_BACKEND=cupy`: backend 'cupy' needs CuPy: pip install 'ptychopinn-serve[gpu]'"),
+])
+def test_serve_refuses_a_refine_backend_from_the_environment_it_cannot_use_before_it_is_ready(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, value: str, message: str) -> None:
+    """Without --refine-backend the environment's backend is checked at start, in one line naming the fix
+    (it used to pass, and every /v1/reconstruct then got 422)."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "cupy", None)  # a host without the gpu extra
+    monkeypatch.setenv("PTYCHOPINN_REFINE_BACKEND", value)
+    with pytest.raises(ConfigError) as refused:
+        serve_cli.require_refine_backend(None)
+    assert str(refused.value).startswith(message) and str(refused.value).endswith(_FIX)
+    assert "\n" not in str(refused.value)
+    parser = argparse.ArgumentParser()
+    serve_cli.configure(parser)
+    with pytest.raises(ConfigError) as at_start:  # before the bundle (which does not exist) is loaded
+        serve_cli.run(parser.parse_args(["--bundle", str(tmp_path / "no-such-bundle")]))
+    assert str(at_start.value) == str(refused.value)
+
+
+def test_an_empty_refine_backend_variable_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from ptycho_torch.refinement import RefineSettings
+    from ptycho_torch.refinement.backend import ENVIRONMENT, default_backend
+
+    monkeypatch.setenv(ENVIRONMENT, "")
+    serve_cli.require_refine_backend(None)
+    assert os.environ[ENVIRONMENT] == "" and default_backend() == "numpy" and RefineSettings().backend == "numpy"
+    assert serve_cli.refine_backend_problem() is None
+
+
 def test_engine_and_batcher_defaults_are_the_config_defaults(engine: Engine) -> None:
     signature = {cls: inspect.signature(cls).parameters for cls in (Engine, DynamicBatcher)}
     for name in ("providers", "max_batch_size", "intra_op_threads"):
