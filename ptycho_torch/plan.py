@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cache
 from typing import Any, Literal
 
 import numpy as np
@@ -101,13 +103,13 @@ class ReconstructOptions:
     def __post_init__(self) -> None:
         for name in ("stitch_M", "neighbor_count", "seed"):
             _require_count(name, getattr(self, name))
-        _require_iterations(self.refine_iterations)
+        object.__setattr__(self, "refine_iterations", _require_iterations(self.refine_iterations))
         for name in ("refine_probe", "refine_positions"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidInput(f"`{name}` must be true or false, got {getattr(self, name)!r}")
         for name, choice in choice_fields(ReconstructOptions).items():
             value = getattr(self, name)
-            if value is not None:
+            if value is not None or name not in _optional_fields(ReconstructOptions):  # null for a choice: 400
                 object.__setattr__(self, name, parse(choice, name, value, InvalidInput))
         if self.scale is not None:
             _require_positive("scale", self.scale, "a positive finite number")
@@ -133,6 +135,10 @@ class ReconstructOptions:
         if self.refine_start == RefineStart.FLAT and self.refine_iterations == 0:
             raise InvalidInput("`refine_start` 'flat' needs `refine_iterations` >= 1 (a flat object explains nothing); "
                                f"ask for {AUTO!r} (until the data fit stops improving) or a number of iterations")
+        if self.refine_algorithm is not None and self.refine_iterations == 0:
+            raise InvalidInput(f"`refine_algorithm` {str(self.refine_algorithm)!r} needs `refine_iterations` >= 1 or "
+                               f"{AUTO!r} (it is the refinement's update rule); ask for {AUTO!r} or a number of "
+                               "iterations, or leave `refine_algorithm` out")
         for name, what in (("refine_probe", "the probe is refined with the object"),
                            ("refine_positions", "the positions are corrected with the object")):
             if getattr(self, name) and self.refine_iterations == 0:
@@ -172,15 +178,26 @@ class ReconstructOptions:
 _REFINE_OPTIONS = tuple(f.name for f in dataclasses.fields(ReconstructOptions) if f.name.startswith("refine_"))
 
 
-def _require_iterations(value: Any) -> None:
+def _require_iterations(value: Any) -> RefineIterations:
+    """``value`` as ``refine_iterations``: ``"auto"``, or a whole number as an ``int`` (an integral float such as
+    JSON's ``3.0`` and numpy integers count; bools do not)."""
     if isinstance(value, str) and value == AUTO:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return AUTO
+    whole = (isinstance(value, (int, np.integer)) or (isinstance(value, (float, np.floating)) and value.is_integer())
+             ) and not isinstance(value, bool)
+    if not whole or value < 0:
         raise InvalidInput(f"`refine_iterations` must be {_ITERATIONS_EXPECTED}, got {value!r}")
     if value > MAX_REFINE_ITERATIONS:
         raise InvalidInput(f"`refine_iterations` must be at most {MAX_REFINE_ITERATIONS}, got {value}; ask for "
                            f"fewer, or for {AUTO!r} to refine until the data fit stops improving (within "
                            "`refine_time_limit_s`)")
+    return int(value)
+
+
+@cache
+def _optional_fields(cls: type) -> frozenset[str]:
+    """The fields of dataclass ``cls`` whose annotation admits None (a null means "the default rule")."""
+    return frozenset(name for name, hint in typing.get_type_hints(cls).items() if type(None) in typing.get_args(hint))
 
 
 def _require_count(name: str, value: Any) -> None:

@@ -133,8 +133,8 @@ class RefineSettings:
     (:func:`~ptycho_torch.refinement.backend.default_backend`)."""
 
     def __post_init__(self) -> None:
-        if self.iterations != AUTO and (not isinstance(self.iterations, int) or isinstance(self.iterations, bool)
-                                        or self.iterations < 0):
+        if self.iterations != AUTO and (not isinstance(self.iterations, (int, np.integer))
+                                        or isinstance(self.iterations, bool) or self.iterations < 0):
             raise DataContractError(f"`iterations` must be a non-negative integer or 'auto', got {self.iterations!r}")
         algorithm = (default_algorithm(self.refine_probe, self.refine_positions) if self.algorithm is None
                      else parse(RefineAlgorithm, "algorithm", self.algorithm, DataContractError))

@@ -139,6 +139,10 @@ def test_auto_iterations_and_probe_and_position_refinement_round_trip_into_the_s
                              r"`refine_probe` out$"),
     ({"refine_positions": True, "refine_iterations": 0}, r"`refine_positions` needs `refine_iterations` >= 1 or "
                                                          r"'auto'"),
+    ({"refine_algorithm": "mpie"}, r"^`refine_algorithm` 'mpie' needs `refine_iterations` >= 1 or 'auto' \(it is the "
+                                   r"refinement's update rule\); ask for 'auto' or a number of iterations, or leave "
+                                   r"`refine_algorithm` out$"),
+    ({"refine_start": None}, r"^`refine_start` must be one of \['network', 'flat'\], got None$"),
 ])
 def test_bad_refine_values_say_what_is_wrong_and_how_to_fix_it(options: dict, message: str) -> None:
     with pytest.raises(InvalidInput, match=message) as refused:
@@ -171,3 +175,29 @@ def test_a_rule_changed_in_the_plan_changes_the_whole_scan_path_and_the_session_
         assert Session("s", batcher, options=ReconstructOptions(stitch_M=6)).stitcher.M == 6
     finally:
         batcher.close()
+
+
+def test_whole_numbers_of_iterations_are_whole_whatever_their_type() -> None:
+    """JSON's 3.0 and numpy's integers are whole numbers (stored as an int); 2.5 and bools are not."""
+    for value in (3.0, np.int64(3), np.float32(3.0)):
+        options = ReconstructOptions(refine_iterations=value)
+        assert options.refine_iterations == 3 and type(options.refine_iterations) is int
+        assert options.to_json() == {"refine_iterations": 3} and options.refinement().iterations == 3
+    for value in (2.5, float("inf"), float("nan"), np.bool_(True), False):
+        with pytest.raises(InvalidInput, match=r"^`refine_iterations` must be a whole number of iterations in "):
+            ReconstructOptions(refine_iterations=value)
+
+
+def test_a_null_for_a_choice_that_has_no_default_rule_is_a_400_naming_the_option() -> None:
+    """Every choice option whose annotation admits no None refuses a null (400, its own name); the optional
+    ones take it as "the default rule"."""
+    from ptycho_torch.choices import choice_fields
+
+    fields = choice_fields(ReconstructOptions)
+    required = [name for name in fields if name not in plan_module._optional_fields(ReconstructOptions)]
+    assert required == ["refine_start"]  # a new one is covered by the same rule
+    for name in required:
+        with pytest.raises(InvalidInput, match=rf"^`{name}` must be one of \[.*\], got None$"):
+            ReconstructOptions.from_mapping({name: None, "refine_iterations": 1})
+    for name in set(fields) - set(required):
+        assert getattr(ReconstructOptions.from_mapping({name: None}), name) is None

@@ -285,3 +285,55 @@ def test_a_session_takes_the_refinement_options_as_reconstruct_does(oracle_app_s
     assert httpx.delete(path).status_code == 200
     bad = httpx.post(f"{oracle_app_server.url}/v1/sessions", json={"options": {"refine_iterations": 5000}})
     assert bad.status_code == 400 and "`refine_iterations` must be at most 1000" in bad.json()["error"]
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"refine_start": None}, "`refine_start` must be one of ['network', 'flat'], got None"),
+    ({"refine_algorithm": "mpie"}, "`refine_algorithm` 'mpie' needs `refine_iterations` >= 1 or 'auto'"),
+    ({"refine_iterations": 2.5}, "`refine_iterations` must be a whole number of iterations in [0, 1000] or 'auto'"),
+])
+def test_a_null_choice_and_an_algorithm_without_refinement_are_400_naming_the_option(oracle_app_server, scan,
+                                                                                      options: dict, message: str) -> None:
+    patterns, positions, probe, _ = scan
+    body = encode_reconstruct_request(patterns[:20], positions[:20], probe=probe, options=options)
+    response = httpx.post(f"{oracle_app_server.url}/v1/reconstruct", content=body)
+    assert response.status_code == 400 and message in response.json()["error"], response.text
+
+
+def test_a_whole_number_sent_as_a_float_refines_that_many_iterations(oracle_app_server, scan) -> None:
+    patterns, positions, probe, _ = scan
+    body = encode_reconstruct_request(patterns[:20], positions[:20], probe=probe, options={"refine_iterations": 3.0})
+    response = httpx.post(f"{oracle_app_server.url}/v1/reconstruct", content=body, timeout=60)
+    assert response.status_code == 200, response.text
+    assert decode_reconstruction(response.content)[0].refinement["iterations"] == 3
+
+
+def test_the_solver_takes_numpy_integers_as_iteration_counts() -> None:
+    from ptycho_torch.errors import DataContractError
+    from ptycho_torch.refinement import RefineSettings
+
+    assert RefineSettings(iterations=np.int64(5)).iteration_cap == 5
+    for bad in (2.5, True, -1):
+        with pytest.raises(DataContractError, match="`iterations` must be a non-negative integer or 'auto'"):
+            RefineSettings(iterations=bad)
+
+
+def test_a_host_whose_refine_backend_cannot_run_answers_only_refining_requests_and_with_a_500(
+        oracle_app_server, scan, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ptychopinn serve` refuses such a backend at start; an app started otherwise still serves every request
+    that does not refine (the data fit never needs the backend), and a refining one is the server's fault."""
+    patterns, positions, probe, _ = scan
+    monkeypatch.setenv("PTYCHOPINN_REFINE_BACKEND", "gpu")
+    url = f"{oracle_app_server.url}/v1/reconstruct"
+    plain = httpx.post(url, content=encode_reconstruct_request(patterns[:20], positions[:20], probe=probe))
+    assert plain.status_code == 200, plain.text
+    assert decode_reconstruction(plain.content)[0].data_fit["probe"] == "request"
+    refining = httpx.post(url, content=encode_reconstruct_request(patterns[:20], positions[:20], probe=probe,
+                                                                  options={"refine_iterations": 2}))
+    assert refining.status_code == 500, refining.text
+    assert refining.json()["error"].startswith(
+        "this server cannot refine: `$PTYCHOPINN_REFINE_BACKEND=gpu`: refinements run on one of ['numpy', 'cupy']")
+    monkeypatch.setenv("PTYCHOPINN_REFINE_BACKEND", "")  # empty is unset: numpy
+    refining = httpx.post(url, content=encode_reconstruct_request(patterns[:20], positions[:20], probe=probe,
+                                                                  options={"refine_iterations": 2}), timeout=60)
+    assert refining.status_code == 200 and decode_reconstruction(refining.content)[0].refinement["iterations"] == 2
