@@ -29,7 +29,9 @@ CXI layout (CXI 1.5 names where one exists, https://www.cxidb.org/cxi.html)::
     /entry_1/sample_1/geometry_1/translation   (S, 3) metres [x, y, 0] (only when the pixel size is known)
     /entry_1/data_1                            soft link to image_1 (CXI's default plottable data)
     /entry_1/process_1/                        model, model_version, source, command; data_fit/ (figures);
-                                               refinement/ (iterations, stop_reason, stopped, ...)
+                                               refinement/ (iterations, stop_reason, stopped, ...);
+                                               ``ptychopinn reconstruct`` adds refine_iterations (done)
+                                               and refine_iterations_requested (a number or "auto")
 
 The probe and positions are those of the result: refined when the reconstruction refined them (as
 ``ProductInfo.refinement`` says), else the scan's.

@@ -15,9 +15,10 @@ fit, write the products. The sources:
   groups (with a progress bar), so a scan of any size stays under the server's request limit.
 
 ``--refine N`` adds N iterations of refinement against the measured patterns after the network,
-with the scan's probe (numpy, in this process, whatever the source); ``--refine auto`` refines until
-the data fit stops improving (or the time limit). ``--refine-probe`` refines the probe with the object
-and ``--refine-positions`` corrects the scan positions; the products then carry the refined probe
+with the scan's probe (in this process, whatever the source, on ``$PTYCHOPINN_REFINE_BACKEND``, checked
+before the model loads); ``--refine auto`` refines until the data fit stops improving, and
+``--refine-time-limit SECONDS`` (300 unless given) bounds either. ``--refine-probe`` refines the probe
+with the object and ``--refine-positions`` corrects the scan positions; the products then carry the refined probe
 and positions (NPZ ``probe``/``positions``, CXI ``image_2`` and ``positions_px``). Why the
 refinement stopped and the data fit of the result (per-pattern Poisson NLL, R-factor, outliers) are
 logged and kept in the CXI.
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,10 +54,13 @@ def refine_iterations(text: str) -> RefineIterations:
     if text.strip().casefold() == AUTO:
         return AUTO
     try:
-        return int(text)
+        number = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number of iterations or {AUTO!r} (until the data fit "
-                                         f"stops improving), got {text!r}") from None
+        number = math.nan
+    if number.is_integer():  # 3 and 3.0 alike
+        return int(number)
+    raise argparse.ArgumentTypeError(f"must be a whole number of iterations or {AUTO!r} (until the data fit "
+                                     f"stops improving), got {text!r}")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -100,6 +105,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="refine the probe with the object (needs --refine); the products carry the refined probe")
     parser.add_argument("--refine-positions", action="store_true",
                         help="correct the scan positions with the object (needs --refine); the products carry them")
+    parser.add_argument("--refine-time-limit", type=float, default=None, metavar="SECONDS",
+                        help="stop refining after the iteration that passes this many seconds (needs --refine; "
+                             "default 300); the log says when it stopped for time")
     parser.add_argument("--token-file", type=Path, default=None, help="bearer token for --server (a file)")
     parser.add_argument("--timeout", type=float, default=RunnerSettings.timeout_s,
                         help="HTTP timeout in seconds for --server")
@@ -111,6 +119,10 @@ def run(args: argparse.Namespace) -> int:
     from ptycho_torch.pipeline import reconstruct
     from ptycho_torch.pixel_size import scan_pixel_size
 
+    if args.refine != 0:  # where refinements run is this host's setting: checked before the model loads
+        from serving.cli import require_refine_backend
+
+        require_refine_backend(None)
     scan = _load_scan(args)
     options = _options(args, scan_pixel_size(scan.metadata))
     with runner_for(args.server or args.model, server=bool(args.server), settings=_settings(args)) as loaded:
@@ -149,10 +161,11 @@ def _settings(args: argparse.Namespace) -> RunnerSettings:
 def _options(args: argparse.Namespace, pixel_size_m: float | None) -> ReconstructOptions:
     from ptycho_torch.plan import ReconstructOptions
 
+    time_limit = {} if args.refine_time_limit is None else {"refine_time_limit_s": args.refine_time_limit}
     return ReconstructOptions(scale_policy=args.scale_policy, stitch_M=args.stitch_m, seed=args.seed,
                               pixel_size_m=pixel_size_m, refine_iterations=args.refine,
                               refine_algorithm=args.refine_algorithm, refine_start=args.refine_start,
-                              refine_probe=args.refine_probe, refine_positions=args.refine_positions)
+                              refine_probe=args.refine_probe, refine_positions=args.refine_positions, **time_limit)
 
 
 def _log_refinement(result: Reconstruction) -> None:
@@ -179,7 +192,8 @@ def _product_info(args: argparse.Namespace, scan: RawData, loaded: LoadedRunner,
     from ptycho_torch.outputs import ProductInfo
 
     extra = {"scale": result.scale, "scale_policy": result.scale_policy,
-             "refine_iterations": (result.refinement or {}).get("iterations", 0)}
+             "refine_iterations": (result.refinement or {}).get("iterations", 0),  # done
+             "refine_iterations_requested": args.refine}  # a number, or "auto"
     return ProductInfo(pixel_size_m=result.pixel_size_m,
                        probe=scan.probeGuess if result.probe is None else result.probe,
                        positions=scan.positions if result.positions is None else result.positions,

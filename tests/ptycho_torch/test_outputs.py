@@ -122,3 +122,15 @@ def test_bad_pixel_size_and_shapes_are_refused(tmp_path: Path) -> None:
         save_outputs(np.ones((4, 4)), np.ones((4, 4)), None, tmp_path, info=ProductInfo(pixel_size_m=-1.0))
     with pytest.raises(DataContractError, match="matching 2-D images"):
         save_outputs(np.ones((4, 4)), np.ones((4, 5)), None, tmp_path)
+
+
+@pytest.mark.parametrize("requested", ["auto", 40])
+def test_the_cxi_keeps_the_iterations_asked_for_beside_those_done(tmp_path: Path, requested) -> None:
+    """`ptychopinn reconstruct` records both: 'auto' (or a number) asked for, and the count the refinement ran."""
+    info = ProductInfo(extra={"refine_iterations": 17, "refine_iterations_requested": requested})
+    paths = save_outputs(np.ones((8, 8), np.float32), np.zeros((8, 8), np.float32), None, tmp_path / "out", info=info)
+    with h5py.File(paths["cxi"]) as f:
+        process = f["entry_1/process_1"]
+        assert process["refine_iterations"][()] == 17
+        stored = process["refine_iterations_requested"][()]
+        assert (stored.decode() if isinstance(stored, bytes) else int(stored)) == requested

@@ -201,6 +201,23 @@ def test_refine_keeps_the_data_fit_in_the_cxi(engine: Engine, held_out, tmp_path
         assert float(fit["nll_median"][()]) == pytest.approx(np.median(fit["nll"][()]), rel=1e-5)
         assert len(json.loads(fit["iterations"][()])) == 4  # the network's object and 3 iterations
         assert int(cxi["entry_1/process_1/refine_iterations"][()]) == 3
+        assert int(cxi["entry_1/process_1/refine_iterations_requested"][()]) == 3
+
+
+def test_auto_with_a_time_limit_keeps_what_was_asked_for_beside_what_was_done(engine: Engine, held_out,
+                                                                              tmp_path: Path) -> None:
+    import json
+
+    path, _ = held_out
+    code = cli_main(["reconstruct", "--model", str(engine.bundle.root), "--data", str(path), "--refine", "auto",
+                     "--refine-time-limit", "0.05", "--out", str(tmp_path / "out")])
+    assert code == 0
+    with h5py.File(tmp_path / "out" / "reconstruction.cxi") as cxi:
+        process = cxi["entry_1/process_1"]
+        assert process["refine_iterations_requested"][()] == b"auto"
+        done = int(process["refine_iterations"][()])
+        assert done == int(process["refinement/iterations"][()]) >= 1
+        assert json.loads(process["refinement/stop_reason"][()]) == "time_limit"  # 0.05 s, not the default 300 s
 
 
 def test_the_refined_probe_and_positions_reach_the_npz_and_the_cxi(engine: Engine, held_out, tmp_path: Path,
@@ -251,6 +268,56 @@ def test_a_bad_refine_value_is_one_line(tiny_scan: Path, tmp_path: Path, capsys,
         code = exit_.code
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err, err
+
+
+def test_the_refine_flags_reach_the_options() -> None:
+    import argparse
+
+    from ptychopinn.commands import reconstruct as command
+
+    parser = argparse.ArgumentParser()
+    command.configure(parser)
+    base = ["--model", "m", "--data", "d", "--out", "o"]
+    args = parser.parse_args([*base, "--refine", "3.0", "--refine-time-limit", "12.5"])
+    options = command._options(args, None)
+    assert (options.refine_iterations, options.refine_time_limit_s) == (3, 12.5)
+    assert command._options(parser.parse_args([*base, "--refine", "auto"]), None).refine_time_limit_s == \
+        ReconstructOptions.refine_time_limit_s
+    assert f"default {ReconstructOptions.refine_time_limit_s:g})" in " ".join(parser.format_help().split())
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--refine", "2.5"], "argument --refine: must be a whole number of iterations or 'auto' (until the data fit "
+                          "stops improving), got '2.5'"),
+    (["--refine-algorithm", "mpie"], "`refine_algorithm` 'mpie' needs `refine_iterations` >= 1 or 'auto' (it is the "
+                                     "refinement's update rule); ask for 'auto' or a number of iterations, or leave "
+                                     "`refine_algorithm` out"),
+    (["--refine", "3", "--refine-time-limit", "0"], "`refine_time_limit_s` must be a positive number, got 0.0"),
+])
+def test_refine_flags_that_cannot_work_are_one_line(tiny_scan: Path, tmp_path: Path, capsys, flags: list[str],
+                                                    message: str) -> None:
+    try:
+        code = cli_main(["reconstruct", "--model", str(tmp_path / "m"), "--data", str(tiny_scan), *flags,
+                         "--out", str(tmp_path / "o")])
+    except SystemExit as exit_:  # argparse refuses what is no number
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("value", ["gpu", "cupy"])
+def test_a_refine_backend_it_cannot_use_is_refused_before_the_model_loads(
+        tiny_scan: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "cupy", None)  # a host without the gpu extra
+    monkeypatch.setenv("PTYCHOPINN_REFINE_BACKEND", value)
+    code = cli_main(["reconstruct", "--model", str(tmp_path / "no-model"), "--data", str(tiny_scan), "--refine", "3",
+                     "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and f"`$PTYCHOPINN_REFINE_BACKEND={value}`: " in err, err
+    assert "unset $PTYCHOPINN_REFINE_BACKEND or set it to numpy" in err and "ptychopinn-serve[gpu]" in err
+    assert "no-model" not in err and "\n" not in err and not (tmp_path / "o").exists()
 
 
 def test_a_model_that_is_no_source_names_what_model_accepts(tiny_scan: Path, tmp_path: Path, capsys) -> None:
