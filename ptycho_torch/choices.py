@@ -105,11 +105,14 @@ class RefineAlgorithm(StrEnum):
 
 class StopReason(StrEnum):
     """Why a refinement ended: the requested ``iterations`` were done, the data fit ``converged``
-    (``iterations="auto"``), or the ``time_limit`` was reached."""
+    (``iterations="auto"``), or the ``time_limit`` was reached (the solver's reasons); or it was
+    ``cancelled`` before it ended: a live session closed with ``cancel``, expired or shut down before
+    its final round ran to its end (the session says so; the solver never does)."""
 
     ITERATIONS = "iterations"
     CONVERGED = "converged"
     TIME_LIMIT = "time_limit"
+    CANCELLED = "cancelled"
 
 
 class ArrayBackendName(StrEnum):
