@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ptycho_torch.choices import RefineStart
+from ptycho_torch.choices import RefineStart, StopReason
 from ptycho_torch.pipeline import refinement_summary
 from ptycho_torch.refinement import (
     STARTS,
@@ -98,11 +98,41 @@ class RoundResult:
         (x0, y0), (H, W) = self.origin, self.covered.shape
         return RefinedLayer((-x0, -y0, W, H), self.step.canvas, np.ones((H, W), bool) if self.final else self.covered)
 
-    def summary(self) -> dict[str, Any]:
+    @property
+    def completed(self) -> bool:
+        """The final round's last state: the refinement asked for ran to its end."""
+        return self.final and self.state.stop_reason is not None
+
+    def summary(self, asked: RefineSettings, stop_reason: StopReason | None = None,
+                stopped: str | None = None) -> dict[str, Any]:
         """:attr:`~ptycho_torch.pipeline.Reconstruction.refinement` of this state (as a whole-scan request
-        reports it), with ``final``, ``rounds`` and ``frames`` (how many it refined)."""
-        return {**refinement_summary(self.settings, self.start, self.step, self.given_positions),
-                "final": self.final, "rounds": self.rounds, "frames": len(self.indices)}
+        reports it: ``iterations``, ``refine_probe`` and ``refine_positions`` are this state's, so say
+        whether its probe and positions are refined ones), with ``final``, ``rounds``, ``frames`` (how many
+        it refined) and ``asked``: the refinement the session was asked for (``asked``: the plan's
+        settings; ``iterations``, ``refine_probe``, ``refine_positions``). Only a :attr:`completed` state
+        keeps the solver's ``stop_reason`` and ``stopped``; any other state (a live round's, the final
+        round's before its end) has the caller's: None while the refinement goes on, else why it ended
+        early (with :meth:`outcome`), and then a warning per asked-for probe or positions not refined."""
+        summary = {**refinement_summary(self.settings, self.start, self.step, self.given_positions),
+                   "final": self.final, "rounds": self.rounds, "frames": len(self.indices),
+                   "asked": {"iterations": asked.iterations, "refine_probe": asked.refine_probe,
+                             "refine_positions": asked.refine_positions}}
+        if self.completed:
+            return summary
+        summary["stop_reason"], summary["stopped"] = None if stop_reason is None else str(stop_reason), stopped
+        if stopped is not None:
+            summary["warnings"] += [f"`refine_{what}` had no effect: the refinement ended before its final round "
+                                    f"refined the {what}" for what in ("probe", "positions")
+                                    if getattr(asked, f"refine_{what}") and not getattr(self.settings, f"refine_{what}")]
+        return summary
+
+    def outcome(self) -> str:
+        """What this state is, in words (for a refinement that ended before its final round's end)."""
+        if self.final:
+            return (f"the final round stopped after {self.state.iteration} iterations over {len(self.indices)} "
+                    "frames: the object (and the probe and positions asked for) are its state then")
+        return (f"the final round did not run: the object is the last live round's (object only, "
+                f"{self.state.iteration} iterations over {len(self.indices)} frames)")
 
     def data_fit(self, probe_source: str) -> dict[str, Any] | None:
         """:attr:`~ptycho_torch.pipeline.Reconstruction.data_fit` of this state (None between a round's first

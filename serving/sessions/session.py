@@ -31,8 +31,10 @@ import numpy as np
 import numpy.typing as npt
 
 from ptycho_torch.bundle import Bundle
+from ptycho_torch.choices import StopReason
 from ptycho_torch.pipeline import Reconstruction
 from ptycho_torch.plan import ReconstructOptions, resolve
+from ptycho_torch.refinement import RefineSettings
 from ptycho_torch.stitching import Rect, StitchResult, TiledStitcher
 from serving.errors import InvalidRequest
 from serving.sessions.frame_table import FrameTable, Taken
@@ -264,7 +266,10 @@ class Session:
         """The object so far, in ``/v1/reconstruct``'s form (0 x 0 arrays before the first frame lands).
         When the session refines: the refined object where the last round's canvas was covered, that round's
         ``refinement`` (:meth:`RoundResult.summary`), ``data_fit``, ``probe`` and ``positions`` (rows in
-        scan-index order); after a close without ``cancel``, those of the final round."""
+        scan-index order); after a close without ``cancel``, those of the final round. Only the final
+        round's end has the solver's ``stop_reason``: before it, None while the session is open, and
+        ``cancelled`` once it is closed (with ``cancel``, expired, or at a server shutdown), with the
+        refinement asked for and what the object returned is in ``stopped``."""
         with self._lock:
             stitched = self.canvas.result()
             elapsed = self._clock() - self.created
@@ -273,12 +278,27 @@ class Session:
         if stitched is None:  # before the first frame lands: 0 x 0 arrays
             stitched = StitchResult(canvas=np.zeros((0, 0), np.complex64), coverage=np.zeros((0, 0)), origin=(0.0, 0.0))
         refined: dict[str, Any] = {} if shown is None else {
-            "refinement": shown.summary(), "data_fit": shown.data_fit(str(self.plan.probe_source)),
+            "refinement": self._summary(shown), "data_fit": shown.data_fit(str(self.plan.probe_source)),
             "probe": shown.probe(), "positions": shown.positions()}
         return Reconstruction(amplitude=stitched.amplitude, phase=stitched.phase,
                               coverage=stitched.coverage.astype(np.float32), origin=stitched.origin,
                               scale=self.scale, scale_policy=str(self.plan.scale_policy), n_patterns=count,
                               n_groups=count, timings={"total": elapsed}, **refined)
+
+    def _summary(self, shown: RoundResult) -> dict[str, Any]:
+        """``shown``'s ``refinement`` (:meth:`RoundResult.summary`): the final round's when it ran to its
+        end; else, once closed, ``cancelled`` and why (or the refiner's error); None while it goes on."""
+        assert self.refiner is not None, "only a refining session shows a round"
+        asked, error, closed = self.refiner.live.settings, self.refiner.error, self.closed
+        if shown.completed or (closed is None and error is None):
+            return shown.summary(asked)
+        if error is not None:
+            return shown.summary(asked, None, f"the refinement failed ({error}); {shown.outcome()}")
+        assert closed is not None
+        why = _CLOSED_WORDS.get(closed, f"the session was {closed}")
+        return shown.summary(asked, StopReason.CANCELLED,
+                             f"cancelled: {why} before the refinement asked for ({_asked_words(asked)}) ended; "
+                             f"{shown.outcome()}")
 
     def counts(self) -> dict[str, int]:
         """Frames received, paired, reconstructed, pending and rejected so far."""
@@ -345,6 +365,18 @@ class Session:
             if self.refiner is not None:
                 self.refiner.cancel()
             self.canvas.wake_all()
+
+
+_CLOSED_WORDS = {"cancelled": "the session was closed with cancel",
+                 "expired": "the session expired (idle for too long)",
+                 "cancelled at server shutdown": "the server shut down"}
+"""Why a session that refines was closed (:attr:`Session.closed`), in a refinement's ``stopped`` sentence."""
+
+
+def _asked_words(asked: RefineSettings) -> str:
+    """The refinement a session was asked for, as its options name it."""
+    return (f"refine_iterations={asked.iterations!r}, refine_probe={str(asked.refine_probe).lower()}, "
+            f"refine_positions={str(asked.refine_positions).lower()}")
 
 
 def _refined_frames(N: int, expected_frames: int | None, max_frames: int, max_refine_bytes: int) -> int:

@@ -28,6 +28,7 @@ from serving.client import Client
 from serving.engine import Engine
 from serving.errors import InvalidRequest
 from serving.sessions import Session, SessionLimits, SessionManager
+from serving.sessions.live_refinement import ROUND_ITERATIONS
 
 N = 32
 SIZE = 80
@@ -159,6 +160,57 @@ def test_a_refined_probe_and_positions_end_where_the_whole_scan_ends(batcher, sc
     assert np.abs(final.positions - positions).max() <= 8 and np.abs(final.positions - whole.positions).max() < 0.5
     assert final.refinement["refine_probe"] and final.refinement["refine_positions"]
     assert final.refinement["position_correction_px"]["rms"] < 1
+    # a close without cancel: the final round ran to its end and says why it stopped (the solver's reason)
+    assert final.refinement["final"] and final.refinement["stop_reason"] in {"converged", "iterations", "time_limit"}
+    assert final.refinement["asked"] == {"iterations": "auto", "refine_probe": True, "refine_positions": True}
+    assert not any("had no effect" in warning for warning in final.refinement["warnings"])
+
+
+def test_a_refinement_ended_before_its_final_round_says_it_was_cancelled(batcher, scan) -> None:
+    """Closed with cancel, or expired: the summary is the last live round's (object only, its iterations),
+    says the final round did not run and the refinement was cancelled, and names the refinement asked for."""
+    patterns, positions, _ = scan
+    options = ReconstructOptions(**AUTO_FLAT, refine_probe=True, refine_positions=True)
+    asked = {"iterations": "auto", "refine_probe": True, "refine_positions": True}
+    now = [0.0]
+
+    async def end(manager: SessionManager, how: str) -> tuple[dict[str, Any], Reconstruction]:
+        """The summary while the session refines live, and the result once it ended ``how``."""
+        session = manager.create(options=options)
+        await manager.add_frames(session, np.arange(len(patterns)), patterns, positions)
+        await _until(lambda: session.status()["refinement"]["frames_shown"] is not None)
+        live = session.reconstruction().refinement
+        if how == "cancel":
+            return live, await manager.close(session, cancel=True)
+        await _until(lambda: session.counts()["reconstructed"] == len(patterns))  # then idle
+        now[0] += 61
+        await _until(lambda: manager.expire_idle() is not None and session.closed == "expired")  # or the reaper
+        assert session.refiner.join(timeout=5)
+        return live, session.reconstruction()
+
+    async def scenario() -> dict[str, tuple[dict[str, Any], Reconstruction]]:
+        manager = SessionManager(lambda model, version: batcher, SessionLimits(idle_timeout_s=60), clock=lambda: now[0])
+        ended = {how: await end(manager, how) for how in ("cancel", "expire")}
+        await manager.shutdown()
+        return ended
+
+    for how, (live, result) in asyncio.run(scenario()).items():
+        # while open: a live round's state, no stop reason (the refinement goes on)
+        assert (live["stop_reason"], live["stopped"], live["final"], live["asked"]) == (None, None, False, asked)
+        summary = result.refinement
+        assert summary["stop_reason"] == "cancelled" and summary["asked"] == asked and not summary["final"], summary
+        # the object returned is a live round's: object only, that round's iterations
+        assert (summary["refine_probe"], summary["refine_positions"]) == (False, False)
+        assert summary["iterations"] == ROUND_ITERATIONS and 0 < summary["frames"] <= len(patterns)
+        assert result.probe is None and result.positions is None
+        why = "the session was closed with cancel" if how == "cancel" else "the session expired (idle for too long)"
+        stopped = summary["stopped"]
+        assert stopped.startswith(f"cancelled: {why} before the refinement asked for (refine_iterations='auto', "
+                                  "refine_probe=true, refine_positions=true) ended"), stopped
+        assert ("the final round did not run: the object is the last live round's (object only, "
+                f"{ROUND_ITERATIONS} iterations over {summary['frames']} frames)") in stopped
+        assert [w.split(":")[0] for w in summary["warnings"]] == ["`refine_probe` had no effect",
+                                                                  "`refine_positions` had no effect"]
 
 
 def test_a_session_that_refines_from_a_flat_object_never_runs_the_network(batcher, scan) -> None:
@@ -213,6 +265,9 @@ def test_closing_stops_the_refinement_at_once_live_or_final(batcher, scan) -> No
         result = await asyncio.wait_for(closing, timeout=5)
         assert time.monotonic() - begin < 5 and not session.refiner._thread.is_alive()
         assert session.closed == "cancelled at server shutdown" and session.refiner.progress()["state"] == "cancelled"
+        assert result.refinement["stop_reason"] == "cancelled", result.refinement
+        assert result.refinement["stopped"].startswith("cancelled: the server shut down before the refinement asked "
+                                                       "for (refine_iterations=1000, ")
         assert result.amplitude.shape == (session.canvas.stitcher.geometry[1])
 
     asyncio.run(scenario())
