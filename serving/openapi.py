@@ -198,7 +198,9 @@ NPZ_RESPONSE: dict[int | str, dict[str, Any]] = {
           "description": "the stitched object: NPZ with amplitude, phase, coverage, origin and metadata"}}
 """``responses=`` of a route that answers with a reconstruction NPZ."""
 
-_ALGORITHMS, _STOP_REASONS = ("|".join(map(repr, values(choice))) for choice in (RefineAlgorithm, StopReason))
+_ALGORITHMS = "|".join(map(repr, values(RefineAlgorithm)))
+_STOP_REASONS = "|".join(repr(str(reason)) for reason in StopReason if reason != StopReason.CANCELLED)
+"""The solver's stop reasons (a whole-scan refinement's); a live session's adds ``cancelled``."""
 
 RECONSTRUCT_ROUTE: dict[str, Any] = {
     "summary": "Reconstruct a whole scan (NPZ in, stitched object NPZ out)",

@@ -111,6 +111,11 @@ def session_routes(manager: SessionManager, read_body: Any, max_uncompressed_byt
 
     @router.delete("/v1/sessions/{session_id}", responses=openapi.NPZ_RESPONSE)
     async def close(session_id: str, cancel: bool = False) -> Response:
+        """Close the session and return its object (NPZ, as `/v1/reconstruct` answers). Without `cancel` the
+        frames already sent are stitched and a refining session runs its final round (the refinement asked
+        for: `refinement` is that round's, with the solver's `stop_reason`); with `cancel=true` it stops at
+        once: `refinement` is the last round shown, with `stop_reason` 'cancelled', `stopped` saying what
+        ran (a live round refines the object alone) and `asked` the refinement asked for."""
         session = manager.get(session_id)
         return _npz_object(session, await manager.close(session, cancel=cancel))
 

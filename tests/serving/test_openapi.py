@@ -60,6 +60,9 @@ def test_every_body_is_described(schema: dict) -> None:
     for member in ("'auto'", "`refine_probe`", "`refine_positions`", "`stop_reason`", "`probe` (P, N, N)",
                    "`positions` (S, 2)"):
         assert member in reconstruct["description"], member
+    # the solver's stop reasons on a whole scan; a live session's close adds its own 'cancelled'
+    assert "'converged'" in reconstruct["description"] and "'cancelled'" not in reconstruct["description"]
+    assert "'cancelled'" in schema["paths"]["/v1/sessions/{session_id}"]["delete"]["description"]
     assert "HTTPValidationError" not in components  # validation errors are 400 {"error": ...} like the rest
 
 
