@@ -39,6 +39,8 @@ from ptycho_torch.refinement.backend import ArrayBackend, array_backend, cpu_thr
 
 __all__ = ["CACHE_BYTES", "PassResult", "ScanModel"]
 
+NO_SIGNAL_FRACTION = 0.01
+"""A pattern with fewer counts than this fraction of the scan's median has no signal to locate it by."""
 CACHE_BYTES = 4 << 20
 """Exit-wave bytes of one chunk of patterns: small enough to stay in a core's cache between the passes."""
 
@@ -56,8 +58,10 @@ class PassResult:
     """``(P, N, N)`` complex64: ``sum shift(conj(O) dpsi)`` (None unless asked for)."""
     object_power: Any = None
     """``(N, N)`` float32: ``D_P = sum |O_j|**2`` (None unless the probe step was asked for)."""
-    shift_px: npt.NDArray[np.float64] | None = None
-    """``(len(rows), 2)`` least-squares position steps ``[dx, dy]`` in pixels (None unless asked for)."""
+    shift_numerator: npt.NDArray[np.float64] | None = None
+    """``(len(rows), 2)``: ``Re<P dO, dpsi>`` per pattern and axis ``[x, y]`` (None unless asked for)."""
+    shift_denominator: npt.NDArray[np.float64] | None = None
+    """``(len(rows), 2)``: ``||P dO||**2``; their ratio is the least-squares shift in pixels."""
     squared_error: float = 0.0
     """``sum (sqrt(I) - sqrt(k))**2`` of the object the pass started from."""
 
@@ -126,6 +130,9 @@ class ScanModel:
         self.measured = MeasuredCounts(np.fft.ifftshift(amps, axes=(-2, -1)))  # FFT layout: no shift per pass
         self.amplitudes = xp.asarray(self.measured.amplitudes)
         self.total_amplitude_power = float(self.measured.total)
+        counts = np.square(amps, dtype=np.float64).sum(axis=(1, 2))
+        self.has_signal = counts > NO_SIGNAL_FRACTION * np.median(counts)
+        """``(S,)`` bool: patterns with counts enough to locate (a dropped, all-dark frame is not moved)."""
 
         # the grown grid: every window, the margin a position may move and a 1 px border for dO
         reach = self.margin + 1
@@ -353,13 +360,14 @@ class ScanModel:
             if positions:  # Re<P dO, dpsi> = Re<dO, sum_m conj(P_m) dpsi_m>
                 step = projected_sum - power * patch
                 c = slice(1, self.N + 1)
-                steps = []
+                numerators, denominators = [], []
                 for gradient in (0.5 * (windows[:, c, 2:] - windows[:, c, :-2]),
                                  0.5 * (windows[:, 2:, c] - windows[:, :-2, c])):
-                    numerator = (xp.conj(gradient) * step).real.sum(axis=(1, 2))
-                    denominator = ((gradient.real ** 2 + gradient.imag ** 2) * power).sum(axis=(1, 2))
-                    steps.append(numerator / xp.maximum(denominator, xp.float32(1e-12)))
-                out["shift"] = self.be.to_numpy(xp.stack(steps, axis=1)).astype(np.float64)
+                    numerators.append((xp.conj(gradient) * step).real.sum(axis=(1, 2), dtype=xp.float64))
+                    denominators.append(((gradient.real ** 2 + gradient.imag ** 2) * power).sum(axis=(1, 2),
+                                                                                            dtype=xp.float64))
+                out["shift"] = (self.be.to_numpy(xp.stack(numerators, axis=1)),
+                                self.be.to_numpy(xp.stack(denominators, axis=1)))
             return out
 
         parts = self.chunks(rows)
@@ -396,5 +404,6 @@ class ScanModel:
                 out.probe_step = sum(r["probe"] for r in results[1:]) + results[0]["probe"]
             out.object_power = sum(r["object_power"] for r in results[1:]) + results[0]["object_power"]
         if positions:
-            out.shift_px = np.concatenate([r["shift"] for r in results])
+            out.shift_numerator = np.concatenate([r["shift"][0] for r in results])
+            out.shift_denominator = np.concatenate([r["shift"][1] for r in results])
         return out

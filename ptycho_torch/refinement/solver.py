@@ -56,6 +56,10 @@ PROBE_START = 2
 """First iteration that updates the probe (the object gets one update from the given probe first)."""
 POSITION_START = 10
 """First iteration that moves positions (a shift is only measurable once the object has structure)."""
+POSITION_PRIOR = 0.01
+"""Weight ``mu`` of the pull of each position towards where it was given, as a fraction of the median
+``||P dO||**2``: a 2 px error with typical object gradients is corrected to within a few per cent,
+while a direction the data do not pin (sparse overlap, weak contrast) no longer random-walks freely."""
 MAX_POSITION_STEP_PX = 0.5
 """Largest position change per update, in pixels (pty-chi and PtyLab bound their steps the same way)."""
 POSITION_MARGIN_PX = 8
@@ -196,8 +200,9 @@ def correction_warning(shift_px: npt.NDArray[np.floating]) -> str | None:
     if rms <= LARGE_CORRECTION_RMS_PX and largest <= LARGE_CORRECTION_MAX_PX:
         return None
     return (f"positions were corrected by {rms:.2f} px rms (largest {largest:.2f} px, pattern "
-            f"{int(length.argmax())}): the scan's positions are probably off; check the encoder "
-            f"calibration and the units, and use the returned positions")
+            f"{int(length.argmax())}): either the scan's positions are off (check the encoder calibration "
+            f"and the units), or the data do not pin them (sparse overlap, weak contrast, a poor start: "
+            f"compare with a run from refine_start 'flat', or without refine_positions) before trusting them")
 
 
 class _Run:
@@ -254,9 +259,16 @@ class _Run:
             probe = self.model.probe + step * sums.probe_step / xp.maximum((1 - beta) * weight + beta * weight.max(),
                                                                            xp.float32(1e-12))
             self._set_probe(probe)
-        if sums.shift_px is not None:
-            shift = np.clip(step * sums.shift_px, -MAX_POSITION_STEP_PX, MAX_POSITION_STEP_PX)
-            shift -= shift.mean(axis=0)  # a common shift of every position is a shift of the object
+        if sums.shift_numerator is not None and sums.shift_denominator is not None:
+            # one Gauss-Newton step of  ||residual||^2 + mu ||x - x_given||^2  per pattern and axis
+            mu = POSITION_PRIOR * np.median(sums.shift_denominator, axis=0)
+            offset = self.model.positions[sums.rows] - self.model.start_positions[sums.rows]
+            shift = np.clip(step * (sums.shift_numerator - mu * offset) / np.maximum(sums.shift_denominator + mu, 1e-30),
+                            -MAX_POSITION_STEP_PX, MAX_POSITION_STEP_PX)
+            located = self.model.has_signal[sums.rows]  # a dark frame's misfit says nothing about where it is
+            shift[~located] = 0.0
+            if located.any():
+                shift[located] -= _affine_part(self.model.start_positions[sums.rows][located], shift[located])
             positions = self.model.positions.copy()
             positions[sums.rows] += shift
             self.model.set_positions(positions)
@@ -285,6 +297,18 @@ class _Run:
         to_numpy = self.model.be.to_numpy
         return Refinement(to_numpy(self.obj), to_numpy(self.model.probe), self.model.positions.copy(), iteration, fit,
                           history, seconds, stopped, reason)
+
+
+def _affine_part(positions: npt.NDArray[np.float64], shift: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """The part of ``shift`` ``(b, 2)`` that is an affine map of ``positions`` ``(b, 2)`` (least squares):
+    a common shift moves the object, and a scaling, rotation or shear of the whole scan trades against
+    the object and probe (the data barely pin it), so corrections keep only what differs from pattern to
+    pattern. With fewer than 6 patterns, only the common shift."""
+    if len(shift) < 6:
+        return np.broadcast_to(shift.mean(axis=0), shift.shape)
+    design = np.column_stack([positions - positions.mean(axis=0), np.ones(len(positions))])
+    coefficients, *_ = np.linalg.lstsq(design, shift, rcond=None)
+    return design @ coefficients
 
 
 def _converged(history: list[dict[str, Any]], positions: list[npt.NDArray[np.float64]], iteration: int,
