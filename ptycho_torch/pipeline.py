@@ -92,7 +92,8 @@ class Reconstruction:
     refinement: dict[str, Any] | None = None
     """When refinement ran (:func:`refinement_summary`): ``iterations`` done, ``algorithm``, ``start``,
     ``refine_probe``, ``refine_positions``, ``peak_bytes`` (estimated working memory), ``stop_reason``
-    (:class:`~ptycho_torch.choices.StopReason`: ``iterations``, ``converged`` or ``time_limit``; a live session closed before its final round: ``cancelled``) and
+    (:class:`~ptycho_torch.choices.StopReason`: ``iterations``, ``converged`` or ``time_limit``; a live
+    session closed before its final round: ``cancelled``) and
     ``stopped`` (a sentence saying why it stopped; both None before the last state), ``warnings`` (list of
     str), and with ``refine_positions`` ``position_correction_px`` ``{"rms", "max"}`` (pixels)."""
     probe: npt.NDArray[np.complex64] | None = None
