@@ -41,7 +41,8 @@ class Browser:
     """One headless chromium with one page; a context manager."""
 
     def __init__(self, executable: str, *, timeout_s: float = 60.0) -> None:
-        self._profile = tempfile.TemporaryDirectory(prefix="chromium-")
+        # chromium's helper processes may still write the profile for a moment after the browser exits
+        self._profile = tempfile.TemporaryDirectory(prefix="chromium-", ignore_cleanup_errors=True)
         self.process = subprocess.Popen([executable, *FLAGS, f"--user-data-dir={self._profile.name}", "about:blank"],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         port_file = Path(self._profile.name) / "DevToolsActivePort"
@@ -94,6 +95,11 @@ class Browser:
             self.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             self.process.kill()
+        for _ in range(50):  # up to 5 s for the helpers to let go of the profile, then whatever is left stays
+            shutil.rmtree(self._profile.name, ignore_errors=True)
+            if not os.path.exists(self._profile.name):
+                break
+            time.sleep(0.1)
         self._profile.cleanup()
 
     def __enter__(self) -> Browser:
