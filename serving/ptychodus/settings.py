@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
@@ -107,11 +108,14 @@ class PtychoPINNServeSettings:
         if value == AUTO:
             return AUTO
         try:
-            return int(value)
+            number = float(value)
         except ValueError:
-            raise ConfigError(f"`[{GROUP}] RefineIterations` must be a whole number of iterations in "
-                              f"[0, {MAX_REFINE_ITERATIONS}] or {AUTO!r} (until the data fit stops improving), "
-                              f"got {value!r}") from None
+            number = math.nan
+        if number.is_integer():  # "3" and "3.0" alike, as the HTTP option and the CLI take them
+            return int(number)
+        raise ConfigError(f"`[{GROUP}] RefineIterations` must be a whole number of iterations in "
+                          f"[0, {MAX_REFINE_ITERATIONS}] or {AUTO!r} (until the data fit stops improving), "
+                          f"got {value!r}")
 
     def refine_steps(self) -> int:
         """Progress steps the refinement may take: its iterations, the cap of ``auto`` (it usually stops

@@ -246,6 +246,11 @@ def test_auto_iterations_and_the_probe_and_position_settings_become_the_options(
     assert (options.refine_iterations, options.refine_probe, options.refine_positions) == (AUTO, True, True)
     assert settings.refine_steps() == RefineSettings().max_iterations  # auto: at most the solver's cap
     assert OnnxReconstructor(settings).get_progress_goal() == 1 + RefineSettings().max_iterations
+    settings.refine_iterations.set_value("3.0")  # a whole number, as over HTTP and on the CLI
+    assert settings.options().refine_iterations == 3
+    settings.refine_iterations.set_value("2.5")
+    with pytest.raises(ConfigError, match=r"`\[PtychoPINNServe\] RefineIterations` must be a whole number"):
+        settings.iterations()
     settings.refine_iterations.set_value("0")
     with pytest.raises(ConfigError, match=r"`\[PtychoPINNServe\]` settings: `refine_probe` needs `refine_iterations` "
                                           r">= 1 or 'auto' .* \(RefineIterations, RefineStart, RefineProbe, "
