@@ -31,7 +31,13 @@ from ptycho_torch.errors import InvalidInput, InvalidValues
 from ptycho_torch.grouping import group_indices
 from ptycho_torch.model_facts import ModelFacts
 from ptycho_torch.plan import Plan, ProbeSource, ReconstructOptions, resolve
-from ptycho_torch.refinement import RefineSettings, StitchedRefinement, correction_warning, refine_stitched
+from ptycho_torch.refinement import (
+    RefineSettings,
+    StitchedRefinement,
+    correction_size,
+    correction_warning,
+    refine_stitched,
+)
 from ptycho_torch.refinement.solver import POSITION_START, PROBE_START
 from ptycho_torch.scan_checks import check_network_input
 from ptycho_torch.stitching import Stitcher, StitchResult, complex_patches
@@ -341,8 +347,7 @@ def refinement_summary(settings: RefineSettings, start: RefineStart, step: Stitc
         "peak_bytes": step.peak_bytes, "warnings": []}
     if settings.refine_positions:
         shift = np.asarray(state.positions, np.float64) - given_positions  # (S, 2) [dx, dy] object pixels
-        length = np.hypot(shift[:, 0], shift[:, 1])
-        summary["position_correction_px"] = {"rms": float(np.sqrt(np.mean(length ** 2))), "max": float(length.max())}
+        summary["position_correction_px"] = correction_size(shift)
         warning = correction_warning(shift)
         summary["warnings"] += [] if warning is None else [warning]
     if state.stop_reason is not None:

@@ -16,6 +16,7 @@ from ptycho_torch.refinement.solver import (
     AUTO,
     Refinement,
     RefineSettings,
+    correction_size,
     correction_warning,
     default_algorithm,
     refine,
@@ -23,4 +24,4 @@ from ptycho_torch.refinement.solver import (
 from ptycho_torch.refinement.stitched import STARTS, StitchedRefinement, canvas_model, refine_stitched
 
 __all__ = ["ALGORITHMS", "AUTO", "STARTS", "RefineSettings", "Refinement", "ScanModel", "StitchedRefinement",
-           "StopReason", "canvas_model", "correction_warning", "default_algorithm", "refine", "refine_stitched"]
+           "StopReason", "canvas_model", "correction_size", "correction_warning", "default_algorithm", "refine", "refine_stitched"]

@@ -276,25 +276,32 @@ class ScanModel:
         spectrum = self.be.fft2(exit_waves, norm="ortho", overwrite_x=True, workers=self.fft_workers)
         return windows, probes, spectrum
 
-    def _model_amplitude(self, spectrum: Any) -> Any:
-        """``sqrt(sum_m |spectrum_m|**2)`` ``(b, N, N)`` float32 (one pass for a single mode), in this
-        thread's scratch array ``model``."""
+    def _intensity(self, spectrum: Any) -> Any:
+        """``sum_m |spectrum_m|**2`` ``(b, N, N)`` float32, in this thread's scratch array ``model``."""
         xp = self.be.xp
         shape = (len(spectrum), self.N, self.N)
         out = _scratch.take("model", shape, xp.float32, xp)
-        if spectrum.shape[1] == 1:
-            return xp.abs(spectrum[:, 0], out=out)
         square = _scratch.take("square", shape, xp.float32, xp)
         xp.square(spectrum[:, 0].real, out=out)
         for m in range(spectrum.shape[1]):
             for part in ((spectrum[:, m].imag,) if m == 0 else (spectrum[:, m].real, spectrum[:, m].imag)):
                 out += xp.square(part, out=square)
-        return xp.sqrt(out, out=out)
+        return out
+
+    def _model_amplitude(self, spectrum: Any) -> Any:
+        """``sqrt(sum_m |spectrum_m|**2)`` ``(b, N, N)`` float32 (one pass for a single mode), in this
+        thread's scratch array ``model``."""
+        xp = self.be.xp
+        if spectrum.shape[1] == 1:
+            return xp.abs(spectrum[:, 0], out=_scratch.take("model", (len(spectrum), self.N, self.N), xp.float32, xp))
+        intensity = self._intensity(spectrum)
+        return xp.sqrt(intensity, out=intensity)
 
     def intensity(self, obj: Any) -> npt.NDArray[np.float32]:
         """Model intensities ``(S, N, N)`` (numpy float32) of ``obj`` (grown grid) in FFT layout (DC at ``[0, 0]``)."""
         parts = self.chunks(np.arange(len(self)))
-        intensities = self._map(lambda r: self.be.xp.square(self._model_amplitude(self._far_field(obj, r)[2])), parts)
+        # copied out of the thread's scratch: a pool thread takes its next chunk before these are gathered
+        intensities = self._map(lambda r: self._intensity(self._far_field(obj, r)[2]).copy(), parts)
         return np.concatenate([self.be.to_numpy(i) for i in intensities])
 
     def fit(self, obj: Any) -> DataFit:

@@ -42,7 +42,7 @@ from ptycho_torch.refinement.probe_modes import orthogonalise, power, with_modes
 from ptycho_torch.refinement.scan_model import PassResult, ScanModel
 
 __all__ = ["ALGORITHMS", "AUTO", "AUTO_TOLERANCE", "AUTO_WINDOW", "Algorithm", "RefineSettings", "Refinement",
-           "correction_warning", "default_algorithm", "refine"]
+           "correction_size", "correction_warning", "default_algorithm", "refine"]
 
 AUTO: Final = "auto"
 """``RefineSettings.iterations`` value: refine until the data fit stops improving."""
@@ -190,17 +190,24 @@ class Refinement:
     """On the last state, why it stopped; None before."""
 
 
+def correction_size(shift_px: npt.NDArray[np.floating]) -> dict[str, float]:
+    """``{"rms", "max"}`` length in pixels of position corrections ``(S, 2)`` (0 for none)."""
+    shift = np.asarray(shift_px, dtype=np.float64).reshape(-1, 2)
+    length = np.hypot(shift[:, 0], shift[:, 1])
+    if not length.size:
+        return {"rms": 0.0, "max": 0.0}
+    return {"rms": float(np.sqrt(np.mean(length ** 2))), "max": float(length.max())}
+
+
 def correction_warning(shift_px: npt.NDArray[np.floating]) -> str | None:
     """A sentence when position corrections ``(S, 2)`` (pixels) are large, else None."""
+    size = correction_size(shift_px)
+    if size["rms"] <= LARGE_CORRECTION_RMS_PX and size["max"] <= LARGE_CORRECTION_MAX_PX:
+        return None
     shift = np.asarray(shift_px, dtype=np.float64)
-    if shift.size == 0:
-        return None
-    length = np.hypot(shift[:, 0], shift[:, 1])
-    rms, largest = float(np.sqrt(np.mean(length ** 2))), float(length.max())
-    if rms <= LARGE_CORRECTION_RMS_PX and largest <= LARGE_CORRECTION_MAX_PX:
-        return None
-    return (f"positions were corrected by {rms:.2f} px rms (largest {largest:.2f} px, pattern "
-            f"{int(length.argmax())}): either the scan's positions are off (check the encoder calibration "
+    largest = int(np.argmax(np.hypot(shift[:, 0], shift[:, 1])))
+    return (f"positions were corrected by {size['rms']:.2f} px rms (largest {size['max']:.2f} px, pattern "
+            f"{largest}): either the scan's positions are off (check the encoder calibration "
             f"and the units), or the data do not pin them (sparse overlap, weak contrast, a poor start: "
             f"compare with a run from refine_start 'flat', or without refine_positions) before trusting them")
 
