@@ -42,7 +42,7 @@ import numpy as np
 from bench import ptychi
 from bench.cases import siemens_scan
 from bench.report import ROOT, cell, finite_or_none
-from bench.scoring import TARGET, score, time_to_quality
+from bench.scoring import TARGET, reached_at, score, speed_up, time_to_quality
 from bench.server import running_server
 from export.bundle_writer import export_checkpoint
 from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig
@@ -370,12 +370,8 @@ def table(result: dict[str, Any]) -> str:
         for method, points in case["curves"].items():
             hit = ttq["reached"][method]
             best = max(points, key=lambda p: p["ssim_amplitude"] + p["ssim_phase"])
-            at = ("—" if hit is None else f"{hit['iterations']} it." if hit.get("iterations") is not None
-                  else f"{hit['epochs']} epochs" if hit.get("epochs") is not None else "")
-            if method == NETWORK and hit is not None:
-                at = "network"
-            speed = ("—" if method == PTYCHI or hit is None or ptychi_hit is None
-                     else f"{ptychi_hit['seconds'] / hit['seconds']:.1f}x")
+            at = "network" if method == NETWORK and hit is not None else reached_at(hit)
+            speed = "—" if method == PTYCHI else speed_up(hit, ptychi_hit)
             lines.append(f"| {name} | {method} | {'not reached' if hit is None else cell(hit['seconds'], '.2f')} | "
                          f"{at} | {best['ssim_amplitude']:.3f} / {best['ssim_phase']:.3f} ({best['seconds']:.2f}) | "
                          f"{speed} | {flat['ssim_amplitude']:.3f} / {flat['ssim_phase']:.3f} |")

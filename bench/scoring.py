@@ -64,3 +64,18 @@ def time_to_quality(curves: dict[str, list[dict[str, Any]]], parts: tuple[str, .
         reached[method] = ({"seconds": hits[0]["seconds"], "iterations": hits[0].get("iterations"),
                             "epochs": hits[0].get("epochs")} if hits else None)
     return {"best": best, "target": target, "parts": list(parts), "kept": kept, "reached": reached}
+
+
+def reached_at(hit: dict[str, Any] | None) -> str:
+    """Table cell for where a method reached its target (a :func:`time_to_quality` ``reached`` entry):
+    ``"12 it."``, ``"10 epochs"``, ``""`` (neither counted) or ``"—"`` (never)."""
+    if hit is None:
+        return "—"
+    if hit.get("iterations") is not None:
+        return f"{hit['iterations']} it."
+    return f"{hit['epochs']} epochs" if hit.get("epochs") is not None else ""
+
+
+def speed_up(hit: dict[str, Any] | None, baseline: dict[str, Any] | None) -> str:
+    """Table cell: how many times sooner ``hit`` reached the target than ``baseline`` (``"—"`` if either never did)."""
+    return "—" if hit is None or baseline is None else f"{baseline['seconds'] / hit['seconds']:.1f}x"

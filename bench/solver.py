@@ -51,7 +51,7 @@ import numpy as np
 from bench import ptychi
 from bench.cases import SolverCase, siemens_cases, weak_contrast_cases
 from bench.report import ROOT, cell, finite_or_none
-from bench.scoring import TARGET, score, time_to_quality
+from bench.scoring import TARGET, reached_at, score, speed_up, time_to_quality
 
 THREADS = int(os.environ.get("BENCH_SOLVER_THREADS", "2"))
 PTYCHI = "pty-chi LSQML"
@@ -360,12 +360,6 @@ def run(mode: str, *, figures_dir: Path | None = None, stamp: str = "") -> dict[
     return out
 
 
-def _at(hit: dict[str, Any] | None) -> str:
-    if hit is None:
-        return "—"
-    return f"{hit['iterations']} it." if hit.get("iterations") is not None else f"{hit['epochs']} epochs"
-
-
 def table(result: dict[str, Any]) -> str:
     """Markdown: per case and method, time to 0.95 x best SSIM, the final scores, positions, flat object."""
     lines = ["| case | method | time to 0.95 x best SSIM (s) | at | final SSIM amp / phase, phase corr. | "
@@ -379,14 +373,13 @@ def table(result: dict[str, Any]) -> str:
         ptychi_hit = ttq["reached"].get(PTYCHI)
         for method, points in case["curves"].items():
             hit, last, run_info = ttq["reached"][method], points[-1], case["runs"][method]
-            speed = ("—" if method == PTYCHI or hit is None or ptychi_hit is None
-                     else f"{ptychi_hit['seconds'] / hit['seconds']:.1f}x")
+            speed = "—" if method == PTYCHI else speed_up(hit, ptychi_hit)
             stop = (run_info.get("stop_reason") if method != PTYCHI
                     else "converged" if run_info.get("converged") else "epoch cap")
             ran = f"{run_info['seconds']:.1f}, {run_info.get('iterations', run_info.get('epochs'))} " \
                   f"{'it.' if method != PTYCHI else 'epochs'}, {stop}"
             lines.append(
-                f"| {name} | {method} | {'not reached' if hit is None else cell(hit['seconds'], '.2f')} | {_at(hit)} | "
+                f"| {name} | {method} | {'not reached' if hit is None else cell(hit['seconds'], '.2f')} | {reached_at(hit)} | "
                 f"{last['ssim_amplitude']:.3f} / {last['ssim_phase']:.3f}, {last['phase_correlation']:.3f} | {ran} | "
                 f"{cell(run_info.get('positions_rms_px'), '.2f')} | {speed} | "
                 f"{flat['ssim_amplitude']:.3f} / {flat['ssim_phase']:.3f}, {flat['phase_correlation']:.3f} |")
