@@ -381,9 +381,9 @@ def _reconstruct_routes(state: _State) -> APIRouter:
 def _require_refine_backend() -> None:
     """A refining request on a host whose refine backend cannot run (``ptychopinn serve`` checks it at start;
     an app built otherwise may not have): 500, the host's to fix, never a refusal of the request."""
-    from serving.cli import refine_backend_problem
+    from ptycho_torch.refinement.backend import backend_problem
 
-    problem = refine_backend_problem()
+    problem = backend_problem()
     if problem is not None:
         log.error("refinement refused: %s", problem)
         raise ServerError(f"this server cannot refine: {problem}")

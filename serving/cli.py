@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from ptycho_torch.choices import ArrayBackendName, values
-from ptycho_torch.errors import ConfigError, DataContractError
+from ptycho_torch.errors import ConfigError
 from serving.config import DEFAULTS, Limits, MiB, ServingConfig, SessionLimits
 
 log = logging.getLogger(__name__)
@@ -180,36 +180,13 @@ def require_refine_backend(name: str | None) -> None:
     it loads the model."""
     import os
 
-    from ptycho_torch.refinement.backend import ENVIRONMENT
+    from ptycho_torch.refinement.backend import ENVIRONMENT, backend_problem
 
-    problem = refine_backend_problem(name)
+    problem = backend_problem(name)
     if problem is not None:
         raise ConfigError(problem)
     if name is not None:
         os.environ[ENVIRONMENT] = name
-
-
-def refine_backend_problem(name: str | None = None) -> str | None:
-    """Why refinements cannot run on ``name`` (None: on ``$PTYCHOPINN_REFINE_BACKEND``), in one line naming
-    the fix; None when they can."""
-    import os
-
-    from ptycho_torch.refinement.backend import ENVIRONMENT, array_backend
-
-    given = name if name is not None else os.environ.get(ENVIRONMENT) or None
-    if given is None:  # unset or empty: numpy, always there
-        return None
-    where = f"`--refine-backend {given}`" if name is not None else f"`${ENVIRONMENT}={given}`"
-    fix = ("" if name is not None else
-           f"; unset ${ENVIRONMENT} or set it to numpy (CPU threads), or install the gpu extra for cupy "
-           "(pip install 'ptychopinn-serve[gpu]')")
-    if given not in values(ArrayBackendName):
-        return f"{where}: refinements run on one of {list(values(ArrayBackendName))}, got {given!r}{fix}"
-    try:
-        array_backend(given)
-    except DataContractError as error:
-        return f"{where}: {error}{fix}"
-    return None
 
 
 def require_signatures(keys: list[Path] | None) -> None:

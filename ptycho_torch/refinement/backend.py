@@ -18,10 +18,11 @@ from typing import Any
 import numpy as np
 import scipy.fft
 
-from ptycho_torch.choices import ArrayBackendName, check_table, parse
+from ptycho_torch.choices import ArrayBackendName, check_table, parse, values
 from ptycho_torch.errors import DataContractError
 
-__all__ = ["ENVIRONMENT", "ArrayBackend", "array_backend", "cpu_threads", "default_backend", "flat_index_kernels"]
+__all__ = ["ENVIRONMENT", "ArrayBackend", "array_backend", "backend_problem", "cpu_threads", "default_backend",
+           "flat_index_kernels"]
 
 ENVIRONMENT = "PTYCHOPINN_REFINE_BACKEND"
 """Environment variable naming the process's default backend (``numpy`` when unset; ``ptychopinn serve
@@ -120,9 +121,33 @@ _BACKENDS: Mapping[ArrayBackendName, Callable[[], ArrayBackend]] = check_table(A
 })
 
 
+def _from_environment() -> str | None:
+    """``$PTYCHOPINN_REFINE_BACKEND`` as set; None when unset or empty (numpy)."""
+    return os.environ.get(ENVIRONMENT) or None
+
+
 def default_backend() -> ArrayBackendName:
     """The backend a refinement uses unless told: ``$PTYCHOPINN_REFINE_BACKEND``, else (unset or empty) ``numpy``."""
-    return parse(ArrayBackendName, f"${ENVIRONMENT}", os.environ.get(ENVIRONMENT) or "numpy", DataContractError)
+    return parse(ArrayBackendName, f"${ENVIRONMENT}", _from_environment() or "numpy", DataContractError)
+
+
+def backend_problem(name: str | None = None) -> str | None:
+    """Why refinements cannot run on ``name`` (``--refine-backend``; None: on ``$PTYCHOPINN_REFINE_BACKEND``), in
+    one line naming the fix; None when they can (numpy always can)."""
+    given = name if name is not None else _from_environment()
+    if given is None:
+        return None
+    where = f"`--refine-backend {given}`" if name is not None else f"`${ENVIRONMENT}={given}`"
+    fix = ("" if name is not None else
+           f"; unset ${ENVIRONMENT} or set it to numpy (CPU threads), or install the gpu extra for cupy "
+           "(pip install 'ptychopinn-serve[gpu]')")
+    if given not in values(ArrayBackendName):
+        return f"{where}: refinements run on one of {list(values(ArrayBackendName))}, got {given!r}{fix}"
+    try:
+        array_backend(given)
+    except DataContractError as error:
+        return f"{where}: {error}{fix}"
+    return None
 
 
 def array_backend(name: ArrayBackendName | str) -> ArrayBackend:

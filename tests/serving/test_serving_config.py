@@ -103,12 +103,12 @@ def test_an_empty_refine_backend_variable_is_unset(monkeypatch: pytest.MonkeyPat
     import os
 
     from ptycho_torch.refinement import RefineSettings
-    from ptycho_torch.refinement.backend import ENVIRONMENT, default_backend
+    from ptycho_torch.refinement.backend import ENVIRONMENT, backend_problem, default_backend
 
     monkeypatch.setenv(ENVIRONMENT, "")
     serve_cli.require_refine_backend(None)
     assert os.environ[ENVIRONMENT] == "" and default_backend() == "numpy" and RefineSettings().backend == "numpy"
-    assert serve_cli.refine_backend_problem() is None
+    assert backend_problem() is None
 
 
 def test_engine_and_batcher_defaults_are_the_config_defaults(engine: Engine) -> None:
