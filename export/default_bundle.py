@@ -23,6 +23,7 @@ from pathlib import Path
 from ptycho_torch.choices import Generator, Scheduler, values
 from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig
 from ptycho_torch.data import load_siemens_star, spatial_split
+from ptycho_torch.probe_estimate import estimate_probe, with_probe
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 REAL_SCAN = PROJECT_ROOT / "data" / "siemens-star-small.npz.bz2"
@@ -59,6 +60,9 @@ def build_default_bundle(out: Path = DEFAULT_OUT, *, run_dir: Path, scan: Path =
     config = model(generator)
     run_dir.mkdir(parents=True, exist_ok=True)
     train_raw, test_raw = spatial_split(load_siemens_star(scan, config.N), axis="y", fraction=0.5)
+    estimate = estimate_probe(train_raw)
+    logger.info("probe refined on the training half: %s", estimate.summary())
+    train_raw, test_raw = with_probe(train_raw, estimate.probe), with_probe(test_raw, estimate.probe)
     train_file, test_file = train_raw.to_file(run_dir / "train.npz"), test_raw.to_file(run_dir / "test.npz")
     training = TrainingConfig(model=config, train_data_file=train_file, test_data_file=test_file, nepochs=epochs,
                               nphotons=float(train_raw.metadata["nphotons"]), output_dir=run_dir)
