@@ -102,6 +102,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "smooth-gold": {"model": {"generator": "smooth"}, "data": "gold"},
     "tf-corpus": {"model": {"generator": "tf"}, "data": "corpus"},
     "smooth-goldcorpus": {"model": {"generator": "smooth"}, "data": "goldcorpus"},
+    "tf-gold-gs2": {"model": {"generator": "tf", "gridsize": 2}, "data": "gold"},
+    "tf-gold-gs3": {"model": {"generator": "tf", "gridsize": 3}, "data": "gold"},
     "smooth-gold-finetune": {"model": {"generator": "smooth"}, "data": "finetune", "init": "smooth-gold"},
     "smooth-goldcorpus-finetune": {"model": {"generator": "smooth"}, "execution": {"learning_rate": 1e-4},
                                    "data": "finetune", "init": "smooth-goldcorpus"},
@@ -110,17 +112,34 @@ BASE_MODEL = {"N": 64, "gridsize": 1, "n_filters_scale": 1}
 
 
 def evaluate(generator: Any, test: RawData, truth: np.ndarray) -> dict[str, float]:
-    """Scores of ``generator`` on the held-out half (see the module docstring)."""
-    from bench.train_quality import predict_patches, score, stitched_region
-    from ptycho_torch.metrics import normalize_amplitude, periodic_rms
+    """Scores of ``generator`` on the held-out half (see the module docstring), through the product's
+    own path (:func:`ptycho_torch.pipeline.reconstruct`: grouping, a grouped model's merge, stitching,
+    the data fit of the stitched object). ``nll`` is the network's patches' fit to their own patterns
+    (a grouped model's merged patches), ``nll_stitched`` the median fit of the stitched object."""
+    from bench.quality import covered_box
+    from ptycho_torch.metrics import evaluate_reconstruction, normalize_amplitude, periodic_rms
+    from ptycho_torch.normalization import input_scale
+    from ptycho_torch.pipeline import group_members, infer_patches, reconstruct
+    from ptycho_torch.plan import ReconstructOptions, resolve
+    from ptycho_torch.torch_runner import TorchRunner
 
     M = min(20, CASE["N"] // 2)
-    patches = predict_patches(generator, test)
-    scores = score(patches, test, truth, M)
-    image, reference, _ = stitched_region(patches, test, truth, M)
+    scale = input_scale(test.diff3d)
+    runner = TorchRunner(generator, training_scale=scale, stitch_M=M)
+    result = reconstruct(runner, test.diff3d, test.positions, probe=test.probeGuess)
+    canvas_box, object_box = covered_box(result.coverage, result.origin, truth.shape)
+    image = (result.amplitude * np.exp(1j * result.phase))[canvas_box]
+    reference = truth[object_box]
+    out = {f"{name}_{key}": value for name, candidate in (("model", image), ("constant", np.ones_like(reference)))
+           for key, value in evaluate_reconstruction(candidate, reference, register_first=False).scores().items()}
+    plan = resolve(runner.model, ReconstructOptions(stitch_M=M))
+    members = group_members(plan, test.positions)
+    patches = infer_patches(runner, plan, test.diff3d, members, scale, test.positions)
     counts = test.diff3d.astype(np.float64) ** 2
-    out = {f"{name}_{key}": value for name in ("model", "constant") for key, value in scores[name].items()}
-    out["nll"] = poisson_nll(patches, test.probeGuess, counts)
+    fit = data_fit(far_field_intensity(patches, test.probeGuess), counts[members.ravel()]).patterns.nll
+    out["nll"], out["nll_median"] = float(fit.mean()), float(np.median(fit))
+    assert result.data_fit is not None  # a probe was given
+    out["nll_stitched"] = result.data_fit["nll_median"]
     out["nll_floor"] = poisson_nll(extract_patches(truth, test.xcoords, test.ycoords, CASE["N"]), test.probeGuess,
                                    counts)
     ref_amp = np.abs(reference)

@@ -24,9 +24,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from ptycho_torch.errors import DataContractError
-
-#: weight of a patch's border (outside its central N/2 window) when merging a group
-BORDER_WEIGHT = 1e-3
+from ptycho_torch.group_merge import BORDER_WEIGHT
 #: floor for predicted counts before the logarithm of the Poisson NLL
 RATE_FLOOR = 1e-12
 

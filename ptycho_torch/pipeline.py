@@ -28,7 +28,8 @@ import numpy.typing as npt
 
 from ptycho_torch.choices import ArrayBackendName, RefineStart
 from ptycho_torch.errors import InvalidInput, InvalidValues
-from ptycho_torch.grouping import group_indices
+from ptycho_torch.group_merge import merge_groups
+from ptycho_torch.grouping import group_coordinates, group_indices
 from ptycho_torch.model_facts import ModelFacts
 from ptycho_torch.plan import Plan, ProbeSource, ReconstructOptions, resolve
 from ptycho_torch.refinement import (
@@ -227,16 +228,21 @@ def group_members(plan: Plan, positions: npt.NDArray[np.float64]) -> npt.NDArray
 
 
 def infer_patches(runner: Runner, plan: Plan, amplitudes: npt.NDArray[np.float32], members: npt.NDArray[np.int64],
-                  scale: float) -> npt.NDArray[np.complex64]:
-    """The network's complex patches ``(B * C, N, N)`` for the groups ``members``; zeros (the canvas
-    and its coverage only) when the plan skips the network."""
+                  scale: float, positions: npt.NDArray[np.float64]) -> npt.NDArray[np.complex64]:
+    """The network's complex patches ``(B * C, N, N)`` for the groups ``members`` at ``positions`` ``(S, 2)``;
+    a grouped model's patches are its merged groups (:func:`~ptycho_torch.group_merge.merge_groups`: what
+    its training loss saw); zeros (the canvas and its coverage only) when the plan skips the network."""
     N = plan.N
     if not plan.run_network:
         return np.zeros((members.size, N, N), np.complex64)
     diffraction = amplitudes[:, None] if not plan.grouped else amplitudes[members]
     amplitude, phase = runner.infer(diffraction, np.full(len(diffraction), scale, np.float32))
     require_finite_outputs(amplitude, phase)
-    return complex_patches(amplitude, phase).reshape(-1, N, N)
+    patches = complex_patches(amplitude, phase)
+    if plan.grouped:
+        offsets = group_coordinates(positions[:, 0], positions[:, 1], members)[2][:, 0].transpose(0, 2, 1)
+        patches = merge_groups(patches, offsets)
+    return patches.reshape(-1, N, N)
 
 
 def stitch(plan: Plan, patches: npt.NDArray[np.complex64], positions: npt.NDArray[np.float64]) -> StitchResult:
@@ -293,7 +299,7 @@ def reconstruct_steps(
     with clock.stage("group"):
         members = group_members(plan, given.positions)
     with clock.stage("inference"):
-        patches = infer_patches(runner, plan, scan.amplitudes, members, scale)
+        patches = infer_patches(runner, plan, scan.amplitudes, members, scale, given.positions)
     with clock.stage("stitch"):
         patch_positions = given.positions[members.ravel()]
         stitched = stitch(plan, patches, patch_positions)

@@ -7,6 +7,8 @@ import pytest
 from oracle import PHASE_FACTOR, TRAINING_SCALE, oracle_outputs
 
 from ptycho_torch.errors import InvalidInput, InvalidValues
+from ptycho_torch.group_merge import merge_groups
+from ptycho_torch.grouping import group_coordinates, group_indices
 from ptycho_torch.normalization import input_scale
 from ptycho_torch.pipeline import reconstruct, reconstruct_steps
 from ptycho_torch.plan import ReconstructOptions
@@ -87,6 +89,27 @@ def test_gridsize_2_groups_neighbours_and_stitches_every_channel(oracle_bundle_g
     assert result.coverage.sum() == pytest.approx(25 * 4 * 8 * 8)
     again = reconstruct(engine, patterns, positions)
     np.testing.assert_array_equal(again.coverage, result.coverage)  # seeded grouping: reproducible
+
+
+def test_a_grouped_models_patches_are_its_merged_groups(oracle_bundle_g2) -> None:
+    """At gridsize 2 the stitched patches are each group's merge (what the training loss saw), not the
+    raw channels: the result equals stitching ``merge_groups`` of the oracle's outputs and differs from
+    stitching the raw outputs."""
+    engine = Engine(oracle_bundle_g2, max_batch_size=8, providers=["cpu"])
+    positions = _raster(5)
+    patterns = np.random.default_rng(4).random((25, N, N), np.float32) + 0.5
+    result = reconstruct(engine, patterns, positions, options=ReconstructOptions(stitch_M=12))
+    members = group_indices(positions[:, 0], positions[:, 1], gridsize=2, seed=0)
+    scale = np.full(len(members), input_scale(patterns), np.float32)
+    amplitude, phase = oracle_outputs(patterns[members], scale)
+    raw = (amplitude * np.exp(1j * phase)).astype(np.complex64)
+    offsets = group_coordinates(positions[:, 0], positions[:, 1], members)[2][:, 0].transpose(0, 2, 1)
+    at = positions[members.ravel()]
+    merged = stitch_patches(merge_groups(raw, offsets).reshape(-1, N, N), at, M=12)
+    np.testing.assert_allclose(result.amplitude, merged.amplitude, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(result.phase, merged.phase, rtol=1e-4, atol=1e-5)
+    unmerged = stitch_patches(raw.reshape(-1, N, N), at, M=12)
+    assert np.abs(result.amplitude - unmerged.amplitude).max() > 0.05
 
 
 def test_refined_positions_are_one_per_pattern_in_the_requests_order_at_gridsize_2(oracle_bundle_g2) -> None:
