@@ -25,6 +25,7 @@ from torch.nn import functional as F
 
 from ptycho_torch.errors import DataContractError
 from ptycho_torch.group_merge import BORDER_WEIGHT
+
 #: floor for predicted counts before the logarithm of the Poisson NLL
 RATE_FLOOR = 1e-12
 

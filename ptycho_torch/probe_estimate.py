@@ -9,15 +9,16 @@ object start, ``rpie``, the probe and its modes updated, ``auto`` stop) and trai
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from ptycho_torch.data import RawData
-from ptycho_torch.refinement.solver import AUTO, RefineSettings, Refinement, refine
+from ptycho_torch.refinement.solver import AUTO, Refinement, RefineSettings, refine
 from ptycho_torch.refinement.stitched import canvas_model
 from ptycho_torch.stitching import canvas_geometry
 
@@ -45,7 +46,7 @@ class ProbeEstimate:
                 "modes": int(self.probe.shape[0])}
 
 
-def estimate_probe(scan: RawData, *, iterations: int | str = AUTO, probe_modes: int | None = None,
+def estimate_probe(scan: RawData, *, iterations: int | Literal["auto"] = AUTO, probe_modes: int | None = None,
                    time_limit_s: float | None = None, workers: int = -1) -> ProbeEstimate:
     """Refine ``scan.probeGuess`` on ``scan`` from a flat object (see the module docstring).
 
@@ -59,10 +60,8 @@ def estimate_probe(scan: RawData, *, iterations: int | str = AUTO, probe_modes: 
     origin, shape = canvas_geometry((positions[:, 0].min(), positions[:, 0].max()),
                                     (positions[:, 1].min(), positions[:, 1].max()), N)
     model = canvas_model(scan.diff3d, positions, scan.probeGuess, shape, origin, settings)
-    last: Refinement | None = None
-    for last in refine(model, model.grow(np.ones(shape, np.complex64), 1.0), settings):
-        pass
-    assert last is not None  # refine always yields the start state
+    last: Refinement = collections.deque(refine(model, model.grow(np.ones(shape, np.complex64), 1.0), settings),
+                                         maxlen=1)[0]
     errors = (last.history[0]["amplitude_error"], last.history[-1]["amplitude_error"])
     return ProbeEstimate(np.asarray(last.probe, np.complex64), last.iteration, last.seconds, last.stopped or "",
                          errors)
