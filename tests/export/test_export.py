@@ -268,11 +268,11 @@ def test_cli_exports_a_trained_checkpoint(scan32: Path, tmp_path: Path, capsys: 
     assert bundle.manifest.provenance.train_data_sha256 == sha256_file(scan32)
     record = bundle.manifest.training  # recipe, effort and held-out fit, from the run's summary.json
     assert record.steps == 2 and record.wall_s == result.summary.wall_s > 0
-    assert record.recipe == {  # the config fields marked RECIPE, keyed and valued as the manifest always had them
-        "model.N": N, "model.gridsize": 1, "model.n_filters_scale": 1, "model.generator": "tf",
-        "model.amp_activation": "sigmoid", "training.train_data_file": str(scan32), "training.batch_size": 16,
-        "training.nepochs": 1, "training.mae_weight": 0.0, "training.nll_weight": 1.0, "training.nphotons": 1e9,
-        "execution.seed": 42, "execution.learning_rate": 1e-3, "execution.scheduler": "Default"}
+    assert record.recipe == {  # the config fields marked RECIPE (the architecture too: a bundle says which it is)
+        "model.N": N, "model.gridsize": 1, "model.n_filters_scale": 1, "model.architecture": "cnn",
+        "model.generator": "tf", "model.amp_activation": "sigmoid", "training.train_data_file": str(scan32),
+        "training.batch_size": 16, "training.nepochs": 1, "training.mae_weight": 0.0, "training.nll_weight": 1.0,
+        "training.nphotons": 1e9, "execution.seed": 42, "execution.learning_rate": 1e-3, "execution.scheduler": "Default"}
     assert record.held_out_nll == pytest.approx(result.summary.final_metrics["val_loss"])
     from export.bundle_writer import training_record  # a run validated outside Lightning states its own
 
