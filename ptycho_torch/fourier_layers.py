@@ -3,7 +3,7 @@
 A spectral convolution keeps only a few low frequencies, so its forward and inverse transforms are
 products with small truncated DFT bases: real cos/sin matrices, float32, built once per layer as
 non-persistent buffers (derived from the sizes, so never in a checkpoint). The exported ONNX graph
-then holds MatMul and Einsum where ``torch.fft`` would put a DFT node, which onnxruntime's CUDA and
+then holds MatMul where ``torch.fft`` would put a DFT node, which onnxruntime's CUDA and
 TensorRT providers cannot run (docs/decisions.md, "Fourier generators"). The cost is ``O(n * modes)``
 per axis instead of ``O(n log n)``: cheaper while ``modes`` stays small.
 
@@ -23,8 +23,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FactorizedSpectralConv2d", "SpectralConv2d", "complex_einsum", "complex_matmul", "dft_basis", "idft_basis",
-           "irfft_basis", "rfft_basis", "two_sided"]
+__all__ = ["FactorizedSpectralConv2d", "SpectralConv2d", "complex_matmul", "dft_basis", "idft_basis",
+           "irfft_basis", "mix_channels", "rfft_basis", "two_sided"]
 
 Pair = tuple[Tensor, Tensor]
 """A complex tensor as its ``(real, imag)`` parts, both float32."""
@@ -86,25 +86,32 @@ def complex_matmul(a: Pair, b: Pair) -> Pair:
     return a[0] @ b[0] - a[1] @ b[1], a[0] @ b[1] + a[1] @ b[0]
 
 
-def complex_einsum(equation: str, x: Pair, w: Pair) -> Pair:
-    """:func:`torch.einsum` of two complex tensors given as pairs."""
-    return (torch.einsum(equation, x[0], w[0]) - torch.einsum(equation, x[1], w[1]),
-            torch.einsum(equation, x[0], w[1]) + torch.einsum(equation, x[1], w[0]))
+def mix_channels(spectrum: Pair, weight: Pair, order: tuple[int, int, int, int]) -> Pair:
+    """Per-frequency complex channel mixing as one real MatMul: ``spectrum`` ``(B, in, F1, F2)`` (both parts
+    stacked along the channels) permuted by ``order`` to channels last and the weight's frequencies leading,
+    times the real block form ``[[re, im], [-im, re]]`` of ``weight`` ``(..., in, out)`` (broadcasting as
+    :func:`torch.matmul`), permuted back: ``(B, out, F1, F2)``. ONNX: Transpose, MatMul, Split."""
+    re, im = weight
+    block = torch.cat([torch.cat([re, im], dim=-1), torch.cat([-im, re], dim=-1)], dim=-2)  # (..., 2 in, 2 out)
+    mixed = torch.cat(spectrum, dim=1).permute(order) @ block
+    out_re, out_im = mixed.permute(tuple(order.index(axis) for axis in range(4))).chunk(2, dim=1)
+    return out_re, out_im
 
 
 def _spectral_weight(in_channels: int, out_channels: int, *modes: int) -> nn.Parameter:
-    """One part (real or imaginary) ``(in, out, *modes)`` of the per-frequency channel mixing: uniform with
+    """One part (real or imaginary) ``(*modes, in, out)`` of the per-frequency channel mixing: uniform with
     the Glorot bound over channels halved in variance, so that the complex weight has the Glorot variance."""
     bound = math.sqrt(3.0 / (in_channels + out_channels))
-    return nn.Parameter(torch.empty(in_channels, out_channels, *modes).uniform_(-bound, bound))
+    return nn.Parameter(torch.empty(*modes, in_channels, out_channels).uniform_(-bound, bound))
 
 
 class SpectralConv2d(nn.Module):
     """FNO's spectral convolution on ``(B, in, n, n)`` -> ``(B, out, n, n)`` float32 (Li et al. 2021).
 
     ``rfft2`` truncated to the :func:`two_sided` ``2 modes`` frequencies along H and ``0 .. modes-1`` along
-    W, a complex ``in x out`` matrix per kept frequency pair, and the inverse: equal to
-    ``irfft2(einsum(rfft2(x)[kept], weight), s=(n, n))`` (a test checks it against ``torch.fft``).
+    W, a complex ``in x out`` matrix per kept frequency pair (``weight_re``, ``weight_im``: ``(2 modes, modes,
+    in, out)``), and the inverse: equal to ``irfft2(einsum("bixy,xyio->boxy", rfft2(x)[kept], weight))`` (a
+    test checks it against ``torch.fft``).
     """
 
     w_cos: Tensor
@@ -129,7 +136,7 @@ class SpectralConv2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         spectrum = x @ self.w_cos, x @ self.w_sin  # (B, in, n, modes): rfft along W
         spectrum = complex_matmul((self.h_cos, self.h_sin), spectrum)  # (B, in, 2 modes, modes): fft along H
-        spectrum = complex_einsum("bixy,ioxy->boxy", spectrum, (self.weight_re, self.weight_im))
+        spectrum = mix_channels(spectrum, (self.weight_re, self.weight_im), (2, 3, 0, 1))  # (B, out, 2 modes, modes)
         re, im = complex_matmul((self.ih_cos, self.ih_sin), spectrum)  # (B, out, n, modes): ifft along H
         return re @ self.iw_cos + im @ self.iw_sin  # irfft along W
 
@@ -138,8 +145,8 @@ class FactorizedSpectralConv2d(nn.Module):
     """F-FNO's factorised spectral operator on ``(B, c, n, n)`` -> ``(B, c, n, n)`` float32 (Tran et al. 2023).
 
     A 1-D spectral convolution along W (``rfft`` over W truncated to ``modes``, a complex ``c x c`` matrix
-    per kept frequency, ``irfft``) plus one along H with its own weights: ``2 c^2 modes`` complex weights
-    where :class:`SpectralConv2d` has ``2 c^2 modes^2``.
+    per kept frequency, ``irfft``) plus one along H with its own weights (``w_*``, ``h_*``: ``(modes, c, c)``):
+    ``2 c^2 modes`` complex weights where :class:`SpectralConv2d` has ``2 c^2 modes^2``.
     """
 
     cos: Tensor
@@ -156,8 +163,10 @@ class FactorizedSpectralConv2d(nn.Module):
         self.h_re, self.h_im = (_spectral_weight(channels, channels, modes) for _ in range(2))
 
     def forward(self, x: Tensor) -> Tensor:
-        spectrum = complex_einsum("bihk,iok->bohk", (x @ self.cos, x @ self.sin), (self.w_re, self.w_im))
-        along_w = spectrum[0] @ self.icos + spectrum[1] @ self.isin
-        spectrum = complex_einsum("bikw,iok->bokw", (self.cos.mT @ x, self.sin.mT @ x), (self.h_re, self.h_im))
-        along_h = self.icos.mT @ spectrum[0] + self.isin.mT @ spectrum[1]
+        re, im = mix_channels((x @ self.cos, x @ self.sin), (self.w_re[:, None], self.w_im[:, None]),
+                              (3, 0, 2, 1))  # (B, c, n, modes): per W frequency, over (B, H)
+        along_w = re @ self.icos + im @ self.isin
+        re, im = mix_channels((self.cos.mT @ x, self.sin.mT @ x), (self.h_re[:, None], self.h_im[:, None]),
+                              (2, 0, 3, 1))  # (B, c, modes, n): per H frequency, over (B, W)
+        along_h = self.icos.mT @ re + self.isin.mT @ im
         return along_w + along_h

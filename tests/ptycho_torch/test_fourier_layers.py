@@ -68,7 +68,7 @@ def test_spectral_conv_is_the_fno_layer_of_torch_fft() -> None:
     layer = SpectralConv2d(cin, cout, n, modes)
     x = torch.randn(2, cin, n, n)
     weight = torch.complex(layer.weight_re, layer.weight_im).detach()
-    want = _from_kept_2d(torch.einsum("bixy,ioxy->boxy", _kept_2d(x, modes), weight), n, modes)
+    want = _from_kept_2d(torch.einsum("bixy,xyio->boxy", _kept_2d(x, modes), weight), n, modes)
     with torch.no_grad():
         torch.testing.assert_close(layer(x), want, atol=1e-4, rtol=1e-4)
     assert not [name for name in layer.state_dict() if "cos" in name or "sin" in name]  # bases: not saved
@@ -83,7 +83,7 @@ def test_factorized_spectral_conv_is_the_ffno_operator_of_torch_fft() -> None:
 
     def along(dim: int, re: torch.Tensor, im: torch.Tensor) -> torch.Tensor:
         spectrum = torch.fft.rfft(x, dim=dim).narrow(dim, 0, modes)
-        equation = "bihk,iok->bohk" if dim == -1 else "bikw,iok->bokw"
+        equation = "bihk,kio->bohk" if dim == -1 else "bikw,kio->bokw"
         mixed = torch.einsum(equation, spectrum, torch.complex(re, im).detach())
         padded = torch.zeros_like(torch.fft.rfft(x, dim=dim))  # c in, c out
         padded.narrow(dim, 0, modes).copy_(mixed)
