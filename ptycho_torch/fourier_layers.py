@@ -3,9 +3,10 @@
 A spectral convolution keeps only a few low frequencies, so its forward and inverse transforms are
 products with small truncated DFT bases: real cos/sin matrices, float32, built once per layer as
 non-persistent buffers (derived from the sizes, so never in a checkpoint). The exported ONNX graph
-then holds MatMul where ``torch.fft`` would put a DFT node, which onnxruntime's CUDA and
-TensorRT providers cannot run (docs/decisions.md, "Fourier generators"). The cost is ``O(n * modes)``
-per axis instead of ``O(n log n)``: cheaper while ``modes`` stays small.
+then holds MatMul where ``torch.fft`` would put a DFT node, which onnxruntime runs on the CPU only
+and TensorRT cannot parse (docs/decisions.md, "Fourier generators"). The cost is ``O(n * modes)``
+per row and axis instead of ``O(n log n)``: comparable while ``modes`` stays small, and in large
+matrix products that every provider runs well.
 
 Complex tensors never appear: a spectrum is a pair ``(real, imag)`` of float32 tensors.
 
@@ -87,10 +88,11 @@ def complex_matmul(a: Pair, b: Pair) -> Pair:
 
 
 def mix_channels(spectrum: Pair, weight: Pair, order: tuple[int, int, int, int]) -> Pair:
-    """Per-frequency complex channel mixing as one real MatMul: ``spectrum`` ``(B, in, F1, F2)`` (both parts
-    stacked along the channels) permuted by ``order`` to channels last and the weight's frequencies leading,
-    times the real block form ``[[re, im], [-im, re]]`` of ``weight`` ``(..., in, out)`` (broadcasting as
-    :func:`torch.matmul`), permuted back: ``(B, out, F1, F2)``. ONNX: Transpose, MatMul, Split."""
+    """Per-frequency complex channel mixing as one real MatMul: the ``spectrum`` parts ``(B, in, F1, F2)``,
+    stacked along the channels and permuted by ``order`` to channels last and the weight's frequencies
+    leading, times the real block form ``[[re, im], [-im, re]]`` of ``weight`` ``(..., in, out)``
+    (broadcasting as :func:`torch.matmul`), permuted back and split: ``(B, out, F1, F2)`` each.
+    ONNX: Concat, Transpose, MatMul, Split."""
     re, im = weight
     block = torch.cat([torch.cat([re, im], dim=-1), torch.cat([-im, re], dim=-1)], dim=-2)  # (..., 2 in, 2 out)
     mixed = torch.cat(spectrum, dim=1).permute(order) @ block
