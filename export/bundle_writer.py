@@ -41,7 +41,7 @@ from ptycho_torch.checksums import sha256_file
 from ptycho_torch.config import ModelConfig
 from ptycho_torch.data import scan_metadata
 from ptycho_torch.errors import DataContractError, ExportError, InvalidInput
-from ptycho_torch.model import PtychoPINNGenerator
+from ptycho_torch.model import ObjectGenerator
 from ptycho_torch.pixel_size import check_pixel_size, scan_pixel_size
 from ptycho_torch.run_layout import RunLayout
 from ptycho_torch.scan_checks import bad_pixel_mask
@@ -66,7 +66,7 @@ def _package_version() -> str:
         return "0+unknown"
 
 
-def export_bundle(generator: PtychoPINNGenerator, out: Path, *, record: CheckpointRecord, probe: np.ndarray,
+def export_bundle(generator: ObjectGenerator, out: Path, *, record: CheckpointRecord, probe: np.ndarray,
                   diffraction: np.ndarray, inputs_label: str, options: ExportOptions = DEFAULTS,
                   checkpoint: str | None = None, training: TrainingRecord | None = None) -> Bundle:
     """Write the bundle of design.md section 4 to ``out`` (a new or empty directory) and load it back.

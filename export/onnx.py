@@ -15,7 +15,7 @@ import torch
 from export.options import DEFAULT_OPSET, MIN_OPSET
 from ptycho_torch.bundle import INPUT_NAMES, OUTPUT_NAMES
 from ptycho_torch.errors import ExportError
-from ptycho_torch.model import PtychoPINNGenerator
+from ptycho_torch.model import ObjectGenerator
 
 MAX_BATCH = 1 << 16
 #: Loggers of the exporter's passes: about 45 INFO/WARNING lines per export (unused-node removal,
@@ -23,14 +23,14 @@ MAX_BATCH = 1 << 16
 EXPORTER_LOGGERS = ("torch.onnx", "onnxscript", "onnx_ir")
 
 
-def example_inputs(generator: PtychoPINNGenerator, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+def example_inputs(generator: ObjectGenerator, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     """Deterministic ``(diffraction (batch, C, N, N), scale (batch,))`` for tracing/exporting."""
     config = generator.config
     shape = (batch, config.channels, config.N, config.N)
     return torch.linspace(0.0, 2.0, steps=int(torch.Size(shape).numel())).reshape(shape), torch.ones(batch)
 
 
-def export_onnx(generator: PtychoPINNGenerator, path: Path, *, opset: int = DEFAULT_OPSET) -> Path:
+def export_onnx(generator: ObjectGenerator, path: Path, *, opset: int = DEFAULT_OPSET) -> Path:
     """Write ``generator`` to ``path`` as a single-file ONNX graph with a dynamic batch axis ``B``.
 
     Uses ``torch.onnx.export(dynamo=True)`` (torch.export + onnxscript); the example batch is 2

@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 
 from export.onnx import example_inputs
-from ptycho_torch.model import PtychoPINNGenerator
+from ptycho_torch.model import ObjectGenerator
 
 
-def export_torchscript(generator: PtychoPINNGenerator, path: Path) -> Path:
+def export_torchscript(generator: ObjectGenerator, path: Path) -> Path:
     """Trace ``generator`` (a fixed, loop-free graph, so tracing is exact), freeze it, save to ``path``."""
     generator = generator.eval()
     with warnings.catch_warnings(), torch.no_grad():

@@ -39,7 +39,7 @@ from ptycho_torch.pixel_size import valid_pixel_size
 if TYPE_CHECKING:
     import numpy as np
 
-    from ptycho_torch.model import PtychoPINNGenerator
+    from ptycho_torch.model import ObjectGenerator
 
 __all__ = ["CheckpointRecord", "load_generator"]
 
@@ -105,7 +105,7 @@ class CheckpointRecord:
         return {key: value for key, value in recipe.items() if value is not None}
 
 
-def load_generator(path: str | Path) -> tuple[PtychoPINNGenerator, CheckpointRecord, np.ndarray]:
+def load_generator(path: str | Path) -> tuple[ObjectGenerator, CheckpointRecord, np.ndarray]:
     """Read a checkpoint safely (``torch.load(weights_only=True)``) into ``(generator, record, probe)``.
 
     ``generator`` is in eval mode on the CPU; ``probe`` is the normalised training probe, complex64
@@ -114,7 +114,7 @@ def load_generator(path: str | Path) -> tuple[PtychoPINNGenerator, CheckpointRec
     """
     import torch
 
-    from ptycho_torch.model import PtychoPINNGenerator
+    from ptycho_torch.model import build_generator
 
     path = Path(path)
     if not path.is_file():
@@ -130,7 +130,7 @@ def load_generator(path: str | Path) -> tuple[PtychoPINNGenerator, CheckpointRec
             f"({str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}); "
             "pass RUN/checkpoints/best.ckpt or last.ckpt written by `ptychopinn train`"
         ) from error
-    generator = PtychoPINNGenerator(record.model)
+    generator = build_generator(record.model)
     prefix = "generator."
     generator.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
     return generator.eval(), record, state["probe"].numpy()

@@ -1,9 +1,9 @@
 """The string choices of the configuration and the reconstruct options, one :class:`~enum.StrEnum` each.
 
 Each enum is the one list of the accepted values; the code that implements a choice keeps one table
-from member to implementation beside it (``model.HEADS``, ``model.AMPLITUDE_ACTIVATIONS``,
-``training.module.SCHEDULERS``, ``training.module.LOSS_WEIGHTS``, ``training.trainer.LOGGERS``,
-``refinement.ALGORITHMS``, ``refinement.STARTS``). Every configuration field and reconstruct option
+from member to implementation beside it (``model.GENERATORS``, ``model.HEADS``,
+``model.AMPLITUDE_ACTIVATIONS``, ``training.module.SCHEDULERS``, ``training.module.LOSS_WEIGHTS``,
+``training.trainer.LOGGERS``, ``refinement.ALGORITHMS``, ``refinement.STARTS``). Every configuration field and reconstruct option
 that is a choice is annotated with its enum and holds the member (a plain string is parsed on
 construction); members compare and hash like their values, so a table answers a plain string
 (``HEADS["tf"]``), and they leave as plain strings through ``ptycho_torch.config.to_primitives``
@@ -25,9 +25,12 @@ __all__ = ["NAMED_SCALE_POLICIES", "AmpActivation", "Architecture", "Backend", "
 
 
 class Architecture(StrEnum):
-    """The generator family (PtychoPINN's ``architecture``)."""
+    """The generator family (PtychoPINN's ``architecture``): the CNN, a Fourier neural operator (FNO) or
+    a factorised one (F-FNO); see :mod:`ptycho_torch.model`."""
 
     CNN = "cnn"
+    FNO = "fno"
+    FFNO = "ffno"
 
 
 class Backend(StrEnum):

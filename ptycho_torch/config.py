@@ -45,6 +45,10 @@ if TYPE_CHECKING:
 RECIPE: Final[Mapping[str, bool]] = {"recipe": True}
 """Field metadata of the settings that make a bundle's recipe: ``field(..., metadata=RECIPE)``."""
 
+CNN_ONLY: Final = frozenset({"generator", "pad_object", "probe_big"})
+"""The :class:`ModelConfig` fields that shape the CNN's decoder only: with another ``architecture`` they
+must keep their defaults (a ConfigError otherwise, rather than a setting silently without effect)."""
+
 #: dataclass field name -> legacy ``params.cfg`` key (PtychoPINN's KEY_MAPPINGS)
 KEY_MAPPINGS: Final[dict[str, str]] = {
     "object_big": "object.big",
@@ -123,10 +127,16 @@ class ModelConfig:
     """Width multiplier of every convolution."""
     model_type: ModelType = ModelType.PINN
     """``pinn`` (self-supervised through the physics) or ``supervised`` (needs ground truth)."""
-    architecture: Architecture = Architecture.CNN
-    """Generator family; only the CNN generator is implemented."""
+    architecture: Architecture = field(default=Architecture.CNN, metadata=RECIPE)
+    """Generator family: ``cnn`` (PtychoPINN's CNN), ``fno`` (Fourier neural operator) or ``ffno`` (factorised FNO).
+
+    ``fno`` and ``ffno`` lift the patterns to an N/2 grid, run Fourier blocks (width
+    ``32 * n_filters_scale``, N/8 modes per axis) and predict the whole N x N window from one head per
+    output; their spectral transforms are fixed DFT matrices, so their ONNX graph has no DFT node and
+    runs on every onnxruntime provider. ``generator``, ``pad_object`` and ``probe_big`` shape the CNN's
+    decoder only and must keep their defaults with them (:data:`CNN_ONLY`)."""
     generator: Generator = field(default=Generator.TF, metadata=RECIPE)
-    """Last decoder stage: ``tf`` (TensorFlow parity), ``smooth``, ``full`` or ``taper``.
+    """Last decoder stage of the CNN: ``tf`` (TensorFlow parity), ``smooth``, ``full`` or ``taper``.
 
     ``tf``: TensorFlow parity (the central N/2 window from a sigmoid head,
     zero-padded, plus a separate border branch when ``probe_big``; nearest upsampling); its hard
@@ -158,6 +168,13 @@ class ModelConfig:
         )
         _parse_choices(self)
         _require(self.probe_scale > 0, "probe_scale", self.probe_scale, "> 0")
+        if self.architecture is not Architecture.CNN:
+            for f in dataclasses.fields(self):
+                if f.name in CNN_ONLY and getattr(self, f.name) != f.default:
+                    raise ConfigError(
+                        f"{f.name} applies to architecture 'cnn' only, got {f.name}={_primitive(getattr(self, f.name))!r} "
+                        f"with architecture {self.architecture.value!r}, whose generator predicts the whole N x N window; "
+                        f"leave {f.name} at its default {_primitive(f.default)!r}")
 
     @property
     def channels(self) -> int:

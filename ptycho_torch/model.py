@@ -1,6 +1,7 @@
-"""The PtychoPINN CNN generator (Hoidn et al., docs/design.md References), written to export cleanly.
+"""The generators, written to export cleanly: the PtychoPINN CNN (Hoidn et al., docs/design.md
+References) and two Fourier-neural-operator ones (FNO, F-FNO), one per ``architecture`` (:data:`GENERATORS`).
 
-One shared encoder and two skip-less decoders (amplitude, phase). The graph is real-valued end to
+The CNN: one shared encoder and two skip-less decoders (amplitude, phase). The graph is real-valued end to
 end: ``forward(diffraction, scale) -> (amplitude, phase)``, both ``(B, C, N, N)`` float32. ``N`` and
 ``C`` are fixed when the module is built; the only dynamic dimension is the batch.
 
@@ -13,6 +14,13 @@ predicts the central ``N/2`` window (zero-padded to ``N``) plus, with ``probe_bi
 the amplitude multiplied by a smooth :func:`taper` (``generator='taper'``: a soft support), or the
 TF structure with its centre head and border branch blended by a smooth :func:`blend_window`
 instead of the hard mask (``generator='smooth'``).
+
+The Fourier generators (:class:`FourierGenerator`) lift the patterns to an ``N/2`` grid, run FNO
+(``'fno'``) or F-FNO (``'ffno'``) blocks whose spectral transforms are fixed DFT matrices (no DFT node
+in the exported graph, :mod:`ptycho_torch.fourier_layers`) and predict the whole ``N x N`` window.
+One training step (forward and backward of 16 patterns at N=64, ``n_filters_scale`` 1, one CPU
+thread) costs about 0.4x the CNN's for ``fno`` and 0.7x for ``ffno`` (docs/decisions.md, "Fourier
+generators").
 """
 
 from __future__ import annotations
@@ -26,8 +34,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ptycho_torch.choices import AmpActivation, Generator, check_table
+from ptycho_torch.choices import AmpActivation, Architecture, Generator, check_table
 from ptycho_torch.config import ModelConfig
+from ptycho_torch.fourier_layers import FactorizedSpectralConv2d, SpectralConv2d
 
 #: feature channels the TF reference reserves for the border branch (``c_outer``)
 BORDER_CHANNELS = 4
@@ -196,8 +205,9 @@ def border_mask(N: int) -> Tensor:
     return mask
 
 
-class PtychoPINNGenerator(nn.Module):
-    """Diffraction amplitudes -> object amplitude and phase patches.
+class ObjectGenerator(nn.Module):
+    """Diffraction amplitudes -> object amplitude and phase patches: the base of every generator
+    (:data:`GENERATORS`), which keeps the :class:`ModelConfig` it was built from as ``config``.
 
     ``forward(diffraction (B, C, N, N) raw amplitudes, scale (B,)) -> (amplitude, phase)``, both
     ``(B, C, N, N)`` float32; the network sees ``diffraction * scale`` (the input normalisation,
@@ -207,6 +217,13 @@ class PtychoPINNGenerator(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
+
+
+class PtychoPINNGenerator(ObjectGenerator):
+    """The CNN generator (``architecture='cnn'``, see the module docstring)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
         nf, C = config.n_filters_scale, config.channels
         ladder = [f * nf for f in encoder_filters(config.N)]
         widths = [C, *ladder]
@@ -218,6 +235,115 @@ class PtychoPINNGenerator(nn.Module):
     def forward(self, diffraction: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
         features = self.encoder(diffraction * scale.reshape(-1, 1, 1, 1))
         return self.amplitude(features), self.phase(features)
+
+
+FOURIER_WIDTH = 32
+"""Channels of the Fourier generators' blocks before ``n_filters_scale``."""
+FOURIER_PATCH = 2
+"""The Fourier generators work on an ``N/2 x N/2`` grid: each cell lifts (and predicts) a 2 x 2 pixel patch."""
+FNO_LAYERS = 4
+"""FNO blocks of the ``fno`` generator (Li et al.'s four)."""
+FFNO_LAYERS = 6
+"""F-FNO blocks of the ``ffno`` generator (cheaper blocks, so deeper; about the CNN's step cost)."""
+
+
+def _grid(N: int) -> Tensor:
+    """``(1, 2, N, N)`` float32: the row and column coordinates in [-1, 1] (FNO's position channels)."""
+    axis = torch.linspace(-1.0, 1.0, N)
+    return torch.stack(torch.meshgrid(axis, axis, indexing="ij"))[None]
+
+
+class _FNOBlock(nn.Module):
+    """One FNO layer (Li et al. 2021): ``gelu(spectral(x) + W x)``, W a 1x1 convolution; ``(B, c, n, n)``."""
+
+    def __init__(self, channels: int, n: int, modes: int) -> None:
+        super().__init__()
+        self.spectral = SpectralConv2d(channels, channels, n, modes)
+        self.pointwise = nn.Conv2d(channels, channels, kernel_size=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.gelu(self.spectral(x) + self.pointwise(x))
+
+
+class _FFNOBlock(nn.Module):
+    """One F-FNO layer (Tran et al. 2023): ``x + W2 gelu(W1 spectral(x))``, the factorised spectral
+    operator then a pointwise feed-forward (1x1 convolutions, 2x wider inside), residual; ``(B, c, n, n)``."""
+
+    def __init__(self, channels: int, n: int, modes: int) -> None:
+        super().__init__()
+        self.spectral = FactorizedSpectralConv2d(channels, n, modes)
+        self.feed_forward = nn.Sequential(nn.Conv2d(channels, 2 * channels, kernel_size=1), nn.GELU(),
+                                          nn.Conv2d(2 * channels, channels, kernel_size=1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.feed_forward(self.spectral(x))
+
+
+def _fourier_head(width: int, channels: int, activation: nn.Module) -> nn.Sequential:
+    """``(B, width, N/2, N/2)`` -> ``(B, channels, N, N)``: a pointwise MLP to ``channels`` 2 x 2 patches per
+    cell, laid out by a pixel shuffle, then ``activation``."""
+    return nn.Sequential(nn.Conv2d(width, 2 * width, kernel_size=1), nn.GELU(),
+                         nn.Conv2d(2 * width, channels * FOURIER_PATCH**2, kernel_size=1),
+                         nn.PixelShuffle(FOURIER_PATCH), activation)
+
+
+class FourierGenerator(ObjectGenerator):
+    """A Fourier-neural-operator generator of ``layers`` ``block(width, n, modes)`` blocks; :class:`FNOGenerator`
+    and :class:`FFNOGenerator` choose them.
+
+    Lift: ``diffraction * scale`` and two position channels (:func:`_grid`), a 2 x 2 stride-2 convolution
+    to ``FOURIER_WIDTH * n_filters_scale`` channels on the ``N/2`` grid (the CNN decoder's last resolution).
+    Then ``layers`` blocks keeping ``modes = N/8`` frequencies per axis (a quarter of the grid's band),
+    and one head each for the whole ``N x N`` amplitude (``amp_activation``) and phase (``pi tanh``)
+    windows. The spectral transforms are fixed DFT matrices (:mod:`ptycho_torch.fourier_layers`), so the
+    exported graph has no DFT node. ``generator``, ``pad_object`` and ``probe_big`` are the CNN's.
+    """
+
+    grid: Tensor
+    """The position channels, ``(1, 2, N, N)`` float32 (a buffer, not saved)."""
+
+    def __init__(self, config: ModelConfig, block: Callable[[int, int, int], nn.Module], layers: int) -> None:
+        super().__init__(config)
+        N, C = config.N, config.channels
+        width, n = FOURIER_WIDTH * config.n_filters_scale, N // FOURIER_PATCH
+        self.register_buffer("grid", _grid(N), persistent=False)
+        self.lift = nn.Conv2d(C + 2, width, kernel_size=FOURIER_PATCH, stride=FOURIER_PATCH)
+        self.blocks = nn.Sequential(*(block(width, n, n // 4) for _ in range(layers)))
+        self.amplitude = _fourier_head(width, C, AMPLITUDE_ACTIVATIONS[config.amp_activation]())
+        self.phase = _fourier_head(width, C, _PhaseActivation())
+
+    def forward(self, diffraction: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+        x = diffraction * scale.reshape(-1, 1, 1, 1)
+        features = self.blocks(self.lift(torch.cat([x, self.grid.expand(x.shape[0], -1, -1, -1)], dim=1)))
+        return self.amplitude(features), self.phase(features)
+
+
+class FNOGenerator(FourierGenerator):
+    """``architecture='fno'``: :data:`FNO_LAYERS` FNO blocks (2-D spectral convolution plus a pointwise path)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config, _FNOBlock, FNO_LAYERS)
+
+
+class FFNOGenerator(FourierGenerator):
+    """``architecture='ffno'``: :data:`FFNO_LAYERS` F-FNO blocks (factorised spectral operator, feed-forward,
+    residual)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config, _FFNOBlock, FFNO_LAYERS)
+
+
+GENERATORS: Mapping[Architecture, Callable[[ModelConfig], ObjectGenerator]] = check_table(Architecture, {
+    Architecture.CNN: PtychoPINNGenerator,
+    Architecture.FNO: FNOGenerator,
+    Architecture.FFNO: FFNOGenerator,
+})
+"""``architecture`` -> its generator class."""
+
+
+def build_generator(config: ModelConfig) -> ObjectGenerator:
+    """A new generator of ``config.architecture``, randomly initialised (the one way to build one from a config)."""
+    return GENERATORS[config.architecture](config)
 
 
 def combine_complex(amplitude: Tensor, phase: Tensor) -> Tensor:

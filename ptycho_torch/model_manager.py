@@ -32,7 +32,7 @@ import numpy as np
 from ptycho_torch import params
 from ptycho_torch.checkpoint import CheckpointRecord, load_generator
 from ptycho_torch.errors import ModelArchiveError
-from ptycho_torch.model import PtychoPINNGenerator
+from ptycho_torch.model import ObjectGenerator
 from ptycho_torch.run_layout import ARCHIVE_NAME, RunLayout
 
 __all__ = ["DEFAULT_MODEL", "FORMAT_VERSION", "LoadedModel", "TorchModelManager"]
@@ -53,7 +53,7 @@ class LoadedModel:
     """One model restored from an archive."""
 
     name: str
-    generator: PtychoPINNGenerator
+    generator: ObjectGenerator
     """The inference network, eval mode, CPU."""
     record: CheckpointRecord
     """The checkpoint's configs and scales."""

@@ -21,7 +21,7 @@ import torch
 from ptycho_torch.checkpoint import CheckpointRecord, load_generator
 from ptycho_torch.errors import ConfigError
 from ptycho_torch.grouping import default_neighbor_count
-from ptycho_torch.model import PtychoPINNGenerator
+from ptycho_torch.model import ObjectGenerator
 from ptycho_torch.model_facts import ModelFacts
 from ptycho_torch.stitching import default_stitch_M
 
@@ -29,9 +29,9 @@ __all__ = ["TorchRunner"]
 
 
 class TorchRunner:
-    """Batched inference of a :class:`PtychoPINNGenerator` on its own device (eval mode, no autograd)."""
+    """Batched inference of an :class:`ObjectGenerator` on its own device (eval mode, no autograd)."""
 
-    def __init__(self, generator: PtychoPINNGenerator, *, training_scale: float,
+    def __init__(self, generator: ObjectGenerator, *, training_scale: float,
                  probe: npt.ArrayLike | None = None, stitch_M: int | None = None,
                  neighbor_count: int | None = None, bad_pixels: npt.ArrayLike | None = None,
                  pixel_size_m: float | None = None, batch_size: int = 64, name: str = "torch") -> None:
@@ -54,7 +54,7 @@ class TorchRunner:
         return cls.from_record(*load_generator(path), batch_size=batch_size, name=name)
 
     @classmethod
-    def from_record(cls, generator: PtychoPINNGenerator, record: CheckpointRecord, probe: npt.ArrayLike, *,
+    def from_record(cls, generator: ObjectGenerator, record: CheckpointRecord, probe: npt.ArrayLike, *,
                     batch_size: int = 64, name: str = "torch") -> TorchRunner:
         """A runner for a loaded checkpoint: its generator, its record (training scale, neighbour count)
         and its normalised training probe ``(P, N, N)`` complex64 (a ``wts.h5.zip`` model loads the same three)."""

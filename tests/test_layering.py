@@ -11,7 +11,7 @@ packages below it:
     ptycho_torch  nothing above it, except the declared facade of the TensorFlow mirror
 
 and the core's third parties are the ones docs/architecture.md states: numpy, scipy, pydantic, onnx;
-torch only in ``model``, ``physics``, ``torch_runner``, ``model_manager`` and inside
+torch only in ``model``, ``fourier_layers``, ``physics``, ``torch_runner``, ``model_manager`` and inside
 ``checkpoint.load_generator``; Lightning only in ``workflows``.
 """
 
@@ -49,8 +49,9 @@ CORE_THIRD_PARTY = frozenset({"numpy", "scipy", "pydantic", "pydantic_core", "on
 checking only) and the project's packages."""
 
 CORE_ONLY_IN: dict[str, frozenset[str]] = {
-    "torch": frozenset({"ptycho_torch.model", "ptycho_torch.physics", "ptycho_torch.torch_runner",
-                        "ptycho_torch.model_manager", "ptycho_torch.checkpoint.load_generator"}),
+    "torch": frozenset({"ptycho_torch.model", "ptycho_torch.fourier_layers", "ptycho_torch.physics",
+                        "ptycho_torch.torch_runner", "ptycho_torch.model_manager",
+                        "ptycho_torch.checkpoint.load_generator"}),
     "lightning": frozenset({"ptycho_torch.workflows"}),
     "pytorch_lightning": frozenset({"ptycho_torch.workflows"}),
     "onnxruntime": frozenset({"ptycho_torch.bundle.runtime"}),

@@ -1,8 +1,8 @@
 """The Lightning module: the generator, the probe, and the physics (PINN) or supervised loss.
 
-Checkpoint contract (read by ``export`` and ``workflows``): ``self.generator`` is the
-:class:`~ptycho_torch.model.PtychoPINNGenerator`; the (normalised) probe is the complex64 buffer
-``probe`` ``(P, N, N)``; hyper-parameters are JSON-able primitives only
+Checkpoint contract (read by ``export`` and ``workflows``): ``self.generator`` is the generator of
+``model_config.architecture`` (:func:`~ptycho_torch.model.build_generator`); the (normalised) probe is
+the complex64 buffer ``probe`` ``(P, N, N)``; hyper-parameters are JSON-able primitives only
 (:func:`~ptycho_torch.config.to_primitives`: choices as plain strings, paths as str), so
 ``torch.load(path, weights_only=True)`` reads a checkpoint:
 
@@ -39,7 +39,7 @@ from ptycho_torch import physics
 from ptycho_torch.choices import LossMode, ModelType, Scheduler, check_table
 from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig, config_from_dict, to_primitives
 from ptycho_torch.errors import ConfigError
-from ptycho_torch.model import PtychoPINNGenerator, combine_complex
+from ptycho_torch.model import build_generator, combine_complex
 
 #: supervised loss weights on amplitude and phase (PtychoPINN's torch supervised mode)
 SUPERVISED_WEIGHTS = (2.0, 4.0)
@@ -51,7 +51,7 @@ WARMUP_FRACTION = 0.05
 
 
 class PtychoPINNModule(L.LightningModule):
-    """Train :class:`PtychoPINNGenerator` through the far-field physics or against ground truth.
+    """Train the generator through the far-field physics or against ground truth.
 
     Batches are dicts from :mod:`training.datamodule`: ``diffraction (B, C, N, N)`` raw amplitudes,
     ``scale (B,)`` input normalisation, ``offsets (B, C, 2)`` relative offsets ``[x, y]``, and
@@ -84,7 +84,7 @@ class PtychoPINNModule(L.LightningModule):
         self.training_config = config_from_dict(TrainingConfig, {**training_config, "model": model_config})
         self.execution_config = config_from_dict(PyTorchExecutionConfig, execution_config)
         N = self.model_config.N
-        self.generator = PtychoPINNGenerator(self.model_config)
+        self.generator = build_generator(self.model_config)
         self.register_buffer("probe", torch.zeros(probe_modes, N, N, dtype=torch.complex64))
         self.register_buffer("probe_mask", physics.disk_mask(N), persistent=False)
         self.intensity_scale = intensity_scale

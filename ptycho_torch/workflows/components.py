@@ -37,7 +37,7 @@ from ptycho_torch.data import RawData
 from ptycho_torch.errors import DataContractError, ModelArchiveError
 from ptycho_torch.grouping import GroupedScan
 from ptycho_torch.mlflow_store import download_model, is_mlflow_uri, log_training_run, model_uri
-from ptycho_torch.model import PtychoPINNGenerator
+from ptycho_torch.model import ObjectGenerator
 from ptycho_torch.model_manager import DEFAULT_MODEL, TorchModelManager
 from ptycho_torch.outputs import save_outputs
 from ptycho_torch.run_layout import ARCHIVE_NAME, RunLayout
@@ -118,7 +118,7 @@ def train_cdi_model_torch(
 
 
 def predict_patches(
-    model: PtychoPINNGenerator, diffraction: np.ndarray, scale: float, *, batch_size: int = 64
+    model: ObjectGenerator, diffraction: np.ndarray, scale: float, *, batch_size: int = 64
 ) -> np.ndarray:
     """Complex object patches ``(B, C, N, N)`` for raw amplitudes ``diffraction`` ``(B, C, N, N)``
     (batched by the :class:`~ptycho_torch.torch_runner.TorchRunner` every torch path uses)."""
@@ -127,7 +127,7 @@ def predict_patches(
 
 
 def reassemble_torch(
-    model: PtychoPINNGenerator,
+    model: ObjectGenerator,
     test_container: GroupedScan,
     *,
     flip_x: bool = False,
@@ -215,7 +215,7 @@ def load_inference_bundle_torch(
     model_name: str = DEFAULT_MODEL,
     *,
     tracking_uri: str | None = None,
-) -> tuple[PtychoPINNGenerator, dict[str, Any]]:
+) -> tuple[ObjectGenerator, dict[str, Any]]:
     """The generator (eval mode, CPU) and the ``params.cfg`` snapshot it was trained with.
 
     ``model_dir``: a run folder holding ``wts.h5.zip`` (or ``checkpoints/best.ckpt``), a

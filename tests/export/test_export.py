@@ -24,7 +24,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from export.bundle_writer import export_bundle
-from export.onnx import EXPORTER_LOGGERS
+from export.onnx import EXPORTER_LOGGERS, export_onnx
 from export.options import ExportOptions
 from export.verify import FP16_TOLERANCE, FP32_TOLERANCE, verification_inputs, verify_exports
 from ptycho_torch import params
@@ -33,7 +33,7 @@ from ptycho_torch.checkpoint import CheckpointRecord, load_generator
 from ptycho_torch.config import ModelConfig, TrainingConfig
 from ptycho_torch.data import load_siemens_star
 from ptycho_torch.errors import BundleError, ExportError
-from ptycho_torch.model import PtychoPINNGenerator
+from ptycho_torch.model import PtychoPINNGenerator, build_generator
 from ptychopinn.cli import main as cli_main
 
 N = 32
@@ -230,6 +230,27 @@ def test_a_stitch_crop_out_of_range_is_refused_before_anything_is_written(export
     assert not out.exists()
 
 
+@pytest.mark.parametrize("architecture", ["fno", "ffno"])
+def test_fourier_generators_export_without_a_dft_node_and_pass_the_parity_checks(
+        architecture: str, scan32: Path, tmp_path: Path) -> None:
+    """What onnxruntime's CUDA and TensorRT providers cannot run is a DFT node: the Fourier layers are
+    matrix products instead, and the graph passes the export's own parity checks (onnxruntime CPU and
+    TorchScript against eager, batch 1 against batch n)."""
+    from export.torchscript import export_torchscript
+
+    torch.manual_seed(0)
+    generator = build_generator(ModelConfig(N=N, gridsize=2, n_filters_scale=1, architecture=architecture)).eval()
+    onnx_path = export_onnx(generator, tmp_path / "model.onnx")
+    model = onnx.load(str(onnx_path))
+    ops = {node.op_type for graph_nodes in [model.graph.node, *(f.node for f in model.functions)]
+           for node in graph_nodes}
+    assert not ops & {"DFT", "STFT"} and "MatMul" in ops
+    diffraction = verification_inputs(scan32, N, 2, n_groups=19)
+    verification = verify_exports(generator, diffraction, onnx_path=onnx_path, inputs_label="siemens32.npz",
+                                  torchscript_path=export_torchscript(generator, tmp_path / "model.ts"))
+    assert max(max(e.amplitude, e.phase) for e in verification.errors.values()) <= FP32_TOLERANCE
+
+
 def test_cli_reports_a_missing_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["export", "--checkpoint", str(tmp_path / "none.ckpt"), "--out", str(tmp_path / "b")]) == 2
     assert "`--checkpoint` must be an existing .ckpt file" in capsys.readouterr().err
@@ -268,11 +289,11 @@ def test_cli_exports_a_trained_checkpoint(scan32: Path, tmp_path: Path, capsys: 
     assert bundle.manifest.provenance.train_data_sha256 == sha256_file(scan32)
     record = bundle.manifest.training  # recipe, effort and held-out fit, from the run's summary.json
     assert record.steps == 2 and record.wall_s == result.summary.wall_s > 0
-    assert record.recipe == {  # the config fields marked RECIPE, keyed and valued as the manifest always had them
-        "model.N": N, "model.gridsize": 1, "model.n_filters_scale": 1, "model.generator": "tf",
-        "model.amp_activation": "sigmoid", "training.train_data_file": str(scan32), "training.batch_size": 16,
-        "training.nepochs": 1, "training.mae_weight": 0.0, "training.nll_weight": 1.0, "training.nphotons": 1e9,
-        "execution.seed": 42, "execution.learning_rate": 1e-3, "execution.scheduler": "Default"}
+    assert record.recipe == {  # the config fields marked RECIPE (the architecture too: a bundle says which it is)
+        "model.N": N, "model.gridsize": 1, "model.n_filters_scale": 1, "model.architecture": "cnn",
+        "model.generator": "tf", "model.amp_activation": "sigmoid", "training.train_data_file": str(scan32),
+        "training.batch_size": 16, "training.nepochs": 1, "training.mae_weight": 0.0, "training.nll_weight": 1.0,
+        "training.nphotons": 1e9, "execution.seed": 42, "execution.learning_rate": 1e-3, "execution.scheduler": "Default"}
     assert record.held_out_nll == pytest.approx(result.summary.final_metrics["val_loss"])
     from export.bundle_writer import training_record  # a run validated outside Lightning states its own
 

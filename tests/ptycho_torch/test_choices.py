@@ -34,12 +34,13 @@ from ptycho_torch.refinement import ALGORITHMS, STARTS, RefineSettings
 
 
 def test_every_table_implements_every_member_and_answers_plain_strings() -> None:
-    from ptycho_torch.model import AMPLITUDE_ACTIVATIONS, HEADS
+    from ptycho_torch.model import AMPLITUDE_ACTIVATIONS, GENERATORS, HEADS
     from training.module import LOSS_WEIGHTS, LOSSES, SCHEDULERS
     from training.trainer import LOGGERS
 
-    tables = {Generator: HEADS, AmpActivation: AMPLITUDE_ACTIVATIONS, ModelType: LOSSES, Scheduler: SCHEDULERS,
-              LossMode: LOSS_WEIGHTS, LoggerBackend: LOGGERS, RefineAlgorithm: ALGORITHMS, RefineStart: STARTS}
+    tables = {Architecture: GENERATORS, Generator: HEADS, AmpActivation: AMPLITUDE_ACTIVATIONS, ModelType: LOSSES,
+              Scheduler: SCHEDULERS, LossMode: LOSS_WEIGHTS, LoggerBackend: LOGGERS, RefineAlgorithm: ALGORITHMS,
+              RefineStart: STARTS}
     for choice, table in tables.items():
         assert set(table) == set(choice), choice
         for value in values(choice):  # what a config or a request holds

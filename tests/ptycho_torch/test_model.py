@@ -1,4 +1,5 @@
-"""The generator: TF topology and parameter counts, shapes and value ranges, export-cleanliness."""
+"""The generators: the CNN's TF topology and parameter counts, the Fourier ones; shapes and value
+ranges, the architecture table, export-cleanliness."""
 
 from __future__ import annotations
 
@@ -10,8 +11,13 @@ import torch
 from ptycho_torch.config import ModelConfig
 from ptycho_torch.errors import ConfigError
 from ptycho_torch.model import (
+    FFNO_LAYERS,
+    GENERATORS,
+    FFNOGenerator,
+    FNOGenerator,
     PtychoPINNGenerator,
     border_mask,
+    build_generator,
     combine_complex,
     decoder_filters,
     encoder_filters,
@@ -200,3 +206,42 @@ def test_smooth_generator_is_tf_with_a_blend_instead_of_a_seam():
         return float((a[..., 1:, :] - a[..., :-1, :]).abs().mean(dim=(0, 1, 3)).max())
 
     assert largest_row_step(a_sm) < 0.5 * largest_row_step(a_tf)
+
+
+@pytest.mark.parametrize("N", [32, 64])
+@pytest.mark.parametrize("gridsize", [1, 2])
+@pytest.mark.parametrize("architecture", ["fno", "ffno"])
+def test_fourier_generators_keep_the_contract(architecture, N, gridsize):
+    config = ModelConfig(N=N, gridsize=gridsize, n_filters_scale=1, architecture=architecture)
+    torch.manual_seed(0)
+    model = build_generator(config).eval()
+    assert type(model) is GENERATORS[architecture] and model.config is config
+    x, scale = torch.rand(3, gridsize**2, N, N) * 3, torch.tensor([0.5, 1.0, 2.0])
+    with torch.no_grad():
+        amplitude, phase = model(x, scale)
+        scaled, _ = model(x * scale[:, None, None, None], torch.ones(3))  # the graph multiplies by scale
+        alone, _ = model(x[1:2], scale[1:2])  # each sample is independent of the rest of the batch
+    assert amplitude.shape == phase.shape == (3, gridsize**2, N, N)
+    assert amplitude.dtype == phase.dtype == torch.float32
+    assert 0 < amplitude.min() and amplitude.max() < 1  # the sigmoid head over the whole window
+    assert phase.abs().max() <= math.pi and amplitude.std() > 0 and phase.std() > 0
+    torch.testing.assert_close(scaled, amplitude)
+    torch.testing.assert_close(alone, amplitude[1:2])
+    assert not any(t.is_complex() for t in [*model.parameters(), *model.buffers()])
+    assert not [name for name in model.state_dict() if name.endswith(("cos", "sin", "grid"))]  # derived, not saved
+
+
+def test_the_table_builds_each_architecture_and_fourier_settings_are_checked():
+    assert build_generator(ModelConfig(N=32, n_filters_scale=1)).__class__ is PtychoPINNGenerator
+    assert isinstance(build_generator(ModelConfig(N=32, n_filters_scale=1, architecture="fno")), FNOGenerator)
+    ffno = build_generator(ModelConfig(N=32, n_filters_scale=1, architecture="ffno", amp_activation="relu"))
+    assert isinstance(ffno, FFNOGenerator) and len(ffno.blocks) == FFNO_LAYERS
+    with torch.no_grad():
+        assert ffno(torch.rand(2, 1, 32, 32), torch.ones(2))[0].min() >= 0  # amp_activation applies
+    with pytest.raises(ConfigError, match=r"^architecture must be one of \['cnn', 'fno', 'ffno'\], got 'unet'$"):
+        ModelConfig(architecture="unet")
+    for cnn_only in ({"generator": "taper"}, {"pad_object": False}, {"probe_big": False}):
+        name, value = next(iter(cnn_only.items()))
+        with pytest.raises(ConfigError, match=rf"^{name} applies to architecture 'cnn' only, got {name}="):
+            ModelConfig(architecture="fno", **cnn_only)
+        ModelConfig(**cnn_only)  # the CNN's own settings

@@ -181,3 +181,15 @@ def test_generated_flags_reach_the_configs(tmp_path):
             execution.devices, execution.enable_progress_bar) == (False, 1.0, "value", "auto", False)
     with pytest.raises(SystemExit):  # a value outside the choices is refused by the parser
         _parse(["--amp-activation", "tanh"])
+
+
+def test_the_architecture_flag_chooses_the_generator_and_names_the_choices(tmp_path, capsys):
+    args = _parse(["--train-data", "a.npz", "--output-dir", str(tmp_path), "--architecture", "ffno"])
+    assert train_cli.build_configs(args)[0].model.architecture == "ffno"
+    with pytest.raises(SystemExit):
+        _parse(["--architecture", "unet"])
+    assert "--architecture: invalid choice: 'unet' (choose from 'cnn', 'fno', 'ffno')" in capsys.readouterr().err
+    args = _parse(["--train-data", "a.npz", "--output-dir", str(tmp_path), "--architecture", "fno", "--generator",
+                   "taper"])
+    with pytest.raises(ConfigError, match=r"^generator applies to architecture 'cnn' only"):
+        train_cli.build_configs(args)

@@ -13,7 +13,7 @@ from ptycho_torch.checkpoint import CheckpointRecord, load_generator
 from ptycho_torch.checksums import sha256_file
 from ptycho_torch.data import RawData
 from ptycho_torch.errors import ModelArchiveError
-from ptycho_torch.model import PtychoPINNGenerator
+from ptycho_torch.model import FFNOGenerator, PtychoPINNGenerator
 from ptycho_torch.run_layout import RunLayout, RunStatus
 from ptychopinn.cli import main
 from tests.training.conftest import N
@@ -151,3 +151,33 @@ def test_resume_with_a_different_model_fails_before_training(trained_run, scan_f
     assert code == 2
     assert "different model" in capsys.readouterr().err
     assert not (tmp_path / "other" / "checkpoints").exists()
+
+
+def test_an_ffno_run_reloads_exports_and_serves(scan_files, tmp_path):
+    """A Fourier generator through the whole chain: ``ptychopinn train --architecture ffno`` (one epoch, 4
+    steps), :func:`load_generator`, ``ptychopinn export`` (its parity checks) and the serving engine."""
+    from export.verify import FP32_TOLERANCE, verification_inputs
+    from ptycho_torch.bundle import load_bundle
+    from serving.engine import Engine
+
+    run = tmp_path / "run"
+    assert main(_train_args(scan_files, run, "--architecture", "ffno", "--epochs", "1", "--logger", "none")) == 0
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    generator, record, _ = load_generator(checkpoint)
+    assert isinstance(generator, FFNOGenerator) and record.model.architecture == "ffno"
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    for name, value in generator.state_dict().items():  # the trained weights, not a fresh draw
+        torch.testing.assert_close(value, saved[f"generator.{name}"])
+    out = tmp_path / "bundle"
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
+    bundle = load_bundle(out)
+    assert bundle.manifest.training is not None and bundle.manifest.training.recipe["model.architecture"] == "ffno"
+    assert bundle.params["architecture"] == "ffno"
+    engine = Engine(bundle, max_batch_size=8, providers=["cpu"], intra_op_threads=1)
+    diffraction = verification_inputs(scan_files[1], N, 1, n_groups=5)
+    scale = np.full(5, record.training_scale, np.float32)
+    served = engine.run(diffraction, scale)
+    with torch.no_grad():
+        eager = generator(torch.from_numpy(diffraction), torch.from_numpy(scale))
+    for got, want in zip(served, eager, strict=True):
+        assert np.abs(got - want.numpy()).max() <= FP32_TOLERANCE
