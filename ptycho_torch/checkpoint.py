@@ -109,8 +109,8 @@ def load_generator(path: str | Path) -> tuple[PtychoPINNGenerator, CheckpointRec
     """Read a checkpoint safely (``torch.load(weights_only=True)``) into ``(generator, record, probe)``.
 
     ``generator`` is in eval mode on the CPU; ``probe`` is the normalised training probe, complex64
-    ``(P, N, N)``. Raises :class:`ModelArchiveError` when ``path`` is missing or not a PtychoPINN
-    Lightning checkpoint.
+    ``(P, N, N)`` (the learned one when the run trained it, ``probe_trainable``). Raises
+    :class:`ModelArchiveError` when ``path`` is missing or not a PtychoPINN Lightning checkpoint.
     """
     import torch
 

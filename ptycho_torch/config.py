@@ -65,7 +65,6 @@ _LOSS_TERMS = "the loss is the Poisson NLL and the amplitude MAE only: weigh the
 NO_EFFECT: Final[dict[str, str]] = {
     "realspace_weight": _LOSS_TERMS,
     "realspace_mae_weight": _LOSS_TERMS,
-    "probe_trainable": "the probe stays the scan's probe; refine it beforehand (e.g. in Ptychodus)",
     "intensity_scale_trainable": "the Poisson intensity scale is fixed at sqrt(nphotons)/(N/2); set nphotons",
     "positions_provided": "scan positions are always read from the scan",
     "sequential_sampling": "groups are drawn at random with the execution seed; set n_groups or n_subsample",
@@ -105,6 +104,11 @@ def _check_sampling(config: TrainingConfig | InferenceConfig) -> None:
         isinstance(config.neighbor_count, int) and config.neighbor_count >= config.model.channels,
         "neighbor_count", config.neighbor_count, f">= gridsize**2 = {config.model.channels}",
     )
+
+
+def _is_number(value: Any) -> bool:
+    """An int or float that is not a bool (YAML's ``yes`` must not pass as 1)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _is_power_of_two(value: int) -> bool:
@@ -201,8 +205,14 @@ class TrainingConfig:
     """K: nearest neighbours a group's members are drawn from (gridsize > 1; >= C); None: max(4, C)."""
     positions_provided: bool = True
     """PtychoPINN's switch for scans without positions; no effect here (:data:`NO_EFFECT`)."""
-    probe_trainable: bool = False
-    """PtychoPINN's trainable probe; no effect here (:data:`NO_EFFECT`)."""
+    probe_trainable: bool = field(default=False, metadata=RECIPE)
+    """Learn the training probe with the generator (``model_type`` 'pinn'); its norm stays the starting one.
+
+    The probe's overall scale trades against the object amplitude the generator's bounded head can
+    give, so only its shape is learned: after every optimiser step it is rescaled to the norm it
+    started with. The checkpoint's ``probe`` (and so the bundle's ``probe.npy``) is the learned one."""
+    probe_learning_rate: float = field(default=1e-3, metadata=RECIPE)
+    """Adam learning rate of the probe when ``probe_trainable`` (the generator's is ``learning_rate``)."""
     intensity_scale_trainable: bool = True
     """PtychoPINN's trainable intensity scale; no effect here (:data:`NO_EFFECT`)."""
     output_dir: Path = Path("training_outputs")
@@ -227,6 +237,9 @@ class TrainingConfig:
         _require(
             math.isfinite(self.nphotons) and self.nphotons > 0, "nphotons", self.nphotons, "a positive finite number"
         )
+        _require(_is_number(self.probe_learning_rate) and math.isfinite(self.probe_learning_rate)
+                 and self.probe_learning_rate > 0, "probe_learning_rate", self.probe_learning_rate,
+                 "a positive finite number")
         _parse_choices(self)
 
 

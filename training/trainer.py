@@ -35,7 +35,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ptycho_torch.checkpoint import load_generator
 from ptycho_torch.choices import LoggerBackend, check_table
-from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig
+from ptycho_torch.config import PyTorchExecutionConfig, TrainingConfig
 from ptycho_torch.corpus import Corpus
 from ptycho_torch.data import RawData
 from ptycho_torch.errors import ConfigError, DataContractError, TrainingInterrupted
@@ -156,11 +156,17 @@ def write_resolved_config(output_dir: Path, hparams: Any) -> Path:
     return path
 
 
-def _check_resume(resume: Path, model: ModelConfig, name: str = "resume") -> None:
-    """Refuse a checkpoint that is missing or was trained with a different model."""
+def _check_resume(resume: Path, training: TrainingConfig, name: str = "resume") -> None:
+    """Refuse a checkpoint that is missing or was trained with a different model (or, to resume, with the
+    probe trainable where it is not now, or the other way round: the saved weights would not fit)."""
     if not resume.is_file():
         raise ConfigError(f"`{name}` must be an existing checkpoint file, got {str(resume)!r}")
-    saved = load_generator(resume)[1].model
+    record = load_generator(resume)[1]
+    saved, model = record.model, training.model
+    if name == "resume" and record.training.probe_trainable != training.probe_trainable:
+        raise ConfigError(f"`resume` checkpoint was trained with probe_trainable={record.training.probe_trainable}, "
+                          f"got {training.probe_trainable} now; resume with the same --probe-trainable setting "
+                          "or start a new run (--init-from keeps the generator's weights)")
     if saved != model:
         changed = {f.name: (getattr(saved, f.name), getattr(model, f.name)) for f in dataclasses.fields(model)
                    if getattr(saved, f.name) != getattr(model, f.name)}
@@ -205,12 +211,18 @@ def _check_arguments(training: TrainingConfig, train_data: RawData | None, corpu
     check_loss_config(training)
     if (train_data is None) == (corpus is None):
         raise ConfigError("exactly one of `train_data` and `corpus` must be given; pass --train-data or --train-corpus")
+    model = training.model
+    if training.probe_trainable and not (model.gridsize > 1 and model.object_big):
+        logger.warning("probe_trainable with gridsize %d and object_big=%s: each pattern gets a patch of its own, "
+                       "which can absorb any probe error, so the data barely pin the probe; train with "
+                       "gridsize >= 2 and object_big (the group's patches share one canvas)", model.gridsize,
+                       model.object_big)
     if resume is not None and init_from is not None:
         raise ConfigError("`resume` and `init_from` must not both be given; resume continues a run, "
                           "init_from starts a new one from its weights")
     for name, checkpoint in (("resume", resume), ("init_from", init_from)):
         if checkpoint is not None:
-            _check_resume(Path(checkpoint), training.model, name)
+            _check_resume(Path(checkpoint), training, name)
 
 
 def _data_and_module(training: TrainingConfig, execution: PyTorchExecutionConfig, *, train_data: RawData | None,

@@ -109,6 +109,8 @@ def test_json_config_with_an_unknown_key_lists_the_known_ones(tmp_path):
          "max_steps must be -1 (no limit) or >= 1"),
         (["--train-data", "a.npz", "--output-dir", "RUN", "--checkpoint-every-n-steps", "0"],
          "checkpoint_every_n_steps must be None or >= 1"),
+        (["--train-data", "a.npz", "--output-dir", "RUN", "--probe-learning-rate", "0"],
+         "probe_learning_rate must be a positive finite number"),
     ],
 )
 def test_train_command_reports_bad_flags_in_one_line(capsys, argv, message):
@@ -181,3 +183,13 @@ def test_generated_flags_reach_the_configs(tmp_path):
             execution.devices, execution.enable_progress_bar) == (False, 1.0, "value", "auto", False)
     with pytest.raises(SystemExit):  # a value outside the choices is refused by the parser
         _parse(["--amp-activation", "tanh"])
+
+
+def test_the_probe_flags_reach_the_training_config(tmp_path):
+    args = _parse(["--train-data", "a.npz", "--output-dir", str(tmp_path), "--probe-trainable",
+                   "--probe-learning-rate", "0.01"])
+    training, _, _ = train_cli.build_configs(args)
+    assert (training.probe_trainable, training.probe_learning_rate) == (True, 0.01)
+    defaults, _, _ = train_cli.build_configs(_parse(["--train-data", "a.npz", "--output-dir", str(tmp_path)]))
+    assert (defaults.probe_trainable, defaults.probe_learning_rate) == (False, 1e-3)
+    assert _parse(["--no-probe-trainable"]).__dict__["training.probe_trainable"] is False
