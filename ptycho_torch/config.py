@@ -213,6 +213,17 @@ class TrainingConfig:
     started with. The checkpoint's ``probe`` (and so the bundle's ``probe.npy``) is the learned one."""
     probe_learning_rate: float = field(default=1e-3, metadata=RECIPE)
     """Adam learning rate of the probe when ``probe_trainable`` (the generator's is ``learning_rate``)."""
+    distill_weight: float = field(default=0.0, metadata=RECIPE)
+    """Weight of distillation: pull the patches towards the solver's object of the training scan (0: off).
+
+    When > 0 the training scan is first refined by the iterative solver (flat start, probe refined,
+    as :func:`~ptycho_torch.probe_estimate.estimate_probe`); training uses its probe, and the loss adds
+    ``distill_weight * (nphotons / N**2) * D`` with ``D`` the gain-invariant distance of the generator's
+    patches to patches of the solver's object (:func:`~ptycho_torch.physics.distillation_loss`): weight 1 is
+    about as strong as the Poisson NLL of the same relative error. 'pinn' on a training scan only."""
+    distill_iterations: int | str = field(default="auto", metadata=RECIPE)
+    """Solver iterations of the distillation's refinement: an integer >= 1, or 'auto' (until the fit
+    stops improving, at most 300)."""
     intensity_scale_trainable: bool = True
     """PtychoPINN's trainable intensity scale; no effect here (:data:`NO_EFFECT`)."""
     output_dir: Path = Path("training_outputs")
@@ -240,6 +251,12 @@ class TrainingConfig:
         _require(_is_number(self.probe_learning_rate) and math.isfinite(self.probe_learning_rate)
                  and self.probe_learning_rate > 0, "probe_learning_rate", self.probe_learning_rate,
                  "a positive finite number")
+        _require(_is_number(self.distill_weight) and math.isfinite(self.distill_weight) and self.distill_weight >= 0,
+                 "distill_weight", self.distill_weight, "a finite number >= 0 (0: no distillation)")
+        _require(self.distill_iterations == "auto" or (isinstance(self.distill_iterations, int)
+                                                     and not isinstance(self.distill_iterations, bool)
+                                                     and self.distill_iterations >= 1),
+                 "distill_iterations", self.distill_iterations, "an integer >= 1 or 'auto'")
         _parse_choices(self)
 
 

@@ -20,6 +20,8 @@ float32 parameter ``probe_parameter`` ``(P, N, N, 2)`` after every optimiser ste
 ``probe_modes``     int, ``P``
 ``train_data_sha256`` str, sha256 of the training data file ('' when built from arrays)
 ``pixel_size_m``    float or None, the training scan's object pixel size in metres (its ``_metadata``)
+``distillation``    dict or None, what the distillation's solver run did (``distill_weight`` > 0):
+                    ``weight``, ``iterations``, ``seconds``, ``stopped``, ``amplitude_error``, ...
 ==================  ========================================================================
 
 :func:`ptycho_torch.checkpoint.load_generator` turns a checkpoint back into ``(generator, record, probe)``
@@ -57,9 +59,15 @@ class PtychoPINNModule(L.LightningModule):
 
     Batches are dicts from :mod:`training.datamodule`: ``diffraction (B, C, N, N)`` raw amplitudes,
     ``scale (B,)`` input normalisation, ``offsets (B, C, 2)`` relative offsets ``[x, y]``, and
-    ``amplitude``/``phase (B, C, N, N)`` ground truth in supervised mode, and optionally
-    ``nphotons (B,)`` (a simulated corpus mixes doses; the Poisson intensity scale is then per item).
-    Build one with :meth:`from_configs`; the constructor takes the saved hyper-parameters.
+    ``amplitude``/``phase (B, C, N, N)`` ground truth in supervised mode (or the solver's object when
+    distilling), and optionally ``nphotons (B,)`` (a simulated corpus mixes doses; the Poisson intensity
+    scale is then per item). Build one with :meth:`from_configs`; the constructor takes the saved
+    hyper-parameters.
+
+    With ``distill_weight`` > 0 the training loss adds ``distill_weight * (nphotons / N**2) * D``
+    (:func:`~ptycho_torch.physics.distillation_loss` of the generator's patches against the batch's
+    targets), logged as ``distill``; ``val_loss`` stays the physics loss alone, so the best checkpoint is
+    the one that fits the held-out data best, with or without distillation.
     """
 
     probe: Tensor
@@ -82,6 +90,7 @@ class PtychoPINNModule(L.LightningModule):
         probe_modes: int,
         train_data_sha256: str = "",
         pixel_size_m: float | None = None,
+        distillation: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -95,6 +104,8 @@ class PtychoPINNModule(L.LightningModule):
         self.register_parameter("probe_parameter", torch.nn.Parameter(torch.zeros(probe_modes, N, N, 2))
                                 if self.training_config.probe_trainable else None)
         self.intensity_scale = intensity_scale
+        self.distill_scale = self.training_config.distill_weight * self.training_config.nphotons / N**2
+        """``distill_weight * nphotons / N**2``: the distillation term's factor (0: no distillation)."""
         self.merge = self.model_config.object_big and self.model_config.channels > 1
         self.compute_losses = LOSSES[self.model_config.model_type]
 
@@ -108,10 +119,11 @@ class PtychoPINNModule(L.LightningModule):
         training_scale: float,
         train_data_sha256: str = "",
         pixel_size_m: float | None = None,
+        distillation: dict[str, Any] | None = None,
     ) -> PtychoPINNModule:
         """Build a fresh module: normalise ``probe`` ((N, N) or (P, N, N)) and record the scales
         (``training_scale``, the training scan's input normalisation, under the checkpoint's legacy
-        key ``input_scale``, the ``params.cfg`` name)."""
+        key ``input_scale``, the ``params.cfg`` name) and ``distillation`` (what its solver run did)."""
         check_loss_config(training)
         normalised, normaliser = physics.normalize_probe(torch.as_tensor(probe), training.model.probe_scale)
         module = cls(
@@ -124,6 +136,7 @@ class PtychoPINNModule(L.LightningModule):
             probe_modes=int(normalised.shape[0]),
             train_data_sha256=train_data_sha256,
             pixel_size_m=pixel_size_m,
+            distillation=distillation,
         )
         module.probe.copy_(normalised)
         if module.probe_parameter is not None:
@@ -151,9 +164,18 @@ class PtychoPINNModule(L.LightningModule):
         probe = probe * self.probe_mask if self.model_config.probe_mask else probe
         return physics.far_field_intensity(physics.illuminate(obj, probe))
 
-    def _losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def _losses(self, batch: dict[str, Tensor], *, stage: str = "train") -> dict[str, Tensor]:
+        """The losses of one batch; ``stage`` 'train' adds the distillation term to ``loss``."""
         amplitude, phase = self.generator(batch["diffraction"], batch["scale"])
-        return self.compute_losses(self, batch, amplitude, phase)
+        losses = self.compute_losses(self, batch, amplitude, phase)
+        if self.distill_scale > 0 and "amplitude" in batch:
+            with torch.autocast(device_type=self.device.type, enabled=False):
+                distill = physics.distillation_loss(combine_complex(amplitude.float(), phase.float()),
+                                                    combine_complex(batch["amplitude"], batch["phase"]))
+            losses["distill"] = distill
+            if stage == "train":
+                losses["loss"] = losses["loss"] + self.distill_scale * distill
+        return losses
 
     def _supervised_losses(self, batch: dict[str, Tensor], amplitude: Tensor, phase: Tensor) -> dict[str, Tensor]:
         """Weighted MAE of the amplitude and phase patches against the ground truth."""
@@ -187,7 +209,7 @@ class PtychoPINNModule(L.LightningModule):
         return losses["loss"]
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._log_losses("val", self._losses(batch), batch["diffraction"].shape[0])
+        self._log_losses("val", self._losses(batch, stage="val"), batch["diffraction"].shape[0])
 
     def configure_optimizers(self) -> Any:
         """Adam over the generator (``learning_rate``) and, with ``probe_trainable``, the probe
@@ -271,7 +293,8 @@ LOSS_WEIGHTS: Mapping[LossMode, tuple[str, str]] = check_table(LossMode, {
 def check_loss_config(training: TrainingConfig) -> None:
     """Reject loss settings that cannot train (before any work starts)."""
     if training.model.model_type == ModelType.SUPERVISED:
-        for name, value, why in (("probe_trainable", training.probe_trainable, "never uses the probe"),):
+        for name, value, why in (("probe_trainable", training.probe_trainable, "never uses the probe"),
+                                 ("distill_weight", training.distill_weight, "has its own targets")):
             if value:
                 raise ConfigError(f"`{name}` needs model_type 'pinn' (the supervised loss {why}), got {value!r}; "
                                   f"use model_type 'pinn' or leave {name} off")
