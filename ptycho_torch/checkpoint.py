@@ -8,6 +8,7 @@ and hyper-parameters that are JSON-able primitives only (``training.module`` wri
     intensity_scale     sqrt(nphotons) / (N/2)      probe_normaliser  the probe was divided by it
     probe_modes         P                           train_data_sha256 sha256 of the training data file
     pixel_size_m        the training scan's object pixel size in metres (None: unknown, or older checkpoints)
+    distillation        what the distillation's solver run did (None: no distillation, or older checkpoints)
 
 :class:`CheckpointRecord` is that dictionary as one typed object, with the one
 :meth:`~CheckpointRecord.params_snapshot` (the ``params.cfg`` a bundle or ``wts.h5.zip`` stores) and
@@ -62,6 +63,9 @@ class CheckpointRecord:
     """sha256 of the training data file ('' when the run was built from arrays)."""
     pixel_size_m: float | None = None
     """Object pixel size of the training scan in metres (its ``_metadata``); None when it did not say."""
+    distillation: Mapping[str, Any] | None = None
+    """``distill_weight`` > 0: ``weight`` and the solver run's ``iterations``, ``seconds``, ``stopped``,
+    ``amplitude_error``...; None without distillation."""
 
     @property
     def model(self) -> ModelConfig:
@@ -80,7 +84,8 @@ class CheckpointRecord:
                        probe_normaliser=float(hparams.get("probe_normaliser", 1.0)),
                        probe_modes=int(hparams.get("probe_modes", 1)),
                        train_data_sha256=str(hparams.get("train_data_sha256") or ""),
-                       pixel_size_m=valid_pixel_size(hparams.get("pixel_size_m"), what="`pixel_size_m`"))
+                       pixel_size_m=valid_pixel_size(hparams.get("pixel_size_m"), what="`pixel_size_m`"),
+                       distillation=_mapping_or_none(hparams.get("distillation"), "distillation"))
         except (KeyError, TypeError, ValueError, ConfigError, DataContractError) as error:
             raise ModelArchiveError(f"checkpoint hyper-parameters must be PtychoPINN's (model_config, "
                                     f"input_scale, intensity_scale...), got {sorted(hparams)} ({error})") from None
@@ -105,12 +110,18 @@ class CheckpointRecord:
         return {key: value for key, value in recipe.items() if value is not None}
 
 
+def _mapping_or_none(value: Any, name: str) -> dict[str, Any] | None:
+    if value is not None and not isinstance(value, Mapping):
+        raise TypeError(f"`{name}` must be a mapping or None, got {type(value).__name__}")
+    return None if value is None else dict(value)
+
+
 def load_generator(path: str | Path) -> tuple[ObjectGenerator, CheckpointRecord, np.ndarray]:
     """Read a checkpoint safely (``torch.load(weights_only=True)``) into ``(generator, record, probe)``.
 
     ``generator`` is in eval mode on the CPU; ``probe`` is the normalised training probe, complex64
-    ``(P, N, N)``. Raises :class:`ModelArchiveError` when ``path`` is missing or not a PtychoPINN
-    Lightning checkpoint.
+    ``(P, N, N)`` (the learned one when the run trained it, ``probe_trainable``). Raises
+    :class:`ModelArchiveError` when ``path`` is missing or not a PtychoPINN Lightning checkpoint.
     """
     import torch
 

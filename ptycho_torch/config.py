@@ -69,7 +69,6 @@ _LOSS_TERMS = "the loss is the Poisson NLL and the amplitude MAE only: weigh the
 NO_EFFECT: Final[dict[str, str]] = {
     "realspace_weight": _LOSS_TERMS,
     "realspace_mae_weight": _LOSS_TERMS,
-    "probe_trainable": "the probe stays the scan's probe; refine it beforehand (e.g. in Ptychodus)",
     "intensity_scale_trainable": "the Poisson intensity scale is fixed at sqrt(nphotons)/(N/2); set nphotons",
     "positions_provided": "scan positions are always read from the scan",
     "sequential_sampling": "groups are drawn at random with the execution seed; set n_groups or n_subsample",
@@ -109,6 +108,11 @@ def _check_sampling(config: TrainingConfig | InferenceConfig) -> None:
         isinstance(config.neighbor_count, int) and config.neighbor_count >= config.model.channels,
         "neighbor_count", config.neighbor_count, f">= gridsize**2 = {config.model.channels}",
     )
+
+
+def _is_number(value: Any) -> bool:
+    """An int or float that is not a bool (YAML's ``yes`` must not pass as 1)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _is_power_of_two(value: int) -> bool:
@@ -218,8 +222,25 @@ class TrainingConfig:
     """K: nearest neighbours a group's members are drawn from (gridsize > 1; >= C); None: max(4, C)."""
     positions_provided: bool = True
     """PtychoPINN's switch for scans without positions; no effect here (:data:`NO_EFFECT`)."""
-    probe_trainable: bool = False
-    """PtychoPINN's trainable probe; no effect here (:data:`NO_EFFECT`)."""
+    probe_trainable: bool = field(default=False, metadata=RECIPE)
+    """Learn the training probe with the generator (``model_type`` 'pinn'); its norm stays the starting one.
+
+    The probe's overall scale trades against the object amplitude the generator's bounded head can
+    give, so only its shape is learned: after every optimiser step it is rescaled to the norm it
+    started with. The checkpoint's ``probe`` (and so the bundle's ``probe.npy``) is the learned one."""
+    probe_learning_rate: float = field(default=1e-3, metadata=RECIPE)
+    """Adam learning rate of the probe when ``probe_trainable`` (the generator's is ``learning_rate``)."""
+    distill_weight: float = field(default=0.0, metadata=RECIPE)
+    """Weight of distillation: pull the patches towards the solver's object of the training scan (0: off).
+
+    When > 0 the training scan is first refined by the iterative solver (flat start, probe refined,
+    as :func:`~ptycho_torch.probe_estimate.estimate_probe`); training uses its probe, and the loss adds
+    ``distill_weight * (nphotons / N**2) * D`` with ``D`` the gain-invariant distance of the generator's
+    patches to patches of the solver's object (:func:`~ptycho_torch.physics.distillation_loss`): weight 1 is
+    about as strong as the Poisson NLL of the same relative error. 'pinn' on a training scan only."""
+    distill_iterations: int | str = field(default="auto", metadata=RECIPE)
+    """Solver iterations of the distillation's refinement: an integer >= 1, or 'auto' (until the fit
+    stops improving, at most 300)."""
     intensity_scale_trainable: bool = True
     """PtychoPINN's trainable intensity scale; no effect here (:data:`NO_EFFECT`)."""
     output_dir: Path = Path("training_outputs")
@@ -244,6 +265,15 @@ class TrainingConfig:
         _require(
             math.isfinite(self.nphotons) and self.nphotons > 0, "nphotons", self.nphotons, "a positive finite number"
         )
+        _require(_is_number(self.probe_learning_rate) and math.isfinite(self.probe_learning_rate)
+                 and self.probe_learning_rate > 0, "probe_learning_rate", self.probe_learning_rate,
+                 "a positive finite number")
+        _require(_is_number(self.distill_weight) and math.isfinite(self.distill_weight) and self.distill_weight >= 0,
+                 "distill_weight", self.distill_weight, "a finite number >= 0 (0: no distillation)")
+        _require(self.distill_iterations == "auto" or (isinstance(self.distill_iterations, int)
+                                                     and not isinstance(self.distill_iterations, bool)
+                                                     and self.distill_iterations >= 1),
+                 "distill_iterations", self.distill_iterations, "an integer >= 1 or 'auto'")
         _parse_choices(self)
 
 

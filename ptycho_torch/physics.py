@@ -182,3 +182,31 @@ def diffraction_loss(
     nll = poisson_nll(scale**2 * intensity, (scale * observed) ** 2)
     mae = amplitude_mae(scale * torch.sqrt(intensity.clamp_min(RATE_FLOOR)), scale * observed)
     return {"loss": nll_weight * nll + mae_weight * mae, "nll": nll, "mae": mae}
+
+
+def central_window(patches: Tensor) -> Tensor:
+    """The central ``N/2 x N/2`` window of ``(..., N, N)`` patches (where the probe lights the object)."""
+    N = patches.shape[-1]
+    return patches[..., N // 4 : N - N // 4, N // 4 : N - N // 4]
+
+
+def distillation_loss(predicted: Tensor, target: Tensor) -> Tensor:
+    """Gain-invariant distance of complex patches ``predicted`` to ``target`` (both ``(B, C, N, N)``).
+
+    Over the batch's central ``N/2`` windows (:func:`central_window`), with ``c = <t, p> / <t, t>`` the
+    least-squares complex gain of the targets ``t`` onto the prediction ``p``::
+
+        D = sum |p - c t|**2 / sum |p|**2        (c and the denominator detached)
+
+    ``D`` does not change when ``target`` is multiplied by any non-zero complex number (the solver's
+    object has an arbitrary global gain and phase) and equals ``1 - |corr(p, t)|**2``, in ``[0, 1]``;
+    its gradient ``2 (p - c t) / sum |p|**2`` pulls ``p`` towards the gained target. Returns a scalar (float32).
+    """
+    p = central_window(predicted.to(torch.complex64))
+    t = central_window(target.to(torch.complex64)).detach()
+    t_power = (t.real**2 + t.imag**2).sum()
+    p_power = (p.real**2 + p.imag**2).sum().detach()
+    with torch.no_grad():
+        gain = (t.conj() * p).sum() / t_power.clamp_min(torch.finfo(torch.float32).tiny)
+    residual = p - gain * t
+    return (residual.real**2 + residual.imag**2).sum() / p_power.clamp_min(torch.finfo(torch.float32).tiny)

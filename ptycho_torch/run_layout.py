@@ -110,7 +110,7 @@ class RunSummary:
 
     ``signal`` names the stop signal of an ``interrupted`` run, ``error`` the one-line reason of a
     ``failed`` one; ``init_from`` is recorded for a finished run (the checkpoint it was fine-tuned from,
-    None for a fresh start). ``epochs``/``global_step`` count the whole run, resumed parts included;
+    None for a fresh start); ``distillation`` (only when the run distilled) what its solver run did. ``epochs``/``global_step`` count the whole run, resumed parts included;
     ``steps_this_run``, ``train_samples``, ``wall_s`` (seconds) and ``samples_per_s`` this process only.
     """
 
@@ -132,6 +132,8 @@ class RunSummary:
     signal: str | None = None
     error: str | None = None
     init_from: Path | None = None
+    distillation: Mapping[str, Any] | None = None
+    """``weight``, solver ``iterations``, ``seconds``, ``stopped``, ``amplitude_error``... (None: no distillation)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", RunStatus(self.status))
@@ -140,7 +142,7 @@ class RunSummary:
 
     def to_json(self) -> dict[str, Any]:
         """The ``summary.json`` object: ``status``, then ``signal``/``error`` when set and ``init_from``
-        for a finished run, then the counts, paths (as str) and metrics."""
+        for a finished run, then the counts, paths (as str) and metrics, then ``distillation`` when set."""
         details = {"signal": self.signal, "error": self.error}
         head: dict[str, Any] = {"status": self.status.value, **{k: v for k, v in details.items() if v is not None}}
         if self.status.finished:
@@ -149,7 +151,8 @@ class RunSummary:
                 "steps_this_run": self.steps_this_run, "train_samples": self.train_samples, "wall_s": self.wall_s,
                 "samples_per_s": self.samples_per_s, "world_size": self.world_size, "accelerator": self.accelerator,
                 "best_val_loss": self.best_val_loss, "best_checkpoint": _text(self.best_checkpoint),
-                "last_checkpoint": _text(self.last_checkpoint), "final_metrics": dict(self.final_metrics)}
+                "last_checkpoint": _text(self.last_checkpoint), "final_metrics": dict(self.final_metrics),
+                **({} if self.distillation is None else {"distillation": dict(self.distillation)})}
 
     @classmethod
     def from_json(cls, values: Mapping[str, Any]) -> RunSummary:

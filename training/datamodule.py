@@ -8,8 +8,8 @@ Groups are built once, before training; the arrays are shared with torch without
 ``scale``        (B,) f32          the scan's input normalisation
 ``offsets``      (B, C, 2) f32     relative offsets ``[x, y]`` (grouping sign)
 ``index``        (B,) i64          group index in its data set
-``amplitude``    (B, C, N, N) f32  ground truth, supervised mode only
-``phase``        (B, C, N, N) f32  ground truth, supervised mode only
+``amplitude``    (B, C, N, N) f32  ground truth (supervised mode), or the distillation target
+``phase``        (B, C, N, N) f32  (``distill_weight`` > 0: the training scan's ``Y``, training groups only)
 ===============  ================  ==================================================
 """
 
@@ -114,13 +114,17 @@ class GroupedDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         supervised = training.model.model_type == ModelType.SUPERVISED
+        distilling = training.distill_weight > 0
         grouped = group_scan(train, training, seed=seed)
         if supervised and grouped.Y is None:
             raise ConfigError(
                 "`model_type` 'supervised' needs ground truth, got a training scan without Y or objectGuess; "
                 "use model_type 'pinn' or a file with Y/objectGuess"
             )
-        self.train_set: Dataset = GroupedDataset(grouped, with_labels=supervised)
+        if distilling and grouped.Y is None:
+            raise ConfigError("`distill_weight` > 0 needs the solver's targets as the training scan's Y; "
+                              "train through training.trainer.train, which refines the scan first")
+        self.train_set: Dataset = GroupedDataset(grouped, with_labels=supervised or distilling)
         self.training_scale = self.train_set.input_scale
         """The training scan's input normalisation (the ``scale`` the ``bundle`` policy uses)."""
         self.probe = train.probeGuess

@@ -2,7 +2,9 @@
 
 Checkpoint contract (read by ``export`` and ``workflows``): ``self.generator`` is the generator of
 ``model_config.architecture`` (:func:`~ptycho_torch.model.build_generator`); the (normalised) probe is
-the complex64 buffer ``probe`` ``(P, N, N)``; hyper-parameters are JSON-able primitives only
+the complex64 buffer ``probe`` ``(P, N, N)`` (with ``probe_trainable``, the learned probe: the buffer is
+refreshed from the float32 parameter ``probe_parameter`` ``(P, N, N, 2)`` after every optimiser step, see
+:meth:`PtychoPINNModule.optimizer_step`); hyper-parameters are JSON-able primitives only
 (:func:`~ptycho_torch.config.to_primitives`: choices as plain strings, paths as str), so
 ``torch.load(path, weights_only=True)`` reads a checkpoint:
 
@@ -18,6 +20,8 @@ the complex64 buffer ``probe`` ``(P, N, N)``; hyper-parameters are JSON-able pri
 ``probe_modes``     int, ``P``
 ``train_data_sha256`` str, sha256 of the training data file ('' when built from arrays)
 ``pixel_size_m``    float or None, the training scan's object pixel size in metres (its ``_metadata``)
+``distillation``    dict or None, what the distillation's solver run did (``distill_weight`` > 0):
+                    ``weight``, ``iterations``, ``seconds``, ``stopped``, ``amplitude_error``, ...
 ==================  ========================================================================
 
 :func:`ptycho_torch.checkpoint.load_generator` turns a checkpoint back into ``(generator, record, probe)``
@@ -55,15 +59,24 @@ class PtychoPINNModule(L.LightningModule):
 
     Batches are dicts from :mod:`training.datamodule`: ``diffraction (B, C, N, N)`` raw amplitudes,
     ``scale (B,)`` input normalisation, ``offsets (B, C, 2)`` relative offsets ``[x, y]``, and
-    ``amplitude``/``phase (B, C, N, N)`` ground truth in supervised mode, and optionally
-    ``nphotons (B,)`` (a simulated corpus mixes doses; the Poisson intensity scale is then per item).
-    Build one with :meth:`from_configs`; the constructor takes the saved hyper-parameters.
+    ``amplitude``/``phase (B, C, N, N)`` ground truth in supervised mode (or the solver's object when
+    distilling), and optionally ``nphotons (B,)`` (a simulated corpus mixes doses; the Poisson intensity
+    scale is then per item). Build one with :meth:`from_configs`; the constructor takes the saved
+    hyper-parameters.
+
+    With ``distill_weight`` > 0 the training loss adds ``distill_weight * (nphotons / N**2) * D``
+    (:func:`~ptycho_torch.physics.distillation_loss` of the generator's patches against the batch's
+    targets), logged as ``distill``; ``val_loss`` stays the physics loss alone, so the best checkpoint is
+    the one that fits the held-out data best, with or without distillation.
     """
 
     probe: Tensor
     """The normalised training probe ``(P, N, N)`` complex64 (a buffer: saved in the checkpoint)."""
     probe_mask: Tensor
     """A disk of radius N/4 ``(N, N)`` (a buffer, not saved) for ``probe_mask``."""
+    probe_parameter: torch.nn.Parameter | None
+    """With ``probe_trainable``: the learned probe as float32 ``(P, N, N, 2)`` (real, imaginary), which
+    Adam, gradient clipping, AMP and DDP all handle as any weight; else None."""
 
     def __init__(
         self,
@@ -77,6 +90,7 @@ class PtychoPINNModule(L.LightningModule):
         probe_modes: int,
         train_data_sha256: str = "",
         pixel_size_m: float | None = None,
+        distillation: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -87,7 +101,11 @@ class PtychoPINNModule(L.LightningModule):
         self.generator = build_generator(self.model_config)
         self.register_buffer("probe", torch.zeros(probe_modes, N, N, dtype=torch.complex64))
         self.register_buffer("probe_mask", physics.disk_mask(N), persistent=False)
+        self.register_parameter("probe_parameter", torch.nn.Parameter(torch.zeros(probe_modes, N, N, 2))
+                                if self.training_config.probe_trainable else None)
         self.intensity_scale = intensity_scale
+        self.distill_scale = self.training_config.distill_weight * self.training_config.nphotons / N**2
+        """``distill_weight * nphotons / N**2``: the distillation term's factor (0: no distillation)."""
         self.merge = self.model_config.object_big and self.model_config.channels > 1
         self.compute_losses = LOSSES[self.model_config.model_type]
 
@@ -101,10 +119,11 @@ class PtychoPINNModule(L.LightningModule):
         training_scale: float,
         train_data_sha256: str = "",
         pixel_size_m: float | None = None,
+        distillation: dict[str, Any] | None = None,
     ) -> PtychoPINNModule:
         """Build a fresh module: normalise ``probe`` ((N, N) or (P, N, N)) and record the scales
         (``training_scale``, the training scan's input normalisation, under the checkpoint's legacy
-        key ``input_scale``, the ``params.cfg`` name)."""
+        key ``input_scale``, the ``params.cfg`` name) and ``distillation`` (what its solver run did)."""
         check_loss_config(training)
         normalised, normaliser = physics.normalize_probe(torch.as_tensor(probe), training.model.probe_scale)
         module = cls(
@@ -117,9 +136,20 @@ class PtychoPINNModule(L.LightningModule):
             probe_modes=int(normalised.shape[0]),
             train_data_sha256=train_data_sha256,
             pixel_size_m=pixel_size_m,
+            distillation=distillation,
         )
         module.probe.copy_(normalised)
+        if module.probe_parameter is not None:
+            module.probe_parameter.data.copy_(torch.view_as_real(module.probe))
         return module
+
+    @property
+    def training_probe(self) -> Tensor:
+        """The probe of the forward model ``(P, N, N)`` complex64: the learned parameter (with
+        ``probe_trainable``, differentiable) or the fixed buffer."""
+        if self.probe_parameter is None:
+            return self.probe
+        return torch.view_as_complex(self.probe_parameter)
 
     def forward(self, diffraction: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
         """The generator: ``(amplitude, phase)`` patches ``(B, C, N, N)``."""
@@ -130,12 +160,22 @@ class PtychoPINNModule(L.LightningModule):
         obj = combine_complex(amplitude.float(), phase.float())
         if self.merge:
             obj = physics.merge_extract(obj, offsets.float())
-        probe = self.probe * self.probe_mask if self.model_config.probe_mask else self.probe
+        probe = self.training_probe
+        probe = probe * self.probe_mask if self.model_config.probe_mask else probe
         return physics.far_field_intensity(physics.illuminate(obj, probe))
 
-    def _losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def _losses(self, batch: dict[str, Tensor], *, stage: str = "train") -> dict[str, Tensor]:
+        """The losses of one batch; ``stage`` 'train' adds the distillation term to ``loss``."""
         amplitude, phase = self.generator(batch["diffraction"], batch["scale"])
-        return self.compute_losses(self, batch, amplitude, phase)
+        losses = self.compute_losses(self, batch, amplitude, phase)
+        if self.distill_scale > 0 and "amplitude" in batch:
+            with torch.autocast(device_type=self.device.type, enabled=False):
+                distill = physics.distillation_loss(combine_complex(amplitude.float(), phase.float()),
+                                                    combine_complex(batch["amplitude"], batch["phase"]))
+            losses["distill"] = distill
+            if stage == "train":
+                losses["loss"] = losses["loss"] + self.distill_scale * distill
+        return losses
 
     def _supervised_losses(self, batch: dict[str, Tensor], amplitude: Tensor, phase: Tensor) -> dict[str, Tensor]:
         """Weighted MAE of the amplitude and phase patches against the ground truth."""
@@ -169,11 +209,34 @@ class PtychoPINNModule(L.LightningModule):
         return losses["loss"]
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._log_losses("val", self._losses(batch), batch["diffraction"].shape[0])
+        self._log_losses("val", self._losses(batch, stage="val"), batch["diffraction"].shape[0])
 
     def configure_optimizers(self) -> Any:
-        optimizer = torch.optim.Adam(self.generator.parameters(), lr=self.execution_config.learning_rate)
+        """Adam over the generator (``learning_rate``) and, with ``probe_trainable``, the probe
+        (``probe_learning_rate``, its own parameter group); the schedule scales both."""
+        groups: list[dict[str, Any]] = [{"params": list(self.generator.parameters())}]
+        if self.probe_parameter is not None:
+            groups.append({"params": [self.probe_parameter], "lr": self.training_config.probe_learning_rate})
+        optimizer = torch.optim.Adam(groups, lr=self.execution_config.learning_rate)
         return SCHEDULERS[self.execution_config.scheduler](optimizer, self)
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any,
+                       optimizer_closure: Callable[[], Any] | None = None) -> None:
+        """The step, then (``probe_trainable``) the probe rescaled to its starting norm and copied into
+        the ``probe`` buffer, so a checkpoint's ``probe`` is always the probe the next step trains with."""
+        optimizer.step(closure=optimizer_closure)
+        self.project_probe()
+
+    @torch.no_grad()
+    def project_probe(self) -> None:
+        """Rescale the learned probe to the norm of ``probe`` (the starting norm: every probe written
+        there has it) and copy it into ``probe``; nothing without ``probe_trainable``."""
+        if self.probe_parameter is None:
+            return
+        target = torch.linalg.vector_norm(torch.view_as_real(self.probe))
+        current = torch.linalg.vector_norm(self.probe_parameter)
+        self.probe_parameter.mul_(target / current.clamp_min(torch.finfo(torch.float32).tiny))
+        self.probe.copy_(torch.view_as_complex(self.probe_parameter))
 
 
 LossFunction = Callable[[PtychoPINNModule, dict[str, Tensor], Tensor, Tensor], dict[str, Tensor]]
@@ -230,6 +293,11 @@ LOSS_WEIGHTS: Mapping[LossMode, tuple[str, str]] = check_table(LossMode, {
 def check_loss_config(training: TrainingConfig) -> None:
     """Reject loss settings that cannot train (before any work starts)."""
     if training.model.model_type == ModelType.SUPERVISED:
+        for name, value, why in (("probe_trainable", training.probe_trainable, "never uses the probe"),
+                                 ("distill_weight", training.distill_weight, "has its own targets")):
+            if value:
+                raise ConfigError(f"`{name}` needs model_type 'pinn' (the supervised loss {why}), got {value!r}; "
+                                  f"use model_type 'pinn' or leave {name} off")
         return
     if training.nll_weight == 0 and training.mae_weight == 0:
         raise ConfigError("`nll_weight` and `mae_weight` must not both be 0, got 0 and 0; set --nll-weight 1")

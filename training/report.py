@@ -40,8 +40,11 @@ class RunReport(L.Callback):
 
     ``monitor`` is the validation metric reported as ``best_val_loss``; ``layout.last_checkpoint`` is
     the path :class:`~training.checkpointing.LastCheckpoint` writes. The trainer calls :meth:`write`
-    once the run has ended, however it ended.
+    once the run has ended, however it ended, and sets :attr:`distillation` once the data are prepared.
     """
+
+    distillation: dict[str, Any] | None = None
+    """What the distillation's solver run did (``RunSummary.distillation``); None without distillation."""
 
     def __init__(self, layout: RunLayout, *, monitor: str, progress_every_s: float | None = None) -> None:
         self.layout = layout
@@ -131,6 +134,7 @@ class RunReport(L.Callback):
             last_checkpoint=last if last.is_file() else None,
             final_metrics={k: v for k, v in ((k, scalar(v)) for k, v in trainer.callback_metrics.items())
                            if v is not None},
+            distillation=self.distillation,
         )
         if trainer.is_global_zero:
             summary.write(self.layout.summary)

@@ -8,6 +8,8 @@ epoch, :mod:`training.progress`), both written by :class:`~training.report.RunRe
 Every setting is checked when the trainer is built, before data are grouped or a step is taken.
 SIGTERM, SIGUSR1 and Ctrl+C stop between two batches with a checkpoint and raise
 :class:`~ptycho_torch.errors.TrainingInterrupted`; resuming continues at the exact batch.
+Distillation (``distill_weight`` > 0) first refines the training scan with the iterative solver
+(:func:`distillation_scan`; a resumed run refines it again, the solver is deterministic).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import logging
 import signal
 import sys
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,11 +38,12 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ptycho_torch.checkpoint import load_generator
 from ptycho_torch.choices import LoggerBackend, check_table
-from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig
+from ptycho_torch.config import PyTorchExecutionConfig, TrainingConfig
 from ptycho_torch.corpus import Corpus
 from ptycho_torch.data import RawData
 from ptycho_torch.errors import ConfigError, DataContractError, TrainingInterrupted
 from ptycho_torch.pixel_size import scan_pixel_size
+from ptycho_torch.probe_estimate import estimate_probe, with_targets
 from ptycho_torch.run_layout import RunLayout, RunStatus, RunSummary
 from training.checkpointing import AtomicCheckpointIO, LastCheckpoint
 from training.datamodule import GroupedDataModule, GroupedDataset, group_scan
@@ -156,11 +160,17 @@ def write_resolved_config(output_dir: Path, hparams: Any) -> Path:
     return path
 
 
-def _check_resume(resume: Path, model: ModelConfig, name: str = "resume") -> None:
-    """Refuse a checkpoint that is missing or was trained with a different model."""
+def _check_resume(resume: Path, training: TrainingConfig, name: str = "resume") -> None:
+    """Refuse a checkpoint that is missing or was trained with a different model (or, to resume, with the
+    probe trainable where it is not now, or the other way round: the saved weights would not fit)."""
     if not resume.is_file():
         raise ConfigError(f"`{name}` must be an existing checkpoint file, got {str(resume)!r}")
-    saved = load_generator(resume)[1].model
+    record = load_generator(resume)[1]
+    saved, model = record.model, training.model
+    if name == "resume" and record.training.probe_trainable != training.probe_trainable:
+        raise ConfigError(f"`resume` checkpoint was trained with probe_trainable={record.training.probe_trainable}, "
+                          f"got {training.probe_trainable} now; resume with the same --probe-trainable setting "
+                          "or start a new run (--init-from keeps the generator's weights)")
     if saved != model:
         changed = {f.name: (getattr(saved, f.name), getattr(model, f.name)) for f in dataclasses.fields(model)
                    if getattr(saved, f.name) != getattr(model, f.name)}
@@ -205,12 +215,41 @@ def _check_arguments(training: TrainingConfig, train_data: RawData | None, corpu
     check_loss_config(training)
     if (train_data is None) == (corpus is None):
         raise ConfigError("exactly one of `train_data` and `corpus` must be given; pass --train-data or --train-corpus")
+    model = training.model
+    if training.probe_trainable and not (model.gridsize > 1 and model.object_big):
+        logger.warning("probe_trainable with gridsize %d and object_big=%s: each pattern gets a patch of its own, "
+                       "which can absorb any probe error, so the data barely pin the probe; train with "
+                       "gridsize >= 2 and object_big (the group's patches share one canvas)", model.gridsize,
+                       model.object_big)
+    if training.distill_weight > 0 and corpus is not None:
+        raise ConfigError(f"`distill_weight` needs a training scan for the solver to refine, got "
+                          f"{training.distill_weight} with a corpus; train on --train-data or set --distill-weight 0")
     if resume is not None and init_from is not None:
         raise ConfigError("`resume` and `init_from` must not both be given; resume continues a run, "
                           "init_from starts a new one from its weights")
     for name, checkpoint in (("resume", resume), ("init_from", init_from)):
         if checkpoint is not None:
-            _check_resume(Path(checkpoint), training.model, name)
+            _check_resume(Path(checkpoint), training, name)
+
+
+def distillation_scan(scan: RawData, training: TrainingConfig) -> tuple[RawData, dict[str, Any]]:
+    """``scan`` prepared for distillation, and the record of what that took.
+
+    The solver refines ``scan`` from a flat object with its probe
+    (:func:`~ptycho_torch.probe_estimate.estimate_probe`, ``distill_iterations``); the returned scan has
+    the refined probe and, as ``Y``, the refined object cut at each position (the targets the data
+    module hands out as ``amplitude``/``phase``). The record is
+    :meth:`~ptycho_torch.probe_estimate.ProbeEstimate.summary` plus ``weight`` and the wall ``seconds``.
+    """
+    start = time.perf_counter()
+    iterations = training.distill_iterations
+    estimate = estimate_probe(scan, iterations="auto" if iterations == "auto" else int(iterations))
+    record = {"weight": training.distill_weight, **estimate.summary(),
+              "wall_s": round(time.perf_counter() - start, 2)}
+    logger.info("distillation: the solver refined the training scan in %d iterations (%.1f s, %s); "
+                "amplitude error %.4g -> %.4g", estimate.iterations, estimate.seconds, estimate.stopped,
+                *estimate.amplitude_error)
+    return with_targets(scan, estimate), record
 
 
 def _data_and_module(training: TrainingConfig, execution: PyTorchExecutionConfig, *, train_data: RawData | None,
@@ -219,8 +258,11 @@ def _data_and_module(training: TrainingConfig, execution: PyTorchExecutionConfig
     """The data module (grouped scan or streamed corpus) and a fresh module, with ``init_from``'s
     generator weights when given."""
     data: L.LightningDataModule
+    distillation = None
     if corpus is None:
         assert train_data is not None  # exactly one of the two (_check_arguments)
+        if training.distill_weight > 0:
+            train_data, distillation = distillation_scan(train_data, training)
         data = GroupedDataModule(train_data, test_data, training, seed=execution.seed,
                                  num_workers=execution.num_workers)
         probe, scale = data.probe, data.training_scale
@@ -228,7 +270,8 @@ def _data_and_module(training: TrainingConfig, execution: PyTorchExecutionConfig
         data, probe, scale = corpus_data(corpus, test_data, training, execution)
     pixel_size_m = None if train_data is None else scan_pixel_size(train_data.metadata)
     module = PtychoPINNModule.from_configs(training, execution, probe=probe, training_scale=scale,
-                                           train_data_sha256=train_data_sha256, pixel_size_m=pixel_size_m)
+                                           train_data_sha256=train_data_sha256, pixel_size_m=pixel_size_m,
+                                           distillation=distillation)
     if init_from is not None:
         generator, _, _ = load_generator(init_from)
         module.generator.load_state_dict(generator.state_dict())
@@ -299,6 +342,7 @@ def train(
     L.seed_everything(execution.seed, workers=True, verbose=False)
     data, module = _data_and_module(training, execution, train_data=train_data, test_data=test_data, corpus=corpus,
                                     train_data_sha256=train_data_sha256, init_from=init_from)
+    report.distillation = module.hparams.get("distillation")
     if trainer.is_global_zero:
         write_resolved_config(layout.root, module.hparams)
     _fit(trainer, module, data, resume=resume, report=report, stop=stop)

@@ -289,11 +289,14 @@ def test_cli_exports_a_trained_checkpoint(scan32: Path, tmp_path: Path, capsys: 
     assert bundle.manifest.provenance.train_data_sha256 == sha256_file(scan32)
     record = bundle.manifest.training  # recipe, effort and held-out fit, from the run's summary.json
     assert record.steps == 2 and record.wall_s == result.summary.wall_s > 0
-    assert record.recipe == {  # the config fields marked RECIPE (the architecture too: a bundle says which it is)
+    assert record.recipe == {  # the config fields marked RECIPE, the architecture too: a bundle says which it is
         "model.N": N, "model.gridsize": 1, "model.n_filters_scale": 1, "model.architecture": "cnn",
-        "model.generator": "tf", "model.amp_activation": "sigmoid", "training.train_data_file": str(scan32),
-        "training.batch_size": 16, "training.nepochs": 1, "training.mae_weight": 0.0, "training.nll_weight": 1.0,
-        "training.nphotons": 1e9, "execution.seed": 42, "execution.learning_rate": 1e-3, "execution.scheduler": "Default"}
+        "model.generator": "tf",
+        "model.amp_activation": "sigmoid", "training.train_data_file": str(scan32), "training.batch_size": 16,
+        "training.nepochs": 1, "training.mae_weight": 0.0, "training.nll_weight": 1.0, "training.nphotons": 1e9,
+        "training.probe_trainable": False, "training.probe_learning_rate": 1e-3, "training.distill_weight": 0.0,
+        "training.distill_iterations": "auto",
+        "execution.seed": 42, "execution.learning_rate": 1e-3, "execution.scheduler": "Default"}
     assert record.held_out_nll == pytest.approx(result.summary.final_metrics["val_loss"])
     from export.bundle_writer import training_record  # a run validated outside Lightning states its own
 
@@ -311,6 +314,30 @@ def test_cli_exports_a_trained_checkpoint(scan32: Path, tmp_path: Path, capsys: 
     for got, want in zip(session.run(None, {"diffraction": diffraction, "scale": scale}),
                          _eager(generator, diffraction, scale), strict=True):
         assert np.abs(got - want).max() <= FP32_TOLERANCE
+
+
+def test_a_learned_probe_is_the_bundles_probe(scan32: Path, tmp_path: Path) -> None:
+    """``probe_trainable``: probe.npy is the checkpoint's learned probe, written as the checkpoint holds
+    it (normalised; export does not rescale it), not the scan's."""
+    from export.bundle_writer import export_checkpoint
+    from ptycho_torch import physics
+    from ptycho_torch.config import PyTorchExecutionConfig
+    from ptycho_torch.data import RawData
+    from training.trainer import train
+
+    scan = RawData.from_file(scan32)
+    training = TrainingConfig(model=ModelConfig(N=N, gridsize=1, n_filters_scale=1), train_data_file=scan32,
+                              batch_size=16, n_groups=32, probe_trainable=True, probe_learning_rate=1e-2,
+                              output_dir=tmp_path / "run")
+    execution = PyTorchExecutionConfig(accelerator="cpu", max_steps=2, logger_backend="none",
+                                       enable_progress_bar=False)
+    result = train(training, execution, train_data=scan)
+    _, _, learned = load_generator(result.last_checkpoint)
+    bundle = export_checkpoint(result.last_checkpoint, tmp_path / "bundle")
+    np.testing.assert_array_equal(bundle.probe, learned)
+    start = physics.normalize_probe(torch.as_tensor(scan.probeGuess))[0].numpy()
+    assert np.abs(bundle.probe - start).max() > 1e-3
+    assert bundle.manifest.training is not None and bundle.manifest.training.recipe["training.probe_trainable"]
 
 
 def test_the_pixel_size_comes_from_the_flag_or_the_training_scan_and_they_must_agree(

@@ -40,9 +40,19 @@ def test_a_record_built_in_code_needs_only_the_configs_and_scales() -> None:
     assert record.params_snapshot()["N"] == 64 and record.train_data_sha256 == "" and record.probe_modes == 1
 
 
+def test_the_record_carries_what_distillation_did_and_older_checkpoints_say_none() -> None:
+    assert CheckpointRecord.from_hparams(HPARAMS).distillation is None
+    summary = {"weight": 1.0, "iterations": 74, "seconds": 0.57, "stopped": "converged", "amplitude_error": [0.006, 2e-4]}
+    record = CheckpointRecord.from_hparams({**HPARAMS, "distillation": summary,
+                                            "training_config": {**HPARAMS["training_config"], "distill_weight": 1.0}})
+    assert record.distillation == summary and record.training.distill_weight == 1.0
+    assert record.recipe()["training.distill_weight"] == 1.0 and record.recipe()["training.distill_iterations"] == "auto"
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"input_scale": None}, r"input_scale"),
     ({"model_config": {"N": 32, "gridsize": 2, "bogus": 1}}, r"unknown ModelConfig keys \['bogus'\]"),
+    ({"distillation": "74 iterations"}, r"`distillation` must be a mapping or None, got str"),
 ])
 def test_foreign_hyper_parameters_are_refused(change: dict, message: str) -> None:
     hparams = {k: v for k, v in {**HPARAMS, **change}.items() if v is not None}

@@ -64,11 +64,28 @@ def test_update_writes_into_cfg_and_none_never_overwrites():
         (lambda: TrainingConfig(nll_weight=2.0), "nll_weight"),
         (lambda: TrainingConfig(batch_size=12), "batch_size"),
         (lambda: TrainingConfig(model=ModelConfig(gridsize=2), neighbor_count=3), "neighbor_count"),
+        (lambda: TrainingConfig(distill_weight=-0.5), "distill_weight"),
+        (lambda: TrainingConfig(distill_weight=float("nan")), "distill_weight"),
+        (lambda: TrainingConfig(distill_weight=float("inf")), "distill_weight"),
+        (lambda: TrainingConfig(distill_weight=True), "distill_weight"),
+        (lambda: TrainingConfig(distill_iterations=0), "distill_iterations"),
+        (lambda: TrainingConfig(distill_iterations="many"), "distill_iterations"),
+        (lambda: TrainingConfig(distill_iterations=2.5), "distill_iterations"),
+        (lambda: TrainingConfig(probe_learning_rate=0.0), "probe_learning_rate"),
+        (lambda: TrainingConfig(probe_learning_rate=float("nan")), "probe_learning_rate"),
     ],
 )
 def test_validation_names_the_field(build, field):
     with pytest.raises(ValueError, match=rf"^{field} must be"):
         build()
+
+
+def test_distillation_and_trainable_probe_settings_that_are_accepted():
+    assert TrainingConfig().distill_weight == 0.0 and TrainingConfig().distill_iterations == "auto"
+    config = TrainingConfig(distill_weight=2, distill_iterations=40, probe_trainable=True, probe_learning_rate=1e-4)
+    assert (config.distill_weight, config.distill_iterations, config.probe_learning_rate) == (2, 40, 1e-4)
+    legacy = dataclass_to_legacy_dict(config)  # the legacy bridge key of the trainable probe is kept
+    assert legacy["probe.trainable"] is True and legacy["distill_weight"] == 2
 
 
 def test_config_from_dict_builds_nested_and_rejects_unknown_keys():
@@ -83,7 +100,6 @@ def test_config_from_dict_builds_nested_and_rejects_unknown_keys():
     [
         (TrainingConfig(realspace_weight=0.5), "realspace_weight"),
         (TrainingConfig(realspace_mae_weight=0.1), "realspace_mae_weight"),
-        (TrainingConfig(probe_trainable=True), "probe_trainable"),
         (TrainingConfig(intensity_scale_trainable=False), "intensity_scale_trainable"),
         (TrainingConfig(positions_provided=False), "positions_provided"),
         (TrainingConfig(sequential_sampling=True), "sequential_sampling"),
@@ -105,7 +121,8 @@ def test_live_knobs_and_defaults_do_not_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error", LegacyKnobWarning)
         update_legacy_dict({}, TrainingConfig(model=ModelConfig(gridsize=2, probe_mask=True), nphotons=1e6,
-                                              nll_weight=0.5, mae_weight=0.5, n_subsample=10, subsample_seed=3))
+                                              nll_weight=0.5, mae_weight=0.5, n_subsample=10, subsample_seed=3,
+                                              probe_trainable=True, distill_weight=1.0))
         update_legacy_dict({}, InferenceConfig(model=ModelConfig(N=32), model_path=Path("m.zip")))
 
 

@@ -109,6 +109,14 @@ def test_json_config_with_an_unknown_key_lists_the_known_ones(tmp_path):
          "max_steps must be -1 (no limit) or >= 1"),
         (["--train-data", "a.npz", "--output-dir", "RUN", "--checkpoint-every-n-steps", "0"],
          "checkpoint_every_n_steps must be None or >= 1"),
+        (["--train-data", "a.npz", "--output-dir", "RUN", "--distill-weight", "-1"],
+         "distill_weight must be a finite number >= 0 (0: no distillation), got -1.0"),
+        (["--train-data", "a.npz", "--output-dir", "RUN", "--distill-weight", "nan"],
+         "distill_weight must be a finite number >= 0 (0: no distillation), got nan"),
+        (["--train-data", "a.npz", "--output-dir", "RUN", "--distill-iterations", "0"],
+         "distill_iterations must be an integer >= 1 or 'auto', got 0"),
+        (["--train-data", "a.npz", "--output-dir", "RUN", "--probe-learning-rate", "0"],
+         "probe_learning_rate must be a positive finite number"),
     ],
 )
 def test_train_command_reports_bad_flags_in_one_line(capsys, argv, message):
@@ -193,3 +201,14 @@ def test_the_architecture_flag_chooses_the_generator_and_names_the_choices(tmp_p
                    "taper"])
     with pytest.raises(ConfigError, match=r"^generator applies to architecture 'cnn' only"):
         train_cli.build_configs(args)
+
+
+def test_the_probe_and_distillation_flags_reach_the_training_config(tmp_path):
+    args = _parse(["--train-data", "a.npz", "--output-dir", str(tmp_path), "--probe-trainable",
+                   "--probe-learning-rate", "0.01", "--distill-weight", "2.5", "--distill-iterations", "40"])
+    training, _, _ = train_cli.build_configs(args)
+    assert (training.probe_trainable, training.probe_learning_rate) == (True, 0.01)
+    assert (training.distill_weight, training.distill_iterations) == (2.5, 40)
+    defaults, _, _ = train_cli.build_configs(_parse(["--train-data", "a.npz", "--output-dir", str(tmp_path)]))
+    assert (defaults.probe_trainable, defaults.distill_weight, defaults.distill_iterations) == (False, 0.0, "auto")
+    assert _parse(["--no-probe-trainable"]).__dict__["training.probe_trainable"] is False
