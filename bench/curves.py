@@ -102,6 +102,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "smooth-gold": {"model": {"generator": "smooth"}, "data": "gold"},
     "tf-corpus": {"model": {"generator": "tf"}, "data": "corpus"},
     "smooth-goldcorpus": {"model": {"generator": "smooth"}, "data": "goldcorpus"},
+    "fno-gold": {"model": {"architecture": "fno"}, "data": "gold"},
+    "ffno-gold": {"model": {"architecture": "ffno"}, "data": "gold"},
     "tf-gold-gs2": {"model": {"generator": "tf", "gridsize": 2}, "data": "gold"},
     "tf-gold-gs3": {"model": {"generator": "tf", "gridsize": 3}, "data": "gold"},
     "smooth-gold-finetune": {"model": {"generator": "smooth"}, "data": "finetune", "init": "smooth-gold"},
