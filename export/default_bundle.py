@@ -6,10 +6,14 @@ PtychoPINN is self-supervised, so the default model is trained on the measured d
 top half (spatial split along y) of the APS Velociprobe Siemens-star scan
 (``data/siemens-star-small.npz.bz2``, tike's BSD-3-style licence), the central 64x64
 detector crop, validated on the bottom half. The bottom half is never trained on, so
-reconstructing it (``make demo``) shows the model on unseen sample regions. Training is seeded and
-deterministic; on one quiet CPU core it takes about 25 minutes (320 epochs, 5,440 steps, at ~56
-samples/s; measured 1,478 s on 2026-11-30). The held-out NLL plateaus from about epoch 140 on
-(docs/benchmarks.md). An interrupted run continues from its last checkpoint when started again with
+reconstructing it (``make demo``) shows the model on unseen sample regions. The file's probe is not
+the measurement's, so the recipe first refines the probe on the training half with the solver
+(``refine_probe``: 43 iterations, about 2 s) and trains through the physics with it: held-out phase
+correlation with a converged probe-refined full-scan reconstruction 0.65, where the model trained
+with the file's probe reached 0.41 (docs/benchmarks.md, "The default model"). Training is seeded and
+deterministic; 320 epochs (5,440 steps) took 2,643 s on one core of a busy 2-core machine
+(2026-12-08; about 1,500 s on a quiet one). The held-out NLL plateaus from about epoch 130 on (best
+-448.15 at epoch 222). An interrupted run continues from its last checkpoint when started again with
 the same ``--run-dir``.
 """
 
@@ -23,7 +27,6 @@ from pathlib import Path
 from ptycho_torch.choices import Generator, Scheduler, values
 from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig
 from ptycho_torch.data import load_siemens_star, spatial_split
-from ptycho_torch.probe_estimate import estimate_probe, with_probe
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 REAL_SCAN = PROJECT_ROOT / "data" / "siemens-star-small.npz.bz2"
@@ -34,8 +37,8 @@ GENERATOR = Generator.TF
 curves, but on the real star it learns far slower (held-out NLL -436.0 after 50 epochs against
 -446.6 for ``tf`` after the same 50, same seed and schedule), so the shipped model is ``tf``."""
 EPOCHS = 320
-"""Where the held-out NLL has plateaued: -447.57 at epoch 137, -447.72 (best) by epoch 320; the
-80-epoch model shipped before reached -446.54."""
+"""Where the held-out NLL has plateaued: -448.13 at epoch 132, -448.15 (best) at epoch 222 (with the
+file's probe: -447.72 by epoch 320)."""
 EXECUTION = PyTorchExecutionConfig(accelerator="cpu", scheduler=Scheduler.REDUCE_LR_ON_PLATEAU, seed=42,
                                    enable_progress_bar=False)
 
@@ -60,12 +63,9 @@ def build_default_bundle(out: Path = DEFAULT_OUT, *, run_dir: Path, scan: Path =
     config = model(generator)
     run_dir.mkdir(parents=True, exist_ok=True)
     train_raw, test_raw = spatial_split(load_siemens_star(scan, config.N), axis="y", fraction=0.5)
-    estimate = estimate_probe(train_raw)
-    logger.info("probe refined on the training half: %s", estimate.summary())
-    train_raw, test_raw = with_probe(train_raw, estimate.probe), with_probe(test_raw, estimate.probe)
     train_file, test_file = train_raw.to_file(run_dir / "train.npz"), test_raw.to_file(run_dir / "test.npz")
     training = TrainingConfig(model=config, train_data_file=train_file, test_data_file=test_file, nepochs=epochs,
-                              nphotons=float(train_raw.metadata["nphotons"]), output_dir=run_dir)
+                              nphotons=float(train_raw.metadata["nphotons"]), refine_probe=True, output_dir=run_dir)
     result = train_from_config(training, EXECUTION, resume=AUTO)
     logger.info("trained: %s", result.summary.to_json())
     if out.exists():

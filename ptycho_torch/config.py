@@ -222,6 +222,11 @@ class TrainingConfig:
     """K: nearest neighbours a group's members are drawn from (gridsize > 1; >= C); None: max(4, C)."""
     positions_provided: bool = True
     """PtychoPINN's switch for scans without positions; no effect here (:data:`NO_EFFECT`)."""
+    refine_probe: bool = field(default=False, metadata=RECIPE)
+    """Refine the training scan's probe with the iterative solver before training, and train with it
+    (:func:`~ptycho_torch.probe_estimate.estimate_probe`: flat start, 'auto' stop). The recipe for
+    measured data, whose file probe is often not the measurement's (the shipped Siemens star);
+    distillation always does it. A training scan only (a corpus is simulated with its probe)."""
     probe_trainable: bool = field(default=False, metadata=RECIPE)
     """Learn the training probe with the generator (``model_type`` 'pinn'); its norm stays the starting one.
 

@@ -9,7 +9,8 @@ Every setting is checked when the trainer is built, before data are grouped or a
 SIGTERM, SIGUSR1 and Ctrl+C stop between two batches with a checkpoint and raise
 :class:`~ptycho_torch.errors.TrainingInterrupted`; resuming continues at the exact batch.
 Distillation (``distill_weight`` > 0) first refines the training scan with the iterative solver
-(:func:`distillation_scan`; a resumed run refines it again, the solver is deterministic).
+(:func:`distillation_scan`; a resumed run refines it again, the solver is deterministic); ``refine_probe``
+refines its probe only (:func:`refined_probe_scan`).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from ptycho_torch.corpus import Corpus
 from ptycho_torch.data import RawData
 from ptycho_torch.errors import ConfigError, DataContractError, TrainingInterrupted
 from ptycho_torch.pixel_size import scan_pixel_size
-from ptycho_torch.probe_estimate import estimate_probe, with_targets
+from ptycho_torch.probe_estimate import estimate_probe, with_probe, with_targets
 from ptycho_torch.run_layout import RunLayout, RunStatus, RunSummary
 from training.checkpointing import AtomicCheckpointIO, LastCheckpoint
 from training.datamodule import GroupedDataModule, GroupedDataset, group_scan
@@ -221,6 +222,9 @@ def _check_arguments(training: TrainingConfig, train_data: RawData | None, corpu
                        "which can absorb any probe error, so the data barely pin the probe; train with "
                        "gridsize >= 2 and object_big (the group's patches share one canvas)", model.gridsize,
                        model.object_big)
+    if training.refine_probe and corpus is not None:
+        raise ConfigError("`refine_probe` needs a training scan for the solver to refine, got a corpus (simulated "
+                          "with its own probe); train on --train-data or leave --refine-probe off")
     if training.distill_weight > 0 and corpus is not None:
         raise ConfigError(f"`distill_weight` needs a training scan for the solver to refine, got "
                           f"{training.distill_weight} with a corpus; train on --train-data or set --distill-weight 0")
@@ -252,6 +256,15 @@ def distillation_scan(scan: RawData, training: TrainingConfig) -> tuple[RawData,
     return with_targets(scan, estimate), record
 
 
+def refined_probe_scan(scan: RawData) -> RawData:
+    """``scan`` with its probe refined by the solver on ``scan`` itself (``refine_probe``; logged)."""
+    estimate = estimate_probe(scan)
+    logger.info("refine_probe: the solver refined the training scan's probe in %d iterations (%.1f s, %s); "
+                "amplitude error %.4g -> %.4g", estimate.iterations, estimate.seconds, estimate.stopped,
+                *estimate.amplitude_error)
+    return with_probe(scan, estimate.probe)
+
+
 def _data_and_module(training: TrainingConfig, execution: PyTorchExecutionConfig, *, train_data: RawData | None,
                      test_data: RawData | None, corpus: Corpus | None, train_data_sha256: str,
                      init_from: str | Path | None) -> tuple[L.LightningDataModule, PtychoPINNModule]:
@@ -263,6 +276,8 @@ def _data_and_module(training: TrainingConfig, execution: PyTorchExecutionConfig
         assert train_data is not None  # exactly one of the two (_check_arguments)
         if training.distill_weight > 0:
             train_data, distillation = distillation_scan(train_data, training)
+        elif training.refine_probe:
+            train_data = refined_probe_scan(train_data)
         data = GroupedDataModule(train_data, test_data, training, seed=execution.seed,
                                  num_workers=execution.num_workers)
         probe, scale = data.probe, data.training_scale

@@ -294,7 +294,8 @@ def test_cli_exports_a_trained_checkpoint(scan32: Path, tmp_path: Path, capsys: 
         "model.generator": "tf",
         "model.amp_activation": "sigmoid", "training.train_data_file": str(scan32), "training.batch_size": 16,
         "training.nepochs": 1, "training.mae_weight": 0.0, "training.nll_weight": 1.0, "training.nphotons": 1e9,
-        "training.probe_trainable": False, "training.probe_learning_rate": 1e-3, "training.distill_weight": 0.0,
+        "training.refine_probe": False, "training.probe_trainable": False, "training.probe_learning_rate": 1e-3,
+        "training.distill_weight": 0.0,
         "training.distill_iterations": "auto",
         "execution.seed": 42, "execution.learning_rate": 1e-3, "execution.scheduler": "Default"}
     assert record.held_out_nll == pytest.approx(result.summary.final_metrics["val_loss"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import cast
 
@@ -15,6 +16,7 @@ from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingCon
 from ptycho_torch.corpus import Corpus
 from ptycho_torch.errors import ConfigError
 from ptycho_torch.model import combine_complex
+from ptycho_torch.probe_estimate import estimate_probe, with_probe
 from tests.training.conftest import NPHOTONS, N, tiny_scan
 from training.datamodule import GroupedDataModule, GroupedDataset, group_scan
 from training.module import PtychoPINNModule
@@ -124,3 +126,29 @@ def test_distillation_needs_a_pinn_model_and_a_training_scan(tmp_path):
     with pytest.raises(ConfigError, match=r"`distill_weight` needs a training scan for the solver to refine"):
         train(TrainingConfig(model=ModelConfig(N=N), distill_weight=1.0, output_dir=tmp_path), execution,
               corpus=cast(Corpus, object()))  # refused before the corpus is opened
+
+
+def test_refine_probe_trains_with_the_solvers_probe_of_the_training_scan(tmp_path):
+    """``refine_probe`` alone: the checkpoint's probe is the solver's estimate on the training scan (a
+    wrong file probe is replaced), the loss stays the physics, and a corpus is refused."""
+    raw = tiny_scan(64, seed=0)
+    r = np.hypot(*np.meshgrid(np.arange(N) - N / 2, np.arange(N) - N / 2, indexing="ij"))
+    wrong = with_probe(raw, (np.abs(raw.probeGuess) * np.exp(1j * 0.01 * r**2)).astype(np.complex64))  # another defocus
+    execution = PyTorchExecutionConfig(accelerator="cpu", max_steps=2, logger_backend="none",
+                                       enable_progress_bar=False, seed=0)
+    training = TrainingConfig(model=ModelConfig(N=N, n_filters_scale=1), batch_size=16, nphotons=NPHOTONS,
+                              refine_probe=True, output_dir=tmp_path / "refined")
+    result = train(training, execution, train_data=wrong)
+    _, record, probe = load_generator(result.last_checkpoint)
+    estimate = estimate_probe(wrong)  # deterministic: the probe training used
+    expected, _ = physics.normalize_probe(torch.as_tensor(estimate.probe), training.model.probe_scale)
+    np.testing.assert_allclose(probe, expected.numpy(), rtol=1e-5, atol=1e-6)
+
+    def closeness(p: np.ndarray) -> float:
+        a, b = p.ravel(), raw.probeGuess.ravel()
+        return float(abs(np.vdot(a, b)) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+    assert closeness(probe) > 0.97 > closeness(wrong.probeGuess) + 0.1
+    assert record.training.refine_probe and record.distillation is None
+    with pytest.raises(ConfigError, match=r"`refine_probe` needs a training scan"):
+        train(dataclasses.replace(training, output_dir=tmp_path / "corpus"), execution, corpus=cast(Corpus, object()))
