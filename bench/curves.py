@@ -374,14 +374,23 @@ PANELS = (("nll", "nll_floor", "held-out Poisson NLL per pixel", "ground-truth f
 
 
 def collect(out: Path = RUNS, results: Path = RESULTS) -> dict[str, Any]:
-    """Every run's curve under ``out`` into ``results`` (JSON, committed: the docs regenerate from it)."""
+    """Every run's curve under ``out`` into ``results`` (JSON, committed: the docs regenerate from it).
+
+    A run already in ``results`` and not under ``out`` is kept, with the configuration and machine it
+    was recorded with (``machines``: the machine of each run), so that a run trained elsewhere (a
+    long run on another machine) adds its curve without dropping the others."""
     from bench.machine import machine_info
 
-    runs = {path.parent.name: read_curve(path)
-            for path in sorted(out.glob("*/curve.jsonl"))}
-    configs = {name: CONFIGS[name] for name in runs}
+    found = {path.parent.name: read_curve(path) for path in sorted(out.glob("*/curve.jsonl"))}
+    previous = json.loads(results.read_text()) if results.is_file() else {"runs": {}, "configs": {}}
+    old_machines = previous.get("machines") or {name: previous.get("machine") for name in previous["runs"]}
+    names = list(previous["runs"]) + [name for name in found if name not in previous["runs"]]
+    runs = {name: found[name] if name in found else previous["runs"][name] for name in names}
+    configs = {name: CONFIGS[name] if name in found else previous["configs"].get(name, {}) for name in names}
+    machine = machine_info()
     data = {"case": CASE, "cases": {name: CASES[name].setup for name in sorted({case_of(c) for c in configs.values()})},
-            "corpora": CORPORA, "threads": THREADS, "machine": machine_info(), "configs": configs, "runs": runs}
+            "corpora": CORPORA, "threads": THREADS, "machine": machine, "configs": configs, "runs": runs,
+            "machines": {name: machine if name in found else old_machines.get(name) for name in names}}
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps(finite_or_none(data), indent=1) + "\n")
     return data

@@ -45,8 +45,14 @@ def test_weak_contrast_network_trains_on_its_corpus_resumes_and_exports(tmp_path
     assert manifest["verification"]["inputs"] == "the scan weak_contrast_train.npz"
     assert manifest["training"]["steps"] == resumed[-1]["step"]
 
-    data = {"configs": {"tf-weakcorpus": spec, "tf-gold": curves.CONFIGS["tf-gold"]},
-            "runs": {"tf-weakcorpus": resumed, "tf-gold": resumed}}
-    table = curves.table(data)  # one table per case, the gold case's first
-    assert table.index("| tf-gold |") < table.index("Case `weak_contrast`") < table.index("| tf-weakcorpus |")
+    # report: the new run joins the committed curves (kept with their machine), the gold table first
+    results = tmp_path / "curves.json"
+    results.write_text(curves.RESULTS.read_text())
+    before = json.loads(results.read_text())
+    data = curves.collect(tmp_path, results)
+    assert list(data["runs"]) == [*before["runs"], "tf-weakcorpus"]
+    assert all(data["runs"][name] == records for name, records in before["runs"].items())
+    assert all(data["machines"][name] == before["machine"] for name in before["runs"])
+    table = curves.table(data)
+    assert table.startswith(curves.table(before) + "\n\nCase `weak_contrast`: weak contrast") and "| tf-weakcorpus |" in table
     assert curves.figure_path("weak_contrast").name == "learning_curves_weak_contrast.png"
