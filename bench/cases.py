@@ -97,12 +97,10 @@ def _star_probe(N: int) -> np.ndarray:  # the star file is read once per N (bz2:
     return np.asarray(siemens_scan(N)[0].probeGuess, np.complex64).reshape(N, N)
 
 
-def simulate_subpixel(obj: np.ndarray, probe: np.ndarray, x: np.ndarray, y: np.ndarray, *, nphotons: float,
-                      seed: int, metadata: dict | None = None) -> RawData:
-    """A scan of ``obj`` at patch centres ``(x, y)``: pattern ``j`` is ``|FFT_ortho(P_j * O[window_j])|**2``
-    with the window at the integer pixel below ``(x, y) - N/2`` and ``P_j`` the probe moved by the
-    remaining fraction with a Fourier shift; scaled to ``nphotons`` mean counts per pattern, Poisson
-    noise (the layout and metadata of ``ptycho_torch.simulation.simulate_scan``)."""
+def subpixel_intensity(obj: np.ndarray, probe: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Noiseless patterns of ``obj`` at patch centres ``(x, y)``, (S, N, N) float64, fftshifted: pattern
+    ``j`` is ``|FFT_ortho(P_j * O[window_j])|**2`` with the window at the integer pixel below
+    ``(x, y) - N/2`` and ``P_j`` the probe moved by the remaining fraction with a Fourier shift."""
     N = probe.shape[-1]
     corner = np.stack([x, y], axis=1) - N / 2
     first = np.floor(corner).astype(np.int64)
@@ -118,7 +116,15 @@ def simulate_subpixel(obj: np.ndarray, probe: np.ndarray, x: np.ndarray, y: np.n
     cols = first[:, 0, None] + np.arange(N)
     windows = obj[rows[:, :, None], cols[:, None, :]]
     intensity = np.abs(scipy.fft.fft2(probes * windows, norm="ortho")) ** 2
-    intensity = np.fft.fftshift(intensity, axes=(-2, -1))
+    return np.fft.fftshift(intensity, axes=(-2, -1))
+
+
+def simulate_subpixel(obj: np.ndarray, probe: np.ndarray, x: np.ndarray, y: np.ndarray, *, nphotons: float,
+                      seed: int, metadata: dict | None = None) -> RawData:
+    """A scan of ``obj`` at patch centres ``(x, y)`` (:func:`subpixel_intensity`) scaled to ``nphotons``
+    mean counts per pattern, Poisson noise (the layout and metadata of
+    ``ptycho_torch.simulation.simulate_scan``)."""
+    intensity = subpixel_intensity(obj, probe, x, y)
     scale = float(np.sqrt(nphotons / intensity.sum(axis=(-2, -1)).mean()))
     counts = np.random.default_rng(seed).poisson(intensity * scale**2)
     info = {"nphotons": float(nphotons), "probe_factor": scale, "diffraction": "sqrt(counts)", "noise_seed": seed,

@@ -6,7 +6,15 @@ simulated at 1e4 and 1e6 photons per pattern, each on a dense raster (4 px step)
 (step N/2), scored against the ground truth; the real Siemens-star scan (tike), scored against
 pty-chi's reconstruction of the whole scan; and the gold-ball 1e6 dense scan sent to a network
 trained on a different instrument (the Siemens star), the case of a beamline with a poor model.
-Every scan is split spatially: the top half trains the network, the bottom half is reconstructed.
+Every one of these scans is split spatially: the top half trains the network, the bottom half is
+reconstructed. The **weak-contrast** case (:func:`bench.cases.weak_contrast_scan`, the solver
+benchmark's scan: a GRF object of amplitude 0.9-1 and phase +-0.15 rad, the Siemens star's probe, a
+20x20 raster at N/8 with jitter, 1e6 photons) is sent whole (400 patterns) to a network trained
+offline on simulated objects of that instrument only (:data:`WEAK_BUNDLE`), with the true probe in
+the request and ``refine_probe`` on every refining request (as :mod:`bench.solver` refines it); its
+question is whether the network's start reaches the target sooner than a flat one (issue 22). Without
+that bundle the case is reported as not shipped; the smoke size serves it (at N=32) with the smoke's
+own gold network as a stand-in, to keep the path running.
 ``epochs`` > 0 trains a gold-ball network per dose on the dense top half (the smoke test does, at
 N=32); ``epochs`` = 0 (quick and full) serves a model trained offline: the gold-ball bundle
 :data:`GOLD_BUNDLE` (``python -m bench.curves export``, trained to its plateau on a simulated
@@ -40,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from bench import ptychi
-from bench.cases import siemens_scan
+from bench.cases import siemens_scan, weak_contrast_scan
 from bench.report import ROOT, cell, finite_or_none
 from bench.scoring import TARGET, reached_at, score, speed_up, time_to_quality
 from bench.server import running_server
@@ -56,19 +64,28 @@ DATA = ROOT / "data"
 GOLD = DATA / "gold_balls_from_pickle.npz"
 DEFAULT_BUNDLE = ROOT / "serving" / "default_bundle"
 GOLD_BUNDLE = ROOT / "bench" / "models" / "gold_balls"
-"""The gold-ball network of the benchmark (bench/models/gold_balls/README.md says how it was trained)."""
+"""The gold-ball network of the benchmark (bench/models/README.md says how it was trained)."""
+WEAK_BUNDLE = ROOT / "bench" / "models" / "weak_contrast"
+"""The weak-contrast instrument's network (``python -m bench.curves run tf-weakcorpus``, then
+``python -m bench.curves export tf-weakcorpus bench/models/weak_contrast``; bench/models/README.md)."""
+WEAK_REFINE = {"refine_probe": True}
+"""What every refining request of the weak-contrast case adds: the true probe is sent and refined, as
+``bench solver`` refines it on this case (the algorithm is the server's default for it, ``rpie``)."""
 GOLD_CENTRE = (155, 160)
 """Row, column of the centre of the well-reconstructed part of the gold-ball object."""
 
+WEAK_ITERATIONS = (1, 2, 3, 4, 6, 8, 10, 15, 20, 30)
+"""The weak-contrast case's k: dense where a refinement from flat reaches its target (6 iterations
+in ``bench solver``), so that a 2x difference in time to quality shows."""
 SIZES: dict[str, dict[str, Any]] = {
     "smoke": {"N": 32, "epochs": 1, "dense_crop": 72, "sparse_crop": 0, "doses": (1e6,), "siemens": False,
-              "unseen": False, "iterations": (1, 3), "ptychi": None},
+              "unseen": False, "iterations": (1, 3), "weak": {"side": 8, "iterations": (1, 3)}, "ptychi": None},
     "quick": {"N": 64, "epochs": 0, "dense_crop": 144, "sparse_crop": 224, "doses": (1e6,), "siemens": False,
-              "unseen": True, "iterations": (1, 2, 5, 10, 20),
+              "unseen": True, "iterations": (1, 2, 5, 10, 20), "weak": {"side": 20, "iterations": WEAK_ITERATIONS},
               "ptychi": {"max_epochs": 60, "chunk": 10, "tolerance": 0.01, "snapshot_every": 2,
                          "batch_sizes": (48, 96)}},
     "full": {"N": 64, "epochs": 0, "dense_crop": 176, "sparse_crop": 288, "doses": (1e6, 1e4), "siemens": True,
-             "unseen": True, "iterations": (2, 5, 10, 20, 40),
+             "unseen": True, "iterations": (2, 5, 10, 20, 40), "weak": {"side": 20, "iterations": WEAK_ITERATIONS},
              "ptychi": {"max_epochs": 60, "chunk": 10, "tolerance": 0.01, "snapshot_every": 2,
                         "batch_sizes": (96,)}},
 }
@@ -78,6 +95,10 @@ PARTIAL = ROOT / "out" / "bench-quality-partial.json"
 NETWORK, REFINED, FLAT, PTYCHI = "network only", "network + k iterations", "refinement from flat", "pty-chi LSQML"
 SHIPPED = "shipped default model (trained on the Siemens star's top half)"
 GOLD_MODEL = "gold-ball model (bench/models/gold_balls, trained offline on a simulated gold-ball corpus)"
+WEAK_MODEL = ("weak-contrast model (bench/models/weak_contrast, trained offline on simulated GRF objects through "
+              "the star probe)")
+NOT_SHIPPED = (f"model not shipped yet ({WEAK_BUNDLE.relative_to(ROOT).as_posix()}: python -m bench.curves run "
+               "tf-weakcorpus, then python -m bench.curves export tf-weakcorpus bench/models/weak_contrast)")
 
 
 @dataclass(frozen=True)
@@ -95,6 +116,10 @@ class Case:
     full_scan: RawData | None = None
     """The whole scan, for a pty-chi reference when there is no ground truth."""
     notes: list[str] = field(default_factory=list)
+    refine: dict[str, Any] = field(default_factory=dict)
+    """Options every refining request adds (e.g. ``refine_probe``); pty-chi then refines the probe too."""
+    iterations: tuple[int, ...] | None = None
+    """The k of the refining requests (None: the mode's ``iterations``)."""
 
 
 def gold_scan(N: int, crop: int, step: float, nphotons: float, seed: int = 0) -> tuple[RawData, np.ndarray]:
@@ -152,7 +177,7 @@ def http_curves(case: Case, url: str, iterations: tuple[int, ...]
     with Client(url, timeout_s=1800) as client:
         client.reconstruct(test.diff3d, positions, probe=test.probeGuess)  # warm-up
         for method, k, start in requests:
-            options = {"refine_iterations": k, "refine_start": start} if k else {}
+            options = {"refine_iterations": k, "refine_start": start, **case.refine} if k else {}
             t0 = time.perf_counter()
             rec = client.reconstruct(test.diff3d, positions, probe=test.probeGuess, options=options)
             seconds = time.perf_counter() - t0
@@ -188,9 +213,10 @@ def run_case(case: Case, url: str, size: dict[str, Any], batch_size: int | None,
     """Curves of every method on one case, its flat-object score and time to quality; optionally a
     figure of each method's last image."""
     result: dict[str, Any] = {"label": case.label, "network": case.network, "test_positions": len(case.test),
-                              "N": size["N"], "notes": list(case.notes)}
+                              "N": size["N"], "notes": list(case.notes), "refine_options": dict(case.refine)}
     reference, reference_name = case.truth, "ground truth"
-    optimize_probe = case.truth is None  # the real scan's probe is only a model of the optics
+    # the real scan's probe is only a model of the optics; a case that refines the probe has pty-chi refine it too
+    optimize_probe = case.truth is None or bool(case.refine.get("refine_probe"))
     ptychi_result = None
     if size["ptychi"] is None:
         result["ptychi"] = "skipped in smoke mode"
@@ -209,17 +235,19 @@ def run_case(case: Case, url: str, size: dict[str, Any], batch_size: int | None,
     if reference is None:
         result["reference"] = "none (pty-chi unavailable)"
         return result
-    curves, geometry, images = http_curves(case, url, size["iterations"])
+    iterations = case.iterations or size["iterations"]
+    curves, geometry, images = http_curves(case, url, iterations)
     _, object_box = geometry["box"]
     ref = reference[object_box]
-    k = size["iterations"][-1]
+    k = iterations[-1]
     images = {NETWORK: images[NETWORK], f"network + {k} it.": images[REFINED], f"flat + {k} it.": images[FLAT]}
     for points in curves.values():
         for point in points:
-            point.update({k: v for k, v in score(point.pop("image"), ref).items() if k.startswith(("ssim", "psnr"))})
+            point.update({k: v for k, v in score(point.pop("image"), ref).items()
+                          if k.startswith(("ssim", "psnr", "phase_"))})
     if ptychi_result is not None:
         curves[PTYCHI] = [{"seconds": float(s), "epochs": int(e), **{k: v for k, v in score(o[object_box], ref).items()
-                                                                      if k.startswith(("ssim", "psnr"))}}
+                                                                      if k.startswith(("ssim", "psnr", "phase_"))}}
                           for o, e, s in zip(ptychi_result.snapshots, ptychi_result.snapshot_epochs,
                                              ptychi_result.snapshot_s, strict=True)]
         images[f"pty-chi ({ptychi_result.epochs} epochs)"] = ptychi_result.object[object_box]
@@ -228,7 +256,7 @@ def run_case(case: Case, url: str, size: dict[str, Any], batch_size: int | None,
                             "converged": ptychi_result.converged, "seconds": ptychi_result.reconstruction_s,
                             "process_s": ptychi_result.process_s}
     flat = score(np.ones_like(ref), ref)
-    result.update(reference=reference_name, region_px=list(ref.shape), curves=curves,
+    result.update(reference=reference_name, region_px=list(ref.shape), iterations=list(iterations), curves=curves,
                   flat={"ssim_amplitude": flat["ssim_amplitude"], "ssim_phase": flat["ssim_phase"]},
                   network_data_fit={k: v for k, v in (geometry["data_fit"] or {}).items()
                                     if k in ("nll_median", "nll_p95", "r_factor_median", "r_factor_p95",
@@ -294,11 +322,41 @@ def _gold_cases(size: dict[str, Any], workdir: Path, bundles: dict[str, Path],
     return cases
 
 
-def _cases(size: dict[str, Any], workdir: Path) -> tuple[list[Case], dict[str, Path], dict[str, Any]]:
-    """Every case of a mode, cheap ones first; the bundle of each network; the training records."""
+def weak_case(size: dict[str, Any], stand_in: str | None = None) -> Case | str:
+    """The weak-contrast case of a mode (see the module docstring), served by :data:`WEAK_BUNDLE` (N = 64),
+    else by the network ``stand_in`` (a key of the run's bundles: a mode that trains, as the smoke
+    does at N = 32, has its own); the reason it cannot be run when neither is there (:data:`NOT_SHIPPED`)."""
+    N, spec = size["N"], size["weak"]
+    if (WEAK_BUNDLE / "manifest.json").is_file() and N == 64:
+        key, notes = WEAK_MODEL, ["served by a network that never saw this object (trained on simulated GRF "
+                                  "objects through this probe)"]
+    elif stand_in is not None:
+        missing = "shipped" if N == 64 else f"at N={N}"
+        key, notes = stand_in, [f"served by a stand-in, {stand_in} (no weak-contrast model {missing})"]
+    else:
+        return NOT_SHIPPED
+    weak = weak_contrast_scan(N, spec["side"])
+    label = (f"weak contrast (GRF, amplitude 0.9-1, phase +-0.15 rad), star probe, {N // 8} px step, "
+             f"{len(weak.scan)} patterns, 1e6 photons, the whole scan, true probe sent and refined")
+    return Case("weak_contrast", label, weak.scan, weak.truth.shape, key, truth=weak.truth,
+                notes=notes, refine=dict(WEAK_REFINE),
+                iterations=tuple(spec["iterations"]))
+
+
+def _cases(size: dict[str, Any], workdir: Path
+           ) -> tuple[list[Case], dict[str, Path], dict[str, Any], dict[str, dict[str, Any]]]:
+    """Every case of a mode, cheap ones first; the bundle of each network; the training records; the
+    cases that cannot run (their result: label and reason)."""
     bundles: dict[str, Path] = {}
     training: dict[str, Any] = {}
+    unavailable: dict[str, dict[str, Any]] = {}
     cases = _gold_cases(size, workdir, bundles, training)
+    weak = weak_case(size, next(iter(training), None))  # a mode that trains serves it with its own network
+    if isinstance(weak, Case):
+        bundles.setdefault(weak.network, WEAK_BUNDLE)
+        cases.append(weak)
+    else:
+        unavailable["weak_contrast"] = {"label": "weak contrast (GRF), star probe, the whole scan", "reference": weak}
     if size["siemens"]:
         scan, shape = siemens_scan(size["N"])
         bundles[SHIPPED] = DEFAULT_BUNDLE
@@ -314,7 +372,7 @@ def _cases(size: dict[str, Any], workdir: Path) -> tuple[list[Case], dict[str, P
                           truth=dense.truth))
     # cheap cases first, so a run stopped early on a loaded machine still has them
     cases.sort(key=lambda case: (case.name == "siemens", case.name.endswith("1e4_dense")))
-    return cases, bundles, training
+    return cases, bundles, training, unavailable
 
 
 def _serve_cases(cases: list[Case], bundles: dict[str, Path], size: dict[str, Any], batch_size: int | None,
@@ -340,11 +398,11 @@ def run(mode: str, *, figures_dir: Path | None = None, stamp: str = "") -> dict[
     """Every case of ``mode``; ``figures_dir`` receives the time-to-quality figure."""
     size = SIZES[mode]
     with tempfile.TemporaryDirectory() as tmp:
-        cases, bundles, training = _cases(size, Path(tmp))
+        cases, bundles, training, unavailable = _cases(size, Path(tmp))
         batch_size, tuning = None, []
         if size["ptychi"] is not None and ptychi.available():
             batch_size, tuning = tune_ptychi_batch(next(c for c in cases if c.name.endswith("1e6_dense")), size)
-        results = _serve_cases(cases, bundles, size, batch_size, tuning, figures_dir, stamp)
+        results = {**_serve_cases(cases, bundles, size, batch_size, tuning, figures_dir, stamp), **unavailable}
     setup = {k: (list(v) if isinstance(v, tuple) else v) for k, v in size.items()}
     out = {"setup": setup, "training": training, "ptychi_batch_tuning": tuning, "ptychi_batch_size": batch_size,
            "cases": results}
@@ -358,23 +416,24 @@ def run(mode: str, *, figures_dir: Path | None = None, stamp: str = "") -> dict[
 def table(result: dict[str, Any]) -> str:
     """Markdown: per case, each method's time to quality, its best SSIM, and the flat-object SSIM."""
     lines = ["| case | method | time to 0.95 x best SSIM (s) | at | best SSIM amp / phase (at s) | "
-             "speed-up vs pty-chi at equal quality | flat-object SSIM amp / phase |",
-             "|---|---|---:|---|---|---:|---|"]
+             "speed-up vs pty-chi at equal quality | speed-up vs refinement from flat | flat-object SSIM amp / phase |",
+             "|---|---|---:|---|---|---:|---:|---|"]
     for name, case in result["cases"].items():
         if "curves" not in case:
-            lines.append(f"| {name} | — | {case.get('reference')} | | | | |")
+            lines.append(f"| {name} | — | {case.get('reference')} | | | | | |")
             continue
         ttq = case["time_to_quality"]
         flat = case["flat"]
-        ptychi_hit = ttq["reached"].get(PTYCHI)
+        ptychi_hit, flat_hit = ttq["reached"].get(PTYCHI), ttq["reached"].get(FLAT)
         for method, points in case["curves"].items():
             hit = ttq["reached"][method]
             best = max(points, key=lambda p: p["ssim_amplitude"] + p["ssim_phase"])
             at = "network" if method == NETWORK and hit is not None else reached_at(hit)
             speed = "—" if method == PTYCHI else speed_up(hit, ptychi_hit)
+            network_speed = speed_up(hit, flat_hit) if method in (NETWORK, REFINED) else "—"
             lines.append(f"| {name} | {method} | {'not reached' if hit is None else cell(hit['seconds'], '.2f')} | "
                          f"{at} | {best['ssim_amplitude']:.3f} / {best['ssim_phase']:.3f} ({best['seconds']:.2f}) | "
-                         f"{speed} | {flat['ssim_amplitude']:.3f} / {flat['ssim_phase']:.3f} |")
+                         f"{speed} | {network_speed} | {flat['ssim_amplitude']:.3f} / {flat['ssim_phase']:.3f} |")
     stopped = [f"**This run was stopped before its last cases**: {result['stopped_early']}."] \
         if result.get("stopped_early") else []
     notes = stopped + ["Targets (0.95 x best): " + "; ".join(
@@ -386,6 +445,10 @@ def table(result: dict[str, Any]) -> str:
             f"({t['epochs']} epochs, {'converged' if t['converged'] else 'cap'})"
             for t in result["ptychi_batch_tuning"]) + f"; used {result['ptychi_batch_size']}.")
     for name, case in result["cases"].items():
+        if case.get("refine_options") and "curves" in case:
+            notes.append(f"`{name}`: k = {', '.join(str(k) for k in case['iterations'])}; every refining request adds "
+                         + ", ".join(f"`{key} = {json.dumps(value)}`" for key, value in case["refine_options"].items())
+                         + "; " + "; ".join(case["notes"]) + ".")
         info = case.get("ptychi")
         if isinstance(info, dict):
             notes.append(f"`{name}`: pty-chi {info['epochs']} epochs "

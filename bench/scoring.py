@@ -19,17 +19,19 @@ MAX_SHIFT_PX = 3.0
 def score(image: np.ndarray, reference: np.ndarray, *, frc_curves: bool = True) -> dict[str, Any]:
     """SSIM, PSNR, FRC50 (amplitude, phase) and the phase correlation. Sub-pixel registration is
     applied when it finds a shift of at most :data:`MAX_SHIFT_PX`; otherwise the images are compared
-    as placed (positions are shared, so they align)."""
+    as placed (positions are shared, so they align). The shift is found before anything is scored:
+    a featureless image (the flat object) can pull it anywhere, leaving too thin an overlap to score."""
     try:
-        metrics = evaluate_reconstruction(image, reference, register_first=True)
+        aligned, cropped, shift = register(image, reference)
     except DataContractError:  # the registration shift left no overlap
-        metrics = None
-    registered = metrics is not None and max(abs(v) for v in metrics.shift) <= MAX_SHIFT_PX
-    if metrics is None or not registered:
-        metrics = evaluate_reconstruction(image, reference, register_first=False)
+        shift = None
+    registered = shift is not None and max(abs(v) for v in shift) <= MAX_SHIFT_PX
+    if not registered:
+        aligned, cropped = np.asarray(image), np.asarray(reference)
+    metrics = evaluate_reconstruction(aligned, cropped, register_first=False)
     out: dict[str, Any] = metrics.scores()
-    out["registered_shift_px"] = [float(v) for v in metrics.shift] if registered else None
-    out["phase_correlation"] = phase_correlation(image, reference, register_first=registered)
+    out["registered_shift_px"] = [float(v) for v in shift] if registered and shift is not None else None
+    out["phase_correlation"] = phase_correlation(aligned, cropped, register_first=False)
     if frc_curves:
         out["frc_curves"] = {"amplitude": np.round(metrics.frc[0], 4).tolist(),
                              "phase": np.round(metrics.frc[1], 4).tolist()}

@@ -112,28 +112,32 @@ def _gold(source: np.ndarray, size: int, rng: np.random.Generator, phase_scale: 
     return (np.abs(crop) * np.exp(1j * phase_scale * phase)).astype(np.complex64)
 
 
-def scan_object(kind: str, size: int, rng: np.random.Generator, gold_source: np.ndarray | None) -> np.ndarray:
-    """One corpus object of ``kind`` (see the module docstring), ``size x size`` complex64."""
+def scan_object(kind: str, size: int, rng: np.random.Generator, gold_source: np.ndarray | None, *,
+                contrast: tuple[float, float] = CONTRAST, phase_range: tuple[float, float] = PHASE_RANGE) -> np.ndarray:
+    """One corpus object of ``kind`` (see the module docstring), ``size x size`` complex64; a ``lines``
+    or ``grf`` object's amplitude contrast and phase range are drawn uniformly from ``contrast`` and
+    ``phase_range`` (a ``gold`` crop keeps its own contrast, its phase scaled 0.5-3x)."""
     if kind == "gold":
         if gold_source is None:
             raise DataContractError("`objects` includes 'gold' but no gold_source was given")
         return _gold(gold_source, size, rng, float(rng.uniform(0.5, 3.0)))
-    contrast, phase_range = rng.uniform(*CONTRAST), rng.uniform(*PHASE_RANGE)
+    contrast_drawn, phase_drawn = rng.uniform(*contrast), rng.uniform(*phase_range)
     if kind == "lines":
         texture = np.abs(lines_object(size, rng, n_lines=int(rng.integers(50, 400))))
     elif kind == "grf":
         texture = np.abs(grf_object(size, rng, correlation_length=float(rng.uniform(2.0, 10.0))))
     else:
         raise DataContractError(f"`objects` must be chosen from {list(OBJECT_KINDS)}, got {kind!r}")
-    return _remap(texture, contrast, phase_range, rng)
+    return _remap(texture, contrast_drawn, phase_drawn, rng)
 
 
 def _simulate_corpus_scan(rng: np.random.Generator, index: int, kind: str, modes: np.ndarray, size: int,
-                          positions_per_scan: int, doses: Sequence[float],
-                          gold_source: np.ndarray | None) -> tuple[dict[str, np.ndarray], float]:
-    """Scan ``index`` of a corpus: its object, random positions, dose and Poisson patterns, all drawn from
-    ``rng``; returns its shard arrays (the keys of :data:`ARRAYS`, one row per pattern) and its dose."""
-    obj = scan_object(kind, size, rng, gold_source)
+                          positions_per_scan: int, doses: Sequence[float], gold_source: np.ndarray | None,
+                          ranges: dict[str, tuple[float, float]]) -> tuple[dict[str, np.ndarray], float]:
+    """Scan ``index`` of a corpus: its object (``ranges``: :func:`scan_object`'s ``contrast`` and
+    ``phase_range``), random positions, dose and Poisson patterns, all drawn from ``rng``; returns its
+    shard arrays (the keys of :data:`ARRAYS`, one row per pattern) and its dose."""
+    obj = scan_object(kind, size, rng, gold_source, **ranges)
     x, y = scan_positions(positions_per_scan, size, modes.shape[-1], "random", rng)
     dose = float(doses[int(rng.integers(len(doses)))])
     raw = simulate_scan(obj, modes, x, y, nphotons=dose, seed=int(rng.integers(2**32)))
@@ -167,12 +171,17 @@ def write_corpus(
     object_size: int | None = None,
     scans_per_shard: int = 16,
     seed: int = 0,
+    contrast: tuple[float, float] = CONTRAST,
+    phase_range: tuple[float, float] = PHASE_RANGE,
 ) -> Corpus:
     """Simulate ``scans`` scans with ``probe`` ((N, N) or (P, N, N)) into the folder ``out``.
 
     Each scan: an object drawn by :func:`scan_object` (kind cycled through ``objects``),
     ``positions_per_scan`` uniform random positions, a dose drawn from ``doses`` (photons per
-    pattern), Poisson noise. ``object_size`` defaults to ``2 N``. Returns the opened corpus.
+    pattern), Poisson noise. ``object_size`` defaults to ``2 N``. ``contrast`` and ``phase_range``
+    bound the amplitude contrast (1 - min amplitude) and phase range (rad) of the ``lines`` and
+    ``grf`` objects (default :data:`CONTRAST`, :data:`PHASE_RANGE`; e.g. narrower for a corpus of
+    weak-contrast objects). Returns the opened corpus.
     """
     modes = np.asarray(probe, dtype=np.complex64).reshape(-1, *np.shape(probe)[-2:])
     N = modes.shape[-1]
@@ -180,6 +189,12 @@ def write_corpus(
     if scans < 1 or positions_per_scan < 1 or scans_per_shard < 1:
         raise DataContractError(f"`scans`, `positions_per_scan` and `scans_per_shard` must be >= 1, got "
                                 f"{scans}, {positions_per_scan}, {scans_per_shard}")
+    for name, (lo, hi) in (("contrast", contrast), ("phase_range", phase_range)):
+        if not 0 <= lo <= hi or (name == "contrast" and hi > 1):
+            raise DataContractError(f"`{name}` must be a range (low, high) with 0 <= low <= high"
+                                    f"{' <= 1' if name == 'contrast' else ''}, got {(lo, hi)}")
+    ranges = {"contrast": (float(contrast[0]), float(contrast[1])),
+              "phase_range": (float(phase_range[0]), float(phase_range[1]))}
     for kind in objects:
         if kind not in OBJECT_KINDS:
             raise DataContractError(f"`objects` must be chosen from {list(OBJECT_KINDS)}, got {kind!r}")
@@ -192,7 +207,7 @@ def write_corpus(
         for index in range(first, min(first + scans_per_shard, scans)):
             kind = objects[index % len(objects)]
             arrays, dose = _simulate_corpus_scan(np.random.default_rng([seed, index]), index, kind, modes, size,
-                                                 positions_per_scan, doses, gold_source)
+                                                 positions_per_scan, doses, gold_source, ranges)
             for key, value in arrays.items():
                 parts[key].append(value)
             scan_records.append({"scan": index, "object": kind, "nphotons": dose})
@@ -200,7 +215,8 @@ def write_corpus(
     manifest = {
         "format": FORMAT, "N": N, "probe": probe_origin, "seed": seed, "scans": scans,
         "positions_per_scan": positions_per_scan, "doses": [float(d) for d in doses], "objects": list(objects),
-        "object_size": size, "contrast": CONTRAST, "phase_range": PHASE_RANGE, "shards": shards,
+        "object_size": size, "contrast": list(ranges["contrast"]), "phase_range": list(ranges["phase_range"]),
+        "shards": shards,
         "scan_records": scan_records,
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1))

@@ -69,8 +69,32 @@ def test_quality_case_trains_serves_and_scores_time_to_quality(smoke_run: tuple[
     ttq = case["time_to_quality"]
     assert ttq["target"]["amplitude"] == pytest.approx(0.95 * ttq["best"]["amplitude"])
     assert any(hit is not None for hit in ttq["reached"].values())
-    for name in ("time_to_quality.png", "quality_gold_1e6_dense.png"):
+    for name in ("time_to_quality.png", "quality_gold_1e6_dense.png", "quality_weak_contrast.png"):
         assert (figures / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_weak_contrast_case_runs_network_and_flat_refinement_with_the_probe_refined(
+        smoke_run: tuple[dict, Path, Path]) -> None:
+    results, doc, _ = smoke_run
+    part = results["parts"]["quality"]
+    case = part["cases"]["weak_contrast"]
+    assert case["test_positions"] == 64 and case["reference"] == "ground truth"  # the whole 8 x 8 scan at N=32
+    assert case["refine_options"] == {"refine_probe": True} and "stand-in" in case["notes"][0]
+    assert [p["iterations"] for p in case["curves"]["network + k iterations"]] == [1, 3]
+    assert [p["iterations"] for p in case["curves"]["refinement from flat"]] == [1, 3]
+    # the refinement with the probe refined beats the flat object on this weak object
+    assert case["curves"]["refinement from flat"][-1]["ssim_amplitude"] > case["flat"]["ssim_amplitude"] + 0.2
+    assert "speed-up vs refinement from flat" in doc.read_text()
+
+
+def test_weak_contrast_case_without_its_model_is_reported_not_run(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    from bench import quality
+
+    monkeypatch.setattr(quality, "WEAK_BUNDLE", tmp_path / "absent")
+    assert quality.weak_case(quality.SIZES["quick"]) == quality.NOT_SHIPPED
+    row = quality.table({"cases": {"weak_contrast": {"label": "weak", "reference": quality.NOT_SHIPPED}}})
+    assert "| weak_contrast | — | model not shipped yet (bench/models/weak_contrast: python -m bench.curves run" in row
 
 
 def test_docs_tables_regenerated_prose_kept(smoke_run: tuple[dict, Path, Path]) -> None:

@@ -148,3 +148,18 @@ def test_peak_memory_stays_flat_when_the_corpus_grows_4x(tmp_path: Path) -> None
         growth[shards] = kib / 1024  # MiB
     # 4x the data (32 -> 128 MiB of patterns) while the peak grows by less than one shard (16 MiB)
     assert growth[8] - growth[2] < 12, growth
+
+
+def test_corpus_contrast_and_phase_ranges_bound_every_generated_object(tmp_path: Path) -> None:
+    from ptycho_torch.corpus import scan_object
+
+    for seed in range(8):  # the object a weak-contrast corpus draws stays inside its ranges
+        obj = scan_object("grf", 48, np.random.default_rng(seed), None, contrast=(0.03, 0.3), phase_range=(0.1, 0.8))
+        assert np.abs(obj).min() >= 0.7 - 1e-6 and np.abs(obj).max() <= 1 + 1e-6
+        assert np.ptp(np.angle(obj)) <= 0.8 + 1e-6
+    weak = write_corpus(tmp_path / "weak", probe=default_probe(N), probe_origin="default", scans=2, positions_per_scan=4,
+                        doses=(1e6,), objects=("grf",), object_size=48, contrast=(0.03, 0.3), phase_range=(0.1, 0.8))
+    manifest = json.loads((weak.root / "corpus.json").read_text())
+    assert manifest["contrast"] == [0.03, 0.3] and manifest["phase_range"] == [0.1, 0.8]
+    with pytest.raises(DataContractError, match="`contrast` must be a range"):
+        write_corpus(tmp_path / "bad", probe=default_probe(N), probe_origin="default", scans=1, contrast=(0.5, 1.5))
