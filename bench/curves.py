@@ -218,6 +218,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "smooth-goldcorpus-finetune": {"model": {"generator": "smooth"}, "execution": {"learning_rate": 1e-4},
                                    "data": "finetune", "init": "smooth-goldcorpus"},
     "tf-weakcorpus": {"model": {"generator": "tf"}, "data": "weakcorpus", "case": "weak_contrast"},
+    "fno-weakcorpus": {"model": {"architecture": "fno"}, "data": "weakcorpus", "case": "weak_contrast"},
 }
 """``data``: ``gold`` (the case's training scan), ``finetune`` (its test scan, fine-tuning ``init``) or a
 :data:`CORPORA` name; ``case``: the :data:`CASES` entry it is scored on (default ``gold``)."""
