@@ -18,8 +18,8 @@ scan-step-periodic amplitude error (the grid texture, :func:`ptycho_torch.metric
     OMP_NUM_THREADS=1 python -m bench.curves run taper-gold --budget 450 --eval-every 75
     python -m bench.curves report            # bench/results/curves.json, the PNG, the docs table
     python -m bench.curves export smooth-goldcorpus bench/models/gold_balls   # ship a run's model
-    OMP_NUM_THREADS=1 python -m bench.curves run tf-weakcorpus --budget 1800 --eval-every 300
-    python -m bench.curves export tf-weakcorpus bench/models/weak_contrast    # bench quality's weak case
+    OMP_NUM_THREADS=1 python -m bench.curves run fno-weakcorpus --budget 1800 --eval-every 300
+    python -m bench.curves export fno-weakcorpus bench/models/weak_contrast    # bench quality's weak case
 
 A run writes ``runs/curves/<name>/curve.jsonl`` (one line per evaluation) and ``resume.ckpt``;
 running the same command again continues from there (cumulative CPU time is kept in the file).

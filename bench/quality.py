@@ -66,8 +66,8 @@ DEFAULT_BUNDLE = ROOT / "serving" / "default_bundle"
 GOLD_BUNDLE = ROOT / "bench" / "models" / "gold_balls"
 """The gold-ball network of the benchmark (bench/models/README.md says how it was trained)."""
 WEAK_BUNDLE = ROOT / "bench" / "models" / "weak_contrast"
-"""The weak-contrast instrument's network (``python -m bench.curves run tf-weakcorpus``, then
-``python -m bench.curves export tf-weakcorpus bench/models/weak_contrast``; bench/models/README.md)."""
+"""The weak-contrast instrument's network (``python -m bench.curves run fno-weakcorpus``, then
+``python -m bench.curves export fno-weakcorpus bench/models/weak_contrast``; bench/models/README.md)."""
 WEAK_REFINE = {"refine_probe": True}
 """What every refining request of the weak-contrast case adds: the true probe is sent and refined, as
 ``bench solver`` refines it on this case (the algorithm is the server's default for it, ``rpie``)."""
@@ -98,7 +98,7 @@ GOLD_MODEL = "gold-ball model (bench/models/gold_balls, trained offline on a sim
 WEAK_MODEL = ("weak-contrast model (bench/models/weak_contrast, trained offline on simulated GRF objects through "
               "the star probe)")
 NOT_SHIPPED = (f"model not shipped yet ({WEAK_BUNDLE.relative_to(ROOT).as_posix()}: python -m bench.curves run "
-               "tf-weakcorpus, then python -m bench.curves export tf-weakcorpus bench/models/weak_contrast)")
+               "fno-weakcorpus, then python -m bench.curves export fno-weakcorpus bench/models/weak_contrast)")
 
 
 @dataclass(frozen=True)
@@ -456,3 +456,27 @@ def table(result: dict[str, Any]) -> str:
     figures = [result.get("figure", "")] + [case.get("figure", "") for case in result["cases"].values()]
     notes += [f"![{Path(f).stem}]({Path(f).relative_to('docs').as_posix()})" for f in figures if f.startswith("docs/")]
     return "\n\n".join(["\n".join(lines), *notes])
+
+
+def run_weak_contrast(mode: str = "quick") -> dict[str, Any]:
+    """The weak-contrast case alone (no pty-chi, which never reaches its target there: ``bench solver``):
+    network + k against flat + k over HTTP. ``python -m bench.quality`` prints its table and writes
+    ``bench/results/<date>-weak_contrast.json``."""
+    size = {**SIZES[mode], "ptychi": None}
+    case = weak_case(size)
+    if not isinstance(case, Case):
+        raise SystemExit(case)
+    with running_server(WEAK_BUNDLE, intra_op_threads=THREADS) as url:
+        return {"setup": {"mode": mode, "threads": THREADS}, "cases": {case.name: run_case(case, url, size, None,
+                                                                                          None, "")}}
+
+
+if __name__ == "__main__":
+    from datetime import date
+
+    from bench.machine import machine_info
+
+    weak = run_weak_contrast()
+    path = ROOT / "bench" / "results" / f"{date.today().isoformat()}-weak_contrast.json"
+    path.write_text(json.dumps(finite_or_none({"machine": machine_info(), **weak}), indent=1, default=str) + "\n")
+    print(table(weak))
