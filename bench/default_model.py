@@ -57,8 +57,10 @@ def reference(path: Path = REFERENCE) -> np.ndarray:
     return obj
 
 
-def evaluate(bundle: Path) -> dict[str, Any]:
-    """Reconstruct the held-out half over HTTP with ``bundle`` and score it (see the module docstring)."""
+def evaluate(bundle: Path, images: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """Reconstruct the held-out half over HTTP with ``bundle`` and score it (see the module docstring);
+    ``images`` (when given) receives the scored phase under the bundle's path and the reference's under
+    ``"reference"``."""
     scan, shape = siemens_scan(N)
     _, test = spatial_split(scan, axis="y", fraction=0.5)
     ref = reference()
@@ -67,6 +69,8 @@ def evaluate(bundle: Path) -> dict[str, Any]:
     canvas_box, object_box = covered_box(rec.coverage, rec.origin, shape)
     image = (rec.amplitude * np.exp(1j * rec.phase))[canvas_box]
     region = ref[object_box]
+    if images is not None:
+        images[str(bundle)], images["reference"] = np.angle(image), np.angle(region)
     out: dict[str, Any] = {"bundle": str(bundle), "region_px": list(region.shape)}
     for name, candidate in (("model", image), ("flat", np.ones_like(region))):
         scores = score(candidate, region)
@@ -112,14 +116,37 @@ def draw_curves(runs: dict[str, Path], results: Path = CURVES, path: Path = CURV
     return path
 
 
+def phase_figure(images: dict[str, np.ndarray], path: Path) -> Path:
+    """The held-out phase of each bundle above the reference's (plane removed), one panel each."""
+    from bench.figures import save_figure  # first: it selects the Agg backend
+
+    # isort: split
+    import matplotlib.pyplot as plt
+
+    from ptycho_torch.metrics import align_phase
+
+    fig, axes = plt.subplots(len(images), 1, figsize=(6, 2.4 * len(images)), squeeze=False)
+    for ax, (label, phase) in zip(axes[:, 0], images.items(), strict=True):
+        ax.imshow(align_phase(phase), cmap="gray")
+        ax.set_title(label if label != "reference" else "reference: solver, full scan, probe refined", fontsize=8)
+        ax.axis("off")
+    save_figure(fig, path)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.default_model", description=__doc__.splitlines()[0])
     parser.add_argument("bundles", nargs="*", type=Path, help="bundles to score")
     parser.add_argument("--curves", nargs="+", default=[], metavar="LABEL=RUN_DIR",
                         help=f"draw the held-out NLL per epoch of `export.default_bundle` runs ({CURVES_FIGURE.name})")
+    parser.add_argument("--figure", type=Path, default=None, help="PNG of the held-out phases beside the reference")
     args = parser.parse_args(argv)
+    images: dict[str, np.ndarray] = {}
     for bundle in args.bundles:
-        print(json.dumps(evaluate(bundle)), flush=True)
+        print(json.dumps(evaluate(bundle, images)), flush=True)
+    if args.figure is not None and images:
+        images["reference"] = images.pop("reference")  # last
+        print(phase_figure(images, args.figure))
     if args.curves:
         print(draw_curves({label: Path(run) for label, run in (item.split("=", 1) for item in args.curves)}))
     return 0

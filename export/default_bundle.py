@@ -38,6 +38,8 @@ curves, but on the real star it learns far slower (held-out NLL -436.0 after 50 
 -446.6 for ``tf`` after the same 50, same seed and schedule), so the shipped model is ``tf``."""
 ARCHITECTURE = Architecture.CNN
 """The generator family of the shipped model."""
+DISTILL_WEIGHT = 0.0
+"""Distillation weight of the shipped model (``TrainingConfig.distill_weight``)."""
 EPOCHS = 320
 """Where the held-out NLL has plateaued: -448.13 at epoch 132, -448.15 (best) at epoch 222 (with the
 file's probe: -447.72 by epoch 320)."""
@@ -56,7 +58,7 @@ logger = logging.getLogger(__name__)
 
 def build_default_bundle(out: Path = DEFAULT_OUT, *, run_dir: Path, scan: Path = REAL_SCAN,
                          epochs: int = EPOCHS, generator: Generator = GENERATOR,
-                         architecture: Architecture = ARCHITECTURE) -> Path:
+                         architecture: Architecture = ARCHITECTURE, distill_weight: float = DISTILL_WEIGHT) -> Path:
     """Split the real scan, train (continuing ``run_dir/checkpoints/last.ckpt`` when an interrupted
     run left one), export the checkpoint with the lowest held-out NLL into ``out`` (replacing it);
     the manifest records the recipe, steps, wall time and that NLL."""
@@ -69,7 +71,8 @@ def build_default_bundle(out: Path = DEFAULT_OUT, *, run_dir: Path, scan: Path =
     train_raw, test_raw = spatial_split(load_siemens_star(scan, config.N), axis="y", fraction=0.5)
     train_file, test_file = train_raw.to_file(run_dir / "train.npz"), test_raw.to_file(run_dir / "test.npz")
     training = TrainingConfig(model=config, train_data_file=train_file, test_data_file=test_file, nepochs=epochs,
-                              nphotons=float(train_raw.metadata["nphotons"]), refine_probe=True, output_dir=run_dir)
+                              nphotons=float(train_raw.metadata["nphotons"]), refine_probe=True,
+                              distill_weight=distill_weight, output_dir=run_dir)
     result = train_from_config(training, EXECUTION, resume=AUTO)
     logger.info("trained: %s", result.summary.to_json())
     if out.exists():
@@ -87,10 +90,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--generator", choices=values(Generator), default=GENERATOR)
     parser.add_argument("--architecture", choices=values(Architecture), default=ARCHITECTURE)
+    parser.add_argument("--distill-weight", type=float, default=DISTILL_WEIGHT,
+                        help="weight of the solver's object of the training half as a target (0: physics only)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     print(build_default_bundle(args.out, run_dir=args.run_dir, epochs=args.epochs, generator=args.generator,
-                               architecture=args.architecture))
+                               architecture=args.architecture, distill_weight=args.distill_weight))
 
 
 if __name__ == "__main__":
