@@ -45,14 +45,47 @@ def translate(images: npt.NDArray, shifts: npt.NDArray[np.float64]) -> npt.NDArr
     return _shift_last_axis(moved.swapaxes(-1, -2), shifts[:, 1]).swapaxes(-1, -2)
 
 
+def canvas_padding(reach: float) -> int:
+    """Even border (pixels) a group canvas needs around ``N`` to hold patches moved by up to ``reach`` px."""
+    pad = math.ceil(reach)
+    return pad + pad % 2
+
+
+def merge_weights(N: int, pad: int) -> npt.NDArray[np.float32]:
+    """``(N + 2 pad, N + 2 pad)`` float32: 1 in the patch's central ``N/2`` window, :data:`BORDER_WEIGHT`
+    in the rest of the patch, 0 in the canvas border ``pad``."""
+    weights = np.full((N, N), BORDER_WEIGHT, np.float32)
+    weights[N // 4: N - N // 4, N // 4: N - N // 4] = 1.0
+    return np.pad(weights, pad)
+
+
+#: bytes of canvas work per chunk of groups (the merge's peak memory above its input and output)
+CHUNK_BYTES = 64 << 20
+
+
+def _merge_chunk(obj: npt.NDArray[np.complex64], r: npt.NDArray[np.float64], pad: int) -> npt.NDArray[np.complex64]:
+    """:func:`merge_groups` of ``(G, C, N, N)`` groups on canvases of border ``pad``."""
+    G, C, N, _ = obj.shape
+    side = N + 2 * pad
+    weights = merge_weights(N, pad)
+    flat_r = r.reshape(-1, 2)
+    padded = np.pad(obj, ((0, 0), (0, 0), (pad, pad), (pad, pad))).reshape(-1, side, side)
+    moved = translate(padded * weights, -flat_r).reshape(G, C, side, side)
+    moved_weights = translate(np.broadcast_to(weights, (G * C, side, side)), -flat_r).reshape(G, C, side, side)
+    canvas = moved.sum(axis=1) / np.maximum(moved_weights.sum(axis=1), BORDER_WEIGHT * 1e-3)
+    cut = translate(np.repeat(canvas, C, axis=0), flat_r).reshape(G, C, side, side)
+    return cut[..., pad:pad + N, pad:pad + N]
+
+
 def merge_groups(patches: npt.ArrayLike, offsets: npt.ArrayLike) -> npt.NDArray[np.complex64]:
     """Merge each group's patches on its own canvas and cut them out again.
 
     ``patches (B, C, N, N)`` complex, ``offsets (B, C, 2)`` the relative offsets ``r = -(x - group
-    centre)`` ``[x, y]`` in pixels (:func:`ptycho_torch.grouping.group_coordinates`). Patch ``c`` is
-    placed at ``-r_c`` with weight 1 in its central ``N/2`` window and :data:`BORDER_WEIGHT` outside;
-    the weighted average is cut back out at each member's place. Returns ``(B, C, N, N)`` complex64.
-    Raises :class:`DataContractError` on mismatched shapes.
+    centre)`` ``[x, y]`` in pixels (:func:`ptycho_torch.grouping.relative_offsets`). Patch ``c`` is
+    placed at ``-r_c`` with the weights of :func:`merge_weights`; the weighted average is cut back out
+    at each member's place. Each group's canvas is as large as its own offsets need (a far outlier in
+    one group does not grow the others), and groups are merged in chunks of about :data:`CHUNK_BYTES`.
+    Returns ``(B, C, N, N)`` complex64. Raises :class:`DataContractError` on mismatched shapes.
     """
     obj = np.asarray(patches, np.complex64)
     r = np.asarray(offsets, np.float64)
@@ -60,16 +93,15 @@ def merge_groups(patches: npt.ArrayLike, offsets: npt.ArrayLike) -> npt.NDArray[
         raise DataContractError(f"`patches` must be (B, C, N, N) and `offsets` (B, C, 2), got {obj.shape} and "
                                 f"{r.shape}")
     B, C, N, _ = obj.shape
-    reach = math.ceil(float(np.abs(r).max())) if r.size else 0
-    pad = reach + reach % 2
-    weights = np.full((N, N), BORDER_WEIGHT, np.float32)
-    weights[N // 4: N - N // 4, N // 4: N - N // 4] = 1.0
-    weights = np.pad(weights, pad)
-    side = N + 2 * pad
-    flat_r = r.reshape(-1, 2)
-    padded = np.pad(obj, ((0, 0), (0, 0), (pad, pad), (pad, pad))).reshape(-1, side, side)
-    moved = translate(padded * weights, -flat_r).reshape(B, C, side, side)
-    moved_weights = translate(np.broadcast_to(weights, (B * C, side, side)).copy(), -flat_r).reshape(B, C, side, side)
-    canvas = moved.sum(axis=1) / np.maximum(moved_weights.sum(axis=1), BORDER_WEIGHT * 1e-3)
-    cut = translate(np.repeat(canvas, C, axis=0), flat_r).reshape(B, C, side, side)
-    return np.ascontiguousarray(cut[..., pad:pad + N, pad:pad + N], dtype=np.complex64)
+    out = np.empty(obj.shape, np.complex64)
+    if B == 0:
+        return out
+    pads = np.array([canvas_padding(reach) for reach in np.abs(r).reshape(B, -1).max(axis=1)])
+    for pad in np.unique(pads):
+        members = np.flatnonzero(pads == pad)
+        per_group = 6 * C * (N + 2 * int(pad)) ** 2 * 8  # the complex canvases in flight per group
+        step = max(1, CHUNK_BYTES // per_group)
+        for start in range(0, len(members), step):
+            chunk = members[start:start + step]
+            out[chunk] = _merge_chunk(obj[chunk], r[chunk], int(pad))
+    return out

@@ -150,6 +150,12 @@ def group_coordinates(
     return coords_nn, coords_offsets, -(coords_nn - coords_offsets)
 
 
+def relative_offsets(xcoords: np.ndarray, ycoords: np.ndarray, nn_indices: np.ndarray) -> np.ndarray:
+    """``(B, C, 2)`` float64 ``[x, y]`` relative offsets ``r = -(x - group centre)`` of each member: what
+    the overlap merge (``physics.merge_extract``, ``group_merge.merge_groups``) takes."""
+    return group_coordinates(xcoords, ycoords, nn_indices)[2][:, 0].transpose(0, 2, 1)
+
+
 def extract_patches(obj: np.ndarray, xcoords: ArrayLike, ycoords: ArrayLike, N: int) -> np.ndarray:
     """Cut ``N x N`` patches of ``obj`` (H, W) centred at sub-pixel positions, bilinear, zero outside.
 

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from ptycho_torch import group_merge
 from ptycho_torch.errors import DataContractError
 from ptycho_torch.group_merge import BORDER_WEIGHT
 
@@ -114,14 +115,11 @@ def translate(images: Tensor, shifts: Tensor) -> Tensor:
 
 def canvas_padding(offsets: Tensor) -> int:
     """Even border (pixels) a group canvas needs around ``N`` to hold patches at ``offsets``."""
-    reach = math.ceil(float(offsets.abs().max())) if offsets.numel() else 0
-    return reach + reach % 2
+    return group_merge.canvas_padding(float(offsets.abs().max()) if offsets.numel() else 0.0)
 
 
 def _merge_weights(N: int, pad: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    weights = torch.full((N, N), BORDER_WEIGHT, dtype=dtype, device=device)
-    weights[N // 4 : N - N // 4, N // 4 : N - N // 4] = 1.0
-    return F.pad(weights, (pad,) * 4)
+    return torch.from_numpy(group_merge.merge_weights(N, pad)).to(dtype=dtype, device=device)
 
 
 def merge_patches(patches: Tensor, offsets: Tensor, pad: int) -> Tensor:

@@ -29,7 +29,7 @@ import numpy.typing as npt
 from ptycho_torch.choices import ArrayBackendName, RefineStart
 from ptycho_torch.errors import InvalidInput, InvalidValues
 from ptycho_torch.group_merge import merge_groups
-from ptycho_torch.grouping import group_coordinates, group_indices
+from ptycho_torch.grouping import group_indices, relative_offsets
 from ptycho_torch.model_facts import ModelFacts
 from ptycho_torch.plan import Plan, ProbeSource, ReconstructOptions, resolve
 from ptycho_torch.refinement import (
@@ -240,8 +240,7 @@ def infer_patches(runner: Runner, plan: Plan, amplitudes: npt.NDArray[np.float32
     require_finite_outputs(amplitude, phase)
     patches = complex_patches(amplitude, phase)
     if plan.grouped:
-        offsets = group_coordinates(positions[:, 0], positions[:, 1], members)[2][:, 0].transpose(0, 2, 1)
-        patches = merge_groups(patches, offsets)
+        patches = merge_groups(patches, relative_offsets(positions[:, 0], positions[:, 1], members))
     return patches.reshape(-1, N, N)
 
 

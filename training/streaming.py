@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ptycho_torch.corpus import Corpus, Shard
 from ptycho_torch.errors import DataContractError
-from ptycho_torch.grouping import group_coordinates, group_indices
+from ptycho_torch.grouping import group_indices, relative_offsets
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -47,9 +47,8 @@ def shard_groups(arrays: dict[str, np.ndarray], *, gridsize: int, neighbor_count
         members = np.flatnonzero(scan == scan_id)
         x, y = positions[members, 0], positions[members, 1]
         local = group_indices(x, y, gridsize=gridsize, K=neighbor_count, seed=seed + int(scan_id))
-        relative = group_coordinates(x, y, local)[2][:, 0]  # (G, 2, C)
         indices.append(members[local])
-        offsets.append(relative.transpose(0, 2, 1).astype(np.float32))
+        offsets.append(relative_offsets(x, y, local).astype(np.float32))
     return np.concatenate(indices), np.concatenate(offsets)
 
 

@@ -9,13 +9,13 @@ import torch
 from ptycho_torch import physics
 from ptycho_torch.errors import DataContractError
 from ptycho_torch.group_merge import merge_groups
-from ptycho_torch.grouping import group_coordinates, group_indices
+from ptycho_torch.grouping import group_indices, relative_offsets
 
 
 def _groups(rng: np.random.Generator, gridsize: int, N: int = 32) -> tuple[np.ndarray, np.ndarray]:
     x, y = (v.ravel() + rng.uniform(-0.7, 0.7, 36) for v in np.meshgrid(np.arange(6.0) * 3, np.arange(6.0) * 3))
     members = group_indices(x, y, gridsize=gridsize, seed=1)
-    offsets = group_coordinates(x, y, members)[2][:, 0].transpose(0, 2, 1)  # (B, C, 2)
+    offsets = relative_offsets(x, y, members)
     shape = (*members.shape, N, N)
     patches = (rng.uniform(0.5, 1, shape) * np.exp(1j * rng.uniform(-1, 1, shape))).astype(np.complex64)
     return patches, offsets
@@ -48,3 +48,22 @@ def test_merge_groups_keeps_agreeing_patches() -> None:
 def test_merge_groups_rejects_mismatched_shapes() -> None:
     with pytest.raises(DataContractError, match=r"\(B, C, 2\)"):
         merge_groups(np.zeros((2, 4, 8, 8), np.complex64), np.zeros((2, 3, 2)))
+
+
+def test_a_far_outlier_grows_only_its_own_groups_canvas(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each group's canvas is sized by its own offsets, so one group reaching 1500 px away neither grows
+    the others' canvases nor changes their merge; chunks hold the work near CHUNK_BYTES."""
+    import ptycho_torch.group_merge as gm
+
+    patches, offsets = _groups(np.random.default_rng(5), 2)
+    reference = merge_groups(patches, offsets)
+    far = offsets.copy()
+    far[0, 0] += 1500.0
+    sides: list[int] = []
+    real_chunk = gm._merge_chunk
+    monkeypatch.setattr(gm, "_merge_chunk", lambda o, r, pad: sides.append(o.shape[-1] + 2 * pad) or real_chunk(o, r, pad))
+    merged = merge_groups(patches, far)
+    np.testing.assert_array_equal(merged[1:], reference[1:])
+    assert max(sides) > 3000 and sorted(sides)[-2] < 50  # one large canvas, the rest as before
+    monkeypatch.setattr(gm, "CHUNK_BYTES", 1)
+    np.testing.assert_array_equal(merge_groups(patches, offsets), reference)  # one group per chunk: same result

@@ -8,7 +8,7 @@ from oracle import PHASE_FACTOR, TRAINING_SCALE, oracle_outputs
 
 from ptycho_torch.errors import InvalidInput, InvalidValues
 from ptycho_torch.group_merge import merge_groups
-from ptycho_torch.grouping import group_coordinates, group_indices
+from ptycho_torch.grouping import group_indices, relative_offsets
 from ptycho_torch.normalization import input_scale
 from ptycho_torch.pipeline import reconstruct, reconstruct_steps
 from ptycho_torch.plan import ReconstructOptions
@@ -103,7 +103,7 @@ def test_a_grouped_models_patches_are_its_merged_groups(oracle_bundle_g2) -> Non
     scale = np.full(len(members), input_scale(patterns), np.float32)
     amplitude, phase = oracle_outputs(patterns[members], scale)
     raw = (amplitude * np.exp(1j * phase)).astype(np.complex64)
-    offsets = group_coordinates(positions[:, 0], positions[:, 1], members)[2][:, 0].transpose(0, 2, 1)
+    offsets = relative_offsets(positions[:, 0], positions[:, 1], members)
     at = positions[members.ravel()]
     merged = stitch_patches(merge_groups(raw, offsets).reshape(-1, N, N), at, M=12)
     np.testing.assert_allclose(result.amplitude, merged.amplitude, rtol=1e-4, atol=1e-5)
