@@ -35,6 +35,7 @@ from ptycho_torch.config import (
 )
 from ptycho_torch.data import RawData
 from ptycho_torch.errors import DataContractError, ModelArchiveError
+from ptycho_torch.group_merge import merge_groups
 from ptycho_torch.grouping import GroupedScan
 from ptycho_torch.mlflow_store import download_model, is_mlflow_uri, log_training_run, model_uri
 from ptycho_torch.model import ObjectGenerator
@@ -138,7 +139,8 @@ def reassemble_torch(
     scale: float | None = None,
     batch_size: int = 64,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Predict every patch of a grouped scan and stitch them: ``(recon_amp, recon_phase, results)``.
+    """Predict every patch of a grouped scan and stitch them: ``(recon_amp, recon_phase, results)``
+    (a grouped model's patches merged per group first, :func:`~ptycho_torch.group_merge.merge_groups`).
 
     ``test_container`` is a grouped scan (``RawData.generate_grouped_data``). ``scale`` is the input
     normalisation fed to the network (default: the container's own ``input_scale``, i.e. the scan
@@ -150,6 +152,8 @@ def reassemble_torch(
     diffraction = test_container.channels_first
     scale = float(test_container.input_scale if scale is None else scale)
     patches = predict_patches(model, diffraction, scale, batch_size=batch_size)
+    if patches.shape[1] > 1:  # a grouped model's output is its merged groups, as in pipeline.infer_patches
+        patches = merge_groups(patches, test_container.coords_relative[:, 0].transpose(0, 2, 1))
     N = patches.shape[-1]
     patches = patches.reshape(-1, N, N)
     if transpose:

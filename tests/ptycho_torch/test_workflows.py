@@ -6,12 +6,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from ptycho_torch import params
 from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig
 from ptycho_torch.data import RawData
 from ptycho_torch.errors import DataContractError, ModelArchiveError
+from ptycho_torch.group_merge import merge_groups
+from ptycho_torch.grouping import relative_offsets
 from ptycho_torch.mlflow_store import tracking_uri
+from ptycho_torch.model import build_generator
 from ptycho_torch.simulation import simulate
 from ptycho_torch.stitching import StitchResult
 from ptycho_torch.workflows.components import (
@@ -155,3 +159,16 @@ def test_flip_and_transpose_options(example):
     _, _, flipped = reassemble_torch(model, container, M=M, flip_x=True, transpose=True)
     np.testing.assert_array_equal(flipped["global_offsets"][:, 0], -plain["global_offsets"][:, 0])
     np.testing.assert_array_equal(flipped["obj_tensor_full"], plain["obj_tensor_full"].transpose(0, 2, 1))
+
+
+def test_a_grouped_models_patches_are_merged_per_group_before_stitching(scans):
+    """At gridsize 2 ``reassemble_torch`` stitches each group's merge, as ``ptychopinn reconstruct`` does."""
+    torch.manual_seed(0)
+    model = build_generator(ModelConfig(N=scans[1].N, gridsize=2, n_filters_scale=1)).eval()
+    container = scans[1].generate_grouped_data(scans[1].N, gridsize=2, seed=0)
+    _, _, results = reassemble_torch(model, container, M=M)
+    raw = predict_patches(model, container.channels_first, container.input_scale)
+    offsets = relative_offsets(scans[1].xcoords, scans[1].ycoords, container.nn_indices)
+    np.testing.assert_allclose(results["obj_tensor_full"], merge_groups(raw, offsets).reshape(-1, *raw.shape[-2:]),
+                               atol=1e-6)
+    assert np.abs(results["obj_tensor_full"] - raw.reshape(results["obj_tensor_full"].shape)).max() > 1e-3
