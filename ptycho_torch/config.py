@@ -62,6 +62,9 @@ KEY_MAPPINGS: Final[dict[str, str]] = {
     "test_data_file": "test_data_file_path",
 }
 
+MAX_DISTILL_ITERATIONS: Final = 1000
+"""The most solver iterations distillation may ask for (the star converges in about 60)."""
+
 _LOSS_TERMS = "the loss is the Poisson NLL and the amplitude MAE only: weigh them with nll_weight and mae_weight"
 
 #: legacy PtychoPINN settings that this implementation accepts (and bridges into ``params.cfg``)
@@ -277,8 +280,8 @@ class TrainingConfig:
                  "distill_weight", self.distill_weight, "a finite number >= 0 (0: no distillation)")
         _require(self.distill_iterations == "auto" or (isinstance(self.distill_iterations, int)
                                                      and not isinstance(self.distill_iterations, bool)
-                                                     and self.distill_iterations >= 1),
-                 "distill_iterations", self.distill_iterations, "an integer >= 1 or 'auto'")
+                                                     and 1 <= self.distill_iterations <= MAX_DISTILL_ITERATIONS),
+                 "distill_iterations", self.distill_iterations, f"an integer in [1, {MAX_DISTILL_ITERATIONS}] or 'auto'")
         _parse_choices(self)
 
 

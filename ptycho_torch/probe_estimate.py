@@ -22,6 +22,7 @@ import numpy.typing as npt
 
 from ptycho_torch.data import RawData
 from ptycho_torch.grouping import extract_patches
+from ptycho_torch.normalization import input_scale
 from ptycho_torch.refinement.solver import AUTO, Refinement, RefineSettings, refine
 from ptycho_torch.refinement.stitched import canvas_model
 from ptycho_torch.stitching import canvas_geometry
@@ -60,8 +61,10 @@ def estimate_probe(scan: RawData, *, iterations: int | Literal["auto"] = AUTO, p
     """Refine ``scan.probeGuess`` on ``scan`` from a flat object (see the module docstring).
 
     ``probe_modes`` (None: the file's count) sets the modes refined. Raises
-    :class:`~ptycho_torch.errors.DataContractError` on settings the solver rejects.
+    :class:`~ptycho_torch.errors.DataContractError` on patterns without signal (the input normalisation's
+    check) and on settings the solver rejects.
     """
+    input_scale(scan.diff3d)  # all-zero or non-finite patterns: the one-line error training gives them too
     settings = RefineSettings(iterations=iterations, refine_probe=True, probe_modes=probe_modes,
                               time_limit_s=time_limit_s, workers=workers, max_iterations=MAX_ITERATIONS)
     positions = np.column_stack([scan.xcoords, scan.ycoords])

@@ -162,16 +162,19 @@ def write_resolved_config(output_dir: Path, hparams: Any) -> Path:
 
 
 def _check_resume(resume: Path, training: TrainingConfig, name: str = "resume") -> None:
-    """Refuse a checkpoint that is missing or was trained with a different model (or, to resume, with the
-    probe trainable where it is not now, or the other way round: the saved weights would not fit)."""
+    """Refuse a checkpoint that is missing or was trained with a different model (or, to resume, with another
+    ``probe_trainable`` or ``refine_probe``: the saved weights would not fit, or the saved probe would win
+    over the recorded recipe)."""
     if not resume.is_file():
         raise ConfigError(f"`{name}` must be an existing checkpoint file, got {str(resume)!r}")
     record = load_generator(resume)[1]
     saved, model = record.model, training.model
-    if name == "resume" and record.training.probe_trainable != training.probe_trainable:
-        raise ConfigError(f"`resume` checkpoint was trained with probe_trainable={record.training.probe_trainable}, "
-                          f"got {training.probe_trainable} now; resume with the same --probe-trainable setting "
-                          "or start a new run (--init-from keeps the generator's weights)")
+    for field, flag in (("probe_trainable", "--probe-trainable"), ("refine_probe", "--refine-probe")):
+        saved_value, now = getattr(record.training, field), getattr(training, field)
+        if name == "resume" and saved_value != now:  # the checkpoint's probe would win, the record would lie
+            raise ConfigError(f"`resume` checkpoint was trained with {field}={saved_value}, got {now} now; resume "
+                              f"with the same {flag} setting or start a new run (--init-from keeps the generator's "
+                              "weights)")
     if saved != model:
         changed = {f.name: (getattr(saved, f.name), getattr(model, f.name)) for f in dataclasses.fields(model)
                    if getattr(saved, f.name) != getattr(model, f.name)}
@@ -257,11 +260,16 @@ def distillation_scan(scan: RawData, training: TrainingConfig) -> tuple[RawData,
 
 
 def refined_probe_scan(scan: RawData) -> RawData:
-    """``scan`` with its probe refined by the solver on ``scan`` itself (``refine_probe``; logged)."""
+    """``scan`` with its probe refined by the solver on ``scan`` itself (``refine_probe``; logged); the
+    file's probe, with a warning, when the refined one fits the patterns no better."""
     estimate = estimate_probe(scan)
+    before, after = estimate.amplitude_error
+    if not after < before:
+        logger.warning("refine_probe: the refined probe fits the training patterns no better (amplitude error %.4g "
+                       "-> %.4g, %s); training with the file's probe", before, after, estimate.stopped)
+        return scan
     logger.info("refine_probe: the solver refined the training scan's probe in %d iterations (%.1f s, %s); "
-                "amplitude error %.4g -> %.4g", estimate.iterations, estimate.seconds, estimate.stopped,
-                *estimate.amplitude_error)
+                "amplitude error %.4g -> %.4g", estimate.iterations, estimate.seconds, estimate.stopped, before, after)
     return with_probe(scan, estimate.probe)
 
 

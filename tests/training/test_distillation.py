@@ -14,7 +14,7 @@ from ptycho_torch import physics
 from ptycho_torch.checkpoint import load_generator
 from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig
 from ptycho_torch.corpus import Corpus
-from ptycho_torch.errors import ConfigError
+from ptycho_torch.errors import ConfigError, DataContractError
 from ptycho_torch.model import combine_complex
 from ptycho_torch.probe_estimate import estimate_probe, with_probe
 from tests.training.conftest import NPHOTONS, N, tiny_scan
@@ -152,3 +152,28 @@ def test_refine_probe_trains_with_the_solvers_probe_of_the_training_scan(tmp_pat
     assert record.training.refine_probe and record.distillation is None
     with pytest.raises(ConfigError, match=r"`refine_probe` needs a training scan"):
         train(dataclasses.replace(training, output_dir=tmp_path / "corpus"), execution, corpus=cast(Corpus, object()))
+
+
+def test_refine_probe_guards_resume_signal_free_data_and_a_probe_that_got_worse(tmp_path, caplog, monkeypatch):
+    """Resuming with another --refine-probe is refused (the checkpoint's probe would win over the recorded
+    recipe); patterns without signal get the one-line data error; a refined probe that fits no better is
+    not used."""
+    raw = tiny_scan(16, seed=0)
+    execution = PyTorchExecutionConfig(accelerator="cpu", max_steps=1, logger_backend="none",
+                                       enable_progress_bar=False, seed=0)
+    plain = TrainingConfig(model=ModelConfig(N=N, n_filters_scale=1), batch_size=16, nphotons=NPHOTONS,
+                           output_dir=tmp_path / "run")
+    first = train(plain, execution, train_data=raw)
+    with pytest.raises(ConfigError, match=r"trained with refine_probe=False, got True now; resume with the same "
+                                          r"--refine-probe"):
+        train(dataclasses.replace(plain, refine_probe=True), execution, train_data=raw, resume=first.last_checkpoint)
+    dark = dataclasses.replace(raw, diff3d=np.zeros_like(raw.diff3d))
+    with pytest.raises(DataContractError, match="mean energy"):
+        estimate_probe(dark)
+    import training.trainer as trainer_module
+
+    worse = dataclasses.replace(estimate_probe(raw, iterations=2), amplitude_error=(0.1, 0.2))
+    monkeypatch.setattr(trainer_module, "estimate_probe", lambda scan: worse)
+    with caplog.at_level("WARNING", logger="training.trainer"):
+        kept = trainer_module.refined_probe_scan(raw)
+    assert kept is raw and "fits the training patterns no better" in caplog.text
