@@ -231,7 +231,9 @@ def infer_patches(runner: Runner, plan: Plan, amplitudes: npt.NDArray[np.float32
                   scale: float, positions: npt.NDArray[np.float64]) -> npt.NDArray[np.complex64]:
     """The network's complex patches ``(B * C, N, N)`` for the groups ``members`` at ``positions`` ``(S, 2)``;
     a grouped model's patches are its merged groups (:func:`~ptycho_torch.group_merge.merge_groups`: what
-    its training loss saw); zeros (the canvas and its coverage only) when the plan skips the network."""
+    its training loss saw with ``object_big``, which a bundle does not record; without it each patch was
+    fitted alone and the merge averages agreeing patches); zeros (the canvas and its coverage only) when
+    the plan skips the network."""
     N = plan.N
     if not plan.run_network:
         return np.zeros((members.size, N, N), np.complex64)
