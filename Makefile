@@ -36,7 +36,7 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 demo: setup-demo
 	VENV=$(VENV) scripts/demo.sh $(DEMO_DIR)
 
-# Rebuild serving/default_bundle from the shipped real scan (about 25 minutes on one CPU core).
+# Rebuild serving/default_bundle from the shipped real scan (about 20 minutes on one CPU core).
 default-bundle: setup
 	$(PY) -m export.default_bundle
 
