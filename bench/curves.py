@@ -302,9 +302,7 @@ def read_curve(path: Path) -> list[dict[str, Any]]:
 
 def run(name: str, budget: float, every: float, out: Path = RUNS) -> Path:
     """Train configuration ``name`` until ``budget`` CPU-seconds, evaluating every ``every``."""
-    import torch
 
-    torch.set_num_threads(THREADS)
     from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig
     from training.trainer import train
 
@@ -496,6 +494,9 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args(argv)
     if args.command == "run":
+        import torch
+
+        torch.set_num_threads(THREADS)  # the CLI's process only: run() leaves a caller's thread count alone
         print(run(args.name, args.budget, args.eval_every, args.out))
     elif args.command == "export":
         print(export(args.name, args.out, args.out_runs))
