@@ -212,6 +212,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "smooth-goldcorpus": {"model": {"generator": "smooth"}, "data": "goldcorpus"},
     "fno-gold": {"model": {"architecture": "fno"}, "data": "gold"},
     "ffno-gold": {"model": {"architecture": "ffno"}, "data": "gold"},
+    "fno-goldcorpus": {"model": {"architecture": "fno"}, "data": "goldcorpus"},
     "fno-gold-gs2": {"model": {"architecture": "fno", "gridsize": 2}, "data": "gold"},
     "fno-gold-distill": {"model": {"architecture": "fno"}, "training": {"distill_weight": 1.0}, "data": "gold"},
     "tf-gold-gs2": {"model": {"generator": "tf", "gridsize": 2}, "data": "gold"},
