@@ -44,7 +44,7 @@ from ptycho_torch.corpus import Corpus
 from ptycho_torch.data import RawData
 from ptycho_torch.errors import ConfigError, DataContractError, TrainingInterrupted
 from ptycho_torch.pixel_size import scan_pixel_size
-from ptycho_torch.probe_estimate import estimate_probe, with_probe, with_targets
+from ptycho_torch.probe_estimate import ProbeEstimate, estimate_probe, with_probe, with_targets
 from ptycho_torch.run_layout import RunLayout, RunStatus, RunSummary
 from training.checkpointing import AtomicCheckpointIO, LastCheckpoint
 from training.datamodule import GroupedDataModule, GroupedDataset, group_scan
@@ -253,10 +253,13 @@ def distillation_scan(scan: RawData, training: TrainingConfig) -> tuple[RawData,
     estimate = estimate_probe(scan, iterations="auto" if iterations == "auto" else int(iterations))
     record = {"weight": training.distill_weight, **estimate.summary(),
               "wall_s": round(time.perf_counter() - start, 2)}
-    logger.info("distillation: the solver refined the training scan in %d iterations (%.1f s, %s); "
-                "amplitude error %.4g -> %.4g", estimate.iterations, estimate.seconds, estimate.stopped,
-                *estimate.amplitude_error)
+    _log_estimate("distillation", estimate)
     return with_targets(scan, estimate), record
+
+
+def _log_estimate(purpose: str, estimate: ProbeEstimate) -> None:
+    logger.info("%s: the solver refined the training scan in %d iterations (%.1f s, %s); amplitude error %.4g -> "
+                "%.4g", purpose, estimate.iterations, estimate.seconds, estimate.stopped, *estimate.amplitude_error)
 
 
 def refined_probe_scan(scan: RawData) -> RawData:
@@ -268,8 +271,7 @@ def refined_probe_scan(scan: RawData) -> RawData:
         logger.warning("refine_probe: the refined probe fits the training patterns no better (amplitude error %.4g "
                        "-> %.4g, %s); training with the file's probe", before, after, estimate.stopped)
         return scan
-    logger.info("refine_probe: the solver refined the training scan's probe in %d iterations (%.1f s, %s); "
-                "amplitude error %.4g -> %.4g", estimate.iterations, estimate.seconds, estimate.stopped, before, after)
+    _log_estimate("refine_probe", estimate)
     return with_probe(scan, estimate.probe)
 
 
