@@ -302,8 +302,20 @@ def read_curve(path: Path) -> list[dict[str, Any]]:
 
 
 def run(name: str, budget: float, every: float, out: Path = RUNS) -> Path:
-    """Train configuration ``name`` until ``budget`` CPU-seconds, evaluating every ``every``."""
+    """Train configuration ``name`` until ``budget`` CPU-seconds, evaluating every ``every``, on
+    :data:`THREADS` torch threads (the curves' CPU-seconds are one thread's); the caller's thread count
+    is restored afterwards (a test process's other tests must not inherit it)."""
+    import torch
 
+    previous = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        return _run(name, budget, every, out)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(name: str, budget: float, every: float, out: Path) -> Path:
     from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig
     from training.trainer import train
 
@@ -495,9 +507,6 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args(argv)
     if args.command == "run":
-        import torch
-
-        torch.set_num_threads(THREADS)  # the CLI's process only: run() leaves a caller's thread count alone
         print(run(args.name, args.budget, args.eval_every, args.out))
     elif args.command == "export":
         print(export(args.name, args.out, args.out_runs))
